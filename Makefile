@@ -1,0 +1,34 @@
+# psfkit: every target creates .venv itself. Python 3.11 on Debian is all it needs.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench browser clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The main job on the bundled real sample image.
+demo: $(STAMP)
+	$(VENV)/bin/psfkit demo --outdir demo-output
+
+# Debian's chromium for the browser tests (Playwright drives it; no browser download).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver >/dev/null; fi; fi
+
+# The whole test suite.
+test: $(STAMP) browser
+	$(PY) -m pytest -n 2 -q
+
+# Benchmarks against sep, photutils and simple floors; writes benchmarks/results/*.md
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

@@ -1,0 +1,27 @@
+"""psfkit: find stars, fit their PSF in one batch, and measure them with honest uncertainties.
+
+The public API:
+
+- :func:`load_image`, :class:`Image`: read a frame with its metadata.
+- :func:`fit_star`, :func:`fit_stars`: fit one star or many at given positions.
+- :class:`GaussianPSF`, :class:`MoffatPSF`, :class:`ImagePSF`: the PSF models.
+- :func:`fit_stamps`: the batched Levenberg-Marquardt engine itself.
+- :func:`decode_flags`: names of the bits in a ``flags`` column.
+"""
+
+from .datasets import sample_image_path
+from .errors import PsfkitError
+from .fitting import NoiseModel, StampFit, fit_stamps
+from .flags import decode_flags
+from .image import Image, load_image
+from .measure import magnitude
+from .models import GaussianPSF, ImagePSF, MoffatPSF, PSFModel
+from .psffit import StarFit, fit_star, fit_stars
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GaussianPSF", "Image", "ImagePSF", "MoffatPSF", "NoiseModel", "PSFModel", "PsfkitError", "StampFit",
+    "StarFit", "decode_flags", "fit_stamps", "fit_star", "fit_stars", "load_image", "magnitude",
+    "sample_image_path", "__version__",
+]

@@ -1,0 +1,1 @@
+"""The `psfkit compare` command (not written yet)."""

@@ -1,0 +1,1 @@
+"""The `psfkit find` command (not written yet)."""

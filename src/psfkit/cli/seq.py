@@ -1,0 +1,1 @@
+"""The `psfkit seq` command (not written yet)."""

@@ -1,0 +1,1 @@
+"""The `psfkit view` command (not written yet)."""

@@ -1,0 +1,388 @@
+"""The batched fitting engine: Levenberg-Marquardt over N stamps at once.
+
+Every caller (one star, a whole frame, the web window, a night of frames) fits
+through :func:`fit_stamps`.  The stamps of a batch share a shape ``(h, w)``;
+pixels outside the image, NaN, saturated or masked pixels carry zero weight.
+The iteration is vectorised over stars: each step builds the normal equations
+of all still-active stars with batched matrix products and solves them
+together.  Stars that have converged drop out of the active set.
+
+Noise model and weights
+-----------------------
+With a known ``gain`` (e-/ADU) the variance of a pixel is
+``model / gain + read_noise**2`` (read noise in data units): the fit is
+iteratively reweighted with the *model*, not the data, which makes it
+the Poisson maximum-likelihood estimate and reaches the Cramer-Rao bound.
+Given an explicit ``variance`` array, that is used as it is.  With neither,
+the fit is unweighted (as Siril's): every pixel gets the background variance
+measured on the stamp's border (median absolute deviation), so the reduced
+chi-square stays readable, and the covariance is scaled by the reduced
+chi-square.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import flags as F
+from .models import PSFModel
+
+__all__ = ["StampFit", "fit_stamps", "NoiseModel"]
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """Per-pixel variance ``max(model, 0) / gain + read_noise**2`` in data units squared.
+
+    Parameters
+    ----------
+    gain : float
+        Electrons per data unit.
+    read_noise : float
+        Read noise in data units (ADU), not electrons.
+    """
+
+    gain: float
+    read_noise: float = 0.0
+
+    def variance(self, expected: np.ndarray) -> np.ndarray:
+        return np.clip(expected, 0.0, None) / self.gain + self.read_noise**2
+
+
+@dataclass
+class StampFit:
+    """Result of :func:`fit_stamps` for a batch of N stamps.
+
+    Attributes
+    ----------
+    params : ndarray (N, n_params)
+        Best-fit parameters (stamp-local coordinates for x0, y0).
+    covariance : ndarray (N, n_params, n_params)
+        Covariance of the parameters (zero rows/columns for fixed ones).
+    chi2 : ndarray (N,)
+        Weighted sum of squared residuals.
+    rss : ndarray (N,)
+        Unweighted sum of squared residuals (for the RMSE).
+    n_pixels : ndarray (N,)
+        Pixels with non-zero weight.
+    n_free : int
+        Number of fitted parameters.
+    iterations : ndarray (N,)
+    flags : ndarray (N,) of int
+        Bits of :mod:`psfkit.flags`.
+    free : ndarray (n_params,) or (N, n_params) of bool
+    """
+
+    params: np.ndarray
+    covariance: np.ndarray
+    chi2: np.ndarray
+    rss: np.ndarray
+    n_pixels: np.ndarray
+    n_free: int | np.ndarray
+    iterations: np.ndarray
+    flags: np.ndarray
+    free: np.ndarray
+    weighted: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def errors(self) -> np.ndarray:
+        """1-sigma errors, sqrt of the covariance diagonal (N, n_params)."""
+        return np.sqrt(np.clip(np.diagonal(self.covariance, axis1=1, axis2=2), 0.0, None))
+
+    @property
+    def reduced_chi2(self) -> np.ndarray:
+        dof = np.maximum(self.n_pixels - self.n_free, 1)
+        return self.chi2 / dof
+
+    @property
+    def rmse(self) -> np.ndarray:
+        return np.sqrt(self.rss / np.maximum(self.n_pixels, 1))
+
+
+def _solve_batch(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Solve a[i] x = b[i] for a batch; returns (x, ok) with ok False where singular."""
+    n = a.shape[0]
+    x = np.zeros_like(b)
+    ok = np.ones(n, dtype=bool)
+    try:
+        x = np.linalg.solve(a, b[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        for i in range(n):
+            try:
+                x[i] = np.linalg.solve(a[i], b[i])
+            except np.linalg.LinAlgError:
+                ok[i] = False
+    ok &= np.all(np.isfinite(x), axis=1)
+    x[~ok] = 0.0
+    return x, ok
+
+
+def _normal_equations(model, p, data, weight, shape, free, k):
+    """chi2, rss, J^T W J, J^T W r for parameters p (n, P) on flattened stamps."""
+    val, jac = model.evaluate(p, shape, free=free, jacobian=True, k=k)
+    r = data - val
+    wr = weight * r
+    chi2 = np.einsum("nm,nm->n", wr, r)
+    jw = jac * weight[:, :, None]
+    jtj = np.matmul(jw.transpose(0, 2, 1), jac)
+    jtr = np.einsum("nmp,nm->np", jac, wr)
+    return chi2, jtj, jtr, val, r
+
+
+def _lm(model, p0, data, weight, shape, free, lo, hi, k, max_iter, rtol):
+    """Vectorised Levenberg-Marquardt; returns (p, chi2, jtj, iterations, converged)."""
+    n = p0.shape[0]
+    p = p0.copy()
+    fidx = np.flatnonzero(free)
+    nf = fidx.size
+    lam = np.full(n, 1e-3)
+    chi2, jtj, jtr, _, _ = _normal_equations(model, p, data, weight, shape, free, k)
+    iters = np.zeros(n, dtype=int)
+    converged = np.zeros(n, dtype=bool)
+    active = np.flatnonzero(np.isfinite(chi2))
+    eye = np.eye(nf)
+    for _ in range(max_iter):
+        if active.size == 0:
+            break
+        a_jtj = jtj[active]
+        diag = np.diagonal(a_jtj, axis1=1, axis2=2)
+        damp = lam[active, None, None] * (eye * np.maximum(diag, 1e-12 * diag.max(axis=1, keepdims=True) + 1e-300)[:, None, :])
+        step, ok = _solve_batch(a_jtj + damp, jtr[active])
+        pa = p[active]
+        trial = pa.copy()
+        trial[:, fidx] = pa[:, fidx] + step
+        trial = np.clip(trial, lo[active], hi[active])
+        t_chi2, t_jtj, t_jtr, _, _ = _normal_equations(
+            model, trial, data[active], weight[active], shape, free, k
+        )
+        better = ok & np.isfinite(t_chi2) & (t_chi2 <= chi2[active])
+        iters[active] += 1
+        # step small compared with the statistical error of each parameter?
+        cov_diag = np.abs(np.diagonal(np.linalg.pinv(a_jtj), axis1=1, axis2=2))
+        actual = trial[:, fidx] - pa[:, fidx]
+        small = np.all(actual**2 <= (rtol**2) * np.maximum(cov_diag, 1e-300), axis=1)
+        dchi = chi2[active] - t_chi2
+        tiny_gain = better & (dchi <= 1e-12 * np.maximum(chi2[active], 1e-300))
+        acc = active[better]
+        p[acc] = trial[better]
+        chi2[acc] = t_chi2[better]
+        jtj[acc] = t_jtj[better]
+        jtr[acc] = t_jtr[better]
+        lam[acc] = np.maximum(lam[acc] / 5.0, 1e-12)
+        rej = active[~better]
+        lam[rej] = lam[rej] * 10.0
+        # converged: an accepted step below rtol x the standard errors, or no chi2 left to gain;
+        # a step rejected even under huge damping means the minimum is reached to machine precision
+        done = (better & (small | tiny_gain)) | (~better & (lam[active] > 1e10))
+        converged[active[done]] = True
+        active = active[~done]
+    return p, chi2, jtj, iters, converged
+
+
+def fit_stamps(
+    model: PSFModel,
+    data: np.ndarray,
+    p0: np.ndarray,
+    *,
+    weight_mask: np.ndarray | None = None,
+    variance: np.ndarray | None = None,
+    noise: NoiseModel | None = None,
+    free: np.ndarray | None = None,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
+    max_iter: int = 100,
+    rtol: float = 1e-6,
+    reweight: int = 2,
+    chunk: int | None = None,
+) -> StampFit:
+    """Fit a model to a batch of stamps by weighted least squares.
+
+    Parameters
+    ----------
+    model : PSFModel
+    data : ndarray, shape (N, h, w)
+        The stamps, in data units.  NaN pixels are ignored.
+    p0 : ndarray, shape (N, n_params)
+        Starting parameters (stamp-local coordinates).
+    weight_mask : ndarray of bool, shape (N, h, w), optional
+        True for pixels to use (False: masked, saturated, off the image).
+    variance : ndarray, shape (N, h, w), optional
+        Per-pixel variance (e.g. a user's error array squared); fixed during the fit.
+    noise : NoiseModel, optional
+        Gain and read noise: weights from the model, iteratively updated.
+    free : ndarray of bool, shape (n_params,), optional
+        Parameters to fit (default: ``model.default_free()``).
+    bounds : (lower, upper), each (N, n_params), optional
+        Default: ``model.bounds(N)``.
+    max_iter : int
+        Levenberg-Marquardt iterations per pass at most.
+    rtol : float
+        Convergence when every step is below ``rtol`` times the parameter's
+        standard error.
+    reweight : int
+        Extra passes with the variance recomputed from the fitted model
+        (only with ``noise``).
+    chunk : int, optional
+        Stars per vectorised block (bounds memory); default from the stamp size.
+
+    Returns
+    -------
+    StampFit
+    """
+    data = np.asarray(data, dtype=float)
+    if data.ndim != 3:
+        raise ValueError(f"data must have shape (N, h, w), got {data.shape}")
+    n, h, w = data.shape
+    p0 = np.asarray(p0, dtype=float).reshape(n, model.n_params)
+    free = model.default_free() if free is None else np.asarray(free, dtype=bool)
+    lo, hi = model.bounds(n) if bounds is None else bounds
+    mask = np.isfinite(data)
+    if weight_mask is not None:
+        mask &= np.asarray(weight_mask, dtype=bool)
+    if chunk is None:
+        kmax = int(model.subsampling(p0).max()) if n else 1
+        chunk = max(16, int(4e6 // (h * w * kmax * kmax * max(int(free.sum()), 1))))
+    if n > chunk:
+        parts = [
+            fit_stamps(
+                model, data[i : i + chunk], p0[i : i + chunk],
+                weight_mask=mask[i : i + chunk],
+                variance=None if variance is None else variance[i : i + chunk],
+                noise=noise, free=free, bounds=(lo[i : i + chunk], hi[i : i + chunk]),
+                max_iter=max_iter, rtol=rtol, reweight=reweight, chunk=chunk,
+            )
+            for i in range(0, n, chunk)
+        ]
+        return _concat(parts)
+
+    # group stars by their pixel-integration order so each star's model does not depend on the batch
+    ks = model.subsampling(np.clip(p0, lo, hi))
+    if np.unique(ks).size > 1:
+        out = None
+        for k in np.unique(ks):
+            sel = np.flatnonzero(ks == k)
+            part = fit_stamps(
+                model, data[sel], p0[sel], weight_mask=mask[sel],
+                variance=None if variance is None else variance[sel], noise=noise, free=free,
+                bounds=(lo[sel], hi[sel]), max_iter=max_iter, rtol=rtol, reweight=reweight, chunk=chunk,
+            )
+            out = _scatter(out, part, sel, n)
+        return out
+    k = int(ks[0]) if n else 1
+
+    flat = np.where(mask, data, 0.0).reshape(n, h * w)
+    m = mask.reshape(n, h * w)
+    n_pix = m.sum(axis=1)
+    p = np.clip(p0, lo, hi)
+    weighted = variance is not None or noise is not None
+
+    def weights_for(expected):
+        if variance is not None:
+            var = np.asarray(variance, dtype=float).reshape(n, h * w)
+        elif noise is not None:
+            var = noise.variance(expected)
+        else:
+            var = np.broadcast_to(border_var[:, None], flat.shape)
+        wgt = np.where(m & (var > 0) & np.isfinite(var), 1.0 / np.where(var > 0, var, 1.0), 0.0)
+        return wgt
+
+    border_var = _border_variance(np.where(mask, data, np.nan)) if not weighted else None
+    passes = 1 + (reweight if noise is not None else 0)
+    if noise is not None:
+        # first pass: variance from a smoothed version of the data's own level (robust start)
+        expected = model.evaluate(p, (h, w), free=free, k=k)[0]
+    else:
+        expected = flat
+    total_iters = np.zeros(n, dtype=int)
+    for _ in range(passes):
+        wgt = weights_for(expected)
+        p, chi2, jtj, iters, converged = _lm(model, p, flat, wgt, (h, w), free, lo, hi, k, max_iter, rtol)
+        total_iters += iters
+        expected = model.evaluate(p, (h, w), free=free, k=k)[0]
+    # final statistics at the solution with the final weights
+    wgt = weights_for(expected) if noise is not None else wgt
+    chi2, jtj, _, val, r = _normal_equations(model, p, flat, wgt, (h, w), free, k)
+    rss = np.einsum("nm,nm->n", r * m, r)
+
+    flags = np.zeros(n, dtype=np.int64)
+    flags[~converged] |= F.NOT_CONVERGED
+    nf = int(free.sum())
+    cov_free = np.full((n, nf, nf), np.nan)
+    try:
+        cov_free[:] = np.linalg.inv(jtj)
+        good = np.all(np.isfinite(cov_free), axis=(1, 2))
+    except np.linalg.LinAlgError:
+        good = np.zeros(n, dtype=bool)
+        for i in range(n):
+            try:
+                cov_free[i] = np.linalg.inv(jtj[i])
+                good[i] = np.all(np.isfinite(cov_free[i]))
+            except np.linalg.LinAlgError:
+                good[i] = False
+    diag_ok = np.all(np.diagonal(cov_free, axis1=1, axis2=2) > 0, axis=1)
+    good &= diag_ok
+    flags[~good] |= F.SINGULAR_COVARIANCE
+    dof = np.maximum(n_pix - nf, 1)
+    if not weighted:
+        cov_free *= (chi2 / dof)[:, None, None]
+    cov = np.zeros((n, model.n_params, model.n_params))
+    fidx = np.flatnonzero(free)
+    cov[:, fidx[:, None], fidx[None, :]] = np.where(good[:, None, None], cov_free, np.nan)
+    at_bound = np.any(((p <= lo) | (p >= hi)) & free[None, :] & (np.isfinite(lo) | np.isfinite(hi)), axis=1)
+    flags[at_bound] |= F.AT_BOUND
+    flags[n_pix <= nf + 2] |= F.TOO_FEW_PIXELS
+    bad = ~np.all(np.isfinite(p), axis=1) | ~np.isfinite(chi2)
+    flags[bad] |= F.FIT_FAILED
+    return StampFit(
+        params=p, covariance=cov, chi2=chi2, rss=rss, n_pixels=n_pix, n_free=nf,
+        iterations=total_iters, flags=flags, free=free.copy(), weighted=weighted,
+        extra={"subsampling": np.full(n, k)},
+    )
+
+
+def _border_variance(stamps: np.ndarray) -> np.ndarray:
+    """Robust background variance per stamp from its border pixels (MAD), for unweighted fits."""
+    import warnings
+
+    border = np.concatenate([stamps[:, 0, :], stamps[:, -1, :], stamps[:, 1:-1, 0], stamps[:, 1:-1, -1]], axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(border, axis=1)
+        mad = np.nanmedian(np.abs(border - med[:, None]), axis=1) * 1.4826
+        fallback = np.nanstd(stamps.reshape(len(stamps), -1), axis=1)
+    var = np.where(np.isfinite(mad) & (mad > 0), mad, fallback) ** 2
+    return np.where(np.isfinite(var) & (var > 0), var, 1.0)
+
+
+def _concat(parts: list[StampFit]) -> StampFit:
+    first = parts[0]
+    return StampFit(
+        params=np.concatenate([q.params for q in parts]),
+        covariance=np.concatenate([q.covariance for q in parts]),
+        chi2=np.concatenate([q.chi2 for q in parts]),
+        rss=np.concatenate([q.rss for q in parts]),
+        n_pixels=np.concatenate([q.n_pixels for q in parts]),
+        n_free=first.n_free,
+        iterations=np.concatenate([q.iterations for q in parts]),
+        flags=np.concatenate([q.flags for q in parts]),
+        free=first.free,
+        weighted=first.weighted,
+        extra={"subsampling": np.concatenate([q.extra["subsampling"] for q in parts])},
+    )
+
+
+def _scatter(out: StampFit | None, part: StampFit, sel: np.ndarray, n: int) -> StampFit:
+    if out is None:
+        P = part.params.shape[1]
+        out = StampFit(
+            params=np.zeros((n, P)), covariance=np.zeros((n, P, P)), chi2=np.zeros(n), rss=np.zeros(n),
+            n_pixels=np.zeros(n, dtype=int), n_free=part.n_free, iterations=np.zeros(n, dtype=int),
+            flags=np.zeros(n, dtype=np.int64), free=part.free, weighted=part.weighted,
+            extra={"subsampling": np.zeros(n, dtype=int)},
+        )
+    for name in ("params", "covariance", "chi2", "rss", "n_pixels", "iterations", "flags"):
+        getattr(out, name)[sel] = getattr(part, name)
+    out.extra["subsampling"][sel] = part.extra["subsampling"]
+    return out

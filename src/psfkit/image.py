@@ -1,0 +1,319 @@
+"""Images and what their headers know.
+
+:func:`load_image` reads a file into an :class:`Image`: the pixels as a 2-D
+float array plus the metadata every other module uses (image scale, gain, read
+noise, saturation level, exposure, date, WCS).  Every reader returns the same
+object, so detection, fitting and photometry never look at a file format.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import PsfkitError
+
+__all__ = ["Image", "load_image", "image_scale_from_header", "as_image"]
+
+ARCSEC_PER_RADIAN_OVER_1000 = 206.264806  # arcsec/px = this * pixel size [um] / focal length [mm]
+
+
+@dataclass(frozen=True)
+class Image:
+    """Pixels plus metadata.
+
+    Attributes
+    ----------
+    data : ndarray
+        2-D float array (rows = y, columns = x), in data units.  NaN marks
+        pixels without data.
+    path : str or None
+        The file it came from.
+    pixel_scale : float or None
+        Arcseconds per pixel, when known.
+    scale_rule : str
+        How ``pixel_scale`` was found (which keywords, or "user", or "unknown").
+    gain : float or None
+        Electrons per data unit.
+    read_noise : float or None
+        Read noise in electrons.
+    saturation : float or None
+        Data value at or above which a pixel is saturated.
+    exptime : float or None
+        Exposure time in seconds.
+    date_obs : str or None
+        Start of exposure (ISO string, as in the header).
+    wcs : astropy.wcs.WCS or None
+        Celestial WCS when the header has one.
+    header : dict
+        The raw header cards (keyword -> value) of the HDU the pixels came from.
+    meta : dict
+        Anything else a reader found worth keeping (format, HDU, channel, Bayer ...).
+    """
+
+    data: np.ndarray
+    path: str | None = None
+    pixel_scale: float | None = None
+    scale_rule: str = "unknown"
+    gain: float | None = None
+    read_noise: float | None = None
+    saturation: float | None = None
+    exptime: float | None = None
+    date_obs: str | None = None
+    wcs: Any = None
+    header: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(ny, nx) of the pixel array."""
+        return tuple(self.data.shape)  # type: ignore[return-value]
+
+    def with_data(self, data: np.ndarray, **changes: Any) -> "Image":
+        """A copy of this image with other pixels (and optionally other metadata)."""
+        return replace(self, data=data, **changes)
+
+    def variance(self, model_or_data: np.ndarray) -> np.ndarray | None:
+        """Per-pixel variance from gain and read noise, or None when the gain is unknown.
+
+        variance = signal / gain + (read_noise / gain)^2, in data units squared,
+        where ``signal`` is the expected counts above zero (clipped at zero).
+        """
+        if not self.gain or self.gain <= 0:
+            return None
+        rn = (self.read_noise or 0.0) / self.gain
+        return np.clip(model_or_data, 0.0, None) / self.gain + rn * rn
+
+
+def _header_float(header: Any, *keys: str) -> tuple[float | None, str | None]:
+    """First finite float among header keywords (string values like '1.22' are parsed)."""
+    for key in keys:
+        if key in header:
+            value = header[key]
+            try:
+                number = float(str(value).strip().strip("'"))
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(number):
+                return number, key
+    return None, None
+
+
+def image_scale_from_header(header: Any, wcs: Any = None) -> tuple[float | None, str]:
+    """Image scale in arcsec/px and the rule used to find it.
+
+    Rules, in order:
+
+    1. FOCALLEN (or FOCAL) with XPIXSZ/YPIXSZ (or PIXSIZE1/PIXSIZE2):
+       206.265 x pixel size [um] / focal length [mm].  XPIXSZ is taken as the
+       size *after* binning (the convention of MaxIm DL, N.I.N.A., Siril and
+       the FITS keyword dictionary); when the header says so explicitly in the
+       comment ("unbinned") it is multiplied by XBINNING.
+    2. A celestial WCS (CD, CDELT or PC matrix): the square root of the pixel area.
+    3. PIXSCALE / PIXSCAL1 / SECPIX / PLTSCALE-derived keywords.
+    """
+    focal, fkey = _header_float(header, "FOCALLEN", "FOCAL")
+    xpix, xkey = _header_float(header, "XPIXSZ", "PIXSIZE1", "XPIXELSZ")
+    ypix, _ = _header_float(header, "YPIXSZ", "PIXSIZE2", "YPIXELSZ")
+    if focal and focal > 0 and xpix and xpix > 0:
+        pix = math.sqrt(xpix * (ypix if ypix and ypix > 0 else xpix))
+        binning, _ = _header_float(header, "XBINNING")
+        comment = ""
+        try:
+            comment = str(header.comments[xkey]).lower()
+        except Exception:  # plain dicts have no comments
+            comment = ""
+        rule_bin = ""
+        if binning and binning > 1 and "unbinned" in comment:
+            pix *= binning
+            rule_bin = f" x XBINNING={binning:g} (pixel size is unbinned)"
+        scale = ARCSEC_PER_RADIAN_OVER_1000 * pix / focal
+        return scale, f"206.265 x {xkey}={xpix:g} um{rule_bin} / {fkey}={focal:g} mm"
+    if wcs is not None:
+        try:
+            from astropy.wcs.utils import proj_plane_pixel_scales
+
+            if wcs.has_celestial:
+                scales = proj_plane_pixel_scales(wcs.celestial) * 3600.0
+                if np.all(np.isfinite(scales)) and np.all(scales > 0):
+                    return float(np.sqrt(scales[0] * scales[1])), "WCS pixel scale"
+        except Exception:
+            pass
+    value, key = _header_float(header, "PIXSCALE", "PIXSCAL1", "SECPIX", "SCALE")
+    if value and value > 0:
+        return value, f"header {key}"
+    return None, "unknown"
+
+
+def _celestial_wcs(header: Any) -> Any:
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    if not any(k in header for k in ("CTYPE1", "CD1_1", "PC1_1")):
+        return None
+    ctype = str(header.get("CTYPE1", "")).strip()
+    if not ctype:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            wcs = WCS(header, naxis=2)
+        except Exception:
+            return None
+    return wcs if wcs.has_celestial else None
+
+
+def _metadata_from_header(header: Any, data: np.ndarray, raw_dtype: Any) -> dict:
+    wcs = _celestial_wcs(header)
+    scale, rule = image_scale_from_header(header, wcs)
+    gain, _ = _header_float(header, "GAIN", "EGAIN", "CVF")
+    rdnoise, _ = _header_float(header, "RDNOISE", "READNOIS", "RON")
+    saturation, _ = _header_float(header, "SATURATE", "DATAMAX")
+    if saturation is None and raw_dtype is not None and np.issubdtype(raw_dtype, np.integer):
+        saturation = float(np.iinfo(raw_dtype).max)
+    exptime, _ = _header_float(header, "EXPTIME", "EXPOSURE")
+    date = header.get("DATE-OBS")
+    return dict(
+        pixel_scale=scale,
+        scale_rule=rule,
+        gain=gain if gain and gain > 0 else None,
+        read_noise=rdnoise if rdnoise is not None and rdnoise >= 0 else None,
+        saturation=saturation,
+        exptime=exptime,
+        date_obs=str(date) if date is not None else None,
+        wcs=wcs,
+    )
+
+
+def _fits_raw_dtype(hdu: Any) -> Any:
+    """The dtype the detector wrote: uint16 for BITPIX=16 with BZERO=32768, etc."""
+    header = hdu.header
+    bitpix = header.get("ZBITPIX", header.get("BITPIX"))
+    bzero = header.get("BZERO", 0)
+    bscale = header.get("BSCALE", 1)
+    if bitpix == 8:
+        return np.dtype(np.uint8)
+    if bitpix == 16:
+        return np.dtype(np.uint16) if (bzero == 32768 and bscale == 1) else np.dtype(np.int16)
+    if bitpix == 32:
+        return np.dtype(np.uint32) if (bzero == 2147483648 and bscale == 1) else np.dtype(np.int32)
+    return None
+
+
+def _load_fits(path: Path, hdu_index: int | None) -> Image:
+    from astropy.io import fits
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hdul = fits.open(path, memmap=False)
+            hdul.verify("silentfix")
+    except Exception as exc:  # astropy raises many kinds for a broken file
+        raise PsfkitError(f"{path}: not a readable FITS file ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+    with hdul:
+        chosen = None
+        if hdu_index is not None:
+            if not 0 <= hdu_index < len(hdul):
+                raise PsfkitError(f"{path}: HDU {hdu_index} does not exist (the file has {len(hdul)})")
+            chosen = hdul[hdu_index]
+        else:
+            for candidate in hdul:
+                if getattr(candidate, "is_image", False) and candidate.header.get("NAXIS", 0) >= 2:
+                    chosen = candidate
+                    break
+        if chosen is None or not getattr(chosen, "is_image", False):
+            raise PsfkitError(f"{path}: no HDU holds an image")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                raw = chosen.data
+        except Exception as exc:
+            raise PsfkitError(f"{path}: the image data cannot be read ({exc.__class__.__name__})") from None
+        if raw is None:
+            raise PsfkitError(f"{path}: the HDU holds no data")
+        raw_dtype = _fits_raw_dtype(chosen)
+        data = np.asarray(raw)
+        if data.ndim == 3 and data.shape[0] == 1:
+            data = data[0]
+        if data.ndim != 2:
+            raise PsfkitError(f"{path}: the image is {data.ndim}-D with shape {data.shape}; a 2-D image is needed")
+        data = data.astype(np.float64 if data.dtype == np.float64 else np.float32, copy=True)
+        blank = chosen.header.get("BLANK")
+        header = chosen.header
+        meta = _metadata_from_header(header, data, raw_dtype)
+        cards = {k: header[k] for k in header if k not in ("COMMENT", "HISTORY", "")}
+        if str(header.get("ROWORDER", "")).strip().upper() == "TOP-DOWN":
+            meta_roworder = "TOP-DOWN"
+        else:
+            meta_roworder = "BOTTOM-UP"
+    _check_pixels(path, data)
+    return Image(
+        data=data,
+        path=str(path),
+        header=cards,
+        meta={"format": "FITS", "hdu": hdu_index, "roworder": meta_roworder, "blank": blank},
+        **meta,
+    )
+
+
+def _check_pixels(path: Any, data: np.ndarray) -> None:
+    if data.size == 0:
+        raise PsfkitError(f"{path}: the image has no pixels")
+    finite = np.isfinite(data)
+    if not finite.any():
+        raise PsfkitError(f"{path}: every pixel is NaN or infinite")
+    values = data[finite]
+    if values.min() == values.max():
+        raise PsfkitError(f"{path}: the image is constant ({values.min():g}); there is nothing to measure")
+
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fit.fz", ".fz")
+
+
+def load_image(path: str | os.PathLike, *, hdu: int | None = None) -> Image:
+    """Read an image file into an :class:`Image`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.  FITS (``.fits``, ``.fit``, ``.fts``, gzip, tile-compressed).
+    hdu : int, optional
+        The FITS HDU to read; by default the first HDU holding a 2-D image.
+
+    Returns
+    -------
+    Image
+
+    Raises
+    ------
+    PsfkitError
+        For a missing, unreadable or unsuitable file, with a one-line message.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise PsfkitError(f"{p}: no such file")
+    if p.is_dir():
+        raise PsfkitError(f"{p}: is a directory, not an image file")
+    return _load_fits(p, hdu)
+
+
+def as_image(image: Any) -> Image:
+    """Accept an :class:`Image`, a path or a 2-D array-like and return an :class:`Image`."""
+    if isinstance(image, Image):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    data = np.asarray(image)
+    if data.ndim != 2:
+        raise PsfkitError(f"the image must be 2-D, got shape {data.shape}")
+    if data.size == 0:
+        raise PsfkitError("the image has no pixels")
+    if not np.issubdtype(data.dtype, np.floating):
+        saturation = float(np.iinfo(data.dtype).max) if np.issubdtype(data.dtype, np.integer) else None
+        return Image(data=data.astype(np.float64), saturation=saturation, meta={"format": "array"})
+    return Image(data=data, meta={"format": "array"})

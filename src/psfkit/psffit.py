@@ -1,0 +1,448 @@
+"""Fit the PSF of stars at given positions: :func:`fit_stars` and :func:`fit_star`.
+
+Both go through the one batched engine (:func:`psfkit.fitting.fit_stamps`).
+The Gaussian (and Moffat) fit follows Siril by default: a first fit without
+the angle (exact erf pixel integration), then a fit with the angle for the
+stars whose widths differ (``angle="auto"``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from astropy.table import Table
+
+from . import flags as F
+from .errors import PsfkitError
+from .fitting import NoiseModel, StampFit, fit_stamps
+from .image import Image, as_image
+from .measure import measure
+from .models import FWHM_PER_SIGMA, GaussianPSF, ImagePSF, MoffatPSF, PSFModel, _EllipticalModel, get_model
+from .stamps import auto_box, brightest_source, cut_stamps, estimate_fwhm, initial_params, refine_peak, saturation_mask
+
+__all__ = ["fit_stars", "fit_star", "StarFit", "resolve_model", "COLUMN_ORDER"]
+
+#: Order of the main columns of a star table (GUIDE.md section 3).
+COLUMN_ORDER = [
+    "id", "x_fit", "y_fit", "x_err", "y_err", "fwhm_x", "fwhm_y", "fwhm", "fwhm_x_err", "fwhm_y_err", "fwhm_err",
+    "fwhm_x_arcsec", "fwhm_y_arcsec", "fwhm_arcsec", "fwhm_x_arcsec_err", "fwhm_y_arcsec_err", "fwhm_arcsec_err",
+    "roundness", "roundness_err", "angle", "angle_err", "background", "background_err", "amplitude", "amplitude_err",
+    "beta", "beta_err", "flux_fit", "flux_err", "mag", "mag_err", "snr", "rmse", "reduced_chi2", "n_pixels_fit",
+    "iterations", "flags", "x_init", "y_init", "ra", "dec",
+]
+
+ANGLE_MODES = ("auto", True, False)
+
+
+def resolve_model(
+    model: str | PSFModel | np.ndarray | Any = "gaussian",
+    *,
+    beta: float | None = None,
+    angle: bool = True,
+    sampling: str = "integrated",
+    oversampling: int = 1,
+) -> PSFModel:
+    """A model from a name ('gaussian', 'moffat'), a PSF array, a path to a PSF FITS file, or a model."""
+    if isinstance(model, PSFModel):
+        return model
+    if isinstance(model, np.ndarray):
+        try:
+            return ImagePSF(model, oversampling=oversampling)
+        except ValueError as exc:
+            raise PsfkitError(f"PSF image: {exc}") from None
+    name = str(model)
+    if name.lower() in ("gaussian", "moffat"):
+        return get_model(name, angle=angle, beta=beta, sampling=sampling)
+    # a file holding a PSF image
+    from pathlib import Path
+
+    from astropy.io import fits
+
+    path = Path(name)
+    if not path.exists():
+        raise PsfkitError(f"unknown model {name!r}: not 'gaussian' or 'moffat', and no such PSF file")
+    try:
+        with fits.open(path) as hdul:
+            arr = next((h.data for h in hdul if getattr(h, "is_image", False) and h.data is not None), None)
+            over = next((h.header.get("OVERSAMP") for h in hdul if h.header.get("OVERSAMP")), None)
+    except Exception as exc:
+        raise PsfkitError(f"{path}: not a readable FITS PSF ({exc.__class__.__name__})") from None
+    if arr is None:
+        raise PsfkitError(f"{path}: holds no image data for a PSF")
+    arr = np.asarray(arr, dtype=float)
+    if arr.ndim != 2:
+        raise PsfkitError(f"{path}: a PSF must be 2-D, this one has shape {arr.shape}")
+    try:
+        return ImagePSF(arr, oversampling=int(over) if over else oversampling)
+    except ValueError as exc:
+        raise PsfkitError(f"{path}: {exc}") from None
+
+
+def _windowed_moments(stamps: np.ndarray, usable: np.ndarray, p: np.ndarray):
+    """Angle and axis ratio from second moments weighted by the round stage-1 Gaussian."""
+    n, h, w = stamps.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    dx = xx[None] - p[:, 2, None, None]
+    dy = yy[None] - p[:, 3, None, None]
+    s = np.sqrt(p[:, 4] * p[:, 5])[:, None, None]
+    win = np.exp(-0.5 * (dx**2 + dy**2) / (s * s))
+    val = np.where(usable, stamps - p[:, 0, None, None], 0.0) * win
+    tot = val.sum(axis=(1, 2))
+    tot = np.where(tot > 0, tot, np.nan)
+    mxx = (val * dx * dx).sum(axis=(1, 2)) / tot
+    myy = (val * dy * dy).sum(axis=(1, 2)) / tot
+    mxy = (val * dx * dy).sum(axis=(1, 2)) / tot
+    theta = 0.5 * np.arctan2(2 * mxy, mxx - myy)
+    tr = mxx + myy
+    det = mxx * myy - mxy**2
+    disc = np.sqrt(np.clip(tr * tr / 4 - det, 0, None))
+    l1, l2 = tr / 2 + disc, tr / 2 - disc
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.sqrt(np.clip(l2 / l1, 0.05, 1.0))
+    return np.nan_to_num(theta), np.nan_to_num(ratio, nan=1.0)
+
+
+def _weights_and_noise(img: Image, gain, read_noise, error, n_box):
+    g = gain if gain is not None else img.gain
+    rn = read_noise if read_noise is not None else img.read_noise
+    noise = None
+    if error is None and g:
+        noise = NoiseModel(gain=float(g), read_noise=float(rn or 0.0) / float(g))
+    return noise
+
+
+def fit_stars(
+    image: Image | np.ndarray | str,
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    *,
+    box: int | None = None,
+    model: str | PSFModel | np.ndarray = "gaussian",
+    beta: float | None = None,
+    angle: bool | str = "auto",
+    sampling: str = "integrated",
+    search_radius: float | None = 3.0,
+    gain: float | None = None,
+    read_noise: float | None = None,
+    error: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    saturation: float | None | str = "auto",
+    zero_point: float = 0.0,
+    oversampling: int = 1,
+    max_iter: int = 100,
+) -> Table:
+    """Fit the PSF of the stars near the given positions, all in one batch.
+
+    Parameters
+    ----------
+    image : Image, 2-D array or path
+    x, y : array-like
+        0-based pixel positions (x = column, y = row) near each star.
+    box : int, optional
+        Fitting box size in pixels (odd); default from the first star's FWHM (about 5 FWHM).
+    model : {"gaussian", "moffat"}, PSFModel, 2-D array or path to a PSF FITS
+        The PSF model.  An array or file is an image PSF (any normalisation).
+    beta : float, optional
+        Fix the Moffat beta.
+    angle : {"auto", True, False}
+        "auto" (Siril's way): fit without the angle, then with it where the
+        widths differ.  True: always fit the angle.  False: never.
+    sampling : {"integrated", "point"}
+        Pixel-integrated (default) or point-sampled analytic models.
+    search_radius : float or None
+        Move each position to the real peak within this radius first
+        (hot pixels ignored); None keeps the positions as given.
+    gain, read_noise : float, optional
+        e-/ADU and e- (default: from the image header).  With a gain the fit
+        is weighted by the Poisson + read noise variance of the model.
+    error : ndarray, optional
+        1-sigma error per pixel (same shape as the image); overrides gain.
+    mask : ndarray of bool, optional
+        True for pixels to ignore.
+    saturation : float, None or "auto"
+        Pixels at or above this value are left out ("auto": from the image).
+    zero_point : float
+        Magnitude zero point.
+    oversampling : int
+        Oversampling of an image PSF given as an array.
+    max_iter : int
+        Iteration limit per Levenberg-Marquardt pass.
+
+    Returns
+    -------
+    astropy.table.Table
+        One row per star with the columns of GUIDE.md section 3 (see
+        ``docs/columns.md``), the settings in ``table.meta``.
+    """
+    img = as_image(image)
+    data = img.data
+    xs = np.atleast_1d(np.asarray(x, dtype=float))
+    ys = np.atleast_1d(np.asarray(y, dtype=float))
+    if xs.shape != ys.shape:
+        raise PsfkitError("x and y must have the same length")
+    ny, nx = data.shape
+    outside = (xs < -0.5) | (xs > nx - 0.5) | (ys < -0.5) | (ys > ny - 0.5) | ~np.isfinite(xs) | ~np.isfinite(ys)
+    if np.any(outside):
+        i = int(np.flatnonzero(outside)[0])
+        raise PsfkitError(f"position ({xs[i]:g}, {ys[i]:g}) is outside the image (x 0..{nx - 1}, y 0..{ny - 1})")
+    if angle not in ANGLE_MODES:
+        raise PsfkitError(f"angle must be 'auto', True or False, not {angle!r}")
+    if error is not None and np.shape(error) != data.shape:
+        raise PsfkitError(f"the error array has shape {np.shape(error)}, the image {data.shape}")
+    if mask is not None and np.shape(mask) != data.shape:
+        raise PsfkitError(f"the mask has shape {np.shape(mask)}, the image {data.shape}")
+    mdl = resolve_model(model, beta=beta, angle=bool(angle), sampling=sampling, oversampling=oversampling)
+
+    if search_radius:
+        pos = np.array([refine_peak(data, a, b, search_radius=search_radius) for a, b in zip(xs, ys)])
+        rx, ry = pos[:, 0], pos[:, 1]
+    else:
+        rx, ry = xs.copy(), ys.copy()
+    if box is None:
+        if isinstance(mdl, ImagePSF):
+            box = auto_box(mdl._fwhm)
+        else:
+            box = auto_box(np.median([estimate_fwhm(data, a, b) for a, b in zip(rx[:50], ry[:50])]))
+    box = int(box)
+    if box < 3:
+        raise PsfkitError(f"the box must be at least 3 px, got {box}")
+    if box % 2 == 0:
+        box += 1
+
+    stamps, inside, origin, cut = cut_stamps(data, rx, ry, box)
+    usable = inside & np.isfinite(stamps)
+    n = len(rx)
+    flags = np.zeros(n, dtype=np.int64)
+    flags[cut] |= F.NEAR_EDGE
+    if mask is not None:
+        mstamps, _, _, _ = cut_stamps(np.asarray(mask, dtype=float), rx, ry, box)
+        user = np.nan_to_num(mstamps) > 0
+        flags[np.any(user & inside, axis=(1, 2))] |= F.MASKED_PIXELS
+        usable &= ~user
+    flags[np.any(inside & ~np.isfinite(stamps), axis=(1, 2))] |= F.MASKED_PIXELS
+    sat_level = img.saturation if saturation == "auto" else saturation
+    if sat_level is not None:
+        sat = saturation_mask(stamps, sat_level) & inside
+        flags[np.any(sat, axis=(1, 2))] |= F.SATURATED
+        usable &= ~sat
+    variance = None
+    if error is not None:
+        estamps, _, _, _ = cut_stamps(np.asarray(error, dtype=float), rx, ry, box)
+        variance = np.where(usable, estamps**2, np.inf)
+    noise = _weights_and_noise(img, gain, read_noise, error, box)
+    centre = np.stack([rx - origin[:, 0], ry - origin[:, 1]], axis=1)
+    p0 = initial_params(mdl, stamps, usable, centre)
+    if np.any(saturation_mask(stamps, sat_level) & inside) if sat_level is not None else False:
+        satd = np.any(saturation_mask(stamps, sat_level) & inside, axis=(1, 2))
+        p0[satd, 1] *= 2.0  # a saturated peak hides a higher amplitude
+
+    common = dict(weight_mask=usable, variance=variance, noise=noise, max_iter=max_iter)
+    stage = "single"
+    if isinstance(mdl, _EllipticalModel) and angle in ("auto", True):
+        free1 = mdl.default_free()
+        free1[mdl.i_angle] = False
+        p0[:, mdl.i_angle] = 0.0
+        fit1 = fit_stamps(mdl, stamps, p0, free=free1, **common)
+        fit = fit1
+        p1 = fit1.params.copy()
+        theta, ratio = _windowed_moments(stamps, usable, p1)
+        wx, wy = p1[:, mdl.i_width_x], p1[:, mdl.i_width_y]
+        differ = (np.abs(wx - wy) > 0.01) | (ratio < 0.98)
+        if angle is True:
+            differ[:] = True
+        todo = np.flatnonzero(differ & np.all(np.isfinite(p1), axis=1))
+        stage = "two-stage"
+        if todo.size:
+            p2 = p1[todo].copy()
+            gm = np.sqrt(wx[todo] * wy[todo])
+            r = np.clip(ratio[todo], 0.3, 1.0)
+            p2[:, mdl.i_width_x] = gm / np.sqrt(r)
+            p2[:, mdl.i_width_y] = gm * np.sqrt(r)
+            p2[:, mdl.i_angle] = theta[todo]
+            free2 = mdl.default_free()
+            free2[mdl.i_angle] = True
+            fit2 = fit_stamps(
+                mdl, stamps[todo], p2, free=free2,
+                weight_mask=usable[todo], variance=None if variance is None else variance[todo],
+                noise=noise, max_iter=max_iter,
+            )
+            fit = _merge(fit1, fit2, todo, mdl.n_params)
+    else:
+        fit = fit_stamps(mdl, stamps, p0, **common)
+
+    fit.flags |= flags
+    moved = (
+        (fit.params[:, mdl.i_x0] < -0.5) | (fit.params[:, mdl.i_x0] > box - 0.5)
+        | (fit.params[:, mdl.i_y0] < -0.5) | (fit.params[:, mdl.i_y0] > box - 0.5)
+    )
+    fit.flags[moved] |= F.CENTER_MOVED
+    cols = measure(mdl, fit, origin, zero_point=zero_point, pixel_scale=img.pixel_scale)
+    cols["x_init"] = xs
+    cols["y_init"] = ys
+    cols["id"] = np.arange(1, n + 1)
+    if img.wcs is not None:
+        try:
+            ra, dec = img.wcs.celestial.wcs_pix2world(cols["x_fit"], cols["y_fit"], 0)
+            cols["ra"], cols["dec"] = ra, dec
+        except Exception:
+            pass
+    table = Table({k: cols[k] for k in COLUMN_ORDER if k in cols})
+    _set_units(table)
+    table.meta.update(
+        {
+            "model": mdl.name,
+            "model_repr": repr(mdl),
+            "sampling": getattr(mdl, "sampling", "point"),
+            "angle_mode": str(angle),
+            "fit_stages": stage,
+            "box": box,
+            "weighted": bool(fit.weighted),
+            "gain": noise.gain if noise else None,
+            "read_noise_adu": noise.read_noise if noise else None,
+            "saturation": sat_level,
+            "zero_point": zero_point,
+            "pixel_scale": img.pixel_scale,
+            "scale_rule": img.scale_rule,
+            "image": img.path,
+            "coordinates": "0-based pixel centres, x = column, y = row",
+        }
+    )
+    if isinstance(mdl, ImagePSF):
+        table.meta["psf_normalisation"] = mdl.normalisation.kind
+        table.meta["psf_normalisation_note"] = mdl.normalisation.describe()
+    return table
+
+
+def _set_units(table: Table) -> None:
+    import astropy.units as u
+
+    for name in table.colnames:
+        if name.startswith(("x_", "y_", "fwhm")) and "arcsec" not in name:
+            table[name].unit = u.pix
+        elif "arcsec" in name:
+            table[name].unit = u.arcsec
+        elif name.startswith("angle"):
+            table[name].unit = u.deg
+        elif name.startswith("mag"):
+            table[name].unit = u.mag
+        elif name in ("ra", "dec"):
+            table[name].unit = u.deg
+
+
+def _merge(fit1: StampFit, fit2: StampFit, idx: np.ndarray, n_params: int) -> StampFit:
+    out = StampFit(
+        params=fit1.params.copy(), covariance=fit1.covariance.copy(), chi2=fit1.chi2.copy(), rss=fit1.rss.copy(),
+        n_pixels=fit1.n_pixels.copy(), n_free=fit1.n_free, iterations=fit1.iterations.copy(),
+        flags=fit1.flags.copy(), free=fit2.free, weighted=fit1.weighted, extra=dict(fit1.extra),
+    )
+    out.params[idx] = fit2.params
+    out.covariance[idx] = fit2.covariance
+    out.chi2[idx] = fit2.chi2
+    out.rss[idx] = fit2.rss
+    out.iterations[idx] += fit2.iterations
+    out.flags[idx] = fit2.flags
+    # the angle is fitted for some stars only: per-star free masks and parameter counts
+    free2d = np.tile(fit1.free, (len(out.params), 1))
+    free2d[idx] = fit2.free
+    out.free = free2d
+    out.n_free = free2d.sum(axis=1)
+    return out
+
+
+@dataclass
+class StarFit:
+    """The fit of one star: every column as an attribute, plus the table row.
+
+    Attributes are the column names of the star table (``x_fit``, ``fwhm_x``,
+    ``flux_fit``, ``flux_err``, ``mag`` ...).  ``model`` is the PSF model used.
+    """
+
+    table: Table
+    model: PSFModel
+    image: Image = field(repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        table = self.__dict__.get("table")
+        if table is not None and name in table.colnames:
+            value = table[name][0]
+            return value.item() if hasattr(value, "item") else value
+        raise AttributeError(name)
+
+    @property
+    def flag_names(self) -> list[str]:
+        return F.decode_flags(self.table["flags"][0])
+
+    def to_table(self) -> Table:
+        """The one-row star table (with units and metadata)."""
+        return self.table.copy()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain column -> value mapping (NaN kept as NaN)."""
+        row = self.table[0]
+        return {name: (row[name].item() if hasattr(row[name], "item") else row[name]) for name in self.table.colnames}
+
+    def model_image(self, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """The fitted model (background included) on the fitting box, for residual plots."""
+        from .render import render_fit
+
+        return render_fit(self, shape=shape)
+
+    def report(self, *, normalised: bool = False) -> str:
+        """A readable block, Siril's PSF output with uncertainties (copy and paste)."""
+        from .report import star_report
+
+        return star_report(self, normalised=normalised)
+
+
+def fit_star(
+    image: Image | np.ndarray | str,
+    x: float | None = None,
+    y: float | None = None,
+    *,
+    box: int | None = None,
+    model: str | PSFModel | np.ndarray = "gaussian",
+    search_radius: float = 10.0,
+    **kwargs: Any,
+) -> StarFit:
+    """Fit one star, the Dynamic PSF way.
+
+    Parameters
+    ----------
+    image : Image, 2-D array or path
+    x, y : float, optional
+        Rough 0-based position.  The real peak is searched within
+        ``search_radius`` px (smoothed, hot pixels ignored), so a guess several
+        pixels off still lands on the star.  Without a position the brightest
+        source of the image is fitted.
+    box : int, optional
+        Fitting box (odd, px); default about 5 FWHM.
+    model : {"gaussian", "moffat"}, PSFModel, array or path
+    search_radius : float
+        How far from (x, y) the peak may be.
+    **kwargs
+        Passed to :func:`fit_stars` (``beta``, ``angle``, ``gain``,
+        ``read_noise``, ``error``, ``mask``, ``saturation``, ``zero_point``,
+        ``sampling``, ``oversampling``).
+
+    Returns
+    -------
+    StarFit
+    """
+    img = as_image(image)
+    if (x is None) != (y is None):
+        raise PsfkitError("give both x and y, or neither (to fit the brightest source)")
+    if x is None:
+        bx, by = brightest_source(img.data)
+        x, y, search_radius = bx, by, 2.0
+    ny, nx = img.shape
+    if not (-0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5):
+        raise PsfkitError(f"position ({x:g}, {y:g}) is outside the image (x 0..{nx - 1}, y 0..{ny - 1})")
+    mdl = resolve_model(
+        model, beta=kwargs.pop("beta", None), angle=kwargs.get("angle", "auto") is not False,
+        sampling=kwargs.pop("sampling", "integrated"), oversampling=kwargs.pop("oversampling", 1),
+    )
+    table = fit_stars(img, [x], [y], box=box, model=mdl, search_radius=search_radius, **kwargs)
+    return StarFit(table=table, model=mdl, image=img)
