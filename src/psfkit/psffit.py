@@ -100,6 +100,11 @@ def _windowed_moments(stamps: np.ndarray, usable: np.ndarray, p: np.ndarray):
     det = mxx * myy - mxy**2
     disc = np.sqrt(np.clip(tr * tr / 4 - det, 0, None))
     l1, l2 = tr / 2 + disc, tr / 2 - disc
+    # undo the window: for a Gaussian of variance v under a window of variance s^2 the windowed
+    # variance is l = v s^2 / (v + s^2), so v = l s^2 / (s^2 - l) (the raw ratio is pulled towards 1)
+    s2 = (s * s)[:, 0, 0]
+    l1 = l1 * s2 / np.maximum(s2 - l1, 0.05 * s2)
+    l2 = l2 * s2 / np.maximum(s2 - l2, 0.05 * s2)
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.sqrt(np.clip(l2 / l1, 0.05, 1.0))
     return np.nan_to_num(theta), np.nan_to_num(ratio, nan=1.0)
@@ -251,6 +256,14 @@ def fit_stars(
         theta, ratio = _windowed_moments(stamps, usable, p1)
         wx, wy = p1[:, mdl.i_width_x], p1[:, mdl.i_width_y]
         differ = (np.abs(wx - wy) > 0.01) | (ratio < 0.98)
+        # Siril's thresholds are absolute; at high signal-to-noise a far smaller elongation is
+        # significant (and a 45-degree one leaves wx == wy in the angle-free fit): fit the angle too
+        # when the moments' elongation exceeds 3 sigma of the widths, or the chi-square rejects stage 1
+        e1 = fit1.errors
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = np.hypot(e1[:, mdl.i_width_x], e1[:, mdl.i_width_y]) / np.sqrt(wx * wy)
+        dof1 = np.maximum(fit1.n_pixels - fit1.n_free, 1)
+        differ |= ((1.0 - ratio) > 3.0 * np.nan_to_num(rel, nan=np.inf)) | (fit1.chi2 > dof1 + 3.0 * np.sqrt(2.0 * dof1))
         if angle is True:
             differ[:] = True
         todo = np.flatnonzero(differ & np.all(np.isfinite(p1), axis=1))
