@@ -176,6 +176,12 @@ def _metadata_from_header(header: Any, data: np.ndarray, raw_dtype: Any) -> dict
     saturation, _ = _header_float(header, "SATURATE", "DATAMAX")
     if saturation is None and raw_dtype is not None and np.issubdtype(raw_dtype, np.integer):
         saturation = float(np.iinfo(raw_dtype).max)
+        # cameras and software often clip below the type's maximum (Siril writes 65534): a plateau of
+        # several pixels sharing the frame's maximum is the real saturation level
+        finite = data[np.isfinite(data)]
+        top = float(finite.max()) if finite.size else saturation
+        if top < saturation and np.count_nonzero(finite == top) >= 3:
+            saturation = top
     exptime, _ = _header_float(header, "EXPTIME", "EXPOSURE")
     date = header.get("DATE-OBS")
     return dict(
