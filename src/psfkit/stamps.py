@@ -192,15 +192,20 @@ def initial_params(
     cy = np.clip(np.rint(centre[:, 1]).astype(int), 0, h - 1)
     # peak: max over the 3x3 around the centre
     peak = np.full(n, -np.inf)
+    raw_peak = np.full(n, -np.inf)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             yy = np.clip(cy + dy, 0, h - 1)
             xx = np.clip(cx + dx, 0, w - 1)
             v = vals[np.arange(n), yy, xx]
             peak = np.fmax(peak, v)
+            # a saturated core is not usable, but its value is a lower bound of the peak
+            raw_peak = np.fmax(raw_peak, stamps[np.arange(n), yy, xx])
+    peak = np.where(np.isfinite(peak), peak, raw_peak)
     amp = np.where(np.isfinite(peak), peak - bkg, 1.0)
     amp = np.maximum(amp, 1e-12 + 1e-6 * np.abs(bkg))
-    above = np.where(usable, stamps - bkg[:, None, None] >= 0.5 * amp[:, None, None], False)
+    # the area above half maximum counts the saturated core too (any pixel with data)
+    above = np.where(np.isfinite(stamps), stamps - bkg[:, None, None] >= 0.5 * amp[:, None, None], False)
     yy, xx = np.mgrid[0:h, 0:w]
     near = (xx[None] - centre[:, 0, None, None]) ** 2 + (yy[None] - centre[:, 1, None, None]) ** 2 <= (
         0.5 * min(h, w)
