@@ -148,9 +148,16 @@ def _lm(model, p0, data, weight, shape, free, lo, hi, k, max_iter, rtol):
         if active.size == 0:
             break
         a_jtj = jtj[active]
+        a_jtr = jtr[active]
         diag = np.diagonal(a_jtj, axis1=1, axis2=2)
         damp = lam[active, None, None] * (eye * np.maximum(diag, 1e-12 * diag.max(axis=1, keepdims=True) + 1e-300)[:, None, :])
-        step, ok = _solve_batch(a_jtj + damp, jtr[active])
+        # a parameter on its bound that the gradient pushes outwards stays there for this step
+        # (projected LM); without this the clipped step is not a descent step and the fit crawls
+        pf = p[active][:, fidx]
+        blocked = ((pf <= lo[active][:, fidx]) & (a_jtr < 0)) | ((pf >= hi[active][:, fidx]) & (a_jtr > 0))
+        keep = ~blocked
+        system = (a_jtj + damp) * keep[:, :, None] * keep[:, None, :] + eye * blocked[:, :, None]
+        step, ok = _solve_batch(system, a_jtr * keep)
         pa = p[active]
         trial = pa.copy()
         trial[:, fidx] = pa[:, fidx] + step
