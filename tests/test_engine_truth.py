@@ -39,7 +39,8 @@ def flux_for_snr(snr, fwhm_x, fwhm_y):
     return 0.5 * (a + np.sqrt(a * a + 4 * snr**2 * area * bg_var))
 
 
-def simulate_and_fit(model, *, seed, snr_range=(10.0, 1e4), beta=None, fit_beta=None, per_group=PER_GROUP):
+def simulate_and_fit(model, *, seed, snr_range=(10.0, 1e4), beta=None, fit_beta=None, per_group=PER_GROUP,
+                     weighted=True):
     """Simulate ``per_group`` stars for each FWHM group, fit them, return truth and fit columns."""
     rng = np.random.default_rng(seed)
     out: dict[str, list] = {}
@@ -61,7 +62,8 @@ def simulate_and_fit(model, *, seed, snr_range=(10.0, 1e4), beta=None, fit_beta=
         # start from the stamp centre (up to 0.5 px from the star); box = the stamp
         table = fit_stars(
             image, np.arange(n) * size + centre, np.full(n, centre), box=size, model=model, beta=fit_beta,
-            gain=GAIN, read_noise=READ_NOISE, search_radius=None, saturation=None,
+            gain=GAIN if weighted else None, read_noise=READ_NOISE if weighted else None,
+            search_radius=None, saturation=None,
         )
         cols = {
             "snr": snr, "roundness_true": r, "angle_true": ang, "beta_true": b,
@@ -178,3 +180,12 @@ def test_moffat_free_beta_pulls_and_bias(moffat_free_beta_result):
     ok = res["flags"] == 0
     assert ok.mean() >= 0.97, np.unique(res["flags"], return_counts=True)
     check_pulls(pulls({k: v[ok] for k, v in res.items()}, with_beta=True), "moffat beta free")
+
+
+def test_unweighted_fit_reports_honest_errors():
+    """Without gain and read noise (Siril's unweighted fit, the default when the header has no GAIN)
+    the errors must still be honest: bright stars' own photon noise makes the noise uneven, which a
+    plain (J^T J)^-1 rss/dof covariance ignores (pull std ~3 at SNR 1000 before the sandwich)."""
+    res = simulate_and_fit("gaussian", seed=41, snr_range=(30.0, 1e4), per_group=80, weighted=False)
+    assert np.all(res["flags"] == 0)
+    check_pulls(pulls(res), "gaussian unweighted")

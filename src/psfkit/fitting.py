@@ -331,9 +331,8 @@ def fit_stamps(
     diag_ok = np.all(np.diagonal(cov_free, axis1=1, axis2=2) > 0, axis=1)
     good &= diag_ok
     flags[~good] |= F.SINGULAR_COVARIANCE
-    dof = np.maximum(n_pix - nf, 1)
     if not weighted:
-        cov_free *= (chi2 / dof)[:, None, None]
+        cov_free = _unweighted_covariance(model, p, r, wgt, border_var, (h, w), free, k, cov_free, good)
     cov = np.zeros((n, model.n_params, model.n_params))
     fidx = np.flatnonzero(free)
     cov[:, fidx[:, None], fidx[None, :]] = np.where(good[:, None, None], cov_free, np.nan)
@@ -347,6 +346,56 @@ def fit_stamps(
         iterations=total_iters, flags=flags, free=free.copy(), weighted=weighted,
         extra={"subsampling": np.full(n, k)},
     )
+
+
+def _unweighted_covariance(model, p, r, wgt, border_var, shape, free, k, cov_free, good):
+    """Covariance of an unweighted fit: the sandwich (J^T J)^-1 J^T V J (J^T J)^-1.
+
+    Every pixel had the same weight, but the noise is not the same everywhere: the star's own
+    photon noise adds to the background's.  ``(J^T J)^-1 x rss/dof`` assumes it is, and understates
+    the errors of bright stars (threefold at SNR 1000).  Here ``V = a + b s`` per pixel, with ``s``
+    the model above the background, ``a`` the background's variance and ``b`` an effective 1/gain,
+    both >= 0 and fitted to the squared residuals through their expectation
+    ``E[r_k^2] = ((I - H) V (I - H))_kk = a (1 - h_k) + b (s_k (1 - 2 h_k) + (H S H)_kk)``
+    (``H`` the hat matrix: a bright core's noise leaks into the fitted wings).
+    """
+    val, jac = model.evaluate(p, shape, free=free, jacobian=True, k=k)
+    use = wgt > 0
+    jm = jac * use[:, :, None]
+    a_inv = np.where(good[:, None, None], cov_free, 0.0) / border_var[:, None, None]  # (J^T J)^-1
+    star = np.where(use, np.clip(val - p[:, :1], 0.0, None), 0.0)
+    m_s = np.matmul(jm.transpose(0, 2, 1), jm * star[:, :, None])  # J^T S J
+    q_mat = np.matmul(np.matmul(a_inv, m_s), a_inv)
+    h = np.einsum("nmi,nij,nmj->nm", jm, a_inv, jm)
+    c = np.where(use, 1.0 - h, 0.0)
+    d = np.where(use, star * (1.0 - 2.0 * h) + np.einsum("nmi,nij,nmj->nm", jm, q_mat, jm), 0.0)
+    r2 = np.where(use, r * r, 0.0)
+    wt = use.astype(float)
+    for _ in range(3):  # least squares, then weighted by 1 / E[r^2]^2 (the variance of r^2 is 2 E[r^2]^2)
+        a, b = _variance_coefficients(c, d, r2, wt)
+        expect = a[:, None] * c + b[:, None] * d
+        floor = 1e-6 * np.max(expect, axis=1, keepdims=True) + 1e-300
+        wt = np.where(use, 1.0 / np.maximum(expect, floor) ** 2, 0.0)
+    return a[:, None, None] * a_inv + b[:, None, None] * q_mat
+
+
+def _variance_coefficients(c, d, r2, wt):
+    """Non-negative (a, b) of the weighted least-squares fit r2 ~ a c + b d, per star."""
+    cc, cd, dd = (np.einsum("nm,nm,nm->n", wt, u, v) for u, v in ((c, c), (c, d), (d, d)))
+    cr, dr = np.einsum("nm,nm,nm->n", wt, c, r2), np.einsum("nm,nm,nm->n", wt, d, r2)
+    det = cc * dd - cd * cd
+    ok = det > 1e-12 * np.maximum(cc * dd, 1e-300)
+    safe = np.where(ok, det, 1.0)
+    a_only = cr / np.where(cc > 0, cc, 1.0)
+    a = np.where(ok, (dd * cr - cd * dr) / safe, a_only)
+    b = np.where(ok, (cc * dr - cd * cr) / safe, 0.0)
+    neg_b = b < 0  # no signal-dependent noise seen: a constant variance
+    a = np.where(neg_b, a_only, a)
+    b = np.where(neg_b, 0.0, b)
+    neg_a = a < 0  # all of it signal-dependent
+    b = np.where(neg_a, dr / np.where(dd > 0, dd, 1.0), b)
+    a = np.where(neg_a, 0.0, a)
+    return a, b
 
 
 def _border_variance(stamps: np.ndarray) -> np.ndarray:
