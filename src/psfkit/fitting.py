@@ -16,8 +16,9 @@ the Poisson maximum-likelihood estimate and reaches the Cramer-Rao bound.
 Given an explicit ``variance`` array, that is used as it is.  With neither,
 the fit is unweighted (as Siril's): every pixel gets the background variance
 measured on the stamp's border (median absolute deviation), so the reduced
-chi-square stays readable, and the covariance is scaled by the reduced
-chi-square.
+chi-square stays readable, and the covariance is a sandwich estimate whose
+pixel variances (background + signal-proportional) are fitted to the residuals
+(:func:`_unweighted_covariance`), so the errors stay honest for bright stars.
 """
 
 from __future__ import annotations
