@@ -17,6 +17,9 @@ from .image import Image, load_image
 from .measure import magnitude
 from .models import GaussianPSF, ImagePSF, MoffatPSF, PSFModel
 from .psffit import StarFit, fit_star, fit_stars
+from .sequence import SequenceResult, list_frames, run_sequence
+from .quality import QualityLimits, frame_summary, rank_frames
+from .lightcurve import differential_photometry, estimate_shift
 
 __version__ = "0.1.0"
 
@@ -25,3 +28,5 @@ __all__ = [
     "StarFit", "decode_flags", "fit_stamps", "fit_star", "fit_stars", "load_image", "magnitude",
     "sample_image_path", "__version__",
 ]
+__all__ += ["QualityLimits", "SequenceResult", "differential_photometry", "estimate_shift", "frame_summary",
+            "list_frames", "rank_frames", "run_sequence"]

@@ -1,1 +1,90 @@
-"""The `psfkit seq` command (not written yet)."""
+"""``psfkit seq``: a night of frames, locally or on a Dask cluster (no science here: calls run_sequence)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ._app import app, fail
+from ..errors import PsfkitError
+
+
+def _parse_xy(text: str, option: str) -> tuple[float, float]:
+    import math
+
+    try:
+        xs, ys = text.split(",")
+        x, y = float(xs), float(ys)
+    except ValueError:
+        raise PsfkitError(f"{option} wants X,Y (0-based pixels in the first frame), got {text!r}") from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise PsfkitError(f"{option} wants finite numbers, got {text!r}")
+    return x, y
+
+
+@app.command("seq")
+def seq_command(
+    inputs: List[str] = typer.Argument(..., help="Frames: files, glob patterns or a folder (time order from DATE-OBS, else by name)."),
+    outdir: Path = typer.Option(..., "-o", "--outdir", help="Output folder (complete frames already there are skipped)."),
+    track: Optional[List[str]] = typer.Option(None, "--track", help="X,Y of a star to follow (0-based, first frame); repeatable."),
+    compare: Optional[List[str]] = typer.Option(None, "--compare", help="X,Y of a comparison star for differential magnitudes; repeatable."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes of the local Dask cluster (default: the cores; 0: no Dask)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run on an existing Dask cluster: tcp://HOST:PORT."),
+    threshold: float = typer.Option(5.0, "--threshold", help="Detection threshold in noise sigmas."),
+    fwhm: Optional[float] = typer.Option(None, "--fwhm", help="Expected FWHM in px (default: estimated per frame)."),
+    model: str = typer.Option("gaussian", "--model", help="gaussian or moffat."),
+    zero_point: float = typer.Option(0.0, "--zero-point", help="Magnitude zero point of the tracked stars."),
+    fwhm_ratio: float = typer.Option(1.3, "--max-fwhm-ratio", help="Reject frames with FWHM above this times the night's median."),
+    roundness_drop: float = typer.Option(0.15, "--max-roundness-drop", help="Reject frames whose roundness is this far below the night's median."),
+    star_ratio: float = typer.Option(0.5, "--min-star-ratio", help="Reject frames with fewer stars than this fraction of the night's median."),
+    background_sigma: float = typer.Option(5.0, "--max-background-sigma", help="Reject frames whose background is this many robust sigmas from the night's median."),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Do not write the PNG plots."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Measure every frame of a sequence: star lists, a summary, frame rejection, light curves."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    from ..quality import QualityLimits
+    from ..sequence import list_frames, run_sequence
+
+    if workers is not None and workers < 0:
+        raise fail(f"--workers must be 0 or more, got {workers}")
+    if scheduler is not None and workers is not None:
+        raise fail("--workers starts a local cluster; with --scheduler the cluster's own workers are used")
+    targets = [_parse_xy(t, "--track") for t in (track or [])]
+    comps = [_parse_xy(c, "--compare") for c in (compare or [])]
+    limits = QualityLimits(fwhm_ratio=fwhm_ratio, roundness_drop=roundness_drop, star_ratio=star_ratio,
+                           background_sigma=background_sigma)
+
+    class RateColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.2f} frames/s" if speed else "-- frames/s")
+
+    list_frames(inputs)  # bad inputs fail here, before the progress bar appears
+    console = Console(stderr=True)
+    columns = [TextColumn("frames"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, disable=quiet, transient=False) as bar:
+        task = bar.add_task("frames", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = run_sequence(
+            inputs, outdir, scheduler=scheduler, workers=workers, threshold=threshold, fwhm=fwhm, model=model,
+            track=targets, compare=comps, zero_point=zero_point, limits=limits, plots=not no_plots,
+            progress=progress,
+        )
+    s = result.summary
+    typer.echo(f"{len(s)} frames measured ({len(result.computed)} now, {len(result.skipped)} already done), "
+               f"{int(s['rejected'].sum()) if len(s) else 0} rejected, {len(result.failed)} failed -> {result.outdir}")
+    for name, why in result.failed.items():
+        typer.echo(f"failed: {why}", err=True)
+    for row in s[s["rejected"]] if len(s) else []:
+        typer.echo(f"rejected: {row['frame']} ({row['reject_reason']})")
+    if result.failed:
+        raise typer.Exit(code=1)
