@@ -24,7 +24,7 @@ from astropy.table import Table
 import psfkit
 from psfkit.errors import PsfkitError
 from psfkit.lightcurve import estimate_shift
-from psfkit.sequence import WORKER_ENV, list_frames, run_sequence
+from psfkit.sequence import QUIET_SCHEDULER, WORKER_ENV, list_frames, run_sequence
 from psfkit.simulate import add_noise, render_stars, star_params
 
 N_FRAMES = 20
@@ -89,7 +89,8 @@ def client():
     """A real local Dask cluster: 2 worker processes, one thread each, quiet, closed at the end."""
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       silence_logs=logging.ERROR, env=dict(WORKER_ENV))
+                                       scheduler_kwargs=QUIET_SCHEDULER, silence_logs=logging.ERROR,
+                                       env=dict(WORKER_ENV))
     c = distributed.Client(cluster)
     quiet = logging.getLogger("distributed")
     level = quiet.level

@@ -40,7 +40,7 @@ from .image import FITS_SUFFIXES
 from .lightcurve import FrameShift, differential_photometry, estimate_shift, fit_tracked, plot_light_curves
 from .quality import QualityLimits, frame_summary, plot_frame_quality, rank_frames
 
-__all__ = ["SequenceResult", "list_frames", "measure_frame", "run_sequence", "WORKER_ENV"]
+__all__ = ["SequenceResult", "list_frames", "measure_frame", "run_sequence", "QUIET_SCHEDULER", "WORKER_ENV"]
 
 #: Environment of the worker processes psfkit starts: one thread each for numba and BLAS,
 #: so that N workers use N cores (Dask runs one task per worker thread).
@@ -50,6 +50,9 @@ WORKER_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_TH
 SUMMARY_COLUMNS = ["frame", "time", "date_obs", "exptime", "n_stars", "fwhm_median", "fwhm_weighted",
                    "fwhm_median_arcsec", "fwhm_weighted_arcsec", "roundness", "background", "noise",
                    "shift_x", "shift_y", "n_matched", "path"]
+#: The scheduler's HTTP server (metrics) on a free port: without a dashboard it still binds 8787
+#: by default and warns when another cluster holds that port.
+QUIET_SCHEDULER = {"dashboard_address": ":0"}
 N_BRIGHT = 50  # bright stars of the reference frame used to find each frame's shift
 
 
@@ -325,7 +328,7 @@ def _make_client(client: Any, scheduler: str | None, workers: int | None):
 
     n = workers or os.cpu_count() or 1
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=logging.ERROR, env=dict(WORKER_ENV))
+                           scheduler_kwargs=QUIET_SCHEDULER, silence_logs=logging.ERROR, env=dict(WORKER_ENV))
     c = Client(cluster)
     return c, [c, cluster]
 
