@@ -10,6 +10,7 @@ The public API:
 """
 
 from .datasets import sample_image_path
+from .detect import estimate_background, find_stars
 from .errors import PsfkitError
 from .fitting import NoiseModel, StampFit, fit_stamps
 from .flags import decode_flags
@@ -25,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GaussianPSF", "Image", "ImagePSF", "MoffatPSF", "NoiseModel", "PSFModel", "PsfkitError", "StampFit",
-    "StarFit", "decode_flags", "fit_stamps", "fit_star", "fit_stars", "load_image", "magnitude",
+    "StarFit", "decode_flags", "estimate_background", "find_stars", "fit_stamps", "fit_star", "fit_stars", "load_image", "magnitude",
     "sample_image_path", "__version__",
 ]
 __all__ += ["QualityLimits", "SequenceResult", "differential_photometry", "estimate_shift", "frame_summary",

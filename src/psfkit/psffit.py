@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from astropy.table import Table
@@ -138,6 +138,7 @@ def fit_stars(
     zero_point: float = 0.0,
     oversampling: int = 1,
     max_iter: int = 100,
+    stamp_mask: Callable[[np.ndarray, int], np.ndarray] | None = None,
 ) -> Table:
     """Fit the PSF of the stars near the given positions, all in one batch.
 
@@ -175,6 +176,10 @@ def fit_stars(
         Oversampling of an image PSF given as an array.
     max_iter : int
         Iteration limit per Levenberg-Marquardt pass.
+    stamp_mask : callable, optional
+        ``stamp_mask(origin, box) -> (N, box, box) bool``: per-star pixels to
+        leave out (True), given each stamp's origin; used by the star finder to
+        mask brighter neighbours (flag ``neighbours_masked``).
 
     Returns
     -------
@@ -228,6 +233,10 @@ def fit_stars(
         flags[np.any(user & inside, axis=(1, 2))] |= F.MASKED_PIXELS
         usable &= ~user
     flags[np.any(inside & ~np.isfinite(stamps), axis=(1, 2))] |= F.MASKED_PIXELS
+    if stamp_mask is not None:
+        neighbours = np.asarray(stamp_mask(origin, box), dtype=bool) & inside
+        flags[np.any(neighbours, axis=(1, 2))] |= F.NEIGHBOURS_MASKED
+        usable &= ~neighbours
     sat_level = img.saturation if saturation == "auto" else saturation
     if sat_level is not None:
         sat = saturation_mask(stamps, sat_level) & inside

@@ -1,0 +1,484 @@
+"""Every star in the frame: background, candidates, one batched fit, rejection with reasons.
+
+The data flow is GUIDE.md's: background/noise -> candidates -> stamps -> batched
+fit (:func:`psfkit.fit_stars`, the one engine) -> acceptance tests.  Every
+candidate that is not accepted says why (``reject_reason``), and the summary in
+``table.meta["summary"]`` counts candidates per reason (see docs/rejection.md).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+from astropy.table import Table, vstack
+from scipy import ndimage
+
+from . import flags as F
+from .errors import PsfkitError
+from .image import Image, as_image
+from .psffit import fit_stars
+
+__all__ = ["Background", "estimate_background", "find_candidates", "find_stars", "RejectionCriteria"]
+
+
+@dataclass(frozen=True)
+class Background:
+    """Background map and noise of a frame.
+
+    Attributes
+    ----------
+    level : ndarray
+        Background per pixel (same shape as the image), from a sigma-clipped mesh.
+    noise : float
+        Robust standard deviation of a background pixel (data units).
+    mesh : int
+        Mesh cell size in pixels.
+    """
+
+    level: np.ndarray
+    noise: float
+    mesh: int
+
+
+def _clipped_median_mad(cells: np.ndarray, n_iter: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Sigma-clipped (3 sigma) median and MAD-sigma along the last axis, NaN ignored."""
+    vals = cells.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for _ in range(n_iter):
+            med = np.nanmedian(vals, axis=-1, keepdims=True)
+            sig = 1.4826 * np.nanmedian(np.abs(vals - med), axis=-1, keepdims=True)
+            vals = np.where(np.abs(vals - med) <= 3.0 * np.maximum(sig, 1e-30), vals, np.nan)
+        med = np.nanmedian(vals, axis=-1)
+        sig = 1.4826 * np.nanmedian(np.abs(vals - med[..., None]), axis=-1)
+        # SExtractor's mode estimate where the distribution is skewed by faint sources
+        mean = np.nanmean(vals, axis=-1)
+        mode = np.where(np.abs(mean - med) < 0.3 * sig, 2.5 * med - 1.5 * mean, med)
+    return mode, sig
+
+
+def estimate_background(data: np.ndarray, *, mesh: int | None = None, mask: np.ndarray | None = None) -> Background:
+    """Mesh background with sigma clipping, smoothed and interpolated to every pixel.
+
+    Parameters
+    ----------
+    data : ndarray
+        The frame (NaN ignored).
+    mesh : int, optional
+        Cell size; default 64 px (smaller for small frames).
+    mask : ndarray of bool, optional
+        Pixels to ignore.
+
+    Returns
+    -------
+    Background
+    """
+    arr = np.asarray(data, dtype=np.float32)
+    ny, nx = arr.shape
+    if mesh is None:
+        mesh = int(min(64, max(16, min(ny, nx) // 8)))
+    if mask is not None:
+        arr = np.where(mask, np.nan, arr)
+    gy, gx = max(1, ny // mesh), max(1, nx // mesh)
+    cy, cx = ny // gy, nx // gx
+    crop = arr[: gy * cy, : gx * cx]
+    cells = crop.reshape(gy, cy, gx, cx).transpose(0, 2, 1, 3).reshape(gy, gx, cy * cx)
+    # subsample large cells for speed (every k-th pixel is enough for a median)
+    step = max(1, (cy * cx) // 1024)
+    mode, sig = _clipped_median_mad(cells[:, :, ::step])
+    good = np.isfinite(mode)
+    if not good.any():
+        raise PsfkitError("the background cannot be measured: no finite pixels")
+    fill = np.nanmedian(mode)
+    mode = np.where(good, mode, fill)
+    mode = ndimage.median_filter(mode, size=3, mode="nearest")
+    zoom = (ny / gy, nx / gx)
+    yy = (np.arange(ny) + 0.5) / zoom[0] - 0.5
+    xx = (np.arange(nx) + 0.5) / zoom[1] - 0.5
+    level = ndimage.map_coordinates(
+        mode.astype(np.float32), np.meshgrid(yy, xx, indexing="ij"), order=1, mode="nearest"
+    ).astype(np.float32)
+    noise = float(np.nanmedian(sig))
+    if not np.isfinite(noise) or noise <= 0:
+        resid = arr - level
+        noise = float(np.nanstd(resid)) or 1.0
+    return Background(level=level, noise=noise, mesh=mesh)
+
+
+def find_candidates(
+    data: np.ndarray,
+    background: Background,
+    *,
+    threshold: float = 5.0,
+    smoothing: float = 1.0,
+    min_separation: float = 3.0,
+    exclude_border: int = 0,
+) -> Table:
+    """Local maxima of the smoothed, background-subtracted frame above ``threshold`` sigma.
+
+    A candidate is a pixel greater than its 8 neighbours in the smoothed frame
+    (Mighell's peak test, Siril's detector) whose smoothed value exceeds
+    ``threshold`` times the noise of the smoothed frame.  Of two candidates
+    closer than ``min_separation`` px, the fainter is dropped.
+
+    Returns
+    -------
+    Table with ``x``, ``y`` (0-based), ``peak`` (smoothed, above background), ``significance``.
+    """
+    arr = np.asarray(data, dtype=np.float32) - background.level
+    finite = np.isfinite(arr)
+    arr = np.where(finite, arr, 0.0).astype(np.float32)
+    # no median filter: hot pixels and cosmic rays become candidates, are fitted, and are
+    # rejected with a reason (too_narrow); their pixels are then masked from neighbours' fits
+    smooth = ndimage.gaussian_filter(arr, smoothing, mode="nearest", truncate=3.0)
+    # noise of the smoothed frame, measured (the median filter makes the theory inexact)
+    sample = smooth[:: max(1, smooth.shape[0] // 256), :: max(1, smooth.shape[1] // 256)]
+    med = float(np.median(sample))
+    sig_s = 1.4826 * float(np.median(np.abs(sample - med)))
+    if sig_s <= 0:
+        sig_s = background.noise / (2 * math.sqrt(math.pi) * smoothing)
+    level = threshold * sig_s
+    footprint = np.ones((3, 3), dtype=bool)
+    footprint[1, 1] = False
+    neigh = ndimage.maximum_filter(smooth, footprint=footprint, mode="constant", cval=np.inf)
+    peaks = (smooth > neigh) & (smooth > level) & finite
+    if exclude_border:
+        b = exclude_border
+        peaks[:b, :] = peaks[-b:, :] = False
+        peaks[:, :b] = peaks[:, -b:] = False
+    ys, xs = np.nonzero(peaks)
+    values = smooth[ys, xs]
+    order = np.argsort(-values, kind="stable")
+    ys, xs, values = ys[order], xs[order], values[order]
+    if min_separation and len(xs) > 1:
+        from scipy.spatial import cKDTree
+
+        tree = cKDTree(np.stack([xs, ys], axis=1))
+        keep = np.ones(len(xs), dtype=bool)
+        for i, j in sorted(tree.query_pairs(min_separation)):
+            # i < j: i is brighter (sorted), drop j if i is still kept
+            if keep[i]:
+                keep[j] = False
+        xs, ys, values = xs[keep], ys[keep], values[keep]
+    # sub-pixel refinement: parabola through neighbours
+    ny, nx = smooth.shape
+    xl, xr = np.clip(xs - 1, 0, nx - 1), np.clip(xs + 1, 0, nx - 1)
+    yl, yr = np.clip(ys - 1, 0, ny - 1), np.clip(ys + 1, 0, ny - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a, b, c = smooth[ys, xl], smooth[ys, xs], smooth[ys, xr]
+        den = a - 2 * b + c
+        dx = np.where(den < 0, np.clip(0.5 * (a - c) / den, -0.5, 0.5), 0.0)
+        a, c = smooth[yl, xs], smooth[yr, xs]
+        den = a - 2 * b + c
+        dy = np.where(den < 0, np.clip(0.5 * (a - c) / den, -0.5, 0.5), 0.0)
+    return Table(
+        {"x": xs + dx, "y": ys + dy, "peak": values.astype(float), "significance": values / sig_s},
+        meta={"noise_smoothed": sig_s},
+    )
+
+
+@dataclass(frozen=True)
+class RejectionCriteria:
+    """Acceptance tests for fitted candidates; set any to None to turn it off.
+
+    Attributes
+    ----------
+    min_fwhm : float
+        FWHM (geometric mean, px) below this is a hot pixel or cosmic ray. Default 0.8 px.
+    max_fwhm_ratio : float
+        FWHM above this multiple of the frame's median stellar FWHM is an extended
+        source (galaxy, nebula knot, blend). Default 2.5.
+    min_roundness : float
+        Roundness below this is rejected (Siril: 0.5). Default 0.3.
+    min_snr : float
+        Flux / flux_err below this. Default 3.
+    max_center_shift : float
+        Fitted centre farther than this (px) from the candidate peak. Default: 1.5 FWHM (None -> off).
+    edge : int
+        Candidates closer than this to the frame edge. Default 2 px.
+    max_rmse_ratio : float
+        Siril's test RMSE / A; above this the fit is poor. Default 0.5.
+    """
+
+    min_fwhm: float | None = 0.8
+    max_fwhm_ratio: float | None = 2.5
+    min_roundness: float | None = 0.3
+    min_snr: float | None = 3.0
+    max_center_shift: float | None = 1.5
+    edge: int | None = 2
+    max_rmse_ratio: float | None = 0.5
+
+
+REASONS = {
+    "fit_failed": "the fit failed or did not converge",
+    "too_narrow": "FWHM below min_fwhm: a hot pixel or cosmic-ray hit",
+    "too_wide": "FWHM far above the frame's stellar FWHM: an extended source",
+    "not_round": "roundness below min_roundness",
+    "low_snr": "SNR (flux / flux_err) below min_snr",
+    "center_moved": "the fitted centre moved off the candidate peak",
+    "edge": "too close to the frame edge",
+    "poor_fit": "RMSE / amplitude above max_rmse_ratio (a poor fit)",
+    "duplicate": "the fit converged on a star already in the list",
+}
+
+
+def _neighbour_masker(xs: np.ndarray, ys: np.ndarray, peaks: np.ndarray, radius: float):
+    """Per-stamp masks: pixels within ``radius`` of a brighter (higher peak) other candidate."""
+    from scipy.spatial import cKDTree
+
+    pts = np.stack([xs, ys], axis=1)
+    tree = cKDTree(pts)
+
+    def masker(origin: np.ndarray, box: int, idx: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(idx), box, box), dtype=bool)
+        reach = box / math.sqrt(2) + radius
+        yy, xx = np.mgrid[0:box, 0:box]
+        for k, (i, others) in enumerate(zip(idx, tree.query_ball_point(pts[idx], reach))):
+            for j in others:
+                if j == i or peaks[j] < 0.2 * peaks[i]:
+                    continue
+                # mask the neighbour's core and wings, not this star's own pixels
+                d_own = math.hypot(xs[j] - xs[i], ys[j] - ys[i])
+                r = min(radius * (1.0 + math.log10(max(peaks[j] / max(peaks[i], 1e-30), 1.0)) * 0.5), 0.7 * d_own)
+                if r <= 0.5:
+                    continue
+                out[k] |= (xx + origin[k, 0] - xs[j]) ** 2 + (yy + origin[k, 1] - ys[j]) ** 2 <= r * r
+        return out
+
+    return masker
+
+
+def find_stars(
+    image: Image | np.ndarray | str,
+    *,
+    threshold: float = 5.0,
+    fwhm: float | None = None,
+    box: int | None = None,
+    model: str = "gaussian",
+    beta: float | None = None,
+    angle: bool = False,
+    keep_rejected: bool = False,
+    min_separation: float | None = None,
+    gain: float | None = None,
+    read_noise: float | None = None,
+    mask: np.ndarray | None = None,
+    progress: bool = False,
+    max_candidates: int | None = 200000,
+    mask_neighbours: bool = True,
+    **criteria: Any,
+) -> Table:
+    """Find, fit and measure every star of a frame.
+
+    Parameters
+    ----------
+    image : Image, 2-D array or path
+    threshold : float
+        Detection threshold in units of the smoothed frame's noise.
+    fwhm : float, optional
+        Expected FWHM (px); default: measured on the brightest unsaturated candidates.
+    box : int, optional
+        Fitting box; default about 4 FWHM (at least 9 px).
+    model : {"gaussian", "moffat"}
+    beta : float, optional
+        Fix the Moffat beta.
+    angle : bool
+        Fit the rotation angle (False by default, as Siril's detection does for speed).
+    keep_rejected : bool
+        Also return the rejected candidates (after the stars), with ``accepted`` and ``reject_reason``.
+    min_separation : float, optional
+        Candidates closer than this keep only the brighter; default 0.8 FWHM (at least 2 px).
+    gain, read_noise : float, optional
+        e-/ADU and e-; default from the header.
+    mask : ndarray of bool, optional
+        Pixels to ignore.
+    progress : bool
+        Show a progress bar (rich) while fitting.
+    max_candidates : int, optional
+        Keep only the brightest candidates beyond this number.
+    mask_neighbours : bool
+        Leave the pixels of brighter neighbours out of each star's fit (crowded fields).
+    **criteria
+        Fields of :class:`RejectionCriteria` (``min_fwhm``, ``max_fwhm_ratio``,
+        ``min_roundness``, ``min_snr``, ``max_center_shift``, ``edge``,
+        ``max_rmse_ratio``); None turns a test off.
+
+    Returns
+    -------
+    astropy.table.Table
+        Accepted stars, brightest first (then the rejected ones when asked),
+        with the columns of :func:`psfkit.fit_stars`; ``meta["summary"]`` counts
+        candidates per rejection reason.
+    """
+    img = as_image(image)
+    names = {f.name for f in fields(RejectionCriteria)}
+    unknown = set(criteria) - names
+    if unknown:
+        raise PsfkitError(f"unknown option(s) {sorted(unknown)}; rejection criteria are {sorted(names)}")
+    crit = replace(RejectionCriteria(), **criteria)
+    if threshold <= 0:
+        raise PsfkitError(f"threshold must be positive, got {threshold}")
+    data = img.data
+    if mask is not None and np.shape(mask) != data.shape:
+        raise PsfkitError(f"the mask has shape {np.shape(mask)}, the image {data.shape}")
+    bkg = estimate_background(data, mask=mask)
+    smoothing = 1.0 if fwhm is None else max(0.7, fwhm / 2.3548)
+    cands = find_candidates(data, bkg, threshold=threshold, smoothing=smoothing,
+                            min_separation=min_separation if min_separation else 2.0)
+    n_cand_all = len(cands)
+    if max_candidates is not None and len(cands) > max_candidates:
+        cands = cands[:max_candidates]
+    settings = dict(threshold=threshold, model=model, beta=beta, angle=angle, box=box, fwhm=fwhm,
+                    min_separation=min_separation, mask_neighbours=mask_neighbours,
+                    **{f.name: getattr(crit, f.name) for f in fields(RejectionCriteria)})
+    if len(cands) == 0:
+        table = Table(names=["x_fit", "y_fit", "fwhm", "flux_fit", "flags"], dtype=[float] * 4 + [np.int64])
+        table.meta.update(settings=settings, summary={"n_candidates": 0, "n_stars": 0, "rejected": {}},
+                          background=float(np.nanmedian(bkg.level)), noise=bkg.noise,
+                          pixel_scale=img.pixel_scale, image=img.path)
+        return table
+    # the frame's FWHM from the brightest candidates (unsaturated, isolated)
+    if fwhm is None:
+        probe = min(len(cands), 40)
+        t0 = fit_stars(img, cands["x"][:probe], cands["y"][:probe], box=15, angle=False,
+                       search_radius=None, gain=gain, read_noise=read_noise, mask=mask)
+        ok = (t0["flags"] & (F.SATURATED | F.FIT_FAILED | F.NOT_CONVERGED)) == 0
+        ok &= np.isfinite(t0["fwhm"]) & (t0["fwhm"] > 0.8)
+        est = float(np.median(t0["fwhm"][ok])) if ok.sum() >= 3 else 3.0
+        fwhm_est = min(max(est, 1.0), 30.0)
+    else:
+        fwhm_est = float(fwhm)
+    if min_separation is None:
+        sep = max(2.0, 0.8 * fwhm_est)
+        if sep > 2.0:
+            cands = _thin(cands, sep)
+    if box is None:
+        box = int(math.ceil(4.0 * fwhm_est))
+        box = min(max(box, 9), 101)
+        box += 1 - box % 2
+    xs = np.asarray(cands["x"], dtype=float)
+    ys = np.asarray(cands["y"], dtype=float)
+    peaks = np.asarray(cands["peak"], dtype=float)
+    masker = _neighbour_masker(xs, ys, peaks, 1.2 * fwhm_est) if mask_neighbours else None
+    fit_kwargs = dict(box=box, model=model, beta=beta, angle=bool(angle), search_radius=None, gain=gain,
+                      read_noise=read_noise, mask=mask)
+    table = _fit_in_chunks(img, xs, ys, masker, fit_kwargs, progress)
+    table["peak_significance"] = np.asarray(cands["significance"], dtype=float)
+    reasons = _reject(table, crit, img.shape, fwhm_est)
+    # duplicates: two candidates converging on one star
+    order = np.argsort(-np.nan_to_num(table["flux_fit"], nan=-np.inf), kind="stable")
+    accepted = reasons == ""
+    if accepted.sum() > 1:
+        from scipy.spatial import cKDTree
+
+        acc_idx = order[accepted[order]]
+        tree = cKDTree(np.stack([table["x_fit"][acc_idx], table["y_fit"][acc_idx]], axis=1))
+        for i, j in sorted(tree.query_pairs(0.5 * fwhm_est)):
+            a, b = acc_idx[i], acc_idx[j]
+            if reasons[a] == "" and reasons[b] == "":
+                reasons[b] = "duplicate"
+    table["accepted"] = reasons == ""
+    table["reject_reason"] = reasons.astype(str)
+    counts: dict[str, int] = {}
+    for r in reasons:
+        if r:
+            counts[r] = counts.get(r, 0) + 1
+    stars = table[table["accepted"]]
+    stars = stars[np.argsort(-np.nan_to_num(stars["flux_fit"], nan=-np.inf), kind="stable")]
+    if keep_rejected:
+        rej = table[~table["accepted"]]
+        out = vstack([stars, rej], metadata_conflicts="silent") if len(rej) else stars
+    else:
+        out = stars
+        out.remove_columns(["accepted", "reject_reason"])
+    out["id"] = np.arange(1, len(out) + 1)
+    out.meta = dict(table.meta)
+    out.meta.update(
+        settings=settings,
+        summary={"n_candidates": int(n_cand_all), "n_stars": int(len(stars)), "rejected": counts,
+                 "candidates_fitted": int(len(table))},
+        frame_fwhm=fwhm_est,
+        background=float(np.nanmedian(bkg.level)),
+        noise=bkg.noise,
+        reject_reasons=REASONS,
+    )
+    return out
+
+
+def _thin(cands: Table, sep: float) -> Table:
+    from scipy.spatial import cKDTree
+
+    pts = np.stack([cands["x"], cands["y"]], axis=1)
+    keep = np.ones(len(cands), dtype=bool)
+    for i, j in sorted(cKDTree(pts).query_pairs(sep)):
+        if keep[i]:
+            keep[j] = False
+    return cands[keep]
+
+
+def _fit_in_chunks(img, xs, ys, masker, fit_kwargs, progress):
+    """Fit all candidates (in chunks with a progress bar when asked)."""
+    n = len(xs)
+    chunk = 4096
+
+    def call(idx):
+        sm = (lambda origin, box, _i=idx: masker(origin, box, _i)) if masker else None
+        return fit_stars(img, xs[idx], ys[idx], stamp_mask=sm, **fit_kwargs)
+
+    if n <= chunk or not progress:
+        return call(np.arange(n))
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    parts = []
+    with Progress(TextColumn("fitting stars"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task("fit", total=n)
+        for i in range(0, n, chunk):
+            idx = np.arange(i, min(i + chunk, n))
+            parts.append(call(idx))
+            bar.advance(task, len(idx))
+    table = vstack(parts, metadata_conflicts="silent")
+    table.meta = parts[0].meta
+    return table
+
+
+def _reject(table: Table, crit: RejectionCriteria, shape: tuple[int, int], fwhm_est: float) -> np.ndarray:
+    """The first failed test per candidate ('' when accepted)."""
+    n = len(table)
+    reasons = np.array([""] * n, dtype=object)
+
+    def mark(cond, reason):
+        cond = np.asarray(cond, dtype=bool) & (reasons == "")
+        reasons[cond] = reason
+
+    fl = np.asarray(table["flags"])
+    fwhm = np.asarray(table["fwhm"], dtype=float)
+    mark((fl & (F.FIT_FAILED | F.CENTER_MOVED)) != 0, "fit_failed")
+    mark(~np.isfinite(fwhm) | ~np.isfinite(np.asarray(table["flux_fit"], dtype=float)), "fit_failed")
+    if crit.edge is not None:
+        ny, nx = shape
+        x, y = np.asarray(table["x_fit"]), np.asarray(table["y_fit"])
+        e = crit.edge
+        mark((x < e - 0.5) | (y < e - 0.5) | (x > nx - 0.5 - e) | (y > ny - 0.5 - e), "edge")
+    if crit.min_fwhm is not None:
+        mark(fwhm < crit.min_fwhm, "too_narrow")
+    if crit.max_center_shift is not None:
+        shift = np.hypot(np.asarray(table["x_fit"]) - np.asarray(table["x_init"]),
+                         np.asarray(table["y_fit"]) - np.asarray(table["y_init"]))
+        mark(shift > crit.max_center_shift * max(fwhm_est, 1.0), "center_moved")
+    if crit.max_fwhm_ratio is not None:
+        sat = (fl & F.SATURATED) != 0
+        mark((fwhm > crit.max_fwhm_ratio * fwhm_est) & ~sat, "too_wide")
+    if crit.min_roundness is not None:
+        mark(np.asarray(table["roundness"]) < crit.min_roundness, "not_round")
+    if crit.min_snr is not None:
+        mark(np.nan_to_num(np.asarray(table["snr"], dtype=float), nan=0.0) < crit.min_snr, "low_snr")
+    if crit.max_rmse_ratio is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.asarray(table["rmse"]) / np.asarray(table["amplitude"])
+        sat = (fl & F.SATURATED) != 0
+        mark((np.nan_to_num(ratio, nan=np.inf) > crit.max_rmse_ratio) & ~sat, "poor_fit")
+    return reasons
