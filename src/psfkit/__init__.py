@@ -9,6 +9,7 @@ The public API:
 - :func:`decode_flags`: names of the bits in a ``flags`` column.
 """
 
+from .catalog import average, read_star_list, write_star_list
 from .datasets import sample_image_path
 from .detect import estimate_background, find_stars
 from .errors import PsfkitError
@@ -26,7 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GaussianPSF", "Image", "ImagePSF", "MoffatPSF", "NoiseModel", "PSFModel", "PsfkitError", "StampFit",
-    "StarFit", "decode_flags", "estimate_background", "find_stars", "fit_stamps", "fit_star", "fit_stars", "load_image", "magnitude",
+    "StarFit", "average", "read_star_list", "write_star_list", "decode_flags", "estimate_background", "find_stars", "fit_stamps", "fit_star", "fit_stars", "load_image", "magnitude",
     "sample_image_path", "__version__",
 ]
 __all__ += ["QualityLimits", "SequenceResult", "differential_photometry", "estimate_shift", "frame_summary",

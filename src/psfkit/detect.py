@@ -401,6 +401,8 @@ def find_stars(
         summary={"n_candidates": int(n_cand_all), "n_stars": int(len(stars)), "rejected": counts,
                  "candidates_fitted": int(len(table))},
         frame_fwhm=fwhm_est,
+        image_shape=list(img.shape),
+        roworder=img.meta.get("roworder", "BOTTOM-UP"),
         background=float(np.nanmedian(bkg.level)),
         noise=bkg.noise,
         reject_reasons=REASONS,

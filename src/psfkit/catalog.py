@@ -1,0 +1,275 @@
+"""The star list: averages and exports (Siril .lst, CSV, ECSV, FITS, DS9 regions).
+
+Coordinates inside psfkit are 0-based pixel centres (x = column, y = row).
+They are converted only here, at the file boundary:
+
+- DS9 regions (``.reg``): 1-based ``image`` coordinates (pixel centre of the first pixel = 1, 1).
+- Siril star lists (``.lst``): Siril 1.2 writes positions with the origin at the
+  top-left corner of the first pixel and pixel centres at index + 0.5, y down;
+  for a frame stored bottom-up (FITS default) row index i is displayed as row ny-1-i.
+  So x_siril = x + 0.5 and y_siril = (ny - 1 - y) + 0.5 for bottom-up frames,
+  y + 0.5 for top-down ones (ROWORDER = TOP-DOWN).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.table import Table
+
+from . import flags as F
+from .errors import PsfkitError
+
+__all__ = ["average", "write_star_list", "read_star_list", "STAR_LIST_FORMATS"]
+
+STAR_LIST_FORMATS = (".csv", ".ecsv", ".fits", ".fit", ".lst", ".reg")
+
+_AVERAGE_COLUMNS = ["background", "amplitude", "fwhm_x", "fwhm_y", "fwhm", "fwhm_x_arcsec", "fwhm_y_arcsec",
+                    "fwhm_arcsec", "roundness", "angle", "beta", "rmse", "snr", "flux_fit", "mag"]
+_SHAPE_COLUMNS = {"fwhm_x", "fwhm_y", "fwhm", "fwhm_x_arcsec", "fwhm_y_arcsec", "fwhm_arcsec", "roundness",
+                  "angle", "beta", "amplitude"}
+
+
+def average(table: Table) -> dict[str, Any]:
+    """Mean, median and robust scatter of the main columns of a star list.
+
+    Saturated stars (flag bit ``saturated``) are left out of the shape
+    statistics (FWHM, roundness, angle, beta, amplitude).  The angle uses the
+    axial (doubled-angle) mean.  ``snr_weighted_mean`` weights by SNR^2.
+
+    Returns
+    -------
+    dict
+        ``{"n_stars": N, "n_used_shape": M, column: {"mean", "median", "std_robust",
+        "snr_weighted_mean"}}``.
+    """
+    if "accepted" in table.colnames:
+        table = table[np.asarray(table["accepted"], dtype=bool)]
+    n = len(table)
+    out: dict[str, Any] = {"n_stars": int(n)}
+    if n == 0:
+        out["n_used_shape"] = 0
+        return out
+    flags = np.asarray(table["flags"]) if "flags" in table.colnames else np.zeros(n, dtype=int)
+    unsat = (flags & F.SATURATED) == 0
+    out["n_used_shape"] = int(unsat.sum())
+    snr = np.asarray(table["snr"], dtype=float) if "snr" in table.colnames else np.ones(n)
+    for name in _AVERAGE_COLUMNS:
+        if name not in table.colnames:
+            continue
+        v = np.asarray(table[name], dtype=float)
+        sel = np.isfinite(v) & (unsat if name in _SHAPE_COLUMNS else True)
+        if not sel.any():
+            continue
+        x = v[sel]
+        w = np.nan_to_num(snr[sel], nan=0.0) ** 2
+        if name == "angle":
+            z = np.exp(2j * np.radians(x))
+            mean = float(np.degrees(np.angle(z.mean()) / 2))
+            wmean = float(np.degrees(np.angle((w * z).sum()) / 2)) if w.sum() > 0 else mean
+            med = float(np.median(x))
+        else:
+            mean = float(np.mean(x))
+            wmean = float(np.sum(w * x) / w.sum()) if w.sum() > 0 else mean
+            med = float(np.median(x))
+        mad = float(1.4826 * np.median(np.abs(x - med)))
+        out[name] = {"mean": mean, "median": med, "std_robust": mad, "snr_weighted_mean": wmean, "n": int(sel.sum())}
+    return out
+
+
+def _ny(table: Table, image_shape: tuple[int, int] | None) -> int | None:
+    if image_shape is not None:
+        return int(image_shape[0])
+    shape = table.meta.get("image_shape")
+    return int(shape[0]) if shape else None
+
+
+def write_star_list(table: Table, path: str | os.PathLike, *, image_shape: tuple[int, int] | None = None,
+                    overwrite: bool = True) -> Path:
+    """Write a star list; the format follows the suffix (.csv .ecsv .fits .lst .reg).
+
+    The file is written to a temporary name and renamed, so a failure leaves no half file.
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in STAR_LIST_FORMATS:
+        raise PsfkitError(f"{p}: unknown star-list format {suffix!r}; use one of {', '.join(STAR_LIST_FORMATS)}")
+    if not p.parent.exists():
+        raise PsfkitError(f"{p.parent}: no such folder")
+    if p.exists() and not overwrite:
+        raise PsfkitError(f"{p}: exists")
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}{suffix}")
+    try:
+        if suffix == ".csv":
+            _plain(table).write(tmp, format="ascii.csv", overwrite=True)
+        elif suffix == ".ecsv":
+            t = table.copy()
+            t.meta = _yaml_safe(t.meta)
+            t.write(tmp, format="ascii.ecsv", overwrite=True)
+        elif suffix in (".fits", ".fit"):
+            t = _plain(table)
+            for key, value in _flat_meta(table.meta).items():
+                t.meta[key[:60]] = value
+            import warnings
+
+            from astropy.io.fits.verify import VerifyWarning
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", VerifyWarning)
+                t.write(tmp, format="fits", overwrite=True)
+        elif suffix == ".lst":
+            tmp.write_text(_siril_lst(table, _ny(table, image_shape)))
+        elif suffix == ".reg":
+            tmp.write_text(_ds9_regions(table))
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return p
+
+
+def _plain(table: Table) -> Table:
+    t = Table()
+    for name in table.colnames:
+        col = table[name]
+        t[name] = np.asarray(col)
+    return t
+
+
+def _yaml_safe(meta: Any) -> Any:
+    if isinstance(meta, dict):
+        return {str(k): _yaml_safe(v) for k, v in meta.items() if not callable(v)}
+    if isinstance(meta, (list, tuple)):
+        return [_yaml_safe(v) for v in meta]
+    if isinstance(meta, (np.floating, np.integer, np.bool_)):
+        return meta.item()
+    if meta is None or isinstance(meta, (str, int, float, bool)):
+        return meta
+    return str(meta)
+
+
+def _flat_meta(meta: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in meta.items():
+        key = f"{prefix}{k}".upper().replace(" ", "_")
+        if isinstance(v, dict):
+            out.update(_flat_meta(v, key + "_"))
+        elif isinstance(v, (int, float, str, bool)) and not (isinstance(v, float) and not math.isfinite(v)):
+            out[key] = v if not isinstance(v, str) else v[:60]
+    return out
+
+
+def _siril_lst(table: Table, ny: int | None) -> str:
+    """Siril 1.2 star list: tab-separated, brightest first, origin top-left, centres at +0.5."""
+    top_down = str(table.meta.get("roworder", "")).upper() == "TOP-DOWN"
+    lines = [
+        "# psfkit star list in Siril 1.2 layout; origin at the top-left corner, pixel centres at index + 0.5",
+        f"# rows: {'TOP-DOWN' if top_down else 'BOTTOM-UP'}; image height: {ny if ny is not None else 'unknown'}",
+        "# star#\tlayer\tB\tA\tbeta\tX\tY\tFWHMx [px]\tFWHMy [px]\tFWHMx [\"]\tFWHMy [\"]\tangle\tRMSE\tmag\tProfile\tRA\tDec",
+    ]
+    model = str(table.meta.get("model", "gaussian"))
+    profile = "Moffat" if model == "moffat" else "Gaussian"
+    order = np.argsort(-np.nan_to_num(np.asarray(table["flux_fit"], dtype=float), nan=-np.inf), kind="stable")
+    for k, i in enumerate(order, start=1):
+        row = table[int(i)]
+        x = float(row["x_fit"]) + 0.5
+        y = float(row["y_fit"])
+        if top_down or ny is None:
+            ys = y + 0.5
+        else:
+            ys = (ny - 1 - y) + 0.5
+        def g(name, fmt="%.6f"):
+            if name not in table.colnames:
+                return "0"
+            v = float(row[name])
+            return fmt % v if math.isfinite(v) else "0"
+        lines.append("\t".join([
+            str(k), str(int(row["channel"]) if "channel" in table.colnames else 0), g("background"), g("amplitude"),
+            g("beta") if model == "moffat" else "-1", "%.6f" % x, "%.6f" % ys, g("fwhm_x"), g("fwhm_y"),
+            g("fwhm_x_arcsec"), g("fwhm_y_arcsec"), g("angle"), g("rmse"), g("mag"), profile,
+            g("ra"), g("dec"),
+        ]))
+    return "\n".join(lines) + "\n"
+
+
+def _ds9_regions(table: Table) -> str:
+    lines = ["# Region file format: DS9 version 4.1", "# written by psfkit: ellipses with the FWHM axes and angle",
+             "global color=green width=1", "image"]
+    for row in table:
+        x, y = float(row["x_fit"]) + 1.0, float(row["y_fit"]) + 1.0
+        fx, fy, ang = float(row["fwhm_x"]), float(row["fwhm_y"]), float(row["angle"])
+        if not all(map(math.isfinite, (x, y, fx, fy))):
+            continue
+        ang = ang if math.isfinite(ang) else 0.0
+        color = ""
+        if "accepted" in table.colnames and not bool(row["accepted"]):
+            color = " # color=red text={%s}" % row["reject_reason"]
+        lines.append(f"ellipse({x:.4f},{y:.4f},{fx / 2:.4f},{fy / 2:.4f},{ang:.3f}){color}")
+    return "\n".join(lines) + "\n"
+
+
+def read_star_list(path: str | os.PathLike, *, image_shape: tuple[int, int] | None = None) -> Table:
+    """Read a star list written by :func:`write_star_list` (or Siril), back in psfkit's conventions."""
+    p = Path(path)
+    if not p.exists():
+        raise PsfkitError(f"{p}: no such file")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return Table.read(p, format="ascii.csv")
+        if suffix == ".ecsv":
+            return Table.read(p, format="ascii.ecsv")
+        if suffix in (".fits", ".fit"):
+            return Table.read(p, format="fits")
+        if suffix == ".lst":
+            return _read_lst(p, image_shape)
+        if suffix == ".reg":
+            return _read_reg(p)
+    except PsfkitError:
+        raise
+    except Exception as exc:
+        raise PsfkitError(f"{p}: not a readable {suffix} star list ({exc.__class__.__name__})") from None
+    raise PsfkitError(f"{p}: unknown star-list format {suffix!r}")
+
+
+def _read_lst(p: Path, image_shape) -> Table:
+    rows = []
+    header = None
+    top_down, ny_file = False, None
+    for line in p.read_text().splitlines():
+        if line.startswith("# rows:"):
+            top_down = "TOP-DOWN" in line
+            tail = line.split("image height:")[-1].strip()
+            ny_file = int(tail) if tail.isdigit() else None
+        if line.startswith("#"):
+            if "star#" in line:
+                header = [h.strip() for h in line.lstrip("#").split("\t")]
+            continue
+        if line.strip():
+            rows.append(line.split("\t"))
+    names = {"B": "background", "A": "amplitude", "beta": "beta", "X": "x_siril", "Y": "y_siril",
+             "FWHMx [px]": "fwhm_x", "FWHMy [px]": "fwhm_y", "angle": "angle", "RMSE": "rmse", "mag": "mag"}
+    t = Table()
+    if header is None or not rows:
+        return t
+    for j, h in enumerate(header):
+        if h in names:
+            t[names[h]] = np.array([float(r[j]) for r in rows])
+    t["x_fit"] = t["x_siril"] - 0.5
+    ny = image_shape[0] if image_shape else ny_file
+    t["y_fit"] = (ny - 1) - (t["y_siril"] - 0.5) if (ny and not top_down) else t["y_siril"] - 0.5
+    return t
+
+
+def _read_reg(p: Path) -> Table:
+    xs, ys, ax, ay, an = [], [], [], [], []
+    for line in p.read_text().splitlines():
+        if line.startswith("ellipse("):
+            inside = line[len("ellipse("):line.index(")")]
+            a, b, c, d, e = (float(v) for v in inside.split(","))
+            xs.append(a - 1.0); ys.append(b - 1.0); ax.append(2 * c); ay.append(2 * d); an.append(e)
+    return Table({"x_fit": xs, "y_fit": ys, "fwhm_x": ax, "fwhm_y": ay, "angle": an})
