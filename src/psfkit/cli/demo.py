@@ -13,16 +13,20 @@ from ._app import app
 def demo_command(
     outdir: Path = typer.Option(Path("demo-output"), "--outdir", help="Where to write the results."),
 ) -> None:
-    """Run psfkit on the bundled sample frame (ESO NTT/EMMI, R band) and write the results."""
+    """Find and fit every star of the bundled sample frame (ESO NTT/EMMI, R band); write the list and overlay."""
+    from .find import find_command
     from ..datasets import sample_image_path
-    from ..psffit import fit_star
 
     path = sample_image_path()
     outdir.mkdir(parents=True, exist_ok=True)
     typer.echo(f"Sample image: {path}")
-    result = fit_star(path)
-    typer.echo("The brightest star:")
-    typer.echo(result.report())
-    out = outdir / "brightest_star.ecsv"
-    result.to_table().write(out, format="ascii.ecsv", overwrite=True)
-    typer.echo(f"Wrote {out}")
+    find_command(
+        image=path, output=outdir / "stars.csv", overlay=outdir / "overlay.png", fwhm_map=outdir / "fwhm_map.png",
+        threshold=5.0, model="gaussian", angle=True, keep_rejected=False, hdu=None, gain=None, read_noise=None,
+        min_roundness=0.3,
+    )
+    from ..catalog import write_star_list
+    from ..detect import find_stars
+
+    write_star_list(find_stars(path, angle=True), outdir / "stars.lst")
+    typer.echo(f"wrote {outdir / 'stars.lst'} (Siril layout)")

@@ -1,1 +1,98 @@
-"""The `psfkit find` command (not written yet)."""
+"""``psfkit find`` (every star of a frame) and ``psfkit average`` (averages of a saved list)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._app import app, fail
+
+
+@app.command("find")
+def find_command(
+    image: Path = typer.Argument(..., help="Image file."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Star list: .csv .ecsv .fits .lst .reg"),
+    overlay: Optional[Path] = typer.Option(None, "--overlay", help="PNG with an ellipse on every star."),
+    fwhm_map: Optional[Path] = typer.Option(None, "--fwhm-map", help="PNG map of FWHM and roundness across the frame."),
+    threshold: float = typer.Option(5.0, "--threshold", help="Detection threshold in sigma of the smoothed frame."),
+    model: str = typer.Option("gaussian", "--model", help="gaussian or moffat."),
+    angle: bool = typer.Option(False, "--angle", help="Fit the rotation angle (slower; Siril's detection does not)."),
+    keep_rejected: bool = typer.Option(False, "--keep-rejected", help="Also list the rejected candidates, with reasons."),
+    hdu: Optional[int] = typer.Option(None, "--hdu", help="FITS HDU to read."),
+    gain: Optional[float] = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
+    read_noise: Optional[float] = typer.Option(None, "--read-noise", help="e- (default: header)."),
+    min_roundness: Optional[float] = typer.Option(0.3, "--min-roundness", help="Reject stars rounder than this is not (0 turns it off)."),
+) -> None:
+    """Find, fit and measure every star of a frame; print a summary and write the list."""
+    from ..catalog import STAR_LIST_FORMATS, write_star_list
+    from ..detect import find_stars
+    from ..image import load_image
+    from ..plots import plot_fwhm_map, plot_overlay
+
+    if model not in ("gaussian", "moffat"):
+        raise fail(f"--model must be gaussian or moffat, not {model!r}")
+    if threshold <= 0:
+        raise fail(f"--threshold must be positive, got {threshold}")
+    for p, kinds in ((output, STAR_LIST_FORMATS), (overlay, (".png",)), (fwhm_map, (".png",))):
+        if p is not None:
+            if p.suffix.lower() not in kinds:
+                raise fail(f"{p}: the suffix must be one of {', '.join(kinds)}")
+            if not p.parent.exists():
+                raise fail(f"{p.parent}: no such folder")
+    img = load_image(image, hdu=hdu)
+    table = find_stars(img, threshold=threshold, model=model, angle=angle, keep_rejected=True,
+                       gain=gain, read_noise=read_noise, progress=True,
+                       min_roundness=min_roundness if min_roundness else None)
+    stars = table[table["accepted"]]
+    summary = table.meta["summary"]
+    typer.echo(f"{image}: {summary['n_stars']} stars from {summary['n_candidates']} candidates")
+    for reason, count in sorted(summary["rejected"].items(), key=lambda kv: -kv[1]):
+        typer.echo(f"  rejected {count:5d}  {reason}: {table.meta['reject_reasons'][reason]}")
+    if len(stars):
+        import numpy as np
+
+        med = float(np.nanmedian(stars["fwhm"]))
+        text = f"median FWHM {med:.3f} px"
+        scale = img.pixel_scale
+        if scale:
+            text += f" = {med * scale:.3f}\" ({scale:.4f}\"/px)"
+        text += f", median roundness {float(np.nanmedian(stars['roundness'])):.3f}"
+        n_sat = int(((np.asarray(stars['flags']) & 4) != 0).sum())
+        if n_sat:
+            text += f", {n_sat} saturated (kept, flagged)"
+        typer.echo(text)
+    if output is not None:
+        out = table if keep_rejected else stars
+        if not keep_rejected:
+            out = out.copy()
+            out.remove_columns(["accepted", "reject_reason"])
+        write_star_list(out, output)
+        typer.echo(f"wrote {output}")
+    if overlay is not None:
+        plot_overlay(img.data, table if keep_rejected else stars, overlay)
+        typer.echo(f"wrote {overlay}")
+    if fwhm_map is not None:
+        plot_fwhm_map(stars, img.shape, fwhm_map)
+        typer.echo(f"wrote {fwhm_map}")
+
+
+@app.command("average")
+def average_command(
+    star_list: Path = typer.Argument(..., help="A star list written by psfkit find (.csv .ecsv .fits)."),
+) -> None:
+    """Print the averages of a saved star list."""
+    from ..catalog import average, read_star_list
+
+    table = read_star_list(star_list)
+    if "fwhm_x" not in table.colnames:
+        raise fail(f"{star_list}: not a psfkit star list (no fwhm_x column)")
+    avg = average(table)
+    typer.echo(f"{star_list}: {avg['n_stars']} stars ({avg.get('n_used_shape', 0)} unsaturated used for shape)")
+    typer.echo(f"{'column':16s} {'mean':>12s} {'median':>12s} {'robust std':>12s} {'SNR-weighted':>12s}")
+    for name, v in avg.items():
+        if isinstance(v, dict):
+            vals = [v["mean"], v["median"], v["std_robust"], v["snr_weighted_mean"]]
+            typer.echo(f"{name:16s} " + " ".join(f"{x:12.5g}" if math.isfinite(x) else f"{'nan':>12s}" for x in vals))
