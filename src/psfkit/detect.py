@@ -269,6 +269,7 @@ def find_stars(
     progress: bool = False,
     max_candidates: int | None = 200000,
     mask_neighbours: bool = True,
+    saturation: float | None | str = "auto",
     **criteria: Any,
 ) -> Table:
     """Find, fit and measure every star of a frame.
@@ -301,6 +302,9 @@ def find_stars(
         Keep only the brightest candidates beyond this number.
     mask_neighbours : bool
         Leave the pixels of brighter neighbours out of each star's fit (crowded fields).
+    saturation : float, None or "auto"
+        Pixels at or above this level are left out of the fits (stars flagged
+        ``saturated``); "auto" takes the image's level (header or data type).
     **criteria
         Fields of :class:`RejectionCriteria` (``min_fwhm``, ``max_fwhm_ratio``,
         ``min_roundness``, ``min_snr``, ``max_center_shift``, ``edge``,
@@ -344,7 +348,7 @@ def find_stars(
     if fwhm is None:
         probe = min(len(cands), 40)
         t0 = fit_stars(img, cands["x"][:probe], cands["y"][:probe], box=15, angle=False,
-                       search_radius=None, gain=gain, read_noise=read_noise, mask=mask)
+                       search_radius=None, gain=gain, read_noise=read_noise, mask=mask, saturation=saturation)
         ok = (t0["flags"] & (F.SATURATED | F.FIT_FAILED | F.NOT_CONVERGED)) == 0
         ok &= np.isfinite(t0["fwhm"]) & (t0["fwhm"] > 0.8)
         est = float(np.median(t0["fwhm"][ok])) if ok.sum() >= 3 else 3.0
@@ -364,7 +368,7 @@ def find_stars(
     peaks = np.asarray(cands["peak"], dtype=float)
     masker = _neighbour_masker(xs, ys, peaks, 1.2 * fwhm_est) if mask_neighbours else None
     fit_kwargs = dict(box=box, model=model, beta=beta, angle=bool(angle), search_radius=None, gain=gain,
-                      read_noise=read_noise, mask=mask)
+                      read_noise=read_noise, mask=mask, saturation=saturation)
     table = _fit_in_chunks(img, xs, ys, masker, fit_kwargs, progress)
     table["peak_significance"] = np.asarray(cands["significance"], dtype=float)
     reasons = _reject(table, crit, img.shape, fwhm_est)
