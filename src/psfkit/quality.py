@@ -19,6 +19,7 @@ Definitions (docs/sequences.md states them for users):
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +99,7 @@ def frame_summary(stars: Table, image: Any) -> dict:
         fwhm_median = fwhm_weighted = roundness = float("nan")
     background = stars.meta.get("background")
     noise = stars.meta.get("noise")
-    if not isinstance(background, (int, float)) or not isinstance(noise, (int, float)):
+    if not isinstance(background, numbers.Real) or not isinstance(noise, numbers.Real):
         background, noise = _robust_background(image.data)
     scale = image.pixel_scale if image.pixel_scale else float("nan")
     return {
