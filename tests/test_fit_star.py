@@ -162,7 +162,9 @@ def test_siril_saturated_stars_fit_their_wings(siril, model):
         assert row["flags"] & F.SATURATED
         assert not row["flags"] & (F.NOT_CONVERGED | F.FIT_FAILED | F.CENTER_MOVED | F.AT_BOUND)
         assert np.hypot(row["x_fit"] - x, row["y_fit"] - y) < 1.5
-        assert 2.5 < row["fwhm_x"] < 8.0 and 2.0 < row["fwhm_y"] < 8.0, (row["fwhm_x"], row["fwhm_y"])
+        # the header's GAIN=56 is the QHY gain setting, so the fit is unweighted (as Siril's): the
+        # core counts as much as the wings and the fitted FWHM is the core's (~2.5 px)
+        assert 2.0 < row["fwhm_x"] < 8.0 and 1.5 < row["fwhm_y"] < 8.0, (row["fwhm_x"], row["fwhm_y"])
         # the clipped core is left out: every other pixel of the box is fitted
         assert row["n_pixels_fit"] == box * box - n_sat
         if model == "moffat":
@@ -202,7 +204,8 @@ def test_siril_bright_unsaturated_stars_sensible(siril):
     good = (table["flags"] & (F.NOT_CONVERGED | F.FIT_FAILED | F.AT_BOUND)) == 0
     assert good.sum() >= 9
     fwhm = np.asarray(table["fwhm"])[good]
-    assert 3.0 < np.median(fwhm) < 6.0
+    # unweighted (no e-/ADU in the header): the core's FWHM, ~2.5 px; sep's moments (~3.9 px) include the wings
+    assert 2.0 < np.median(fwhm) < 6.0
     assert siril.pixel_scale == pytest.approx(206.265 * 3.76 / 626.855, rel=1e-3)
     np.testing.assert_allclose(table["fwhm_arcsec"], table["fwhm"] * siril.pixel_scale, rtol=1e-9)
     assert np.all(np.asarray(table["roundness"])[good] > 0.5)

@@ -168,10 +168,37 @@ def _celestial_wcs(header: Any) -> Any:
     return wcs if wcs.has_celestial else None
 
 
+def _electrons_per_adu(header: Any) -> float | None:
+    """Gain in e-/ADU: EGAIN or CVF first (always e-/ADU); GAIN unless it is a CMOS gain *setting*.
+
+    Capture programs for CMOS cameras (N.I.N.A., SharpCap, Siril's QHY files) write the
+    camera's gain setting as GAIN (e.g. ``GAIN = 56 / Sensor gain`` with an OFFSET keyword
+    beside it).  GAIN is taken as e-/ADU unless its comment calls it a sensor gain or
+    setting without naming electrons, or it is a whole number above 10 with an OFFSET
+    keyword present; then the gain is unknown and fits are unweighted.
+    """
+    value, _ = _header_float(header, "EGAIN", "CVF")
+    if value is not None:
+        return value
+    value, _ = _header_float(header, "GAIN")
+    if value is None:
+        return None
+    try:
+        comment = str(header.comments["GAIN"]).lower()
+    except Exception:
+        comment = ""
+    names_electrons = "e-" in comment or "electron" in comment or "e/adu" in comment
+    setting = ("sensor" in comment or "setting" in comment) and not names_electrons
+    cmos_setting = float(value).is_integer() and value > 10 and "OFFSET" in header and not names_electrons
+    if setting or cmos_setting:
+        return None
+    return value
+
+
 def _metadata_from_header(header: Any, data: np.ndarray, raw_dtype: Any) -> dict:
     wcs = _celestial_wcs(header)
     scale, rule = image_scale_from_header(header, wcs)
-    gain, _ = _header_float(header, "GAIN", "EGAIN", "CVF")
+    gain = _electrons_per_adu(header)
     rdnoise, _ = _header_float(header, "RDNOISE", "READNOIS", "RON")
     saturation, _ = _header_float(header, "SATURATE", "DATAMAX")
     if saturation is None and raw_dtype is not None and np.issubdtype(raw_dtype, np.integer):
