@@ -121,8 +121,48 @@ def _solve_batch(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, ok
 
 
-def _normal_equations(model, p, data, weight, shape, free, k):
-    """chi2, rss, J^T W J, J^T W r for parameters p (n, P) on flattened stamps."""
+def _compiled_model(model) -> bool:
+    from . import _compiled
+    from .models import GaussianPSF, MoffatPSF
+
+    return _compiled.available() and type(model) in (GaussianPSF, MoffatPSF)
+
+
+def _exact_erf_path(model, p, free) -> bool:
+    from .models import GaussianPSF
+
+    return (
+        isinstance(model, GaussianPSF) and model.sampling == "integrated" and not free[model.i_angle]
+        and bool(np.all(p[:, model.i_angle] == 0.0))
+    )
+
+
+def _compiled_normal_equations(model, p, data, weight, shape, free, k):
+    """The compiled (numba) chi2, J^T W J, J^T W r for the analytic models, or None."""
+    from . import _compiled
+    from .models import GaussianPSF, MoffatPSF
+
+    if not _compiled.available():
+        return None
+    kk = 1 if model.sampling == "point" else k
+    if type(model) is GaussianPSF:
+        erf = _exact_erf_path(model, p, free)
+        return _compiled.gaussian_normal_equations(p, data, weight, shape, free, kk, erf)
+    if type(model) is MoffatPSF:
+        return _compiled.moffat_normal_equations(p, data, weight, shape, free, kk)
+    return None
+
+
+def _normal_equations(model, p, data, weight, shape, free, k, residuals=True):
+    """chi2, J^T W J, J^T W r (and model values and residuals) for parameters p (n, P) on flattened stamps.
+
+    Without ``residuals`` the compiled path is used where the model has one
+    (values and residuals are then None).
+    """
+    if not residuals:
+        out = _compiled_normal_equations(model, p, data, weight, shape, free, k)
+        if out is not None:
+            return out[0], out[1], out[2], None, None
     val, jac = model.evaluate(p, shape, free=free, jacobian=True, k=k)
     r = data - val
     wr = weight * r
@@ -133,6 +173,19 @@ def _normal_equations(model, p, data, weight, shape, free, k):
     return chi2, jtj, jtr, val, r
 
 
+def _inverse_diagonal(a: np.ndarray) -> np.ndarray:
+    """|diag(a^-1)| per matrix; the pseudo-inverse only where a matrix is singular."""
+    try:
+        out = np.abs(np.diagonal(np.linalg.inv(a), axis1=1, axis2=2))
+        bad = ~np.all(np.isfinite(out), axis=1)
+    except np.linalg.LinAlgError:
+        out = np.zeros(a.shape[:2])
+        bad = np.ones(a.shape[0], dtype=bool)
+    if bad.any():
+        out[bad] = np.abs(np.diagonal(np.linalg.pinv(a[bad]), axis1=1, axis2=2))
+    return out
+
+
 def _lm(model, p0, data, weight, shape, free, lo, hi, k, max_iter, rtol):
     """Vectorised Levenberg-Marquardt; returns (p, chi2, jtj, iterations, converged)."""
     n = p0.shape[0]
@@ -140,7 +193,7 @@ def _lm(model, p0, data, weight, shape, free, lo, hi, k, max_iter, rtol):
     fidx = np.flatnonzero(free)
     nf = fidx.size
     lam = np.full(n, 1e-3)
-    chi2, jtj, jtr, _, _ = _normal_equations(model, p, data, weight, shape, free, k)
+    chi2, jtj, jtr, _, _ = _normal_equations(model, p, data, weight, shape, free, k, residuals=False)
     iters = np.zeros(n, dtype=int)
     converged = np.zeros(n, dtype=bool)
     active = np.flatnonzero(np.isfinite(chi2))
@@ -164,12 +217,12 @@ def _lm(model, p0, data, weight, shape, free, lo, hi, k, max_iter, rtol):
         trial[:, fidx] = pa[:, fidx] + step
         trial = np.clip(trial, lo[active], hi[active])
         t_chi2, t_jtj, t_jtr, _, _ = _normal_equations(
-            model, trial, data[active], weight[active], shape, free, k
+            model, trial, data[active], weight[active], shape, free, k, residuals=False
         )
         better = ok & np.isfinite(t_chi2) & (t_chi2 <= chi2[active])
         iters[active] += 1
         # step small compared with the statistical error of each parameter?
-        cov_diag = np.abs(np.diagonal(np.linalg.pinv(a_jtj), axis1=1, axis2=2))
+        cov_diag = _inverse_diagonal(a_jtj)
         actual = trial[:, fidx] - pa[:, fidx]
         small = np.all(actual**2 <= (rtol**2) * np.maximum(cov_diag, 1e-300), axis=1)
         dchi = chi2[active] - t_chi2
@@ -250,7 +303,11 @@ def fit_stamps(
     if weight_mask is not None:
         mask &= np.asarray(weight_mask, dtype=bool)
     if chunk is None:
+        # the numpy path materialises (stars, pixels x nodes, parameters) arrays: bound their size;
+        # the compiled path does not, so its blocks are only bounded by the stamps themselves
         kmax = int(model.subsampling(p0).max()) if n else 1
+        if _compiled_model(model):
+            kmax = 1
         chunk = max(16, int(4e6 // (h * w * kmax * kmax * max(int(free.sum()), 1))))
     if n > chunk:
         parts = [
@@ -267,6 +324,8 @@ def fit_stamps(
 
     # group stars by their pixel-integration order so each star's model does not depend on the batch
     ks = model.subsampling(np.clip(p0, lo, hi))
+    if _exact_erf_path(model, p0, free):
+        ks = np.ones_like(ks)  # the erf integral is exact: no node count to choose
     if np.unique(ks).size > 1:
         out = None
         for k in np.unique(ks):
