@@ -10,6 +10,7 @@ The public API:
 """
 
 from .catalog import average, read_star_list, write_star_list
+from .compare import compare_models
 from .datasets import sample_image_path
 from .detect import estimate_background, find_stars
 from .errors import PsfkitError
@@ -27,7 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GaussianPSF", "Image", "ImagePSF", "MoffatPSF", "NoiseModel", "PSFModel", "PsfkitError", "StampFit",
-    "StarFit", "average", "read_star_list", "write_star_list", "decode_flags", "estimate_background", "find_stars", "fit_stamps", "fit_star", "fit_stars", "load_image", "magnitude",
+    "StarFit", "average", "compare_models", "read_star_list", "write_star_list", "decode_flags", "estimate_background", "find_stars", "fit_stamps", "fit_star", "fit_stars", "load_image", "magnitude",
     "sample_image_path", "__version__",
 ]
 __all__ += ["QualityLimits", "SequenceResult", "differential_photometry", "estimate_shift", "frame_summary",
