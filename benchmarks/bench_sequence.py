@@ -97,6 +97,12 @@ def warm_frame(folder: Path) -> Path:
     return path
 
 
+def _cpu_seconds() -> float:
+    """CPU time (user + system) used so far by the calling process."""
+    t = os.times()
+    return t.user + t.system
+
+
 def timed_run(paths, outdir: Path, **kwargs) -> float:
     from psfkit import run_sequence
 
@@ -139,7 +145,10 @@ def main(argv: list[str]) -> int:
         t_sep = time.perf_counter() - t0
         # plain loop
         timed_run([warm], work / "warm0", workers=0)
+        c0 = time.process_time()
         t_plain = timed_run(paths, work / "plain", workers=0)
+        cpu = {"plain": time.process_time() - c0}
+        load = {"plain": os.getloadavg()[0]}
         stars = psfkit.read_star_list(work / "plain" / "stars" / "frame_000.ecsv") \
             if hasattr(psfkit, "read_star_list") else None
         n_found = len(stars) if stars is not None else None
@@ -156,7 +165,10 @@ def main(argv: list[str]) -> int:
                 client.run(lambda: __import__("psfkit"))
                 for k in range(n_workers):  # every worker compiles once
                     timed_run([warm], work / f"warm{n_workers}{k}", client=client)
+                c0 = sum(client.run(_cpu_seconds).values())
                 times[n_workers] = timed_run(paths, work / f"dask{n_workers}", client=client)
+                cpu[n_workers] = sum(client.run(_cpu_seconds).values()) - c0
+                load[n_workers] = os.getloadavg()[0]
             finally:
                 client.close()
                 cluster.close()
@@ -183,17 +195,24 @@ def main(argv: list[str]) -> int:
         f"psfkit found {n_found if n_found is not None else '?'} stars in the first frame, "
         f"SEP {n_sep / n:.0f} per frame.",
         "",
-        "| mode | seconds | frames/s | vs psfkit plain loop |",
-        "|---|---:|---:|---:|",
+        "| mode | seconds | frames/s | vs psfkit plain loop | CPU s per frame | cores busy | load avg (1 min) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, t in rows:
-        lines.append(f"| {name} | {t:.1f} | {fps(t):.2f} | {t_plain / t:.2f}x |")
+    keys = [None, None, "plain", 1, 2]
+    for (name, t), key in zip(rows, keys):
+        extra = f"{cpu[key] / n:.2f} | {cpu[key] / t:.2f} | {load[key]:.1f}" if key is not None else "| |"
+        lines.append(f"| {name} | {t:.1f} | {fps(t):.2f} | {t_plain / t:.2f}x | {extra} |")
     lines += [
         "",
         f"- scaling efficiency, 2 workers vs 1: **{eff:.2f}** (target >= 0.85)",
         f"- Dask overhead, 1 worker vs plain loop: **{100 * overhead:+.1f} %** (target <= 10 %)",
         f"- cluster startup (not in the times above): {startup[1]:.1f} s (1 worker), {startup[2]:.1f} s (2 workers)",
         f"- reading is {100 * t_read / t_plain:.0f} % of the plain loop's time per frame",
+        "- 'cores busy' = CPU seconds of the measuring processes / wall seconds: below 1 per worker means "
+        "the workers waited (for I/O, or for a core taken by another program: see the load average; "
+        "this machine has 2 cores, shared with other jobs when this ran)",
+        f"- CPU-time efficiency, 2 workers vs 1 (CPU s per frame, 1 worker / 2 workers): "
+        f"**{cpu[1] / cpu[2]:.2f}** (1.00 = a worker does no more work per frame when two run)",
         "",
     ]
     text = "\n".join(lines)

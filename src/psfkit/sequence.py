@@ -236,7 +236,8 @@ def measure_frame(
         image = load_image(path)
         stars = psfkit.find_stars(image, **settings.get("find", {}))
     except (PsfkitError, OSError, ValueError) as exc:
-        return {"status": "failed", "reason": f"{Path(path).name}: {exc}".splitlines()[0]}
+        text = str(exc) if Path(path).name in str(exc) else f"{Path(path).name}: {exc}"
+        return {"status": "failed", "reason": text.splitlines()[0]}
     summary = frame_summary(stars, image)
     bright = np.column_stack([np.asarray(stars["x_fit"], float), np.asarray(stars["y_fit"], float)])[:N_BRIGHT] \
         if len(stars) else np.zeros((0, 2))
@@ -287,7 +288,11 @@ class _Serial:
 
     def run(self, fn: Callable, args: list[tuple], kwargs: list[dict]):
         for a, k in zip(args, kwargs):
-            yield a, fn(*a, **k)
+            try:
+                result = fn(*a, **k)
+            except Exception as exc:  # as on Dask: an unexpected error fails the frame, not the night
+                result = {"status": "failed", "reason": f"{Path(a[0]).name}: {type(exc).__name__}: {exc}".splitlines()[0]}
+            yield a, result
 
 
 def _dask_map(client: Any, fn: Callable, args: list[tuple], kwargs: list[dict], keys: list[str]):
