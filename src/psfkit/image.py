@@ -308,15 +308,19 @@ def _check_pixels(path: Any, data: np.ndarray) -> None:
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fit.fz", ".fz")
 
 
-def load_image(path: str | os.PathLike, *, hdu: int | None = None) -> Image:
+def load_image(path: str | os.PathLike, *, hdu: int | None = None, channel: str | int | None = None) -> Image:
     """Read an image file into an :class:`Image`.
 
     Parameters
     ----------
     path : str or path-like
-        The file.  FITS (``.fits``, ``.fit``, ``.fts``, gzip, tile-compressed).
+        The file: FITS (``.fits``, ``.fit``, ``.fts``, gzip, tile-compressed), TIFF (8/16/32-bit
+        integer and float), PNG, JPEG, XISF.
     hdu : int, optional
         The FITS HDU to read; by default the first HDU holding a 2-D image.
+    channel : {"R", "G", "B", "luminance"}, optional
+        For colour TIFF/PNG/JPEG/XISF images: one channel, or the BT.709 luminance (default).
+        TIFF, PNG and JPEG rows are stored top-down: row 0 is the top row as viewers show it.
 
     Returns
     -------
@@ -332,7 +336,100 @@ def load_image(path: str | os.PathLike, *, hdu: int | None = None) -> Image:
         raise PsfkitError(f"{p}: no such file")
     if p.is_dir():
         raise PsfkitError(f"{p}: is a directory, not an image file")
+    suffix = p.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        return _load_tiff(p, channel)
+    if suffix in (".png", ".jpg", ".jpeg"):
+        return _load_pil(p, channel)
+    if suffix == ".xisf":
+        return _load_xisf(p, channel)
     return _load_fits(p, hdu)
+
+
+def _to_plane(path: Path, arr: np.ndarray, channel: str | int | None, fmt: str) -> tuple[np.ndarray, dict]:
+    """A 2-D plane from a grey or colour array (H, W, C) or (C, H, W): one channel or the luminance."""
+    a = np.asarray(arr)
+    if a.ndim == 2:
+        return a, {"format": fmt}
+    if a.ndim == 3:
+        if a.shape[-1] in (1, 3, 4) and a.shape[0] not in (1, 3, 4):
+            a = np.moveaxis(a, -1, 0)
+        if a.shape[0] == 1:
+            return a[0], {"format": fmt}
+        if a.shape[0] in (3, 4):
+            rgb = a[:3].astype(np.float64)
+            names = {"r": 0, "red": 0, "g": 1, "green": 1, "b": 2, "blue": 2, 0: 0, 1: 1, 2: 2}
+            if channel is None or str(channel).lower() in ("l", "lum", "luminance"):
+                # ITU-R BT.709 luminance
+                return 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2], {"format": fmt, "channel": "luminance"}
+            key = channel if isinstance(channel, int) else str(channel).lower()
+            if key not in names:
+                raise PsfkitError(f"{path}: unknown channel {channel!r}; use R, G, B or luminance")
+            return a[names[key]], {"format": fmt, "channel": "RGB"[names[key]]}
+    raise PsfkitError(f"{path}: the image has shape {a.shape}; a 2-D grey or 3-channel colour image is needed")
+
+
+def _finish_plain(path: Path, arr: np.ndarray, meta: dict, **extra: Any) -> Image:
+    raw_dtype = arr.dtype
+    if not (np.issubdtype(raw_dtype, np.integer) or np.issubdtype(raw_dtype, np.floating)):
+        raise PsfkitError(f"{path}: unsupported pixel type {raw_dtype}")
+    data = np.asarray(arr, dtype=np.float32 if raw_dtype.itemsize <= 4 else np.float64)
+    _check_pixels(path, data)
+    saturation = float(np.iinfo(raw_dtype).max) if np.issubdtype(raw_dtype, np.integer) else None
+    if saturation is not None:
+        top = float(np.nanmax(data))
+        if top < saturation and np.count_nonzero(data == top) >= 3:
+            saturation = top
+    meta.setdefault("roworder", "TOP-DOWN")
+    return Image(data=data, path=str(path), saturation=saturation, meta=meta, **extra)
+
+
+def _load_tiff(path: Path, channel: str | int | None) -> Image:
+    try:
+        import tifffile
+
+        arr = tifffile.imread(path)
+    except ImportError:
+        raise PsfkitError(f"{path}: reading TIFF needs the 'tifffile' package (pip install 'psfkit[formats]')") from None
+    except Exception as exc:
+        raise PsfkitError(f"{path}: not a readable TIFF file ({exc.__class__.__name__})") from None
+    plane, meta = _to_plane(path, arr, channel, "TIFF")
+    return _finish_plain(path, plane, meta)
+
+
+def _load_pil(path: Path, channel: str | int | None) -> Image:
+    try:
+        from PIL import Image as PILImage
+
+        with PILImage.open(path) as im:
+            im.load()
+            arr = np.asarray(im)
+    except ImportError:
+        raise PsfkitError(f"{path}: reading PNG/JPEG needs the 'pillow' package (pip install 'psfkit[formats]')") from None
+    except Exception as exc:
+        raise PsfkitError(f"{path}: not a readable PNG/JPEG file ({exc.__class__.__name__})") from None
+    plane, meta = _to_plane(path, arr, channel, path.suffix.lstrip(".").upper())
+    return _finish_plain(path, plane, meta)
+
+
+def _load_xisf(path: Path, channel: str | int | None) -> Image:
+    try:
+        from xisf import XISF
+
+        xf = XISF(str(path))
+        arr = xf.read_image(0)
+        kw = xf.get_images_metadata()[0].get("FITSKeywords", {})
+    except ImportError:
+        raise PsfkitError(f"{path}: reading XISF needs the 'xisf' package (pip install 'psfkit[formats]')") from None
+    except Exception as exc:
+        raise PsfkitError(f"{path}: not a readable XISF file ({exc.__class__.__name__})") from None
+    header = {k: (v[0]["value"] if isinstance(v, list) and v else v) for k, v in kw.items()}
+    plane, meta = _to_plane(path, arr, channel, "XISF")
+    scale, rule = image_scale_from_header(header)
+    gain = _electrons_per_adu(header)
+    rdn, _ = _header_float(header, "RDNOISE")
+    return _finish_plain(path, plane, meta, pixel_scale=scale, scale_rule=rule, gain=gain, read_noise=rdn,
+                         header=header)
 
 
 def as_image(image: Any) -> Image:
