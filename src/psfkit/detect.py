@@ -72,6 +72,19 @@ def _clipped_median_mad(cells: np.ndarray, n_iter: int = 3) -> tuple[np.ndarray,
     return mode, sig
 
 
+def _linear_weights(n: int, g: int) -> np.ndarray:
+    """(n, g) weights interpolating g cell centres linearly onto n pixels (constant beyond the ends)."""
+    pos = (np.arange(n) + 0.5) * g / n - 0.5
+    pos = np.clip(pos, 0, g - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, g - 1)
+    frac = (pos - lo).astype(np.float32)
+    w = np.zeros((n, g), dtype=np.float32)
+    w[np.arange(n), lo] += 1 - frac
+    w[np.arange(n), hi] += frac
+    return w
+
+
 def estimate_background(data: np.ndarray, *, mesh: int | None = None, mask: np.ndarray | None = None) -> Background:
     """Mesh background with sigma clipping, smoothed and interpolated to every pixel.
 
@@ -97,22 +110,21 @@ def estimate_background(data: np.ndarray, *, mesh: int | None = None, mask: np.n
     gy, gx = max(1, ny // mesh), max(1, nx // mesh)
     cy, cx = ny // gy, nx // gx
     crop = arr[: gy * cy, : gx * cx]
-    cells = crop.reshape(gy, cy, gx, cx).transpose(0, 2, 1, 3).reshape(gy, gx, cy * cx)
-    # subsample large cells for speed (every k-th pixel is enough for a median)
-    step = max(1, (cy * cx) // 1024)
-    mode, sig = _clipped_median_mad(cells[:, :, ::step])
+    # subsample large cells (a regular grid of ~1000 pixels per cell is enough for a median),
+    # taken as a view first so that only the subsample is copied
+    step = max(1, int(math.sqrt(cy * cx / 1024)))
+    view = crop.reshape(gy, cy, gx, cx)[:, ::step, :, ::step]
+    cells = view.transpose(0, 2, 1, 3).reshape(gy, gx, -1)
+    mode, sig = _clipped_median_mad(cells)
     good = np.isfinite(mode)
     if not good.any():
         raise PsfkitError("the background cannot be measured: no finite pixels")
     fill = np.nanmedian(mode)
     mode = np.where(good, mode, fill)
     mode = ndimage.median_filter(mode, size=3, mode="nearest")
-    zoom = (ny / gy, nx / gx)
-    yy = (np.arange(ny) + 0.5) / zoom[0] - 0.5
-    xx = (np.arange(nx) + 0.5) / zoom[1] - 0.5
-    level = ndimage.map_coordinates(
-        mode.astype(np.float32), np.meshgrid(yy, xx, indexing="ij"), order=1, mode="nearest"
-    ).astype(np.float32)
+    # bilinear interpolation between cell centres as two small matrix products (no full-size
+    # coordinate grids: the only full-size array made here is the map itself)
+    level = (_linear_weights(ny, gy) @ mode.astype(np.float32) @ _linear_weights(nx, gx).T).astype(np.float32, copy=False)
     noise = float(np.nanmedian(sig))
     if not np.isfinite(noise) or noise <= 0:
         resid = arr - level
@@ -140,12 +152,13 @@ def find_candidates(
     -------
     Table with ``x``, ``y`` (0-based), ``peak`` (smoothed, above background), ``significance``.
     """
-    arr = np.asarray(data, dtype=np.float32) - background.level
+    arr = np.subtract(data, background.level, dtype=np.float32)
     finite = np.isfinite(arr)
-    arr = np.where(finite, arr, 0.0).astype(np.float32)
+    np.nan_to_num(arr, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     # no median filter: hot pixels and cosmic rays become candidates, are fitted, and are
     # rejected with a reason (too_narrow); their pixels are then masked from neighbours' fits
     smooth = ndimage.gaussian_filter(arr, smoothing, mode="nearest", truncate=3.0)
+    del arr
     # noise of the smoothed frame, measured (the median filter makes the theory inexact)
     sample = smooth[:: max(1, smooth.shape[0] // 256), :: max(1, smooth.shape[1] // 256)]
     med = float(np.median(sample))
@@ -156,7 +169,10 @@ def find_candidates(
     footprint = np.ones((3, 3), dtype=bool)
     footprint[1, 1] = False
     neigh = ndimage.maximum_filter(smooth, footprint=footprint, mode="constant", cval=np.inf)
-    peaks = (smooth > neigh) & (smooth > level) & finite
+    peaks = smooth > neigh
+    del neigh
+    peaks &= smooth > level
+    peaks &= finite
     if exclude_border:
         b = exclude_border
         peaks[:b, :] = peaks[-b:, :] = False
