@@ -124,22 +124,26 @@ def night_serial_run(night, tmp_path_factory):
 
 
 def _assert_same(a, b) -> None:
-    """Same frames, same numbers (a process-pool run vs the plain loop)."""
+    """Same frames, same numbers (a process-pool run vs the plain loop).
+
+    To float32 precision: find_stars estimates the background in float32, whose sums may round
+    differently from one process to another (1e-7 relative).
+    """
     assert list(a.summary["frame"]) == list(b.summary["frame"])
     for col in a.summary.colnames:
         if col == "path" or a.summary[col].dtype.kind in "USOb":
             assert list(a.summary[col]) == list(b.summary[col]), col
         else:
-            np.testing.assert_allclose(a.summary[col], b.summary[col], rtol=1e-9, atol=1e-12, err_msg=col)
+            np.testing.assert_allclose(a.summary[col], b.summary[col], rtol=1e-5, atol=1e-9, err_msg=col)
     if a.lightcurve is not None:
         for col in ("x_fit", "y_fit", "flux_fit", "flux_err", "dmag", "dmag_err"):
-            np.testing.assert_allclose(a.lightcurve[col], b.lightcurve[col], rtol=1e-9, err_msg=col)
+            np.testing.assert_allclose(a.lightcurve[col], b.lightcurve[col], rtol=1e-5, atol=1e-6, err_msg=col)
     for name in a.summary["frame"]:
         sa = Table.read(a.outdir / "stars" / f"{name}.ecsv")
         sb = Table.read(b.outdir / "stars" / f"{name}.ecsv")
         assert len(sa) == len(sb)
-        np.testing.assert_allclose(sa["x_fit"], sb["x_fit"], rtol=1e-9)
-        np.testing.assert_allclose(sa["fwhm"], sb["fwhm"], rtol=1e-9)
+        np.testing.assert_allclose(sa["x_fit"], sb["x_fit"], rtol=1e-6)
+        np.testing.assert_allclose(sa["fwhm"], sb["fwhm"], rtol=1e-5)
 
 
 # ---------------------------------------------------------------- pieces
@@ -326,7 +330,7 @@ def test_nites_sequence_on_cluster(shared_data, client, tmp_path):
     np.testing.assert_allclose(s["fwhm_weighted_arcsec"], s["fwhm_weighted"] * scale, rtol=1e-5)
     assert not np.any(s["rejected"])
     for col in ("n_stars", "fwhm_weighted", "roundness", "background", "noise"):
-        np.testing.assert_allclose(s[col], plain.summary[col], rtol=1e-9, err_msg=col)
+        np.testing.assert_allclose(s[col], plain.summary[col], rtol=1e-5, err_msg=col)
     # the shift from matched stars agrees with where the tracked stars were found
     curve = r.lightcurve
     for k, name in enumerate(s["frame"]):
