@@ -13,14 +13,15 @@ from ._app import app, fail
 from ..errors import PsfkitError
 
 
-def _parse_xy(text: str) -> tuple[float, float]:
+def _parse_xy(text: str, option: str = "--at", what: str = "0-based pixels") -> tuple[float, float]:
+    """X,Y from an option's text, or a one-line PsfkitError."""
     try:
         xs, ys = text.split(",")
         x, y = float(xs), float(ys)
     except ValueError:
-        raise PsfkitError(f"--at wants X,Y (0-based pixels), got {text!r}") from None
+        raise PsfkitError(f"{option} wants X,Y ({what}), got {text!r}") from None
     if not (math.isfinite(x) and math.isfinite(y)):
-        raise PsfkitError(f"--at wants finite numbers, got {text!r}")
+        raise PsfkitError(f"{option} wants finite numbers, got {text!r}")
     return x, y
 
 

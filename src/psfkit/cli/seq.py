@@ -8,20 +8,12 @@ from typing import List, Optional
 import typer
 
 from ._app import app, fail
+from .fit import _parse_xy as parse_xy
 from ..errors import PsfkitError
 
 
 def _parse_xy(text: str, option: str) -> tuple[float, float]:
-    import math
-
-    try:
-        xs, ys = text.split(",")
-        x, y = float(xs), float(ys)
-    except ValueError:
-        raise PsfkitError(f"{option} wants X,Y (0-based pixels in the first frame), got {text!r}") from None
-    if not (math.isfinite(x) and math.isfinite(y)):
-        raise PsfkitError(f"{option} wants finite numbers, got {text!r}")
-    return x, y
+    return parse_xy(text, option, "0-based pixels in the first frame")
 
 
 @app.command("seq")
