@@ -31,7 +31,7 @@ def _figure(shape, scale=1.0):
 
 
 def plot_overlay(data: np.ndarray, table: Table, path: str | Path, *, show_rejected: bool = True) -> Path:
-    """Auto-stretched frame with an ellipse (FWHM axes, angle) on every star; rejected ones in red."""
+    """Auto-stretched frame with an ellipse (FWHM axes and angle, drawn at 3 FWHM) on every star; rejected ones in red."""
     from matplotlib.patches import Ellipse
 
     plt, fig = _figure(data.shape)
@@ -44,8 +44,11 @@ def plot_overlay(data: np.ndarray, table: Table, path: str | Path, *, show_rejec
         fx, fy = float(row["fwhm_x"]), float(row["fwhm_y"])
         if not (np.isfinite(fx) and np.isfinite(fy)):
             fx = fy = 3.0
-        scale = 2.0
-        ax.add_patch(Ellipse((float(row["x_fit"]), float(row["y_fit"])), scale * fx, scale * fy,
+        # drawn at 3 FWHM (at least 9 px across, so bright stars' rings clear their stretched
+        # disks; at most 60 px, so a wild rejected fit does not cross the frame), shape kept
+        big = max(3.0 * fx, 9.0)
+        factor = min(big, 60.0) / max(fx, 1e-6)
+        ax.add_patch(Ellipse((float(row["x_fit"]), float(row["y_fit"])), factor * fx, factor * fy,
                              angle=float(np.nan_to_num(row["angle"])), fill=False,
                              color="#33ff66" if ok else "#ff4040", lw=0.8))
     ax.set_xlim(-0.5, data.shape[1] - 0.5)
