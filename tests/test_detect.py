@@ -141,3 +141,20 @@ def test_siril_frame_at_least_52_stars_and_saturated_flagged(shared_data):
         assert table["flags"][j] & F.SATURATED
     assert table.meta["pixel_scale"] == pytest.approx(1.237, abs=0.01)
     assert "fwhm_arcsec" in table.colnames
+
+
+def test_pure_noise_gives_an_empty_list_not_an_error(tmp_path):
+    noise = np.random.default_rng(0).normal(100.0, 5.0, size=(80, 80))
+    table = psfkit.find_stars(noise, keep_rejected=True)
+    assert len(table) == 0 and {"x_fit", "fwhm", "accepted", "reject_reason"} <= set(table.colnames)
+    assert table.meta["summary"]["n_stars"] == 0
+    from astropy.io import fits
+    import subprocess
+    import sys
+
+    fits.writeto(tmp_path / "noise.fits", noise.astype(np.float32))
+    out = subprocess.run([sys.executable, "-m", "psfkit", "find", str(tmp_path / "noise.fits"), "-o",
+                          str(tmp_path / "s.csv")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "0 stars" in out.stdout
+    assert len(psfkit.read_star_list(tmp_path / "s.csv")) == 0

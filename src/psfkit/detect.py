@@ -366,10 +366,16 @@ def find_stars(
                     min_separation=min_separation, mask_neighbours=mask_neighbours,
                     **{f.name: getattr(crit, f.name) for f in fields(RejectionCriteria)})
     if len(cands) == 0:
-        table = Table(names=["x_fit", "y_fit", "fwhm", "flux_fit", "flags"], dtype=[float] * 4 + [np.int64])
+        names = ["id", "x_fit", "y_fit", "x_err", "y_err", "fwhm_x", "fwhm_y", "fwhm", "roundness", "angle",
+                 "background", "amplitude", "flux_fit", "flux_err", "mag", "mag_err", "snr", "rmse", "flags"]
+        table = Table(names=names, dtype=[np.int64] + [float] * (len(names) - 2) + [np.int64])
+        if keep_rejected:
+            table["accepted"] = np.zeros(0, dtype=bool)
+            table["reject_reason"] = np.zeros(0, dtype="U16")
         table.meta.update(settings=settings, summary={"n_candidates": 0, "n_stars": 0, "rejected": {}},
-                          background=float(np.nanmedian(bkg.level)), noise=bkg.noise,
-                          pixel_scale=img.pixel_scale, image=img.path)
+                          background=float(np.nanmedian(bkg.level)), noise=bkg.noise, reject_reasons=REASONS,
+                          pixel_scale=img.pixel_scale, image=img.path, image_shape=list(img.shape),
+                          roworder=img.meta.get("roworder", "BOTTOM-UP"))
         return table
     # the frame's FWHM from the brightest candidates (unsaturated, isolated)
     if fwhm is None:

@@ -75,8 +75,11 @@ def find_command(
         plot_overlay(img.data, table if keep_rejected else stars, overlay)
         typer.echo(f"wrote {overlay}")
     if fwhm_map is not None:
-        plot_fwhm_map(stars, img.shape, fwhm_map)
-        typer.echo(f"wrote {fwhm_map}")
+        if len(stars) < 3:
+            typer.echo(f"not writing {fwhm_map}: a field map needs at least 3 stars")
+        else:
+            plot_fwhm_map(stars, img.shape, fwhm_map)
+            typer.echo(f"wrote {fwhm_map}")
 
 
 @app.command("average")
