@@ -158,3 +158,16 @@ def test_fit_bad_input_one_line_exit_2(star_file, tmp_path, case):
     assert lines[0].startswith("psfkit: error: ")
     assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
     assert res.stdout == ""
+
+
+@pytest.mark.parametrize("args", [["--model", "moffat", "--beta", "0.5"], ["--at", "100,100", "--search-radius", "-3"]])
+def test_bad_model_options_are_one_line_errors(args):
+    import subprocess
+    import sys
+
+    import psfkit
+
+    out = subprocess.run([sys.executable, "-m", "psfkit", "fit", str(psfkit.sample_image_path()), *args],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1

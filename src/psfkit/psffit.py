@@ -55,7 +55,10 @@ def resolve_model(
             raise PsfkitError(f"PSF image: {exc}") from None
     name = str(model)
     if name.lower() in ("gaussian", "moffat"):
-        return get_model(name, angle=angle, beta=beta, sampling=sampling)
+        try:
+            return get_model(name, angle=angle, beta=beta, sampling=sampling)
+        except ValueError as exc:
+            raise PsfkitError(str(exc)) from None
     # a file holding a PSF image
     from pathlib import Path
 
@@ -454,6 +457,8 @@ def fit_star(
     StarFit
     """
     img = as_image(image)
+    if search_radius is None or not np.isfinite(search_radius) or search_radius < 0:
+        raise PsfkitError(f"the search radius must be a number >= 0, got {search_radius}")
     if (x is None) != (y is None):
         raise PsfkitError("give both x and y, or neither (to fit the brightest source)")
     if x is None:
