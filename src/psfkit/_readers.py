@@ -1,0 +1,378 @@
+"""One reader per file format, each returning a :class:`Frame` (pixels + header + how they were stored).
+
+The readers only read: they turn every supported file into float pixels
+(``(ny, nx)``, or ``(planes, ny, nx)`` for colour and stacks) and a header
+mapping.  What the header means (scale, gain, saturation ...) is decided once,
+in :mod:`psfkit.image`.  Any failure of a format library on a broken file
+becomes a one-line :class:`~psfkit.errors.PsfkitError` naming the file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import PsfkitError
+
+__all__ = ["Frame", "read_frame", "detect_format", "RAW_SUFFIXES"]
+
+RAW_SUFFIXES = (
+    ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".orf", ".rw2", ".raf",
+    ".pef", ".srw", ".3fr", ".iiq", ".erf", ".mef", ".mos", ".kdc", ".dcr", ".raw", ".rwl", ".x3f",
+)
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fz")
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass
+class Frame:
+    """What a reader found: float pixels, the header, and how the file stored them."""
+
+    data: np.ndarray
+    header: Any
+    format: str
+    layout: str = "grey"  # grey | rgb | stack | bayer
+    type_max: float | None = None  # the stored integer type's maximum, in data units
+    saturation: float | None = None  # a level the format itself knows (RAW white level)
+    bayer_pattern: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    detail = text[0] if text and text[0] else "no detail"
+    if len(detail) > 120:
+        detail = detail[:117] + "..."
+    return f"{exc.__class__.__name__}: {detail}"
+
+
+def detect_format(path: Path) -> str:
+    """'fits', 'xisf', 'tiff', 'png', 'jpeg' or 'raw', from the file's first bytes and its name."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise PsfkitError(f"{path}: cannot be read ({exc.strerror or exc.__class__.__name__})") from None
+    if not head:
+        raise PsfkitError(f"{path}: the file is empty")
+    name = path.name.lower()
+    suffix = path.suffix.lower()
+    if head.startswith(b"SIMPLE  ="):
+        return "fits"
+    if head.startswith(b"\x1f\x8b"):
+        if any(name.endswith(s + ".gz") for s in FITS_SUFFIXES):
+            return "fits"
+        raise PsfkitError(f"{path}: a gzip file that is not a gzipped FITS (.fits.gz, .fit.gz, .fts.gz)")
+    if head.startswith(b"XISF0100"):
+        return "xisf"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        # CR2, NEF, ARW, DNG ... are TIFF containers too: the name decides
+        return "raw" if suffix in RAW_SUFFIXES else "tiff"
+    if suffix in RAW_SUFFIXES:
+        return "raw"  # CR3, RAF, ORF ... have their own containers; LibRaw decides
+    known = {".fits": "FITS", ".fit": "FITS", ".fts": "FITS", ".fz": "FITS", ".gz": "gzipped FITS",
+             ".xisf": "XISF", ".tif": "TIFF", ".tiff": "TIFF", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+    if suffix in known:
+        raise PsfkitError(f"{path}: not a {known[suffix]} file (its first bytes are not a {known[suffix]} signature)")
+    raise PsfkitError(
+        f"{path}: unsupported file type; psfkit reads FITS, XISF, TIFF, PNG, JPEG and camera RAW files"
+    )
+
+
+def _shape_to_layout(path: Path, data: np.ndarray, *, channels_last: bool) -> tuple[np.ndarray, str]:
+    """Bring pixels to (ny, nx) or (planes, ny, nx) and name the layout."""
+    while data.ndim > 2 and data.shape[0] == 1:
+        data = data[0]
+    if channels_last and data.ndim == 3:
+        if data.shape[-1] == 1:
+            data = data[..., 0]
+        else:
+            if data.shape[-1] in (2, 4):  # grey+alpha, RGBA: drop the alpha plane
+                data = data[..., :-1]
+            data = np.moveaxis(data, -1, 0)
+            if data.shape[0] == 1:
+                data = data[0]
+    if data.ndim == 3 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim < 2:
+        raise PsfkitError(f"{path}: the data are {data.ndim}-D with shape {data.shape}; an image needs 2 dimensions")
+    if data.ndim > 3:
+        raise PsfkitError(f"{path}: the data are {data.ndim}-D with shape {data.shape}; psfkit reads 2-D images, colour cubes and stacks")
+    if data.size == 0:
+        raise PsfkitError(f"{path}: the image has no pixels (shape {data.shape})")
+    if data.ndim == 2:
+        return data, "grey"
+    return data, ("rgb" if data.shape[0] == 3 else "stack")
+
+
+def _to_float(path: Path, raw: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """Native-endian float pixels (float32 up to 16-bit integers, float64 above) and the type's maximum."""
+    kind = raw.dtype.kind
+    if kind == "b" or kind not in "uif":
+        raise PsfkitError(f"{path}: unsupported pixel type {raw.dtype} (psfkit reads 8/16/32-bit integer and float images)")
+    if kind == "f":
+        if raw.dtype.itemsize < 4:
+            return raw.astype(np.float32), None
+        target = np.float64 if raw.dtype.itemsize > 4 else np.float32
+        return raw.astype(target, copy=not raw.dtype.isnative or raw.dtype != target), None
+    target = np.float32 if raw.dtype.itemsize <= 2 else np.float64
+    return raw.astype(target), float(np.iinfo(raw.dtype).max)
+
+
+# ---------------------------------------------------------------- FITS
+
+
+def _fits_image_hdu(path: Path, hdul: Any, hdu: int | str | None) -> tuple[Any, int | str]:
+    if hdu is not None:
+        try:
+            chosen = hdul[hdu]
+        except (IndexError, KeyError):
+            raise PsfkitError(f"{path}: HDU {hdu!r} does not exist (the file has {len(hdul)} HDUs)") from None
+        if not getattr(chosen, "is_image", False):
+            raise PsfkitError(f"{path}: HDU {hdu!r} is a {chosen.__class__.__name__}, not an image")
+        if not chosen.header.get("ZNAXIS", chosen.header.get("NAXIS", 0)):
+            raise PsfkitError(f"{path}: HDU {hdu!r} holds no data (NAXIS = 0)")
+        return chosen, hdu
+    for index, candidate in enumerate(hdul):
+        if getattr(candidate, "is_image", False) and candidate.header.get("ZNAXIS", candidate.header.get("NAXIS", 0)) >= 1:
+            return candidate, index
+    raise PsfkitError(f"{path}: no HDU holds an image")
+
+
+def _read_fits(path: Path, hdu: int | str | None) -> Frame:
+    from astropy.io import fits
+
+    compressed_file = path.name.lower().endswith(".gz")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hdul = fits.open(path, memmap=not compressed_file, do_not_scale_image_data=True, lazy_load_hdus=False)
+    except PsfkitError:
+        raise
+    except Exception as exc:  # astropy raises many kinds for a broken file
+        raise PsfkitError(f"{path}: not a readable FITS file ({_short(exc)})") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            chosen, index = _fits_image_hdu(path, hdul, hdu)
+            header = chosen.header
+            is_tile = isinstance(chosen, fits.CompImageHDU)
+            if not is_tile and not compressed_file:
+                info = chosen.fileinfo() or {}
+                bitpix = abs(int(header.get("BITPIX", 8)))
+                n = 1
+                for axis in range(1, int(header.get("NAXIS", 0)) + 1):
+                    n *= int(header.get(f"NAXIS{axis}", 0))
+                need = info.get("datLoc", 0) + n * bitpix // 8
+                if need > path.stat().st_size:
+                    raise PsfkitError(f"{path}: the file is truncated ({path.stat().st_size} bytes, the header needs {need})")
+            raw = chosen.data
+            if raw is None:
+                raise PsfkitError(f"{path}: HDU {index!r} holds no data")
+            raw = np.asarray(raw)
+            bscale = float(header.get("BSCALE", 1.0))
+            bzero = float(header.get("BZERO", 0.0))
+            blank = header.get("BLANK")
+            if raw.dtype.kind == "f" and raw.dtype.itemsize < 4:
+                raise PsfkitError(f"{path}: unsupported pixel type {raw.dtype}")
+            data, type_max = _to_float(path, raw)
+            if raw.dtype.kind in "iu":
+                if blank is not None:
+                    holes = raw == int(blank)
+                else:
+                    holes = None
+                if bscale != 1.0:
+                    data *= data.dtype.type(bscale)
+                if bzero != 0.0:
+                    data += data.dtype.type(bzero)
+                if holes is not None and holes.any():
+                    data[holes] = np.nan
+                if type_max is not None:
+                    type_max = type_max * bscale + bzero
+                    if bzero == 2.0 ** (8 * raw.dtype.itemsize - 1) and bscale == 1.0:
+                        type_max = float(2 ** (8 * raw.dtype.itemsize) - 1)  # unsigned in signed clothing
+            elif bscale != 1.0 or bzero != 0.0:
+                data = data * data.dtype.type(bscale) + data.dtype.type(bzero)
+            del raw
+            cards = header.copy()
+    except PsfkitError:
+        hdul.close()
+        raise
+    except Exception as exc:
+        hdul.close()
+        raise PsfkitError(f"{path}: the image data cannot be read ({_short(exc)})") from None
+    hdul.close()
+    data, layout = _shape_to_layout(path, data, channels_last=False)
+    return Frame(data=data, header=cards, format="FITS", layout=layout, type_max=type_max,
+                 meta={"hdu": index, "compressed": "tile" if is_tile else ("gzip" if compressed_file else None),
+                       "blank": blank})
+
+
+# ---------------------------------------------------------------- XISF
+
+
+def _read_xisf(path: Path) -> Frame:
+    try:
+        from xisf import XISF
+    except ImportError:  # pragma: no cover - the formats extra is installed in CI
+        raise PsfkitError(f"{path}: reading XISF needs the 'xisf' package (pip install psfkit[formats])") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reader = XISF(str(path))
+            metas = reader.get_images_metadata()
+            if not metas:
+                raise PsfkitError(f"{path}: the XISF file holds no image")
+            raw = reader.read_image(0)
+            image_meta = metas[0]
+    except PsfkitError:
+        raise
+    except Exception as exc:
+        raise PsfkitError(f"{path}: not a readable XISF file ({_short(exc)})") from None
+    header: dict = {}
+    for key, values in (image_meta.get("FITSKeywords") or {}).items():
+        if values:
+            header[key] = values[0].get("value")
+    raw = np.asarray(raw)
+    if raw.dtype.kind == "f" and raw.dtype.itemsize < 4:
+        raw = raw.astype(np.float32)
+    data, type_max = _to_float(path, raw)
+    data, layout = _shape_to_layout(path, data, channels_last=True)
+    colour_space = str(image_meta.get("colorSpace", "")).lower()
+    if layout == "stack" and colour_space == "rgb":
+        layout = "rgb"
+    return Frame(data=data, header=header, format="XISF", layout=layout, type_max=type_max,
+                 meta={"roworder": "TOP-DOWN"})
+
+
+# ---------------------------------------------------------------- TIFF
+
+
+def _read_tiff(path: Path) -> Frame:
+    try:
+        import tifffile
+    except ImportError:  # pragma: no cover
+        raise PsfkitError(f"{path}: reading TIFF needs the 'tifffile' package (pip install psfkit[formats])") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with tifffile.TiffFile(path) as tif:
+                if not tif.pages:
+                    raise PsfkitError(f"{path}: the TIFF file holds no image")
+                page = tif.pages[0]
+                photometric = str(getattr(page, "photometric", "")).upper()
+                raw = page.asarray()
+    except PsfkitError:
+        raise
+    except Exception as exc:
+        raise PsfkitError(f"{path}: not a readable TIFF file ({_short(exc)})") from None
+    data, type_max = _to_float(path, np.asarray(raw))
+    data, layout = _shape_to_layout(path, data, channels_last=True)
+    if layout == "stack" and "RGB" in photometric:
+        layout = "rgb"
+    return Frame(data=data, header={}, format="TIFF", layout=layout, type_max=type_max,
+                 meta={"roworder": "TOP-DOWN"})
+
+
+# ---------------------------------------------------------------- PNG, JPEG
+
+_EXIF_KEYS = {33434: "EXPTIME", 37386: "FOCALLEN", 36867: "DATE-OBS", 34855: "ISOSPEED"}
+
+
+def _read_pillow(path: Path, kind: str) -> Frame:
+    try:
+        from PIL import Image as PILImage
+    except ImportError:  # pragma: no cover
+        raise PsfkitError(f"{path}: reading {kind} needs the 'pillow' package (pip install psfkit[formats])") from None
+    header: dict = {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with PILImage.open(path) as img:
+                img.load()
+                mode = img.mode
+                if mode == "P":
+                    img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+                elif mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+                    raise PsfkitError(f"{path}: unsupported {kind} mode {mode!r} (psfkit reads grey and RGB, 8 or 16 bit)")
+                raw = np.asarray(img)
+                try:
+                    exif = img.getexif().get_ifd(0x8769)
+                    for tag, key in _EXIF_KEYS.items():
+                        if tag in exif:
+                            value = exif[tag]
+                            header[key] = str(value).replace(":", "-", 2).replace(" ", "T") if key == "DATE-OBS" else float(value)
+                except Exception:
+                    pass
+    except PsfkitError:
+        raise
+    except Exception as exc:
+        raise PsfkitError(f"{path}: not a readable {kind} file ({_short(exc)})") from None
+    if mode.startswith("I;16"):
+        raw = raw.astype(np.uint16)
+    data, type_max = _to_float(path, raw)
+    if mode.startswith("I;16"):
+        type_max = 65535.0
+    data, layout = _shape_to_layout(path, data, channels_last=True)
+    if layout == "stack":
+        layout = "rgb"
+    return Frame(data=data, header=header, format=kind, layout=layout, type_max=type_max,
+                 meta={"roworder": "TOP-DOWN", "mode": mode})
+
+
+# ---------------------------------------------------------------- camera RAW
+
+
+def _read_raw(path: Path) -> Frame:
+    try:
+        import rawpy
+    except ImportError:  # pragma: no cover
+        raise PsfkitError(f"{path}: reading camera RAW files needs the 'rawpy' package (pip install psfkit[formats])") from None
+    try:
+        with rawpy.imread(str(path)) as raw:
+            mosaic = np.array(raw.raw_image_visible, copy=True)
+            colours = np.array(raw.raw_colors_visible, copy=True)
+            pattern_idx = np.array(raw.raw_pattern) if raw.raw_pattern is not None else None
+            desc = raw.color_desc.decode("ascii", "replace")
+            black = np.array(raw.black_level_per_channel, dtype=np.float64)
+            white = float(raw.white_level)
+    except Exception as exc:
+        raise PsfkitError(f"{path}: not a readable camera RAW file or an unsupported model ({_short(exc)})") from None
+    if mosaic.ndim != 2 or pattern_idx is None or pattern_idx.shape != (2, 2):
+        raise PsfkitError(f"{path}: unsupported RAW sensor layout (psfkit reads 2x2 Bayer sensors, not X-Trans or linear DNG)")
+    pattern = "".join(desc[i] for i in pattern_idx.ravel()).upper().replace("G", "G")
+    if sorted(pattern) != ["B", "G", "G", "R"]:
+        raise PsfkitError(f"{path}: unsupported colour filter array {pattern!r}")
+    black_map = black[colours]
+    data = mosaic.astype(np.float32) - black_map.astype(np.float32)
+    saturation = white - float(black.max())
+    header = {"BAYERPAT": pattern}
+    return Frame(data=data, header=header, format="RAW", layout="bayer", type_max=saturation,
+                 saturation=saturation, bayer_pattern=pattern,
+                 meta={"roworder": "TOP-DOWN", "black_level": black.tolist(), "white_level": white})
+
+
+def read_frame(path: Path, *, hdu: int | str | None = None) -> Frame:
+    """Read any supported file into a :class:`Frame`."""
+    kind = detect_format(path)
+    if hdu is not None and kind != "fits":
+        raise PsfkitError(f"{path}: hdu= applies to FITS files only")
+    if kind == "fits":
+        return _read_fits(path, hdu)
+    if kind == "xisf":
+        return _read_xisf(path)
+    if kind == "tiff":
+        return _read_tiff(path)
+    if kind == "png":
+        return _read_pillow(path, "PNG")
+    if kind == "jpeg":
+        return _read_pillow(path, "JPEG")
+    return _read_raw(path)
