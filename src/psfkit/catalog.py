@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -164,35 +165,65 @@ def _flat_meta(meta: dict, prefix: str = "") -> dict:
 
 
 def _siril_lst(table: Table, ny: int | None) -> str:
-    """Siril 1.2 star list: tab-separated, brightest first, origin top-left, centres at +0.5."""
+    """Siril's star list (``save_list`` in Siril 1.2+): tab-separated, brightest first.
+
+    The first three lines are Siril's: the number of stars, the detection
+    settings (``# sigma=... layer=...``, with psfkit's threshold, roundness and
+    box radius in Siril's fields) and the column header
+    ``star# layer B A beta X Y FWHMx [px] FWHMy [px] FWHMx ["] FWHMy ["] angle RMSE mag Sat Profile RA Dec``.
+    A fourth comment line records the row order and image height so that
+    :func:`read_star_list` can undo the conversion.  Rows follow Siril's
+    number formats, with 4 decimals instead of 2 for X, Y and the FWHMs (Siril's
+    reader takes any float).  X, Y: origin at the top-left corner, pixel centres
+    at index + 0.5, y down.  ``angle``: degrees counter-clockwise from +x as the
+    frame is displayed (psfkit's angle for bottom-up frames, its negative for
+    top-down ones).  B and A stay in data units.  ``Sat`` is 1 for saturated
+    stars; ``beta`` is -1 for the Gaussian; RA/Dec are 0 without a WCS.
+    """
     top_down = str(table.meta.get("roworder", "")).upper() == "TOP-DOWN"
+    settings = table.meta.get("settings", {}) or {}
+    model = str(table.meta.get("model", settings.get("model", "gaussian")))
+    moffat = model.startswith("moffat")
+    profile = "Moffat" if moffat else "Gaussian"
+    box = table.meta.get("box") or settings.get("box") or 0
+    roundness = settings.get("min_roundness") or 0.0
+    n = len(table)
     lines = [
-        "# psfkit star list in Siril 1.2 layout; origin at the top-left corner, pixel centres at index + 0.5",
-        f"# rows: {'TOP-DOWN' if top_down else 'BOTTOM-UP'}; image height: {ny if ny is not None else 'unknown'}",
-        "# star#\tlayer\tB\tA\tbeta\tX\tY\tFWHMx [px]\tFWHMy [px]\tFWHMx [\"]\tFWHMy [\"]\tangle\tRMSE\tmag\tProfile\tRA\tDec",
+        f"# {n} stars found using the following parameters:",
+        "# sigma=%3.2f roundness=%3.2f radius=%d relax=%d profile=%d minbeta=%3.1f max_stars=%d layer=%d "
+        "minA=%3.2f maxA=%3.2f maxR=%3.2f" % (float(settings.get("threshold") or 0.0), float(roundness),
+                                              int(box) // 2, 0, int(moffat), 1.5, n, 0, 0.0, 0.0, 1.0),
+        f"# psfkit: rows {'TOP-DOWN' if top_down else 'BOTTOM-UP'}; image height "
+        f"{ny if ny is not None else 'unknown'}; B and A in data units",
+        "# star#\tlayer\tB\tA\tbeta\tX\tY\tFWHMx [px]\tFWHMy [px]\tFWHMx [\"]\tFWHMy [\"]\tangle\tRMSE\tmag\tSat"
+        "\tProfile\tRA\tDec",
     ]
-    model = str(table.meta.get("model", "gaussian"))
-    profile = "Moffat" if model == "moffat" else "Gaussian"
+    if n == 0:
+        return "\n".join(lines) + "\n"
+
+    def col(name: str, fill: float = 0.0) -> np.ndarray:
+        if name not in table.colnames:
+            return np.full(n, fill)
+        v = np.asarray(table[name], dtype=float)
+        return np.where(np.isfinite(v), v, fill)
+
+    x = col("x_fit") + 0.5
+    y = col("y_fit")
+    if top_down or ny is None:
+        y_siril = y + 0.5
+    else:
+        y_siril = (ny - 1 - y) + 0.5
+    angle = col("angle") * (-1.0 if top_down else 1.0)
+    beta = col("beta", -1.0) if moffat else np.full(n, -1.0)
+    sat = ((np.asarray(table["flags"]) & F.SATURATED) != 0).astype(int) if "flags" in table.colnames else np.zeros(n, int)
+    layer = np.asarray(table["channel"], dtype=int) if "channel" in table.colnames else np.zeros(n, int)
+    cols = [layer, col("background"), col("amplitude"), beta, x, y_siril, col("fwhm_x"), col("fwhm_y"),
+            col("fwhm_x_arcsec"), col("fwhm_y_arcsec"), angle, col("rmse"), col("mag"), sat]
     order = np.argsort(-np.nan_to_num(np.asarray(table["flux_fit"], dtype=float), nan=-np.inf), kind="stable")
+    fmt = "%d\t%d\t%10.6f\t%10.6f\t%10.2f\t%10.4f\t%10.4f\t%10.4f\t%10.4f\t%10.4f\t%10.4f\t%3.2f\t%10.3e\t%10.2f\t%d\t%s\t%f\t%f"
+    ra, dec = col("ra"), col("dec")
     for k, i in enumerate(order, start=1):
-        row = table[int(i)]
-        x = float(row["x_fit"]) + 0.5
-        y = float(row["y_fit"])
-        if top_down or ny is None:
-            ys = y + 0.5
-        else:
-            ys = (ny - 1 - y) + 0.5
-        def g(name, fmt="%.6f"):
-            if name not in table.colnames:
-                return "0"
-            v = float(row[name])
-            return fmt % v if math.isfinite(v) else "0"
-        lines.append("\t".join([
-            str(k), str(int(row["channel"]) if "channel" in table.colnames else 0), g("background"), g("amplitude"),
-            g("beta") if model == "moffat" else "-1", "%.6f" % x, "%.6f" % ys, g("fwhm_x"), g("fwhm_y"),
-            g("fwhm_x_arcsec"), g("fwhm_y_arcsec"), g("angle"), g("rmse"), g("mag"), profile,
-            g("ra"), g("dec"),
-        ]))
+        lines.append(fmt % ((k,) + tuple(c[i] for c in cols) + (profile, ra[i], dec[i])))
     return "\n".join(lines) + "\n"
 
 
@@ -237,31 +268,64 @@ def read_star_list(path: str | os.PathLike, *, image_shape: tuple[int, int] | No
 
 
 def _read_lst(p: Path, image_shape) -> Table:
+    """Siril star list (written by Siril or psfkit) -> psfkit columns and 0-based coordinates.
+
+    The y conversion needs the image height and row order: from ``image_shape``,
+    else from psfkit's comment line; without either (a list written by Siril
+    itself) ``y_fit`` is left out and ``x_siril``/``y_siril`` are kept.
+    """
     rows = []
     header = None
-    top_down, ny_file = False, None
+    top_down, ny_file, meta = False, None, {}
     for line in p.read_text().splitlines():
-        if line.startswith("# rows:"):
+        if line.startswith("# psfkit:") or line.startswith("# rows:"):
             top_down = "TOP-DOWN" in line
-            tail = line.split("image height:")[-1].strip()
-            ny_file = int(tail) if tail.isdigit() else None
+            m = re.search(r"image height:? (\d+)", line)
+            ny_file = int(m.group(1)) if m else None
+        elif line.startswith("# sigma="):
+            meta["siril_parameters"] = line[2:].strip()
         if line.startswith("#"):
             if "star#" in line:
                 header = [h.strip() for h in line.lstrip("#").split("\t")]
             continue
         if line.strip():
-            rows.append(line.split("\t"))
+            rows.append([v.strip() for v in line.split("\t")])
+    if header is None:
+        raise PsfkitError(f"{p}: not a Siril star list (no '# star#' column header)")
     names = {"B": "background", "A": "amplitude", "beta": "beta", "X": "x_siril", "Y": "y_siril",
-             "FWHMx [px]": "fwhm_x", "FWHMy [px]": "fwhm_y", "angle": "angle", "RMSE": "rmse", "mag": "mag"}
-    t = Table()
-    if header is None or not rows:
-        return t
+             "FWHMx [px]": "fwhm_x", "FWHMy [px]": "fwhm_y", 'FWHMx ["]': "fwhm_x_arcsec",
+             'FWHMy ["]': "fwhm_y_arcsec", "angle": "angle", "RMSE": "rmse", "mag": "mag", "RA": "ra", "Dec": "dec"}
+    t = Table(meta=meta)
+    n = len(rows)
     for j, h in enumerate(header):
         if h in names:
-            t[names[h]] = np.array([float(r[j]) for r in rows])
+            t[names[h]] = np.array([float(r[j]) for r in rows]) if n else np.zeros(0)
+    if "Sat" in header:
+        j = header.index("Sat")
+        sat = np.array([int(r[j]) for r in rows], dtype=np.int64) if n else np.zeros(0, np.int64)
+        t["flags"] = np.where(sat != 0, F.SATURATED, 0).astype(np.int64)
+    if "Profile" in header and n:
+        t.meta["model"] = rows[0][header.index("Profile")].lower()
+    if "beta" in t.colnames:
+        t["beta"] = np.where(t["beta"] < 0, np.nan, t["beta"])
+    for name in ("fwhm_x_arcsec", "fwhm_y_arcsec", "ra", "dec"):
+        if name in t.colnames and n and np.all(t[name] == 0):
+            t.remove_column(name)  # Siril writes 0 when unknown
+    ny = int(image_shape[0]) if image_shape is not None else ny_file
     t["x_fit"] = t["x_siril"] - 0.5
-    ny = image_shape[0] if image_shape else ny_file
-    t["y_fit"] = (ny - 1) - (t["y_siril"] - 0.5) if (ny and not top_down) else t["y_siril"] - 0.5
+    if top_down:
+        t["y_fit"] = t["y_siril"] - 0.5
+    elif ny is not None:
+        t["y_fit"] = (ny - 1) - (t["y_siril"] - 0.5)
+    if "angle" in t.colnames and top_down:
+        t["angle"] = -t["angle"]
+    if "fwhm_x" in t.colnames:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t["fwhm"] = np.sqrt(t["fwhm_x"] * t["fwhm_y"])
+            t["roundness"] = t["fwhm_y"] / t["fwhm_x"]
+    t.meta["roworder"] = "TOP-DOWN" if top_down else "BOTTOM-UP"
+    if ny is not None:
+        t.meta["image_shape"] = [ny, None]
     return t
 
 
