@@ -40,6 +40,7 @@ __all__ = [
     "GaussianPSF",
     "MoffatPSF",
     "ImagePSF",
+    "LorentzianPSF",
     "FWHM_PER_SIGMA",
     "subsampling_for_fwhm",
     "gauss_legendre_offsets",
@@ -605,4 +606,64 @@ def get_model(name: str | PSFModel, *, angle: bool = True, beta: float | None = 
         return GaussianPSF(angle=angle, sampling=sampling)
     if key == "moffat":
         return MoffatPSF(beta=beta, angle=angle, sampling=sampling)
-    raise ValueError(f"unknown model {name!r}; use 'gaussian', 'moffat' or a PSF image")
+    if key == "lorentzian":
+        return LorentzianPSF(angle=angle, sampling=sampling)
+    raise ValueError(f"unknown model {name!r}; use 'gaussian', 'moffat', 'lorentzian' or a PSF image")
+
+
+class LorentzianPSF(MoffatPSF):
+    """Elliptical Lorentzian (Cauchy) profile: the Moffat with beta = 1, as PixInsight's DynamicPSF offers.
+
+    ``f = B + A / (1 + x'^2/gx^2 + y'^2/gy^2)``, FWHM = 2 g.  Same parameters as
+    :class:`MoffatPSF` (``alpha_x``, ``alpha_y`` are the half widths ``gx``, ``gy``;
+    ``beta`` stays fixed at 1).
+
+    **Its total flux diverges** (the integral grows as ``ln r``), so its ``flux`` is
+    *not* a total flux: it is the light inside the ellipse of the profile's own shape
+    whose area equals a circle of radius ``flux_radius`` px,
+    ``pi A gx gy ln(1 + flux_radius^2 / (gx gy))``.  By default (``flux_radius=None``)
+    that circle has radius 2.5 FWHM (the half-width of psfkit's default fitting box),
+    ``pi A gx gy ln 26``.  :func:`psfkit.compare_models` sets ``flux_radius`` to half its
+    fitting box, i.e. the Lorentzian's flux there is its light within the box's
+    inscribed circle.  Compare it with other models' fluxes only with that in mind.
+
+    Parameters
+    ----------
+    flux_radius : float, optional
+        Radius (px) of the circle whose area bounds the flux; default 2.5 FWHM.
+    angle : bool
+    sampling : {"integrated", "point"}
+    """
+
+    name = "lorentzian"
+    beta_bounds = (1.0, 1.0)
+    flux_is_total = False
+
+    def __init__(self, *, flux_radius: float | None = None, angle: bool = True, sampling: str = "integrated") -> None:
+        _EllipticalModel.__init__(self, angle=angle, sampling=sampling)
+        if flux_radius is not None and not (np.isfinite(flux_radius) and flux_radius > 0):
+            raise ValueError(f"flux_radius must be a positive number of pixels, got {flux_radius}")
+        self.fixed_beta = 1.0
+        self.flux_radius = None if flux_radius is None else float(flux_radius)
+
+    def __repr__(self) -> str:
+        return f"LorentzianPSF(flux_radius={self.flux_radius}, angle={self.angle}, sampling={self.sampling!r})"
+
+    def flux_and_gradient(self, params):
+        A, gx, gy = params[:, 1], params[:, 4], params[:, 5]
+        grad = np.zeros_like(params)
+        if self.flux_radius is None:  # R = 2.5 FWHM = 5 sqrt(gx gy): R^2 / (gx gy) = 25
+            log_term = math.log(26.0)
+            flux = np.pi * A * gx * gy * log_term
+            grad[:, 1] = np.pi * gx * gy * log_term
+            grad[:, 4] = np.pi * A * gy * log_term
+            grad[:, 5] = np.pi * A * gx * log_term
+            return flux, grad
+        q = self.flux_radius**2 / (gx * gy)
+        log_term = np.log1p(q)
+        flux = np.pi * A * gx * gy * log_term
+        d_dg = log_term - q / (1.0 + q)  # d/dgx of gx gy ln(1 + R^2/(gx gy)) = gy (ln(1+q) - q/(1+q))
+        grad[:, 1] = np.pi * gx * gy * log_term
+        grad[:, 4] = np.pi * A * gy * d_dg
+        grad[:, 5] = np.pi * A * gx * d_dg
+        return flux, grad

@@ -54,7 +54,7 @@ def resolve_model(
         except ValueError as exc:
             raise PsfkitError(f"PSF image: {exc}") from None
     name = str(model)
-    if name.lower() in ("gaussian", "moffat"):
+    if name.lower() in ("gaussian", "moffat", "lorentzian"):
         try:
             return get_model(name, angle=angle, beta=beta, sampling=sampling)
         except ValueError as exc:
