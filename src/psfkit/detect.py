@@ -9,7 +9,6 @@ candidate that is not accepted says why (``reject_reason``), and the summary in
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -19,117 +18,29 @@ from scipy import ndimage
 
 from . import flags as F
 from .errors import PsfkitError
+from .background import Background, estimate_background
 from .image import Image, as_image
 from .psffit import fit_stars
 
 __all__ = ["Background", "estimate_background", "find_candidates", "find_stars", "RejectionCriteria"]
 
 
-@dataclass(frozen=True)
-class Background:
-    """Background map and noise of a frame.
-
-    Attributes
-    ----------
-    level : ndarray
-        Background per pixel (same shape as the image), from a sigma-clipped mesh.
-    noise : float
-        Robust standard deviation of a background pixel (data units).
-    mesh : int
-        Mesh cell size in pixels.
-    """
-
-    level: np.ndarray
-    noise: float
-    mesh: int
-
-
-def _fast_nanmedian(a: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarray:
-    """nanmedian along the last axis by one sort (numpy's nanmedian loops in Python per row)."""
-    s = np.sort(a, axis=-1)  # NaN sorts last
-    n = np.sum(np.isfinite(a), axis=-1)
-    lo = np.clip((n - 1) // 2, 0, a.shape[-1] - 1)
-    hi = np.clip(n // 2, 0, a.shape[-1] - 1)
-    med = 0.5 * (np.take_along_axis(s, lo[..., None], -1) + np.take_along_axis(s, hi[..., None], -1))[..., 0]
-    med = np.where(n > 0, med, np.nan)
-    return med[..., None] if keepdims else med
-
-
-def _clipped_median_mad(cells: np.ndarray, n_iter: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Sigma-clipped (3 sigma) median and MAD-sigma along the last axis, NaN ignored."""
-    vals = cells.copy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for _ in range(n_iter):
-            med = _fast_nanmedian(vals, axis=-1, keepdims=True)
-            sig = 1.4826 * _fast_nanmedian(np.abs(vals - med), axis=-1, keepdims=True)
-            vals = np.where(np.abs(vals - med) <= 3.0 * np.maximum(sig, 1e-30), vals, np.nan)
-        med = _fast_nanmedian(vals, axis=-1)
-        sig = 1.4826 * _fast_nanmedian(np.abs(vals - med[..., None]), axis=-1)
-        # SExtractor's mode estimate where the distribution is skewed by faint sources
-        mean = np.nanmean(vals, axis=-1)
-        mode = np.where(np.abs(mean - med) < 0.3 * sig, 2.5 * med - 1.5 * mean, med)
-    return mode, sig
-
-
-def _linear_weights(n: int, g: int) -> np.ndarray:
-    """(n, g) weights interpolating g cell centres linearly onto n pixels (constant beyond the ends)."""
-    pos = (np.arange(n) + 0.5) * g / n - 0.5
-    pos = np.clip(pos, 0, g - 1)
-    lo = np.floor(pos).astype(int)
-    hi = np.minimum(lo + 1, g - 1)
-    frac = (pos - lo).astype(np.float32)
-    w = np.zeros((n, g), dtype=np.float32)
-    w[np.arange(n), lo] += 1 - frac
-    w[np.arange(n), hi] += frac
-    return w
-
-
-def estimate_background(data: np.ndarray, *, mesh: int | None = None, mask: np.ndarray | None = None) -> Background:
-    """Mesh background with sigma clipping, smoothed and interpolated to every pixel.
-
-    Parameters
-    ----------
-    data : ndarray
-        The frame (NaN ignored).
-    mesh : int, optional
-        Cell size; default 64 px (smaller for small frames).
-    mask : ndarray of bool, optional
-        Pixels to ignore.
-
-    Returns
-    -------
-    Background
-    """
-    arr = np.asarray(data, dtype=np.float32)
-    ny, nx = arr.shape
-    if mesh is None:
-        mesh = int(min(64, max(16, min(ny, nx) // 8)))
-    if mask is not None:
-        arr = np.where(mask, np.nan, arr)
-    gy, gx = max(1, ny // mesh), max(1, nx // mesh)
-    cy, cx = ny // gy, nx // gx
-    crop = arr[: gy * cy, : gx * cx]
-    # subsample large cells (a regular grid of ~1000 pixels per cell is enough for a median),
-    # taken as a view first so that only the subsample is copied
-    step = max(1, int(math.sqrt(cy * cx / 1024)))
-    view = crop.reshape(gy, cy, gx, cx)[:, ::step, :, ::step]
-    cells = view.transpose(0, 2, 1, 3).reshape(gy, gx, -1)
-    mode, sig = _clipped_median_mad(cells)
-    good = np.isfinite(mode)
-    if not good.any():
-        raise PsfkitError("the background cannot be measured: no finite pixels")
-    fill = np.nanmedian(mode)
-    mode = np.where(good, mode, fill)
-    mode = ndimage.median_filter(mode, size=3, mode="nearest")
-    # bilinear interpolation between cell centres as two small matrix products (no full-size
-    # coordinate grids: the only full-size array made here is the map itself)
-    level = (_linear_weights(ny, gy) @ mode.astype(np.float32) @ _linear_weights(nx, gx).T).astype(np.float32, copy=False)
-    noise = float(np.nanmedian(sig))
-    if not np.isfinite(noise) or noise <= 0:
-        resid = arr - level
-        noise = float(np.nanstd(resid)) or 1.0
-    return Background(level=level, noise=noise, mesh=mesh)
+def _local_maxima(smooth: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels (ys, xs) strictly greater than each of their 8 neighbours inside the frame."""
+    ny, nx = smooth.shape
+    values = smooth[ys, xs]
+    ok = np.ones(len(ys), dtype=bool)
+    for dy in (-1, 0, 1):
+        yy = ys + dy
+        inside_y = (yy >= 0) & (yy < ny)
+        yy = np.clip(yy, 0, ny - 1)
+        for dx in (-1, 0, 1):
+            if dy == 0 and dx == 0:
+                continue
+            xx = xs + dx
+            inside = inside_y & (xx >= 0) & (xx < nx)
+            ok &= ~inside | (values > smooth[yy, np.clip(xx, 0, nx - 1)])
+    return ys[ok], xs[ok]
 
 
 def find_candidates(
@@ -154,30 +65,33 @@ def find_candidates(
     """
     arr = np.subtract(data, background.level, dtype=np.float32)
     finite = np.isfinite(arr)
-    np.nan_to_num(arr, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    all_finite = bool(finite.all())
+    if all_finite:
+        finite = None
+    else:
+        arr[~finite] = 0.0
     # no median filter: hot pixels and cosmic rays become candidates, are fitted, and are
     # rejected with a reason (too_narrow); their pixels are then masked from neighbours' fits
-    smooth = ndimage.gaussian_filter(arr, smoothing, mode="nearest", truncate=3.0)
-    del arr
-    # noise of the smoothed frame, measured (the median filter makes the theory inexact)
+    smooth = ndimage.gaussian_filter(arr, smoothing, mode="nearest", truncate=3.0, output=arr)
+    # noise of the smoothed frame, measured on a regular subsample
     sample = smooth[:: max(1, smooth.shape[0] // 256), :: max(1, smooth.shape[1] // 256)]
     med = float(np.median(sample))
     sig_s = 1.4826 * float(np.median(np.abs(sample - med)))
     if sig_s <= 0:
         sig_s = background.noise / (2 * math.sqrt(math.pi) * smoothing)
     level = threshold * sig_s
-    footprint = np.ones((3, 3), dtype=bool)
-    footprint[1, 1] = False
-    neigh = ndimage.maximum_filter(smooth, footprint=footprint, mode="constant", cval=np.inf)
-    peaks = smooth > neigh
-    del neigh
-    peaks &= smooth > level
-    peaks &= finite
+    # Mighell's peak test (greater than its 8 neighbours), made only where the smoothed
+    # frame is above the threshold: a few pixels per star instead of a full-frame filter
+    ys, xs = np.nonzero(smooth > level)
+    if finite is not None:
+        keep = finite[ys, xs]
+        ys, xs = ys[keep], xs[keep]
     if exclude_border:
         b = exclude_border
-        peaks[:b, :] = peaks[-b:, :] = False
-        peaks[:, :b] = peaks[:, -b:] = False
-    ys, xs = np.nonzero(peaks)
+        ny, nx = smooth.shape
+        keep = (ys >= b) & (ys < ny - b) & (xs >= b) & (xs < nx - b)
+        ys, xs = ys[keep], xs[keep]
+    ys, xs = _local_maxima(smooth, ys, xs)
     values = smooth[ys, xs]
     order = np.argsort(-values, kind="stable")
     ys, xs, values = ys[order], xs[order], values[order]
@@ -373,7 +287,7 @@ def find_stars(
             table["accepted"] = np.zeros(0, dtype=bool)
             table["reject_reason"] = np.zeros(0, dtype="U16")
         table.meta.update(settings=settings, summary={"n_candidates": 0, "n_stars": 0, "rejected": {}},
-                          background=float(np.nanmedian(bkg.level)), noise=bkg.noise, reject_reasons=REASONS,
+                          background=bkg.median, noise=bkg.noise, reject_reasons=REASONS,
                           pixel_scale=img.pixel_scale, image=img.path, image_shape=list(img.shape),
                           roworder=img.meta.get("roworder", "BOTTOM-UP"))
         return table
@@ -440,7 +354,7 @@ def find_stars(
         frame_fwhm=fwhm_est,
         image_shape=list(img.shape),
         roworder=img.meta.get("roworder", "BOTTOM-UP"),
-        background=float(np.nanmedian(bkg.level)),
+        background=bkg.median,
         noise=bkg.noise,
         reject_reasons=REASONS,
     )
