@@ -10,7 +10,7 @@ The public API:
 """
 
 from .catalog import average, read_star_list, write_star_list
-from .compare import compare_models
+from .compare import compare_models, plot_model_residuals
 from .datasets import sample_image_path
 from .detect import estimate_background, find_stars
 from .errors import PsfkitError
@@ -23,6 +23,10 @@ from .psffit import StarFit, fit_star, fit_stars
 from .sequence import SequenceResult, list_frames, run_sequence
 from .quality import QualityLimits, frame_summary, rank_frames
 from .lightcurve import differential_photometry, estimate_shift
+from .models import LorentzianPSF
+from .photometry import (
+    aperture_correction, aperture_photometry, aperture_sums, curve_of_growth, optimal_radius, star_photometry,
+)
 
 __version__ = "0.1.0"
 
@@ -33,3 +37,5 @@ __all__ = [
 ]
 __all__ += ["QualityLimits", "SequenceResult", "differential_photometry", "estimate_shift", "frame_summary",
             "list_frames", "rank_frames", "run_sequence"]
+__all__ += ["LorentzianPSF", "aperture_correction", "aperture_photometry", "aperture_sums", "curve_of_growth",
+            "optimal_radius", "plot_model_residuals", "star_photometry"]

@@ -1,10 +1,25 @@
 """Compare PSF models on one source: which profile fits, and what total flux each gives.
 
-Every model is fitted by the one engine on the same box, the same pixels and
-the same per-pixel weights, so chi-square, AIC and BIC are comparable.  The
-weights come from a variance fixed before any model is fitted: the data smoothed
-by a 3x3 mean (Poisson part, with the gain) plus the read noise, or the
-background noise measured on the box border when the gain is unknown.
+Every model is fitted by the one engine (:func:`psfkit.fit_stars`) on the same
+box, the same pixels and the same per-pixel weights, so chi-square, AIC and BIC
+are comparable (BIC = chi2 + k ln n, AIC = chi2 + 2k, k free parameters, n pixels).
+
+Weights.  With a known gain they are model-based Poisson weights, common to all
+models: the free-beta Moffat (the most flexible profile) is fitted first with
+Poisson + read-noise weights, and its expected counts give the variance
+``model / gain + read_noise^2`` of every pixel, fixed for every model's fit.
+Without a gain every fit is unweighted (each pixel gets the background variance
+measured on the box border; errors from the sandwich covariance), again the same
+for every model.
+
+Models: the Gaussian, the Moffat with free beta, PixInsight's fixed-beta Moffats
+(1.5, 2.5, 4, 6, 8, 10), a Lorentzian (Moffat beta = 1: its total flux diverges,
+so its ``flux_fit`` is the light within the fitting box's inscribed circle and is
+flagged ``flux_is_total = False``), and the user's PSF image.
+
+An aperture flux is measured too (radius 2.5 FWHM of the preferred fit, sky in an
+annulus at 4-6 FWHM), with its correction to total from the preferred analytic
+model's enclosed fraction; for an extended source it is the flux to trust.
 """
 
 from __future__ import annotations
@@ -14,27 +29,37 @@ from typing import Any
 
 import numpy as np
 from astropy.table import Table
-from scipy import ndimage
 
 from .errors import PsfkitError
 from .image import Image, as_image
-from .psffit import fit_stars, resolve_model
-from .stamps import auto_box, estimate_fwhm, refine_peak
+from .models import LorentzianPSF
+from .psffit import StarFit, fit_stars, resolve_model
+from .stamps import auto_box, cut_stamps, estimate_fwhm, refine_peak
 
-__all__ = ["compare_models", "PIXINSIGHT_BETAS"]
+__all__ = ["compare_models", "plot_model_residuals", "PIXINSIGHT_BETAS"]
 
 #: fixed-beta Moffats PixInsight's DynamicPSF offers
 PIXINSIGHT_BETAS = (1.5, 2.5, 4.0, 6.0, 8.0, 10.0)
+#: a source this much wider than the frame's stars is extended
+EXTENDED_FWHM_RATIO = 1.5
+#: ... or when every point-source model fits this badly (reduced chi-square)
+EXTENDED_CHI2 = 5.0
 
 
-def _common_error(img: Image, gain: float | None, read_noise: float | None) -> np.ndarray | None:
-    g = gain if gain is not None else img.gain
-    if not g:
-        return None
-    rn = (read_noise if read_noise is not None else img.read_noise) or 0.0
-    filled = np.where(np.isfinite(img.data), img.data, np.nanmedian(img.data))
-    smooth = ndimage.uniform_filter(filled.astype(float), 3)
-    var = np.clip(smooth, 0, None) / g + (rn / g) ** 2
+def _poisson_error(img: Image, fit: StarFit, gain: float, read_noise_e: float, box: int) -> np.ndarray:
+    """Per-pixel 1-sigma error from a fitted model's expected counts on its box (data elsewhere)."""
+    data, model_vals, _ = fit.model_image()
+    d = fit.to_dict()
+    _, inside, origin, _ = cut_stamps(img.data, np.array([d["x_fit"]]), np.array([d["y_fit"]]), box)
+    filled = np.where(np.isfinite(img.data), img.data, np.nanmedian(img.data)).astype(float)
+    expected = np.clip(filled, 0.0, None)
+    ox, oy = int(origin[0, 0]), int(origin[0, 1])
+    rows = np.arange(oy, oy + box)
+    cols = np.arange(ox, ox + box)
+    ok = inside[0] & np.isfinite(model_vals)
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    expected[rr[ok], cc[ok]] = np.clip(model_vals[ok], 0.0, None)
+    var = expected / gain + (read_noise_e / gain) ** 2
     return np.sqrt(np.maximum(var, 1e-12))
 
 
@@ -49,10 +74,12 @@ def compare_models(
     gain: float | None = None,
     read_noise: float | None = None,
     betas: tuple[float, ...] = PIXINSIGHT_BETAS,
+    lorentzian: bool = True,
     frame_fwhm: float | None = None,
     zero_point: float = 0.0,
-) -> Table:
-    """Fit one source with every model and rank them.
+    return_fits: bool = False,
+) -> Table | tuple[Table, dict[str, StarFit]]:
+    """Fit one source with every model and rank them by BIC.
 
     Parameters
     ----------
@@ -63,69 +90,192 @@ def compare_models(
         A PSF image (any normalisation) fitted as one more model.
     box : int, optional
         Common fitting box (default about 5 FWHM).
+    search_radius : float
+        How far from (x, y) the peak may be (px).
     gain, read_noise : float, optional
-        e-/ADU and e-; default from the header.
+        e-/ADU and e-; default from the header.  With a gain the weights are model-based Poisson weights.
     betas : tuple of float
         Fixed-beta Moffats to include (PixInsight's set by default).
+    lorentzian : bool
+        Include the Lorentzian (its flux is the light within the box's inscribed circle, not a total).
     frame_fwhm : float, optional
         The frame's stellar FWHM, for the extended-source test; default: measured with
-        :func:`psfkit.find_stars` on the frame when it has at least 5 other stars.
+        :func:`psfkit.find_stars` on the frame when it has at least 3 other stars.
+    zero_point : float
+        Magnitude zero point.
+    return_fits : bool
+        Also return ``{model: StarFit}`` (for residual pictures).
 
     Returns
     -------
     astropy.table.Table
-        One row per model: ``model``, ``n_params``, ``flux_fit``, ``flux_err``, ``fwhm``,
-        ``beta``, ``reduced_chi2``, ``chi2``, ``aic``, ``bic``, ``rmse``, ``preferred``;
-        ``meta`` holds the position, box, whether the source looks extended and a note.
+        One row per model: ``model``, ``n_params``, ``flux_fit``, ``flux_err``, ``flux_is_total``, ``fwhm``,
+        ``beta``, ``reduced_chi2``, ``chi2``, ``aic``, ``bic``, ``delta_bic``, ``rmse``, ``x_fit``, ``y_fit``,
+        ``flags``, ``preferred``; ``meta`` holds the position, box, weights, the aperture flux, whether the
+        source looks extended and a note.
     """
     img = as_image(image)
     ny, nx = img.shape
-    if not (-0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5):
+    if not (np.isfinite(x) and np.isfinite(y) and -0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5):
         raise PsfkitError(f"position ({x:g}, {y:g}) is outside the image (x 0..{nx - 1}, y 0..{ny - 1})")
-    px, py = refine_peak(img.data, x, y, search_radius=search_radius)
+    if not (np.isfinite(search_radius) and search_radius >= 0):
+        raise PsfkitError(f"the search radius must be a number >= 0, got {search_radius}")
+    px, py = refine_peak(img.data, x, y, search_radius=search_radius) if search_radius > 0 else (float(x), float(y))
     fwhm0 = estimate_fwhm(img.data, px, py)
     box = int(box) if box else auto_box(fwhm0)
+    if box < 5:
+        raise PsfkitError(f"the box must be at least 5 px, got {box}")
     box += 1 - box % 2
-    error = _common_error(img, gain, read_noise)
+    g = gain if gain is not None else img.gain
+    rn = (read_noise if read_noise is not None else img.read_noise) or 0.0
+    common: dict[str, Any] = dict(box=box, search_radius=None, angle=True, zero_point=zero_point)
+
     models: list[tuple[str, Any]] = [("gaussian", resolve_model("gaussian")), ("moffat", resolve_model("moffat"))]
     models += [(f"moffat{b:g}", resolve_model("moffat", beta=b)) for b in betas]
+    if lorentzian:
+        models.append(("lorentzian", LorentzianPSF(flux_radius=box / 2.0)))
     if psf is not None:
         models.append(("psf_image", resolve_model(psf)))
+
+    error = None
+    weights = "unweighted, background variance from the box border (the same for every model)"
+    if g:
+        pilot = fit_stars(img, [px], [py], model=models[1][1], gain=g, read_noise=rn, **common)
+        pilot_fit = StarFit(table=pilot, model=models[1][1], image=img)
+        if np.isfinite(pilot["amplitude"][0]):
+            error = _poisson_error(img, pilot_fit, float(g), float(rn), box)
+            weights = (f"Poisson from the free-beta Moffat's expected counts (gain {float(g):g} e-/ADU, "
+                       f"read noise {float(rn):g} e-), the same for every model")
+
     rows = []
+    fits: dict[str, StarFit] = {}
     for name, mdl in models:
-        t = fit_stars(img, [px], [py], box=box, model=mdl, search_radius=None, error=error,
-                      angle=True, zero_point=zero_point)
+        t = fit_stars(img, [px], [py], model=mdl, error=error, **common)
+        fits[name] = StarFit(table=t, model=mdl, image=img)
         r = t[0]
         k = int(np.count_nonzero(mdl.default_free()))
         n = int(r["n_pixels_fit"])
         chi2 = float(r["reduced_chi2"]) * max(n - k, 1)
         rows.append(dict(model=name, n_params=k, flux_fit=float(r["flux_fit"]), flux_err=float(r["flux_err"]),
+                         flux_is_total=bool(getattr(mdl, "flux_is_total", True)),
                          fwhm=float(r["fwhm"]), beta=float(r["beta"]), reduced_chi2=float(r["reduced_chi2"]),
                          chi2=chi2, aic=chi2 + 2 * k, bic=chi2 + k * math.log(max(n, 1)), rmse=float(r["rmse"]),
                          x_fit=float(r["x_fit"]), y_fit=float(r["y_fit"]), flags=int(r["flags"]),
                          note=t.meta.get("psf_normalisation_note", "")))
     table = Table(rows=rows)
-    best = int(np.nanargmin(table["bic"]))
+    bic = np.where(np.isfinite(table["bic"]), table["bic"], np.inf)
+    best = int(np.argmin(bic))
+    table["delta_bic"] = table["bic"] - table["bic"][best]
     table["preferred"] = np.arange(len(table)) == best
-    # extended source?
+    best_row = table[best]
+    src_fwhm = float(best_row["fwhm"])
+
+    # the frame's stars, for the extended-source test
     if frame_fwhm is None:
         try:
             from .detect import find_stars
 
             others = find_stars(img)
-            far = np.hypot(others["x_fit"] - px, others["y_fit"] - py) > 2 * fwhm0
-            if far.sum() >= 5:
-                frame_fwhm = float(np.median(others["fwhm"][far]))
+            if len(others):
+                far = np.hypot(np.asarray(others["x_fit"]) - px, np.asarray(others["y_fit"]) - py) > 2 * src_fwhm
+                if far.sum() >= 3:
+                    frame_fwhm = float(np.median(np.asarray(others["fwhm"])[far]))
         except PsfkitError:
             frame_fwhm = None
-    src_fwhm = float(table["fwhm"][best])
-    wide = frame_fwhm is not None and src_fwhm > 1.5 * frame_fwhm
-    bad_everywhere = bool(np.nanmin(table["reduced_chi2"]) > 5.0) if error is not None else False
+    wide = frame_fwhm is not None and src_fwhm > EXTENDED_FWHM_RATIO * frame_fwhm
+    point_models = table[table["model"] != "psf_image"]
+    bad_everywhere = bool(np.nanmin(point_models["reduced_chi2"]) > EXTENDED_CHI2)
     extended = bool(wide or bad_everywhere)
+
+    aperture = _aperture_flux(img, fits[str(best_row["model"])], src_fwhm, g)
+    reasons = []
+    if wide:
+        reasons.append(f"its FWHM {src_fwhm:.2f} px is {src_fwhm / frame_fwhm:.1f}x the frame's stars' {frame_fwhm:.2f} px")
+    if bad_everywhere:
+        reasons.append(f"every point-source model fits badly (lowest reduced chi2 {np.nanmin(point_models['reduced_chi2']):.1f})")
+    if extended:
+        note = ("the source looks extended (" + "; ".join(reasons) + "): a PSF flux underestimates it; "
+                "trust the aperture flux")
+    else:
+        note = (f"point source: the preferred model's flux_fit ({best_row['model']}) is the total flux"
+                if best_row["flux_is_total"] else
+                "point source, best fitted by the Lorentzian, whose flux is only the light within the box: "
+                "quote the aperture flux or the best Moffat")
     table.meta.update(
-        x=px, y=py, box=box, frame_fwhm=frame_fwhm, extended=extended, weights="common, fixed before fitting",
-        note=("the source looks extended (wider than the frame's stars or fitted badly by every point-source "
-              "model): a PSF flux underestimates it; trust an aperture flux") if extended else
-             "point source: the preferred model's flux_fit is the total flux",
+        x=px, y=py, box=box, frame_fwhm=frame_fwhm, extended=extended, weights=weights,
+        preferred=str(best_row["model"]), aperture=aperture, note=note,
+        lorentzian_flux=f"light within a circle-equivalent ellipse of radius {box / 2.0:g} px (half the box)",
     )
+    if return_fits:
+        return table, fits
     return table
+
+
+def _aperture_flux(img: Image, best: StarFit, fwhm: float, gain: float | None) -> dict[str, Any]:
+    """Aperture flux at 2.5 FWHM (sky 4-6 FWHM), and its total from the model's enclosed fraction."""
+    from .photometry import _model_enclosed_fraction, aperture_photometry
+
+    x, y = best.x_fit, best.y_fit
+    if not (np.isfinite(x) and np.isfinite(y) and np.isfinite(fwhm) and fwhm > 0):
+        return {"flux": float("nan"), "flux_err": float("nan"), "radius": float("nan")}
+    ny, nx = img.shape
+    x = float(np.clip(x, 0, nx - 1))
+    y = float(np.clip(y, 0, ny - 1))
+    radius = 2.5 * fwhm
+    try:
+        phot = aperture_photometry(img, [x], [y], fwhm=fwhm, radius=radius, annulus=(4.0 * fwhm, 6.0 * fwhm), gain=gain)
+    except PsfkitError:
+        return {"flux": float("nan"), "flux_err": float("nan"), "radius": radius}
+    flux, err = float(phot["flux_aper"][0]), float(phot["flux_aper_err"][0])
+    out = {"flux": flux, "flux_err": err, "radius": radius, "sky": float(phot["sky"][0]),
+           "phot_flags": int(phot["phot_flags"][0])}
+    name = best.model.name
+    if name in ("gaussian", "moffat"):
+        frac = float(_model_enclosed_fraction(name, best.table, radius, annulus=(4.0 * fwhm, 6.0 * fwhm))[0])
+        out.update(enclosed_fraction=frac, flux_total=flux / frac, flux_total_err=err / frac)
+    return out
+
+
+def plot_model_residuals(fits: dict[str, StarFit], path: str, *, models: list[str] | None = None) -> str:
+    """A picture of data, model and residual (one row per model) from :func:`compare_models` fits.
+
+    Parameters
+    ----------
+    fits : dict
+        ``{model: StarFit}``, the second value of ``compare_models(..., return_fits=True)``.
+    path : str
+        PNG file to write.
+    models : list of str, optional
+        Which models (default: all).
+
+    Returns
+    -------
+    str
+        The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [m for m in (models or list(fits)) if m in fits]
+    if not names:
+        raise PsfkitError("no model to draw")
+    fig, axes = plt.subplots(len(names), 3, figsize=(7.5, 2.4 * len(names)), squeeze=False)
+    for row, name in zip(axes, names):
+        data, model, resid = fits[name].model_image()
+        lo, hi = np.nanpercentile(data, [1, 99.5])
+        lim = float(np.nanmax(np.abs(resid))) or 1.0
+        row[0].imshow(data, origin="lower", vmin=lo, vmax=hi, cmap="gray")
+        row[1].imshow(model, origin="lower", vmin=lo, vmax=hi, cmap="gray")
+        im = row[2].imshow(resid, origin="lower", vmin=-lim, vmax=lim, cmap="RdBu_r")
+        fig.colorbar(im, ax=row[2], fraction=0.046)
+        row[0].set_ylabel(name)
+        for ax, title in zip(row, ("data", "model", "residual")):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return str(path)

@@ -772,13 +772,21 @@ def optimal_radius(growth: dict[str, np.ndarray]) -> np.ndarray:
     return out
 
 
-def _model_enclosed_fraction(model_name: str, stars: Table, r: float) -> np.ndarray:
-    """Fraction of each fitted star's total flux inside a circle of radius r (from its PSF model)."""
+def _model_enclosed_fraction(
+    model_name: str, stars: Table, r: float, annulus: tuple[float, float] | None = None
+) -> np.ndarray:
+    """What a sky-subtracted circular aperture of radius r measures of each fitted star, per unit total flux.
+
+    From the star's fitted PSF model (``fwhm_x``, ``fwhm_y``, ``angle``, ``beta``): the fraction of
+    its light inside the circle, minus, when ``annulus`` (px) is given, the aperture's area times
+    the model's mean level in the annulus (the wings that a local sky takes away).
+    """
     from .models import GaussianPSF, MoffatPSF
     from .simulate import star_params
 
     n = len(stars)
-    half = int(math.ceil(r)) + 2
+    outer = r if annulus is None else max(r, float(annulus[1]))
+    half = int(math.ceil(outer)) + 2
     size = 2 * half + 1
     x0 = np.full(n, float(half))
     fx = np.asarray(stars["fwhm_x"], dtype=float)
@@ -793,7 +801,13 @@ def _model_enclosed_fraction(model_name: str, stars: Table, r: float) -> np.ndar
         mdl = MoffatPSF(angle=True)
     vals, _ = mdl.evaluate(p, (size, size), k=4)
     w = circular_overlap(x0, x0, np.full(n, r), half).reshape(n, -1)
-    return np.einsum("np,np->n", w, vals)
+    frac = np.einsum("np,np->n", w, vals)
+    if annulus is not None:
+        grid = np.arange(size) - half
+        d2 = (grid[None, :] ** 2 + grid[:, None] ** 2).ravel()
+        ring = (d2 >= annulus[0] ** 2) & (d2 < annulus[1] ** 2)
+        frac = frac - w.sum(axis=1) * vals[:, ring].mean(axis=1)
+    return frac
 
 
 def aperture_correction(
@@ -887,12 +901,30 @@ def aperture_correction(
     tail = 0.0
     model = str(stars.meta.get("model", "")) if hasattr(stars, "meta") else ""
     if model in ("gaussian", "moffat") and all(c in stars.colnames for c in ("fwhm_x", "fwhm_y", "angle")):
-        frac = _model_enclosed_fraction(model, stars[idx[use]], r_max)
+        # light beyond r_max, and the wings the annulus' sky takes from the r_max aperture
+        frac = _model_enclosed_fraction(model, stars[idx[use]], r_max, annulus=ann)
         tail = float(1.0 - np.median(frac))
     total = corr / (1.0 - tail)
     return {"correction": total, "correction_err": corr_err / (1.0 - tail), "n_stars": int(use.size),
             "radius": float(radius), "r_max": r_max, "tail_fraction": tail, "to_r_max": corr,
             "model": model or None}
+
+
+def _model_correction(stars: Table, radius: float, why: str, annulus: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Aperture correction from the stars' fitted PSF model alone (when the frame has no usable bright star)."""
+    model = str(stars.meta.get("model", ""))
+    if model not in ("gaussian", "moffat") or not all(c in stars.colnames for c in ("fwhm_x", "fwhm_y", "angle")):
+        return {"correction": np.nan, "correction_err": np.nan, "note": why + "; no analytic PSF model to fall back on"}
+    ok = np.isfinite(np.asarray(stars["fwhm_x"], float)) & np.isfinite(np.asarray(stars["fwhm_y"], float))
+    if model == "moffat":
+        ok &= np.isfinite(np.asarray(stars["beta"], float))
+    if not ok.any():
+        return {"correction": np.nan, "correction_err": np.nan, "note": why + "; no usable PSF fit"}
+    frac = _model_enclosed_fraction(model, stars[ok], radius, annulus=annulus)
+    corr = 1.0 / float(np.median(frac))
+    spread = float(np.std(1.0 / frac)) / math.sqrt(frac.size) if frac.size > 1 else 0.0
+    return {"correction": corr, "correction_err": spread, "n_stars": int(frac.size), "radius": float(radius),
+            "model": model, "method": f"enclosed fraction of the fitted {model} model (no curve of growth: {why})"}
 
 
 def star_photometry(
@@ -971,8 +1003,9 @@ def star_photometry(
     if isinstance(correction, str) and correction == "auto":
         try:
             corr = aperture_correction(img, stars, rad, r_max=ann[0], annulus=ann, gain=gain, mask=mask)
+            corr["method"] = "curve of growth of the frame's bright isolated stars"
         except PsfkitError as exc:
-            corr = {"correction": np.nan, "correction_err": np.nan, "note": str(exc)}
+            corr = _model_correction(stars, rad, str(exc), annulus=ann)
     elif correction is None:
         corr = {"correction": np.nan, "correction_err": np.nan, "note": "no aperture correction asked"}
     elif isinstance(correction, dict):
@@ -994,5 +1027,9 @@ def star_photometry(
             out["flux_ratio"] = ratio
             out["flux_ratio_err"] = np.abs(ratio) * np.hypot(fferr / ff, total_err / total)
     out.meta.update({f"phot_{k}": v for k, v in phot.meta.items()})
+    if annulus is None:
+        out.meta["phot_annulus_rule"] = f"{ann[0]:.2f}-{ann[1]:.2f} px ({annulus_fwhm[0]:g}-{annulus_fwhm[1]:g} FWHM)"
+    if radius is None:
+        out.meta["phot_radius_rule"] = f"{rad:.2f} px ({radius_fwhm:g} FWHM of the frame's median {fwhm:.2f} px)"
     out.meta["aperture_correction"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in corr.items()}
     return out

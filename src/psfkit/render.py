@@ -26,7 +26,7 @@ def render_fit(fit: Any, *, shape: tuple[int, int] | None = None) -> tuple[np.nd
     else:
         p[0, 1] = d["amplitude"]
         fx, fy = d["fwhm_x"], d["fwhm_y"]
-        if model.name == "moffat":
+        if model.param_names[-1] == "beta":  # Moffat, Lorentzian (beta fixed at 1)
             p[0, 7] = d["beta"]
         wx = model.widths_from_fwhm(np.array([fx]), np.array([p[0, -1]]))[0]
         wy = model.widths_from_fwhm(np.array([fy]), np.array([p[0, -1]]))[0]

@@ -1,15 +1,20 @@
-"""``psfkit compare``: fit one source with every PSF model and rank them."""
+"""``psfkit compare`` (one source, every PSF model) and ``psfkit phot`` (aperture photometry)."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from ._app import app, fail
+
+
+def _clean(v):
+    v = v.item() if hasattr(v, "item") else v
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 @app.command("compare")
@@ -21,10 +26,11 @@ def compare_command(
     gain: Optional[float] = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
     read_noise: Optional[float] = typer.Option(None, "--read-noise", help="e- (default: header)."),
     hdu: Optional[int] = typer.Option(None, "--hdu", help="FITS HDU to read."),
+    residuals: Optional[Path] = typer.Option(None, "--residuals", help="PNG of data, model and residual per model."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per model."),
 ) -> None:
-    """Fit the source with the Gaussian, Moffats and your PSF; print total flux, FWHM, chi2, BIC per model."""
-    from ..compare import compare_models
+    """Fit the source with the Gaussian, Moffats, Lorentzian and your PSF; total flux, FWHM, chi2, AIC/BIC per model."""
+    from ..compare import compare_models, plot_model_residuals
     from ..image import load_image
     from .fit import _parse_xy
 
@@ -32,23 +38,135 @@ def compare_command(
     if box is not None and box < 5:
         raise fail(f"--box must be at least 5 px, got {box}")
     img = load_image(image, hdu=hdu)
-    table = compare_models(img, x, y, psf=str(psf) if psf else None, box=box, gain=gain, read_noise=read_noise)
+    table, fits = compare_models(img, x, y, psf=str(psf) if psf else None, box=box, gain=gain,
+                                 read_noise=read_noise, return_fits=True)
+    if residuals is not None:
+        plot_model_residuals(fits, str(residuals))
     if as_json:
-        clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v
-        out = [{k: clean(row[k].item() if hasattr(row[k], "item") else row[k])
-                for k in ("model", "flux_fit", "flux_err", "fwhm", "reduced_chi2", "bic", "preferred")}
+        out = [{k: _clean(row[k]) for k in ("model", "flux_fit", "flux_err", "fwhm", "reduced_chi2", "bic", "preferred")}
                for row in table]
         typer.echo(json.dumps(out))
         return
     m = table.meta
-    typer.echo(f"{image}: source at ({m['x']:.2f}, {m['y']:.2f}), box {m['box']} px, {m['weights']} weights")
-    typer.echo(f"{'model':12s} {'flux (total)':>14s} {'+-':>10s} {'FWHM px':>8s} {'beta':>6s} {'chi2/dof':>9s} {'AIC':>10s} {'BIC':>10s} {'RMSE':>9s}")
+    typer.echo(f"{image}: source at ({m['x']:.2f}, {m['y']:.2f}), box {m['box']} px")
+    typer.echo(f"weights: {m['weights']}")
+    typer.echo(f"{'model':12s} {'flux (total)':>14s} {'+-':>10s} {'FWHM px':>8s} {'beta':>6s} {'chi2/dof':>9s} "
+               f"{'AIC':>10s} {'BIC':>10s} {'RMSE':>9s}")
     for row in table:
         beta = f"{row['beta']:6.2f}" if math.isfinite(row["beta"]) else f"{'':6s}"
         mark = "  <- preferred (lowest BIC)" if row["preferred"] else ""
+        star = "" if row["flux_is_total"] else " *"
         typer.echo(f"{row['model']:12s} {row['flux_fit']:14.6g} {row['flux_err']:10.3g} {row['fwhm']:8.3f} {beta} "
-                   f"{row['reduced_chi2']:9.3f} {row['aic']:10.1f} {row['bic']:10.1f} {row['rmse']:9.4g}{mark}")
-    notes = {n for n in table["note"] if n}
-    for n in notes:
+                   f"{row['reduced_chi2']:9.3f} {row['aic']:10.1f} {row['bic']:10.1f} {row['rmse']:9.4g}{mark}{star}")
+    if not all(table["flux_is_total"]):
+        typer.echo(f"* Lorentzian: its total flux diverges; the flux shown is the {m['lorentzian_flux']}")
+    for n in {n for n in table["note"] if n}:
         typer.echo(f"PSF image: {n}")
+    ap = m["aperture"]
+    if math.isfinite(ap.get("flux", float("nan"))):
+        line = f"aperture (r = {ap['radius']:.1f} px = 2.5 FWHM, sky 4-6 FWHM): {ap['flux']:.6g} +- {ap['flux_err']:.3g}"
+        if "flux_total" in ap:
+            line += (f"; / enclosed fraction {ap['enclosed_fraction']:.4f} of the {m['preferred']} -> total "
+                     f"{ap['flux_total']:.6g} +- {ap['flux_total_err']:.3g}")
+        typer.echo(line)
+    if m["frame_fwhm"] is not None:
+        typer.echo(f"frame's stars: FWHM {m['frame_fwhm']:.2f} px")
     typer.echo(m["note"])
+    if residuals is not None:
+        typer.echo(f"wrote {residuals}")
+
+
+@app.command("phot")
+def phot_command(
+    image: Path = typer.Argument(..., help="Image file."),
+    at: Optional[List[str]] = typer.Option(None, "--at", help="X,Y (0-based); repeat for several sources."),
+    stars: Optional[Path] = typer.Option(None, "--stars", help="A saved star list (.csv .ecsv .fits .lst) to measure."),
+    radius: Optional[float] = typer.Option(None, "--radius", help="Aperture radius in px (default 1.5 FWHM)."),
+    radius_fwhm: float = typer.Option(1.5, "--radius-fwhm", help="Aperture radius in FWHM units."),
+    annulus: Optional[str] = typer.Option(None, "--annulus", help="IN,OUT sky annulus in px (default 4,6 FWHM)."),
+    elliptical: bool = typer.Option(False, "--elliptical", help="Elliptical apertures of each star's fitted shape."),
+    model: str = typer.Option("gaussian", "--model", help="PSF model for the PSF flux: gaussian or moffat."),
+    gain: Optional[float] = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
+    read_noise: Optional[float] = typer.Option(None, "--read-noise", help="e- (default: header)."),
+    zero_point: float = typer.Option(0.0, "--zero-point", help="Magnitude zero point."),
+    growth: bool = typer.Option(False, "--growth", help="Also print each star's curve of growth and best-SNR radius."),
+    hdu: Optional[int] = typer.Option(None, "--hdu", help="FITS HDU to read."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the table: .csv .ecsv .fits"),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per star."),
+) -> None:
+    """Aperture photometry (exact overlap, local sky, CCD errors) and the PSF flux, for positions, a list, or every star."""
+    import numpy as np
+
+    from ..catalog import read_star_list, write_star_list
+    from ..errors import PsfkitError
+    from ..image import load_image
+    from ..photometry import curve_of_growth, optimal_radius, star_photometry
+    from ..psffit import fit_stars
+    from .fit import _parse_xy
+
+    if at and stars:
+        raise fail("give --at positions or --stars, not both")
+    ann = None
+    if annulus:
+        ann = _parse_xy(annulus, "--annulus", "inner and outer radius in px")
+    img = load_image(image, hdu=hdu)
+    if at:
+        xy = np.array([_parse_xy(a) for a in at])
+        table = fit_stars(img, xy[:, 0], xy[:, 1], model=model, gain=gain, read_noise=read_noise,
+                          zero_point=zero_point, search_radius=5.0)
+        source = f"{len(table)} position(s), PSF-fitted first"
+    elif stars:
+        table = read_star_list(stars)
+        for col in ("x_fit", "y_fit", "fwhm"):
+            if col not in table.colnames:
+                raise PsfkitError(f"{stars}: the star list has no {col!r} column")
+        source = f"{len(table)} stars from {stars}"
+    else:
+        from ..detect import find_stars
+
+        table = find_stars(img, model=model, gain=gain, read_noise=read_noise)
+        source = f"{len(table)} stars found"
+    if len(table) == 0:
+        raise PsfkitError("no star to measure")
+    out = star_photometry(img, table, radius=radius, radius_fwhm=radius_fwhm, annulus=ann, elliptical=elliptical,
+                          gain=gain, zero_point=zero_point)
+    cols = [c for c in ("id", "x_fit", "y_fit", "fwhm", "flux_fit", "flux_err", "aperture_radius", "sky", "flux_aper",
+                        "flux_aper_err", "snr_aper", "mag_aper", "mag_aper_err", "flux_aper_total",
+                        "flux_aper_total_err", "flux_ratio", "flux_ratio_err", "phot_flags") if c in out.colnames]
+    if output is not None:
+        write_star_list(out, output)
+    if as_json:
+        typer.echo(json.dumps([{c: _clean(row[c]) for c in cols} for row in out]))
+        return
+    corr = out.meta["aperture_correction"]
+    typer.echo(f"{image}: {source}; aperture r = {float(out['aperture_radius'][0]):.2f} px "
+               f"({out.meta['phot_aperture']}), sky {out.meta['phot_sky_estimator']} "
+               f"in {out.meta['phot_annulus_rule']}")
+    typer.echo(f"errors: {out.meta['phot_error_formula']}")
+    if math.isfinite(corr.get("correction", float("nan"))):
+        typer.echo(f"aperture correction to total: x{corr['correction']:.4f} +- {corr['correction_err']:.4f} "
+                   f"({corr.get('method', '')}, {corr.get('n_stars', '?')} stars)")
+    else:
+        typer.echo(f"no aperture correction: {corr.get('note', '')}")
+    typer.echo(f"{'id':>4s} {'x':>8s} {'y':>8s} {'PSF flux':>11s} {'+-':>8s} {'aper flux':>11s} {'+-':>8s} "
+               f"{'SNR':>6s} {'mag':>7s} {'total(aper)':>11s} {'+-':>8s} {'PSF/aper':>8s} {'flags':>5s}")
+    for i, row in enumerate(out):
+        ident = int(row["id"]) if "id" in out.colnames else i + 1
+        fit_f = row["flux_fit"] if "flux_fit" in out.colnames else float("nan")
+        fit_e = row["flux_err"] if "flux_err" in out.colnames else float("nan")
+        ratio = row["flux_ratio"] if "flux_ratio" in out.colnames else float("nan")
+        typer.echo(f"{ident:4d} {row['x_fit']:8.2f} {row['y_fit']:8.2f} {fit_f:11.6g} {fit_e:8.3g} "
+                   f"{row['flux_aper']:11.6g} {row['flux_aper_err']:8.3g} {row['snr_aper']:6.1f} {row['mag_aper']:7.3f} "
+                   f"{row['flux_aper_total']:11.6g} {row['flux_aper_total_err']:8.3g} {ratio:8.3f} {int(row['phot_flags']):5d}")
+    if growth:
+        fw = float(np.nanmedian(np.asarray(out["fwhm"], float)))
+        radii = fw * np.array([0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0])
+        g = curve_of_growth(img, np.asarray(out["x_fit"], float), np.asarray(out["y_fit"], float), radii,
+                            fwhm=fw, annulus=ann, gain=gain)
+        best = optimal_radius(g)
+        typer.echo("curve of growth (flux at r = " + ", ".join(f"{r / fw:g}" for r in radii) + " FWHM):")
+        for i in range(len(out)):
+            vals = " ".join(f"{v:9.4g}" for v in g["flux"][i])
+            typer.echo(f"{i + 1:4d} {vals}   best SNR at r = {best[i]:.2f} px")
+    if output is not None:
+        typer.echo(f"wrote {output}")
