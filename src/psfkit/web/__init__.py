@@ -1,0 +1,12 @@
+"""``psfkit view``: the Dynamic PSF window in the browser (FastAPI + a plain JS page).
+
+:func:`create_app` builds the app; :func:`serve_in_thread` runs it on a free
+loopback port (for tests, benchmarks and notebooks).
+"""
+
+from __future__ import annotations
+
+from ._server import serve_in_thread
+from .app import create_app
+
+__all__ = ["create_app", "serve_in_thread"]

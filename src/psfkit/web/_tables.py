@@ -1,0 +1,72 @@
+"""Star tables to and from the page's compact JSON form (``columns`` + ``rows``)."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Sequence
+
+import numpy as np
+from astropy.table import Table
+from fastapi import HTTPException
+
+from ..flags import decode_flags
+
+__all__ = ["table_to_rows", "rows_to_table", "DERIVED_COLUMNS"]
+
+#: Columns the page gets for reading only; they are not part of a star list.
+DERIVED_COLUMNS = ("flag_names",)
+_INT_COLUMNS = {"id", "flags", "iterations", "n_pixels_fit", "channel"}
+_COLUMN = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+
+
+def table_to_rows(table: Table) -> dict[str, Any]:
+    """``{"columns": [...], "rows": [[...], ...]}`` (NaN stays NaN here; the app turns it into null)."""
+    cols = [c for c in table.colnames if table[c].ndim == 1]
+    arrays = [np.asarray(table[c]) for c in cols]
+    rows = [list(r) for r in zip(*(a.tolist() for a in arrays))] if len(table) else []
+    if "flags" in cols:
+        i = cols.index("flags")
+        for r in rows:
+            r.append(",".join(decode_flags(int(r[i]))))
+        cols = cols + ["flag_names"]
+    return {"columns": cols, "rows": rows}
+
+
+def rows_to_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+    """A star table from the page's rows; every name and value checked (400 on a bad one)."""
+    if len(set(columns)) != len(columns):
+        raise HTTPException(400, "columns: a name appears twice")
+    for c in columns:
+        if not _COLUMN.match(c):
+            raise HTTPException(400, f"columns: {c[:40]!r} is not a column name")
+    for needed in ("x_fit", "y_fit"):
+        if needed not in columns:
+            raise HTTPException(400, f"columns: {needed} is missing")
+    n = len(columns)
+    for k, r in enumerate(rows):
+        if len(r) != n:
+            raise HTTPException(400, f"rows[{k}]: {len(r)} values for {n} columns")
+    table = Table()
+    for j, name in enumerate(columns):
+        if name in DERIVED_COLUMNS:
+            continue
+        values = [r[j] for r in rows]
+        kinds = {type(v) for v in values if v is not None}
+        if name == "accepted" or kinds == {bool}:
+            table[name] = np.array([bool(v) for v in values], dtype=bool)
+        elif kinds <= {int, float, bool}:
+            arr = np.array([math.nan if v is None else float(v) for v in values], dtype=float)
+            if name in _INT_COLUMNS:
+                arr = np.where(np.isfinite(arr), arr, 0).astype(np.int64)
+            table[name] = arr
+        elif kinds <= {str}:
+            if any(len(v) > 200 for v in values if v is not None):
+                raise HTTPException(400, f"{name}: text values are limited to 200 characters")
+            table[name] = np.array(["" if v is None else v for v in values], dtype=str)
+        else:
+            raise HTTPException(400, f"{name}: mixes numbers and text")
+    for name in ("x_fit", "y_fit"):
+        if len(table) and not np.all(np.isfinite(table[name])):
+            raise HTTPException(400, f"{name}: every star needs a finite position")
+    return table

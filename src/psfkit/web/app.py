@@ -1,0 +1,296 @@
+"""The Dynamic PSF window in the browser: a FastAPI app over the library.
+
+:func:`create_app` builds the app for one root folder.  The JSON API calls the
+same functions as the command line (:func:`psfkit.find_stars`,
+:func:`psfkit.fit_star`, :func:`psfkit.average`, :func:`psfkit.write_star_list`);
+the web layer only moves data: it holds no science.
+
+Endpoints (all paths relative to the root folder; every parameter validated,
+bad input gives a 4xx with ``{"detail": "<one line>"}``):
+
+- ``GET /api/config``: root name, initial image, export folder.
+- ``GET /api/files``: image files under the root.
+- ``GET /api/image?path=``: size, orientation, header facts, stretch statistics.
+- ``GET /api/tile?path=&level=&tx=&ty=&mode=&black=&white=&mid=&soft=``: a 256 px PNG
+  tile of the display pyramid (binning 2**level), stretched.
+- ``POST /api/detect``: every star of the frame (``find_stars``).
+- ``POST /api/fit``: one star in a box or near a point (``fit_star`` with the angle),
+  its report text and radial profile.
+- ``POST /api/average``: averages of the listed stars (``average``).
+- ``POST /api/export``: write the listed stars (``write_star_list``) into the export folder.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import PsfkitError
+from ._paths import EXPORT_FORMATS, export_target, list_images, resolve_in_root
+from ._store import ImageStore
+from ._tables import rows_to_table, table_to_rows
+
+__all__ = ["create_app"]
+
+STATIC = Path(__file__).parent / "static"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class DetectRequest(_Strict):
+    path: str = Field(min_length=1, max_length=1024)
+    threshold: float = Field(5.0, gt=0, le=1000)
+    model: Literal["gaussian", "moffat"] = "gaussian"
+    angle: bool = False
+    min_roundness: float | None = Field(None, ge=0, le=1)
+
+
+class FitRequest(_Strict):
+    path: str = Field(min_length=1, max_length=1024)
+    x: float
+    y: float
+    box: int | None = Field(None, ge=5, le=401)
+    model: Literal["gaussian", "moffat"] = "gaussian"
+    search_radius: float | None = Field(None, ge=0, le=200)
+
+
+class RowsRequest(_Strict):
+    path: str = Field(min_length=1, max_length=1024)
+    columns: list[str] = Field(max_length=200)
+    rows: list[list[float | int | bool | str | None]] = Field(max_length=500_000)
+    model: Literal["gaussian", "moffat"] | None = None
+    threshold: float | None = Field(None, gt=0, le=1000)
+
+
+class ExportRequest(RowsRequest):
+    format: Literal["lst", "csv", "ecsv", "reg", "fits"]
+    name: str | None = Field(None, max_length=160)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    return value
+
+
+def _one_line(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request"
+    e = errors[0]
+    loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query"))
+    msg = str(e.get("msg", "invalid value"))
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{loc}: {msg}{more}" if loc else msg + more
+
+
+def create_app(root: str | Path, *, export_dir: str | Path | None = None, image: str | None = None,
+               max_images: int = 3) -> FastAPI:
+    """The web app serving the images under ``root``.
+
+    Parameters
+    ----------
+    root : path
+        Folder whose images (and only those) the page may open.
+    export_dir : path, optional
+        Folder the export buttons write into (default: ``root``).
+    image : str, optional
+        Image (relative to ``root``) the page opens first.
+    max_images : int
+        Frames kept in memory.
+
+    Returns
+    -------
+    fastapi.FastAPI
+    """
+    root_path = Path(root).expanduser().resolve()
+    if not root_path.is_dir():
+        raise PsfkitError(f"{root}: the root folder does not exist")
+    export_path = Path(export_dir).expanduser().resolve() if export_dir is not None else root_path
+    if not export_path.is_dir():
+        raise PsfkitError(f"{export_dir}: the export folder does not exist")
+    if image is not None:
+        try:
+            resolve_in_root(root_path, image)
+        except HTTPException as exc:
+            raise PsfkitError(str(exc.detail)) from None
+
+    store = ImageStore(max_images=max_images)
+    heavy = threading.BoundedSemaphore(1)  # one whole-frame detection at a time (memory, 2 cores)
+
+    app = FastAPI(title="psfkit view", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.root = root_path
+    app.state.export_dir = export_path
+    app.state.store = store
+
+    @app.exception_handler(PsfkitError)
+    async def _psfkit_error(request: Request, exc: PsfkitError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc).splitlines()[0] if str(exc) else "bad input"}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:  # a bug: no traceback to the page
+        return JSONResponse({"detail": f"internal error ({exc.__class__.__name__}); see the server log"},
+                            status_code=500)
+
+    def loaded(rel: str):
+        return store.get(rel, resolve_in_root(root_path, rel))
+
+    # ---------------------------------------------------------------- page
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    # ---------------------------------------------------------------- API
+    @app.get("/api/config")
+    def config() -> dict:
+        from .. import __version__
+
+        return {"root": root_path.name or str(root_path), "export_dir": str(export_path), "image": image,
+                "version": __version__}
+
+    @app.get("/api/files")
+    def files() -> dict:
+        return {"files": list_images(root_path)}
+
+    @app.get("/api/image")
+    def image_info(path: str = Query(..., min_length=1, max_length=1024)) -> JSONResponse:
+        return JSONResponse(_clean(loaded(path).info()))
+
+    @app.get("/api/tile")
+    def tile(
+        path: str = Query(..., min_length=1, max_length=1024),
+        level: int = Query(..., ge=0, le=16),
+        tx: int = Query(..., ge=0, le=100_000),
+        ty: int = Query(..., ge=0, le=100_000),
+        mode: Literal["mtf", "asinh", "linear"] = Query("mtf"),
+        black: float = Query(..., allow_inf_nan=False),
+        white: float = Query(..., allow_inf_nan=False),
+        mid: float = Query(0.25, gt=0, lt=1, allow_inf_nan=False),
+        soft: float = Query(10.0, gt=0, le=1e6, allow_inf_nan=False),
+    ) -> Response:
+        item = loaded(path)
+        if level >= item.n_levels:
+            raise HTTPException(400, f"level: {level} is beyond this image's {item.n_levels} levels")
+        if not white > black:
+            raise HTTPException(400, "white must be above black")
+        png = item.tile_png(level, tx, ty, mode=mode, black=black, white=white, mid=mid, soft=soft)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.post("/api/detect")
+    def detect(req: DetectRequest) -> JSONResponse:
+        from ..detect import find_stars
+
+        item = loaded(req.path)
+        criteria = {} if req.min_roundness is None else {"min_roundness": req.min_roundness or None}
+        if not heavy.acquire(timeout=300):
+            raise HTTPException(503, "another detection is still running; try again")
+        try:
+            table = find_stars(item.image, threshold=req.threshold, model=req.model, angle=req.angle,
+                               keep_rejected=False, **criteria)
+        finally:
+            heavy.release()
+        meta = table.meta
+        out = table_to_rows(table)
+        out.update(summary=meta.get("summary"), frame_fwhm=meta.get("frame_fwhm"),
+                   reject_reasons=meta.get("reject_reasons"),
+                   settings={"threshold": req.threshold, "model": req.model, "angle": req.angle})
+        return JSONResponse(_clean(out))
+
+    @app.post("/api/fit")
+    def fit(req: FitRequest) -> JSONResponse:
+        from ..psffit import fit_star
+        from ._profile import radial_profile
+
+        item = loaded(req.path)
+        ny, nx = item.shape
+        if not (-0.5 <= req.x <= nx - 0.5 and -0.5 <= req.y <= ny - 0.5):
+            raise HTTPException(400, f"position ({req.x:g}, {req.y:g}) is outside the image (x 0..{nx - 1}, y 0..{ny - 1})")
+        radius = req.search_radius
+        if radius is None:
+            radius = min(req.box / 2.0, 50.0) if req.box else 10.0
+        star = fit_star(item.image, req.x, req.y, box=req.box, model=req.model, angle=True, search_radius=radius)
+        out = table_to_rows(star.table)
+        out["report"] = star.report()
+        out["profile"] = radial_profile(star)
+        return JSONResponse(_clean(out))
+
+    def _table(req: RowsRequest):
+        item = loaded(req.path)
+        table = rows_to_table(req.columns, req.rows)
+        table.meta.update(image=item.rel, image_shape=list(item.shape),
+                          roworder="TOP-DOWN" if item.top_down else "BOTTOM-UP",
+                          pixel_scale=item.image.pixel_scale,
+                          model=req.model or "gaussian",
+                          settings={"threshold": req.threshold, "model": req.model or "gaussian"})
+        return item, table
+
+    @app.post("/api/average")
+    def average_(req: RowsRequest) -> JSONResponse:
+        from ..catalog import average
+
+        _, table = _table(req)
+        avg = average(table)
+        return JSONResponse(_clean({"average": avg, "text": _average_text(avg)}))
+
+    @app.post("/api/export")
+    def export(req: ExportRequest) -> JSONResponse:
+        from ..catalog import write_star_list
+
+        item, table = _table(req)
+        suffix = EXPORT_FORMATS[req.format]
+        name = req.name or (item.path.name.split(".")[0] + "_stars" + suffix)
+        target = export_target(export_path, name, suffix)
+        write_star_list(table, target)
+        return JSONResponse({"written": target.name, "folder": str(export_path), "n_stars": len(table),
+                             "format": req.format})
+
+    @app.get("/api/{rest:path}", include_in_schema=False)
+    def unknown(rest: str) -> None:
+        raise HTTPException(404, f"no such endpoint: /api/{rest}")
+
+    return app
+
+
+def _average_text(avg: dict[str, Any]) -> str:
+    lines = [f"Average of {avg['n_stars']} stars ({avg.get('n_used_shape', 0)} unsaturated used for the shape)"]
+    lines.append(f"{'':16s} {'mean':>12s} {'median':>12s} {'robust std':>12s}")
+    for name, v in avg.items():
+        if isinstance(v, dict):
+            vals = [v.get("mean"), v.get("median"), v.get("std_robust")]
+            lines.append(f"{name:16s} " + " ".join(
+                f"{x:12.5g}" if isinstance(x, float) and math.isfinite(x) else f"{'nan':>12s}" for x in vals))
+    return "\n".join(lines)

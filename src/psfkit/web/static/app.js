@@ -1,0 +1,589 @@
+/* psfkit view: the Dynamic PSF window in the browser.
+ *
+ * Coordinates. The API speaks psfkit's convention: 0-based pixel centres, x = column,
+ * y = row, angle counter-clockwise from +x.  The page shows a frame the way Siril and
+ * DS9 do: a bottom-up frame (FITS default) with row 0 at the bottom (y up), a
+ * TOP-DOWN frame with row 0 at the top.  "Display" coordinates run over pixel edges,
+ * 0..width and 0..height from the top-left corner of the display:
+ *     dx = x + 0.5,   dy = top_down ? y + 0.5 : height - 0.5 - y
+ * and an ellipse at angle a (CCW from +x in the image) is rotated on screen
+ * (SVG, y down) by  top_down ? +a : -a.  Server tiles are cut in display orientation.
+ */
+"use strict";
+
+const $ = (s) => document.querySelector(s);
+const S = {
+  cfg: null, info: null, path: null,
+  stretch: { mode: "mtf", black: 0, white: 1, mid: 0.25, soft: 10 },
+  prevStretchKey: null,
+  view: { zoom: 1, x0: 0, y0: 0 },
+  columns: [], stars: [], selected: new Set(), sort: { col: null, dir: 1 },
+  nextId: 1, lastSelected: null, settings: null, boxMode: false,
+};
+window.psfkitStats = { renders: 0, tilesPending: 0, tilesLoaded: 0, detect: null, lastRender: 0 };
+
+/* ------------------------------------------------------------------ API */
+async function api(method, url, body) {
+  const opts = { method, headers: {} };
+  if (body !== undefined) { opts.headers["Content-Type"] = "application/json"; opts.body = JSON.stringify(body); }
+  const r = await fetch(url, opts);
+  let data = null;
+  try { data = await r.json(); } catch (e) { data = null; }
+  if (!r.ok) throw new Error((data && data.detail) || `${r.status} ${r.statusText}`);
+  return data;
+}
+function message(text, kind) {
+  const m = $("#message");
+  m.textContent = text; m.className = kind || ""; m.title = text;
+}
+function busy(text) {
+  const b = $("#busy");
+  if (text) { $("#busy-text").textContent = text; b.hidden = false; document.body.dataset.busy = "1"; }
+  else { b.hidden = true; delete document.body.dataset.busy; }
+}
+
+/* ------------------------------------------------------------------ coordinates */
+function toDisplay(x, y) {
+  const i = S.info;
+  return [x + 0.5, i.top_down ? y + 0.5 : i.height - 0.5 - y];
+}
+function fromDisplay(dx, dy) {
+  const i = S.info;
+  return [dx - 0.5, i.top_down ? dy - 0.5 : i.height - 0.5 - dy];
+}
+function screenToDisplay(sx, sy) { return [S.view.x0 + sx / S.view.zoom, S.view.y0 + sy / S.view.zoom]; }
+function viewerSize() { const v = $("#viewer"); return [v.clientWidth, v.clientHeight]; }
+function eventPos(ev) { const r = $("#viewer").getBoundingClientRect(); return [ev.clientX - r.left, ev.clientY - r.top]; }
+
+/* ------------------------------------------------------------------ tiles */
+const tileCache = new Map();
+function stretchKey(s) {
+  const st = s || S.stretch;
+  return `mode=${st.mode}&black=${st.black}&white=${st.white}&mid=${st.mid}&soft=${st.soft}`;
+}
+function tileUrl(level, tx, ty, key) {
+  return `/api/tile?path=${encodeURIComponent(S.path)}&level=${level}&tx=${tx}&ty=${ty}&${key}`;
+}
+function getTile(level, tx, ty, key, load) {
+  const url = tileUrl(level, tx, ty, key);
+  let t = tileCache.get(url);
+  if (t) { if (t.ok) { tileCache.delete(url); tileCache.set(url, t); } return t.ok ? t.img : null; }
+  if (!load) return null;
+  const img = new Image();
+  t = { img, ok: false };
+  tileCache.set(url, t);
+  psfkitStats.tilesPending++;
+  img.onload = () => { t.ok = true; psfkitStats.tilesPending--; psfkitStats.tilesLoaded++; scheduleRender(); };
+  img.onerror = () => { psfkitStats.tilesPending--; tileCache.delete(url); };
+  img.src = url;
+  while (tileCache.size > 1500) tileCache.delete(tileCache.keys().next().value);
+  return null;
+}
+function levelFor(zoom) {
+  const L = Math.floor(Math.log2(1 / zoom) + 1e-9);
+  return Math.max(0, Math.min(S.info.levels - 1, L));
+}
+function drawLevel(ctx, level, key, load, dpr) {
+  const i = S.info, f = 2 ** level, T = i.tile, v = S.view;
+  const lw = Math.ceil(i.width / f), lh = Math.ceil(i.height / f);
+  const [w, h] = viewerSize();
+  const tx0 = Math.max(0, Math.floor(v.x0 / (T * f))), ty0 = Math.max(0, Math.floor(v.y0 / (T * f)));
+  const tx1 = Math.min(Math.ceil(lw / T) - 1, Math.floor((v.x0 + w / v.zoom) / (T * f)));
+  const ty1 = Math.min(Math.ceil(lh / T) - 1, Math.floor((v.y0 + h / v.zoom) / (T * f)));
+  let complete = true;
+  for (let ty = ty0; ty <= ty1; ty++) {
+    for (let tx = tx0; tx <= tx1; tx++) {
+      const img = getTile(level, tx, ty, key, load);
+      if (!img) { complete = false; continue; }
+      const dx = tx * T * f, dy = ty * T * f;
+      const sx = (dx - v.x0) * v.zoom * dpr, sy = (dy - v.y0) * v.zoom * dpr;
+      const sw = img.naturalWidth * f * v.zoom * dpr, sh = img.naturalHeight * f * v.zoom * dpr;
+      ctx.drawImage(img, sx, sy, sw + 0.5, sh + 0.5);
+    }
+  }
+  return complete;
+}
+let renderQueued = false;
+function scheduleRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => { renderQueued = false; render(); });
+}
+function render() {
+  if (!S.info) return;
+  const c = $("#image-canvas"), dpr = window.devicePixelRatio || 1;
+  const [w, h] = viewerSize();
+  if (c.width !== Math.round(w * dpr) || c.height !== Math.round(h * dpr)) { c.width = Math.round(w * dpr); c.height = Math.round(h * dpr); }
+  const ctx = c.getContext("2d");
+  ctx.fillStyle = "#050505"; ctx.fillRect(0, 0, c.width, c.height);
+  ctx.imageSmoothingEnabled = S.view.zoom < 2;
+  c.classList.toggle("pixelated", S.view.zoom >= 2);
+  const key = stretchKey(), level = levelFor(S.view.zoom), top = S.info.levels - 1;
+  // coarse level first (always complete quickly), then the level for this zoom
+  if (!drawLevel(ctx, top, key, true, dpr) && S.prevStretchKey) drawLevel(ctx, top, S.prevStretchKey, false, dpr);
+  if (level !== top) {
+    if (!drawLevel(ctx, level, key, true, dpr) && S.prevStretchKey) drawLevel(ctx, level, S.prevStretchKey, false, dpr);
+  }
+  updateOverlayTransform();
+  psfkitStats.renders++; psfkitStats.lastRender = performance.now();
+  $("#zoom").textContent = `zoom ${(S.view.zoom * 100).toFixed(S.view.zoom < 0.1 ? 1 : 0)} %`;
+}
+
+/* ------------------------------------------------------------------ view */
+function fitView() {
+  const [w, h] = viewerSize(), i = S.info;
+  const z = Math.min(w / i.width, h / i.height) * 0.98;
+  S.view.zoom = z;
+  S.view.x0 = i.width / 2 - w / (2 * z);
+  S.view.y0 = i.height / 2 - h / (2 * z);
+  afterZoom();
+}
+function zoomAt(sx, sy, factor) {
+  const v = S.view, [dx, dy] = screenToDisplay(sx, sy);
+  v.zoom = Math.min(64, Math.max(0.01, v.zoom * factor));
+  v.x0 = dx - sx / v.zoom; v.y0 = dy - sy / v.zoom;
+  afterZoom();
+}
+function centreOn(x, y, minZoom) {
+  const [w, h] = viewerSize(), [dx, dy] = toDisplay(x, y);
+  if (minZoom && S.view.zoom < minZoom) S.view.zoom = minZoom;
+  S.view.x0 = dx - w / (2 * S.view.zoom); S.view.y0 = dy - h / (2 * S.view.zoom);
+  afterZoom();
+}
+let lastOverlayZoom = null;
+function afterZoom() {
+  if (lastOverlayZoom !== S.view.zoom) { lastOverlayZoom = S.view.zoom; resizeEllipses(); }
+  scheduleRender();
+}
+
+/* ------------------------------------------------------------------ overlay */
+const SVGNS = "http://www.w3.org/2000/svg";
+const RING = 1.0; // ellipse semi-axes = RING x FWHM (so the ring is 2 FWHM across)
+function col(star, name) { const v = star[name]; return (v === null || v === undefined) ? NaN : v; }
+function ellipseRadii(s) {
+  const minR = 5 / S.view.zoom;
+  let fx = col(s, "fwhm_x"), fy = col(s, "fwhm_y");
+  if (!isFinite(fx)) fx = 3; if (!isFinite(fy)) fy = fx;
+  return [Math.max(RING * fx, minR), Math.max(RING * fy, minR * fy / fx)];
+}
+function drawStars() {
+  const g = $("#stars-layer");
+  const frag = document.createDocumentFragment();
+  for (const s of S.stars) {
+    const e = document.createElementNS(SVGNS, "ellipse");
+    const [dx, dy] = toDisplay(s.x_fit, s.y_fit);
+    const a = isFinite(col(s, "angle")) ? s.angle : 0;
+    e.setAttribute("cx", dx); e.setAttribute("cy", dy);
+    e.setAttribute("transform", `rotate(${S.info.top_down ? a : -a} ${dx} ${dy})`);
+    e.setAttribute("vector-effect", "non-scaling-stroke");
+    e.setAttribute("class", "star" + (s._manual ? " manual" : "") + (S.selected.has(s.id) ? " sel" : ""));
+    e.dataset.id = s.id;
+    frag.appendChild(e);
+  }
+  g.replaceChildren(frag);
+  resizeEllipses();
+  updateOverlayTransform();
+}
+function resizeEllipses() {
+  const byId = new Map(S.stars.map((s) => [String(s.id), s]));
+  for (const e of $("#stars-layer").children) {
+    const s = byId.get(e.dataset.id); if (!s) continue;
+    const [rx, ry] = ellipseRadii(s);
+    e.setAttribute("rx", rx); e.setAttribute("ry", ry);
+  }
+}
+function updateOverlayTransform() {
+  const v = S.view;
+  const t = `matrix(${v.zoom} 0 0 ${v.zoom} ${-v.x0 * v.zoom} ${-v.y0 * v.zoom})`;
+  $("#stars-layer").setAttribute("transform", t);
+  $("#marks-layer").setAttribute("transform", t);
+}
+function markSelection() {
+  for (const e of $("#stars-layer").children) e.classList.toggle("sel", S.selected.has(Number(e.dataset.id)));
+  // the selected stars go last, so they are drawn on top
+  for (const e of Array.from($("#stars-layer").querySelectorAll("ellipse.sel"))) $("#stars-layer").appendChild(e);
+  for (const tr of $("#stars tbody").children) tr.classList.toggle("sel", S.selected.has(Number(tr.dataset.id)));
+}
+
+/* ------------------------------------------------------------------ table */
+const TEXT_COLUMNS = new Set(["flag_names", "reject_reason"]);
+function fmt(name, v) {
+  if (v === null || v === undefined) return "—";
+  if (typeof v === "boolean") return v ? "yes" : "no";
+  if (typeof v === "string") return v;
+  if (Number.isInteger(v) && !/err|fit|fwhm|angle|mag/.test(name)) return String(v);
+  if (name === "x_fit" || name === "y_fit" || name === "x_init" || name === "y_init") return v.toFixed(3);
+  if (name === "ra" || name === "dec") return v.toFixed(6);
+  const a = Math.abs(v);
+  if (a !== 0 && (a >= 1e6 || a < 1e-3)) return v.toExponential(3);
+  return String(Number(v.toPrecision(5)));
+}
+function renderTable() {
+  const cols = S.columns;
+  const head = "<tr>" + cols.map((c) => {
+    const cls = S.sort.col === c ? "sorted" : "";
+    const arrow = S.sort.col === c ? (S.sort.dir > 0 ? " ▲" : " ▼") : "";
+    return `<th data-col="${c}" class="${cls}">${c}${arrow}</th>`;
+  }).join("") + "</tr>";
+  $("#stars thead").innerHTML = head;
+  const parts = [];
+  for (const s of S.stars) {
+    const cls = (S.selected.has(s.id) ? "sel " : "") + (s._manual ? "manual" : "");
+    parts.push(`<tr data-id="${s.id}" class="${cls}">` + cols.map((c) =>
+      `<td${TEXT_COLUMNS.has(c) ? ' class="text"' : ""}>${fmt(c, s[c])}</td>`).join("") + "</tr>");
+  }
+  $("#stars tbody").innerHTML = parts.join("");
+  $("#star-count").textContent = `${S.stars.length} star${S.stars.length === 1 ? "" : "s"}`;
+}
+function sortBy(c) {
+  if (S.sort.col === c) S.sort.dir = -S.sort.dir; else { S.sort.col = c; S.sort.dir = 1; }
+  const d = S.sort.dir;
+  S.stars.sort((a, b) => {
+    const va = a[c], vb = b[c];
+    const na = va === null || va === undefined || (typeof va === "number" && !isFinite(va));
+    const nb = vb === null || vb === undefined || (typeof vb === "number" && !isFinite(vb));
+    if (na || nb) return na === nb ? 0 : na ? 1 : -1; // missing values last either way
+    return (va < vb ? -1 : va > vb ? 1 : 0) * d;
+  });
+  renderTable(); drawStars();
+}
+function setStars(columns, rows, manual) {
+  const stars = rows.map((r) => { const o = {}; columns.forEach((c, k) => { o[c] = r[k]; }); return o; });
+  return stars.map((s) => { s.id = S.nextId++; if (manual) s._manual = true; return s; });
+}
+function mergeColumns(cols) {
+  for (const c of cols) if (!S.columns.includes(c)) S.columns.push(c);
+}
+
+/* ------------------------------------------------------------------ selection */
+function select(ids, { centre = false, additive = false } = {}) {
+  if (!additive) S.selected.clear();
+  for (const id of ids) S.selected.add(id);
+  markSelection();
+  const last = ids.length ? S.stars.find((s) => s.id === ids[ids.length - 1]) : null;
+  if (last) {
+    S.lastSelected = last.id;
+    const tr = $(`#stars tbody tr[data-id="${last.id}"]`);
+    if (tr) tr.scrollIntoView({ block: "nearest" });
+    if (centre) centreOn(last.x_fit, last.y_fit, 1);
+    showStarText(last);
+  }
+}
+function starAt(sx, sy) {
+  const [dx, dy] = screenToDisplay(sx, sy), [x, y] = fromDisplay(dx, dy);
+  let best = null, bestD = Infinity;
+  for (const s of S.stars) {
+    const d = Math.hypot(s.x_fit - x, s.y_fit - y);
+    const reach = Math.max(1.5 * (isFinite(col(s, "fwhm_x")) ? s.fwhm_x : 3), 8 / S.view.zoom);
+    if (d < reach && d < bestD) { best = s; bestD = d; }
+  }
+  return best;
+}
+function removeSelected() {
+  if (!S.selected.size) { message("Nothing selected to remove"); return; }
+  const n = S.selected.size;
+  S.stars = S.stars.filter((s) => !S.selected.has(s.id));
+  S.selected.clear();
+  renderTable(); drawStars();
+  message(`Removed ${n} star${n === 1 ? "" : "s"}`, "ok");
+}
+
+/* ------------------------------------------------------------------ fit panel */
+function showStarText(s) {
+  if (s._report) { $("#report").textContent = s._report; $("#report").classList.remove("muted"); drawProfile(s._profile); return; }
+  const keys = ["x_fit", "y_fit", "fwhm_x", "fwhm_y", "fwhm", "fwhm_arcsec", "roundness", "angle", "background",
+                "amplitude", "flux_fit", "flux_err", "mag", "snr", "rmse", "flag_names"];
+  const lines = [`Star ${s.id} (from detection)`];
+  for (const k of keys) if (k in s) lines.push(`${k.padEnd(12)} ${fmt(k, s[k])}`);
+  lines.push("", "Drag a box around it (or double-click it) for the full fit with the angle.");
+  $("#report").textContent = lines.join("\n"); $("#report").classList.remove("muted");
+  drawProfile(null);
+}
+function drawProfile(p) {
+  const c = $("#profile"), dpr = window.devicePixelRatio || 1;
+  const W = 340, H = 190;
+  c.width = W * dpr; c.height = H * dpr;
+  const ctx = c.getContext("2d"); ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.fillStyle = "#0d0c0c"; ctx.fillRect(0, 0, W, H);
+  ctx.font = "10px ui-monospace, monospace"; ctx.fillStyle = "#7d726f";
+  if (!p || !p.radius || !p.radius.length) { ctx.fillText("radial profile: fit a star", 12, 20); c.dataset.points = "0"; return; }
+  const L = 46, R = 8, T = 10, B = 24, pw = W - L - R, ph = H - T - B;
+  const rmax = Math.max(...p.radius) || 1;
+  const vals = p.value.concat(p.curve_model).filter((v) => v !== null);
+  let vmin = Math.min(...vals), vmax = Math.max(...vals);
+  if (vmax <= vmin) vmax = vmin + 1;
+  const pad = 0.05 * (vmax - vmin); vmin -= pad; vmax += pad;
+  const X = (r) => L + (r / rmax) * pw, Y = (v) => T + (1 - (v - vmin) / (vmax - vmin)) * ph;
+  ctx.strokeStyle = "#2e2828"; ctx.lineWidth = 1;
+  ctx.strokeRect(L, T, pw, ph);
+  ctx.fillStyle = "#7d726f";
+  for (let k = 0; k <= 4; k++) {
+    const v = vmin + (k / 4) * (vmax - vmin), y = Y(v);
+    ctx.fillText(Number(v.toPrecision(3)).toString(), 2, y + 3);
+    const r = (k / 4) * rmax; ctx.fillText(r.toFixed(1), X(r) - 8, H - 10);
+  }
+  ctx.fillText("r [px]", W - 44, H - 1);
+  if (p.background !== null) {
+    ctx.setLineDash([3, 3]); ctx.strokeStyle = "#4a3f3d";
+    ctx.beginPath(); ctx.moveTo(L, Y(p.background)); ctx.lineTo(L + pw, Y(p.background)); ctx.stroke(); ctx.setLineDash([]);
+  }
+  ctx.fillStyle = "rgba(185, 174, 171, 0.55)";
+  let n = 0;
+  for (let k = 0; k < p.radius.length; k++) {
+    if (p.value[k] === null) continue;
+    ctx.fillRect(X(p.radius[k]) - 1, Y(p.value[k]) - 1, 2, 2); n++;
+  }
+  ctx.strokeStyle = "#d0623f"; ctx.lineWidth = 1.8; ctx.beginPath();
+  p.curve_radius.forEach((r, k) => { const x = X(r), y = Y(p.curve_model[k]); k ? ctx.lineTo(x, y) : ctx.moveTo(x, y); });
+  ctx.stroke();
+  ctx.fillStyle = "#d0623f"; ctx.fillText("model", L + pw - 40, T + 12);
+  ctx.fillStyle = "#b9aeab"; ctx.fillText("· pixels", L + pw - 40, T + 24);
+  c.dataset.points = String(n);
+}
+
+/* ------------------------------------------------------------------ actions */
+function rowsPayload(extra) {
+  const cols = S.columns.filter((c) => c !== "flag_names");
+  return Object.assign({
+    path: S.path, columns: cols,
+    rows: S.stars.map((s) => cols.map((c) => { const v = s[c]; return v === undefined ? null : v; })),
+    model: S.settings ? S.settings.model : null,
+    threshold: S.settings ? S.settings.threshold : null,
+  }, extra || {});
+}
+async function detect() {
+  const btn = $("#detect");
+  const body = { path: S.path, threshold: Number($("#threshold").value), model: $("#model").value, angle: $("#angle").checked };
+  const t0 = performance.now();
+  psfkitStats.detect = { clicked: t0, received: null, drawn: null };
+  btn.disabled = true;
+  const timer = setInterval(() => busy(`Detecting stars… ${((performance.now() - t0) / 1000).toFixed(0)} s`), 500);
+  busy("Detecting stars…");
+  try {
+    const r = await api("POST", "/api/detect", body);
+    psfkitStats.detect.received = performance.now();
+    S.settings = r.settings;
+    S.columns = r.columns.slice();
+    S.stars = setStars(r.columns, r.rows, false);
+    S.selected.clear(); S.sort = { col: null, dir: 1 };
+    renderTable(); drawStars();
+    const sm = r.summary || {}, rej = Object.entries(sm.rejected || {}).map(([k, v]) => `${k} ${v}`).join(", ");
+    $("#summary").textContent = `${sm.n_candidates ?? "?"} candidates${rej ? "; rejected: " + rej : ""}` +
+      (r.frame_fwhm ? `; frame FWHM ≈ ${r.frame_fwhm.toFixed(2)} px` : "");
+    requestAnimationFrame(() => {
+      psfkitStats.detect.drawn = performance.now();
+      message(`${S.stars.length} stars in ${((psfkitStats.detect.drawn - t0) / 1000).toFixed(2)} s`, "ok");
+    });
+  } catch (e) { message("Detect: " + e.message, "error"); }
+  finally { clearInterval(timer); busy(null); btn.disabled = false; }
+}
+async function fitAt(x, y, box) {
+  busy("Fitting…");
+  try {
+    const body = { path: S.path, x, y, model: $("#model").value };
+    if (box) body.box = box;
+    const r = await api("POST", "/api/fit", body);
+    mergeColumns(r.columns);
+    const [s] = setStars(r.columns, r.rows, true);
+    s._report = r.report; s._profile = r.profile;
+    S.stars.push(s);
+    renderTable(); drawStars();
+    select([s.id]);
+    message(`Fitted star ${s.id}: FWHM ${fmt("fwhm", s.fwhm)} px, r ${fmt("roundness", s.roundness)}`, "ok");
+  } catch (e) { message("Fit: " + e.message, "error"); }
+  finally { busy(null); }
+}
+async function doAverage() {
+  if (!S.stars.length) { message("No stars to average", "error"); return; }
+  try {
+    const r = await api("POST", "/api/average", rowsPayload());
+    $("#average-text").textContent = r.text; $("#average-text").classList.remove("muted");
+    message(`Average of ${r.average.n_stars} stars`, "ok");
+  } catch (e) { message("Average: " + e.message, "error"); }
+}
+async function doExport(format) {
+  try {
+    const r = await api("POST", "/api/export", rowsPayload({ format }));
+    message(`Wrote ${r.written} (${r.n_stars} stars) in ${r.folder}`, "ok");
+    document.body.dataset.lastExport = r.written;
+  } catch (e) { message("Export: " + e.message, "error"); }
+}
+function copyText(sel) {
+  const text = $(sel).textContent;
+  const done = () => message("Copied", "ok");
+  if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(text).then(done, () => fallbackCopy(sel, done));
+  else fallbackCopy(sel, done);
+}
+function fallbackCopy(sel, done) {
+  const r = document.createRange(); r.selectNodeContents($(sel));
+  const s = window.getSelection(); s.removeAllRanges(); s.addRange(r);
+  try { document.execCommand("copy"); done(); } catch (e) { message("Select the text and copy it", "error"); }
+}
+
+/* ------------------------------------------------------------------ stretch controls */
+function logMap(t, a, b) { return a * Math.pow(b / a, t); }
+function logUnmap(v, a, b) { return Math.log(v / a) / Math.log(b / a); }
+function stretchFromSliders() {
+  const st = S.info.stats, sig = Math.max(st.sigma, 1e-12 * Math.max(1, Math.abs(st.median)));
+  const bk = Number($("#stretch-black").value) / 1000, wt = Number($("#stretch-white").value) / 1000;
+  const sg = Number($("#stretch-strength").value) / 1000;
+  // black: from median - 10 sigma to median + 2 sigma; white: log between median + 3 sigma and max
+  const black = st.median - 10 * sig + bk * 12 * sig;
+  const wlo = Math.max(3 * sig, 1e-12), whi = Math.max(st.max - st.median, 10 * wlo);
+  const white = st.median + logMap(wt, wlo, whi);
+  S.prevStretchKey = stretchKey();
+  S.stretch = { mode: $("#stretch-mode").value, black: round6(black), white: round6(Math.max(white, black + sig)),
+                mid: round6(Math.min(0.999, Math.max(0.001, logMap(1 - sg, 0.0005, 0.9)))), soft: round6(logMap(sg, 0.5, 5000)) };
+  scheduleRender();
+}
+function round6(v) { return Number(v.toPrecision(6)); }
+function autoStretch() {
+  const a = S.info.auto_stretch, st = S.info.stats, sig = Math.max(st.sigma, 1e-12 * Math.max(1, Math.abs(st.median)));
+  S.prevStretchKey = S.info && S.stretch ? stretchKey() : null;
+  S.stretch = { mode: $("#stretch-mode").value, black: round6(a.black), white: round6(a.white), mid: round6(a.mid), soft: round6(a.soft) };
+  const clamp = (t) => Math.round(1000 * Math.min(1, Math.max(0, t)));
+  $("#stretch-black").value = clamp((a.black - (st.median - 10 * sig)) / (12 * sig));
+  const wlo = Math.max(3 * sig, 1e-12), whi = Math.max(st.max - st.median, 10 * wlo);
+  $("#stretch-white").value = clamp(logUnmap(Math.max(a.white - st.median, wlo), wlo, whi));
+  $("#stretch-strength").value = S.stretch.mode === "asinh" ? clamp(logUnmap(a.soft, 0.5, 5000)) : clamp(1 - logUnmap(a.mid, 0.0005, 0.9));
+  scheduleRender();
+}
+
+/* ------------------------------------------------------------------ loading */
+async function openImage(rel) {
+  busy("Loading image…");
+  try {
+    const info = await api("GET", `/api/image?path=${encodeURIComponent(rel)}`);
+    S.info = info; S.path = rel;
+    S.stars = []; S.columns = []; S.selected.clear(); S.settings = null;
+    renderTable(); drawStars();
+    $("#summary").textContent = "";
+    $("#report").textContent = "Select a star, drag a box around one, or double-click one."; $("#report").classList.add("muted");
+    $("#average-text").textContent = "Detect stars, then press Average."; $("#average-text").classList.add("muted");
+    drawProfile(null);
+    history.replaceState(null, "", "#image=" + encodeURIComponent(rel));
+    $("#file-select").value = rel;
+    const facts = [`${info.width} × ${info.height}`];
+    if (info.pixel_scale) facts.push(`${info.pixel_scale.toFixed(3)}″/px`);
+    if (info.exptime) facts.push(`${info.exptime} s`);
+    facts.push(info.top_down ? "row 0 at top" : "row 0 at bottom (y up)");
+    $("#image-facts").textContent = facts.join(" · ");
+    document.title = `${info.name} · psfkit`;
+    S.prevStretchKey = null;
+    autoStretch();
+    fitView();
+    message(`Opened ${rel}`, "ok");
+    document.body.dataset.image = rel;
+  } catch (e) { message("Open: " + e.message, "error"); }
+  finally { busy(null); }
+}
+async function init() {
+  S.cfg = await api("GET", "/api/config");
+  const { files } = await api("GET", "/api/files");
+  const sel = $("#file-select");
+  sel.innerHTML = files.map((f) => `<option value="${f.replace(/"/g, "&quot;")}">${f.replace(/</g, "&lt;")}</option>`).join("");
+  const fromHash = decodeURIComponent((location.hash.match(/image=([^&]+)/) || [])[1] || "");
+  const first = fromHash || S.cfg.image || files[0];
+  if (first) await openImage(first); else message("No images in the root folder", "error");
+  document.body.dataset.ready = "1";
+}
+
+/* ------------------------------------------------------------------ events */
+function wire() {
+  const viewer = $("#viewer");
+  let drag = null;
+  viewer.addEventListener("mousedown", (ev) => {
+    if (ev.button !== 0 || !S.info) return;
+    viewer.focus();
+    const [sx, sy] = eventPos(ev);
+    drag = { sx, sy, x0: S.view.x0, y0: S.view.y0, box: S.boxMode || ev.shiftKey, moved: false };
+    if (!drag.box) viewer.classList.add("panning");
+    ev.preventDefault();
+  });
+  window.addEventListener("mousemove", (ev) => {
+    if (S.info && ev.target.closest && ev.target.closest("#viewer")) {
+      const [sx, sy] = eventPos(ev), [dx, dy] = screenToDisplay(sx, sy), [x, y] = fromDisplay(dx, dy);
+      $("#cursor").textContent = `x ${x.toFixed(1)}, y ${y.toFixed(1)}`;
+    }
+    if (!drag) return;
+    const [sx, sy] = eventPos(ev);
+    if (Math.hypot(sx - drag.sx, sy - drag.sy) > 3) drag.moved = true;
+    if (drag.box) {
+      const b = $("#selbox"); b.hidden = !drag.moved;
+      b.style.left = Math.min(sx, drag.sx) + "px"; b.style.top = Math.min(sy, drag.sy) + "px";
+      b.style.width = Math.abs(sx - drag.sx) + "px"; b.style.height = Math.abs(sy - drag.sy) + "px";
+    } else {
+      S.view.x0 = drag.x0 - (sx - drag.sx) / S.view.zoom; S.view.y0 = drag.y0 - (sy - drag.sy) / S.view.zoom;
+      scheduleRender();
+    }
+  });
+  window.addEventListener("mouseup", (ev) => {
+    if (!drag) return;
+    const d = drag; drag = null;
+    viewer.classList.remove("panning"); $("#selbox").hidden = true;
+    const [sx, sy] = eventPos(ev);
+    if (d.box && d.moved) {
+      const [ax, ay] = fromDisplay(...screenToDisplay(d.sx, d.sy)), [bx, by] = fromDisplay(...screenToDisplay(sx, sy));
+      const size = Math.max(Math.abs(ax - bx), Math.abs(ay - by));
+      if (size < 5) { message("Box too small: at least 5 px", "error"); return; }
+      let box = Math.min(401, Math.round(size)); if (box % 2 === 0) box += 1;
+      fitAt((ax + bx) / 2, (ay + by) / 2, box);
+      return;
+    }
+    if (!d.moved) {
+      const s = starAt(sx, sy);
+      if (s) select([s.id], { additive: ev.ctrlKey || ev.metaKey });
+      else if (!ev.ctrlKey && !ev.metaKey) { S.selected.clear(); markSelection(); }
+    }
+  });
+  viewer.addEventListener("dblclick", (ev) => {
+    if (!S.info) return;
+    const [sx, sy] = eventPos(ev), [x, y] = fromDisplay(...screenToDisplay(sx, sy));
+    fitAt(x, y, null);
+  });
+  viewer.addEventListener("wheel", (ev) => {
+    if (!S.info) return;
+    ev.preventDefault();
+    const [sx, sy] = eventPos(ev);
+    zoomAt(sx, sy, Math.pow(1.0018, -ev.deltaY));
+  }, { passive: false });
+  window.addEventListener("keydown", (ev) => {
+    const tag = (ev.target.tagName || "").toLowerCase();
+    if (tag === "input" || tag === "select" || tag === "textarea") return;
+    if (ev.key === "Delete" || ev.key === "Backspace") { removeSelected(); ev.preventDefault(); }
+    else if (ev.key === "f" || ev.key === "F" || ev.key === "0") fitView();
+    else if (ev.key === "+" || ev.key === "=") { const [w, h] = viewerSize(); zoomAt(w / 2, h / 2, 1.5); }
+    else if (ev.key === "-") { const [w, h] = viewerSize(); zoomAt(w / 2, h / 2, 1 / 1.5); }
+    else if (ev.key === "b" || ev.key === "B") toggleBox();
+    else if (ev.key === "Escape") { S.selected.clear(); markSelection(); }
+  });
+  window.addEventListener("resize", scheduleRender);
+  $("#stars thead").addEventListener("click", (ev) => { const th = ev.target.closest("th"); if (th) sortBy(th.dataset.col); });
+  $("#stars tbody").addEventListener("click", (ev) => {
+    const tr = ev.target.closest("tr"); if (!tr) return;
+    const id = Number(tr.dataset.id);
+    if (ev.shiftKey && S.lastSelected !== null) {
+      const ids = S.stars.map((s) => s.id), a = ids.indexOf(S.lastSelected), b = ids.indexOf(id);
+      select(ids.slice(Math.min(a, b), Math.max(a, b) + 1), { centre: true });
+    } else select([id], { centre: true, additive: ev.ctrlKey || ev.metaKey });
+  });
+  $("#detect").addEventListener("click", detect);
+  $("#average").addEventListener("click", doAverage);
+  $("#remove").addEventListener("click", removeSelected);
+  $("#box-mode").addEventListener("click", toggleBox);
+  for (const b of document.querySelectorAll("#toolbar .export button")) b.addEventListener("click", () => doExport(b.dataset.format));
+  $("#copy-report").addEventListener("click", () => copyText("#report"));
+  $("#copy-average").addEventListener("click", () => copyText("#average-text"));
+  $("#file-select").addEventListener("change", (ev) => openImage(ev.target.value));
+  for (const id of ["#stretch-black", "#stretch-white", "#stretch-strength"]) $(id).addEventListener("input", stretchFromSliders);
+  $("#stretch-mode").addEventListener("change", autoStretch);
+  $("#stretch-auto").addEventListener("click", autoStretch);
+}
+function toggleBox() {
+  S.boxMode = !S.boxMode;
+  $("#box-mode").classList.toggle("on", S.boxMode);
+  $("#viewer").classList.toggle("box-mode", S.boxMode);
+}
+
+wire();
+init().catch((e) => message("Start: " + e.message, "error"));
