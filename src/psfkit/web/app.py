@@ -280,7 +280,7 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
 
     @app.get("/api/{rest:path}", include_in_schema=False)
     def unknown(rest: str) -> None:
-        raise HTTPException(404, f"no such endpoint: /api/{rest}")
+        raise HTTPException(404, f"no such endpoint: GET /api/{rest}")
 
     return app
 

@@ -1,0 +1,407 @@
+"""The web API (psfkit view) with FastAPI's TestClient: results equal the library's, paths stay in the
+root folder, exports stay in the export folder, bad parameters are 4xx with a JSON message (never 500)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+import psfkit
+from psfkit.simulate import simulate_field
+from psfkit.web import _store, create_app
+
+with warnings.catch_warnings():  # starlette's test client warns about httpx on import
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+SIM = "sim.fits"
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """root/ with a simulated frame and a sub-folder, an outside file, links out, and an export folder."""
+    base = tmp_path_factory.mktemp("webapi")
+    root, out, exp = base / "root", base / "outside", base / "exports"
+    for d in (root, root / "sub", out, exp):
+        d.mkdir()
+    data, truth = simulate_field((300, 400), 25, fwhm=3.2, roundness=0.8, angle_deg=30.0, flux_range=(5e3, 2e5),
+                                 background=100.0, min_separation=25, edge=15, seed=3)
+    fits.writeto(root / SIM, data.astype(np.float32))
+    fits.writeto(root / "sub" / "copy.fits", data.astype(np.float32))
+    fits.writeto(out / "secret.fits", data.astype(np.float32))
+    (out / "secret.txt").write_text("not yours")
+    os.symlink(out / "secret.fits", root / "link_out.fits")
+    os.symlink(out, root / "linkdir")
+    os.symlink(root / SIM, root / "link_in.fits")  # a link that stays inside is fine
+    return {"base": base, "root": root, "outside": out, "exports": exp, "truth": truth, "data": data}
+
+
+@pytest.fixture(scope="module")
+def client(tree):
+    app = create_app(tree["root"], export_dir=tree["exports"], image=SIM)
+    with TestClient(app) as c:  # raise_server_exceptions: a bug surfaces as an exception here
+        yield c
+
+
+@pytest.fixture(scope="module")
+def detected(client):
+    r = client.post("/api/detect", json={"path": SIM, "threshold": 5, "model": "gaussian"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _rows_table(payload):
+    cols = payload["columns"]
+    return {c: np.array([np.nan if r[i] is None else r[i] for r in payload["rows"]], dtype=object)
+            for i, c in enumerate(cols)}
+
+
+# ------------------------------------------------------------------ results equal the library's
+
+def test_files_lists_images_inside_root_only(client):
+    files = client.get("/api/files").json()["files"]
+    assert SIM in files and "sub/copy.fits" in files and "link_in.fits" in files
+    assert "link_out.fits" not in files and not any(f.startswith("linkdir") for f in files)
+
+
+def test_image_info(client, tree):
+    info = client.get("/api/image", params={"path": SIM}).json()
+    assert (info["width"], info["height"]) == (400, 300)
+    assert info["top_down"] is False
+    st = info["stats"]
+    assert st["median"] == pytest.approx(float(np.median(tree["data"])), rel=0.02)
+    a = info["auto_stretch"]
+    assert a["black"] < st["median"] < a["white"] and 0 < a["mid"] < 0.5
+
+
+def test_detect_matches_find_stars_and_truth(detected, tree):
+    lib = psfkit.find_stars(psfkit.load_image(tree["root"] / SIM), threshold=5)
+    t = _rows_table(detected)
+    assert len(detected["rows"]) == len(lib)
+    np.testing.assert_allclose(t["x_fit"].astype(float), lib["x_fit"], atol=1e-9)
+    np.testing.assert_allclose(t["fwhm"].astype(float), lib["fwhm"], atol=1e-9)
+    truth = tree["truth"]
+    bright = truth[truth["snr"] > 30]
+    d = np.hypot(t["x_fit"].astype(float)[:, None] - bright["x"][None], t["y_fit"].astype(float)[:, None] - bright["y"][None])
+    assert np.all(d.min(axis=0) < 0.5), "every bright simulated star is found within 0.5 px"
+    assert "flag_names" in detected["columns"] and detected["summary"]["n_stars"] == len(detected["rows"])
+
+
+def test_fit_box_reports_angle_and_profile(client, tree):
+    truth = tree["truth"]
+    k = int(np.argmax(truth["snr"]))
+    x, y = float(truth["x"][k]) + 1.3, float(truth["y"][k]) - 0.8
+    r = client.post("/api/fit", json={"path": SIM, "x": x, "y": y, "box": 17})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    row = dict(zip(out["columns"], out["rows"][0]))
+    lib = psfkit.fit_star(psfkit.load_image(tree["root"] / SIM), x, y, box=17, angle=True, search_radius=8.5)
+    assert row["x_fit"] == pytest.approx(lib.x_fit, abs=1e-9) and row["angle"] == pytest.approx(lib.angle, abs=1e-9)
+    assert row["x_fit"] == pytest.approx(truth["x"][k], abs=0.1)
+    assert row["angle"] == pytest.approx(30.0, abs=3.0)
+    assert out["report"] == lib.report()
+    prof = out["profile"]
+    assert len(prof["radius"]) == len(prof["value"]) == len(prof["model"]) == 17 * 17
+    assert np.all(np.diff(prof["radius"]) >= 0)
+    cm = np.asarray(prof["curve_model"])
+    assert cm[0] > prof["background"] + 0.5 * row["amplitude"] and cm[-1] < cm[0]
+    # the model follows the pixels: residual scatter well below the star's amplitude
+    res = np.asarray(prof["value"]) - np.asarray(prof["model"])
+    assert np.std(res) < 0.05 * row["amplitude"]
+
+
+def test_average_is_the_library_average(client, detected, tree):
+    r = client.post("/api/average", json={"path": SIM, "columns": detected["columns"], "rows": detected["rows"]})
+    assert r.status_code == 200, r.text
+    avg = r.json()["average"]
+    lib = psfkit.average(psfkit.find_stars(psfkit.load_image(tree["root"] / SIM), threshold=5))
+    assert avg["n_stars"] == lib["n_stars"]
+    assert avg["fwhm"]["median"] == pytest.approx(lib["fwhm"]["median"], rel=1e-12)
+    assert f"Average of {lib['n_stars']} stars" in r.json()["text"]
+
+
+@pytest.mark.parametrize("fmt", ["lst", "csv", "ecsv", "reg"])
+def test_export_reads_back(client, detected, tree, fmt):
+    name = f"stars_{fmt}.{fmt}"
+    r = client.post("/api/export", json={"path": SIM, "columns": detected["columns"], "rows": detected["rows"],
+                                         "format": fmt, "name": name, "model": "gaussian", "threshold": 5})
+    assert r.status_code == 200, r.text
+    back = psfkit.read_star_list(tree["exports"] / name, image_shape=(300, 400))
+    t = _rows_table(detected)
+    assert len(back) == len(detected["rows"])
+    # same positions, whatever order the format keeps (.lst: brightest first)
+    xs = np.sort(np.asarray(back["x_fit"], float))
+    np.testing.assert_allclose(xs, np.sort(t["x_fit"].astype(float)), atol=1e-3)
+    ys = np.sort(np.asarray(back["y_fit"], float))
+    np.testing.assert_allclose(ys, np.sort(t["y_fit"].astype(float)), atol=1e-3)
+
+
+# ------------------------------------------------------------------ the display tiles
+
+def test_tile_is_display_oriented_png(client, tree):
+    from PIL import Image as PILImage
+
+    info = client.get("/api/image", params={"path": SIM}).json()
+    a = info["auto_stretch"]
+    r = client.get("/api/tile", params={"path": SIM, "level": 0, "tx": 0, "ty": 0, "black": a["black"],
+                                        "white": a["white"], "mid": a["mid"], "mode": "linear"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    tile = np.asarray(PILImage.open(io.BytesIO(r.content)))
+    assert tile.shape == (256, 256)
+    # bottom-up frame: display row d shows image row ny-1-d
+    data = tree["data"]
+    ny = data.shape[0]
+    iy, ix = np.unravel_index(np.argmax(data[ny - 256:, :256]), (256, 256))
+    row_img = ny - 256 + iy
+    dy, dx = np.unravel_index(np.argmax(tile), tile.shape)
+    assert (ny - 1 - row_img, ix) == (dy, dx) or tile[ny - 1 - row_img, ix] == 255
+    # the coarsest level covers the whole frame in one tile
+    top = info["levels"] - 1
+    r = client.get("/api/tile", params={"path": SIM, "level": top, "tx": 0, "ty": 0, "black": a["black"], "white": a["white"]})
+    small = np.asarray(PILImage.open(io.BytesIO(r.content)))
+    assert small.shape == (-(-300 // 2 ** top), -(-400 // 2 ** top))
+
+
+def test_top_down_frame_is_not_flipped(tmp_path):
+    from PIL import Image as PILImage
+
+    data = np.full((40, 50), 10.0, np.float32)
+    data[5, 7] = 1000.0  # row 5
+    hdr = fits.Header()
+    hdr["ROWORDER"] = "TOP-DOWN"
+    fits.writeto(tmp_path / "td.fits", data, hdr)
+    fits.writeto(tmp_path / "bu.fits", data)
+    with TestClient(create_app(tmp_path)) as c:
+        for name, row in (("td.fits", 5), ("bu.fits", 40 - 1 - 5)):
+            info = c.get("/api/image", params={"path": name}).json()
+            assert info["top_down"] is (name == "td.fits")
+            r = c.get("/api/tile", params={"path": name, "level": 0, "tx": 0, "ty": 0, "black": 0, "white": 1000,
+                                           "mode": "linear"})
+            tile = np.asarray(PILImage.open(io.BytesIO(r.content)))
+            assert np.unravel_index(np.argmax(tile), tile.shape) == (row, 7)
+
+
+# ------------------------------------------------------------------ paths stay in the root
+
+@pytest.fixture()
+def no_reads(monkeypatch):
+    calls = []
+    real = _store.load_image
+
+    def spy(path, *a, **k):
+        calls.append(str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(_store, "load_image", spy)
+    return calls
+
+
+def _bad_paths(tree):
+    return ["../outside/secret.fits", "sub/../../outside/secret.fits", str(tree["outside"] / "secret.fits"),
+            str(tree["root"] / SIM), "link_out.fits", "linkdir/secret.fits", "..\\outside\\secret.fits",
+            "~/secret.fits", "sub/\x00.fits", "C:/secret.fits"]
+
+
+def test_traversal_refused_everywhere(client, tree, no_reads):
+    store = client.app.state.store
+    store._items.clear()
+    for p in _bad_paths(tree):
+        for method, url, kw in (
+            ("get", "/api/image", {"params": {"path": p}}),
+            ("get", "/api/tile", {"params": {"path": p, "level": 0, "tx": 0, "ty": 0, "black": 0, "white": 1}}),
+            ("post", "/api/detect", {"json": {"path": p}}),
+            ("post", "/api/fit", {"json": {"path": p, "x": 10, "y": 10}}),
+            ("post", "/api/average", {"json": {"path": p, "columns": ["x_fit", "y_fit"], "rows": [[1, 2]]}}),
+            ("post", "/api/export", {"json": {"path": p, "columns": ["x_fit", "y_fit"], "rows": [[1, 2]], "format": "csv"}}),
+        ):
+            r = getattr(client, method)(url, **kw)
+            assert 400 <= r.status_code < 500, (p, url, r.status_code)
+            assert isinstance(r.json()["detail"], str) and r.json()["detail"]
+    assert no_reads == [], "nothing outside the root is read"
+
+
+@pytest.mark.parametrize("raw", ["..%2Foutside%2Fsecret.fits", "%2e%2e/outside/secret.fits", "%2E%2E%2Foutside%2Fsecret.fits",
+                                 "%2Fetc%2Fpasswd", "sub%2F..%2F..%2Foutside%2Fsecret.txt", "%252e%252e%252foutside%252fsecret.fits"])
+def test_encoded_traversal_refused(client, raw, no_reads):
+    r = client.get(f"/api/image?path={raw}")
+    assert 400 <= r.status_code < 500 and "detail" in r.json()
+    assert no_reads == []
+
+
+def test_static_files_stay_in_package(client):
+    for url in ("/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2f..%2f__init__.py"):
+        r = client.get(url)
+        assert r.status_code in (400, 404)
+    assert "Detect stars" in client.get("/").text
+    assert client.get("/static/app.js").status_code == 200
+
+
+# ------------------------------------------------------------------ malformed parameters: 4xx + message, never 500
+
+TILE_OK = {"path": SIM, "level": 0, "tx": 0, "ty": 0, "black": 0, "white": 1000}
+
+
+@pytest.mark.parametrize("change", [
+    {"level": -1}, {"level": "abc"}, {"level": 40}, {"level": 9}, {"tx": 99}, {"ty": -3}, {"black": "nan"},
+    {"white": "inf"}, {"white": -5}, {"mode": "log"}, {"mid": 0}, {"mid": 1.5}, {"soft": -1}, {"path": ""},
+    {"tx": None}, {"path": "sub"},
+])
+def test_bad_tile_parameters(client, change):
+    params = {k: v for k, v in {**TILE_OK, **change}.items() if v is not None}
+    r = client.get("/api/tile", params=params)
+    assert 400 <= r.status_code < 500, r.text
+    assert isinstance(r.json()["detail"], str)
+
+
+@pytest.mark.parametrize("url,body", [
+    ("/api/detect", {"path": SIM, "threshold": -1}),
+    ("/api/detect", {"path": SIM, "threshold": "five"}),
+    ("/api/detect", {"path": SIM, "model": "airy"}),
+    ("/api/detect", {"path": SIM, "min_roundness": 2}),
+    ("/api/detect", {"path": SIM, "surprise": 1}),
+    ("/api/detect", {}),
+    ("/api/detect", [1, 2]),
+    ("/api/fit", {"path": SIM, "x": 1e9, "y": 10}),
+    ("/api/fit", {"path": SIM, "x": -20, "y": 10}),
+    ("/api/fit", {"path": SIM, "x": 10, "y": 10, "box": 2}),
+    ("/api/fit", {"path": SIM, "x": 10, "y": 10, "box": 5000}),
+    ("/api/fit", {"path": SIM, "x": "ten", "y": 10}),
+    ("/api/fit", {"path": SIM, "x": 10}),
+    ("/api/average", {"path": SIM, "columns": ["x y", "y_fit"], "rows": [[1, 2]]}),
+    ("/api/average", {"path": SIM, "columns": ["x_fit", "y_fit"], "rows": [[1, 2, 3]]}),
+    ("/api/average", {"path": SIM, "columns": ["x_fit", "y_fit", "fwhm"], "rows": [[1, 2, 3], [1, 2, "wide"]]}),
+    ("/api/average", {"path": SIM, "columns": ["x_fit", "x_fit"], "rows": [[1, 2]]}),
+    ("/api/average", {"path": SIM, "columns": ["fwhm"], "rows": [[1]]}),
+    ("/api/average", {"path": SIM, "columns": ["x_fit", "y_fit"], "rows": [[None, 2]]}),
+    ("/api/average", {"path": SIM, "columns": ["x_fit", "y_fit"], "rows": [[{"a": 1}, 2]]}),
+    ("/api/export", {"path": SIM, "columns": ["x_fit", "y_fit"], "rows": [[1, 2]], "format": "exe"}),
+    ("/api/export", {"path": SIM, "columns": ["x_fit", "y_fit"], "rows": [[1, 2]], "format": "csv", "name": "a.lst"}),
+])
+def test_bad_bodies(client, url, body):
+    r = client.post(url, json=body)
+    assert 400 <= r.status_code < 500, r.text
+    assert isinstance(r.json()["detail"], str) and "Traceback" not in r.text
+
+
+@pytest.mark.parametrize("raw", [b'{"path": "sim.fits", "x": NaN, "y": 1}', b'{"path": "sim.fits", "x": Infinity, "y": 1}',
+                                 b"{not json", b"", b'{"path": "sim.fits", "x": 1e999, "y": 1}'])
+def test_non_finite_and_broken_json(client, raw):
+    r = client.post("/api/fit", content=raw, headers={"Content-Type": "application/json"})
+    assert 400 <= r.status_code < 500 and isinstance(r.json()["detail"], str)
+
+
+def test_unknown_endpoint_and_method(client):
+    assert client.get("/api/nothing").status_code == 404
+    assert client.get("/api/detect").status_code in (404, 405)
+    assert "detail" in client.get("/api/nothing").json()
+
+
+# ------------------------------------------------------------------ exports stay in the export folder
+
+@pytest.mark.parametrize("name", ["../escape.csv", "/tmp/escape.csv", "sub/escape.csv", "..", ".hidden.csv",
+                                  "a\\..\\escape.csv", "escape.csv\x00.txt", "x" * 200 + ".csv", "link.csv"])
+def test_export_names_cannot_leave_the_folder(client, tree, name):
+    link = tree["exports"] / "link.csv"
+    if not link.is_symlink():
+        os.symlink(tree["outside"] / "target.csv", link)
+    before = sorted(str(p) for p in tree["base"].rglob("*"))
+    r = client.post("/api/export", json={"path": SIM, "columns": ["x_fit", "y_fit"], "rows": [[1.0, 2.0]],
+                                         "format": "csv", "name": name})
+    assert 400 <= r.status_code < 500 and isinstance(r.json()["detail"], str)
+    assert sorted(str(p) for p in tree["base"].rglob("*")) == before
+    assert not (tree["outside"] / "target.csv").exists()
+
+
+# ------------------------------------------------------------------ many requests and large frames
+
+def test_concurrent_requests_load_once(tree, monkeypatch):
+    calls = []
+    real = _store.load_image
+
+    def spy(path, *a, **k):
+        calls.append(str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(_store, "load_image", spy)
+    app = create_app(tree["root"])
+    results = []
+    with TestClient(app) as c:
+        a = c.get("/api/image", params={"path": "sub/copy.fits"}).json()["auto_stretch"]
+        calls.clear()
+        app.state.store._items.clear()
+
+        def hit(i):
+            if i % 3 == 0:
+                r = c.get("/api/image", params={"path": "sub/copy.fits"})
+            else:
+                r = c.get("/api/tile", params={"path": "sub/copy.fits", "level": 0, "tx": i % 2, "ty": (i // 2) % 2,
+                                               "black": a["black"], "white": a["white"]})
+            results.append(r.status_code)
+
+        threads = [threading.Thread(target=hit, args=(i,)) for i in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert results == [200] * 24
+    assert len(calls) == 1, "the frame is read once, whatever the number of requests"
+
+
+def test_too_large_frame_is_refused(tree, monkeypatch):
+    monkeypatch.setattr(_store, "MAX_PIXELS", 1000)
+    with TestClient(create_app(tree["root"])) as c:
+        r = c.get("/api/image", params={"path": "sub/copy.fits"})
+    assert r.status_code == 400 and "pixels" in r.json()["detail"]
+
+
+def test_create_app_checks_its_folders(tree):
+    with pytest.raises(psfkit.PsfkitError):
+        create_app(tree["root"] / "nope")
+    with pytest.raises(psfkit.PsfkitError):
+        create_app(tree["root"], export_dir=tree["root"] / "nope")
+    with pytest.raises(psfkit.PsfkitError):
+        create_app(tree["root"], image="../outside/secret.fits")
+
+
+# ------------------------------------------------------------------ the command
+
+def test_view_command_errors(tree):
+    from typer.testing import CliRunner
+
+    from psfkit.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["view", str(tree["root"] / "missing.fits"), "--no-browser"])
+    assert r.exit_code == 2 and "no such file" in r.output
+    r = runner.invoke(app, ["view", str(tree["outside"] / "secret.fits"), "--root", str(tree["root"]), "--no-browser"])
+    assert r.exit_code == 2 and "not inside the root" in r.output
+    r = runner.invoke(app, ["view", "--root", str(tree["root"] / "nope"), "--no-browser"])
+    assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_view_command_serves_and_prints_its_address(tree):
+    import httpx
+
+    with subprocess.Popen([sys.executable, "-m", "psfkit", "view", str(tree["root"] / SIM), "--port", "0", "--no-browser"],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
+        try:
+            line = proc.stdout.readline()
+            assert line.startswith("psfkit view: http://127.0.0.1:"), line
+            url = line.split()[2].split("#")[0]
+            assert line.split()[2].endswith("#image=sim.fits")
+            cfg = httpx.get(url + "api/config", timeout=10).json()
+            assert cfg["image"] == SIM
+            assert httpx.get(url + "api/image", params={"path": "../outside/secret.fits"}, timeout=10).status_code == 403
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
