@@ -3,6 +3,8 @@
 Every model is fitted by the one engine (:func:`psfkit.fit_stars`) on the same
 box, the same pixels and the same per-pixel weights, so chi-square, AIC and BIC
 are comparable (BIC = chi2 + k ln n, AIC = chi2 + 2k, k free parameters, n pixels).
+The preferred model has the lowest BIC, except that the Gaussian wins ties
+(delta BIC <= 2: no positive evidence for wings beyond a Gaussian's).
 
 Weights.  With a known gain they are model-based Poisson weights, common to all
 models: the free-beta Moffat (the most flexible profile) is fitted first with
@@ -44,6 +46,8 @@ PIXINSIGHT_BETAS = (1.5, 2.5, 4.0, 6.0, 8.0, 10.0)
 EXTENDED_FWHM_RATIO = 1.5
 #: ... or when every point-source model fits this badly (reduced chi-square)
 EXTENDED_CHI2 = 5.0
+#: BIC differences up to this are "not worth more than a bare mention" (Kass & Raftery 1995)
+TIE_BIC = 2.0
 
 
 def _poisson_error(img: Image, fit: StarFit, gain: float, read_noise_e: float, box: int) -> np.ndarray:
@@ -166,6 +170,11 @@ def compare_models(
     bic = np.where(np.isfinite(table["bic"]), table["bic"], np.inf)
     best = int(np.argmin(bic))
     table["delta_bic"] = table["bic"] - table["bic"][best]
+    # a tie goes to the Gaussian: within TIE_BIC of the best there is no positive evidence for wings
+    # (a beta = 8-10 Moffat is a Gaussian within the noise), and the Gaussian is the simplest profile
+    gauss = np.flatnonzero(table["model"] == "gaussian")
+    if gauss.size and table["delta_bic"][gauss[0]] <= TIE_BIC:
+        best = int(gauss[0])
     table["preferred"] = np.arange(len(table)) == best
     best_row = table[best]
     src_fwhm = float(best_row["fwhm"])
