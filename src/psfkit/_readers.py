@@ -134,7 +134,7 @@ def _fits_image_hdu(path: Path, hdul: Any, hdu: int | str | None) -> tuple[Any, 
     if hdu is not None:
         try:
             chosen = hdul[hdu]
-        except (IndexError, KeyError):
+        except (IndexError, KeyError, TypeError):
             raise PsfkitError(f"{path}: HDU {hdu!r} does not exist (the file has {len(hdul)} HDUs)") from None
         if not getattr(chosen, "is_image", False):
             raise PsfkitError(f"{path}: HDU {hdu!r} is a {chosen.__class__.__name__}, not an image")

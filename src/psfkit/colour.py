@@ -1,7 +1,7 @@
 """Colour images and Bayer mosaics turned into planes a PSF can be fitted on.
 
-An RGB image is measured per channel or on its luminance (the plain mean of
-the channels).  A Bayer mosaic (a one-shot-colour camera or a DSLR raw frame)
+An RGB image is measured per channel or on its luminance (ITU-R BT.709,
+0.2126 R + 0.7152 G + 0.0722 B).  A Bayer mosaic (a one-shot-colour camera or a DSLR raw frame)
 is never measured as a grey image: neighbouring pixels see different colours,
 so a star looks like a checkerboard.  Each 2x2 Bayer cell becomes one pixel
 of a half-resolution plane:
@@ -21,13 +21,19 @@ saturated pixel is set to the saturation level so the fit leaves it out.
 
 from __future__ import annotations
 
+import warnings
+from typing import Any, Sequence
+
 import numpy as np
 
 __all__ = [
     "BAYER_PATTERNS",
     "bayer_pattern_from_header",
     "bayer_plane",
+    "describe_plane",
+    "find_stars_by_channel",
     "luminance",
+    "table_to_frame",
 ]
 
 BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
@@ -122,13 +128,134 @@ def bayer_plane(
 
 
 def luminance(planes: np.ndarray, *, saturation: float | None = None) -> np.ndarray:
-    """Equal-weight mean of colour planes (axis 0); a pixel with any saturated channel is set to ``saturation``."""
+    """ITU-R BT.709 luminance 0.2126 R + 0.7152 G + 0.0722 B of (3, ny, nx) planes.
+
+    A pixel with any saturated channel is set to ``saturation``, so a fit leaves it out.
+    """
     dtype = np.float64 if planes.dtype == np.float64 else np.float32
-    out = planes[0].astype(dtype, copy=True)
-    for plane in planes[1:]:
-        out += plane
-    out /= planes.shape[0]
+    out = planes[0] * dtype(0.2126)
+    out += planes[1] * dtype(0.7152)
+    out += planes[2] * dtype(0.0722)
+    out = out.astype(dtype, copy=False)
     if saturation is not None:
-        hit = np.any(planes >= saturation, axis=0)
+        hit = np.any(planes[:3] >= saturation, axis=0)
         out[hit] = saturation
+    return out
+
+
+def describe_plane(pattern: str, which: str) -> str:
+    """One sentence saying what a Bayer plane is, for metadata and ``psfkit info``."""
+    key = which.lower()
+    if key == "green":
+        return f"{pattern} Bayer mosaic: green plane, the mean of the two green pixels of each 2x2 cell (half resolution)"
+    if key == "luminance":
+        return f"{pattern} Bayer mosaic: 2x2-binned luminance, the mean (R + 2G + B) / 4 of each cell (half resolution)"
+    colour = {"r": "red", "g": "green", "b": "blue", "red": "red", "blue": "blue"}[key]
+    n = len(_positions(pattern, {"red": "R", "green": "G", "blue": "B"}[colour]))
+    what = "pixel" if n == 1 else f"mean of the {n} pixels"
+    return f"{pattern} Bayer mosaic: {colour} sub-plane, the {colour} {what} of each 2x2 cell (half resolution)"
+
+
+# columns of a star table that are lengths in pixels (scaled by the plane's pixel size when mapped)
+_LENGTH_COLUMNS = ("x_err", "y_err", "fwhm_x", "fwhm_y", "fwhm", "fwhm_x_err", "fwhm_y_err", "fwhm_err")
+_POSITION_COLUMNS = (("x_fit", "y_fit"), ("x_init", "y_init"), ("x_peak", "y_peak"), ("xcentroid", "ycentroid"))
+
+
+def table_to_frame(table: Any, image: Any) -> Any:
+    """A star table measured on a plane, with positions and pixel lengths on the full frame.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+        A table of :func:`psfkit.find_stars` or :func:`psfkit.fit_stars` measured on ``image``.
+    image : Image
+        The image the table was measured on.
+
+    Returns
+    -------
+    astropy.table.Table
+        A copy: ``x_fit = scale x + x_offset`` (and the other position
+        columns), pixel lengths (FWHM, position errors) times ``scale``;
+        arcsecond columns, sky positions and fluxes unchanged.  Identity (a
+        copy) when ``image`` is not a plane of a larger frame.
+        ``meta["pixel_map"]`` and ``meta["image_shape"]`` describe the frame.
+    """
+    out = table.copy()
+    pixel_map = getattr(image, "pixel_map", None)
+    if not pixel_map:
+        return out
+    scale = float(pixel_map["scale"])
+    for xc, yc in _POSITION_COLUMNS:
+        if xc in out.colnames and yc in out.colnames:
+            x, y = image.to_frame(np.asarray(out[xc], float), np.asarray(out[yc], float))
+            out[xc] = x.astype(out[xc].dtype) if out[xc].dtype.kind == "f" else x
+            out[yc] = y.astype(out[yc].dtype) if out[yc].dtype.kind == "f" else y
+    for name in _LENGTH_COLUMNS:
+        if name in out.colnames:
+            out[name] = out[name] * scale
+    out.meta["pixel_map"] = dict(pixel_map)
+    out.meta["plane_shape"] = list(image.shape)
+    out.meta["image_shape"] = list(image.meta.get("frame_shape", image.shape))
+    out.meta["coordinates"] = ("0-based pixel centres of the full frame, x = column, y = row; "
+                               f"measured on {image.meta.get('channel_rule', 'a plane')}")
+    if "pixel_scale" in out.meta and image.pixel_scale:
+        out.meta["pixel_scale"] = image.pixel_scale / scale
+    return out
+
+
+def find_stars_by_channel(
+    path: Any,
+    *,
+    channels: Sequence[str | int] | str | None = None,
+    hdu: int | str | None = None,
+    focal_length: float | None = None,
+    pixel_size: float | None = None,
+    binning: float | None = None,
+    pixel_scale: float | None = None,
+    **find_options: Any,
+) -> Any:
+    """Find stars on every plane of a colour image (or stack) and stack the tables, with a ``channel`` column.
+
+    Like Siril's ``layer`` column: one row per star per plane.  Bayer planes
+    are mapped back to the full frame (:func:`table_to_frame`).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The image file.
+    channels : sequence or str, optional
+        Planes to measure (see :func:`psfkit.image.load_planes`); default all:
+        R, G, B for colour images and Bayer mosaics.
+    hdu, focal_length, pixel_size, binning, pixel_scale
+        As for :func:`psfkit.load_image`.
+    **find_options
+        Passed to :func:`psfkit.find_stars`.
+
+    Returns
+    -------
+    astropy.table.Table
+        The tables one after the other, a str ``channel`` column first;
+        ``meta["channels"]`` holds each plane's summary.
+    """
+    from astropy.table import Column, vstack
+
+    from .detect import find_stars
+    from .image import load_planes
+
+    planes = load_planes(path, channels=channels, hdu=hdu, focal_length=focal_length, pixel_size=pixel_size,
+                         binning=binning, pixel_scale=pixel_scale)
+    tables = []
+    per_channel = {}
+    for img in planes:
+        name = str(img.meta.get("channel") if img.meta.get("channel") is not None else "grey")
+        table = table_to_frame(find_stars(img, **find_options), img)
+        table.add_column(Column([name] * len(table), name="channel", dtype="U9"), index=0)
+        per_channel[name] = {"summary": table.meta.get("summary"), "pixel_scale": img.pixel_scale,
+                             "channel_rule": img.meta.get("channel_rule", "")}
+        tables.append(table)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # metadata merge conflicts: the first table's meta is kept
+        out = vstack(tables, metadata_conflicts="silent")
+    out.meta = dict(tables[0].meta)
+    out.meta["channels"] = per_channel
     return out

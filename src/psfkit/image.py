@@ -2,24 +2,46 @@
 
 :func:`load_image` reads a file into an :class:`Image`: the pixels as a 2-D
 float array plus the metadata every other module uses (image scale, gain, read
-noise, saturation level, exposure, date, WCS).  Every reader returns the same
-object, so detection, fitting and photometry never look at a file format.
+noise, saturation level, exposure, date, WCS, row order, colour layout).  Every
+format goes through one path: :mod:`psfkit._readers` turns the file into float
+pixels and a header, this module decides what the header means, and
+:mod:`psfkit.colour` turns colour images and Bayer mosaics into the plane that
+is measured.  Detection, fitting and photometry never look at a file format.
+
+The rules (which keyword wins, how binning is treated, what a Bayer plane's
+pixel means) are written down in ``docs/formats.md``; each loaded image says in
+its metadata which rule gave its scale, gain and saturation level.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import PsfkitError
 
-__all__ = ["Image", "load_image", "image_scale_from_header", "as_image"]
+__all__ = [
+    "Image",
+    "load_image",
+    "load_planes",
+    "image_scale_from_header",
+    "as_image",
+    "plane_to_frame",
+    "frame_to_plane",
+]
+
+#: Names of FITS files (used to list the frames of a folder).
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fit.fz", ".fz")
+#: Names of every image file load_image reads (FITS, XISF, TIFF, PNG, JPEG, camera RAW).
+IMAGE_SUFFIXES = FITS_SUFFIXES + (".xisf", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".cr2", ".cr3", ".nef",
+                                  ".arw", ".dng", ".orf", ".rw2", ".raf", ".pef", ".srw")
 
 ARCSEC_PER_RADIAN_OVER_1000 = 206.264806  # arcsec/px = this * pixel size [um] / focal length [mm]
 
@@ -32,29 +54,33 @@ class Image:
     ----------
     data : ndarray
         2-D float array (rows = y, columns = x), in data units.  NaN marks
-        pixels without data.
+        pixels without data.  For a colour image or a Bayer mosaic this is the
+        plane that is measured (``meta["channel"]`` says which).
     path : str or None
         The file it came from.
     pixel_scale : float or None
-        Arcseconds per pixel, when known.
+        Arcseconds per pixel of ``data``, when known.
     scale_rule : str
-        How ``pixel_scale`` was found (which keywords, or "user", or "unknown").
+        How ``pixel_scale`` was found (which keywords, or the user's options, or "unknown").
     gain : float or None
-        Electrons per data unit.
+        Electrons per data unit of ``data``.
     read_noise : float or None
-        Read noise in electrons.
+        Read noise in electrons (of one pixel of ``data``).
     saturation : float or None
-        Data value at or above which a pixel is saturated.
+        Data value at or above which a pixel of ``data`` is saturated.
     exptime : float or None
         Exposure time in seconds.
     date_obs : str or None
-        Start of exposure (ISO string, as in the header).
+        Start of exposure, ISO 8601 (old ``DD/MM/YY`` dates are converted).
     wcs : astropy.wcs.WCS or None
-        Celestial WCS when the header has one.
+        Celestial WCS of ``data`` when the header has one (for a Bayer plane,
+        the frame's WCS rewritten for the plane's pixels).
     header : dict
         The raw header cards (keyword -> value) of the HDU the pixels came from.
     meta : dict
-        Anything else a reader found worth keeping (format, HDU, channel, Bayer ...).
+        Everything else: ``format``, ``layout`` (grey, rgb, stack, bayer),
+        ``channel``, ``roworder``, ``hdu``, ``bayer_pattern``, ``pixel_map``,
+        ``frame_shape``, ``gain_rule``, ``saturation_rule`` ...
     """
 
     data: np.ndarray
@@ -75,6 +101,24 @@ class Image:
         """(ny, nx) of the pixel array."""
         return tuple(self.data.shape)  # type: ignore[return-value]
 
+    @property
+    def roworder(self) -> str:
+        """'TOP-DOWN' (row 0 is the top row as the capture program shows it) or 'BOTTOM-UP' (FITS default)."""
+        return str(self.meta.get("roworder", "BOTTOM-UP"))
+
+    @property
+    def pixel_map(self) -> dict | None:
+        """How a pixel of ``data`` maps to the full frame (Bayer planes), or None when they are the same."""
+        return self.meta.get("pixel_map")
+
+    def to_frame(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Full-frame pixel coordinates of positions (x, y) in ``data`` (identity unless a Bayer plane)."""
+        return plane_to_frame(x, y, self.pixel_map)
+
+    def from_frame(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in ``data`` of full-frame pixel coordinates (x, y) (identity unless a Bayer plane)."""
+        return frame_to_plane(x, y, self.pixel_map)
+
     def with_data(self, data: np.ndarray, **changes: Any) -> "Image":
         """A copy of this image with other pixels (and optionally other metadata)."""
         return replace(self, data=data, **changes)
@@ -91,50 +135,138 @@ class Image:
         return np.clip(model_or_data, 0.0, None) / self.gain + rn * rn
 
 
+def plane_to_frame(x: Any, y: Any, pixel_map: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """Full-frame coordinates ``x_full = scale * x + x_offset`` (same for y); identity for None."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if not pixel_map:
+        return x, y
+    s = float(pixel_map["scale"])
+    return s * x + float(pixel_map["x_offset"]), s * y + float(pixel_map["y_offset"])
+
+
+def frame_to_plane(x: Any, y: Any, pixel_map: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`plane_to_frame`."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if not pixel_map:
+        return x, y
+    s = float(pixel_map["scale"])
+    return (x - float(pixel_map["x_offset"])) / s, (y - float(pixel_map["y_offset"])) / s
+
+
+# ----------------------------------------------------------------------------- header interpretation
+
+
+def _number(value: Any) -> float | None:
+    """A finite float from a header value ('1.22', 1.22, "'56'"), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(str(value).strip().strip("'").strip())
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _header_float(header: Any, *keys: str) -> tuple[float | None, str | None]:
     """First finite float among header keywords (string values like '1.22' are parsed)."""
     for key in keys:
         if key in header:
-            value = header[key]
-            try:
-                number = float(str(value).strip().strip("'"))
-            except (TypeError, ValueError):
-                continue
-            if math.isfinite(number):
+            number = _number(header[key])
+            if number is not None:
                 return number, key
     return None, None
 
 
-def image_scale_from_header(header: Any, wcs: Any = None) -> tuple[float | None, str]:
+def _comment(header: Any, key: str | None) -> str:
+    if key is None:
+        return ""
+    try:
+        return str(header.comments[key]).lower()
+    except Exception:  # plain dicts (XISF, EXIF) have no comments
+        return ""
+
+
+def image_scale_from_header(
+    header: Any,
+    wcs: Any = None,
+    *,
+    focal_length: float | None = None,
+    pixel_size: float | None = None,
+    binning: float | None = None,
+    pixel_scale: float | None = None,
+) -> tuple[float | None, str]:
     """Image scale in arcsec/px and the rule used to find it.
 
-    Rules, in order:
+    Rules, in order (the first that applies wins):
 
-    1. FOCALLEN (or FOCAL) with XPIXSZ/YPIXSZ (or PIXSIZE1/PIXSIZE2):
-       206.265 x pixel size [um] / focal length [mm].  XPIXSZ is taken as the
-       size *after* binning (the convention of MaxIm DL, N.I.N.A., Siril and
-       the FITS keyword dictionary); when the header says so explicitly in the
-       comment ("unbinned") it is multiplied by XBINNING.
-    2. A celestial WCS (CD, CDELT or PC matrix): the square root of the pixel area.
-    3. PIXSCALE / PIXSCAL1 / SECPIX / PLTSCALE-derived keywords.
+    0. ``pixel_scale`` given by the user.
+    1. A focal length (the user's ``focal_length``, else FOCALLEN or FOCAL) and a
+       pixel size (the user's ``pixel_size``, else XPIXSZ/YPIXSZ or
+       PIXSIZE1/PIXSIZE2): 206.265 x pixel size [um] / focal length [mm].  A
+       header pixel size is taken as the size *after* binning (the convention
+       of MaxIm DL, N.I.N.A., Siril and the FITS keyword dictionary: "Pixel
+       width in microns (after binning)"), unless its comment says
+       "unbinned", then it is multiplied by XBINNING.  ``binning`` (the
+       user's) says the pixel size is the unbinned one: it is multiplied by it.
+    2. A photographic plate: PLTSCALE [arcsec/mm] x XPIXELSZ [um] / 1000 (DSS).
+    3. A celestial WCS (CD, CDELT or PC matrix): the square root of the pixel area.
+    4. PIXSCALE / PIXSCAL1 / SECPIX / SCALE [arcsec/px].
+
+    Parameters
+    ----------
+    header : mapping
+        FITS header (astropy) or a plain dict of keywords.
+    wcs : astropy.wcs.WCS, optional
+        The image's celestial WCS.
+    focal_length, pixel_size, binning, pixel_scale : float, optional
+        The user's values (mm, um, factor, arcsec/px); they win over the header's.
+
+    Returns
+    -------
+    scale : float or None
+    rule : str
     """
-    focal, fkey = _header_float(header, "FOCALLEN", "FOCAL")
-    xpix, xkey = _header_float(header, "XPIXSZ", "PIXSIZE1", "XPIXELSZ")
-    ypix, _ = _header_float(header, "YPIXSZ", "PIXSIZE2", "YPIXELSZ")
-    if focal and focal > 0 and xpix and xpix > 0:
-        pix = math.sqrt(xpix * (ypix if ypix and ypix > 0 else xpix))
-        binning, _ = _header_float(header, "XBINNING")
-        comment = ""
-        try:
-            comment = str(header.comments[xkey]).lower()
-        except Exception:  # plain dicts have no comments
-            comment = ""
-        rule_bin = ""
-        if binning and binning > 1 and "unbinned" in comment:
-            pix *= binning
-            rule_bin = f" x XBINNING={binning:g} (pixel size is unbinned)"
+    for name, value in (("focal_length", focal_length), ("pixel_size", pixel_size), ("binning", binning),
+                        ("pixel_scale", pixel_scale)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise PsfkitError(f"{name} must be a positive number, got {value}")
+    if pixel_scale is not None:
+        return float(pixel_scale), f"user: --scale {pixel_scale:g} arcsec/px"
+    if focal_length is not None:
+        focal, fsource = float(focal_length), f"--focal-length {focal_length:g} mm (user)"
+    else:
+        focal, fkey = _header_float(header, "FOCALLEN", "FOCAL")
+        fsource = f"{fkey}={focal:g} mm" if focal is not None else ""
+    binning_note = ""
+    if pixel_size is not None:
+        pix, psource = float(pixel_size), f"--pixel-size {pixel_size:g} um (user)"
+    else:
+        xpix, xkey = _header_float(header, "XPIXSZ", "PIXSIZE1")
+        ypix, _ = _header_float(header, "YPIXSZ", "PIXSIZE2")
+        pix = None
+        psource = ""
+        if xpix is not None and xpix > 0:
+            pix = math.sqrt(xpix * (ypix if ypix and ypix > 0 else xpix))
+            psource = f"{xkey}={xpix:g} um"
+            header_bin, _ = _header_float(header, "XBINNING")
+            comment = _comment(header, xkey)
+            if binning is None and header_bin and header_bin > 1 and "unbinned" in comment:
+                pix *= header_bin
+                binning_note = f" x XBINNING={header_bin:g} (its comment says the pixel size is unbinned)"
+    if binning is not None and pix is not None:
+        pix *= binning
+        binning_note = f" x --binning {binning:g} (user: the pixel size is the unbinned one)"
+    if focal is not None and focal > 0 and pix is not None and pix > 0:
         scale = ARCSEC_PER_RADIAN_OVER_1000 * pix / focal
-        return scale, f"206.265 x {xkey}={xpix:g} um{rule_bin} / {fkey}={focal:g} mm"
+        return scale, f"206.265 x {psource}{binning_note} / {fsource}"
+    plate, _ = _header_float(header, "PLTSCALE")
+    xpixel, _ = _header_float(header, "XPIXELSZ")
+    if plate and plate > 0 and xpixel and xpixel > 0:
+        ypixel, _ = _header_float(header, "YPIXELSZ")
+        size = math.sqrt(xpixel * (ypixel if ypixel and ypixel > 0 else xpixel))
+        return plate * size / 1000.0, f"plate: PLTSCALE={plate:g} arcsec/mm x XPIXELSZ={xpixel:g} um / 1000"
     if wcs is not None:
         try:
             from astropy.wcs.utils import proj_plane_pixel_scales
@@ -142,185 +274,403 @@ def image_scale_from_header(header: Any, wcs: Any = None) -> tuple[float | None,
             if wcs.has_celestial:
                 scales = proj_plane_pixel_scales(wcs.celestial) * 3600.0
                 if np.all(np.isfinite(scales)) and np.all(scales > 0):
-                    return float(np.sqrt(scales[0] * scales[1])), "WCS pixel scale"
+                    return float(np.sqrt(scales[0] * scales[1])), "WCS pixel scale (sqrt of the pixel area)"
         except Exception:
             pass
     value, key = _header_float(header, "PIXSCALE", "PIXSCAL1", "SECPIX", "SCALE")
     if value and value > 0:
-        return value, f"header {key}"
-    return None, "unknown"
+        return value, f"header {key}={value:g} arcsec/px"
+    missing = []
+    if focal is None:
+        missing.append("focal length")
+    if pix is None:
+        missing.append("pixel size")
+    return None, "unknown (no " + " and no ".join(missing or ["usable scale"]) + "; give --scale or --focal-length/--pixel-size)"
 
 
 def _celestial_wcs(header: Any) -> Any:
-    from astropy.wcs import WCS, FITSFixedWarning
+    """A 2-D celestial WCS from the header, or None (never a warning or an exception)."""
+    if not hasattr(header, "comments"):  # plain dict (XISF): make a FITS header of the WCS cards
+        from astropy.io import fits
 
-    if not any(k in header for k in ("CTYPE1", "CD1_1", "PC1_1")):
-        return None
+        cards = fits.Header()
+        for key, value in header.items():
+            if re.match(r"^(CTYPE|CRPIX|CRVAL|CDELT|CUNIT|CD\d_|PC\d_|A_|B_|AP_|BP_|LONPOLE|LATPOLE|EQUINOX|RADESYS)", str(key)):
+                number = _number(value)
+                try:
+                    cards[key] = number if number is not None and not str(key).startswith(("CTYPE", "CUNIT", "RADESYS")) else value
+                except Exception:
+                    continue
+        header = cards
     ctype = str(header.get("CTYPE1", "")).strip()
     if not ctype:
         return None
+    from astropy.wcs import WCS
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             wcs = WCS(header, naxis=2)
         except Exception:
             return None
-    return wcs if wcs.has_celestial else None
+        try:
+            if not wcs.has_celestial:
+                return None
+            wcs.wcs.set()
+        except Exception:
+            return None
+    return wcs
 
 
-def _electrons_per_adu(header: Any) -> float | None:
-    """Gain in e-/ADU: EGAIN or CVF first (always e-/ADU); GAIN unless it is a CMOS gain *setting*.
+def _plane_wcs(wcs: Any, pixel_map: dict) -> Any:
+    """The WCS of a plane whose pixel (x, y) is the frame's (s x + ox, s y + oy), SIP included."""
+    if wcs is None:
+        return None
+    s = float(pixel_map["scale"])
+    offsets = np.array([pixel_map["x_offset"], pixel_map["y_offset"]], dtype=float)
+    try:
+        out = wcs.deepcopy()
+        crpix = (np.array(wcs.wcs.crpix, dtype=float) - 1.0 - offsets) / s + 1.0
+        out.wcs.crpix = crpix
+        if wcs.wcs.has_cd():
+            out.wcs.cd = np.array(wcs.wcs.cd) * s
+        else:
+            out.wcs.cdelt = np.array(wcs.wcs.cdelt) * s
+        if wcs.sip is not None:
+            from astropy.wcs import Sip
+
+            def scaled(coeffs: Any) -> Any:
+                if coeffs is None:
+                    return None
+                c = np.array(coeffs, dtype=float)
+                p, q = np.indices(c.shape)
+                return c * s ** (p + q - 1.0)
+
+            sip = wcs.sip
+            out.sip = Sip(scaled(sip.a), scaled(sip.b), scaled(sip.ap), scaled(sip.bp), crpix)
+        out.cpdis1 = out.cpdis2 = out.det2im1 = out.det2im2 = None
+        out.wcs.set()
+        return out
+    except Exception:
+        return None
+
+
+def _electrons_per_adu(header: Any) -> tuple[float | None, str]:
+    """Gain in e-/ADU and the rule: EGAIN or CVF first (always e-/ADU); GAIN unless it is a CMOS gain *setting*.
 
     Capture programs for CMOS cameras (N.I.N.A., SharpCap, Siril's QHY files) write the
     camera's gain setting as GAIN (e.g. ``GAIN = 56 / Sensor gain`` with an OFFSET keyword
     beside it).  GAIN is taken as e-/ADU unless its comment calls it a sensor gain or
     setting without naming electrons, or it is a whole number above 10 with an OFFSET
-    keyword present; then the gain is unknown and fits are unweighted.
+    keyword present; then the gain is unknown and fits are unweighted.  Data in physical
+    units (BUNIT such as MJy/sr or Jy) are not counts: a gain in e-/DN does not apply.
     """
-    value, _ = _header_float(header, "EGAIN", "CVF")
-    if value is not None:
-        return value
+    bunit = str(header.get("BUNIT", "")).strip().lower() if hasattr(header, "get") else ""
+    if bunit and not any(word in bunit for word in ("adu", "dn", "count", "electron", "e-", "photon")):
+        found = [k for k in ("EGAIN", "CVF", "GAIN") if k in header]
+        if found:
+            return None, f"not used: {found[0]} is per count, the data are in {header.get('BUNIT')}"
+    value, key = _header_float(header, "EGAIN", "CVF")
+    if value is not None and value > 0:
+        return value, f"header {key}={value:g} e-/ADU"
     value, _ = _header_float(header, "GAIN")
     if value is None:
-        return None
-    try:
-        comment = str(header.comments["GAIN"]).lower()
-    except Exception:
-        comment = ""
-    names_electrons = "e-" in comment or "electron" in comment or "e/adu" in comment
+        return None, "unknown (no GAIN, EGAIN or CVF)"
+    comment = _comment(header, "GAIN")
+    names_electrons = "e-" in comment or "electron" in comment or "e/adu" in comment or "e/dn" in comment
     setting = ("sensor" in comment or "setting" in comment) and not names_electrons
     cmos_setting = float(value).is_integer() and value > 10 and "OFFSET" in header and not names_electrons
     if setting or cmos_setting:
+        return None, f"unknown (GAIN={value:g} is the camera's gain setting, not e-/ADU)"
+    if value <= 0:
+        return None, f"unknown (GAIN={value:g} is not positive)"
+    return value, f"header GAIN={value:g} e-/ADU"
+
+
+_OLD_DATE = re.compile(r"^\s*(\d{1,2})/(\d{1,2})/(\d{2})\s*$")
+
+
+def _iso_date(value: Any) -> str | None:
+    """DATE-OBS as ISO 8601; the old FITS form DD/MM/YY means 19YY-MM-DD."""
+    if value is None:
         return None
-    return value
+    text = str(value).strip()
+    if not text:
+        return None
+    m = _OLD_DATE.match(text)
+    if m:
+        day, month, year = (int(g) for g in m.groups())
+        return f"19{year:02d}-{month:02d}-{day:02d}"
+    return text
 
 
-def _metadata_from_header(header: Any, data: np.ndarray, raw_dtype: Any) -> dict:
-    wcs = _celestial_wcs(header)
-    scale, rule = image_scale_from_header(header, wcs)
-    gain = _electrons_per_adu(header)
-    rdnoise, _ = _header_float(header, "RDNOISE", "READNOIS", "RON")
-    saturation, _ = _header_float(header, "SATURATE", "DATAMAX")
-    if saturation is None and raw_dtype is not None and np.issubdtype(raw_dtype, np.integer):
-        saturation = float(np.iinfo(raw_dtype).max)
-        # cameras and software often clip below the type's maximum (Siril writes 65534): a plateau of
-        # several pixels sharing the frame's maximum is the real saturation level
-        finite = data[np.isfinite(data)]
-        top = float(finite.max()) if finite.size else saturation
-        if top < saturation and np.count_nonzero(finite == top) >= 3:
-            saturation = top
-    exptime, _ = _header_float(header, "EXPTIME", "EXPOSURE")
-    date = header.get("DATE-OBS")
-    return dict(
-        pixel_scale=scale,
-        scale_rule=rule,
-        gain=gain if gain and gain > 0 else None,
-        read_noise=rdnoise if rdnoise is not None and rdnoise >= 0 else None,
-        saturation=saturation,
-        exptime=exptime,
-        date_obs=str(date) if date is not None else None,
-        wcs=wcs,
-    )
+def _exposure(header: Any) -> float | None:
+    value, key = _header_float(header, "EXPTIME", "EXPOSURE")
+    if value is None:
+        return None
+    comment = _comment(header, key)
+    if re.search(r"\bminutes?\b|\bmin\b", comment):  # DSS: EXPOSURE = 50.0 / Exposure time minutes
+        value *= 60.0
+    return value if value >= 0 else None
 
 
-def _fits_raw_dtype(hdu: Any) -> Any:
-    """The dtype the detector wrote: uint16 for BITPIX=16 with BZERO=32768, etc."""
-    header = hdu.header
-    bitpix = header.get("ZBITPIX", header.get("BITPIX"))
-    bzero = header.get("BZERO", 0)
-    bscale = header.get("BSCALE", 1)
-    if bitpix == 8:
-        return np.dtype(np.uint8)
-    if bitpix == 16:
-        return np.dtype(np.uint16) if (bzero == 32768 and bscale == 1) else np.dtype(np.int16)
-    if bitpix == 32:
-        return np.dtype(np.uint32) if (bzero == 2147483648 and bscale == 1) else np.dtype(np.int32)
+def _plateau(data: np.ndarray, top: float, type_max: float) -> float | None:
+    """The saturation plateau of integer-valued data: the highest value shared by many pixels.
+
+    Cameras and software often clip below the type's maximum (Siril writes 65534; a Canon raw
+    clips at its white level, 13583 in the PANOPTES frames, with the odd hot pixel above it).
+    A value held by at least 3 pixels near the top, with fewer pixels above it than on it,
+    is the plateau.  Returns None when there is none.
+    """
+    on_top = int(np.count_nonzero(data == top))
+    if on_top >= 3:
+        return top
+    span = top - float(np.nanmin(data)) if data.size else 0.0
+    if span <= 0:
+        return None
+    band = data[data >= top - 0.1 * span]
+    band = band[np.isfinite(band)]
+    if band.size < 3:
+        return None
+    values, counts = np.unique(band, return_counts=True)
+    best = int(np.argmax(counts))
+    level, count = float(values[best]), int(counts[best])
+    above = int(counts[best + 1:].sum())
+    if count >= 3 and above < count and count >= 5 * max(1.0, float(np.median(counts))):
+        return level
     return None
 
 
-def _load_fits(path: Path, hdu_index: int | None) -> Image:
-    from astropy.io import fits
+# ----------------------------------------------------------------------------- loading
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            hdul = fits.open(path, memmap=False)
-            hdul.verify("silentfix")
-    except Exception as exc:  # astropy raises many kinds for a broken file
-        raise PsfkitError(f"{path}: not a readable FITS file ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
-    with hdul:
-        chosen = None
-        if hdu_index is not None:
-            if not 0 <= hdu_index < len(hdul):
-                raise PsfkitError(f"{path}: HDU {hdu_index} does not exist (the file has {len(hdul)})")
-            chosen = hdul[hdu_index]
+_CHANNEL_NAMES = {"r": "R", "red": "R", "g": "G", "green": "G", "b": "B", "blue": "B",
+                  "l": "luminance", "lum": "luminance", "luminance": "luminance", "y": "luminance",
+                  "mosaic": "mosaic", "raw": "mosaic"}
+
+
+def _normalise_channel(path: Path, channel: Any, layout: str, n_planes: int) -> Any:
+    """The channel asked for, as 'R'/'G'/'B'/'luminance'/'green'/'mosaic' or a plane index."""
+    if channel is None:
+        return {"rgb": "luminance", "bayer": "green", "stack": 0}.get(layout)
+    if isinstance(channel, (int, np.integer)) or (isinstance(channel, str) and channel.strip().lstrip("-").isdigit()):
+        index = int(channel)
+        if layout == "grey":
+            if index == 0:
+                return None
+            raise PsfkitError(f"{path}: the image has one plane; channel {index} does not exist")
+        if layout == "bayer":
+            raise PsfkitError(f"{path}: a Bayer mosaic has no numbered planes; use green, luminance, R, G, B or mosaic")
+        if not 0 <= index < n_planes:
+            raise PsfkitError(f"{path}: channel {index} does not exist (the image has {n_planes} planes, 0 to {n_planes - 1})")
+        return index
+    key = str(channel).strip().lower()
+    name = _CHANNEL_NAMES.get(key)
+    if layout == "bayer" and key in ("green", "g"):
+        name = "green" if key == "green" else "G"
+    if name is None:
+        raise PsfkitError(f"{path}: unknown channel {channel!r}; use R, G, B, luminance, a plane number"
+                          + (", green or mosaic" if layout == "bayer" else ""))
+    if layout == "grey":
+        if name in ("luminance", "mosaic"):
+            return None
+        raise PsfkitError(f"{path}: a grey image has no {name} channel")
+    if layout == "stack":
+        raise PsfkitError(f"{path}: a stack of {n_planes} planes has no colour channels; choose a plane number 0 to {n_planes - 1}")
+    if layout == "rgb" and name == "mosaic":
+        raise PsfkitError(f"{path}: an RGB image is not a Bayer mosaic")
+    return name
+
+
+def _check_pixels(path: Any, data: np.ndarray) -> tuple[float, float]:
+    """(min, max) of the finite pixels, or a PsfkitError for an empty, all-NaN or constant image."""
+    if data.size == 0:
+        raise PsfkitError(f"{path}: the image has no pixels (shape {data.shape})")
+    with np.errstate(invalid="ignore"):
+        low, high = float(data.min()), float(data.max())
+    if not (math.isfinite(low) and math.isfinite(high)):  # NaN or inf somewhere: the slow path
+        finite = np.isfinite(data)
+        if not finite.any():
+            raise PsfkitError(f"{path}: every pixel is NaN or infinite")
+        values = data[finite]
+        low, high = float(values.min()), float(values.max())
+    if low == high:
+        raise PsfkitError(f"{path}: the image is constant ({low:g}); there is nothing to measure")
+    return low, high
+
+
+def _finish(path: Path, frame: Any, channel: Any, user: dict) -> Image:
+    """Interpret a reader's Frame: header metadata, the plane to measure, checks."""
+    from . import colour
+
+    header = frame.header
+    data = frame.data
+    layout = frame.layout
+    n_planes = data.shape[0] if data.ndim == 3 else 1
+    bayer = frame.bayer_pattern
+    if layout == "grey" and bayer is None:
+        bayer = colour.bayer_pattern_from_header(header)
+    if layout == "grey" and bayer is not None:
+        layout = "bayer"
+    if layout == "bayer" and data.ndim != 2:
+        raise PsfkitError(f"{path}: a Bayer mosaic must be 2-D, got shape {data.shape}")
+    if layout == "bayer" and min(data.shape) < 2:
+        raise PsfkitError(f"{path}: a Bayer mosaic needs at least 2x2 pixels, got shape {data.shape}")
+    which = _normalise_channel(path, channel, layout, n_planes)
+
+    wcs = _celestial_wcs(header)
+    scale, scale_rule = image_scale_from_header(header, wcs, **user)
+    gain, gain_rule = _electrons_per_adu(header)
+    read_noise, rkey = _header_float(header, "RDNOISE", "READNOIS", "RON", "READNOISE")
+    if read_noise is not None and read_noise < 0:
+        read_noise = None
+    exptime = _exposure(header)
+    date_obs = _iso_date(header.get("DATE-OBS", header.get("DATE_OBS")))
+
+    # saturation of the stored pixels (before any plane is made)
+    saturation, skey = _header_float(header, "SATURATE", "DATAMAX")
+    if saturation is not None:
+        saturation_rule = f"header {skey}={saturation:g}"
+    elif frame.saturation is not None:
+        saturation = frame.saturation
+        saturation_rule = f"RAW white level {frame.meta.get('white_level', 0):g} minus black level"
+    elif frame.type_max is not None:
+        finite_top = None
+        with np.errstate(invalid="ignore"):
+            finite_top = float(np.nanmax(data)) if data.size else None
+        saturation = frame.type_max
+        saturation_rule = f"the data type's maximum ({saturation:g})"
+        if frame.type_max > 255 and finite_top is not None and math.isfinite(finite_top) and finite_top < frame.type_max:
+            level = _plateau(data, finite_top, frame.type_max)
+            if level is not None:
+                saturation = level
+                saturation_rule = f"plateau of the brightest pixels at {level:g} (below the type's maximum {frame.type_max:g})"
+    else:
+        saturation_rule = "unknown (float data without SATURATE or DATAMAX)"
+
+    roworder = str(header.get("ROWORDER", "")).strip().upper() if frame.format == "FITS" else frame.meta.get("roworder", "TOP-DOWN")
+    if roworder not in ("TOP-DOWN", "BOTTOM-UP"):
+        roworder = "BOTTOM-UP"
+    meta: dict = {
+        "format": frame.format,
+        "layout": layout,
+        "n_planes": n_planes,
+        "frame_shape": list(data.shape[-2:]),
+        "roworder": roworder,
+        "gain_rule": gain_rule,
+        "read_noise_rule": f"header {rkey}={read_noise:g} e-" if read_noise is not None else "unknown (no RDNOISE)",
+        "saturation_rule": saturation_rule,
+        "bayer_pattern": bayer if layout == "bayer" else None,
+        "channel": None,
+        "pixel_map": None,
+    }
+    meta.update({k: v for k, v in frame.meta.items() if k not in meta})
+
+    plane = data
+    if layout == "rgb" or layout == "stack":
+        if isinstance(which, int):
+            plane = data[which]
+            meta["channel"] = "RGB"[which] if layout == "rgb" else which
+        elif which == "luminance":
+            plane = colour.luminance(data, saturation=saturation)
+            meta["channel"] = "luminance"
+            meta["channel_rule"] = "ITU-R BT.709 luminance 0.2126 R + 0.7152 G + 0.0722 B"
         else:
-            for candidate in hdul:
-                if getattr(candidate, "is_image", False) and candidate.header.get("NAXIS", 0) >= 2:
-                    chosen = candidate
-                    break
-        if chosen is None or not getattr(chosen, "is_image", False):
-            raise PsfkitError(f"{path}: no HDU holds an image")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                raw = chosen.data
-        except Exception as exc:
-            raise PsfkitError(f"{path}: the image data cannot be read ({exc.__class__.__name__})") from None
-        if raw is None:
-            raise PsfkitError(f"{path}: the HDU holds no data")
-        raw_dtype = _fits_raw_dtype(chosen)
-        data = np.asarray(raw)
-        if data.ndim == 3 and data.shape[0] == 1:
-            data = data[0]
-        if data.ndim != 2:
-            raise PsfkitError(f"{path}: the image is {data.ndim}-D with shape {data.shape}; a 2-D image is needed")
-        data = data.astype(np.float64 if data.dtype == np.float64 else np.float32, copy=True)
-        blank = chosen.header.get("BLANK")
-        header = chosen.header
-        meta = _metadata_from_header(header, data, raw_dtype)
+            index = "RGB".index(which)
+            plane = data[index]
+            meta["channel"] = which
+        if layout == "stack":
+            meta["channel_rule"] = f"plane {which} of a stack of {n_planes}"
+    elif layout == "bayer":
+        if which == "mosaic":
+            meta["channel"] = "mosaic"
+            meta["channel_rule"] = "the raw Bayer mosaic measured as a grey image (asked for)"
+        else:
+            plane, pixel_map, n = colour.bayer_plane(data, bayer, which, saturation=saturation)
+            meta["channel"] = which
+            meta["pixel_map"] = pixel_map
+            meta["channel_rule"] = colour.describe_plane(bayer, which)
+            if scale is not None:
+                scale *= pixel_map["scale"]
+                scale_rule += f"; x {pixel_map['scale']:g} for the Bayer plane of 2x2 cells"
+            if gain is not None and n > 1:
+                gain *= n
+                gain_rule += f"; x {n} (each plane pixel is the mean of {n} mosaic pixels)"
+            if read_noise is not None and n > 1:
+                read_noise *= math.sqrt(n)
+                meta["read_noise_rule"] += f"; x sqrt({n}) (mean of {n} pixels, in plane gain units)"
+            meta["gain_rule"] = gain_rule
+            wcs = _plane_wcs(wcs, pixel_map)
+    _check_pixels(path, plane)
+
+    if isinstance(header, dict):
+        cards = dict(header)
+    else:
         cards = {k: header[k] for k in header if k not in ("COMMENT", "HISTORY", "")}
-        if str(header.get("ROWORDER", "")).strip().upper() == "TOP-DOWN":
-            meta_roworder = "TOP-DOWN"
-        else:
-            meta_roworder = "BOTTOM-UP"
-    _check_pixels(path, data)
     return Image(
-        data=data,
+        data=plane,
         path=str(path),
+        pixel_scale=scale,
+        scale_rule=scale_rule,
+        gain=gain,
+        read_noise=read_noise,
+        saturation=saturation,
+        exptime=exptime,
+        date_obs=date_obs,
+        wcs=wcs,
         header=cards,
-        meta={"format": "FITS", "hdu": hdu_index, "roworder": meta_roworder, "blank": blank},
-        **meta,
+        meta=meta,
     )
 
 
-def _check_pixels(path: Any, data: np.ndarray) -> None:
-    if data.size == 0:
-        raise PsfkitError(f"{path}: the image has no pixels")
-    finite = np.isfinite(data)
-    if not finite.any():
-        raise PsfkitError(f"{path}: every pixel is NaN or infinite")
-    values = data[finite]
-    if values.min() == values.max():
-        raise PsfkitError(f"{path}: the image is constant ({values.min():g}); there is nothing to measure")
+def _read(path: str | os.PathLike, hdu: int | str | None) -> tuple[Path, Any]:
+    from ._readers import read_frame
+
+    p = Path(path)
+    if not p.exists():
+        raise PsfkitError(f"{p}: no such file")
+    if p.is_dir():
+        raise PsfkitError(f"{p}: is a directory, not an image file")
+    if isinstance(hdu, str) and hdu.strip().lstrip("-").isdigit():
+        hdu = int(hdu)
+    try:
+        return p, read_frame(p, hdu=hdu)
+    except MemoryError:
+        raise PsfkitError(f"{p}: the image does not fit in memory") from None
 
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fit.fz", ".fz")
-
-
-def load_image(path: str | os.PathLike, *, hdu: int | None = None, channel: str | int | None = None) -> Image:
+def load_image(
+    path: str | os.PathLike,
+    *,
+    hdu: int | str | None = None,
+    channel: str | int | None = None,
+    focal_length: float | None = None,
+    pixel_size: float | None = None,
+    binning: float | None = None,
+    pixel_scale: float | None = None,
+) -> Image:
     """Read an image file into an :class:`Image`.
 
     Parameters
     ----------
     path : str or path-like
-        The file: FITS (``.fits``, ``.fit``, ``.fts``, gzip, tile-compressed), TIFF (8/16/32-bit
-        integer and float), PNG, JPEG, XISF.
-    hdu : int, optional
-        The FITS HDU to read; by default the first HDU holding a 2-D image.
-    channel : {"R", "G", "B", "luminance"}, optional
-        For colour TIFF/PNG/JPEG/XISF images: one channel, or the BT.709 luminance (default).
-        TIFF, PNG and JPEG rows are stored top-down: row 0 is the top row as viewers show it.
+        FITS (``.fits``, ``.fit``, ``.fts``, gzip, tile-compressed ``.fz``,
+        multi-extension), XISF, TIFF (8/16/32-bit integer and float), PNG and
+        JPEG (8/16-bit), camera RAW (CR2, NEF, ARW, DNG ... through rawpy).  The
+        format is recognised from the file's first bytes.
+    hdu : int or str, optional
+        The FITS HDU to read (index or EXTNAME); by default the first HDU holding an image.
+    channel : str or int, optional
+        Which plane to measure.  RGB images: ``"luminance"`` (default, BT.709),
+        ``"R"``, ``"G"``, ``"B"`` or 0-2.  Bayer mosaics (BAYERPAT, or FILTER
+        naming a pattern, or a RAW file): ``"green"`` (default: the mean of the
+        two green pixels of each 2x2 cell), ``"luminance"`` (the 2x2-binned
+        mean of all four), ``"R"``, ``"G"``, ``"B"`` or ``"mosaic"`` (the raw
+        mosaic as a grey image).  Stacks (3-D data that is not RGB): a plane
+        number (default 0).  A plane of a Bayer mosaic has half the frame's
+        size: ``Image.to_frame`` maps its positions back to the full frame.
+    focal_length, pixel_size, binning, pixel_scale : float, optional
+        The user's optics (mm, um, binning factor, arcsec/px); they win over
+        the header's (see :func:`image_scale_from_header`).
 
     Returns
     -------
@@ -329,107 +679,58 @@ def load_image(path: str | os.PathLike, *, hdu: int | None = None, channel: str 
     Raises
     ------
     PsfkitError
-        For a missing, unreadable or unsuitable file, with a one-line message.
+        For a missing, unreadable or unsuitable file, with a one-line message naming it.
     """
-    p = Path(path)
-    if not p.exists():
-        raise PsfkitError(f"{p}: no such file")
-    if p.is_dir():
-        raise PsfkitError(f"{p}: is a directory, not an image file")
-    suffix = p.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        return _load_tiff(p, channel)
-    if suffix in (".png", ".jpg", ".jpeg"):
-        return _load_pil(p, channel)
-    if suffix == ".xisf":
-        return _load_xisf(p, channel)
-    return _load_fits(p, hdu)
+    p, frame = _read(path, hdu)
+    user = dict(focal_length=focal_length, pixel_size=pixel_size, binning=binning, pixel_scale=pixel_scale)
+    return _finish(p, frame, channel, user)
 
 
-def _to_plane(path: Path, arr: np.ndarray, channel: str | int | None, fmt: str) -> tuple[np.ndarray, dict]:
-    """A 2-D plane from a grey or colour array (H, W, C) or (C, H, W): one channel or the luminance."""
-    a = np.asarray(arr)
-    if a.ndim == 2:
-        return a, {"format": fmt}
-    if a.ndim == 3:
-        if a.shape[-1] in (1, 3, 4) and a.shape[0] not in (1, 3, 4):
-            a = np.moveaxis(a, -1, 0)
-        if a.shape[0] == 1:
-            return a[0], {"format": fmt}
-        if a.shape[0] in (3, 4):
-            rgb = a[:3].astype(np.float64)
-            names = {"r": 0, "red": 0, "g": 1, "green": 1, "b": 2, "blue": 2, 0: 0, 1: 1, 2: 2}
-            if channel is None or str(channel).lower() in ("l", "lum", "luminance"):
-                # ITU-R BT.709 luminance
-                return 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2], {"format": fmt, "channel": "luminance"}
-            key = channel if isinstance(channel, int) else str(channel).lower()
-            if key not in names:
-                raise PsfkitError(f"{path}: unknown channel {channel!r}; use R, G, B or luminance")
-            return a[names[key]], {"format": fmt, "channel": "RGB"[names[key]]}
-    raise PsfkitError(f"{path}: the image has shape {a.shape}; a 2-D grey or 3-channel colour image is needed")
+def load_planes(
+    path: str | os.PathLike,
+    *,
+    channels: Sequence[str | int] | str | None = None,
+    hdu: int | str | None = None,
+    focal_length: float | None = None,
+    pixel_size: float | None = None,
+    binning: float | None = None,
+    pixel_scale: float | None = None,
+) -> list[Image]:
+    """Every plane of a file as its own :class:`Image` (the file is read once).
 
+    Parameters
+    ----------
+    path : str or path-like
+        Any file :func:`load_image` reads.
+    channels : sequence or str, optional
+        The planes to return; ``None`` or ``"all"``: R, G, B for colour images
+        and Bayer mosaics, every plane of a stack, the one plane of a grey image.
+        A comma-separated string (``"R,G"``) is accepted.
+    hdu, focal_length, pixel_size, binning, pixel_scale
+        As for :func:`load_image`.
 
-def _finish_plain(path: Path, arr: np.ndarray, meta: dict, **extra: Any) -> Image:
-    raw_dtype = arr.dtype
-    if not (np.issubdtype(raw_dtype, np.integer) or np.issubdtype(raw_dtype, np.floating)):
-        raise PsfkitError(f"{path}: unsupported pixel type {raw_dtype}")
-    data = np.asarray(arr, dtype=np.float32 if raw_dtype.itemsize <= 4 else np.float64)
-    _check_pixels(path, data)
-    saturation = float(np.iinfo(raw_dtype).max) if np.issubdtype(raw_dtype, np.integer) else None
-    if saturation is not None:
-        top = float(np.nanmax(data))
-        if top < saturation and np.count_nonzero(data == top) >= 3:
-            saturation = top
-    meta.setdefault("roworder", "TOP-DOWN")
-    return Image(data=data, path=str(path), saturation=saturation, meta=meta, **extra)
+    Returns
+    -------
+    list of Image
+        ``meta["channel"]`` names each plane.
+    """
+    p, frame = _read(path, hdu)
+    user = dict(focal_length=focal_length, pixel_size=pixel_size, binning=binning, pixel_scale=pixel_scale)
+    if isinstance(channels, str):
+        channels = None if channels.strip().lower() == "all" else [c for c in channels.split(",") if c.strip()]
+    if channels is None:
+        from . import colour
 
-
-def _load_tiff(path: Path, channel: str | int | None) -> Image:
-    try:
-        import tifffile
-
-        arr = tifffile.imread(path)
-    except ImportError:
-        raise PsfkitError(f"{path}: reading TIFF needs the 'tifffile' package (pip install 'psfkit[formats]')") from None
-    except Exception as exc:
-        raise PsfkitError(f"{path}: not a readable TIFF file ({exc.__class__.__name__})") from None
-    plane, meta = _to_plane(path, arr, channel, "TIFF")
-    return _finish_plain(path, plane, meta)
-
-
-def _load_pil(path: Path, channel: str | int | None) -> Image:
-    try:
-        from PIL import Image as PILImage
-
-        with PILImage.open(path) as im:
-            im.load()
-            arr = np.asarray(im)
-    except ImportError:
-        raise PsfkitError(f"{path}: reading PNG/JPEG needs the 'pillow' package (pip install 'psfkit[formats]')") from None
-    except Exception as exc:
-        raise PsfkitError(f"{path}: not a readable PNG/JPEG file ({exc.__class__.__name__})") from None
-    plane, meta = _to_plane(path, arr, channel, path.suffix.lstrip(".").upper())
-    return _finish_plain(path, plane, meta)
-
-
-def _load_xisf(path: Path, channel: str | int | None) -> Image:
-    try:
-        from xisf import XISF
-
-        xf = XISF(str(path))
-        arr = xf.read_image(0)
-        kw = xf.get_images_metadata()[0].get("FITSKeywords", {})
-    except ImportError:
-        raise PsfkitError(f"{path}: reading XISF needs the 'xisf' package (pip install 'psfkit[formats]')") from None
-    except Exception as exc:
-        raise PsfkitError(f"{path}: not a readable XISF file ({exc.__class__.__name__})") from None
-    header = {k: (v[0]["value"] if isinstance(v, list) and v else v) for k, v in kw.items()}
-    plane, meta = _to_plane(path, arr, channel, "XISF")
-    scale, rule = image_scale_from_header(header)
-    gain = _electrons_per_adu(header)
-    rdn, _ = _header_float(header, "RDNOISE")
-    return _finish_plain(path, plane, meta, pixel_scale=scale, scale_rule=rule, gain=gain, read_noise=rdn,
-                         header=header)
+        layout = frame.layout
+        if layout == "grey" and (frame.bayer_pattern or colour.bayer_pattern_from_header(frame.header)):
+            layout = "bayer"
+        if layout in ("rgb", "bayer"):
+            channels = ["R", "G", "B"]
+        elif layout == "stack":
+            channels = list(range(frame.data.shape[0]))
+        else:
+            channels = [None]
+    return [_finish(p, frame, c, user) for c in channels]
 
 
 def as_image(image: Any) -> Image:
