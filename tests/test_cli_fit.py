@@ -142,7 +142,7 @@ def _bad_inputs(star_file, tmp):
         "box < 3": ["fit", star_file, "--at", "42,29", "--box", "2"],
         "PSF file not 2-D": ["fit", star_file, "--at", "42,29", "--model", cube],
         "PSF file unreadable": ["fit", star_file, "--at", "42,29", "--model", bad],
-        "unknown model": ["fit", star_file, "--at", "42,29", "--model", "lorentzian"],
+        "unknown model": ["fit", star_file, "--at", "42,29", "--model", "sersic"],
         "bad --at": ["fit", star_file, "--at", "42;29"],
     }
 

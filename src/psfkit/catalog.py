@@ -70,8 +70,9 @@ def average(table: Table) -> dict[str, Any]:
         w = np.nan_to_num(snr[sel], nan=0.0) ** 2
         if name == "angle":
             z = np.exp(2j * np.radians(x))
-            mean = float(np.degrees(np.angle(z.mean()) / 2))
-            wmean = float(np.degrees(np.angle((w * z).sum()) / 2)) if w.sum() > 0 else mean
+            # rounded to 1e-9 deg: an unfitted angle (all 0) averages to 0, not to -1e-15
+            mean = round(float(np.degrees(np.angle(z.mean()) / 2)), 9) + 0.0
+            wmean = round(float(np.degrees(np.angle((w * z).sum()) / 2)), 9) + 0.0 if w.sum() > 0 else mean
             med = float(np.median(x))
         else:
             mean = float(np.mean(x))
@@ -178,8 +179,11 @@ def _siril_lst(table: Table, ny: int | None) -> str:
     at index + 0.5, y down.  ``angle``: degrees counter-clockwise from +x as the
     frame is displayed (psfkit's angle for bottom-up frames, its negative for
     top-down ones).  B and A stay in data units.  ``Sat`` is 1 for saturated
-    stars; ``beta`` is -1 for the Gaussian; RA/Dec are 0 without a WCS.
+    stars; ``beta`` is -1 for the Gaussian; RA/Dec are 0 without a WCS.  Only
+    accepted stars are written (the layout has no column for rejected candidates).
     """
+    if "accepted" in table.colnames:  # the layout has no column for rejected candidates
+        table = table[np.asarray(table["accepted"], dtype=bool)]
     top_down = str(table.meta.get("roworder", "")).upper() == "TOP-DOWN"
     settings = table.meta.get("settings", {}) or {}
     model = str(table.meta.get("model", settings.get("model", "gaussian")))
@@ -251,7 +255,13 @@ def read_star_list(path: str | os.PathLike, *, image_shape: tuple[int, int] | No
     suffix = p.suffix.lower()
     try:
         if suffix == ".csv":
-            return Table.read(p, format="ascii.csv")
+            t = Table.read(p, format="ascii.csv")
+            if "accepted" in t.colnames and t["accepted"].dtype.kind in "US":  # CSV has no bool type
+                t["accepted"] = np.char.lower(np.asarray(t["accepted"], dtype=str)) == "true"
+            if "reject_reason" in t.colnames:
+                t["reject_reason"] = np.asarray(t["reject_reason"].filled("") if t.masked or hasattr(
+                    t["reject_reason"], "filled") else t["reject_reason"], dtype=str)
+            return t
         if suffix == ".ecsv":
             return Table.read(p, format="ascii.ecsv")
         if suffix in (".fits", ".fit"):

@@ -43,6 +43,32 @@ def _local_maxima(smooth: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> tuple[n
     return ys[ok], xs[ok]
 
 
+def _sharp_pixels(arr: np.ndarray, noise: float, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Single-pixel outliers (hot pixels, cosmic-ray hits): above ``threshold`` noise, more than
+    ``threshold`` noise above each of their 8 neighbours and over 3x the brightest of them.
+
+    Returns their rows, columns and the median of their 8 neighbours.  Even a star of
+    FWHM 1.4 px (pixel-integrated) has a brightest neighbour above a third of its peak.
+    """
+    ny, nx = arr.shape
+    ys, xs = np.nonzero(arr > threshold * noise)
+    if len(ys) == 0:
+        return ys, xs, np.zeros(0, dtype=arr.dtype)
+    neigh = np.empty((8, len(ys)), dtype=arr.dtype)
+    k = 0
+    for dy in (-1, 0, 1):
+        yy = np.clip(ys + dy, 0, ny - 1)
+        for dx in (-1, 0, 1):
+            if dy == 0 and dx == 0:
+                continue
+            neigh[k] = arr[yy, np.clip(xs + dx, 0, nx - 1)]
+            k += 1
+    v = arr[ys, xs]
+    top = neigh.max(axis=0)
+    sharp = (v - top > threshold * noise) & (top < v / 3.0)
+    return ys[sharp], xs[sharp], np.median(neigh[:, sharp], axis=0)
+
+
 def find_candidates(
     data: np.ndarray,
     background: Background,
@@ -61,7 +87,9 @@ def find_candidates(
 
     Returns
     -------
-    Table with ``x``, ``y`` (0-based), ``peak`` (smoothed, above background), ``significance``.
+    Table with ``x``, ``y`` (0-based), ``peak`` (smoothed, above background), ``significance``
+    and ``sharp`` (a single-pixel outlier: hot pixel or cosmic-ray hit, found before smoothing),
+    brightest first.
     """
     arr = np.subtract(data, background.level, dtype=np.float32)
     finite = np.isfinite(arr)
@@ -70,8 +98,12 @@ def find_candidates(
         finite = None
     else:
         arr[~finite] = 0.0
-    # no median filter: hot pixels and cosmic rays become candidates, are fitted, and are
-    # rejected with a reason (too_narrow); their pixels are then masked from neighbours' fits
+    # single-pixel outliers are taken out of the smoothed frame (a hot pixel's smoothed wing
+    # would hide a star beside it) and become candidates of their own, fitted and rejected
+    # with a reason (too_narrow); multi-pixel cosmic-ray tracks go through the smoothing
+    sharp_y, sharp_x, sharp_fill = _sharp_pixels(arr, background.noise, threshold)
+    sharp_values = arr[sharp_y, sharp_x]
+    arr[sharp_y, sharp_x] = sharp_fill
     smooth = ndimage.gaussian_filter(arr, smoothing, mode="nearest", truncate=3.0, output=arr)
     # noise of the smoothed frame, measured on a regular subsample
     sample = smooth[:: max(1, smooth.shape[0] // 256), :: max(1, smooth.shape[1] // 256)]
@@ -116,9 +148,28 @@ def find_candidates(
         a, c = smooth[yl, xs], smooth[yr, xs]
         den = a - 2 * b + c
         dy = np.where(den < 0, np.clip(0.5 * (a - c) / den, -0.5, 0.5), 0.0)
+    x, y, peak = xs + dx, ys + dy, values.astype(float)
+    sharp = np.zeros(len(x), dtype=bool)
+    if len(sharp_y):
+        # a sharp pixel that is also a smoothed candidate (an undersampled star's core) is one
+        if len(x):
+            from scipy.spatial import cKDTree
+
+            d, _ = cKDTree(np.stack([x, y], axis=1)).query(np.stack([sharp_x, sharp_y], axis=1))
+            new = d > 1.0
+        else:
+            new = np.ones(len(sharp_y), dtype=bool)
+        # on the smoothed scale: the kernel's central weight times the pixel's excess
+        w0 = 1.0 / (2.0 * math.pi * smoothing**2)
+        x = np.concatenate([x, sharp_x[new].astype(float)])
+        y = np.concatenate([y, sharp_y[new].astype(float)])
+        peak = np.concatenate([peak, w0 * (sharp_values[new] - sharp_fill[new]).astype(float)])
+        sharp = np.concatenate([sharp, np.ones(int(new.sum()), dtype=bool)])
+        order = np.argsort(-peak, kind="stable")
+        x, y, peak, sharp = x[order], y[order], peak[order], sharp[order]
     return Table(
-        {"x": xs + dx, "y": ys + dy, "peak": values.astype(float), "significance": values / sig_s},
-        meta={"noise_smoothed": sig_s},
+        {"x": x, "y": y, "peak": peak, "significance": peak / sig_s, "sharp": sharp},
+        meta={"noise_smoothed": sig_s, "n_sharp": int(sharp.sum())},
     )
 
 
@@ -364,11 +415,14 @@ def find_stars(
 def _thin(cands: Table, sep: float) -> Table:
     from scipy.spatial import cKDTree
 
-    pts = np.stack([cands["x"], cands["y"]], axis=1)
+    # single-pixel outliers neither suppress a star nor are suppressed (both are fitted)
+    smooth_idx = np.nonzero(~np.asarray(cands["sharp"], dtype=bool))[0] if "sharp" in cands.colnames \
+        else np.arange(len(cands))
+    pts = np.stack([cands["x"][smooth_idx], cands["y"][smooth_idx]], axis=1)
     keep = np.ones(len(cands), dtype=bool)
     for i, j in sorted(cKDTree(pts).query_pairs(sep)):
-        if keep[i]:
-            keep[j] = False
+        if keep[smooth_idx[i]]:
+            keep[smooth_idx[j]] = False
     return cands[keep]
 
 

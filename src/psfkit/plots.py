@@ -30,29 +30,70 @@ def _figure(shape, scale=1.0):
     return plt, plt.figure(figsize=(w, w * ny / nx + 0.4), dpi=100)
 
 
-def plot_overlay(data: np.ndarray, table: Table, path: str | Path, *, show_rejected: bool = True) -> Path:
-    """Auto-stretched frame with an ellipse (FWHM axes and angle, drawn at 3 FWHM) on every star; rejected ones in red."""
+def _ring_scale(table: Table) -> np.ndarray:
+    """Per-star factor turning the FWHM axes into the drawn ellipse's axes.
+
+    At least 3 FWHM across (9 px minimum); a bright star's ring clears its stretched
+    disk: 1.3 x the radius where its Gaussian profile falls to twice the noise, plus 3 px;
+    at most 60 px across, so that a wild rejected fit does not cross the frame.
+    """
+    fx = np.nan_to_num(np.asarray(table["fwhm_x"], dtype=float), nan=3.0)
+    fx = np.where(fx > 0, fx, 3.0)
+    diameter = np.maximum(3.0 * fx, 9.0)
+    noise = table.meta.get("noise")
+    if noise and "amplitude" in table.colnames:
+        amp = np.nan_to_num(np.asarray(table["amplitude"], dtype=float), nan=0.0)
+        ratio = np.maximum(amp / (2.0 * float(noise)), 1.0)
+        r_visible = 1.3 * fx / 2.3548 * np.sqrt(2.0 * np.log(ratio)) + 3.0  # 1.3: real wings
+        diameter = np.maximum(diameter, 2.0 * r_visible)
+    return np.minimum(diameter, 60.0) / fx
+
+
+def plot_overlay(data: np.ndarray, table: Table, path: str | Path, *, show_rejected: bool = True,
+                 top_down: bool | None = None) -> Path:
+    """Auto-stretched frame with an ellipse (FWHM axes and angle) on every star; rejected ones in red.
+
+    Parameters
+    ----------
+    data : ndarray
+        The frame.
+    table : Table
+        A star list (``find_stars``); with ``accepted`` the rejected candidates are drawn in red.
+    path : str or Path
+        The PNG to write.
+    show_rejected : bool
+        Draw the rejected candidates.
+    top_down : bool, optional
+        Row 0 is the top of the picture (TIFF/PNG, FITS with ROWORDER=TOP-DOWN); default
+        from ``table.meta["roworder"]``, else bottom-up (FITS).
+
+    Returns
+    -------
+    Path
+    """
     from matplotlib.patches import Ellipse
 
+    if top_down is None:
+        top_down = str(table.meta.get("roworder", "")).upper() == "TOP-DOWN"
     plt, fig = _figure(data.shape)
     ax = fig.add_axes([0, 0, 1, 1])
-    ax.imshow(auto_stretch(data), origin="lower", cmap="gray", interpolation="nearest")
+    ax.imshow(auto_stretch(data), origin="upper" if top_down else "lower", cmap="gray", interpolation="nearest")
     accepted = np.asarray(table["accepted"], bool) if "accepted" in table.colnames else np.ones(len(table), bool)
-    for row, ok in zip(table, accepted):
+    factor = _ring_scale(table) if len(table) else np.zeros(0)
+    for k, (row, ok) in enumerate(zip(table, accepted)):
         if not ok and not show_rejected:
             continue
         fx, fy = float(row["fwhm_x"]), float(row["fwhm_y"])
-        if not (np.isfinite(fx) and np.isfinite(fy)):
+        if not (np.isfinite(fx) and np.isfinite(fy)) or fx <= 0:
             fx = fy = 3.0
-        # drawn at 3 FWHM (at least 9 px across, so bright stars' rings clear their stretched
-        # disks; at most 60 px, so a wild rejected fit does not cross the frame), shape kept
-        big = max(3.0 * fx, 9.0)
-        factor = min(big, 60.0) / max(fx, 1e-6)
-        ax.add_patch(Ellipse((float(row["x_fit"]), float(row["y_fit"])), factor * fx, factor * fy,
+        ax.add_patch(Ellipse((float(row["x_fit"]), float(row["y_fit"])), factor[k] * fx, factor[k] * fy,
                              angle=float(np.nan_to_num(row["angle"])), fill=False,
                              color="#33ff66" if ok else "#ff4040", lw=0.8))
     ax.set_xlim(-0.5, data.shape[1] - 0.5)
-    ax.set_ylim(-0.5, data.shape[0] - 0.5)
+    if top_down:
+        ax.set_ylim(data.shape[0] - 0.5, -0.5)
+    else:
+        ax.set_ylim(-0.5, data.shape[0] - 0.5)
     ax.axis("off")
     out = Path(path)
     fig.savefig(out)
