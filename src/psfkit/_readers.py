@@ -9,7 +9,10 @@ becomes a one-line :class:`~psfkit.errors.PsfkitError` naming the file.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,9 +155,40 @@ def _read_fits(path: Path, hdu: int | str | None) -> Frame:
 
     compressed_file = path.name.lower().endswith(".gz")
     try:
+        fh = open(path, "rb")  # opened here so that it is closed here, whatever astropy raises
+    except OSError as exc:
+        raise PsfkitError(f"{path}: cannot be read ({exc.strerror or exc.__class__.__name__})") from None
+    with fh:
+        return _read_fits_open(path, fh, hdu, compressed_file)
+
+
+def _usable_header(header: Any) -> Any:
+    """The header without cards whose value cannot be parsed (a corrupted card would raise later)."""
+    bad = []
+    for i, card in enumerate(header.cards):
+        try:
+            card.value  # noqa: B018 - parsing is what is tested
+            card.comment  # noqa: B018
+        except Exception:
+            bad.append(i)
+    if not bad:
+        return header
+    header = header.copy()
+    for i in reversed(bad):
+        try:
+            del header[i]
+        except Exception:
+            pass
+    return header
+
+
+def _read_fits_open(path: Path, fh: Any, hdu: int | str | None, compressed_file: bool) -> Frame:
+    from astropy.io import fits
+
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            hdul = fits.open(path, memmap=not compressed_file, do_not_scale_image_data=True, lazy_load_hdus=False)
+            hdul = fits.open(fh, memmap=not compressed_file, do_not_scale_image_data=True, lazy_load_hdus=False)
     except PsfkitError:
         raise
     except Exception as exc:  # astropy raises many kinds for a broken file
@@ -163,7 +197,7 @@ def _read_fits(path: Path, hdu: int | str | None) -> Frame:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             chosen, index = _fits_image_hdu(path, hdul, hdu)
-            header = chosen.header
+            header = _usable_header(chosen.header)
             is_tile = isinstance(chosen, fits.CompImageHDU)
             if not is_tile and not compressed_file:
                 info = chosen.fileinfo() or {}
@@ -174,6 +208,13 @@ def _read_fits(path: Path, hdu: int | str | None) -> Frame:
                 need = info.get("datLoc", 0) + n * bitpix // 8
                 if need > path.stat().st_size:
                     raise PsfkitError(f"{path}: the file is truncated ({path.stat().st_size} bytes, the header needs {need})")
+            if is_tile:
+                size = abs(int(header.get("ZBITPIX", 8))) // 8
+                for axis in range(1, int(header.get("ZNAXIS", 0)) + 1):
+                    size *= int(header.get(f"ZNAXIS{axis}", 0))
+                if size > 2**31 and size > 1000 * path.stat().st_size:
+                    raise PsfkitError(f"{path}: implausible image size in the compressed HDU ({size} bytes from a "
+                                      f"{path.stat().st_size}-byte file); the header is corrupted")
             raw = chosen.data
             if raw is None:
                 raise PsfkitError(f"{path}: HDU {index!r} holds no data")
@@ -256,6 +297,18 @@ def _read_xisf(path: Path) -> Frame:
 # ---------------------------------------------------------------- TIFF
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Silence a library's log messages about a broken file (the error we raise says it in one line)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _read_tiff(path: Path) -> Frame:
     try:
         import tifffile
@@ -264,7 +317,7 @@ def _read_tiff(path: Path) -> Frame:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with tifffile.TiffFile(path) as tif:
+            with _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
                 if not tif.pages:
                     raise PsfkitError(f"{path}: the TIFF file holds no image")
                 page = tif.pages[0]
