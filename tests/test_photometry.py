@@ -48,7 +48,9 @@ def test_elliptical_sums_match_photutils_exact(backend):
     data = rng.normal(100.0, 10.0, (200, 200))
     x = rng.uniform(15, 185, 200)
     y = rng.uniform(15, 185, 200)
-    for a, b, theta in ((3.0, 2.0, 0.3), (5.5, 1.2, -1.0), (0.7, 0.4, 2.0), (4.0, 4.0, 0.0), (8.0, 3.0, 1.5708)):
+    # a tiny ellipse inside one pixel, a needle, a circle, axes along the grid: the compiled loop's special cases
+    for a, b, theta in ((3.0, 2.0, 0.3), (5.5, 1.2, -1.0), (0.7, 0.4, 2.0), (4.0, 4.0, 0.0), (8.0, 3.0, 1.5708),
+                        (0.3, 0.2, 0.1), (20.0, 0.5, 0.77), (6.0, 4.0, np.radians(30.0))):
         s, area, full = aperture_sums(data, x, y, a=a, b=b, theta=theta, backend=backend)
         ref = pu_aperture_photometry(data, EllipticalAperture(np.c_[x, y], a, b, theta=theta), method="exact")
         np.testing.assert_allclose(s, np.asarray(ref["aperture_sum"]), rtol=1e-6)

@@ -257,23 +257,50 @@ if _HAVE_NUMBA:
         return _sector_nb(px, py, m1x, m1y) + 0.5 * (m1x * m2y - m1y * m2x) + _sector_nb(m2x, m2y, qx, qy)
 
     @njit(cache=True, inline="always")
-    def _ellipse_pixel_nb(dx, dy, a, b, c, s):
-        uc = (dx * c + dy * s) / a
-        vc = (-dx * s + dy * c) / b
-        if math.sqrt(uc * uc + vc * vc) > 1.0 + 0.7072 / b:
-            return 0.0
-        # corners counter-clockwise: (-,-), (+,-), (+,+), (-,+); the pixel's half-sides in the disk frame
-        hxu, hxv = 0.5 * c / a, -0.5 * s / b
-        hyu, hyv = 0.5 * s / a, 0.5 * c / b
-        u0, v0 = uc - hxu - hyu, vc - hxv - hyv
-        u1, v1 = uc + hxu - hyu, vc + hxv - hyv
-        u2, v2 = uc + hxu + hyu, vc + hxv + hyv
-        u3, v3 = uc - hxu + hyu, vc - hxv + hyv
-        if max(u0 * u0 + v0 * v0, u1 * u1 + v1 * v1, u2 * u2 + v2 * v2, u3 * u3 + v3 * v3) <= 1.0:
-            return 1.0
-        area = (_disk_triangle_nb(u0, v0, u1, v1) + _disk_triangle_nb(u1, v1, u2, v2)
-                + _disk_triangle_nb(u2, v2, u3, v3) + _disk_triangle_nb(u3, v3, u0, v0))
-        return min(max(area * a * b, 0.0), 1.0)
+    def _quad_disk_nb(u0, v0, u1, v1, u2, v2, u3, v3):
+        """Area of the unit disk inside the convex quadrilateral (counter-clockwise corners).
+
+        The quadrilateral must not contain the origin.  Its boundary clipped to the disk gives
+        chords (twice the area: the cross products of their ends), and every stretch outside
+        the disk, from where the boundary leaves the disk to where it comes back, gives the
+        circular sector between those two points: one arctangent per stretch (the angles of the
+        corners in between telescope; without the origin inside, no stretch sweeps pi or more).
+        """
+        us = (u0, u1, u2, u3)
+        vs = (v0, v1, v2, v3)
+        twice = 0.0
+        pending, first = False, False
+        ex, ey, fx, fy = 0.0, 0.0, 0.0, 0.0
+        for k in range(4):
+            px, py = us[k], vs[k]
+            qx, qy = us[(k + 1) % 4], vs[(k + 1) % 4]
+            dx, dy = qx - px, qy - py
+            a = dx * dx + dy * dy
+            b = px * dx + py * dy
+            disc = b * b - a * (px * px + py * py - 1.0)
+            if disc <= 0.0 or a <= 0.0:
+                continue
+            root = math.sqrt(disc)
+            t1 = (-b - root) / a
+            t2 = (-b + root) / a
+            if t1 >= 1.0 or t2 <= 0.0:
+                continue
+            m1x, m1y = px, py
+            if t1 > 0.0:  # the boundary enters the disk
+                m1x, m1y = px + t1 * dx, py + t1 * dy
+                if pending:
+                    twice += math.atan2(ex * m1y - ey * m1x, ex * m1x + ey * m1y)
+                    pending = False
+                else:
+                    first, fx, fy = True, m1x, m1y
+            m2x, m2y = qx, qy
+            if t2 < 1.0:  # ... and leaves it
+                m2x, m2y = px + t2 * dx, py + t2 * dy
+                pending, ex, ey = True, m2x, m2y
+            twice += m1x * m2y - m1y * m2x
+        if pending and first:
+            twice += math.atan2(ex * fy - ey * fx, ex * fx + ey * fy)
+        return 0.5 * twice
 
     @njit(cache=True, inline="always")
     def _c_table_nb(ju, iv, u_neg, v_neg, au, av, pu, hu, hv, xm, pxm, r2, disk):
@@ -357,21 +384,91 @@ if _HAVE_NUMBA:
 
     @njit(parallel=True, cache=True)
     def _sum_ellipses_nb(data, x, y, a, b, theta, sums, area):
+        """Exact ellipse sums, row by row.
+
+        The ellipse is ``A dx^2 + B dx dy + C dy^2 <= 1``; its chord at height ``dy`` is centred on
+        ``-B dy / 2A`` with half-width ``sqrt(A - dy^2 / (ab)^2) / A``.  In a pixel row (the band
+        ``ylo <= dy <= yhi``) the pixels touched lie between the band's leftmost and rightmost
+        ellipse points, and the pixels wholly inside (the ellipse is convex: all four corners inside)
+        between the larger left and the smaller right chord end of the two band edges: those add
+        their value with weight 1, and only the few boundary pixels get the exact overlap (the
+        pixel clipped to the ellipse in the unit-disk frame, one arctangent per boundary pixel).
+        """
         ny, nx = data.shape
         for i in prange(x.size):
-            ext = max(a[i], b[i])
-            j0 = max(int(math.floor(x[i] - ext + 0.5)), 0)
-            j1 = min(int(math.ceil(x[i] + ext - 0.5)), nx - 1)
-            i0 = max(int(math.floor(y[i] - ext + 0.5)), 0)
-            i1 = min(int(math.ceil(y[i] + ext - 0.5)), ny - 1)
+            ai, bi = a[i], b[i]
             c, s = math.cos(theta[i]), math.sin(theta[i])
+            ia2, ib2 = 1.0 / (ai * ai), 1.0 / (bi * bi)
+            qa = c * c * ia2 + s * s * ib2
+            qb = 2.0 * c * s * (ia2 - ib2)
+            qc = s * s * ia2 + c * c * ib2
+            ab = ai * bi
+            inv_ab2 = 1.0 / (ab * ab)
+            ymax = ab * math.sqrt(qa)
+            xmax = ab * math.sqrt(qc)
+            slope = -qb / (2.0 * qa)
+            dy_left = qb * xmax / (2.0 * qc)  # height of the leftmost point; the rightmost is at -dy_left
+            x0, y0 = x[i], y[i]
+            # disk-frame images of unit steps along x and y
+            ux, vx = c / ai, -s / bi
+            uy, vy = s / ai, c / bi
+            i0 = max(int(math.floor(y0 - ymax + 0.5)), 0)
+            i1 = min(int(math.ceil(y0 + ymax - 0.5)), ny - 1)
             acc = 0.0
             acc_area = 0.0
             for row in range(i0, i1 + 1):
-                dy = row - y[i]
-                for col in range(j0, j1 + 1):
-                    w = _ellipse_pixel_nb(col - x[i], dy, a[i], b[i], c, s)
-                    if w > 0.0:
+                ylo = row - 0.5 - y0
+                yhi = ylo + 1.0
+                lo = max(ylo, -ymax)
+                hi = min(yhi, ymax)
+                if hi <= lo:
+                    continue
+                hw_lo = math.sqrt(max(qa - lo * lo * inv_ab2, 0.0)) / qa
+                hw_hi = math.sqrt(max(qa - hi * hi * inv_ab2, 0.0)) / qa
+                l_lo, r_lo = slope * lo - hw_lo, slope * lo + hw_lo
+                l_hi, r_hi = slope * hi - hw_hi, slope * hi + hw_hi
+                xl = -xmax if lo <= dy_left <= hi else min(l_lo, l_hi)
+                xr = xmax if lo <= -dy_left <= hi else max(r_lo, r_hi)
+                c0 = max(int(math.floor(x0 + xl + 0.5)), 0)
+                c1 = min(int(math.ceil(x0 + xr - 0.5)), nx - 1)
+                if c1 < c0:
+                    continue
+                f0, f1 = c1 + 1, c1  # wholly inside: none unless both band edges cut the ellipse
+                if ylo >= -ymax and yhi <= ymax:
+                    f0 = max(int(math.ceil(x0 + max(l_lo, l_hi) + 0.5)), c0)
+                    f1 = min(int(math.floor(x0 + min(r_lo, r_hi) - 0.5)), c1)
+                    if f1 < f0:
+                        f0, f1 = c1 + 1, c1
+                for col in range(f0, f1 + 1):
+                    v = data[row, col]
+                    if not math.isnan(v):
+                        acc += v
+                        acc_area += 1.0
+                # boundary runs: [c0, f0 - 1] and [f1 + 1, c1] (one run c0..c1 when nothing is inside)
+                ub, vb = ylo * uy, ylo * vy  # the band's bottom and top in the disk frame
+                ut, vt = yhi * uy, yhi * vy
+                centre_row = ylo <= 1e-9 and yhi >= -1e-9
+                for run in range(2):
+                    ca, cb = (c0, f0 - 1) if run == 0 else (f1 + 1, c1)
+                    if run == 1 and f0 > f1:
+                        break
+                    xa = ca - 0.5 - x0
+                    pu, pv = xa * ux, xa * vx
+                    for col in range(ca, cb + 1):
+                        xb = col + 0.5 - x0
+                        qu, qv = xb * ux, xb * vx
+                        if centre_row and xa <= 1e-9 and xb >= -1e-9:  # the pixel holds the centre
+                            w = (_disk_triangle_nb(pu + ub, pv + vb, qu + ub, qv + vb)
+                                 + _disk_triangle_nb(qu + ub, qv + vb, qu + ut, qv + vt)
+                                 + _disk_triangle_nb(qu + ut, qv + vt, pu + ut, pv + vt)
+                                 + _disk_triangle_nb(pu + ut, pv + vt, pu + ub, pv + vb))
+                        else:
+                            w = _quad_disk_nb(pu + ub, pv + vb, qu + ub, qv + vb, qu + ut, qv + vt, pu + ut, pv + vt)
+                        w *= ab
+                        pu, pv, xa = qu, qv, xb
+                        if w <= 0.0:
+                            continue
+                        w = min(w, 1.0)
                         v = data[row, col]
                         if not math.isnan(v):
                             acc += w * v
