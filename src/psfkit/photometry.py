@@ -355,30 +355,44 @@ if _HAVE_NUMBA:
                 xm[k] = math.sqrt(max(r2 - av[k] * av[k], 0.0))
                 pxm[k] = _p_nb(xm[k], ri)
             for row in range(i0, i1 + 1):
-                dy = row - y[i]
-                ay = abs(dy)
+                ay = abs(row - y[i])
                 iv = row - i0
-                for col in range(j0, j1 + 1):
-                    dx = col - x[i]
-                    ax = abs(dx)
-                    fx, fy = ax + 0.5, ay + 0.5
-                    if fx * fx + fy * fy <= r2:
-                        w = 1.0
-                    else:
-                        nx_, ny_ = max(ax - 0.5, 0.0), max(ay - 0.5, 0.0)
-                        if nx_ * nx_ + ny_ * ny_ >= r2:
-                            continue
+                # pixels of this row wholly inside: the far corners within r; touched: the near edge within r
+                far = ay + 0.5
+                near = max(ay - 0.5, 0.0)
+                f0, f1 = j1 + 1, j1
+                if far * far < r2:
+                    hw = math.sqrt(r2 - far * far)
+                    f0 = max(int(math.ceil(x[i] - hw + 0.5)), j0)
+                    f1 = min(int(math.floor(x[i] + hw - 0.5)), j1)
+                    if f1 < f0:
+                        f0, f1 = j1 + 1, j1
+                for col in range(f0, f1 + 1):
+                    v = data[row, col]
+                    if not math.isnan(v):
+                        acc += v
+                        acc_area += 1.0
+                hw = math.sqrt(max(r2 - near * near, 0.0))
+                c0 = max(int(math.floor(x[i] - hw + 0.5)), j0)
+                c1 = min(int(math.ceil(x[i] + hw - 0.5)), j1)
+                for run in range(2):
+                    ca, cb = (c0, min(f0 - 1, c1)) if run == 0 else (max(f1 + 1, c0), c1)
+                    if run == 1 and f0 > f1:
+                        break
+                    for col in range(ca, cb + 1):
                         ju = col - j0
                         # pixel [x0, x1] x [y0, y1]: S(x1,y1) - S(x0,y1) - S(x1,y0) + S(x0,y0)
                         w = (_c_table_nb(ju + 1, iv + 1, u_neg, v_neg, au, av, pu, hu, hv, xm, pxm, r2, disk)
                              - _c_table_nb(ju, iv + 1, u_neg, v_neg, au, av, pu, hu, hv, xm, pxm, r2, disk)
                              - _c_table_nb(ju + 1, iv, u_neg, v_neg, au, av, pu, hu, hv, xm, pxm, r2, disk)
                              + _c_table_nb(ju, iv, u_neg, v_neg, au, av, pu, hu, hv, xm, pxm, r2, disk))
-                        w = min(max(w, 0.0), 1.0)
-                    v = data[row, col]
-                    if not math.isnan(v):
-                        acc += w * v
-                        acc_area += w
+                        if w <= 0.0:
+                            continue
+                        w = min(w, 1.0)
+                        v = data[row, col]
+                        if not math.isnan(v):
+                            acc += w * v
+                            acc_area += w
             sums[i] = acc
             area[i] = acc_area
 
