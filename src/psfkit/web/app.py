@@ -22,8 +22,10 @@ bad input gives a 4xx with ``{"detail": "<one line>"}``):
 
 from __future__ import annotations
 
+import json
 import math
 import threading
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,6 +97,11 @@ def _clean(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return _clean(value.tolist())
     return value
+
+
+def _json_bytes(value: Any) -> bytes:
+    """Compact JSON of a JSON-safe copy of ``value`` (NaN -> null)."""
+    return json.dumps(_clean(value), separators=(",", ":"), allow_nan=False).encode()
 
 
 def _one_line(exc: RequestValidationError) -> str:
@@ -214,13 +221,16 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
     def detect(req: DetectRequest) -> JSONResponse:
         from ..detect import find_stars
 
+        t0 = time.perf_counter()
         item = loaded(req.path)
         criteria = {} if req.min_roundness is None else {"min_roundness": req.min_roundness or None}
         if not heavy.acquire(timeout=300):
             raise HTTPException(503, "another detection is still running; try again")
         try:
+            t1 = time.perf_counter()
             table = find_stars(item.image, threshold=req.threshold, model=req.model, angle=req.angle,
                                keep_rejected=False, **criteria)
+            t2 = time.perf_counter()
         finally:
             heavy.release()
         meta = table.meta
@@ -228,7 +238,10 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
         out.update(summary=meta.get("summary"), frame_fwhm=meta.get("frame_fwhm"),
                    reject_reasons=meta.get("reject_reasons"),
                    settings={"threshold": req.threshold, "model": req.model, "angle": req.angle})
-        return JSONResponse(_clean(out))
+        body = _json_bytes(out)
+        t3 = time.perf_counter()
+        timing = f"load;dur={1e3 * (t1 - t0):.1f}, find;dur={1e3 * (t2 - t1):.1f}, encode;dur={1e3 * (t3 - t2):.1f}"
+        return Response(body, media_type="application/json", headers={"Server-Timing": timing})
 
     @app.post("/api/fit")
     def fit(req: FitRequest) -> JSONResponse:

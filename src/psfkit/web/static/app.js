@@ -20,17 +20,32 @@ const S = {
   columns: [], stars: [], selected: new Set(), sort: { col: null, dir: 1 },
   nextId: 1, lastSelected: null, settings: null, boxMode: false,
 };
-window.psfkitStats = { renders: 0, tilesPending: 0, tilesLoaded: 0, detect: null, lastRender: 0 };
+window.psfkitStats = {
+  renders: 0, tilesPending: 0, tilesLoaded: 0, detect: null, lastRender: 0,
+  /* the view is complete: every tile it needs is loaded and drawn (tests and benchmarks wait on this) */
+  settled() { return !!S.info && this.tilesPending === 0 && !renderQueued && viewComplete; },
+};
 
 /* ------------------------------------------------------------------ API */
-async function api(method, url, body) {
+async function api(method, url, body, timing) {
   const opts = { method, headers: {} };
   if (body !== undefined) { opts.headers["Content-Type"] = "application/json"; opts.body = JSON.stringify(body); }
   const r = await fetch(url, opts);
+  if (timing) { timing.headers = performance.now(); timing.server = parseServerTiming(r.headers.get("Server-Timing")); }
   let data = null;
   try { data = await r.json(); } catch (e) { data = null; }
+  if (timing) timing.parsed = performance.now();
   if (!r.ok) throw new Error((data && data.detail) || `${r.status} ${r.statusText}`);
   return data;
+}
+/* "find;dur=812.3, encode;dur=20.1" -> {find: 812.3, encode: 20.1} (milliseconds) */
+function parseServerTiming(h) {
+  const out = {};
+  for (const part of (h || "").split(",")) {
+    const m = part.trim().match(/^([\w-]+).*?dur=([\d.]+)/);
+    if (m) out[m[1]] = Number(m[2]);
+  }
+  return out;
 }
 function message(text, kind) {
   const m = $("#message");
@@ -103,7 +118,7 @@ function drawLevel(ctx, level, key, load, dpr) {
   }
   return complete;
 }
-let renderQueued = false;
+let renderQueued = false, viewComplete = false;
 function scheduleRender() {
   if (renderQueued) return;
   renderQueued = true;
@@ -120,10 +135,13 @@ function render() {
   c.classList.toggle("pixelated", S.view.zoom >= 2);
   const key = stretchKey(), level = levelFor(S.view.zoom), top = S.info.levels - 1;
   // coarse level first (always complete quickly), then the level for this zoom
-  if (!drawLevel(ctx, top, key, true, dpr) && S.prevStretchKey) drawLevel(ctx, top, S.prevStretchKey, false, dpr);
+  let complete = drawLevel(ctx, top, key, true, dpr);
+  if (!complete && S.prevStretchKey) drawLevel(ctx, top, S.prevStretchKey, false, dpr);
   if (level !== top) {
-    if (!drawLevel(ctx, level, key, true, dpr) && S.prevStretchKey) drawLevel(ctx, level, S.prevStretchKey, false, dpr);
+    complete = drawLevel(ctx, level, key, true, dpr);
+    if (!complete && S.prevStretchKey) drawLevel(ctx, level, S.prevStretchKey, false, dpr);
   }
+  viewComplete = complete;
   updateOverlayTransform();
   psfkitStats.renders++; psfkitStats.lastRender = performance.now();
   $("#zoom").textContent = `zoom ${(S.view.zoom * 100).toFixed(S.view.zoom < 0.1 ? 1 : 0)} %`;
@@ -152,16 +170,17 @@ function centreOn(x, y, minZoom) {
 }
 let lastOverlayZoom = null;
 function afterZoom() {
-  if (lastOverlayZoom !== S.view.zoom) { lastOverlayZoom = S.view.zoom; resizeEllipses(); }
+  if (lastOverlayZoom !== S.view.zoom) { lastOverlayZoom = S.view.zoom; resizeEllipses(); drawMarks(); }
   scheduleRender();
 }
 
 /* ------------------------------------------------------------------ overlay */
 const SVGNS = "http://www.w3.org/2000/svg";
-const RING = 1.0; // ellipse semi-axes = RING x FWHM (so the ring is 2 FWHM across)
+const RING = 2.0; // ellipse semi-axes = RING x FWHM (the ring clears a bright star's stretched disk)
+const MIN_RING_PX = 6; // ... and is at least this many screen pixels across its minor semi-axis
 function col(star, name) { const v = star[name]; return (v === null || v === undefined) ? NaN : v; }
 function ellipseRadii(s) {
-  const minR = 5 / S.view.zoom;
+  const minR = MIN_RING_PX / S.view.zoom;
   let fx = col(s, "fwhm_x"), fy = col(s, "fwhm_y");
   if (!isFinite(fx)) fx = 3; if (!isFinite(fy)) fy = fx;
   return [Math.max(RING * fx, minR), Math.max(RING * fy, minR * fy / fx)];
@@ -182,6 +201,7 @@ function drawStars() {
   }
   g.replaceChildren(frag);
   resizeEllipses();
+  drawMarks();
   updateOverlayTransform();
 }
 function resizeEllipses() {
@@ -203,6 +223,31 @@ function markSelection() {
   // the selected stars go last, so they are drawn on top
   for (const e of Array.from($("#stars-layer").querySelectorAll("ellipse.sel"))) $("#stars-layer").appendChild(e);
   for (const tr of $("#stars tbody").children) tr.classList.toggle("sel", S.selected.has(Number(tr.dataset.id)));
+  $("#remove").disabled = S.selected.size === 0;
+  drawMarks();
+}
+/* a crosshair around the last selected star, a constant size on screen */
+function drawMarks() {
+  const g = $("#marks-layer");
+  const s = S.lastSelected !== null && S.selected.has(S.lastSelected) ? S.stars.find((t) => t.id === S.lastSelected) : null;
+  if (!s || !S.info) { g.replaceChildren(); return; }
+  const [dx, dy] = toDisplay(s.x_fit, s.y_fit), z = S.view.zoom;
+  const [rx, ry] = ellipseRadii(s);
+  const r = Math.max(rx, ry) + 8 / z, L = 10 / z;
+  const m = document.createElementNS(SVGNS, "g");
+  m.setAttribute("class", "selmark"); m.dataset.id = s.id;
+  const c = document.createElementNS(SVGNS, "circle");
+  c.setAttribute("cx", dx); c.setAttribute("cy", dy); c.setAttribute("r", r);
+  c.setAttribute("vector-effect", "non-scaling-stroke");
+  m.appendChild(c);
+  for (const [ux, uy] of [[1, 0], [-1, 0], [0, 1], [0, -1]]) {
+    const l = document.createElementNS(SVGNS, "line");
+    l.setAttribute("x1", dx + ux * r); l.setAttribute("y1", dy + uy * r);
+    l.setAttribute("x2", dx + ux * (r + L)); l.setAttribute("y2", dy + uy * (r + L));
+    l.setAttribute("vector-effect", "non-scaling-stroke");
+    m.appendChild(l);
+  }
+  g.replaceChildren(m);
 }
 
 /* ------------------------------------------------------------------ table */
@@ -234,6 +279,8 @@ function renderTable() {
   }
   $("#stars tbody").innerHTML = parts.join("");
   $("#star-count").textContent = `${S.stars.length} star${S.stars.length === 1 ? "" : "s"}`;
+  $("#table-empty").hidden = S.stars.length > 0;
+  $("#remove").disabled = S.selected.size === 0;
 }
 function sortBy(c) {
   if (S.sort.col === c) S.sort.dir = -S.sort.dir; else { S.sort.col = c; S.sort.dir = 1; }
@@ -251,18 +298,26 @@ function setStars(columns, rows, manual) {
   const stars = rows.map((r) => { const o = {}; columns.forEach((c, k) => { o[c] = r[k]; }); return o; });
   return stars.map((s) => { s.id = S.nextId++; if (manual) s._manual = true; return s; });
 }
+/* the columns people read first, then every other column in the library's order */
+const FIRST_COLUMNS = ["id", "x_fit", "y_fit", "fwhm", "fwhm_x", "fwhm_y", "fwhm_arcsec", "roundness", "angle",
+  "amplitude", "background", "flux_fit", "flux_err", "mag", "mag_err", "snr", "rmse", "reduced_chi2", "beta", "flag_names"];
+function orderColumns(cols) {
+  const first = FIRST_COLUMNS.filter((c) => cols.includes(c));
+  return first.concat(cols.filter((c) => !first.includes(c)));
+}
 function mergeColumns(cols) {
   for (const c of cols) if (!S.columns.includes(c)) S.columns.push(c);
+  S.columns = orderColumns(S.columns);
 }
 
 /* ------------------------------------------------------------------ selection */
 function select(ids, { centre = false, additive = false } = {}) {
   if (!additive) S.selected.clear();
   for (const id of ids) S.selected.add(id);
-  markSelection();
   const last = ids.length ? S.stars.find((s) => s.id === ids[ids.length - 1]) : null;
+  if (last) S.lastSelected = last.id;
+  markSelection();
   if (last) {
-    S.lastSelected = last.id;
     const tr = $(`#stars tbody tr[data-id="${last.id}"]`);
     if (tr) tr.scrollIntoView({ block: "nearest" });
     if (centre) centreOn(last.x_fit, last.y_fit, 1);
@@ -295,7 +350,8 @@ function showStarText(s) {
                 "amplitude", "flux_fit", "flux_err", "mag", "snr", "rmse", "flag_names"];
   const lines = [`Star ${s.id} (from detection)`];
   for (const k of keys) if (k in s) lines.push(`${k.padEnd(12)} ${fmt(k, s[k])}`);
-  lines.push("", "Drag a box around it (or double-click it) for the full fit with the angle.");
+  lines.push("", "Drag a box around it (or double-click it) to fit it with the angle",
+             "and see its radial profile.");
   $("#report").textContent = lines.join("\n"); $("#report").classList.remove("muted");
   drawProfile(null);
 }
@@ -306,8 +362,9 @@ function drawProfile(p) {
   const ctx = c.getContext("2d"); ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.fillStyle = "#0d0c0c"; ctx.fillRect(0, 0, W, H);
   ctx.font = "10px ui-monospace, monospace"; ctx.fillStyle = "#7d726f";
-  if (!p || !p.radius || !p.radius.length) { ctx.fillText("radial profile: fit a star", 12, 20); c.dataset.points = "0"; return; }
-  const L = 46, R = 8, T = 10, B = 24, pw = W - L - R, ph = H - T - B;
+  c.hidden = !p || !p.radius || !p.radius.length;
+  if (c.hidden) { c.dataset.points = "0"; return; }
+  const L = 48, R = 12, T = 22, B = 26, pw = W - L - R, ph = H - T - B;
   const rmax = Math.max(...p.radius) || 1;
   const vals = p.value.concat(p.curve_model).filter((v) => v !== null);
   let vmin = Math.min(...vals), vmax = Math.max(...vals);
@@ -317,12 +374,15 @@ function drawProfile(p) {
   ctx.strokeStyle = "#2e2828"; ctx.lineWidth = 1;
   ctx.strokeRect(L, T, pw, ph);
   ctx.fillStyle = "#7d726f";
+  ctx.textAlign = "right";
   for (let k = 0; k <= 4; k++) {
-    const v = vmin + (k / 4) * (vmax - vmin), y = Y(v);
-    ctx.fillText(Number(v.toPrecision(3)).toString(), 2, y + 3);
-    const r = (k / 4) * rmax; ctx.fillText(r.toFixed(1), X(r) - 8, H - 10);
+    const v = vmin + (k / 4) * (vmax - vmin);
+    ctx.fillText(Number(v.toPrecision(3)).toString(), L - 4, Y(v) + 3);
   }
-  ctx.fillText("r [px]", W - 44, H - 1);
+  ctx.textAlign = "center";
+  for (let k = 0; k <= 4; k++) { const r = (k / 4) * rmax; ctx.fillText(r.toFixed(1), X(r), T + ph + 12); }
+  ctx.fillText("distance from the fitted centre [px]", L + pw / 2, H - 2);
+  ctx.textAlign = "left";
   if (p.background !== null) {
     ctx.setLineDash([3, 3]); ctx.strokeStyle = "#4a3f3d";
     ctx.beginPath(); ctx.moveTo(L, Y(p.background)); ctx.lineTo(L + pw, Y(p.background)); ctx.stroke(); ctx.setLineDash([]);
@@ -336,8 +396,11 @@ function drawProfile(p) {
   ctx.strokeStyle = "#d0623f"; ctx.lineWidth = 1.8; ctx.beginPath();
   p.curve_radius.forEach((r, k) => { const x = X(r), y = Y(p.curve_model[k]); k ? ctx.lineTo(x, y) : ctx.moveTo(x, y); });
   ctx.stroke();
-  ctx.fillStyle = "#d0623f"; ctx.fillText("model", L + pw - 40, T + 12);
-  ctx.fillStyle = "#b9aeab"; ctx.fillText("· pixels", L + pw - 40, T + 24);
+  ctx.fillStyle = "#b9aeab"; ctx.fillText("radial profile", L, 12);
+  ctx.textAlign = "right";
+  ctx.fillStyle = "#d0623f"; ctx.fillText("— fitted model", L + pw, 12);
+  ctx.fillStyle = "#b9aeab"; ctx.fillText("· pixels   ", L + pw - 84, 12);
+  ctx.textAlign = "left";
   c.dataset.points = String(n);
 }
 
@@ -355,26 +418,29 @@ async function detect() {
   const btn = $("#detect");
   const body = { path: S.path, threshold: Number($("#threshold").value), model: $("#model").value, angle: $("#angle").checked };
   const t0 = performance.now();
-  psfkitStats.detect = { clicked: t0, received: null, drawn: null };
+  psfkitStats.detect = { clicked: t0, received: null, drawn: null, error: null, n: null };
   btn.disabled = true;
   const timer = setInterval(() => busy(`Detecting stars… ${((performance.now() - t0) / 1000).toFixed(0)} s`), 500);
   busy("Detecting stars…");
   try {
-    const r = await api("POST", "/api/detect", body);
+    const r = await api("POST", "/api/detect", body, psfkitStats.detect);
     psfkitStats.detect.received = performance.now();
     S.settings = r.settings;
-    S.columns = r.columns.slice();
+    S.columns = orderColumns(r.columns);
+    S.nextId = 1;
     S.stars = setStars(r.columns, r.rows, false);
     S.selected.clear(); S.sort = { col: null, dir: 1 };
     renderTable(); drawStars();
+    psfkitStats.detect.built = performance.now();
     const sm = r.summary || {}, rej = Object.entries(sm.rejected || {}).map(([k, v]) => `${k} ${v}`).join(", ");
-    $("#summary").textContent = `${sm.n_candidates ?? "?"} candidates${rej ? "; rejected: " + rej : ""}` +
+    $("#summary").textContent = $("#summary").title = `${sm.n_candidates ?? "?"} candidates${rej ? "; rejected: " + rej : ""}` +
       (r.frame_fwhm ? `; frame FWHM ≈ ${r.frame_fwhm.toFixed(2)} px` : "");
-    requestAnimationFrame(() => {
-      psfkitStats.detect.drawn = performance.now();
+    // drawn: after the next frame has been painted (rAF runs before paint, the timeout after it)
+    requestAnimationFrame(() => setTimeout(() => {
+      psfkitStats.detect.drawn = performance.now(); psfkitStats.detect.n = S.stars.length;
       message(`${S.stars.length} stars in ${((psfkitStats.detect.drawn - t0) / 1000).toFixed(2)} s`, "ok");
-    });
-  } catch (e) { message("Detect: " + e.message, "error"); }
+    }, 0));
+  } catch (e) { psfkitStats.detect.error = e.message; message("Detect: " + e.message, "error"); }
   finally { clearInterval(timer); busy(null); btn.disabled = false; }
 }
 async function fitAt(x, y, box) {
@@ -402,11 +468,12 @@ async function doAverage() {
   } catch (e) { message("Average: " + e.message, "error"); }
 }
 async function doExport(format) {
+  psfkitStats.lastExport = null;
   try {
     const r = await api("POST", "/api/export", rowsPayload({ format }));
     message(`Wrote ${r.written} (${r.n_stars} stars) in ${r.folder}`, "ok");
-    document.body.dataset.lastExport = r.written;
-  } catch (e) { message("Export: " + e.message, "error"); }
+    psfkitStats.lastExport = { written: r.written, error: null };
+  } catch (e) { psfkitStats.lastExport = { written: null, error: e.message }; message("Export: " + e.message, "error"); }
 }
 function copyText(sel) {
   const text = $(sel).textContent;
@@ -455,7 +522,7 @@ async function openImage(rel) {
   try {
     const info = await api("GET", `/api/image?path=${encodeURIComponent(rel)}`);
     S.info = info; S.path = rel;
-    S.stars = []; S.columns = []; S.selected.clear(); S.settings = null;
+    S.stars = []; S.columns = []; S.selected.clear(); S.settings = null; S.nextId = 1; S.lastSelected = null;
     renderTable(); drawStars();
     $("#summary").textContent = "";
     $("#report").textContent = "Select a star, drag a box around one, or double-click one."; $("#report").classList.add("muted");
@@ -571,7 +638,7 @@ function wire() {
   $("#average").addEventListener("click", doAverage);
   $("#remove").addEventListener("click", removeSelected);
   $("#box-mode").addEventListener("click", toggleBox);
-  for (const b of document.querySelectorAll("#toolbar .export button")) b.addEventListener("click", () => doExport(b.dataset.format));
+  for (const b of document.querySelectorAll("#table-head .export button")) b.addEventListener("click", () => doExport(b.dataset.format));
   $("#copy-report").addEventListener("click", () => copyText("#report"));
   $("#copy-average").addEventListener("click", () => copyText("#average-text"));
   $("#file-select").addEventListener("change", (ev) => openImage(ev.target.value));

@@ -1,0 +1,263 @@
+"""The page in a real Chromium (Debian's /usr/bin/chromium, driven by Playwright; no browser download).
+
+Outside CI a missing chromium skips with a reason; in CI (env CI set) it fails.
+Screenshots go to test-artifacts/ (gitignored).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+import psfkit
+from psfkit.simulate import add_noise, render_stars, star_params
+from psfkit.web import create_app, serve_in_thread
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+FRAME = "siril_qhy268m_rasa11_crop.fit.fz"
+OTHER = "eso_ntt_emmi_r_sep_image.fits"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _need(condition: bool, reason: str) -> None:
+    if not condition:
+        if _in_ci():
+            pytest.fail(f"{reason} (CI must run the browser tests: make browser installs it)")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _need(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: install Debian's chromium (make browser) to run the browser tests")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:  # pragma: no cover - playwright is a dev dependency
+        _need(False, "the playwright package is not installed")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def _open(browser, url: str, image: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{url}/#image={image}")
+    page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+    page.wait_for_function("psfkitStats.settled()", timeout=60_000)
+    return page, errors
+
+
+def _detect(page):
+    page.click("#detect")
+    page.wait_for_function("psfkitStats.detect && (psfkitStats.detect.drawn || psfkitStats.detect.error)", timeout=180_000)
+    assert page.evaluate("psfkitStats.detect.error") is None
+    return page.locator("#overlay ellipse.star").count(), page.locator("#stars tbody tr").count()
+
+
+def _column(page, name: str) -> list[float]:
+    idx = page.evaluate(f"S.columns.indexOf({name!r})")
+    texts = page.eval_on_selector_all("#stars tbody tr", f"rows => rows.map(r => r.children[{idx}].textContent)")
+    return [float("nan") if t == "—" else float(t) for t in texts]
+
+
+def _centre(page, selector: str) -> tuple[float, float]:
+    box = page.locator(selector).bounding_box()
+    return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+
+def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    with serve_in_thread(create_app(shared_data, export_dir=exports)) as server:
+        page, errors = _open(browser, server.url, FRAME)
+        page.screenshot(path=ARTIFACTS / "web_01_open.png")
+
+        # detect: one ellipse per table row
+        n_ell, n_rows = _detect(page)
+        assert n_rows > 30 and n_ell == n_rows
+        assert page.locator("#star-count").text_content() == f"{n_rows} stars"
+        page.screenshot(path=ARTIFACTS / "web_02_detected.png")
+
+        # sort by FWHM, both ways; missing values last
+        page.click("#stars th[data-col='fwhm']")
+        fw = _column(page, "fwhm")
+        assert fw == sorted(fw) and len(fw) == n_rows
+        page.click("#stars th[data-col='fwhm']")
+        fw_down = _column(page, "fwhm")
+        assert fw_down == sorted(fw_down, reverse=True)
+        page.click("#stars th[data-col='fwhm']")
+
+        # select a row: its ellipse is highlighted and centred in the viewer
+        row = page.locator("#stars tbody tr").nth(2)
+        sid = row.get_attribute("data-id")
+        row.click()
+        ell = f"#overlay ellipse.star[data-id='{sid}']"
+        assert "sel" in page.get_attribute(ell, "class").split()
+        assert "sel" in row.get_attribute("class").split()
+        assert page.get_attribute("#marks-layer .selmark", "data-id") == sid  # the crosshair marks that star
+        star = page.evaluate(f"S.stars.find(s => s.id === {sid})")
+        assert f"{star['x_fit']:.3f}" in page.locator("#report").text_content()
+        vb = page.locator("#viewer").bounding_box()
+        cx, cy = _centre(page, ell)
+        assert abs(cx - (vb["x"] + vb["width"] / 2)) < 2 and abs(cy - (vb["y"] + vb["height"] / 2)) < 2
+        page.wait_for_function("psfkitStats.settled()")
+        page.screenshot(path=ARTIFACTS / "web_03_selected.png")
+
+        # clicking a star on the image selects its row
+        other = page.locator("#stars tbody tr").nth(5).get_attribute("data-id")
+        page.evaluate(f"centreOn(S.stars.find(s => s.id === {other}).x_fit, S.stars.find(s => s.id === {other}).y_fit, 1)")
+        page.mouse.click(*_centre(page, f"#overlay ellipse.star[data-id='{other}']"))
+        assert "sel" in page.get_attribute(f"#stars tbody tr[data-id='{other}']", "class").split()
+        assert "sel" not in (page.get_attribute(f"#stars tbody tr[data-id='{sid}']", "class") or "").split()
+
+        # delete it with the Delete key
+        page.keyboard.press("Delete")
+        assert page.locator("#stars tbody tr").count() == n_rows - 1
+        assert page.locator("#overlay ellipse.star").count() == n_rows - 1
+        assert page.locator(f"#overlay ellipse.star[data-id='{other}']").count() == 0
+        # and a second one with the button
+        page.locator("#stars tbody tr").nth(0).click()
+        page.click("#remove")
+        n_now = n_rows - 2
+        assert page.locator("#stars tbody tr").count() == n_now == page.locator("#overlay ellipse.star").count()
+
+        # box-fit a bright unsaturated star: Shift+drag a box around it
+        target = page.evaluate("""() => {
+            // the brightest unsaturated star with no other listed star within 25 px (a box fit
+            // looks for the brightest peak inside the box: a brighter neighbour would win)
+            const isolated = (s) => S.stars.every(o => o === s || Math.hypot(o.x_fit - s.x_fit, o.y_fit - s.y_fit) > 25);
+            const ok = S.stars.filter(s => !(s.flag_names || '').includes('saturated') && s.amplitude > 0 && isolated(s));
+            ok.sort((a, b) => b.amplitude - a.amplitude); return {id: ok[0].id, x: ok[0].x_fit, y: ok[0].y_fit};
+        }""")
+        page.click(f"#stars tbody tr[data-id='{target['id']}']")
+        tx, ty = _centre(page, f"#overlay ellipse.star[data-id='{target['id']}']")
+        zoom = page.evaluate("S.view.zoom")
+        half = 9 * zoom
+        page.keyboard.down("Shift")
+        page.mouse.move(tx - half, ty - half)
+        page.mouse.down()
+        page.mouse.move(tx, ty, steps=3)
+        page.mouse.move(tx + half, ty + half, steps=3)
+        page.mouse.up()
+        page.keyboard.up("Shift")
+        page.wait_for_function(f"S.stars.length === {n_now + 1}", timeout=60_000)
+        fitted = page.evaluate("S.stars[S.stars.length - 1]")
+        assert abs(fitted["x_fit"] - target["x"]) < 0.5 and abs(fitted["y_fit"] - target["y"]) < 0.5
+        report = page.locator("#report").text_content()
+        assert "FWHMX" in report and "Angle" in report and f"{fitted['x_fit']:.4f}" in report
+        assert int(page.get_attribute("#profile", "data-points")) > 50
+        assert page.locator("#overlay ellipse.star").count() == n_now + 1 == page.locator("#stars tbody tr").count()
+        page.wait_for_function("psfkitStats.settled()")
+        page.screenshot(path=ARTIFACTS / "web_04_boxfit.png")
+
+        # average of the listed stars
+        page.click("#average")
+        page.wait_for_function("document.querySelector('#average-text').textContent.startsWith('Average of')")
+        assert page.locator("#average-text").text_content().startswith(f"Average of {n_now + 1} stars")
+
+        # export a Siril .lst and read it back
+        page.click("#table-head .export button[data-format='lst']")
+        page.wait_for_function("psfkitStats.lastExport")
+        assert page.evaluate("psfkitStats.lastExport.error") is None
+        name = page.evaluate("psfkitStats.lastExport.written")
+        back = psfkit.read_star_list(exports / name, image_shape=(568, 931))
+        listed = page.evaluate("S.stars.map(s => [s.x_fit, s.y_fit])")
+        assert len(back) == len(listed) == n_now + 1
+        np.testing.assert_allclose(np.sort(back["x_fit"]), np.sort([p[0] for p in listed]), atol=1e-3)
+        np.testing.assert_allclose(np.sort(back["y_fit"]), np.sort([p[1] for p in listed]), atol=1e-3)
+        assert list(exports.iterdir()) == [exports / name]
+        page.screenshot(path=ARTIFACTS / "web_05_exported.png")
+
+        # open another image from the root folder: the list starts empty, detection works there too
+        page.select_option("#file-select", OTHER)
+        page.wait_for_selector(f"body[data-image='{OTHER}']")
+        page.wait_for_function("psfkitStats.settled()", timeout=60_000)
+        assert page.locator("#stars tbody tr").count() == 0 == page.locator("#overlay ellipse.star").count()
+        assert page.locator("#image-facts").text_content().startswith("256 × 256")
+        n_ell, n_rows = _detect(page)
+        assert n_rows > 5 and n_ell == n_rows
+        page.screenshot(path=ARTIFACTS / "web_06_other_image.png")
+        assert errors == []
+        page.close()
+
+
+def _elongated_frame(path: Path, *, top_down: bool) -> tuple[float, float]:
+    """A bottom-up (or TOP-DOWN) frame with one elongated star at 30 deg low on the left, one round star."""
+    ny, nx = 200, 300
+    x0, y0 = 80.0, 50.0 if not top_down else 150.0  # row 50 (bottom-up) and row 150 (top-down) both show low
+    p = star_params("gaussian", [x0, 220.0], [y0, 100.0], [4e5, 1e5], [9.0, 4.0], [3.6, 4.0], [30.0, 0.0])
+    expected = render_stars((ny, nx), p, model="gaussian") + 100.0
+    data = add_noise(expected, gain=2.0, read_noise=3.0, rng=np.random.default_rng(5)).astype(np.float32)
+    hdr = fits.Header()
+    if top_down:
+        hdr["ROWORDER"] = "TOP-DOWN"
+    fits.writeto(path, data, hdr)
+    return x0, y0
+
+
+@pytest.mark.parametrize("top_down", [False, True])
+def test_image_y_axis_and_angle_on_screen(browser, tmp_path, top_down):
+    """The drawn ellipse sits on the star's pixels and turns the same way on screen; a bottom-up frame shows
+    row 0 at the bottom (y up, so the angle turns counter-clockwise on screen), a TOP-DOWN one at the top."""
+    from PIL import Image as PILImage
+
+    name = "td.fits" if top_down else "bu.fits"
+    x0, y0 = _elongated_frame(tmp_path / name, top_down=top_down)
+    with serve_in_thread(create_app(tmp_path)) as server:
+        page, errors = _open(browser, server.url, name)
+        page.check("#angle")
+        _detect(page)
+        sid = page.evaluate(f"S.stars.reduce((b, s) => Math.hypot(s.x_fit - {x0}, s.y_fit - {y0}) < "
+                            f"Math.hypot(b.x_fit - {x0}, b.y_fit - {y0}) ? s : b).id")
+        star = page.evaluate(f"S.stars.find(s => s.id === {sid})")
+        assert abs(star["x_fit"] - x0) < 0.3 and abs(star["y_fit"] - y0) < 0.3
+        assert star["angle"] == pytest.approx(30.0, abs=3.0)
+        sel = f"#overlay ellipse.star[data-id='{sid}']"
+        ex, ey = _centre(page, sel)
+        vb = page.locator("#viewer").bounding_box()
+        # the star is in the lower-left part of the display in both cases (row 50 of a bottom-up frame, row 150 of a top-down one)
+        assert ex < vb["x"] + vb["width"] / 2 and ey > vb["y"] + vb["height"] / 2
+        # the ellipse's on-screen rotation (SVG: clockwise positive, y down)
+        ctm = page.evaluate(f"(() => {{ const m = document.querySelector(\"{sel}\").getCTM(); return [m.a, m.b]; }})()")
+        ell_angle = math.degrees(math.atan2(ctm[1], ctm[0]))
+        rx, ry = float(page.get_attribute(sel, "rx")), float(page.get_attribute(sel, "ry"))
+        assert rx > ry
+        # the star's pixels as drawn: centroid and orientation from the screenshot (overlay hidden)
+        page.evaluate("document.querySelector('#overlay').style.visibility = 'hidden'")
+        page.wait_for_function("psfkitStats.settled()")
+        shot = np.asarray(PILImage.open(io.BytesIO(page.screenshot())).convert("L"), dtype=float)
+        page.evaluate("document.querySelector('#overlay').style.visibility = ''")
+        page.screenshot(path=ARTIFACTS / f"web_orientation_{'topdown' if top_down else 'bottomup'}.png")
+        r = 30
+        win = shot[int(ey) - r:int(ey) + r + 1, int(ex) - r:int(ex) + r + 1]
+        w = np.clip(win - np.median(shot), 0, None)
+        yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+        tot = w.sum()
+        mx, my = (w * xx).sum() / tot, (w * yy).sum() / tot
+        assert abs(mx) < 2.0 and abs(my) < 2.0, "the ellipse is centred on the star's pixels"
+        mxx = (w * (xx - mx) ** 2).sum() / tot
+        myy = (w * (yy - my) ** 2).sum() / tot
+        mxy = (w * (xx - mx) * (yy - my)).sum() / tot
+        pix_angle = math.degrees(0.5 * math.atan2(2 * mxy, mxx - myy))
+        assert abs(((pix_angle - ell_angle) + 90) % 180 - 90) < 6, (pix_angle, ell_angle)
+        expected = 30.0 if top_down else -30.0  # y up on screen turns a CCW image angle into a CCW screen angle
+        assert abs(((ell_angle - expected) + 90) % 180 - 90) < 4, ell_angle
+        assert errors == []
+        page.close()
