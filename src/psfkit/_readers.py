@@ -225,6 +225,11 @@ def _read_fits_open(path: Path, fh: Any, hdu: int | str | None, compressed_file:
             if raw.dtype.kind == "f" and raw.dtype.itemsize < 4:
                 raise PsfkitError(f"{path}: unsupported pixel type {raw.dtype}")
             data, type_max = _to_float(path, raw)
+            stored_type = f"{raw.dtype.name} (BITPIX={header.get('ZBITPIX', header.get('BITPIX'))})"
+            if raw.dtype.kind in "iu" and bscale == 1.0 and bzero == 2.0 ** (8 * raw.dtype.itemsize - 1):
+                stored_type = f"uint{8 * raw.dtype.itemsize} (BITPIX={header.get('ZBITPIX', header.get('BITPIX'))}, BZERO={bzero:g})"
+            elif raw.dtype.kind in "iu" and (bscale != 1.0 or bzero != 0.0):
+                stored_type += f" scaled by BSCALE={bscale:g}, BZERO={bzero:g}"
             if raw.dtype.kind in "iu":
                 if blank is not None:
                     holes = raw == int(blank)
@@ -253,7 +258,8 @@ def _read_fits_open(path: Path, fh: Any, hdu: int | str | None, compressed_file:
     hdul.close()
     data, layout = _shape_to_layout(path, data, channels_last=False)
     return Frame(data=data, header=cards, format="FITS", layout=layout, type_max=type_max,
-                 meta={"hdu": index, "compressed": "tile" if is_tile else ("gzip" if compressed_file else None),
+                 meta={"hdu": index, "stored_type": stored_type,
+                       "compressed": "tile" if is_tile else ("gzip" if compressed_file else None),
                        "blank": blank})
 
 
@@ -285,13 +291,14 @@ def _read_xisf(path: Path) -> Frame:
     raw = np.asarray(raw)
     if raw.dtype.kind == "f" and raw.dtype.itemsize < 4:
         raw = raw.astype(np.float32)
+    stored_type = raw.dtype.name
     data, type_max = _to_float(path, raw)
     data, layout = _shape_to_layout(path, data, channels_last=True)
     colour_space = str(image_meta.get("colorSpace", "")).lower()
     if layout == "stack" and colour_space == "rgb":
         layout = "rgb"
     return Frame(data=data, header=header, format="XISF", layout=layout, type_max=type_max,
-                 meta={"roworder": "TOP-DOWN"})
+                 meta={"roworder": "TOP-DOWN", "stored_type": stored_type})
 
 
 # ---------------------------------------------------------------- TIFF
@@ -327,12 +334,14 @@ def _read_tiff(path: Path) -> Frame:
         raise
     except Exception as exc:
         raise PsfkitError(f"{path}: not a readable TIFF file ({_short(exc)})") from None
-    data, type_max = _to_float(path, np.asarray(raw))
+    raw = np.asarray(raw)
+    stored_type = raw.dtype.name
+    data, type_max = _to_float(path, raw)
     data, layout = _shape_to_layout(path, data, channels_last=True)
     if layout == "stack" and "RGB" in photometric:
         layout = "rgb"
     return Frame(data=data, header={}, format="TIFF", layout=layout, type_max=type_max,
-                 meta={"roworder": "TOP-DOWN"})
+                 meta={"roworder": "TOP-DOWN", "stored_type": stored_type})
 
 
 # ---------------------------------------------------------------- PNG, JPEG
@@ -378,7 +387,7 @@ def _read_pillow(path: Path, kind: str) -> Frame:
     if layout == "stack":
         layout = "rgb"
     return Frame(data=data, header=header, format=kind, layout=layout, type_max=type_max,
-                 meta={"roworder": "TOP-DOWN", "mode": mode})
+                 meta={"roworder": "TOP-DOWN", "mode": mode, "stored_type": f"{raw.dtype.name} (mode {mode})"})
 
 
 # ---------------------------------------------------------------- camera RAW
@@ -410,7 +419,8 @@ def _read_raw(path: Path) -> Frame:
     header = {"BAYERPAT": pattern}
     return Frame(data=data, header=header, format="RAW", layout="bayer", type_max=saturation,
                  saturation=saturation, bayer_pattern=pattern,
-                 meta={"roworder": "TOP-DOWN", "black_level": black.tolist(), "white_level": white})
+                 meta={"roworder": "TOP-DOWN", "black_level": black.tolist(), "white_level": white,
+                       "stored_type": f"{mosaic.dtype.name} (camera RAW, {desc.strip()})"})
 
 
 def read_frame(path: Path, *, hdu: int | str | None = None) -> Frame:

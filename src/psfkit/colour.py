@@ -32,8 +32,10 @@ __all__ = [
     "bayer_plane",
     "describe_plane",
     "find_stars_by_channel",
+    "frame_view",
     "luminance",
     "table_to_frame",
+    "table_to_plane",
 ]
 
 BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
@@ -157,8 +159,31 @@ def describe_plane(pattern: str, which: str) -> str:
 
 
 # columns of a star table that are lengths in pixels (scaled by the plane's pixel size when mapped)
-_LENGTH_COLUMNS = ("x_err", "y_err", "fwhm_x", "fwhm_y", "fwhm", "fwhm_x_err", "fwhm_y_err", "fwhm_err")
+_LENGTH_COLUMNS = ("x_err", "y_err", "fwhm_x", "fwhm_y", "fwhm", "fwhm_x_err", "fwhm_y_err", "fwhm_err", "aperture_radius")
 _POSITION_COLUMNS = (("x_fit", "y_fit"), ("x_init", "y_init"), ("x_peak", "y_peak"), ("xcentroid", "ycentroid"))
+
+
+def _map_table(table: Any, image: Any, *, inverse: bool) -> Any:
+    out = table.copy()
+    pixel_map = getattr(image, "pixel_map", None)
+    if not pixel_map:
+        return out
+    scale = float(pixel_map["scale"])
+    convert = image.from_frame if inverse else image.to_frame
+    for xc, yc in _POSITION_COLUMNS:
+        if xc in out.colnames and yc in out.colnames:
+            x, y = convert(np.asarray(out[xc], float), np.asarray(out[yc], float))
+            out[xc] = x.astype(out[xc].dtype) if out[xc].dtype.kind == "f" else x
+            out[yc] = y.astype(out[yc].dtype) if out[yc].dtype.kind == "f" else y
+    for name in _LENGTH_COLUMNS:
+        if name in out.colnames:
+            out[name] = out[name] / scale if inverse else out[name] * scale
+    return out
+
+
+def table_to_plane(table: Any, image: Any) -> Any:
+    """The inverse of :func:`table_to_frame`: a full-frame star list in the pixels of a Bayer plane."""
+    return _map_table(table, image, inverse=True)
 
 
 def table_to_frame(table: Any, image: Any) -> Any:
@@ -180,19 +205,11 @@ def table_to_frame(table: Any, image: Any) -> Any:
         copy) when ``image`` is not a plane of a larger frame.
         ``meta["pixel_map"]`` and ``meta["image_shape"]`` describe the frame.
     """
-    out = table.copy()
+    out = _map_table(table, image, inverse=False)
     pixel_map = getattr(image, "pixel_map", None)
     if not pixel_map:
         return out
     scale = float(pixel_map["scale"])
-    for xc, yc in _POSITION_COLUMNS:
-        if xc in out.colnames and yc in out.colnames:
-            x, y = image.to_frame(np.asarray(out[xc], float), np.asarray(out[yc], float))
-            out[xc] = x.astype(out[xc].dtype) if out[xc].dtype.kind == "f" else x
-            out[yc] = y.astype(out[yc].dtype) if out[yc].dtype.kind == "f" else y
-    for name in _LENGTH_COLUMNS:
-        if name in out.colnames:
-            out[name] = out[name] * scale
     out.meta["pixel_map"] = dict(pixel_map)
     out.meta["plane_shape"] = list(image.shape)
     out.meta["image_shape"] = list(image.meta.get("frame_shape", image.shape))
@@ -200,6 +217,19 @@ def table_to_frame(table: Any, image: Any) -> Any:
                                f"measured on {image.meta.get('channel_rule', 'a plane')}")
     if "pixel_scale" in out.meta and image.pixel_scale:
         out.meta["pixel_scale"] = image.pixel_scale / scale
+    return out
+
+
+def frame_view(image: Any) -> np.ndarray:
+    """Pixels to draw full-frame positions on: the image itself, or a Bayer plane blown up 2x2 to the frame's size."""
+    pixel_map = getattr(image, "pixel_map", None)
+    if not pixel_map:
+        return image.data
+    s = int(pixel_map["scale"])
+    big = np.repeat(np.repeat(image.data, s, axis=0), s, axis=1)
+    ny, nx = image.meta.get("frame_shape", big.shape)
+    out = np.full((ny, nx), np.nan, dtype=big.dtype)
+    out[: min(ny, big.shape[0]), : min(nx, big.shape[1])] = big[:ny, :nx]
     return out
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "load_planes",
     "image_scale_from_header",
     "as_image",
+    "describe_image",
     "plane_to_frame",
     "frame_to_plane",
 ]
@@ -731,6 +732,57 @@ def load_planes(
         else:
             channels = [None]
     return [_finish(p, frame, c, user) for c in channels]
+
+
+def describe_image(image: Image) -> dict:
+    """What psfkit knows about a loaded image, as labelled plain values (``psfkit info`` prints it).
+
+    Parameters
+    ----------
+    image : Image
+
+    Returns
+    -------
+    dict
+        Label -> plain value (str, number, bool, list or None), in display order.
+    """
+    meta = image.meta
+    wcs = image.wcs
+    centre = None
+    if wcs is not None:
+        try:
+            ny, nx = image.shape
+            ra, dec = wcs.all_pix2world([(nx - 1) / 2], [(ny - 1) / 2], 0)
+            centre = [round(float(ra[0]), 6), round(float(dec[0]), 6)]
+        except Exception:
+            centre = None
+    return {
+        "file": image.path,
+        "format": meta.get("format"),
+        "hdu": meta.get("hdu"),
+        "compressed": meta.get("compressed"),
+        "stored type": meta.get("stored_type"),
+        "layout": meta.get("layout"),
+        "planes": meta.get("n_planes"),
+        "frame shape (ny, nx)": list(meta.get("frame_shape", image.shape)),
+        "bayer pattern": meta.get("bayer_pattern"),
+        "measured plane": meta.get("channel_rule") or ("the image itself" if meta.get("channel") is None else str(meta.get("channel"))),
+        "shape (ny, nx)": list(image.shape),
+        "dtype": image.data.dtype.name,
+        "pixel map": meta.get("pixel_map"),
+        "image scale (arcsec/px)": image.pixel_scale,
+        "scale rule": image.scale_rule,
+        "gain (e-/ADU)": image.gain,
+        "gain rule": meta.get("gain_rule"),
+        "read noise (e-)": image.read_noise,
+        "saturation": image.saturation,
+        "saturation rule": meta.get("saturation_rule"),
+        "exposure (s)": image.exptime,
+        "date": image.date_obs,
+        "row order": image.roworder,
+        "WCS": wcs is not None,
+        "WCS centre (deg)": centre,
+    }
 
 
 def as_image(image: Any) -> Image:

@@ -21,6 +21,7 @@ from . import find as _find  # noqa: E402,F401
 from . import compare as _compare  # noqa: E402,F401
 from . import view as _view  # noqa: E402,F401
 from . import seq as _seq  # noqa: E402,F401
+from . import info as _info  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

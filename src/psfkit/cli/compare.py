@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from ._app import app, fail
+from ._options import channel_option, hdu_option, load_from_options
 
 
 def _clean(v):
@@ -25,19 +26,22 @@ def compare_command(
     box: Optional[int] = typer.Option(None, "--box", help="Common fitting box (odd, px)."),
     gain: Optional[float] = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
     read_noise: Optional[float] = typer.Option(None, "--read-noise", help="e- (default: header)."),
-    hdu: Optional[int] = typer.Option(None, "--hdu", help="FITS HDU to read."),
+    hdu: Optional[str] = hdu_option(),
+    channel: Optional[str] = channel_option(per_channel=False),
     residuals: Optional[Path] = typer.Option(None, "--residuals", help="PNG of data, model and residual per model."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per model."),
 ) -> None:
     """Fit the source with the Gaussian, Moffats, Lorentzian and your PSF; total flux, FWHM, chi2, AIC/BIC per model."""
     from ..compare import compare_models, plot_model_residuals
-    from ..image import load_image
     from .fit import _parse_xy
 
     x, y = _parse_xy(at)
     if box is not None and box < 5:
         raise fail(f"--box must be at least 5 px, got {box}")
-    img = load_image(image, hdu=hdu)
+    img = load_from_options(image, hdu=hdu, channel=channel)
+    if img.pixel_map:  # a Bayer plane: --at is on the full frame; the fits are on the plane
+        x, y = (float(v) for v in img.from_frame(x, y))
+        typer.echo(f"measured on the {img.meta.get('channel_rule')}; positions and sizes below are in its pixels")
     table, fits = compare_models(img, x, y, psf=str(psf) if psf else None, box=box, gain=gain,
                                  read_noise=read_noise, return_fits=True)
     if residuals is not None:
@@ -90,7 +94,8 @@ def phot_command(
     read_noise: Optional[float] = typer.Option(None, "--read-noise", help="e- (default: header)."),
     zero_point: float = typer.Option(0.0, "--zero-point", help="Magnitude zero point."),
     growth: bool = typer.Option(False, "--growth", help="Also print each star's curve of growth and best-SNR radius."),
-    hdu: Optional[int] = typer.Option(None, "--hdu", help="FITS HDU to read."),
+    hdu: Optional[str] = hdu_option(),
+    channel: Optional[str] = channel_option(per_channel=False),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the table: .csv .ecsv .fits"),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per star."),
 ) -> None:
@@ -99,7 +104,7 @@ def phot_command(
 
     from ..catalog import read_star_list, write_star_list
     from ..errors import PsfkitError
-    from ..image import load_image
+    from ..colour import table_to_frame, table_to_plane
     from ..photometry import curve_of_growth, optimal_radius, star_photometry
     from ..psffit import fit_stars
     from .fit import _parse_xy
@@ -109,9 +114,9 @@ def phot_command(
     ann = None
     if annulus:
         ann = _parse_xy(annulus, "--annulus", "inner and outer radius in px")
-    img = load_image(image, hdu=hdu)
+    img = load_from_options(image, hdu=hdu, channel=channel)
     if at:
-        xy = np.array([_parse_xy(a) for a in at])
+        xy = np.array([img.from_frame(*_parse_xy(a)) for a in at], dtype=float)  # full frame -> measured plane
         table = fit_stars(img, xy[:, 0], xy[:, 1], model=model, gain=gain, read_noise=read_noise,
                           zero_point=zero_point, search_radius=5.0)
         source = f"{len(table)} position(s), PSF-fitted first"
@@ -120,6 +125,7 @@ def phot_command(
         for col in ("x_fit", "y_fit", "fwhm"):
             if col not in table.colnames:
                 raise PsfkitError(f"{stars}: the star list has no {col!r} column")
+        table = table_to_plane(table, img)  # identity unless a Bayer plane
         source = f"{len(table)} stars from {stars}"
     else:
         from ..detect import find_stars
@@ -130,6 +136,7 @@ def phot_command(
         raise PsfkitError("no star to measure")
     out = star_photometry(img, table, radius=radius, radius_fwhm=radius_fwhm, annulus=ann, elliptical=elliptical,
                           gain=gain, zero_point=zero_point)
+    plane_out, out = out, table_to_frame(out, img)  # positions on the full frame (identity unless a Bayer plane)
     cols = [c for c in ("id", "x_fit", "y_fit", "fwhm", "flux_fit", "flux_err", "aperture_radius", "sky", "flux_aper",
                         "flux_aper_err", "snr_aper", "mag_aper", "mag_aper_err", "flux_aper_total",
                         "flux_aper_total_err", "flux_ratio", "flux_ratio_err", "phot_flags") if c in out.colnames]
@@ -159,9 +166,9 @@ def phot_command(
                    f"{row['flux_aper']:11.6g} {row['flux_aper_err']:8.3g} {row['snr_aper']:6.1f} {row['mag_aper']:7.3f} "
                    f"{row['flux_aper_total']:11.6g} {row['flux_aper_total_err']:8.3g} {ratio:8.3f} {int(row['phot_flags']):5d}")
     if growth:
-        fw = float(np.nanmedian(np.asarray(out["fwhm"], float)))
+        fw = float(np.nanmedian(np.asarray(plane_out["fwhm"], float)))
         radii = fw * np.array([0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0])
-        g = curve_of_growth(img, np.asarray(out["x_fit"], float), np.asarray(out["y_fit"], float), radii,
+        g = curve_of_growth(img, np.asarray(plane_out["x_fit"], float), np.asarray(plane_out["y_fit"], float), radii,
                             fwhm=fw, annulus=ann, gain=gain)
         best = optimal_radius(g)
         typer.echo("curve of growth (flux at r = " + ", ".join(f"{r / fw:g}" for r in radii) + " FWHM):")

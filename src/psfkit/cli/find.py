@@ -9,6 +9,8 @@ from typing import Optional
 import typer
 
 from ._app import app, fail
+from ._options import (binning_option, channel_option, focal_length_option, hdu_option, is_per_channel,
+                       load_from_options, pixel_size_option, scale_option, user_optics)
 
 
 @app.command("find")
@@ -21,7 +23,12 @@ def find_command(
     model: str = typer.Option("gaussian", "--model", help="gaussian or moffat."),
     angle: bool = typer.Option(False, "--angle", help="Fit the rotation angle (slower; Siril's detection does not)."),
     keep_rejected: bool = typer.Option(False, "--keep-rejected", help="Also list the rejected candidates, with reasons."),
-    hdu: Optional[int] = typer.Option(None, "--hdu", help="FITS HDU to read."),
+    hdu: Optional[str] = hdu_option(),
+    channel: Optional[str] = channel_option(),
+    focal_length: Optional[float] = focal_length_option(),
+    pixel_size: Optional[float] = pixel_size_option(),
+    binning: Optional[float] = binning_option(),
+    scale: Optional[float] = scale_option(),
     gain: Optional[float] = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
     read_noise: Optional[float] = typer.Option(None, "--read-noise", help="e- (default: header)."),
     min_roundness: Optional[float] = typer.Option(0.3, "--min-roundness", help="Reject stars rounder than this is not (0 turns it off)."),
@@ -29,7 +36,7 @@ def find_command(
     """Find, fit and measure every star of a frame; print a summary and write the list."""
     from ..catalog import STAR_LIST_FORMATS, write_star_list
     from ..detect import find_stars
-    from ..image import load_image
+    from ..colour import find_stars_by_channel, frame_view, table_to_frame
     from ..plots import plot_fwhm_map, plot_overlay
 
     if model not in ("gaussian", "moffat"):
@@ -42,21 +49,34 @@ def find_command(
                 raise fail(f"{p}: the suffix must be one of {', '.join(kinds)}")
             if not p.parent.exists():
                 raise fail(f"{p.parent}: no such folder")
-    img = load_image(image, hdu=hdu)
-    table = find_stars(img, threshold=threshold, model=model, angle=angle, keep_rejected=True,
-                       gain=gain, read_noise=read_noise, progress=True,
-                       min_roundness=min_roundness if min_roundness else None)
+    optics = user_optics(focal_length, pixel_size, binning, scale)
+    find_options = dict(threshold=threshold, model=model, angle=angle, keep_rejected=True, gain=gain,
+                        read_noise=read_noise, progress=True, min_roundness=min_roundness if min_roundness else None)
+    if is_per_channel(channel):  # one table, a 'channel' column, every plane measured
+        table = find_stars_by_channel(image, channels=channel, hdu=hdu, **optics, **find_options)
+        img = load_from_options(image, hdu=hdu, focal_length=focal_length, pixel_size=pixel_size, binning=binning,
+                                scale=scale)
+        summaries = {name: c["summary"] for name, c in table.meta["channels"].items()}
+    else:
+        img = load_from_options(image, hdu=hdu, channel=channel, focal_length=focal_length, pixel_size=pixel_size,
+                                binning=binning, scale=scale)
+        table = table_to_frame(find_stars(img, **find_options), img)  # Bayer planes: back on the full frame
+        summaries = {img.meta.get("channel"): table.meta["summary"]}
+    if img.pixel_map or img.meta.get("channel") is not None:
+        typer.echo(f"{image}: measured on {img.meta.get('channel_rule', img.meta.get('channel'))}"
+                   + ("; positions and FWHM in full-frame pixels" if img.pixel_map else ""))
     stars = table[table["accepted"]]
-    summary = table.meta["summary"]
-    typer.echo(f"{image}: {summary['n_stars']} stars from {summary['n_candidates']} candidates")
-    for reason, count in sorted(summary["rejected"].items(), key=lambda kv: -kv[1]):
-        typer.echo(f"  rejected {count:5d}  {reason}: {table.meta['reject_reasons'][reason]}")
+    for name, summary in summaries.items():
+        label = f" [{name}]" if len(summaries) > 1 else ""
+        typer.echo(f"{image}{label}: {summary['n_stars']} stars from {summary['n_candidates']} candidates")
+        for reason, count in sorted(summary["rejected"].items(), key=lambda kv: -kv[1]):
+            typer.echo(f"  rejected {count:5d}  {reason}: {table.meta['reject_reasons'][reason]}")
     if len(stars):
         import numpy as np
 
         med = float(np.nanmedian(stars["fwhm"]))
         text = f"median FWHM {med:.3f} px"
-        scale = img.pixel_scale
+        scale = img.pixel_scale / img.pixel_map["scale"] if img.pixel_scale and img.pixel_map else img.pixel_scale
         if scale:
             text += f" = {med * scale:.3f}\" ({scale:.4f}\"/px)"
         text += f", median roundness {float(np.nanmedian(stars['roundness'])):.3f}"
@@ -72,13 +92,13 @@ def find_command(
         write_star_list(out, output)
         typer.echo(f"wrote {output}")
     if overlay is not None:
-        plot_overlay(img.data, table if keep_rejected else stars, overlay)
+        plot_overlay(frame_view(img), table if keep_rejected else stars, overlay)
         typer.echo(f"wrote {overlay}")
     if fwhm_map is not None:
         if len(stars) < 3:
             typer.echo(f"not writing {fwhm_map}: a field map needs at least 3 stars")
         else:
-            plot_fwhm_map(stars, img.shape, fwhm_map)
+            plot_fwhm_map(stars, tuple(img.meta.get("frame_shape", img.shape)), fwhm_map)
             typer.echo(f"wrote {fwhm_map}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Optional
 import typer
 
 from ._app import app, fail
+from ._options import (binning_option, channel_option, focal_length_option, hdu_option, load_from_options,
+                       pixel_size_option, scale_option)
 from ..errors import PsfkitError
 
 
@@ -33,7 +36,7 @@ def _json_value(v):
 
 @app.command("fit")
 def fit_command(
-    image: Path = typer.Argument(..., help="Image file (FITS)."),
+    image: Path = typer.Argument(..., help="Image file (FITS, XISF, TIFF, PNG, JPEG, camera RAW)."),
     at: Optional[str] = typer.Option(None, "--at", help="X,Y: 0-based pixel position near the star; default: the brightest source."),
     box: Optional[int] = typer.Option(None, "--box", help="Fitting box in pixels (odd); default about 5 FWHM."),
     model: str = typer.Option("gaussian", "--model", help="gaussian, moffat, or a PSF image file (FITS)."),
@@ -43,11 +46,16 @@ def fit_command(
     gain: Optional[float] = typer.Option(None, "--gain", help="e-/ADU (default: GAIN/EGAIN from the header)."),
     read_noise: Optional[float] = typer.Option(None, "--read-noise", help="Read noise in e- (default: RDNOISE)."),
     zero_point: float = typer.Option(0.0, "--zero-point", help="Magnitude zero point."),
-    hdu: Optional[int] = typer.Option(None, "--hdu", help="FITS HDU to read."),
+    hdu: Optional[str] = hdu_option(),
+    channel: Optional[str] = channel_option(per_channel=False),
+    focal_length: Optional[float] = focal_length_option(),
+    pixel_size: Optional[float] = pixel_size_option(),
+    binning: Optional[float] = binning_option(),
+    scale: Optional[float] = scale_option(),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the star table's column names."),
 ) -> None:
     """Fit the PSF of one star and print the result (copyable), or JSON."""
-    from ..image import load_image
+    from ..colour import table_to_frame
     from ..psffit import fit_star
 
     angle_mode = {"auto": "auto", "yes": True, "true": True, "no": False, "false": False}.get(angle.lower())
@@ -55,14 +63,17 @@ def fit_command(
         raise fail(f"--angle must be auto, yes or no, not {angle!r}")
     if box is not None and box < 3:
         raise fail(f"--box must be at least 3 px, got {box}")
-    img = load_image(image, hdu=hdu)
+    img = load_from_options(image, hdu=hdu, channel=channel, focal_length=focal_length, pixel_size=pixel_size,
+                            binning=binning, scale=scale)
     x = y = None
     if at is not None:
-        x, y = _parse_xy(at)
+        x, y = (float(v) for v in img.from_frame(*_parse_xy(at)))  # full-frame X,Y -> the measured plane
     result = fit_star(
         img, x, y, box=box, model=model, beta=beta, angle=angle_mode, search_radius=search_radius,
         gain=gain, read_noise=read_noise, zero_point=zero_point,
     )
+    if img.pixel_map:  # a Bayer plane: positions and pixel lengths back on the full frame
+        result = dataclasses.replace(result, table=table_to_frame(result.table, img))
     if as_json:
         d = {k: _json_value(v) for k, v in result.to_dict().items()}
         d["flag_names"] = result.flag_names

@@ -1,0 +1,48 @@
+"""``psfkit info IMAGE``: what psfkit reads from a file (no science here: calls describe_image)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._app import app
+from ._options import (binning_option, channel_option, focal_length_option, hdu_option, load_from_options,
+                       pixel_size_option, scale_option)
+
+
+@app.command("info")
+def info_command(
+    image: Path = typer.Argument(..., help="Image file (FITS, XISF, TIFF, PNG, JPEG, camera RAW)."),
+    hdu: Optional[str] = hdu_option(),
+    channel: Optional[str] = channel_option(per_channel=False),
+    focal_length: Optional[float] = focal_length_option(),
+    pixel_size: Optional[float] = pixel_size_option(),
+    binning: Optional[float] = binning_option(),
+    scale: Optional[float] = scale_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Print shape, type, image scale and its rule, gain, read noise, saturation, exposure, date, row order, WCS, Bayer pattern."""
+    from ..image import describe_image
+
+    img = load_from_options(image, hdu=hdu, channel=channel, focal_length=focal_length, pixel_size=pixel_size,
+                            binning=binning, scale=scale)
+    info = describe_image(img)
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        if value is None and key in ("hdu", "compressed", "bayer pattern", "pixel map", "WCS centre (deg)"):
+            continue
+        if isinstance(value, float):
+            text = f"{value:.6g}"
+        elif isinstance(value, bool):
+            text = "yes" if value else "no"
+        elif value is None:
+            text = "unknown"
+        else:
+            text = str(value)
+        typer.echo(f"{key:<{width}s}  {text}")
