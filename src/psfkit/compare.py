@@ -221,7 +221,7 @@ def compare_models(
 
 
 def _aperture_flux(img: Image, best: StarFit, fwhm: float, gain: float | None) -> dict[str, Any]:
-    """Aperture flux at 2.5 FWHM (sky 4-6 FWHM), and its total from the model's enclosed fraction."""
+    """Aperture flux at 2.5 FWHM (sky 4-6 FWHM), and its total from the fitted model's enclosed fraction."""
     from .photometry import _model_enclosed_fraction, aperture_photometry
 
     x, y = best.x_fit, best.y_fit
@@ -238,10 +238,12 @@ def _aperture_flux(img: Image, best: StarFit, fwhm: float, gain: float | None) -
     flux, err = float(phot["flux_aper"][0]), float(phot["flux_aper_err"][0])
     out = {"flux": flux, "flux_err": err, "radius": radius, "sky": float(phot["sky"][0]),
            "phot_flags": int(phot["phot_flags"][0])}
-    name = best.model.name
-    if name in ("gaussian", "moffat"):
-        frac = float(_model_enclosed_fraction(name, best.table, radius, annulus=(4.0 * fwhm, 6.0 * fwhm))[0])
-        out.update(enclosed_fraction=frac, flux_total=flux / frac, flux_total_err=err / frac)
+    fr = _model_enclosed_fraction(best.model, best.table, radius, annulus=(4.0 * fwhm, 6.0 * fwhm))
+    if fr is not None and np.isfinite(fr[0]) and fr[0] > 0:
+        frac = float(fr[0])
+        out.update(enclosed_fraction=frac, flux_total=flux / frac, flux_total_err=err / frac,
+                   corrected_to=("the total flux" if getattr(best.model, "flux_is_total", True)
+                                 else "the Lorentzian's flux definition (light within its flux radius)"))
     return out
 
 

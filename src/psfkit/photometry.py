@@ -883,34 +883,64 @@ def optimal_radius(growth: dict[str, np.ndarray]) -> np.ndarray:
     return out
 
 
-def _model_enclosed_fraction(
-    model_name: str, stars: Table, r: float, annulus: tuple[float, float] | None = None
-) -> np.ndarray:
-    """What a sky-subtracted circular aperture of radius r measures of each fitted star, per unit total flux.
+def _unit_profiles(model: Any, stars: Table, half: int) -> np.ndarray | None:
+    """Each star's fitted PSF at unit flux, centred on a (2 half + 1)^2 grid: (N, pixels), or None.
 
-    From the star's fitted PSF model (``fwhm_x``, ``fwhm_y``, ``angle``, ``beta``): the fraction of
-    its light inside the circle, minus, when ``annulus`` (px) is given, the aperture's area times
-    the model's mean level in the annulus (the wings that a local sky takes away).
+    ``model`` is a model name (``meta["model"]`` of a star table) or a fitted model instance.
+    "Unit flux" is the model's own ``flux``: the total flux for the Gaussian, the Moffat and an
+    image PSF (unit sum), the light within its ``flux_radius`` for the Lorentzian (whose total
+    diverges).  Analytic shapes come from the ``fwhm_x``, ``fwhm_y``, ``angle``, ``beta`` columns;
+    an image PSF needs the instance (its name alone does not hold the array).
     """
-    from .models import GaussianPSF, MoffatPSF
+    from .models import GaussianPSF, ImagePSF, LorentzianPSF, MoffatPSF
     from .simulate import star_params
 
+    name = model if isinstance(model, str) else getattr(model, "name", "")
     n = len(stars)
-    outer = r if annulus is None else max(r, float(annulus[1]))
-    half = int(math.ceil(outer)) + 2
     size = 2 * half + 1
-    x0 = np.full(n, float(half))
+    c = np.full(n, float(half))
+    if name == "image":
+        if not isinstance(model, ImagePSF):
+            return None
+        p = np.tile([0.0, 1.0, float(half), float(half)], (n, 1))
+        return model.evaluate(p, (size, size))[0]
+    if name not in ("gaussian", "moffat", "lorentzian") or not all(
+            col in stars.colnames for col in ("fwhm_x", "fwhm_y", "angle")):
+        return None
     fx = np.asarray(stars["fwhm_x"], dtype=float)
     fy = np.asarray(stars["fwhm_y"], dtype=float)
     ang = np.nan_to_num(np.asarray(stars["angle"], dtype=float))
-    if model_name == "gaussian":
-        p = star_params("gaussian", x0, x0, 1.0, fx, fy, ang)
+    if name == "gaussian":
+        p = star_params("gaussian", c, c, 1.0, fx, fy, ang)
         mdl = GaussianPSF(angle=True)
-    else:
-        beta = np.asarray(stars["beta"], dtype=float)
-        p = star_params("moffat", x0, x0, 1.0, fx, fy, ang, beta)
+    elif name == "moffat":
+        p = star_params("moffat", c, c, 1.0, fx, fy, ang, np.asarray(stars["beta"], dtype=float))
         mdl = MoffatPSF(angle=True)
-    vals, _ = mdl.evaluate(p, (size, size), k=4)
+    else:  # Lorentzian: FWHM = 2 g; amplitude for unit flux by its own flux definition
+        mdl = model if isinstance(model, LorentzianPSF) else LorentzianPSF(angle=True)
+        p = np.stack([np.zeros(n), np.ones(n), c, c, fx / 2.0, fy / 2.0, np.radians(ang), np.ones(n)], axis=1)
+        p[:, 1] = 1.0 / mdl.flux_and_gradient(p)[0]
+    return mdl.evaluate(p, (size, size), k=4)[0]
+
+
+def _model_enclosed_fraction(
+    model: Any, stars: Table, r: float, annulus: tuple[float, float] | None = None
+) -> np.ndarray | None:
+    """What a sky-subtracted circular aperture of radius r measures of each fitted star, per unit model flux.
+
+    From the star's fitted PSF model (see :func:`_unit_profiles`; None when the model is not
+    known well enough): the fraction of its ``flux`` inside the circle, minus, when ``annulus``
+    (px) is given, the aperture's area times the model's mean level in the annulus (the wings
+    that a local sky takes away).  For the Lorentzian it can exceed 1 (its flux is not a total).
+    """
+    n = len(stars)
+    outer = r if annulus is None else max(r, float(annulus[1]))
+    half = int(math.ceil(outer)) + 2
+    vals = _unit_profiles(model, stars, half)
+    if vals is None:
+        return None
+    size = 2 * half + 1
+    x0 = np.full(n, float(half))
     w = circular_overlap(x0, x0, np.full(n, r), half).reshape(n, -1)
     frac = np.einsum("np,np->n", w, vals)
     if annulus is not None:
@@ -932,6 +962,7 @@ def aperture_correction(
     min_snr: float = 50.0,
     max_stars: int = 30,
     mask: np.ndarray | None = None,
+    model: Any = None,
 ) -> dict[str, Any]:
     """Aperture correction from radius ``radius`` to the total flux, from the frame's bright isolated stars.
 
@@ -940,8 +971,11 @@ def aperture_correction(
     its curve of growth; the median ratio is the correction to ``r_max``.  The
     light beyond ``r_max`` (a Moffat's wings hold about 1 per cent beyond 4 FWHM)
     comes from the stars' fitted PSF model when the table holds one (``fwhm_x``,
-    ``fwhm_y``, ``angle``, ``beta`` and ``meta["model"]``): the correction is
-    divided by the model's enclosed fraction at ``r_max``.
+    ``fwhm_y``, ``angle``, ``beta`` and ``meta["model"]``, or the fitted model
+    instance ``model``): the correction is divided by the model's enclosed fraction
+    at ``r_max``.  The result corrects to the model's ``flux``: the total flux for
+    the Gaussian, the Moffat and an image PSF, the Lorentzian's light within its
+    ``flux_radius`` for the Lorentzian.
 
     Parameters
     ----------
@@ -960,6 +994,11 @@ def aperture_correction(
         Brightness cut for the stars used.
     max_stars : int
         Use at most this many (the brightest).
+    mask : ndarray of bool, optional
+        Pixels to leave out.
+    model : str or PSFModel, optional
+        The PSF model the stars were fitted with (default: ``stars.meta["model"]``); an
+        image PSF must be given as the instance (e.g. ``psfkit.resolve_model(path)``).
 
     Returns
     -------
@@ -1010,32 +1049,38 @@ def aperture_correction(
         rel = g["flux_err"][use[0]] / g["flux"][use[0]]
         corr_err = corr * float(np.hypot(rel[0], rel[1]))
     tail = 0.0
-    model = str(stars.meta.get("model", "")) if hasattr(stars, "meta") else ""
-    if model in ("gaussian", "moffat") and all(c in stars.colnames for c in ("fwhm_x", "fwhm_y", "angle")):
-        # light beyond r_max, and the wings the annulus' sky takes from the r_max aperture
-        frac = _model_enclosed_fraction(model, stars[idx[use]], r_max, annulus=ann)
+    if model is None:
+        model = str(stars.meta.get("model", "")) if hasattr(stars, "meta") else ""
+    name = model if isinstance(model, str) else getattr(model, "name", "")
+    # light beyond r_max, and the wings the annulus' sky takes from the r_max aperture
+    frac = _model_enclosed_fraction(model, stars[idx[use]], r_max, annulus=ann) if name else None
+    if frac is not None:
         tail = float(1.0 - np.median(frac))
     total = corr / (1.0 - tail)
     return {"correction": total, "correction_err": corr_err / (1.0 - tail), "n_stars": int(use.size),
             "radius": float(radius), "r_max": r_max, "tail_fraction": tail, "to_r_max": corr,
-            "model": model or None}
+            "model": name or None}
 
 
-def _model_correction(stars: Table, radius: float, why: str, annulus: tuple[float, float] | None = None) -> dict[str, Any]:
+def _model_correction(stars: Table, radius: float, why: str, annulus: tuple[float, float] | None = None,
+                      model: Any = None) -> dict[str, Any]:
     """Aperture correction from the stars' fitted PSF model alone (when the frame has no usable bright star)."""
-    model = str(stars.meta.get("model", ""))
-    if model not in ("gaussian", "moffat") or not all(c in stars.colnames for c in ("fwhm_x", "fwhm_y", "angle")):
-        return {"correction": np.nan, "correction_err": np.nan, "note": why + "; no analytic PSF model to fall back on"}
-    ok = np.isfinite(np.asarray(stars["fwhm_x"], float)) & np.isfinite(np.asarray(stars["fwhm_y"], float))
-    if model == "moffat":
-        ok &= np.isfinite(np.asarray(stars["beta"], float))
-    if not ok.any():
-        return {"correction": np.nan, "correction_err": np.nan, "note": why + "; no usable PSF fit"}
-    frac = _model_enclosed_fraction(model, stars[ok], radius, annulus=annulus)
+    if model is None:
+        model = str(stars.meta.get("model", ""))
+    name = model if isinstance(model, str) else getattr(model, "name", "")
+    ok = np.ones(len(stars), dtype=bool)
+    for col in ("fwhm_x", "fwhm_y") + (("beta",) if name == "moffat" else ()):
+        if name != "image" and col in stars.colnames:
+            ok &= np.isfinite(np.asarray(stars[col], float))
+    frac = _model_enclosed_fraction(model, stars[ok], radius, annulus=annulus) if ok.any() and name else None
+    if frac is None or not np.any(frac > 0):
+        return {"correction": np.nan, "correction_err": np.nan,
+                "note": why + "; no usable fitted PSF model to fall back on"}
+    frac = frac[frac > 0]
     corr = 1.0 / float(np.median(frac))
     spread = float(np.std(1.0 / frac)) / math.sqrt(frac.size) if frac.size > 1 else 0.0
     return {"correction": corr, "correction_err": spread, "n_stars": int(frac.size), "radius": float(radius),
-            "model": model, "method": f"enclosed fraction of the fitted {model} model (no curve of growth: {why})"}
+            "model": name, "method": f"enclosed fraction of the fitted {name} model (no curve of growth: {why})"}
 
 
 def star_photometry(
@@ -1052,6 +1097,7 @@ def star_photometry(
     correction: dict[str, Any] | float | None = "auto",
     mask: np.ndarray | None = None,
     zero_point: float | None = None,
+    model: Any = None,
 ) -> Table:
     """Both fluxes for every star of a star table: the PSF flux and the corrected aperture flux.
 
@@ -1074,6 +1120,11 @@ def star_photometry(
         (error 0); None: no correction (``flux_aper_total`` is then NaN).
     zero_point : float, optional
         Default: the star table's ``meta["zero_point"]`` or 0.
+    model : str or PSFModel, optional
+        The model the stars were fitted with, for the light beyond the largest aperture
+        (default ``stars.meta["model"]``; give the instance for an image PSF).  The corrected
+        aperture flux then estimates the same quantity as ``flux_fit``: the total flux, or
+        for the Lorentzian its light within ``flux_radius``.
 
     Returns
     -------
@@ -1113,10 +1164,10 @@ def star_photometry(
         out[name] = col
     if isinstance(correction, str) and correction == "auto":
         try:
-            corr = aperture_correction(img, stars, rad, r_max=ann[0], annulus=ann, gain=gain, mask=mask)
+            corr = aperture_correction(img, stars, rad, r_max=ann[0], annulus=ann, gain=gain, mask=mask, model=model)
             corr["method"] = "curve of growth of the frame's bright isolated stars"
         except PsfkitError as exc:
-            corr = _model_correction(stars, rad, str(exc), annulus=ann)
+            corr = _model_correction(stars, rad, str(exc), annulus=ann, model=model)
     elif correction is None:
         corr = {"correction": np.nan, "correction_err": np.nan, "note": "no aperture correction asked"}
     elif isinstance(correction, dict):

@@ -89,7 +89,8 @@ def phot_command(
     radius_fwhm: float = typer.Option(1.5, "--radius-fwhm", help="Aperture radius in FWHM units."),
     annulus: Optional[str] = typer.Option(None, "--annulus", help="IN,OUT sky annulus in px (default 4,6 FWHM)."),
     elliptical: bool = typer.Option(False, "--elliptical", help="Elliptical apertures of each star's fitted shape."),
-    model: str = typer.Option("gaussian", "--model", help="PSF model for the PSF flux: gaussian or moffat."),
+    model: str = typer.Option("gaussian", "--model",
+                              help="PSF model for the PSF flux: gaussian, moffat, lorentzian, or a PSF image (FITS)."),
     gain: Optional[float] = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
     read_noise: Optional[float] = typer.Option(None, "--read-noise", help="e- (default: header)."),
     zero_point: float = typer.Option(0.0, "--zero-point", help="Magnitude zero point."),
@@ -106,7 +107,7 @@ def phot_command(
     from ..errors import PsfkitError
     from ..colour import table_to_frame, table_to_plane
     from ..photometry import curve_of_growth, optimal_radius, star_photometry
-    from ..psffit import fit_stars
+    from ..psffit import fit_stars, resolve_model
     from .fit import _parse_xy
 
     if at and stars:
@@ -115,9 +116,10 @@ def phot_command(
     if annulus:
         ann = _parse_xy(annulus, "--annulus", "inner and outer radius in px")
     img = load_from_options(image, hdu=hdu, channel=channel)
+    mdl = resolve_model(model)  # one instance for the fits and for the aperture correction's wings
     if at:
         xy = np.array([img.from_frame(*_parse_xy(a)) for a in at], dtype=float)  # full frame -> measured plane
-        table = fit_stars(img, xy[:, 0], xy[:, 1], model=model, gain=gain, read_noise=read_noise,
+        table = fit_stars(img, xy[:, 0], xy[:, 1], model=mdl, gain=gain, read_noise=read_noise,
                           zero_point=zero_point, search_radius=5.0)
         source = f"{len(table)} position(s), PSF-fitted first"
     elif stars:
@@ -135,7 +137,8 @@ def phot_command(
     if len(table) == 0:
         raise PsfkitError("no star to measure")
     out = star_photometry(img, table, radius=radius, radius_fwhm=radius_fwhm, annulus=ann, elliptical=elliptical,
-                          gain=gain, zero_point=zero_point)
+                          gain=gain, zero_point=zero_point,
+                          model=mdl if not stars or model != "gaussian" else None)  # a list: its meta["model"]
     plane_out, out = out, table_to_frame(out, img)  # positions on the full frame (identity unless a Bayer plane)
     cols = [c for c in ("id", "x_fit", "y_fit", "fwhm", "flux_fit", "flux_err", "aperture_radius", "sky", "flux_aper",
                         "flux_aper_err", "snr_aper", "mag_aper", "mag_aper_err", "flux_aper_total",
@@ -151,7 +154,8 @@ def phot_command(
                f"in {out.meta['phot_annulus_rule']}")
     typer.echo(f"errors: {out.meta['phot_error_formula']}")
     if math.isfinite(corr.get("correction", float("nan"))):
-        typer.echo(f"aperture correction to total: x{corr['correction']:.4f} +- {corr['correction_err']:.4f} "
+        to = "total" if getattr(mdl, "flux_is_total", True) else "the Lorentzian's flux (within 2.5 FWHM)"
+        typer.echo(f"aperture correction to {to}: x{corr['correction']:.4f} +- {corr['correction_err']:.4f} "
                    f"({corr.get('method', '')}, {corr.get('n_stars', '?')} stars)")
     else:
         typer.echo(f"no aperture correction: {corr.get('note', '')}")
