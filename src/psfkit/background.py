@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ._detect_kernels import spline_rows
 from .errors import PsfkitError
 
 __all__ = ["Background", "estimate_background"]
@@ -129,6 +130,27 @@ def _interpolation_weights(n: int, g: int, cell: int) -> np.ndarray:
     return (spline(inside) + (pos - inside)[:, None] * spline(inside, 1)).astype(np.float32)
 
 
+def _level_map(mode: np.ndarray, ny: int, nx: int, cy: int, cx: int) -> np.ndarray:
+    """The cell map interpolated to every pixel (float32): rows by the weight matrix of
+    :func:`_interpolation_weights`, then along each row the same cubic spline evaluated
+    piecewise (a dense (ny, gx) x (gx, nx) product costs gx multiply-adds per pixel; this
+    costs four)."""
+    gy, gx = mode.shape
+    rows = _interpolation_weights(ny, gy, cy).astype(np.float64) @ mode.astype(np.float64)  # (ny, gx)
+    if gx < 4:
+        return (rows @ _interpolation_weights(nx, gx, cx).T.astype(np.float64)).astype(np.float32)
+    from scipy.interpolate import CubicSpline
+
+    spline = CubicSpline(np.arange(gx, dtype=float), rows.T, bc_type="not-a-knot")
+    pos = (np.arange(nx) + 0.5) / cx - 0.5
+    inside = np.clip(pos, 0.0, gx - 1.0)
+    idx = np.clip(np.floor(inside).astype(np.intp), 0, gx - 2)
+    t = inside - idx
+    dt = pos - inside  # beyond the end centres: linear along the end slope
+    basis = np.stack([t**3 + 3 * t**2 * dt, t**2 + 2 * t * dt, t + dt, np.ones_like(t)])
+    return spline_rows(np.transpose(spline.c, (2, 1, 0)), idx, basis)
+
+
 def _filter_cells(mode: np.ndarray) -> np.ndarray:
     """3 x 3 median filter of the cell map (cells spoilt by a bright star or galaxy take
     their neighbours' level), applied to the residual from a robust quadratic surface
@@ -195,9 +217,9 @@ def estimate_background(data: np.ndarray, *, mesh: int | None = None, mask: np.n
     fill = np.nanmedian(mode)
     mode = np.where(good, mode, fill)
     mode = _filter_cells(mode)
-    # spline interpolation between cell centres as two small matrix products (no full-size
-    # coordinate grids: the only full-size array made here is the map itself)
-    level = (_interpolation_weights(ny, gy, cy) @ mode.astype(np.float32) @ _interpolation_weights(nx, gx, cx).T).astype(np.float32, copy=False)
+    # spline interpolation between cell centres (no full-size coordinate grids: the only
+    # full-size array made here is the map itself)
+    level = _level_map(mode, ny, nx, cy, cx)
     # the noise from the frame minus the map, on a regular subsample (the cells' own
     # sigmas include the gradient across each cell)
     k = max(1, int(math.sqrt(ny * nx / 250_000)))

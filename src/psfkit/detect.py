@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 from astropy.table import Table, vstack
-from scipy import ndimage
 
 from . import flags as F
 from .errors import PsfkitError
+from ._detect_kernels import gaussian_smooth
 from .background import Background, estimate_background
 from .image import Image, as_image
 from .psffit import fit_stars
@@ -104,7 +104,7 @@ def find_candidates(
     sharp_y, sharp_x, sharp_fill = _sharp_pixels(arr, background.noise, threshold)
     sharp_values = arr[sharp_y, sharp_x]
     arr[sharp_y, sharp_x] = sharp_fill
-    smooth = ndimage.gaussian_filter(arr, smoothing, mode="nearest", truncate=3.0, output=arr)
+    smooth = gaussian_smooth(arr, smoothing, truncate=3.0, out=arr)
     # noise of the smoothed frame, measured on a regular subsample
     sample = smooth[:: max(1, smooth.shape[0] // 256), :: max(1, smooth.shape[1] // 256)]
     med = float(np.median(sample))
