@@ -64,17 +64,45 @@ def _open(browser, url: str, image: str):
     return page, errors
 
 
+ROWS = "#stars tbody tr[data-id]"
+
+
+def _rows(page) -> int:
+    """The table's number of rows (only the rows in sight are in the DOM: it is a virtual table)."""
+    return int(page.get_attribute("#stars", "data-rows"))
+
+
 def _detect(page):
     page.click("#detect")
     page.wait_for_function("psfkitStats.detect && (psfkitStats.detect.drawn || psfkitStats.detect.error)", timeout=180_000)
     assert page.evaluate("psfkitStats.detect.error") is None
-    return page.locator("#overlay ellipse.star").count(), page.locator("#stars tbody tr").count()
+    return page.locator("#overlay ellipse.star").count(), _rows(page)
+
+
+def _all_row_ids(page) -> list[int]:
+    """Scroll the whole table and collect the data-id of every row, in order."""
+    return [int(i) for i in page.evaluate("""async () => {
+        const wrap = document.querySelector('#table-wrap'), seen = new Map();
+        for (let top = 0; ; top += wrap.clientHeight / 2) {
+            wrap.scrollTop = top;
+            await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+            const rows = Array.from(document.querySelectorAll('#stars tbody tr[data-id]'));
+            const k0 = Math.round(rows[0].offsetTop / rows[0].offsetHeight) - 1;  // the spacer above
+            rows.forEach((r, k) => seen.set(k0 + k, r.dataset.id));
+            if (wrap.scrollTop + wrap.clientHeight >= wrap.scrollHeight - 1) break;
+        }
+        wrap.scrollTop = 0;
+        return Array.from(seen.keys()).sort((a, b) => a - b).map(k => seen.get(k));
+    }""")]
 
 
 def _column(page, name: str) -> list[float]:
+    """A column's values in table order, as the visible rows show them (they must agree with the model)."""
     idx = page.evaluate(f"S.columns.indexOf({name!r})")
-    texts = page.eval_on_selector_all("#stars tbody tr", f"rows => rows.map(r => r.children[{idx}].textContent)")
-    return [float("nan") if t == "—" else float(t) for t in texts]
+    texts = page.eval_on_selector_all(ROWS, f"rows => rows.map(r => r.children[{idx}].textContent)")
+    model = page.evaluate(f"S.stars.map(s => fmt({name!r}, s[{name!r}]))")
+    assert texts == model[:len(texts)], "the rows in sight show the first stars of the sorted list"
+    return [float("nan") if t == "—" else float(t) for t in model]
 
 
 def _centre(page, selector: str) -> tuple[float, float]:
@@ -93,6 +121,9 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
         n_ell, n_rows = _detect(page)
         assert n_rows > 30 and n_ell == n_rows
         assert page.locator("#star-count").text_content() == f"{n_rows} stars"
+        ids = _all_row_ids(page)  # every row is reachable by scrolling, once, in the list's order
+        assert ids == page.evaluate("S.stars.map(s => s.id)") and len(set(ids)) == n_rows
+        assert set(ids) == {int(e) for e in page.eval_on_selector_all("#overlay ellipse.star", "es => es.map(e => e.dataset.id)")}
         page.screenshot(path=ARTIFACTS / "web_02_detected.png")
 
         # sort by FWHM, both ways; missing values last
@@ -105,7 +136,7 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
         page.click("#stars th[data-col='fwhm']")
 
         # select a row: its ellipse is highlighted and centred in the viewer
-        row = page.locator("#stars tbody tr").nth(2)
+        row = page.locator(ROWS).nth(2)
         sid = row.get_attribute("data-id")
         row.click()
         ell = f"#overlay ellipse.star[data-id='{sid}']"
@@ -121,7 +152,7 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
         page.screenshot(path=ARTIFACTS / "web_03_selected.png")
 
         # clicking a star on the image selects its row
-        other = page.locator("#stars tbody tr").nth(5).get_attribute("data-id")
+        other = page.locator(ROWS).nth(5).get_attribute("data-id")
         page.evaluate(f"centreOn(S.stars.find(s => s.id === {other}).x_fit, S.stars.find(s => s.id === {other}).y_fit, 1)")
         page.mouse.click(*_centre(page, f"#overlay ellipse.star[data-id='{other}']"))
         assert "sel" in page.get_attribute(f"#stars tbody tr[data-id='{other}']", "class").split()
@@ -129,14 +160,15 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
 
         # delete it with the Delete key
         page.keyboard.press("Delete")
-        assert page.locator("#stars tbody tr").count() == n_rows - 1
+        assert _rows(page) == n_rows - 1
         assert page.locator("#overlay ellipse.star").count() == n_rows - 1
+        assert page.locator(f"#stars tbody tr[data-id='{other}']").count() == 0
         assert page.locator(f"#overlay ellipse.star[data-id='{other}']").count() == 0
         # and a second one with the button
-        page.locator("#stars tbody tr").nth(0).click()
+        page.locator(ROWS).nth(0).click()
         page.click("#remove")
         n_now = n_rows - 2
-        assert page.locator("#stars tbody tr").count() == n_now == page.locator("#overlay ellipse.star").count()
+        assert _rows(page) == n_now == page.locator("#overlay ellipse.star").count()
 
         # box-fit a bright unsaturated star: Shift+drag a box around it
         target = page.evaluate("""() => {
@@ -146,6 +178,7 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
             const ok = S.stars.filter(s => !(s.flag_names || '').includes('saturated') && s.amplitude > 0 && isolated(s));
             ok.sort((a, b) => b.amplitude - a.amplitude); return {id: ok[0].id, x: ok[0].x_fit, y: ok[0].y_fit};
         }""")
+        page.evaluate(f"showRow({target['id']})")  # scroll the table to its row, then click the row
         page.click(f"#stars tbody tr[data-id='{target['id']}']")
         tx, ty = _centre(page, f"#overlay ellipse.star[data-id='{target['id']}']")
         zoom = page.evaluate("S.view.zoom")
@@ -163,7 +196,9 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
         report = page.locator("#report").text_content()
         assert "FWHMX" in report and "Angle" in report and f"{fitted['x_fit']:.4f}" in report
         assert int(page.get_attribute("#profile", "data-points")) > 50
-        assert page.locator("#overlay ellipse.star").count() == n_now + 1 == page.locator("#stars tbody tr").count()
+        assert page.locator("#overlay ellipse.star").count() == n_now + 1 == _rows(page)
+        fitted_id = page.evaluate("S.stars[S.stars.length - 1].id")
+        assert "sel" in page.get_attribute(f"#stars tbody tr[data-id='{fitted_id}']", "class").split()  # scrolled to it
         page.wait_for_function("psfkitStats.settled()")
         page.screenshot(path=ARTIFACTS / "web_04_boxfit.png")
 
@@ -189,7 +224,7 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
         page.select_option("#file-select", OTHER)
         page.wait_for_selector(f"body[data-image='{OTHER}']")
         page.wait_for_function("psfkitStats.settled()", timeout=60_000)
-        assert page.locator("#stars tbody tr").count() == 0 == page.locator("#overlay ellipse.star").count()
+        assert _rows(page) == 0 == page.locator("#overlay ellipse.star").count()
         assert page.locator("#image-facts").text_content().startswith("256 × 256")
         n_ell, n_rows = _detect(page)
         assert n_rows > 5 and n_ell == n_rows

@@ -20,16 +20,29 @@ _INT_COLUMNS = {"id", "flags", "iterations", "n_pixels_fit", "channel"}
 _COLUMN = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 
 
+def _json_column(values: np.ndarray) -> list[Any]:
+    """A column as a list of Python values, NaN and infinities as None (JSON null)."""
+    out = values.tolist()
+    if values.dtype.kind == "f":
+        bad = ~np.isfinite(values)
+        if bad.any():
+            for k in np.flatnonzero(bad):
+                out[k] = None
+    return out
+
+
 def table_to_rows(table: Table) -> dict[str, Any]:
-    """``{"columns": [...], "rows": [[...], ...]}`` (NaN stays NaN here; the app turns it into null)."""
+    """``{"columns": [...], "rows": [[...], ...]}`` with JSON-ready values (NaN and inf -> None).
+
+    Column by column (vectorised), so a table of thousands of stars converts in milliseconds.
+    """
     cols = [c for c in table.colnames if table[c].ndim == 1]
-    arrays = [np.asarray(table[c]) for c in cols]
-    rows = [list(r) for r in zip(*(a.tolist() for a in arrays))] if len(table) else []
+    lists = [_json_column(np.asarray(table[c])) for c in cols]
     if "flags" in cols:
-        i = cols.index("flags")
-        for r in rows:
-            r.append(",".join(decode_flags(int(r[i]))))
+        names = {int(v): ",".join(decode_flags(int(v))) for v in np.unique(np.asarray(table["flags"]))}
+        lists.append([names[int(v)] for v in np.asarray(table["flags"])])
         cols = cols + ["flag_names"]
+    rows = [list(r) for r in zip(*lists)] if len(table) else []
     return {"columns": cols, "rows": rows}
 
 

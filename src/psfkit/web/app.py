@@ -99,9 +99,11 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _json_bytes(value: Any) -> bytes:
-    """Compact JSON of a JSON-safe copy of ``value`` (NaN -> null)."""
-    return json.dumps(_clean(value), separators=(",", ":"), allow_nan=False).encode()
+def _json_bytes(value: dict[str, Any]) -> bytes:
+    """Compact JSON of a star-table payload: ``rows`` are JSON-ready already (``table_to_rows``), the rest is cleaned."""
+    rest = _clean({k: v for k, v in value.items() if k != "rows"})
+    rest["rows"] = value.get("rows", [])
+    return json.dumps(rest, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _one_line(exc: RequestValidationError) -> str:

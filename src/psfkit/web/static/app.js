@@ -142,6 +142,7 @@ function render() {
     if (!complete && S.prevStretchKey) drawLevel(ctx, level, S.prevStretchKey, false, dpr);
   }
   viewComplete = complete;
+  if (lastOverlayZoom !== S.view.zoom) { lastOverlayZoom = S.view.zoom; resizeEllipses(); drawMarks(); }
   updateOverlayTransform();
   psfkitStats.renders++; psfkitStats.lastRender = performance.now();
   $("#zoom").textContent = `zoom ${(S.view.zoom * 100).toFixed(S.view.zoom < 0.1 ? 1 : 0)} %`;
@@ -170,8 +171,7 @@ function centreOn(x, y, minZoom) {
 }
 let lastOverlayZoom = null;
 function afterZoom() {
-  if (lastOverlayZoom !== S.view.zoom) { lastOverlayZoom = S.view.zoom; resizeEllipses(); drawMarks(); }
-  scheduleRender();
+  scheduleRender();  // the rings are resized there, once per frame whatever the number of wheel events
 }
 
 /* ------------------------------------------------------------------ overlay */
@@ -185,31 +185,34 @@ function ellipseRadii(s) {
   if (!isFinite(fx)) fx = 3; if (!isFinite(fy)) fy = fx;
   return [Math.max(RING * fx, minR), Math.max(RING * fy, minR * fy / fx)];
 }
+function ellipseHtml(s) {
+  const [dx, dy] = toDisplay(s.x_fit, s.y_fit), [rx, ry] = ellipseRadii(s);
+  const a = isFinite(col(s, "angle")) ? s.angle : 0, r = S.info.top_down ? a : -a;
+  const cls = "star" + (s._manual ? " manual" : "") + (S.selected.has(s.id) ? " sel" : "");
+  return `<ellipse class="${cls}" data-id="${s.id}" cx="${dx}" cy="${dy}" rx="${rx}" ry="${ry}" ` +
+    `transform="rotate(${r} ${dx} ${dy})" vector-effect="non-scaling-stroke"/>`;
+}
+/* every star's ellipse (FWHM axes x RING, at its angle), built as one string: quick for thousands */
 function drawStars() {
   const g = $("#stars-layer");
-  const frag = document.createDocumentFragment();
-  for (const s of S.stars) {
-    const e = document.createElementNS(SVGNS, "ellipse");
-    const [dx, dy] = toDisplay(s.x_fit, s.y_fit);
-    const a = isFinite(col(s, "angle")) ? s.angle : 0;
-    e.setAttribute("cx", dx); e.setAttribute("cy", dy);
-    e.setAttribute("transform", `rotate(${S.info.top_down ? a : -a} ${dx} ${dy})`);
-    e.setAttribute("vector-effect", "non-scaling-stroke");
-    e.setAttribute("class", "star" + (s._manual ? " manual" : "") + (S.selected.has(s.id) ? " sel" : ""));
-    e.dataset.id = s.id;
-    frag.appendChild(e);
-  }
-  g.replaceChildren(frag);
-  resizeEllipses();
+  const sel = S.stars.filter((s) => S.selected.has(s.id)), rest = S.stars.filter((s) => !S.selected.has(s.id));
+  g.innerHTML = rest.concat(sel).map(ellipseHtml).join("");  // the selected ones on top
+  ringsZoom = S.view.zoom;
   drawMarks();
   updateOverlayTransform();
 }
+/* the minimum ring size is in screen pixels: radii change with the zoom where that minimum applies */
+let ringsZoom = null;
 function resizeEllipses() {
-  const byId = new Map(S.stars.map((s) => [String(s.id), s]));
+  if (ringsZoom === S.view.zoom) return;
+  ringsZoom = S.view.zoom;
+  const minR = MIN_RING_PX / S.view.zoom;
+  const byId = new Map(S.stars.map((s) => [s.id, s]));
   for (const e of $("#stars-layer").children) {
-    const s = byId.get(e.dataset.id); if (!s) continue;
+    const s = byId.get(Number(e.dataset.id)); if (!s) continue;
     const [rx, ry] = ellipseRadii(s);
-    e.setAttribute("rx", rx); e.setAttribute("ry", ry);
+    if (Number(e.getAttribute("rx")) !== rx) e.setAttribute("rx", rx);
+    if (Number(e.getAttribute("ry")) !== ry) e.setAttribute("ry", ry);
   }
 }
 function updateOverlayTransform() {
@@ -263,24 +266,70 @@ function fmt(name, v) {
   if (a !== 0 && (a >= 1e6 || a < 1e-3)) return v.toExponential(3);
   return String(Number(v.toPrecision(5)));
 }
+/* The table holds every star (S.stars, in display order) but only the rows in sight are in the
+ * DOM, between two spacer rows: a table of 5,000 stars x 35 columns as DOM rows took seconds to
+ * lay out.  Column widths are fixed from the header and a sample of values, so they do not move
+ * while scrolling.  #stars[data-rows] is the number of rows of the table. */
+const ROW_H = 19, OVERSCAN = 20;
+let tableWindow = [0, 0];
+function columnWidths() {
+  const sample = S.stars.length <= 400 ? S.stars : S.stars.filter((_, k) => k % Math.ceil(S.stars.length / 400) === 0);
+  return S.columns.map((c) => {
+    let n = c.length + 2;
+    for (const s of sample) n = Math.max(n, fmt(c, s[c]).length);
+    return Math.min(n, 40) + 2;
+  });
+}
 function renderTable() {
   const cols = S.columns;
   const head = "<tr>" + cols.map((c) => {
     const cls = S.sort.col === c ? "sorted" : "";
     const arrow = S.sort.col === c ? (S.sort.dir > 0 ? " ▲" : " ▼") : "";
-    return `<th data-col="${c}" class="${cls}">${c}${arrow}</th>`;
+    return `<th data-col="${c}" class="${cls}" title="sort by ${c}">${c}${arrow}</th>`;
   }).join("") + "</tr>";
   $("#stars thead").innerHTML = head;
-  const parts = [];
-  for (const s of S.stars) {
-    const cls = (S.selected.has(s.id) ? "sel " : "") + (s._manual ? "manual" : "");
-    parts.push(`<tr data-id="${s.id}" class="${cls}">` + cols.map((c) =>
-      `<td${TEXT_COLUMNS.has(c) ? ' class="text"' : ""}>${fmt(c, s[c])}</td>`).join("") + "</tr>");
-  }
-  $("#stars tbody").innerHTML = parts.join("");
+  const widths = columnWidths();
+  $("#stars colgroup").innerHTML = widths.map((w) => `<col style="width:calc(${w}ch + 16px)">`).join("");
+  $("#stars").style.width = `calc(${widths.reduce((a, b) => a + b, 0)}ch + ${16 * widths.length}px)`;
+  $("#stars").dataset.rows = String(S.stars.length);
+  tableWindow = [-1, -1];
+  renderRows();
   $("#star-count").textContent = `${S.stars.length} star${S.stars.length === 1 ? "" : "s"}`;
   $("#table-empty").hidden = S.stars.length > 0;
   $("#remove").disabled = S.selected.size === 0;
+}
+function rowHtml(s) {
+  const cls = (S.selected.has(s.id) ? "sel " : "") + (s._manual ? "manual" : "");
+  return `<tr data-id="${s.id}" class="${cls}">` + S.columns.map((c) =>
+    `<td${TEXT_COLUMNS.has(c) ? ' class="text"' : ""}>${fmt(c, s[c])}</td>`).join("") + "</tr>";
+}
+function renderRows() {
+  const wrap = $("#table-wrap"), n = S.stars.length;
+  const first = Math.max(0, Math.floor(wrap.scrollTop / ROW_H) - OVERSCAN);
+  const last = Math.min(n, Math.ceil((wrap.scrollTop + wrap.clientHeight) / ROW_H) + OVERSCAN);
+  if (first === tableWindow[0] && last === tableWindow[1]) return;
+  tableWindow = [first, last];
+  const span = Math.max(1, S.columns.length);
+  const parts = [`<tr class="spacer" style="height:${first * ROW_H}px"><td colspan="${span}"></td></tr>`];
+  for (let k = first; k < last; k++) parts.push(rowHtml(S.stars[k]));
+  parts.push(`<tr class="spacer" style="height:${(n - last) * ROW_H}px"><td colspan="${span}"></td></tr>`);
+  $("#stars tbody").innerHTML = parts.join("");
+}
+let rowsQueued = false;
+function scheduleRows() {
+  if (rowsQueued) return;
+  rowsQueued = true;
+  requestAnimationFrame(() => { rowsQueued = false; renderRows(); });
+}
+/* scroll the table so that star `id` is in sight, and draw that part */
+function showRow(id) {
+  const k = S.stars.findIndex((s) => s.id === id);
+  if (k < 0) return;
+  const wrap = $("#table-wrap"), head = $("#stars thead").offsetHeight || ROW_H;
+  const top = k * ROW_H, bottom = top + ROW_H;
+  if (top < wrap.scrollTop) wrap.scrollTop = top;
+  else if (bottom + head > wrap.scrollTop + wrap.clientHeight) wrap.scrollTop = bottom + head - wrap.clientHeight;
+  renderRows();
 }
 function sortBy(c) {
   if (S.sort.col === c) S.sort.dir = -S.sort.dir; else { S.sort.col = c; S.sort.dir = 1; }
@@ -292,7 +341,7 @@ function sortBy(c) {
     if (na || nb) return na === nb ? 0 : na ? 1 : -1; // missing values last either way
     return (va < vb ? -1 : va > vb ? 1 : 0) * d;
   });
-  renderTable(); drawStars();
+  renderTable();
 }
 function setStars(columns, rows, manual) {
   const stars = rows.map((r) => { const o = {}; columns.forEach((c, k) => { o[c] = r[k]; }); return o; });
@@ -318,8 +367,7 @@ function select(ids, { centre = false, additive = false } = {}) {
   if (last) S.lastSelected = last.id;
   markSelection();
   if (last) {
-    const tr = $(`#stars tbody tr[data-id="${last.id}"]`);
-    if (tr) tr.scrollIntoView({ block: "nearest" });
+    showRow(last.id);
     if (centre) centreOn(last.x_fit, last.y_fit, 1);
     showStarText(last);
   }
@@ -626,8 +674,10 @@ function wire() {
   });
   window.addEventListener("resize", scheduleRender);
   $("#stars thead").addEventListener("click", (ev) => { const th = ev.target.closest("th"); if (th) sortBy(th.dataset.col); });
+  $("#table-wrap").addEventListener("scroll", scheduleRows, { passive: true });
+  window.addEventListener("resize", scheduleRows);
   $("#stars tbody").addEventListener("click", (ev) => {
-    const tr = ev.target.closest("tr"); if (!tr) return;
+    const tr = ev.target.closest("tr[data-id]"); if (!tr) return;
     const id = Number(tr.dataset.id);
     if (ev.shiftKey && S.lastSelected !== null) {
       const ids = S.stars.map((s) => s.id), a = ids.indexOf(S.lastSelected), b = ids.indexOf(id);
