@@ -1,13 +1,23 @@
-"""Compiled (numba) normal equations for the analytic models.
+"""Compiled (numba) fitting engine for the analytic models: one Levenberg-Marquardt per star.
 
-The Levenberg-Marquardt loop in :mod:`psfkit.fitting` stays in numpy; what costs
-is building, for every star, chi2, J^T W J and J^T W r over its pixels (and
-their Gauss-Legendre sub-nodes).  Here that is one fused loop per star
-(``prange`` over stars, so every core works), without materialising the
-Jacobian.  The formulas are those of :mod:`psfkit.models` (the pure-numpy path,
-which the tests compare against to 1e-9 relative).
+:func:`psfkit.fitting.fit_stamps` hands a whole batch to :func:`fit_batch`, which
+runs, for every star in parallel (``prange`` over stars, one star per thread at
+a time, no Python per iteration): the model and its analytic Jacobian, the
+normal equations ``J^T W J`` and ``J^T W r`` accumulated pixel by pixel (the
+Jacobian is never stored), a damped Cholesky solve, the accept/reject step with
+projected bounds, the convergence test, the Poisson reweighting passes (weights
+from the model) and the final chi-square, ``J^T W J`` and residual sum.  It is
+the same algorithm, step for step, as the numpy reference in
+:mod:`psfkit.fitting` (``PSFKIT_BACKEND=numpy``), and the formulas are those of
+:mod:`psfkit.models`; ``tests/test_compiled.py`` compares the two.
+
+Models (``kind``): 0 = Gaussian (``k = 0``: analytic pixel integral, see
+:meth:`psfkit.models.GaussianPSF._integrated_analytic`; ``k >= 1``: ``k x k``
+Gauss-Legendre nodes, ``k = 1`` point sampling), 1 = axis-aligned Gaussian with
+the exact erf pixel integral, 2 = Moffat (``k x k`` Gauss-Legendre nodes).
 
 Set the environment variable ``PSFKIT_BACKEND=numpy`` to turn this path off.
+The number of threads is numba's (``NUMBA_NUM_THREADS``, default: all cores).
 """
 
 from __future__ import annotations
@@ -17,7 +27,10 @@ import os
 
 import numpy as np
 
-__all__ = ["available", "gaussian_normal_equations", "moffat_normal_equations"]
+__all__ = ["available", "fit_batch", "normal_equations", "threads", "GAUSSIAN", "GAUSSIAN_ERF", "MOFFAT"]
+
+GAUSSIAN, GAUSSIAN_ERF, MOFFAT = 0, 1, 2
+_KMAX = 16
 
 try:  # numba is a dependency, but keep the pure-numpy path working without it
     import numba
@@ -29,14 +42,33 @@ except ImportError:  # pragma: no cover
 
 
 def available() -> bool:
-    """True when the compiled path can be used."""
+    """True when the compiled path can be used (numba importable and ``PSFKIT_BACKEND`` is not ``numpy``)."""
     return _HAVE_NUMBA and os.environ.get("PSFKIT_BACKEND", "auto").lower() != "numpy"
+
+
+def threads() -> int:
+    """Threads the compiled engine runs on (0 when it is not available)."""
+    return int(numba.get_num_threads()) if available() else 0
+
+
+def _node_table():
+    from .models import gauss_legendre_offsets
+
+    offs = np.zeros((_KMAX + 1, _KMAX))
+    offw = np.zeros((_KMAX + 1, _KMAX))
+    for k in range(1, _KMAX + 1):
+        o, w = gauss_legendre_offsets(k)
+        offs[k, :k] = o
+        offw[k, :k] = w
+    return offs, offw
 
 
 if _HAVE_NUMBA:
     _SQRT2 = math.sqrt(2.0)
     _SQRT2PI = math.sqrt(2.0 * math.pi)
     _INV_SQRT2PI = 1.0 / _SQRT2PI
+    _K4 = -1.0 / 120.0 / 24.0  # the pixel box's 4th cumulant / 4! (models.GaussianPSF.BOX_K4)
+    _K6 = 1.0 / 252.0 / 720.0  # its 6th cumulant / 6!
 
     @njit(cache=True, inline="always")
     def _phi_diff(a, b):
@@ -44,206 +76,573 @@ if _HAVE_NUMBA:
             return 0.5 * (math.erfc(a / _SQRT2) - math.erfc(b / _SQRT2))
         return 0.5 * (math.erfc(-b / _SQRT2) - math.erfc(-a / _SQRT2))
 
-    @njit(cache=True, inline="always")
-    def _accumulate(g, fidx, wt, r, jtj, jtr, i):
-        nf = fidx.size
-        for p in range(nf):
-            gp = g[fidx[p]] * wt
-            jtr[i, p] += gp * r
-            for q in range(p + 1):
-                jtj[i, p, q] += gp * g[fidx[q]]
+    @njit(cache=True)
+    def _gauss_row_exp(pxx, pxy, pyy, dy, x0, w, erow):
+        """exp(-Q/2) along one row, Q = pxx dx^2 + 2 pxy dx dy + pyy dy^2 (>= 0).
 
-    @njit(parallel=True, cache=True)
-    def _gauss_erf(params, data, weight, h, w, fidx, chi2, jtj, jtr):
-        n = params.shape[0]
-        for i in prange(n):
-            B = params[i, 0]
-            A = params[i, 1]
-            x0 = params[i, 2]
-            y0 = params[i, 3]
-            sx = params[i, 4]
-            sy = params[i, 5]
-            ix = np.empty(w)
-            dix0 = np.empty(w)
-            dixs = np.empty(w)
-            iy = np.empty(h)
-            diy0 = np.empty(h)
-            diys = np.empty(h)
+        Three exponentials per row: from the column nearest the row's maximum (value <= 1) the
+        values go outwards by ratios that shrink by exp(-pxx) per column (no overflow; an
+        underflow to 0 happens only where the true value is below 1e-308).
+        """
+        cstar = x0 - pxy * dy / pxx
+        c0 = int(math.floor(cstar + 0.5))
+        if c0 < 0:
+            c0 = 0
+        if c0 > w - 1:
+            c0 = w - 1
+        dx = c0 - x0
+        e0 = math.exp(-0.5 * (pxx * dx * dx + 2.0 * pxy * dx * dy + pyy * dy * dy))
+        step = math.exp(-pxx)
+        erow[c0] = e0
+        ratio = math.exp(-0.5 * (pxx * (2.0 * dx + 1.0) + 2.0 * pxy * dy))
+        e = e0
+        for col in range(c0 + 1, w):
+            e *= ratio
+            erow[col] = e
+            ratio *= step
+        ratio = math.exp(-0.5 * (pxx * (1.0 - 2.0 * dx) - 2.0 * pxy * dy))
+        e = e0
+        for col in range(c0 - 1, -1, -1):
+            e *= ratio
+            erow[col] = e
+            ratio *= step
+
+    @njit(cache=True)
+    def _eval_gauss(p, h, w, box, jac, val, erow, xs, ys):
+        """Gaussian values and Jacobian (7, h*w): analytic pixel integral (box=1) or point sampling (box=0)."""
+        B = p[0]
+        A = p[1]
+        x0 = p[2]
+        y0 = p[3]
+        sx = p[4]
+        sy = p[5]
+        c = math.cos(p[6])
+        s = math.sin(p[6])
+        k4 = _K4 * box
+        k6 = _K6 * box
+        sx2 = sx * sx
+        sy2 = sy * sy
+        a = sx2 * c * c + sy2 * s * s + box / 12.0
+        cc = sx2 * s * s + sy2 * c * c + box / 12.0
+        b = (sx2 - sy2) * c * s
+        det = a * cc - b * b
+        pxx = cc / det
+        pyy = a / det
+        pxy = -b / det
+        scale = sx * sy / math.sqrt(det)
+        # d(pxx, pxy, pyy, log scale) / d(sx, sy, angle)
+        dq = np.empty((3, 4))
+        for j in range(3):
+            if j == 0:
+                da, db, dc, dls = 2.0 * sx * c * c, 2.0 * sx * c * s, 2.0 * sx * s * s, 1.0 / sx
+            elif j == 1:
+                da, db, dc, dls = 2.0 * sy * s * s, -2.0 * sy * c * s, 2.0 * sy * c * c, 1.0 / sy
+            else:
+                da = 2.0 * c * s * (sy2 - sx2)
+                db = (sx2 - sy2) * (c * c - s * s)
+                dc = 2.0 * c * s * (sx2 - sy2)
+                dls = 0.0
+            dd = da * cc + a * dc - 2.0 * b * db
+            dq[j, 0] = (dc - pxx * dd) / det
+            dq[j, 1] = (-db - pxy * dd) / det
+            dq[j, 2] = (da - pyy * dd) / det
+            dq[j, 3] = dls - 0.5 * dd / det
+        # exp(-Q/2) on every pixel (three exponentials per row), then one flat loop over the pixels
+        for rr in range(h):
+            dy = rr - y0
+            _gauss_row_exp(pxx, pxy, pyy, dy, x0, w, erow)
+            for col in range(w):
+                jac[0, rr * w + col] = erow[col]  # row 0 (the background's, 1) used as scratch
+        _gauss_pixels(xs, ys, x0, y0, B, A, pxx, pxy, pyy, scale, k4, k6, jac[0], val, jac[1], jac[2], jac[3],
+                      jac[4], jac[5], jac[6], dq[0, 0], dq[0, 1], dq[0, 2], dq[0, 3], dq[1, 0], dq[1, 1], dq[1, 2],
+                      dq[1, 3], dq[2, 0], dq[2, 1], dq[2, 2], dq[2, 3])
+        jac[0, :] = 1.0
+
+    @njit(cache=True)
+    def _gauss_pixels(xs, ys, x0, y0, B, A, pxx, pxy, pyy, scale, k4, k6, e_in, val, j1, j2, j3, j4, j5, j6,
+                      q00, q01, q02, q03, q10, q11, q12, q13, q20, q21, q22, q23):
+        """The per-pixel part of :func:`_eval_gauss`: one branch-free loop (vectorised by LLVM)."""
+        pxx2 = pxx * pxx
+        pyy2 = pyy * pyy
+        for m in range(xs.size):
+            dx = xs[m] - x0
+            dy = ys[m] - y0
+            u = pxx * dx + pxy * dy
+            v = pxy * dx + pyy * dy
+            e = e_in[m]
+            u2 = u * u
+            v2 = v * v
+            cx = k4 * (u2 * u2 - 6.0 * pxx * u2 + 3.0 * pxx2) + k6 * (
+                u2 * u2 * u2 - 15.0 * pxx * u2 * u2 + 45.0 * pxx2 * u2 - 15.0 * pxx2 * pxx)
+            cx_u = k4 * (4.0 * u2 * u - 12.0 * pxx * u) + k6 * (6.0 * u2 * u2 * u - 60.0 * pxx * u2 * u + 90.0 * pxx2 * u)
+            cx_p = k4 * (6.0 * pxx - 6.0 * u2) + k6 * (-15.0 * u2 * u2 + 90.0 * pxx * u2 - 45.0 * pxx2)
+            cy = k4 * (v2 * v2 - 6.0 * pyy * v2 + 3.0 * pyy2) + k6 * (
+                v2 * v2 * v2 - 15.0 * pyy * v2 * v2 + 45.0 * pyy2 * v2 - 15.0 * pyy2 * pyy)
+            cy_u = k4 * (4.0 * v2 * v - 12.0 * pyy * v) + k6 * (6.0 * v2 * v2 * v - 60.0 * pyy * v2 * v + 90.0 * pyy2 * v)
+            cy_p = k4 * (6.0 * pyy - 6.0 * v2) + k6 * (-15.0 * v2 * v2 + 90.0 * pyy * v2 - 45.0 * pyy2)
+            corr = 1.0 + cx + cy
+            prof = scale * e * corr
+            ga = A * scale * e
+            t_xx = -0.5 * dx * dx * corr + cx_u * dx + cx_p
+            t_xy = -dx * dy * corr + cx_u * dy + cy_u * dx
+            t_yy = -0.5 * dy * dy * corr + cy_u * dy + cy_p
+            val[m] = B + A * prof
+            j1[m] = prof
+            j2[m] = ga * (u * corr - (cx_u * pxx + cy_u * pxy))
+            j3[m] = ga * (v * corr - (cx_u * pxy + cy_u * pyy))
+            j4[m] = ga * (q03 * corr + t_xx * q00 + t_xy * q01 + t_yy * q02)
+            j5[m] = ga * (q13 * corr + t_xx * q10 + t_xy * q11 + t_yy * q12)
+            j6[m] = ga * (q23 * corr + t_xx * q20 + t_xy * q21 + t_yy * q22)
+
+    @njit(cache=True)
+    def _eval_gauss_sub(p, h, w, offs, offw, jac, val):
+        """Gaussian values and Jacobian with k x k Gauss-Legendre nodes per pixel."""
+        k = offs.size
+        B = p[0]
+        A = p[1]
+        x0 = p[2]
+        y0 = p[3]
+        isx2 = 1.0 / (p[4] * p[4])
+        isy2 = 1.0 / (p[5] * p[5])
+        c = math.cos(p[6])
+        s = math.sin(p[6])
+        isx = 1.0 / p[4]
+        isy = 1.0 / p[5]
+        for rr in range(h):
+            for cc in range(w):
+                m = rr * w + cc
+                e_sum = 0.0
+                g2 = 0.0
+                g3 = 0.0
+                g4 = 0.0
+                g5 = 0.0
+                g6 = 0.0
+                for a in range(k):
+                    dy = rr + offs[a] - y0
+                    for b in range(k):
+                        dx = cc + offs[b] - x0
+                        ww = offw[a] * offw[b]
+                        xp = dx * c + dy * s
+                        yp = -dx * s + dy * c
+                        e = ww * math.exp(-0.5 * (xp * xp * isx2 + yp * yp * isy2))
+                        e_sum += e
+                        g2 += e * (xp * c * isx2 - yp * s * isy2)
+                        g3 += e * (xp * s * isx2 + yp * c * isy2)
+                        g4 += e * xp * xp * isx2 * isx
+                        g5 += e * yp * yp * isy2 * isy
+                        g6 += -e * xp * yp * (isx2 - isy2)
+                val[m] = B + A * e_sum
+                jac[0, m] = 1.0
+                jac[1, m] = e_sum
+                jac[2, m] = A * g2
+                jac[3, m] = A * g3
+                jac[4, m] = A * g4
+                jac[5, m] = A * g5
+                jac[6, m] = A * g6
+
+    @njit(cache=True)
+    def _eval_gauss_erf(p, h, w, jac, val):
+        """Axis-aligned Gaussian, exact erf pixel integral: values and Jacobian (angle column 0)."""
+        B = p[0]
+        A = p[1]
+        x0 = p[2]
+        y0 = p[3]
+        sx = p[4]
+        sy = p[5]
+        ix = np.empty(w)
+        dix0 = np.empty(w)
+        dixs = np.empty(w)
+        iy = np.empty(h)
+        diy0 = np.empty(h)
+        diys = np.empty(h)
+        for c in range(w):
+            uh = (c + 0.5 - x0) / sx
+            ul = (c - 0.5 - x0) / sx
+            d = _phi_diff(ul, uh)
+            ph = math.exp(-0.5 * uh * uh) * _INV_SQRT2PI
+            pl = math.exp(-0.5 * ul * ul) * _INV_SQRT2PI
+            ix[c] = sx * _SQRT2PI * d
+            dix0[c] = -_SQRT2PI * (ph - pl)
+            dixs[c] = _SQRT2PI * (d - (uh * ph - ul * pl))
+        for rr in range(h):
+            uh = (rr + 0.5 - y0) / sy
+            ul = (rr - 0.5 - y0) / sy
+            d = _phi_diff(ul, uh)
+            ph = math.exp(-0.5 * uh * uh) * _INV_SQRT2PI
+            pl = math.exp(-0.5 * ul * ul) * _INV_SQRT2PI
+            iy[rr] = sy * _SQRT2PI * d
+            diy0[rr] = -_SQRT2PI * (ph - pl)
+            diys[rr] = _SQRT2PI * (d - (uh * ph - ul * pl))
+        for rr in range(h):
+            ay = A * iy[rr]
+            ady0 = A * diy0[rr]
+            adys = A * diys[rr]
+            base = rr * w
             for c in range(w):
-                uh = (c + 0.5 - x0) / sx
-                ul = (c - 0.5 - x0) / sx
-                d = _phi_diff(ul, uh)
-                ph = math.exp(-0.5 * uh * uh) * _INV_SQRT2PI
-                pl = math.exp(-0.5 * ul * ul) * _INV_SQRT2PI
-                ix[c] = sx * _SQRT2PI * d
-                dix0[c] = -_SQRT2PI * (ph - pl)
-                dixs[c] = _SQRT2PI * (d - (uh * ph - ul * pl))
-            for rr in range(h):
-                uh = (rr + 0.5 - y0) / sy
-                ul = (rr - 0.5 - y0) / sy
-                d = _phi_diff(ul, uh)
-                ph = math.exp(-0.5 * uh * uh) * _INV_SQRT2PI
-                pl = math.exp(-0.5 * ul * ul) * _INV_SQRT2PI
-                iy[rr] = sy * _SQRT2PI * d
-                diy0[rr] = -_SQRT2PI * (ph - pl)
-                diys[rr] = _SQRT2PI * (d - (uh * ph - ul * pl))
-            g = np.zeros(7)
-            g[0] = 1.0
-            acc = 0.0
-            for rr in range(h):
-                for c in range(w):
-                    m = rr * w + c
-                    wt = weight[i, m]
-                    if wt == 0.0:
+                m = base + c
+                prod = iy[rr] * ix[c]
+                val[m] = B + A * prod
+                jac[0, m] = 1.0
+                jac[1, m] = prod
+                jac[2, m] = ay * dix0[c]
+                jac[3, m] = ady0 * ix[c]
+                jac[4, m] = ay * dixs[c]
+                jac[5, m] = adys * ix[c]
+                jac[6, m] = 0.0
+
+    @njit(cache=True)
+    def _eval_moffat_sub(p, h, w, offs, offw, jac, val):
+        """Moffat values and Jacobian (8, h*w) with k x k Gauss-Legendre nodes per pixel."""
+        k = offs.size
+        B = p[0]
+        A = p[1]
+        x0 = p[2]
+        y0 = p[3]
+        iax2 = 1.0 / (p[4] * p[4])
+        iay2 = 1.0 / (p[5] * p[5])
+        c = math.cos(p[6])
+        s = math.sin(p[6])
+        beta = p[7]
+        iax = 1.0 / p[4]
+        iay = 1.0 / p[5]
+        for rr in range(h):
+            for cc in range(w):
+                m = rr * w + cc
+                p_sum = 0.0
+                g2 = 0.0
+                g3 = 0.0
+                g4 = 0.0
+                g5 = 0.0
+                g6 = 0.0
+                g7 = 0.0
+                for a in range(k):
+                    dy = rr + offs[a] - y0
+                    for b in range(k):
+                        dx = cc + offs[b] - x0
+                        ww = offw[a] * offw[b]
+                        xp = dx * c + dy * s
+                        yp = -dx * s + dy * c
+                        u = 1.0 + xp * xp * iax2 + yp * yp * iay2
+                        logu = math.log(u)
+                        q = ww * math.exp(-beta * logu)
+                        D = -beta * q / u  # times A later
+                        p_sum += q
+                        g2 += -2.0 * D * (xp * c * iax2 - yp * s * iay2)
+                        g3 += -2.0 * D * (xp * s * iax2 + yp * c * iay2)
+                        g4 += -2.0 * D * xp * xp * iax2 * iax
+                        g5 += -2.0 * D * yp * yp * iay2 * iay
+                        g6 += 2.0 * D * xp * yp * (iax2 - iay2)
+                        g7 += -q * logu
+                val[m] = B + A * p_sum
+                jac[0, m] = 1.0
+                jac[1, m] = p_sum
+                jac[2, m] = A * g2
+                jac[3, m] = A * g3
+                jac[4, m] = A * g4
+                jac[5, m] = A * g5
+                jac[6, m] = A * g6
+                jac[7, m] = A * g7
+
+    @njit(cache=True)
+    def _star_eval(kind, k, p, h, w, offs, offw, jac, val, erow, xs, ys):
+        """Model values and full Jacobian (n_params, h*w) of one star."""
+        if kind == 1:
+            _eval_gauss_erf(p, h, w, jac, val)
+        elif kind == 2:
+            _eval_moffat_sub(p, h, w, offs[k, :k], offw[k, :k], jac, val)
+        elif k == 0:
+            _eval_gauss(p, h, w, 1.0, jac, val, erow, xs, ys)
+        elif k == 1:
+            _eval_gauss(p, h, w, 0.0, jac, val, erow, xs, ys)
+        else:
+            _eval_gauss_sub(p, h, w, offs[k, :k], offw[k, :k], jac, val)
+
+    # sums over pixels may be reordered (vectorised); every other operation is IEEE-exact as written
+    @njit(cache=True, fastmath={"reassoc", "contract"})
+    def _normal(jac, val, data, wgt, fidx, jtj, jtr, wr, wj):
+        """chi2, J^T W J (symmetric) and J^T W r of one star from its Jacobian and model values."""
+        m = data.size
+        nf = fidx.size
+        chi2 = 0.0
+        for q in range(m):
+            r = data[q] - val[q]
+            t = wgt[q] * r
+            wr[q] = t
+            chi2 += t * r
+        for a in range(nf):
+            ja = jac[fidx[a]]
+            s = 0.0
+            for q in range(m):
+                s += ja[q] * wr[q]
+                wj[q] = ja[q] * wgt[q]
+            jtr[a] = s
+            for b in range(a + 1):
+                jb = jac[fidx[b]]
+                s = 0.0
+                for q in range(m):
+                    s += wj[q] * jb[q]
+                jtj[a, b] = s
+                jtj[b, a] = s
+        return chi2
+
+    @njit(cache=True)
+    def _cholesky(a, low):
+        """Lower Cholesky factor of a (n x n) into low; False when a is not positive definite."""
+        n = a.shape[0]
+        for i in range(n):
+            for j in range(i + 1):
+                s = a[i, j]
+                for q in range(j):
+                    s -= low[i, q] * low[j, q]
+                if i == j:
+                    if not (s > 0.0) or not math.isfinite(s):
+                        return False
+                    low[i, i] = math.sqrt(s)
+                else:
+                    low[i, j] = s / low[j, j]
+        return True
+
+    @njit(cache=True)
+    def _cho_solve(low, b, x):
+        n = low.shape[0]
+        for i in range(n):
+            s = b[i]
+            for q in range(i):
+                s -= low[i, q] * x[q]
+            x[i] = s / low[i, i]
+        for i in range(n - 1, -1, -1):
+            s = x[i]
+            for q in range(i + 1, n):
+                s -= low[q, i] * x[q]
+            x[i] = s / low[i, i]
+
+    @njit(cache=True)
+    def _inverse_diagonal(a, low, work, out):
+        """|diag(a^-1)|; the pseudo-inverse's where a is not positive definite (as the numpy path)."""
+        n = a.shape[0]
+        if _cholesky(a, low):
+            for i in range(n):
+                # diag(a^-1)_i = |L^-1 e_i|^2 (forward substitution from row i on)
+                s2 = 0.0
+                for r in range(n):
+                    if r < i:
+                        work[r] = 0.0
                         continue
-                    prod = iy[rr] * ix[c]
-                    val = B + A * prod
-                    r = data[i, m] - val
-                    acc += wt * r * r
-                    g[1] = prod
-                    g[2] = A * iy[rr] * dix0[c]
-                    g[3] = A * diy0[rr] * ix[c]
-                    g[4] = A * iy[rr] * dixs[c]
-                    g[5] = A * diys[rr] * ix[c]
-                    _accumulate(g, fidx, wt, r, jtj, jtr, i)
-            chi2[i] = acc
+                    s = 1.0 if r == i else 0.0
+                    for q in range(i, r):
+                        s -= low[r, q] * work[q]
+                    work[r] = s / low[r, r]
+                    s2 += work[r] * work[r]
+                out[i] = s2
+            return
+        pinv = np.linalg.pinv(a)
+        for i in range(n):
+            out[i] = abs(pinv[i, i])
+
+    @njit(cache=True)
+    def _cho_inverse(a, low, work, out):
+        """a^-1 of a symmetric positive definite matrix via Cholesky; False (out untouched) otherwise."""
+        n = a.shape[0]
+        if not _cholesky(a, low):
+            return False
+        for i in range(n):
+            work[:] = 0.0
+            work[i] = 1.0
+            _cho_solve(low, work, out[i])
+        for i in range(n):
+            for j in range(i):
+                t = 0.5 * (out[i, j] + out[j, i])
+                out[i, j] = t
+                out[j, i] = t
+        return True
+
+    @njit(cache=True)
+    def _weights(kind_w, mask, var_fixed, expected, gain, rn2, wgt):
+        """Pixel weights: fixed (kind_w 0: 1/var_fixed) or from the model (1: Poisson + read noise)."""
+        for m in range(wgt.size):
+            if kind_w == 0:
+                var = var_fixed[m]
+            else:
+                e = expected[m]
+                var = (e if e > 0.0 else 0.0) / gain + rn2
+            if mask[m] and var > 0.0 and math.isfinite(var):
+                wgt[m] = 1.0 / var
+            else:
+                wgt[m] = 0.0
+
+    @njit(cache=True)
+    def _lm_star(kind, k, p, data, wgt, h, w, fidx, lo, hi, offs, offw, max_iter, rtol, ws, cur):
+        """One Levenberg-Marquardt run on one star (the numpy path's ``_lm``, step for step).
+
+        ``ws`` holds the Jacobian and values at ``p`` in slot ``cur`` (evaluated by the caller);
+        ``p`` is updated in place.  Returns (chi2, iterations, converged, slot of the final point).
+        """
+        (jac2, val2, jtj2, jtr2, system, low, rhs, step, trial, cov_diag, work, wr, wj, erow, xs, ys) = ws
+        nf = fidx.size
+        lam = 1e-3
+        chi2 = _normal(jac2[cur], val2[cur], data, wgt, fidx, jtj2[cur], jtr2[cur], wr, wj)
+        if not math.isfinite(chi2):
+            return chi2, 0, False, cur
+        jtj = jtj2[cur]
+        jtr = jtr2[cur]
+        iters = 0
+        for _ in range(max_iter):
+            nxt = 1 - cur
+            jtj = jtj2[cur]
+            jtr = jtr2[cur]
+            dmax = 0.0
+            for a in range(nf):
+                if jtj[a, a] > dmax:
+                    dmax = jtj[a, a]
+            for a in range(nf):
+                pa = p[fidx[a]]
+                blocked = (pa <= lo[fidx[a]] and jtr[a] < 0.0) or (pa >= hi[fidx[a]] and jtr[a] > 0.0)
+                work[a] = 1.0 if blocked else 0.0
+            floor = 1e-12 * dmax + 1e-300
+            for a in range(nf):
+                if work[a] == 1.0:
+                    for b in range(nf):
+                        system[a, b] = 0.0
+                    system[a, a] = 1.0
+                    rhs[a] = 0.0
+                    continue
+                for b in range(nf):
+                    system[a, b] = 0.0 if work[b] == 1.0 else jtj[a, b]
+                d = jtj[a, a]
+                system[a, a] = d + lam * (d if d > floor else floor)
+                rhs[a] = jtr[a]
+            ok = _cholesky(system, low)
+            if ok:
+                _cho_solve(low, rhs, step)
+                for a in range(nf):
+                    if not math.isfinite(step[a]):
+                        ok = False
+            if not ok:
+                step[:] = 0.0
+            trial[:] = p
+            for a in range(nf):
+                j = fidx[a]
+                t = p[j] + step[a]
+                if t < lo[j]:
+                    t = lo[j]
+                if t > hi[j]:
+                    t = hi[j]
+                trial[j] = t
+            _star_eval(kind, k, trial, h, w, offs, offw, jac2[nxt], val2[nxt], erow, xs, ys)
+            t_chi2 = _normal(jac2[nxt], val2[nxt], data, wgt, fidx, jtj2[nxt], jtr2[nxt], wr, wj)
+            better = ok and math.isfinite(t_chi2) and t_chi2 <= chi2
+            iters += 1
+            # step small compared with the statistical error of each parameter?
+            _inverse_diagonal(jtj, low, work, cov_diag)
+            small = True
+            for a in range(nf):
+                j = fidx[a]
+                d = trial[j] - p[j]
+                cd = cov_diag[a] if cov_diag[a] > 1e-300 else 1e-300
+                if not (d * d <= rtol * rtol * cd):
+                    small = False
+            tiny_gain = better and (chi2 - t_chi2) <= 1e-12 * (chi2 if chi2 > 1e-300 else 1e-300)
+            if better:
+                p[:] = trial
+                chi2 = t_chi2
+                cur = nxt
+                lam = lam / 5.0
+                if lam < 1e-12:
+                    lam = 1e-12
+            else:
+                lam = lam * 10.0
+            if (better and (small or tiny_gain)) or (not better and lam > 1e10):
+                return chi2, iters, True, cur
+        return chi2, iters, False, cur
+
+    @njit(cache=True)
+    def _workspace(n_params, nf, m, w):
+        return (np.zeros((2, n_params, m)), np.zeros((2, m)), np.zeros((2, nf, nf)), np.zeros((2, nf)),
+                np.zeros((nf, nf)), np.zeros((nf, nf)), np.zeros(nf), np.zeros(nf), np.zeros(n_params),
+                np.zeros(nf), np.zeros(nf), np.zeros(m), np.zeros(m), np.zeros(w), _grid(m, w, 0), _grid(m, w, 1))
+
+    @njit(cache=True)
+    def _grid(m, w, axis):
+        out = np.empty(m)
+        for q in range(m):
+            out[q] = q % w if axis == 0 else q // w
+        return out
 
     @njit(parallel=True, cache=True)
-    def _gauss_sub(params, data, weight, h, w, fidx, offs, offw, chi2, jtj, jtr):
-        n = params.shape[0]
-        k = offs.size
+    def _fit_batch(kind, ks, params, data, mask, var_fixed, kind_w, gain, rn2, h, w, fidx, lo, hi, offs, offw,
+                   max_iter, rtol, passes, out_chi2, out_jtj, out_jtr, out_rss, out_iters, out_conv, out_cov,
+                   out_cov_ok):
+        n, m = data.shape
+        nf = fidx.size
+        npar = params.shape[1]
         for i in prange(n):
-            B = params[i, 0]
-            A = params[i, 1]
-            x0 = params[i, 2]
-            y0 = params[i, 3]
-            isx2 = 1.0 / (params[i, 4] * params[i, 4])
-            isy2 = 1.0 / (params[i, 5] * params[i, 5])
-            c = math.cos(params[i, 6])
-            s = math.sin(params[i, 6])
-            isx = 1.0 / params[i, 4]
-            isy = 1.0 / params[i, 5]
-            g = np.zeros(7)
-            acc = 0.0
-            for rr in range(h):
-                for cc in range(w):
-                    m = rr * w + cc
-                    wt = weight[i, m]
-                    if wt == 0.0:
-                        continue
-                    e_sum = 0.0
-                    g2 = 0.0
-                    g3 = 0.0
-                    g4 = 0.0
-                    g5 = 0.0
-                    g6 = 0.0
-                    for a in range(k):
-                        dy = rr + offs[a] - y0
-                        for b in range(k):
-                            dx = cc + offs[b] - x0
-                            ww = offw[a] * offw[b]
-                            xp = dx * c + dy * s
-                            yp = -dx * s + dy * c
-                            e = ww * math.exp(-0.5 * (xp * xp * isx2 + yp * yp * isy2))
-                            e_sum += e
-                            g2 += e * (xp * c * isx2 - yp * s * isy2)
-                            g3 += e * (xp * s * isx2 + yp * c * isy2)
-                            g4 += e * xp * xp * isx2 * isx
-                            g5 += e * yp * yp * isy2 * isy
-                            g6 += -e * xp * yp * (isx2 - isy2)
-                    val = B + A * e_sum
-                    r = data[i, m] - val
-                    acc += wt * r * r
-                    g[0] = 1.0
-                    g[1] = e_sum
-                    g[2] = A * g2
-                    g[3] = A * g3
-                    g[4] = A * g4
-                    g[5] = A * g5
-                    g[6] = A * g6
-                    _accumulate(g, fidx, wt, r, jtj, jtr, i)
-            chi2[i] = acc
+            k = ks[i]
+            p = params[i]
+            ws = _workspace(npar, nf, m, w)
+            jac2, val2, jtj2, jtr2 = ws[0], ws[1], ws[2], ws[3]
+            wr, wj, erow = ws[11], ws[12], ws[13]
+            wgt = np.zeros(m)
+            cur = 0
+            _star_eval(kind, k, p, h, w, offs, offw, jac2[cur], val2[cur], erow, ws[14], ws[15])
+            total = 0
+            conv = False
+            for _ in range(passes):
+                # weights from the model at the current parameters (or fixed), then LM
+                _weights(kind_w, mask[i], var_fixed[i], val2[cur], gain, rn2, wgt)
+                chi2, it, conv, cur = _lm_star(kind, k, p, data[i], wgt, h, w, fidx, lo[i], hi[i], offs, offw,
+                                               max_iter, rtol, ws, cur)
+                total += it
+            _weights(kind_w, mask[i], var_fixed[i], val2[cur], gain, rn2, wgt)
+            chi2 = _normal(jac2[cur], val2[cur], data[i], wgt, fidx, jtj2[cur], jtr2[cur], wr, wj)
+            rss = 0.0
+            for q in range(m):
+                if mask[i, q]:
+                    r = data[i, q] - val2[cur, q]
+                    rss += r * r
+            out_chi2[i] = chi2
+            out_rss[i] = rss
+            out_iters[i] = total
+            out_conv[i] = conv
+            out_jtj[i] = jtj2[cur]
+            out_jtr[i] = jtr2[cur]
+            out_cov_ok[i] = _cho_inverse(jtj2[cur], ws[5], ws[6], out_cov[i])
 
     @njit(parallel=True, cache=True)
-    def _moffat_sub(params, data, weight, h, w, fidx, offs, offw, chi2, jtj, jtr):
-        n = params.shape[0]
-        k = offs.size
+    def _normal_batch(kind, ks, params, data, wgt, h, w, fidx, offs, offw, out_chi2, out_jtj, out_jtr, out_val):
+        n, m = data.shape
+        nf = fidx.size
+        npar = params.shape[1]
         for i in prange(n):
-            B = params[i, 0]
-            A = params[i, 1]
-            x0 = params[i, 2]
-            y0 = params[i, 3]
-            iax2 = 1.0 / (params[i, 4] * params[i, 4])
-            iay2 = 1.0 / (params[i, 5] * params[i, 5])
-            c = math.cos(params[i, 6])
-            s = math.sin(params[i, 6])
-            beta = params[i, 7]
-            iax = 1.0 / params[i, 4]
-            iay = 1.0 / params[i, 5]
-            g = np.zeros(8)
-            acc = 0.0
-            for rr in range(h):
-                for cc in range(w):
-                    m = rr * w + cc
-                    wt = weight[i, m]
-                    if wt == 0.0:
-                        continue
-                    p_sum = 0.0
-                    g2 = 0.0
-                    g3 = 0.0
-                    g4 = 0.0
-                    g5 = 0.0
-                    g6 = 0.0
-                    g7 = 0.0
-                    for a in range(k):
-                        dy = rr + offs[a] - y0
-                        for b in range(k):
-                            dx = cc + offs[b] - x0
-                            ww = offw[a] * offw[b]
-                            xp = dx * c + dy * s
-                            yp = -dx * s + dy * c
-                            u = 1.0 + xp * xp * iax2 + yp * yp * iay2
-                            logu = math.log(u)
-                            p = ww * math.exp(-beta * logu)
-                            D = -beta * p / u  # times A later
-                            p_sum += p
-                            g2 += -2.0 * D * (xp * c * iax2 - yp * s * iay2)
-                            g3 += -2.0 * D * (xp * s * iax2 + yp * c * iay2)
-                            g4 += -2.0 * D * xp * xp * iax2 * iax
-                            g5 += -2.0 * D * yp * yp * iay2 * iay
-                            g6 += 2.0 * D * xp * yp * (iax2 - iay2)
-                            g7 += -p * logu
-                    val = B + A * p_sum
-                    r = data[i, m] - val
-                    acc += wt * r * r
-                    g[0] = 1.0
-                    g[1] = p_sum
-                    g[2] = A * g2
-                    g[3] = A * g3
-                    g[4] = A * g4
-                    g[5] = A * g5
-                    g[6] = A * g6
-                    g[7] = A * g7
-                    _accumulate(g, fidx, wt, r, jtj, jtr, i)
-            chi2[i] = acc
+            jac = np.zeros((npar, m))
+            wr = np.zeros(m)
+            wj = np.zeros(m)
+            erow = np.zeros(w)
+            _star_eval(kind, ks[i], params[i], h, w, offs, offw, jac, out_val[i], erow, _grid(m, w, 0), _grid(m, w, 1))
+            out_chi2[i] = _normal(jac, out_val[i], data[i], wgt[i], fidx, out_jtj[i], out_jtr[i], wr, wj)
 
 
-def _finish(jtj):
-    # fill the upper triangle
-    iu = np.triu_indices(jtj.shape[1], 1)
-    jtj[:, iu[0], iu[1]] = jtj[:, iu[1], iu[0]]
-    return jtj
+_TABLES: dict = {}
 
 
-def _offsets(k: int):
-    from .models import gauss_legendre_offsets
+def _tables():
+    if "nodes" not in _TABLES:
+        _TABLES["nodes"] = _node_table()
+    return _TABLES["nodes"]
 
-    off, wts = gauss_legendre_offsets(k)
-    return np.ascontiguousarray(off), np.ascontiguousarray(wts)
+
+def _ks(ks, n):
+    ks = np.broadcast_to(np.asarray(ks, dtype=np.int64), (n,))
+    if np.any((ks < 0) | (ks > _KMAX)):
+        raise ValueError(f"pixel-integration orders must be in [0, {_KMAX}]")
+    return np.ascontiguousarray(ks)
 
 
-def gaussian_normal_equations(params, data, weight, shape, free, k, erf):
-    """chi2 (n,), J^T W J (n, nf, nf), J^T W r (n, nf) of the Gaussian on flattened stamps."""
+def normal_equations(kind, params, data, weight, shape, free, ks):
+    """chi2 (n,), J^T W J (n, nf, nf), J^T W r (n, nf) and model values (n, h*w) on flattened stamps.
+
+    ``kind`` is :data:`GAUSSIAN`, :data:`GAUSSIAN_ERF` or :data:`MOFFAT`; ``ks`` the
+    pixel-integration order per star (0: the Gaussian's analytic integral).
+    """
     h, w = shape
     params = np.ascontiguousarray(params, dtype=np.float64)
     data = np.ascontiguousarray(data, dtype=np.float64)
@@ -253,25 +652,68 @@ def gaussian_normal_equations(params, data, weight, shape, free, k, erf):
     chi2 = np.zeros(n)
     jtj = np.zeros((n, nf, nf))
     jtr = np.zeros((n, nf))
-    if erf:
-        _gauss_erf(params, data, weight, h, w, fidx, chi2, jtj, jtr)
+    val = np.zeros((n, h * w))
+    offs, offw = _tables()
+    _normal_batch(kind, _ks(ks, n), params, data, weight, h, w, fidx, offs, offw, chi2, jtj, jtr, val)
+    return chi2, jtj, jtr, val
+
+
+def fit_batch(kind, params, data, mask, shape, free, lo, hi, ks, *, variance=None, gain=None, read_noise=0.0,
+              max_iter=100, rtol=1e-6, passes=1):
+    """Levenberg-Marquardt on every star of a batch, compiled; the numpy path's ``_lm`` and passes.
+
+    Parameters
+    ----------
+    kind : int
+        :data:`GAUSSIAN`, :data:`GAUSSIAN_ERF` or :data:`MOFFAT`.
+    params : ndarray (n, n_params)
+        Starting parameters (inside the bounds); not modified.
+    data : ndarray (n, h*w)
+        Flattened stamps (masked pixels set to any finite value).
+    mask : ndarray of bool (n, h*w)
+        Pixels that count.
+    shape : (h, w)
+    free : ndarray of bool (n_params,)
+    lo, hi : ndarray (n, n_params)
+    ks : ndarray of int (n,)
+        Pixel-integration order per star (0: analytic Gaussian integral, 1: point sampling).
+    variance : ndarray (n, h*w), optional
+        Fixed pixel variances (weights 1 / variance); otherwise ``gain`` is required.
+    gain, read_noise : float
+        Variance ``max(model, 0) / gain + read_noise**2`` from the model at the start of every pass.
+    max_iter, rtol, passes : int, float, int
+        Iterations per pass, convergence tolerance (steps below ``rtol`` standard errors), passes.
+
+    Returns
+    -------
+    params, chi2, jtj, jtr, rss, iterations, converged, covariance, covariance_ok
+        Final values with the final weights (the model's, recomputed after the last pass);
+        the covariance ``jtj^-1`` by Cholesky where ``jtj`` is positive definite (``covariance_ok``).
+    """
+    h, w = shape
+    n = params.shape[0]
+    p = np.array(params, dtype=np.float64, order="C", copy=True)
+    data = np.ascontiguousarray(data, dtype=np.float64)
+    mask = np.ascontiguousarray(mask, dtype=np.bool_)
+    fidx = np.flatnonzero(free).astype(np.int64)
+    nf = fidx.size
+    if variance is not None:
+        var = np.ascontiguousarray(variance, dtype=np.float64)
+        kind_w, g, rn2 = 0, 1.0, 0.0
     else:
-        off, wts = _offsets(max(int(k), 1))
-        _gauss_sub(params, data, weight, h, w, fidx, off, wts, chi2, jtj, jtr)
-    return chi2, _finish(jtj), jtr
-
-
-def moffat_normal_equations(params, data, weight, shape, free, k):
-    """chi2, J^T W J, J^T W r of the Moffat on flattened stamps."""
-    h, w = shape
-    params = np.ascontiguousarray(params, dtype=np.float64)
-    data = np.ascontiguousarray(data, dtype=np.float64)
-    weight = np.ascontiguousarray(weight, dtype=np.float64)
-    fidx = np.flatnonzero(free).astype(np.int64)
-    n, nf = params.shape[0], fidx.size
-    chi2 = np.zeros(n)
-    jtj = np.zeros((n, nf, nf))
-    jtr = np.zeros((n, nf))
-    off, wts = _offsets(max(int(k), 1))
-    _moffat_sub(params, data, weight, h, w, fidx, off, wts, chi2, jtj, jtr)
-    return chi2, _finish(jtj), jtr
+        var = np.zeros((n, 1))
+        kind_w, g, rn2 = 1, float(gain), float(read_noise) ** 2
+    out_chi2 = np.zeros(n)
+    out_jtj = np.zeros((n, nf, nf))
+    out_jtr = np.zeros((n, nf))
+    out_rss = np.zeros(n)
+    out_iters = np.zeros(n, dtype=np.int64)
+    out_conv = np.zeros(n, dtype=np.bool_)
+    out_cov = np.full((n, nf, nf), np.nan)
+    out_cov_ok = np.zeros(n, dtype=np.bool_)
+    offs, offw = _tables()
+    _fit_batch(kind, _ks(ks, n), p, data, mask, var, kind_w, g, rn2, h, w, fidx,
+               np.ascontiguousarray(lo, dtype=np.float64), np.ascontiguousarray(hi, dtype=np.float64), offs, offw,
+               int(max_iter), float(rtol), int(passes), out_chi2, out_jtj, out_jtr, out_rss, out_iters, out_conv,
+               out_cov, out_cov_ok)
+    return p, out_chi2, out_jtj, out_jtr, out_rss, out_iters, out_conv, out_cov, out_cov_ok

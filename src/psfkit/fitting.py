@@ -121,11 +121,18 @@ def _solve_batch(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, ok
 
 
-def _compiled_model(model) -> bool:
+def _compiled_kind(model, p, free) -> int | None:
+    """The compiled engine's model code for this batch, or None (numpy path)."""
     from . import _compiled
     from .models import GaussianPSF, MoffatPSF
 
-    return _compiled.available() and type(model) in (GaussianPSF, MoffatPSF)
+    if not _compiled.available():
+        return None
+    if type(model) is GaussianPSF:
+        return _compiled.GAUSSIAN_ERF if _exact_erf_path(model, p, free) else _compiled.GAUSSIAN
+    if type(model) is MoffatPSF:
+        return _compiled.MOFFAT
+    return None
 
 
 def _exact_erf_path(model, p, free) -> bool:
@@ -137,32 +144,8 @@ def _exact_erf_path(model, p, free) -> bool:
     )
 
 
-def _compiled_normal_equations(model, p, data, weight, shape, free, k):
-    """The compiled (numba) chi2, J^T W J, J^T W r for the analytic models, or None."""
-    from . import _compiled
-    from .models import GaussianPSF, MoffatPSF
-
-    if not _compiled.available():
-        return None
-    kk = 1 if model.sampling == "point" else k
-    if type(model) is GaussianPSF:
-        erf = _exact_erf_path(model, p, free)
-        return _compiled.gaussian_normal_equations(p, data, weight, shape, free, kk, erf)
-    if type(model) is MoffatPSF:
-        return _compiled.moffat_normal_equations(p, data, weight, shape, free, kk)
-    return None
-
-
-def _normal_equations(model, p, data, weight, shape, free, k, residuals=True):
-    """chi2, J^T W J, J^T W r (and model values and residuals) for parameters p (n, P) on flattened stamps.
-
-    Without ``residuals`` the compiled path is used where the model has one
-    (values and residuals are then None).
-    """
-    if not residuals:
-        out = _compiled_normal_equations(model, p, data, weight, shape, free, k)
-        if out is not None:
-            return out[0], out[1], out[2], None, None
+def _normal_equations(model, p, data, weight, shape, free, k):
+    """chi2, J^T W J, J^T W r, model values and residuals for parameters p (n, P) on flattened stamps."""
     val, jac = model.evaluate(p, shape, free=free, jacobian=True, k=k)
     r = data - val
     wr = weight * r
@@ -193,7 +176,7 @@ def _lm(model, p0, data, weight, shape, free, lo, hi, k, max_iter, rtol):
     fidx = np.flatnonzero(free)
     nf = fidx.size
     lam = np.full(n, 1e-3)
-    chi2, jtj, jtr, _, _ = _normal_equations(model, p, data, weight, shape, free, k, residuals=False)
+    chi2, jtj, jtr, _, _ = _normal_equations(model, p, data, weight, shape, free, k)
     iters = np.zeros(n, dtype=int)
     converged = np.zeros(n, dtype=bool)
     active = np.flatnonzero(np.isfinite(chi2))
@@ -216,9 +199,7 @@ def _lm(model, p0, data, weight, shape, free, lo, hi, k, max_iter, rtol):
         trial = pa.copy()
         trial[:, fidx] = pa[:, fidx] + step
         trial = np.clip(trial, lo[active], hi[active])
-        t_chi2, t_jtj, t_jtr, _, _ = _normal_equations(
-            model, trial, data[active], weight[active], shape, free, k, residuals=False
-        )
+        t_chi2, t_jtj, t_jtr, _, _ = _normal_equations(model, trial, data[active], weight[active], shape, free, k)
         better = ok & np.isfinite(t_chi2) & (t_chi2 <= chi2[active])
         iters[active] += 1
         # step small compared with the statistical error of each parameter?
@@ -302,12 +283,12 @@ def fit_stamps(
     mask = np.isfinite(data)
     if weight_mask is not None:
         mask &= np.asarray(weight_mask, dtype=bool)
+    kind = _compiled_kind(model, p0, free) if n else None
+    if kind is not None:
+        return _fit_compiled(kind, model, data, p0, mask, variance, noise, free, lo, hi, max_iter, rtol, reweight)
     if chunk is None:
-        # the numpy path materialises (stars, pixels x nodes, parameters) arrays: bound their size;
-        # the compiled path does not, so its blocks are only bounded by the stamps themselves
-        kmax = int(model.subsampling(p0).max()) if n else 1
-        if _compiled_model(model):
-            kmax = 1
+        # the numpy path materialises (stars, pixels x nodes, parameters) arrays: bound their size
+        kmax = max(int(model.subsampling(p0).max()), 1) if n else 1
         chunk = max(16, int(4e6 // (h * w * kmax * kmax * max(int(free.sum()), 1))))
     if n > chunk:
         parts = [
@@ -372,27 +353,75 @@ def fit_stamps(
     wgt = weights_for(expected) if noise is not None else wgt
     chi2, jtj, _, val, r = _normal_equations(model, p, flat, wgt, (h, w), free, k)
     rss = np.einsum("nm,nm->n", r * m, r)
+    return _finish(model, p, chi2, jtj, rss, n_pix, total_iters, converged, free, lo, hi, weighted,
+                   np.full(n, k), None if weighted else (flat, wgt, border_var, (h, w)))
 
+
+def _fit_compiled(kind, model, data, p0, mask, variance, noise, free, lo, hi, max_iter, rtol, reweight):
+    """:func:`fit_stamps` on the compiled engine (:func:`psfkit._compiled.fit_batch`): same algorithm."""
+    from . import _compiled
+
+    n, h, w = data.shape
+    p = np.clip(p0, lo, hi)
+    ks = np.ones(n, dtype=int) if kind == _compiled.GAUSSIAN_ERF else model.subsampling(p)
+    flat = np.where(mask, data, 0.0).reshape(n, h * w)
+    m = mask.reshape(n, h * w)
+    n_pix = m.sum(axis=1)
+    weighted = variance is not None or noise is not None
+    border_var = None
+    if variance is not None:
+        var, passes, gain, rn = np.asarray(variance, dtype=float).reshape(n, h * w), 1, None, 0.0
+    elif noise is not None:
+        var, passes, gain, rn = None, 1 + reweight, noise.gain, noise.read_noise
+    else:
+        border_var = _border_variance(np.where(mask, data, np.nan))
+        var, passes, gain, rn = np.broadcast_to(border_var[:, None], (n, h * w)), 1, None, 0.0
+    p, chi2, jtj, _, rss, iters, converged, cov_free, cov_ok = _compiled.fit_batch(
+        kind, p, flat, m, (h, w), free, lo, hi, ks, variance=var, gain=gain, read_noise=rn,
+        max_iter=max_iter, rtol=rtol, passes=passes,
+    )
+    unweighted = None if weighted else (flat, np.where(m, 1.0 / border_var[:, None], 0.0), border_var, (h, w))
+    return _finish(model, p, chi2, jtj, rss, n_pix, iters.astype(int), converged, free, lo, hi, weighted, ks,
+                   unweighted, (cov_free, cov_ok))
+
+
+def _finish(model, p, chi2, jtj, rss, n_pix, total_iters, converged, free, lo, hi, weighted, ks, unweighted,
+            inverse=None):
+    """Covariance, flags and the :class:`StampFit` from the final normal equations of either path.
+
+    ``unweighted`` is ``(flat data, weights, border variance, stamp shape)`` for an unweighted fit (its
+    covariance is the sandwich estimate), else None.  ``inverse`` is ``(jtj^-1, ok)`` where already
+    computed (the compiled path's Cholesky inverse); the others are inverted here.
+    """
+    n = p.shape[0]
     flags = np.zeros(n, dtype=np.int64)
     flags[~converged] |= F.NOT_CONVERGED
     nf = int(free.sum())
     cov_free = np.full((n, nf, nf), np.nan)
+    todo = np.ones(n, dtype=bool)
+    if inverse is not None:
+        cov_free[inverse[1]] = inverse[0][inverse[1]]
+        todo = ~inverse[1]
+    idx = np.flatnonzero(todo)
     try:
-        cov_free[:] = np.linalg.inv(jtj)
-        good = np.all(np.isfinite(cov_free), axis=(1, 2))
+        cov_free[idx] = np.linalg.inv(jtj[idx])
     except np.linalg.LinAlgError:
-        good = np.zeros(n, dtype=bool)
-        for i in range(n):
+        for i in idx:
             try:
                 cov_free[i] = np.linalg.inv(jtj[i])
-                good[i] = np.all(np.isfinite(cov_free[i]))
             except np.linalg.LinAlgError:
-                good[i] = False
+                cov_free[i] = np.nan
+    good = np.all(np.isfinite(cov_free), axis=(1, 2))
     diag_ok = np.all(np.diagonal(cov_free, axis1=1, axis2=2) > 0, axis=1)
     good &= diag_ok
     flags[~good] |= F.SINGULAR_COVARIANCE
-    if not weighted:
-        cov_free = _unweighted_covariance(model, p, r, wgt, border_var, (h, w), free, k, cov_free, good)
+    if unweighted is not None:
+        flat, wgt, border_var, shape = unweighted
+        for k in np.unique(ks):
+            sel = np.flatnonzero(ks == k)
+            val = model.evaluate(p[sel], shape, free=free, k=int(k))[0]
+            cov_free[sel] = _unweighted_covariance(model, p[sel], flat[sel] - val, wgt[sel], border_var[sel],
+                                                   shape, free, int(k), cov_free[sel], good[sel])
     cov = np.zeros((n, model.n_params, model.n_params))
     fidx = np.flatnonzero(free)
     cov[:, fidx[:, None], fidx[None, :]] = np.where(good[:, None, None], cov_free, np.nan)
@@ -404,7 +433,7 @@ def fit_stamps(
     return StampFit(
         params=p, covariance=cov, chi2=chi2, rss=rss, n_pixels=n_pix, n_free=nf,
         iterations=total_iters, flags=flags, free=free.copy(), weighted=weighted,
-        extra={"subsampling": np.full(n, k)},
+        extra={"subsampling": np.asarray(ks, dtype=int)},
     )
 
 
