@@ -48,6 +48,37 @@ def timed(fn, repeat=1):
     return best, out
 
 
+def siril_findstar(img: np.ndarray) -> tuple:
+    """Siril's own detector on the same frame when ``siril-cli`` (>= 1.2, where ``findstar``
+    may run in a script) is installed; the time includes Siril loading the FITS file."""
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = shutil.which("siril-cli")
+    if exe is None:
+        return ("Siril findstar: siril-cli not installed (not timed)", np.nan, None, None, None, None)
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
+    m = re.search(r"(\d+)\.(\d+)", version)
+    if m is None or (int(m.group(1)), int(m.group(2))) < (1, 2):
+        return (f"Siril findstar: {version} cannot run findstar in a script (needs 1.2; Debian 12 ships 1.0.6), not timed",
+                np.nan, None, None, None, None)
+    from astropy.io import fits
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fits.writeto(Path(tmp) / "frame.fit", img)
+        (Path(tmp) / "run.ssf").write_text("requires 1.2.0\nload frame\nfindstar -out=stars.lst\nclose\n")
+        t = time.perf_counter()
+        out = subprocess.run([exe, "-d", tmp, "-s", str(Path(tmp) / "run.ssf")], capture_output=True, text=True)
+        elapsed = time.perf_counter() - t
+        lst = Path(tmp) / "stars.lst"
+        if out.returncode != 0 or not lst.exists():
+            return (f"Siril findstar ({version}) failed", np.nan, None, None, None, None)
+        n = sum(1 for line in lst.read_text().splitlines() if line.strip() and not line.startswith("#"))
+    return (f"Siril {version} findstar (incl. loading the file; {n} stars)", elapsed, None, None, None, None)
+
+
 def main() -> None:
     small = "--small" in sys.argv
     shape = (1000, 1500) if small else SHAPE
@@ -127,6 +158,8 @@ def main() -> None:
                      t_find + t_fit, ok.sum() / bright.sum(), np.median(dx), None, None))
     except Exception as exc:  # pragma: no cover - a peer failing must not hide the others
         rows.append((f"photutils failed: {exc.__class__.__name__}: {exc}", np.nan, None, None, None, None))
+
+    rows.append(siril_findstar(img))
 
     fmt = lambda v, f: "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f % v
     lines = [
