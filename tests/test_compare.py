@@ -25,23 +25,6 @@ def _frame(model, beta, flux, seed):
     return add_noise(img, gain=GAIN, read_noise=RN, rng=rng)
 
 
-@pytest.mark.parametrize("model,beta,expect", [("gaussian", None, "gaussian"), ("moffat", 2.5, "moffat2.5")])
-def test_true_model_preferred(model, beta, expect):
-    wins = 0
-    n = 12
-    fluxes = []
-    for seed in range(n):
-        img = _frame(model, beta, 3e4, seed)  # SNR ~ 100
-        t = compare_models(img, 40, 40, gain=GAIN, read_noise=RN, frame_fwhm=3.7, betas=(1.5, 2.5, 4.0, 6.0))
-        best = t["model"][np.argmax(t["preferred"])]
-        # a free-beta Moffat that lands on the true beta counts for the Moffat truth
-        wins += best == expect or (expect.startswith("moffat") and best == "moffat")
-        row = t[t["model"] == expect][0]
-        fluxes.append((row["flux_fit"] - 3e4) / row["flux_err"])
-    assert wins / n >= 0.9
-    assert abs(np.mean(fluxes)) < 1.0 and np.std(fluxes) < 1.5
-
-
 def test_extended_source_flagged():
     img = _frame("gaussian", None, 3e4, 1)
     t = compare_models(img, 40, 40, gain=GAIN, read_noise=RN, frame_fwhm=2.0)
@@ -61,26 +44,78 @@ def test_compare_cli_json_and_psf_image(tmp_path):
     rows = json.loads(out.stdout)
     assert {r["model"] for r in rows} >= {"gaussian", "moffat", "psf_image"}
     assert sum(r["preferred"] for r in rows) == 1
-    assert set(rows[0]) == {"model", "flux_fit", "flux_err", "fwhm", "reduced_chi2", "bic", "preferred"}
+    assert all(set(r) == {"model", "flux_fit", "flux_err", "fwhm", "reduced_chi2", "bic", "preferred"} for r in rows)
+    # the aperture flux comes last; a point source: not the preferred one
+    assert rows[-1]["model"] == "aperture" and not rows[-1]["preferred"] and rows[-1]["flux_fit"] > 0
+    assert abs(rows[-1]["flux_fit"] - 3e4) < 3 * rows[-1]["flux_err"]
     bad = subprocess.run([sys.executable, "-m", "psfkit", "compare", str(tmp_path / "img.fits"), "--at", "500,5"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("model,beta,flux", [("gaussian", None, 6000.0), ("moffat", 4.0, 8000.0)])
-def test_true_model_preferred_at_snr_50(model, beta, flux):
-    # the acceptance threshold: SNR about 50, all of PixInsight's betas and the Lorentzian in the race.
-    # At SNR 50 beta = 2.5, 4 and 6 are within each other's noise: for a Moffat truth the Moffat family
-    # (free beta or any fixed beta) is the true model, against the Gaussian and the Lorentzian.
-    wins, n = 0, 20
+def _psf_array():
+    """A non-analytic PSF (slightly elliptical core + 3 per cent halo), peak 1."""
+    yy, xx = np.mgrid[0:41, 0:41] - 20.0
+    r2 = xx**2 + (yy * 1.15) ** 2
+    return np.exp(-r2 / (2 * 1.6**2)) + 0.03 * np.exp(-r2 / (2 * 4.0**2))
+
+
+def _truth_frame(truth, flux, seed):
+    """One source of the true model on an 80x80 frame; Lorentzian and image PSF drawn from the model itself."""
+    from psfkit.models import ImagePSF, LorentzianPSF
+
+    if truth == "gaussian":
+        return _frame("gaussian", None, flux, seed)
+    if truth == "moffat2.5":
+        return _frame("moffat", 2.5, flux, seed)
+    rng = np.random.default_rng(seed)
+    x0, y0 = 40.2 + rng.uniform(-0.5, 0.5), 39.7 + rng.uniform(-0.5, 0.5)
+    if truth == "lorentzian":
+        mdl = LorentzianPSF(angle=True)
+        p = np.array([[0.0, 1.0, x0, y0, 1.8, 1.5, 0.4, 1.0]])
+        p[0, 1] = flux / mdl.flux_and_gradient(p)[0][0]
+        vals = mdl.evaluate(p, (80, 80), k=6)[0]
+    else:
+        vals = ImagePSF(_psf_array()).evaluate(np.array([[0.0, flux, x0, y0]]), (80, 80))[0]
+    return add_noise(150.0 + vals.reshape(80, 80), gain=GAIN, read_noise=RN, rng=rng)
+
+
+# (true model, flux giving SNR ~50-60 for the true model's flux, what counts as preferring it)
+TRUTHS = [("gaussian", 6000.0, {"gaussian"}), ("moffat2.5", 10000.0, {"moffat2.5", "moffat"}),
+          ("lorentzian", 15000.0, {"lorentzian"}), ("psf_image", 6000.0, {"psf_image"})]
+
+
+@pytest.mark.parametrize("truth,flux,wins_if", TRUTHS)
+def test_true_model_preferred_at_snr_50(truth, flux, wins_if):
+    # the acceptance: at SNR ~50 (the threshold), with every model in the race (Gaussian, free-beta Moffat,
+    # all of PixInsight's fixed betas, Lorentzian, and the PSF image when the truth is one), the true model
+    # is preferred in >= 90% of 30 draws. For the Moffat truth the free-beta Moffat (which holds the truth)
+    # counts as well; a neighbouring fixed beta does not. The true model's flux is unbiased with honest errors.
+    wins, n, pulls, snr = 0, 30, [], []
     for seed in range(n):
-        img = _frame(model, beta, flux, 100 + seed)
-        t = compare_models(img, 40, 40, gain=GAIN, read_noise=RN, frame_fwhm=3.7)
-        truth_row = t[t["model"] == ("gaussian" if model == "gaussian" else "moffat4")][0]
-        assert truth_row["flux_fit"] / truth_row["flux_err"] >= 48
-        best = str(t["model"][np.argmax(t["preferred"])])
-        wins += best == "gaussian" if model == "gaussian" else best.startswith("moffat")
+        img = _truth_frame(truth, flux, 100 + seed)
+        t = compare_models(img, 40, 40, gain=GAIN, read_noise=RN, frame_fwhm=3.7,
+                           psf=_psf_array() if truth == "psf_image" else None)
         assert "Poisson" in t.meta["weights"]
+        wins += str(t["model"][np.argmax(t["preferred"])]) in wins_if
+        row = t[t["model"] == truth][0]
+        snr.append(row["flux_fit"] / row["flux_err"])
+        if truth != "lorentzian":  # the Lorentzian's flux (within half the box) is checked below
+            pulls.append((row["flux_fit"] - flux) / row["flux_err"])
+    assert np.median(snr) >= 48
+    assert wins / n >= 0.9, f"{truth}: preferred in {wins} of {n} draws"
+    if pulls:
+        assert abs(np.mean(pulls)) < 0.6 and 0.6 < np.std(pulls) < 1.4
+
+
+def test_neighbouring_betas_need_more_signal():
+    # Moffat beta = 4 against its PixInsight neighbours 2.5 and 6: at SNR ~60 the data hold too little of
+    # the wings (beta 4 won 32 of 40 draws, beta 6 seven), at SNR ~130 beta = 4 is preferred >= 90% (30 of 30)
+    wins, n = 0, 12
+    for seed in range(n):
+        img = _frame("moffat", 4.0, 25000.0, 300 + seed)
+        t = compare_models(img, 40, 40, gain=GAIN, read_noise=RN, frame_fwhm=3.7)
+        wins += str(t["model"][np.argmax(t["preferred"])]) in ("moffat4", "moffat")
     assert wins / n >= 0.9
 
 
@@ -119,7 +154,7 @@ def test_aperture_flux_and_residual_picture(tmp_path):
     assert w > 300 and h > 200
 
 
-def test_extended_source_among_stars_without_frame_fwhm():
+def test_extended_source_among_stars_without_frame_fwhm(tmp_path):
     # six stars of FWHM 3 and a source three times wider: compare measures the frame's stars itself
     rng = np.random.default_rng(11)
     xs = np.array([20.0, 100.0, 180.0, 20.0, 100.0, 180.0])
@@ -132,6 +167,16 @@ def test_extended_source_among_stars_without_frame_fwhm():
     assert t.meta["extended"] and "aperture" in t.meta["note"]
     star = compare_models(img, 100, 30, gain=GAIN, read_noise=RN)
     assert not star.meta["extended"]
+    # the CLI says so, in words and in --json (the aperture entry becomes the preferred one)
+    fits.writeto(tmp_path / "ext.fits", img.astype(np.float32))
+    text = subprocess.run([sys.executable, "-m", "psfkit", "compare", str(tmp_path / "ext.fits"), "--at", "100,100",
+                           "--gain", str(GAIN)], capture_output=True, text=True, check=True).stdout
+    assert "looks extended" in text and "trust the aperture flux" in text
+    js = subprocess.run([sys.executable, "-m", "psfkit", "compare", str(tmp_path / "ext.fits"), "--at", "100,100",
+                         "--gain", str(GAIN), "--json"], capture_output=True, text=True, check=True)
+    rows = json.loads(js.stdout)
+    assert [r["model"] for r in rows if r["preferred"]] == ["aperture"]
+    assert "trust the aperture flux" in js.stderr
 
 
 def test_compare_cli_text_and_residuals(tmp_path):

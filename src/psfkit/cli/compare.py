@@ -32,7 +32,7 @@ def compare_command(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per model."),
 ) -> None:
     """Fit the source with the Gaussian, Moffats, Lorentzian and your PSF; total flux, FWHM, chi2, AIC/BIC per model."""
-    from ..compare import compare_models, plot_model_residuals
+    from ..compare import TIE_BIC, compare_models, plot_model_residuals
     from .fit import _parse_xy
 
     x, y = _parse_xy(at)
@@ -41,24 +41,42 @@ def compare_command(
     img = load_from_options(image, hdu=hdu, channel=channel)
     if img.pixel_map:  # a Bayer plane: --at is on the full frame; the fits are on the plane
         x, y = (float(v) for v in img.from_frame(x, y))
-        typer.echo(f"measured on the {img.meta.get('channel_rule')}; positions and sizes below are in its pixels")
+        typer.echo(f"measured on the {img.meta.get('channel_rule')}; positions and sizes below are in its pixels",
+                   err=as_json)
     table, fits = compare_models(img, x, y, psf=str(psf) if psf else None, box=box, gain=gain,
                                  read_noise=read_noise, return_fits=True)
     if residuals is not None:
         plot_model_residuals(fits, str(residuals))
+    m = table.meta
+    ap = m["aperture"]
     if as_json:
-        out = [{k: _clean(row[k]) for k in ("model", "flux_fit", "flux_err", "fwhm", "reduced_chi2", "bic", "preferred")}
-               for row in table]
+        keys = ("model", "flux_fit", "flux_err", "fwhm", "reduced_chi2", "bic", "preferred")
+        out = [{k: _clean(row[k]) for k in keys} for row in table]
+        # the aperture flux as one more entry: "preferred" (the flux to trust) when the source looks extended
+        total = ap.get("flux_total", ap.get("flux", float("nan")))
+        total_err = ap.get("flux_total_err", ap.get("flux_err", float("nan")))
+        out.append({"model": "aperture", "flux_fit": _clean(total), "flux_err": _clean(total_err),
+                    "fwhm": None, "reduced_chi2": None, "bic": None, "preferred": bool(m["extended"])})
+        if m["extended"]:
+            for row in out[:-1]:
+                row["preferred"] = False
+            typer.echo(m["note"], err=True)
         typer.echo(json.dumps(out))
         return
-    m = table.meta
-    typer.echo(f"{image}: source at ({m['x']:.2f}, {m['y']:.2f}), box {m['box']} px")
+    best = table[table["preferred"]][0]
+    typer.echo(f"{image}: brightest peak within 10 px of ({x:g}, {y:g}) at ({m['x']:.2f}, {m['y']:.2f}); "
+               f"every model fitted on the same {m['box']}x{m['box']} px box")
     typer.echo(f"weights: {m['weights']}")
     typer.echo(f"{'model':12s} {'flux (total)':>14s} {'+-':>10s} {'FWHM px':>8s} {'beta':>6s} {'chi2/dof':>9s} "
                f"{'AIC':>10s} {'BIC':>10s} {'RMSE':>9s}")
     for row in table:
         beta = f"{row['beta']:6.2f}" if math.isfinite(row["beta"]) else f"{'':6s}"
-        mark = "  <- preferred (lowest BIC)" if row["preferred"] else ""
+        mark = ""
+        if row["preferred"]:
+            mark = ("  <- preferred (lowest BIC)" if row["delta_bic"] <= 0 else
+                    f"  <- preferred (BIC within {TIE_BIC:g} of the lowest: no evidence for wings beyond a Gaussian)")
+            if m["extended"]:
+                mark = "  <- best point-source fit (but the source looks extended: see below)"
         star = "" if row["flux_is_total"] else " *"
         typer.echo(f"{row['model']:12s} {row['flux_fit']:14.6g} {row['flux_err']:10.3g} {row['fwhm']:8.3f} {beta} "
                    f"{row['reduced_chi2']:9.3f} {row['aic']:10.1f} {row['bic']:10.1f} {row['rmse']:9.4g}{mark}{star}")
@@ -66,11 +84,12 @@ def compare_command(
         typer.echo(f"* Lorentzian: its total flux diverges; the flux shown is the {m['lorentzian_flux']}")
     for n in {n for n in table["note"] if n}:
         typer.echo(f"PSF image: {n}")
-    ap = m["aperture"]
+    typer.echo(f"centroid ({best['model']}): x = {best['x_fit']:.3f}, y = {best['y_fit']:.3f} (0-based pixel centres)")
     if math.isfinite(ap.get("flux", float("nan"))):
         line = f"aperture (r = {ap['radius']:.1f} px = 2.5 FWHM, sky 4-6 FWHM): {ap['flux']:.6g} +- {ap['flux_err']:.3g}"
         if "flux_total" in ap:
-            line += (f"; / enclosed fraction {ap['enclosed_fraction']:.4f} of the {m['preferred']} -> total "
+            to = "total" if ap.get("corrected_to", "the total flux") == "the total flux" else "the Lorentzian's flux"
+            line += (f"; / enclosed fraction {ap['enclosed_fraction']:.4f} of the {m['preferred']} -> {to} "
                      f"{ap['flux_total']:.6g} +- {ap['flux_total_err']:.3g}")
         typer.echo(line)
     if m["frame_fwhm"] is not None:
