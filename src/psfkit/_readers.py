@@ -224,7 +224,22 @@ def _read_fits_open(path: Path, fh: Any, hdu: int | str | None, compressed_file:
             blank = header.get("BLANK")
             if raw.dtype.kind == "f" and raw.dtype.itemsize < 4:
                 raise PsfkitError(f"{path}: unsupported pixel type {raw.dtype}")
-            data, type_max = _to_float(path, raw)
+            if raw.dtype.kind in "iu" and (bscale != 1.0 or bzero != 0.0):
+                # one pass: convert and scale together (BZERO = 32768 on every uint16 camera frame)
+                if raw.dtype.kind == "b" or raw.dtype.itemsize > 8:
+                    raise PsfkitError(f"{path}: unsupported pixel type {raw.dtype}")
+                target = np.float32 if raw.dtype.itemsize <= 2 else np.float64
+                data = np.empty(raw.shape, dtype=target)
+                if bscale != 1.0:
+                    np.multiply(raw, target(bscale), out=data)
+                    data += target(bzero)
+                else:
+                    np.add(raw, target(bzero), out=data)
+                type_max = float(np.iinfo(raw.dtype).max)
+                scaled = True
+            else:
+                data, type_max = _to_float(path, raw)
+                scaled = False
             stored_type = f"{raw.dtype.name} (BITPIX={header.get('ZBITPIX', header.get('BITPIX'))})"
             if raw.dtype.kind in "iu" and bscale == 1.0 and bzero == 2.0 ** (8 * raw.dtype.itemsize - 1):
                 stored_type = f"uint{8 * raw.dtype.itemsize} (BITPIX={header.get('ZBITPIX', header.get('BITPIX'))}, BZERO={bzero:g})"
@@ -235,9 +250,9 @@ def _read_fits_open(path: Path, fh: Any, hdu: int | str | None, compressed_file:
                     holes = raw == int(blank)
                 else:
                     holes = None
-                if bscale != 1.0:
+                if bscale != 1.0 and not scaled:
                     data *= data.dtype.type(bscale)
-                if bzero != 0.0:
+                if bzero != 0.0 and not scaled:
                     data += data.dtype.type(bzero)
                 if holes is not None and holes.any():
                     data[holes] = np.nan

@@ -415,22 +415,44 @@ def _exposure(header: Any) -> float | None:
     return value if value >= 0 else None
 
 
-def _plateau(data: np.ndarray, top: float, type_max: float) -> float | None:
+def _row_maxima(data: np.ndarray) -> tuple[float, float, np.ndarray | None]:
+    """(max, rough min, per-row maxima) of the finite pixels.
+
+    One vectorised max pass along rows (NaN propagates, so a finite result proves there is
+    none); the row maxima let the plateau search read only the rows that reach the top band.
+    """
+    rows = data.reshape(-1, data.shape[-1])
+    with np.errstate(invalid="ignore"):
+        row_max = rows.max(axis=1)
+        top = float(row_max.max())
+    if math.isfinite(top):
+        flat = rows.reshape(-1)
+        low = float(flat[:: max(1, flat.size // 65536)].min())  # a sample: the band only needs a rough span
+        return top, low, row_max
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        return math.nan, math.nan, None
+    return float(finite.max()), float(finite.min()), None
+
+
+def _plateau(data: np.ndarray, top: float, low: float, row_max: np.ndarray | None) -> float | None:
     """The saturation plateau of integer-valued data: the highest value shared by many pixels.
 
     Cameras and software often clip below the type's maximum (Siril writes 65534; a Canon raw
     clips at its white level, 13583 in the PANOPTES frames, with the odd hot pixel above it).
-    A value held by at least 3 pixels near the top, with fewer pixels above it than on it,
-    is the plateau.  Returns None when there is none.
+    The top pixel value, when at least 3 pixels hold it, is the plateau; else a value in the
+    top tenth of the data's range held by at least 3 pixels, with fewer pixels above it than
+    on it and 5 times the median count of the band's values.  Returns None when there is none.
     """
-    on_top = int(np.count_nonzero(data == top))
-    if on_top >= 3:
-        return top
-    span = top - float(np.nanmin(data)) if data.size else 0.0
-    if span <= 0:
-        return None
-    band = data[data >= top - 0.1 * span]
+    span = top - low
+    threshold = top - 0.1 * span if span > 0 else top
+    rows = data.reshape(-1, data.shape[-1])
+    if row_max is not None:
+        rows = rows[np.flatnonzero(row_max >= threshold)]
+    band = rows[rows >= threshold]
     band = band[np.isfinite(band)]
+    if int(np.count_nonzero(band == top)) >= 3:
+        return top
     if band.size < 3:
         return None
     values, counts = np.unique(band, return_counts=True)
@@ -482,21 +504,26 @@ def _normalise_channel(path: Path, channel: Any, layout: str, n_planes: int) -> 
     return name
 
 
-def _check_pixels(path: Any, data: np.ndarray) -> tuple[float, float]:
-    """(min, max) of the finite pixels, or a PsfkitError for an empty, all-NaN or constant image."""
+def _check_pixels(path: Any, data: np.ndarray) -> None:
+    """A PsfkitError for an empty, all-NaN or constant image.
+
+    Cheap for real images: a sample of pixels holding two different finite values settles
+    both questions; only when the sample does not is every pixel looked at.
+    """
     if data.size == 0:
         raise PsfkitError(f"{path}: the image has no pixels (shape {data.shape})")
-    with np.errstate(invalid="ignore"):
-        low, high = float(data.min()), float(data.max())
-    if not (math.isfinite(low) and math.isfinite(high)):  # NaN or inf somewhere: the slow path
-        finite = np.isfinite(data)
-        if not finite.any():
-            raise PsfkitError(f"{path}: every pixel is NaN or infinite")
-        values = data[finite]
-        low, high = float(values.min()), float(values.max())
+    flat = data.reshape(-1)
+    sample = flat[:: max(1, flat.size // 4096)]
+    sample = sample[np.isfinite(sample)]
+    if sample.size and sample.min() != sample.max():
+        return
+    finite = np.isfinite(data)
+    if not finite.any():
+        raise PsfkitError(f"{path}: every pixel is NaN or infinite")
+    values = data[finite]
+    low, high = float(values.min()), float(values.max())
     if low == high:
         raise PsfkitError(f"{path}: the image is constant ({low:g}); there is nothing to measure")
-    return low, high
 
 
 def _finish(path: Path, frame: Any, channel: Any, user: dict) -> Image:
@@ -535,16 +562,15 @@ def _finish(path: Path, frame: Any, channel: Any, user: dict) -> Image:
         saturation = frame.saturation
         saturation_rule = f"RAW white level {frame.meta.get('white_level', 0):g} minus black level"
     elif frame.type_max is not None:
-        finite_top = None
-        with np.errstate(invalid="ignore"):
-            finite_top = float(np.nanmax(data)) if data.size else None
         saturation = frame.type_max
         saturation_rule = f"the data type's maximum ({saturation:g})"
-        if frame.type_max > 255 and finite_top is not None and math.isfinite(finite_top) and finite_top < frame.type_max:
-            level = _plateau(data, finite_top, frame.type_max)
-            if level is not None:
-                saturation = level
-                saturation_rule = f"plateau of the brightest pixels at {level:g} (below the type's maximum {frame.type_max:g})"
+        if frame.type_max > 255:  # 8-bit data share values too often for a plateau to mean anything
+            top, low, row_max = _row_maxima(data)
+            if math.isfinite(top) and top < frame.type_max:
+                level = _plateau(data, top, low, row_max)
+                if level is not None:
+                    saturation = level
+                    saturation_rule = f"plateau of the brightest pixels at {level:g} (below the type's maximum {frame.type_max:g})"
     else:
         saturation_rule = "unknown (float data without SATURATE or DATAMAX)"
 
