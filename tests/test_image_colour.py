@@ -154,3 +154,42 @@ def test_channel_errors(tmp_path, field):
         load_image(tmp_path / "g.tif", channel="R")
     with pytest.raises(psfkit.PsfkitError, match="unknown channel"):
         load_image(tmp_path / "g.tif", channel="H-alpha")
+
+
+def test_raw_exif_exposure_focal_length_and_date(tmp_path, field):
+    import tifffile
+
+    img, _ = field
+    mosaic = (np.clip(img, 0, 3600) + 256).astype(np.uint16)
+    _write_dng(tmp_path / "exif.dng", mosaic)
+    # the same DNG with EXIF tags in IFD0 (DNG allows them there)
+    data = tifffile.imread(tmp_path / "exif.dng")
+    extratags = [
+        (50706, "B", 4, (1, 4, 0, 0), True), (50707, "B", 4, (1, 1, 0, 0), True),
+        (50708, "s", 0, "psfkit test camera", True), (33421, "H", 2, (2, 2), True),
+        (33422, "B", 4, (0, 1, 1, 2), True), (50710, "B", 3, (0, 1, 2), True), (50711, "H", 1, (1,), True),
+        (50714, "H", 1, (256,), True), (50717, "H", 1, (4000,), True),
+        (50721, "2i", 9, (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1), True),
+        (33434, "2I", 1, (30, 1), True), (37386, "2I", 1, (135, 1), True),
+        (36867, "s", 0, "2024:03:01 22:10:05", True),
+    ]
+    tifffile.imwrite(tmp_path / "exif2.dng", data, photometric=32803, extratags=extratags, subfiletype=0)
+    loaded = load_image(tmp_path / "exif2.dng", pixel_size=4.3)
+    assert loaded.exptime == 30.0 and loaded.date_obs == "2024-03-01T22:10:05"
+    # the plane's scale: twice the frame's 206.265 x 4.3 / 135
+    assert loaded.pixel_scale == pytest.approx(2 * 206.264806 * 4.3 / 135)
+
+
+def test_xisf_properties_fill_in_the_optics(tmp_path, field):
+    from xisf import XISF
+
+    img, _ = field
+    grey = np.clip(img, 0, 65535).astype(np.uint16)
+    props = {"Instrument:Telescope:FocalLength": {"id": "Instrument:Telescope:FocalLength", "type": "Float32",
+                                                  "value": 0.5},
+             "Instrument:Sensor:XPixelSize": {"id": "Instrument:Sensor:XPixelSize", "type": "Float32", "value": 3.76},
+             "Instrument:ExposureTime": {"id": "Instrument:ExposureTime", "type": "Float32", "value": 120.0}}
+    XISF.write(str(tmp_path / "p.xisf"), grey[:, :, None], image_metadata={"XISFProperties": props})
+    loaded = load_image(tmp_path / "p.xisf")
+    assert loaded.pixel_scale == pytest.approx(206.264806 * 3.76 / 500, rel=1e-5)
+    assert loaded.exptime == 120.0

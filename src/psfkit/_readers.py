@@ -281,6 +281,19 @@ def _read_fits_open(path: Path, fh: Any, hdu: int | str | None, compressed_file:
 # ---------------------------------------------------------------- XISF
 
 
+# XISF property -> FITS keyword (and the factor to FITS units; None: a string)
+_XISF_PROPERTIES = {
+    "Instrument:Telescope:FocalLength": ("FOCALLEN", 1000.0),  # metres -> mm
+    "Instrument:Sensor:XPixelSize": ("XPIXSZ", 1.0),
+    "Instrument:Sensor:YPixelSize": ("YPIXSZ", 1.0),
+    "Instrument:Camera:XBinning": ("XBINNING", 1.0),
+    "Instrument:Camera:YBinning": ("YBINNING", 1.0),
+    "Instrument:Camera:Gain": ("EGAIN", 1.0),  # e-/ADU in the XISF specification
+    "Instrument:ExposureTime": ("EXPTIME", 1.0),
+    "Observation:Time:Start": ("DATE-OBS", None),
+}
+
+
 def _read_xisf(path: Path) -> Frame:
     try:
         from xisf import XISF
@@ -303,6 +316,16 @@ def _read_xisf(path: Path) -> Frame:
     for key, values in (image_meta.get("FITSKeywords") or {}).items():
         if values:
             header[key] = values[0].get("value")
+    # XISF properties (PixInsight's own names) fill in what the FITS keywords do not say
+    for name, (key, factor) in _XISF_PROPERTIES.items():
+        prop = (image_meta.get("XISFProperties") or {}).get(name)
+        if key in header or not isinstance(prop, dict) or prop.get("value") is None:
+            continue
+        value = prop["value"]
+        try:
+            header[key] = float(value) * factor if factor is not None else str(value)
+        except (TypeError, ValueError):
+            continue
     raw = np.asarray(raw)
     if raw.dtype.kind == "f" and raw.dtype.itemsize < 4:
         raw = raw.astype(np.float32)
@@ -408,6 +431,48 @@ def _read_pillow(path: Path, kind: str) -> Frame:
 # ---------------------------------------------------------------- camera RAW
 
 
+_TIFF_EXIF = {"ExposureTime": "EXPTIME", "FocalLength": "FOCALLEN", "DateTimeOriginal": "DATE-OBS",
+              "ISOSpeedRatings": "ISOSPEED", "Model": "INSTRUME"}
+
+
+def _raw_exif(path: Path) -> dict:
+    """Exposure, focal length, date, ISO and camera of a TIFF-based RAW file (CR2, NEF, ARW, DNG ...).
+
+    LibRaw does not hand these to rawpy; the TIFF tags (IFD0 and the EXIF IFD) hold them.  Any
+    failure means no metadata, never an error: the pixels are what matters.
+    """
+    out: dict = {}
+    try:
+        import tifffile
+
+        with _quiet_logger("tifffile"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                tags = {tag.name: tag.value for tag in page.tags.values()}
+                exif = tags.get("ExifTag") if isinstance(tags.get("ExifTag"), dict) else {}
+        for name, key in _TIFF_EXIF.items():
+            value = exif.get(name, tags.get(name))
+            if value is None:
+                continue
+            if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+                value = value[0] / value[1] if value[1] else None  # RATIONAL
+            elif isinstance(value, (tuple, list)):
+                value = value[0] if value else None
+            if value is None:
+                continue
+            if key == "DATE-OBS":
+                value = str(value).strip().replace(":", "-", 2).replace(" ", "T")
+            elif key == "INSTRUME":
+                value = str(value).strip()
+            else:
+                value = float(value)
+            out[key] = value
+    except Exception:
+        return {}
+    return out
+
+
 def _read_raw(path: Path) -> Frame:
     try:
         import rawpy
@@ -431,7 +496,7 @@ def _read_raw(path: Path) -> Frame:
     black_map = black[colours]
     data = mosaic.astype(np.float32) - black_map.astype(np.float32)
     saturation = white - float(black.max())
-    header = {"BAYERPAT": pattern}
+    header = {"BAYERPAT": pattern, **_raw_exif(path)}
     return Frame(data=data, header=header, format="RAW", layout="bayer", type_max=saturation,
                  saturation=saturation, bayer_pattern=pattern,
                  meta={"roworder": "TOP-DOWN", "black_level": black.tolist(), "white_level": white,
