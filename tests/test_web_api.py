@@ -40,6 +40,7 @@ def tree(tmp_path_factory):
     fits.writeto(root / "sub" / "copy.fits", data.astype(np.float32))
     fits.writeto(out / "secret.fits", data.astype(np.float32))
     (out / "secret.txt").write_text("not yours")
+    (root / "notes.txt").write_text("not an image")
     os.symlink(out / "secret.fits", root / "link_out.fits")
     os.symlink(out, root / "linkdir")
     os.symlink(root / SIM, root / "link_in.fits")  # a link that stays inside is fine
@@ -95,6 +96,17 @@ def test_detect_matches_find_stars_and_truth(detected, tree):
     d = np.hypot(t["x_fit"].astype(float)[:, None] - bright["x"][None], t["y_fit"].astype(float)[:, None] - bright["y"][None])
     assert np.all(d.min(axis=0) < 0.5), "every bright simulated star is found within 0.5 px"
     assert "flag_names" in detected["columns"] and detected["summary"]["n_stars"] == len(detected["rows"])
+
+
+def test_detect_with_settings_is_find_stars_with_them(client, tree):
+    r = client.post("/api/detect", json={"path": SIM, "threshold": 8, "fwhm": 3.2, "min_roundness": 0.5})
+    assert r.status_code == 200, r.text
+    lib = psfkit.find_stars(psfkit.load_image(tree["root"] / SIM), threshold=8, fwhm=3.2, min_roundness=0.5)
+    t = _rows_table(r.json())
+    np.testing.assert_allclose(t["x_fit"].astype(float), lib["x_fit"], atol=1e-9)
+    assert r.json()["settings"]["fwhm"] == 3.2
+    timing = r.headers["server-timing"]
+    assert "find;dur=" in timing and "encode;dur=" in timing
 
 
 def test_fit_box_reports_angle_and_profile(client, tree):
@@ -268,6 +280,11 @@ def test_bad_tile_parameters(client, change):
     ("/api/detect", {"path": SIM, "threshold": "five"}),
     ("/api/detect", {"path": SIM, "model": "airy"}),
     ("/api/detect", {"path": SIM, "min_roundness": 2}),
+    ("/api/detect", {"path": SIM, "fwhm": 0}),
+    ("/api/detect", {"path": SIM, "fwhm": "wide"}),
+    ("/api/detect", {"path": SIM, "fwhm": 1e9}),
+    ("/api/detect", {"path": "notes.txt"}),
+    ("/api/detect", {"path": "sub"}),
     ("/api/detect", {"path": SIM, "surprise": 1}),
     ("/api/detect", {}),
     ("/api/detect", [1, 2]),

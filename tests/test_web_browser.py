@@ -40,13 +40,28 @@ def _need(condition: bool, reason: str) -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
-def browser():
-    _need(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: install Debian's chromium (make browser) to run the browser tests")
+def _require_chromium(path: str = CHROMIUM) -> None:
+    """Skip (on a user's machine) or fail (in CI) when the browser or Playwright is missing."""
+    _need(Path(path).exists(), f"{path} is missing: install Debian's chromium (make browser) to run the browser tests")
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright.sync_api  # noqa: F401
     except ImportError:  # pragma: no cover - playwright is a dev dependency
         _need(False, "the playwright package is not installed")
+
+
+@pytest.mark.parametrize("ci,outcome", [("true", pytest.fail.Exception), ("1", pytest.fail.Exception),
+                                        ("", pytest.skip.Exception), ("false", pytest.skip.Exception)])
+def test_missing_chromium_fails_in_ci_and_skips_elsewhere(monkeypatch, ci, outcome):
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="chromium"):
+        _require_chromium("/nonexistent/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _require_chromium()
+    from playwright.sync_api import sync_playwright
+
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)

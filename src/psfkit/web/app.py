@@ -56,6 +56,7 @@ class DetectRequest(_Strict):
     threshold: float = Field(5.0, gt=0, le=1000)
     model: Literal["gaussian", "moffat"] = "gaussian"
     angle: bool = False
+    fwhm: float | None = Field(None, gt=0, le=100)
     min_roundness: float | None = Field(None, ge=0, le=1)
 
 
@@ -231,7 +232,7 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
         try:
             t1 = time.perf_counter()
             table = find_stars(item.image, threshold=req.threshold, model=req.model, angle=req.angle,
-                               keep_rejected=False, **criteria)
+                               fwhm=req.fwhm, keep_rejected=False, **criteria)
             t2 = time.perf_counter()
         finally:
             heavy.release()
@@ -239,7 +240,8 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
         out = table_to_rows(table)
         out.update(summary=meta.get("summary"), frame_fwhm=meta.get("frame_fwhm"),
                    reject_reasons=meta.get("reject_reasons"),
-                   settings={"threshold": req.threshold, "model": req.model, "angle": req.angle})
+                   settings={"threshold": req.threshold, "model": req.model, "angle": req.angle, "fwhm": req.fwhm,
+                             "min_roundness": req.min_roundness})
         body = _json_bytes(out)
         t3 = time.perf_counter()
         timing = f"load;dur={1e3 * (t1 - t0):.1f}, find;dur={1e3 * (t2 - t1):.1f}, encode;dur={1e3 * (t3 - t2):.1f}"

@@ -275,9 +275,9 @@ let tableWindow = [0, 0];
 function columnWidths() {
   const sample = S.stars.length <= 400 ? S.stars : S.stars.filter((_, k) => k % Math.ceil(S.stars.length / 400) === 0);
   return S.columns.map((c) => {
-    let n = c.length + 2;
+    let n = c.length + 2;  // room for the sort arrow
     for (const s of sample) n = Math.max(n, fmt(c, s[c]).length);
-    return Math.min(n, 40) + 2;
+    return Math.min(n, 40);
   });
 }
 function renderTable() {
@@ -465,6 +465,8 @@ function rowsPayload(extra) {
 async function detect() {
   const btn = $("#detect");
   const body = { path: S.path, threshold: Number($("#threshold").value), model: $("#model").value, angle: $("#angle").checked };
+  if ($("#fwhm").value !== "") body.fwhm = Number($("#fwhm").value);
+  if ($("#min-roundness").value !== "") body.min_roundness = Number($("#min-roundness").value);
   const t0 = performance.now();
   psfkitStats.detect = { clicked: t0, received: null, drawn: null, error: null, n: null };
   btn.disabled = true;
