@@ -1131,7 +1131,9 @@ def star_photometry(
     astropy.table.Table
         The star table with the columns of :func:`aperture_photometry` added, plus
         ``flux_aper_total``, ``flux_aper_total_err`` (the corrected aperture flux) and
-        ``flux_ratio`` = ``flux_fit / flux_aper_total`` with ``flux_ratio_err``.
+        ``flux_ratio`` = ``flux_fit / flux_aper_total`` with ``flux_ratio_err``; ``meta["flux_ratio_bright"]``
+        holds its median over the bright (aperture SNR >= 50) unflagged stars: near 1 when the PSF model
+        holds the stars' light, below 1 when the stars' wings are heavier than the model's.
     """
     img = as_image(image)
     for col in ("x_fit", "y_fit", "fwhm"):
@@ -1188,6 +1190,16 @@ def star_photometry(
             ratio = ff / total
             out["flux_ratio"] = ratio
             out["flux_ratio_err"] = np.abs(ratio) * np.hypot(fferr / ff, total_err / total)
+        # the diagnostic in one number: the median ratio of the bright, clean stars
+        bright = np.isfinite(ratio) & (np.asarray(out["snr_aper"], float) >= 50) & (np.asarray(out["phot_flags"]) == 0)
+        if "flags" in out.colnames:
+            bright &= np.asarray(out["flags"]) == 0
+        if bright.any():
+            r = ratio[bright]
+            med = float(np.median(r))
+            spread = 1.4826 * float(np.median(np.abs(r - med)))
+            out.meta["flux_ratio_bright"] = {"median": med, "err": 1.2533 * spread / math.sqrt(r.size),
+                                             "n_stars": int(r.size), "rule": "snr_aper >= 50, no flags"}
     out.meta.update({f"phot_{k}": v for k, v in phot.meta.items()})
     if annulus is None:
         out.meta["phot_annulus_rule"] = f"{ann[0]:.2f}-{ann[1]:.2f} px ({annulus_fwhm[0]:g}-{annulus_fwhm[1]:g} FWHM)"

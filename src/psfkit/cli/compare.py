@@ -188,6 +188,19 @@ def phot_command(
         typer.echo(f"{ident:4d} {row['x_fit']:8.2f} {row['y_fit']:8.2f} {fit_f:11.6g} {fit_e:8.3g} "
                    f"{row['flux_aper']:11.6g} {row['flux_aper_err']:8.3g} {row['snr_aper']:6.1f} {row['mag_aper']:7.3f} "
                    f"{row['flux_aper_total']:11.6g} {row['flux_aper_total_err']:8.3g} {ratio:8.3f} {int(row['phot_flags']):5d}")
+    rb = out.meta.get("flux_ratio_bright")
+    if rb:
+        name = out.meta.get("model", model)
+        typer.echo(f"PSF flux / corrected aperture flux, median of {rb['n_stars']} bright unflagged stars: "
+                   f"{rb['median']:.3f} +- {rb['err']:.3f}")
+        if abs(rb["median"] - 1.0) > max(3.0 * rb["err"], 0.03):
+            if rb["median"] < 1.0:
+                hint = " (try --model moffat)" if name == "gaussian" else ""
+                typer.echo(f"  below 1: the stars hold more light in their wings than the {name} model; its PSF flux "
+                           f"underestimates the total{hint}; the corrected aperture flux does not")
+            else:
+                typer.echo(f"  above 1: the {name} model's wings hold more light than the stars' (try another "
+                           "--model); the corrected aperture flux is the safer total")
     if growth:
         fw = float(np.nanmedian(np.asarray(plane_out["fwhm"], float)))
         radii = fw * np.array([0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0])
