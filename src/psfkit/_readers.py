@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -431,6 +432,30 @@ def _read_pillow(path: Path, kind: str) -> Frame:
 # ---------------------------------------------------------------- camera RAW
 
 
+@contextlib.contextmanager
+def _c_stderr() -> Iterator[list]:
+    """Capture what C code (LibRaw) writes to file descriptor 2; the lines are in the yielded list afterwards."""
+    import sys
+    import tempfile
+
+    lines: list = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real stderr (some embedded interpreters)
+        yield lines
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().decode("utf-8", "replace").splitlines())
+
+
 _TIFF_EXIF = {"ExposureTime": "EXPTIME", "FocalLength": "FOCALLEN", "DateTimeOriginal": "DATE-OBS",
               "ISOSpeedRatings": "ISOSPEED", "Model": "INSTRUME"}
 
@@ -479,7 +504,7 @@ def _read_raw(path: Path) -> Frame:
     except ImportError:  # pragma: no cover
         raise PsfkitError(f"{path}: reading camera RAW files needs the 'rawpy' package (pip install psfkit[formats])") from None
     try:
-        with rawpy.imread(str(path)) as raw:
+        with _c_stderr() as messages, rawpy.imread(str(path)) as raw:
             mosaic = np.array(raw.raw_image_visible, copy=True)
             colours = np.array(raw.raw_colors_visible, copy=True)
             pattern_idx = np.array(raw.raw_pattern) if raw.raw_pattern is not None else None
@@ -488,6 +513,9 @@ def _read_raw(path: Path) -> Frame:
             white = float(raw.white_level)
     except Exception as exc:
         raise PsfkitError(f"{path}: not a readable camera RAW file or an unsupported model ({_short(exc)})") from None
+    complaint = " ".join(line.replace(str(path) + ":", "").strip() for line in messages if line.strip())
+    if complaint:  # LibRaw reads on past a truncated or corrupt file and only says so on stderr
+        raise PsfkitError(f"{path}: a truncated or corrupted camera RAW file (LibRaw: {complaint[:120]})")
     if mosaic.ndim != 2 or pattern_idx is None or pattern_idx.shape != (2, 2):
         raise PsfkitError(f"{path}: unsupported RAW sensor layout (psfkit reads 2x2 Bayer sensors, not X-Trans or linear DNG)")
     pattern = "".join(desc[i] for i in pattern_idx.ravel()).upper().replace("G", "G")
