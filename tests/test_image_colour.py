@@ -193,3 +193,16 @@ def test_xisf_properties_fill_in_the_optics(tmp_path, field):
     loaded = load_image(tmp_path / "p.xisf")
     assert loaded.pixel_scale == pytest.approx(206.264806 * 3.76 / 500, rel=1e-5)
     assert loaded.exptime == 120.0
+
+
+@pytest.mark.parametrize("planar", ["contig", "separate"])
+def test_rgb_tiff_contiguous_and_planar(tmp_path, field, planar):
+    import tifffile
+
+    img, _ = field
+    grey = np.clip(img, 0, 65535).astype(np.uint16)
+    rgb = np.stack([grey // 2, grey, grey // 4], axis=-1)
+    data = rgb if planar == "contig" else np.moveaxis(rgb, -1, 0)
+    tifffile.imwrite(tmp_path / "rgb.tif", data, photometric="rgb", planarconfig=planar)
+    for i, name in enumerate("RGB"):
+        np.testing.assert_array_equal(load_image(tmp_path / "rgb.tif", channel=name).data, rgb[..., i])

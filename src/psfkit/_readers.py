@@ -368,6 +368,7 @@ def _read_tiff(path: Path) -> Frame:
                     raise PsfkitError(f"{path}: the TIFF file holds no image")
                 page = tif.pages[0]
                 photometric = str(getattr(page, "photometric", "")).upper()
+                axes = str(getattr(page, "axes", ""))
                 raw = page.asarray()
     except PsfkitError:
         raise
@@ -376,7 +377,8 @@ def _read_tiff(path: Path) -> Frame:
     raw = np.asarray(raw)
     stored_type = raw.dtype.name
     data, type_max = _to_float(path, raw)
-    data, layout = _shape_to_layout(path, data, channels_last=True)
+    # contiguous samples come last ("YXS"); planar ones (PlanarConfiguration 2) first ("SYX")
+    data, layout = _shape_to_layout(path, data, channels_last=not axes.startswith("S"))
     if layout == "stack" and "RGB" in photometric:
         layout = "rgb"
     return Frame(data=data, header={}, format="TIFF", layout=layout, type_max=type_max,
