@@ -24,7 +24,8 @@ crop in the same process), as a user's second detection would find them.
 
 Usage: .venv/bin/python benchmarks/bench_web.py [--small]
 (--small: a 2000 x 1500 simulated frame instead of 24 MP, for a quick check.)
-Writes benchmarks/results/bench_web.md.
+Writes benchmarks/results/bench_web.md, and a screenshot of each frame after the
+detection into test-artifacts/ (gitignored).
 """
 
 from __future__ import annotations
@@ -109,7 +110,9 @@ def measure(browser, url: str, rel: str, *, detect_repeats: int = 2, fwhm: float
     best = min(runs, key=lambda r: r["total"])
     out["detect"] = best
     out["detect_runs"] = [r["total"] for r in runs]
-    page.screenshot(path=str(HERE / "results" / f"bench_web_{Path(rel).stem}.png.tmp"), type="png")
+    shot = ROOT / "test-artifacts" / f"bench_web_{Path(rel).stem}{'_fwhm' if fwhm else ''}.png"
+    shot.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(shot))
 
     # zoom: wheel at the centre of the viewer from the whole frame to 1:1
     vb = page.locator("#viewer").bounding_box()
@@ -206,9 +209,6 @@ def main() -> int:
                         print("page errors: " + "; ".join(r["errors"]), file=sys.stderr)
             finally:
                 browser.close()
-    for r in results:
-        shot = HERE / "results" / f"bench_web_{Path(r['image']).stem}.png.tmp"
-        shot.unlink(missing_ok=True)
     text = report(results, lib_plate_s, len(lib_plate), small)
     print(text)
     (HERE / "results" / "bench_web.md").write_text(text + "\n")

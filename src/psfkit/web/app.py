@@ -304,10 +304,10 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
 
 def _average_text(avg: dict[str, Any]) -> str:
     lines = [f"Average of {avg['n_stars']} stars ({avg.get('n_used_shape', 0)} unsaturated used for the shape)"]
-    lines.append(f"{'':16s} {'mean':>12s} {'median':>12s} {'robust std':>12s}")
+    lines.append(f"{'':13s} {'mean':>9s} {'median':>9s} {'rob. std':>9s}")
     for name, v in avg.items():
         if isinstance(v, dict):
             vals = [v.get("mean"), v.get("median"), v.get("std_robust")]
-            lines.append(f"{name:16s} " + " ".join(
-                f"{x:12.5g}" if isinstance(x, float) and math.isfinite(x) else f"{'nan':>12s}" for x in vals))
+            lines.append(f"{name[:13]:13s} " + " ".join(
+                f"{x:9.4g}" if isinstance(x, float) and math.isfinite(x) else f"{'nan':>9s}" for x in vals))
     return "\n".join(lines)

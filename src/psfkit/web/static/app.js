@@ -669,6 +669,7 @@ function wire() {
     if (tag === "input" || tag === "select" || tag === "textarea") return;
     if (ev.key === "Delete" || ev.key === "Backspace") { removeSelected(); ev.preventDefault(); }
     else if (ev.key === "f" || ev.key === "F" || ev.key === "0") fitView();
+    else if (ev.key === "1") { const [w, h] = viewerSize(); zoomAt(w / 2, h / 2, 1 / S.view.zoom); }
     else if (ev.key === "+" || ev.key === "=") { const [w, h] = viewerSize(); zoomAt(w / 2, h / 2, 1.5); }
     else if (ev.key === "-") { const [w, h] = viewerSize(); zoomAt(w / 2, h / 2, 1 / 1.5); }
     else if (ev.key === "b" || ev.key === "B") toggleBox();
@@ -690,6 +691,15 @@ function wire() {
   $("#average").addEventListener("click", doAverage);
   $("#remove").addEventListener("click", removeSelected);
   $("#box-mode").addEventListener("click", toggleBox);
+  const zoomCentre = (f) => { const [w, h] = viewerSize(); zoomAt(w / 2, h / 2, f); };
+  $("#zoom-in").addEventListener("click", () => zoomCentre(1.5));
+  $("#zoom-out").addEventListener("click", () => zoomCentre(1 / 1.5));
+  $("#zoom-fit").addEventListener("click", fitView);
+  $("#zoom-1").addEventListener("click", () => zoomCentre(1 / S.view.zoom));
+  for (const b of document.querySelectorAll("#tools button")) {
+    b.addEventListener("mousedown", (ev) => ev.stopPropagation());  // a click on a tool is not a pan or a pick
+    b.addEventListener("dblclick", (ev) => ev.stopPropagation());
+  }
   for (const b of document.querySelectorAll("#table-head .export button")) b.addEventListener("click", () => doExport(b.dataset.format));
   $("#copy-report").addEventListener("click", () => copyText("#report"));
   $("#copy-average").addEventListener("click", () => copyText("#average-text"));
