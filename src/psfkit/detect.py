@@ -344,13 +344,7 @@ def find_stars(
         return table
     # the frame's FWHM from the brightest candidates (unsaturated, isolated)
     if fwhm is None:
-        probe = min(len(cands), 40)
-        t0 = fit_stars(img, cands["x"][:probe], cands["y"][:probe], box=15, angle=False,
-                       search_radius=None, gain=gain, read_noise=read_noise, mask=mask, saturation=saturation)
-        ok = (t0["flags"] & (F.SATURATED | F.FIT_FAILED | F.NOT_CONVERGED)) == 0
-        ok &= np.isfinite(t0["fwhm"]) & (t0["fwhm"] > 0.8)
-        est = float(np.median(t0["fwhm"][ok])) if ok.sum() >= 3 else 3.0
-        fwhm_est = min(max(est, 1.0), 30.0)
+        fwhm_est = _probe_fwhm(img, cands, gain=gain, read_noise=read_noise, mask=mask, saturation=saturation)
     else:
         fwhm_est = float(fwhm)
     if min_separation is None:
@@ -410,6 +404,40 @@ def find_stars(
         reject_reasons=REASONS,
     )
     return out
+
+
+def _probe_indices(significance: np.ndarray, n: int = 60) -> np.ndarray:
+    """Which candidates measure the frame's FWHM: significant ones (>= 20 sigma), without the
+    brightest tenth (saturated or bloated disks: on a photographic plate or a frame without
+    SATURATE the brightest stars are the widest), evenly spread in brightness."""
+    order = np.arange(len(significance))  # candidates come brightest first
+    pool = order[np.asarray(significance) >= 20.0]
+    if len(pool) < 10:
+        return order[: min(len(order), 40)]
+    pool = pool[len(pool) // 10:]
+    if len(pool) > n:
+        pool = pool[np.linspace(0, len(pool) - 1, n).round().astype(int)]
+    return pool
+
+
+def _probe_fwhm(img: Image, cands: Table, **fit_kwargs: Any) -> float:
+    """The frame's stellar FWHM (px): the median over a probe of candidates fitted without the
+    angle, in a 15 px box, again in a box of 4 FWHM when that is larger."""
+    idx = [int(i) for i in _probe_indices(np.asarray(cands["significance"], dtype=float))]
+    sharp = np.asarray(cands["sharp"], dtype=bool) if "sharp" in cands.colnames else np.zeros(len(cands), bool)
+    idx = [i for i in idx if not sharp[i]] or idx
+    est, box = 3.0, 15
+    for _ in range(2):
+        t0 = fit_stars(img, np.asarray(cands["x"])[idx], np.asarray(cands["y"])[idx], box=box, angle=False,
+                       search_radius=None, **fit_kwargs)
+        ok = (t0["flags"] & (F.SATURATED | F.FIT_FAILED | F.NOT_CONVERGED)) == 0
+        ok &= np.isfinite(t0["fwhm"]) & (t0["fwhm"] > 0.8)
+        est = float(np.median(t0["fwhm"][ok])) if ok.sum() >= 3 else 3.0
+        wanted = min(101, int(math.ceil(4.0 * est)) | 1)
+        if wanted <= box:
+            break
+        box = wanted
+    return min(max(est, 1.0), 30.0)
 
 
 def _thin(cands: Table, sep: float) -> Table:
