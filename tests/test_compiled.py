@@ -64,6 +64,9 @@ def test_normal_equations_match_numpy(model, kind, angle, fwhm):
 
 
 def _pair(monkeypatch, model, stamps, p0, **kw):
+    # a tight tolerance: where rounding flips one path's convergence test, the other stops one step
+    # later, a difference of at most ~rtol standard errors
+    kw.setdefault("rtol", 1e-7)
     compiled = fit_stamps(model, stamps, p0, **kw)
     monkeypatch.setenv("PSFKIT_BACKEND", "numpy")
     assert not _compiled.available()
@@ -77,7 +80,7 @@ def _assert_same(compiled, reference):
     assert np.all(compiled.extra["subsampling"] == reference.extra["subsampling"])
     np.testing.assert_array_equal(compiled.n_pixels, reference.n_pixels)
     errors = np.maximum(reference.errors, 1e-300)
-    # both stop within rtol (1e-6 here) of the errors from the same minimum: far below the errors ...
+    # both stop within rtol (1e-7 here) of the errors from the same minimum: far below the errors ...
     assert np.nanmax(np.abs(compiled.params - reference.params) / errors) < 1e-4
     # ... and ~1e-6 relative
     np.testing.assert_allclose(compiled.params, reference.params, rtol=1e-6, atol=1e-9)
@@ -144,7 +147,8 @@ def test_stars_out_of_reach_are_flagged_the_same(monkeypatch):
     compiled, reference = _pair(monkeypatch, model, stamps, p0, weight_mask=mask, noise=NoiseModel(1.0, 3.0))
     np.testing.assert_array_equal(compiled.flags, reference.flags)
     assert compiled.flags[2] != 0
-    ok = (compiled.flags == 0) & (reference.flags == 0)
+    ok = (compiled.flags == 0) & (reference.flags == 0) & (reference.params[:, 1] > 10 * reference.errors[:, 1])
+    assert ok.sum() == 2  # the two real stars (the flat stamp's shape is undefined)
     np.testing.assert_allclose(compiled.params[ok], reference.params[ok], rtol=1e-6, atol=1e-9)
 
 

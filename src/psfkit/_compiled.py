@@ -69,6 +69,7 @@ if _HAVE_NUMBA:
     _INV_SQRT2PI = 1.0 / _SQRT2PI
     _K4 = -1.0 / 120.0 / 24.0  # the pixel box's 4th cumulant / 4! (models.GaussianPSF.BOX_K4)
     _K6 = 1.0 / 252.0 / 720.0  # its 6th cumulant / 6!
+    _STEP_RTOL_FACTOR = 0.01  # fitting.STEP_RTOL_FACTOR
 
     @njit(cache=True, inline="always")
     def _phi_diff(a, b):
@@ -471,6 +472,33 @@ if _HAVE_NUMBA:
                 wgt[m] = 0.0
 
     @njit(cache=True)
+    def _newton_step_small(p, jtj, jtr, lo, hi, fidx, rtol, ws):
+        """True when the undamped projected Gauss-Newton step is below rtol x every standard error."""
+        system, low, rhs, step, cov_diag, work = ws[4], ws[5], ws[6], ws[7], ws[9], ws[10]
+        nf = fidx.size
+        for a in range(nf):
+            pa = p[fidx[a]]
+            blocked = (pa <= lo[fidx[a]] and jtr[a] < 0.0) or (pa >= hi[fidx[a]] and jtr[a] > 0.0)
+            work[a] = 1.0 if blocked else 0.0
+        for a in range(nf):
+            for b in range(nf):
+                system[a, b] = 0.0 if (work[a] == 1.0 or work[b] == 1.0) else jtj[a, b]
+            if work[a] == 1.0:
+                system[a, a] = 1.0
+                rhs[a] = 0.0
+            else:
+                rhs[a] = jtr[a]
+        if not _cholesky(system, low):
+            return False
+        _cho_solve(low, rhs, step)
+        _inverse_diagonal(jtj, low, work, cov_diag)
+        for a in range(nf):
+            cd = cov_diag[a] if cov_diag[a] > 1e-300 else 1e-300
+            if not (step[a] * step[a] <= rtol * rtol * cd):
+                return False
+        return True
+
+    @njit(cache=True)
     def _lm_star(kind, k, p, data, wgt, h, w, fidx, lo, hi, offs, offw, max_iter, rtol, ws, cur):
         """One Levenberg-Marquardt run on one star (the numpy path's ``_lm``, step for step).
 
@@ -480,6 +508,7 @@ if _HAVE_NUMBA:
         (jac2, val2, jtj2, jtr2, system, low, rhs, step, trial, cov_diag, work, wr, wj, erow, xs, ys) = ws
         nf = fidx.size
         lam = 1e-3
+        step_tol = _STEP_RTOL_FACTOR * rtol
         chi2 = _normal(jac2[cur], val2[cur], data, wgt, fidx, jtj2[cur], jtr2[cur], wr, wj)
         if not math.isfinite(chi2):
             return chi2, 0, False, cur
@@ -539,9 +568,10 @@ if _HAVE_NUMBA:
                 j = fidx[a]
                 d = trial[j] - p[j]
                 cd = cov_diag[a] if cov_diag[a] > 1e-300 else 1e-300
-                if not (d * d <= rtol * rtol * cd):
+                if not (d * d <= step_tol * step_tol * cd):
                     small = False
             tiny_gain = better and (chi2 - t_chi2) <= 1e-12 * (chi2 if chi2 > 1e-300 else 1e-300)
+            near = False
             if better:
                 p[:] = trial
                 chi2 = t_chi2
@@ -549,66 +579,74 @@ if _HAVE_NUMBA:
                 lam = lam / 5.0
                 if lam < 1e-12:
                     lam = 1e-12
+                # or the Gauss-Newton step from the new point is already below rtol x the standard errors
+                near = _newton_step_small(p, jtj2[cur], jtr2[cur], lo, hi, fidx, rtol, ws)
             else:
                 lam = lam * 10.0
-            if (better and (small or tiny_gain)) or (not better and lam > 1e10):
+            if (better and (small or tiny_gain or near)) or (not better and lam > 1e10):
                 return chi2, iters, True, cur
         return chi2, iters, False, cur
 
     @njit(cache=True)
-    def _workspace(n_params, nf, m, w):
+    def _workspace(n_params, nf, m, w, xs, ys):
         return (np.zeros((2, n_params, m)), np.zeros((2, m)), np.zeros((2, nf, nf)), np.zeros((2, nf)),
                 np.zeros((nf, nf)), np.zeros((nf, nf)), np.zeros(nf), np.zeros(nf), np.zeros(n_params),
-                np.zeros(nf), np.zeros(nf), np.zeros(m), np.zeros(m), np.zeros(w), _grid(m, w, 0), _grid(m, w, 1))
+                np.zeros(nf), np.zeros(nf), np.zeros(m), np.zeros(m), np.zeros(w), xs, ys)
 
     @njit(cache=True)
-    def _grid(m, w, axis):
-        out = np.empty(m)
+    def _fit_one(i, kind, ks, params, data, mask, var_fixed, kind_w, gain, rn2, h, w, fidx, lo, hi, offs, offw,
+                 max_iter, rtol, passes, out_chi2, out_jtj, out_jtr, out_rss, out_iters, out_conv, out_cov,
+                 out_cov_ok, ws, wgt):
+        """The whole fit of star i: first values, LM passes with reweighting, final statistics."""
+        m = data.shape[1]
+        k = ks[i]
+        p = params[i]
+        jac2, val2, jtj2, jtr2 = ws[0], ws[1], ws[2], ws[3]
+        wr, wj, erow = ws[11], ws[12], ws[13]
+        cur = 0
+        _star_eval(kind, k, p, h, w, offs, offw, jac2[cur], val2[cur], erow, ws[14], ws[15])
+        total = 0
+        conv = False
+        for _ in range(passes):
+            # weights from the model at the current parameters (or fixed), then LM
+            _weights(kind_w, mask[i], var_fixed[i], val2[cur], gain, rn2, wgt)
+            chi2, it, conv, cur = _lm_star(kind, k, p, data[i], wgt, h, w, fidx, lo[i], hi[i], offs, offw,
+                                           max_iter, rtol, ws, cur)
+            total += it
+        _weights(kind_w, mask[i], var_fixed[i], val2[cur], gain, rn2, wgt)
+        chi2 = _normal(jac2[cur], val2[cur], data[i], wgt, fidx, jtj2[cur], jtr2[cur], wr, wj)
+        rss = 0.0
         for q in range(m):
-            out[q] = q % w if axis == 0 else q // w
-        return out
+            if mask[i, q]:
+                r = data[i, q] - val2[cur, q]
+                rss += r * r
+        out_chi2[i] = chi2
+        out_rss[i] = rss
+        out_iters[i] = total
+        out_conv[i] = conv
+        out_jtj[i] = jtj2[cur]
+        out_jtr[i] = jtr2[cur]
+        out_cov_ok[i] = _cho_inverse(jtj2[cur], ws[5], ws[6], out_cov[i])
 
     @njit(parallel=True, cache=True)
     def _fit_batch(kind, ks, params, data, mask, var_fixed, kind_w, gain, rn2, h, w, fidx, lo, hi, offs, offw,
                    max_iter, rtol, passes, out_chi2, out_jtj, out_jtr, out_rss, out_iters, out_conv, out_cov,
-                   out_cov_ok):
+                   out_cov_ok, xs, ys, block):
         n, m = data.shape
         nf = fidx.size
         npar = params.shape[1]
-        for i in prange(n):
-            k = ks[i]
-            p = params[i]
-            ws = _workspace(npar, nf, m, w)
-            jac2, val2, jtj2, jtr2 = ws[0], ws[1], ws[2], ws[3]
-            wr, wj, erow = ws[11], ws[12], ws[13]
+        nblocks = (n + block - 1) // block
+        for b in prange(nblocks):  # one workspace per block of stars, one star at a time per thread
+            ws = _workspace(npar, nf, m, w, xs, ys)
             wgt = np.zeros(m)
-            cur = 0
-            _star_eval(kind, k, p, h, w, offs, offw, jac2[cur], val2[cur], erow, ws[14], ws[15])
-            total = 0
-            conv = False
-            for _ in range(passes):
-                # weights from the model at the current parameters (or fixed), then LM
-                _weights(kind_w, mask[i], var_fixed[i], val2[cur], gain, rn2, wgt)
-                chi2, it, conv, cur = _lm_star(kind, k, p, data[i], wgt, h, w, fidx, lo[i], hi[i], offs, offw,
-                                               max_iter, rtol, ws, cur)
-                total += it
-            _weights(kind_w, mask[i], var_fixed[i], val2[cur], gain, rn2, wgt)
-            chi2 = _normal(jac2[cur], val2[cur], data[i], wgt, fidx, jtj2[cur], jtr2[cur], wr, wj)
-            rss = 0.0
-            for q in range(m):
-                if mask[i, q]:
-                    r = data[i, q] - val2[cur, q]
-                    rss += r * r
-            out_chi2[i] = chi2
-            out_rss[i] = rss
-            out_iters[i] = total
-            out_conv[i] = conv
-            out_jtj[i] = jtj2[cur]
-            out_jtr[i] = jtr2[cur]
-            out_cov_ok[i] = _cho_inverse(jtj2[cur], ws[5], ws[6], out_cov[i])
+            for i in range(b * block, min(n, (b + 1) * block)):
+                _fit_one(i, kind, ks, params, data, mask, var_fixed, kind_w, gain, rn2, h, w, fidx, lo, hi, offs,
+                         offw, max_iter, rtol, passes, out_chi2, out_jtj, out_jtr, out_rss, out_iters, out_conv,
+                         out_cov, out_cov_ok, ws, wgt)
 
     @njit(parallel=True, cache=True)
-    def _normal_batch(kind, ks, params, data, wgt, h, w, fidx, offs, offw, out_chi2, out_jtj, out_jtr, out_val):
+    def _normal_batch(kind, ks, params, data, wgt, h, w, fidx, offs, offw, out_chi2, out_jtj, out_jtr, out_val, xs,
+                      ys):
         n, m = data.shape
         nf = fidx.size
         npar = params.shape[1]
@@ -617,7 +655,7 @@ if _HAVE_NUMBA:
             wr = np.zeros(m)
             wj = np.zeros(m)
             erow = np.zeros(w)
-            _star_eval(kind, ks[i], params[i], h, w, offs, offw, jac, out_val[i], erow, _grid(m, w, 0), _grid(m, w, 1))
+            _star_eval(kind, ks[i], params[i], h, w, offs, offw, jac, out_val[i], erow, xs, ys)
             out_chi2[i] = _normal(jac, out_val[i], data[i], wgt[i], fidx, out_jtj[i], out_jtr[i], wr, wj)
 
 
@@ -628,6 +666,12 @@ def _tables():
     if "nodes" not in _TABLES:
         _TABLES["nodes"] = _node_table()
     return _TABLES["nodes"]
+
+
+def _grid(h, w):
+    """Column and row of every pixel of a flattened (h, w) stamp, as floats."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.ascontiguousarray(xx.ravel(), dtype=np.float64), np.ascontiguousarray(yy.ravel(), dtype=np.float64)
 
 
 def _ks(ks, n):
@@ -654,12 +698,12 @@ def normal_equations(kind, params, data, weight, shape, free, ks):
     jtr = np.zeros((n, nf))
     val = np.zeros((n, h * w))
     offs, offw = _tables()
-    _normal_batch(kind, _ks(ks, n), params, data, weight, h, w, fidx, offs, offw, chi2, jtj, jtr, val)
+    _normal_batch(kind, _ks(ks, n), params, data, weight, h, w, fidx, offs, offw, chi2, jtj, jtr, val, *_grid(h, w))
     return chi2, jtj, jtr, val
 
 
 def fit_batch(kind, params, data, mask, shape, free, lo, hi, ks, *, variance=None, gain=None, read_noise=0.0,
-              max_iter=100, rtol=1e-6, passes=1):
+              max_iter=100, rtol=1e-5, passes=1):
     """Levenberg-Marquardt on every star of a batch, compiled; the numpy path's ``_lm`` and passes.
 
     Parameters
@@ -715,5 +759,5 @@ def fit_batch(kind, params, data, mask, shape, free, lo, hi, ks, *, variance=Non
     _fit_batch(kind, _ks(ks, n), p, data, mask, var, kind_w, g, rn2, h, w, fidx,
                np.ascontiguousarray(lo, dtype=np.float64), np.ascontiguousarray(hi, dtype=np.float64), offs, offw,
                int(max_iter), float(rtol), int(passes), out_chi2, out_jtj, out_jtr, out_rss, out_iters, out_conv,
-               out_cov, out_cov_ok)
+               out_cov, out_cov_ok, *_grid(h, w), 16)
     return p, out_chi2, out_jtj, out_jtr, out_rss, out_iters, out_conv, out_cov, out_cov_ok
