@@ -158,3 +158,22 @@ def test_pure_noise_gives_an_empty_list_not_an_error(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "0 stars" in out.stdout
     assert len(psfkit.read_star_list(tmp_path / "s.csv")) == 0
+
+
+def test_bloated_bright_stars_do_not_set_the_box():
+    """On a photographic plate (no SATURATE) the brightest stars are the widest: the frame's
+    FWHM, and so the fitting box, come from the typical star, not from the bloated disks."""
+    from psfkit.simulate import add_noise, render_stars, star_params
+
+    img, truth = simulate_field((800, 800), 150, seed=8, fwhm=3.0, roundness=1.0, flux_range=(3e3, 3e4),
+                                min_separation=20, edge=20)
+    rng = np.random.default_rng(9)
+    xy = rng.uniform(40, 760, (30, 2))  # more bloated disks than half of any top-40 probe
+    big = star_params("gaussian", xy[:, 0], xy[:, 1], 3e6, 14.0, 14.0, 0.0)
+    frame = img + add_noise(render_stars(img.shape, big), gain=1.5, rng=rng)
+    table = psfkit.find_stars(frame, gain=1.5, read_noise=6.0)
+    assert table.meta["box"] <= 15  # about 4 FWHM of the typical star, not 4 x 14 px
+    near_big = cKDTree(xy).query(np.stack([truth["x"], truth["y"]], axis=1))[0] < 40
+    d, _ = _match(table, truth)
+    assert np.mean(d[(truth["snr"] >= 10) & ~near_big] < 1.5) >= 0.95
+    assert abs(np.median(table["fwhm"]) - 3.0) < 0.15
