@@ -70,6 +70,19 @@ DEFAULT_RADIUS_FWHM = 1.5
 #: default sky annulus (inner, outer radius), in units of the FWHM
 DEFAULT_ANNULUS_FWHM = (4.0, 6.0)
 
+def _bad_fit_bits() -> tuple[int, int]:
+    """Fit flags that disqualify a star (aperture correction; PSF/aperture ratio summary).
+
+    A parameter at its bound (e.g. a Moffat's beta on a boxy PSF) does not spoil a curve of
+    growth, so it does not disqualify a star; saturation, a cut box, masked pixels, a brighter
+    neighbour or a failed fit do.
+    """
+    from . import flags as F
+
+    aperture = F.SATURATED | F.NEAR_EDGE | F.FIT_FAILED | F.MASKED_PIXELS | F.CENTER_MOVED | F.NEIGHBOURS_MASKED
+    return aperture, aperture | F.NOT_CONVERGED | F.SINGULAR_COVARIANCE
+
+
 #: bits of the ``phot_flags`` column
 PHOT_FLAGS = {
     1: "aperture_off_image: part of the aperture lies outside the image",
@@ -966,9 +979,11 @@ def aperture_correction(
 ) -> dict[str, Any]:
     """Aperture correction from radius ``radius`` to the total flux, from the frame's bright isolated stars.
 
-    For each bright (aperture SNR >= ``min_snr``), unflagged star with no other star
+    For each bright (aperture SNR >= ``min_snr``) star with no other star
     within ``r_max + radius`` px, the ratio F(r_max) / F(radius) is measured on
-    its curve of growth; the median ratio is the correction to ``r_max``.  The
+    its curve of growth (stars flagged saturated, near the edge, with masked pixels or
+    masked neighbours, or a failed fit are left out; a parameter at its bound is no reason);
+    the median ratio is the correction to ``r_max``.  The
     light beyond ``r_max`` (a Moffat's wings hold about 1 per cent beyond 4 FWHM)
     comes from the stars' fitted PSF model when the table holds one (``fwhm_x``,
     ``fwhm_y``, ``angle``, ``beta`` and ``meta["model"]``, or the fitted model
@@ -1021,7 +1036,7 @@ def aperture_correction(
     ys = np.asarray(stars["y_fit"], dtype=float)
     ok = np.isfinite(xs) & np.isfinite(ys)
     if "flags" in stars.colnames:
-        ok &= np.asarray(stars["flags"]) == 0
+        ok &= (np.asarray(stars["flags"]) & _bad_fit_bits()[0]) == 0
     d = np.hypot(xs[:, None] - xs[None, :], ys[:, None] - ys[None, :])
     np.fill_diagonal(d, np.inf)
     ok &= d.min(axis=1) > r_max + radius if len(xs) > 1 else ok
@@ -1080,7 +1095,7 @@ def _model_correction(stars: Table, radius: float, why: str, annulus: tuple[floa
     corr = 1.0 / float(np.median(frac))
     spread = float(np.std(1.0 / frac)) / math.sqrt(frac.size) if frac.size > 1 else 0.0
     return {"correction": corr, "correction_err": spread, "n_stars": int(frac.size), "radius": float(radius),
-            "model": name, "method": f"enclosed fraction of the fitted {name} model (no curve of growth: {why})"}
+            "model": name, "method": f"the fitted {name} model's enclosed fraction; no curve of growth: {why}"}
 
 
 def star_photometry(
@@ -1193,13 +1208,14 @@ def star_photometry(
         # the diagnostic in one number: the median ratio of the bright, clean stars
         bright = np.isfinite(ratio) & (np.asarray(out["snr_aper"], float) >= 50) & (np.asarray(out["phot_flags"]) == 0)
         if "flags" in out.colnames:
-            bright &= np.asarray(out["flags"]) == 0
+            bright &= (np.asarray(out["flags"]) & _bad_fit_bits()[1]) == 0
         if bright.any():
             r = ratio[bright]
             med = float(np.median(r))
             spread = 1.4826 * float(np.median(np.abs(r - med)))
             out.meta["flux_ratio_bright"] = {"median": med, "err": 1.2533 * spread / math.sqrt(r.size),
-                                             "n_stars": int(r.size), "rule": "snr_aper >= 50, no flags"}
+                                             "n_stars": int(r.size),
+                                             "rule": "snr_aper >= 50, no phot_flags, no fit flag but at_bound"}
     out.meta.update({f"phot_{k}": v for k, v in phot.meta.items()})
     if annulus is None:
         out.meta["phot_annulus_rule"] = f"{ann[0]:.2f}-{ann[1]:.2f} px ({annulus_fwhm[0]:g}-{annulus_fwhm[1]:g} FWHM)"

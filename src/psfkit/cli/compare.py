@@ -174,8 +174,11 @@ def phot_command(
     typer.echo(f"errors: {out.meta['phot_error_formula']}")
     if math.isfinite(corr.get("correction", float("nan"))):
         to = "total" if getattr(mdl, "flux_is_total", True) else "the Lorentzian's flux (within 2.5 FWHM)"
-        typer.echo(f"aperture correction to {to}: x{corr['correction']:.4f} +- {corr['correction_err']:.4f} "
-                   f"({corr.get('method', '')}, {corr.get('n_stars', '?')} stars)")
+        n_used = corr.get("n_stars", "?")
+        err = (f" +- {corr['correction_err']:.4f}" if corr.get("correction_err") or n_used != 1 else
+               " (from the model alone: no error)")
+        typer.echo(f"aperture correction to {to}: x{corr['correction']:.4f}{err} "
+                   f"({corr.get('method', '')}; {n_used} star{'' if n_used == 1 else 's'})")
     else:
         typer.echo(f"no aperture correction: {corr.get('note', '')}")
     typer.echo(f"{'id':>4s} {'x':>8s} {'y':>8s} {'PSF flux':>11s} {'+-':>8s} {'aper flux':>11s} {'+-':>8s} "
@@ -207,9 +210,14 @@ def phot_command(
         g = curve_of_growth(img, np.asarray(plane_out["x_fit"], float), np.asarray(plane_out["y_fit"], float), radii,
                             fwhm=fw, annulus=ann, gain=gain)
         best = optimal_radius(g)
-        typer.echo("curve of growth (flux at r = " + ", ".join(f"{r / fw:g}" for r in radii) + " FWHM):")
+        typer.echo(f"curve of growth (sky-subtracted flux in circles; sky as above; median FWHM {fw:.2f} px):")
+        typer.echo(f"{'r/FWHM':>11s} " + " ".join(f"{r / fw:9.3g}" for r in radii))
+        typer.echo(f"{'r px':>11s} " + " ".join(f"{r:9.2f}" for r in radii))
         for i in range(len(out)):
-            vals = " ".join(f"{v:9.4g}" for v in g["flux"][i])
-            typer.echo(f"{i + 1:4d} {vals}   best SNR at r = {best[i]:.2f} px")
+            ident = int(out["id"][i]) if "id" in out.colnames else i + 1
+            typer.echo(f"{ident:4d} {'flux':>6s} " + " ".join(f"{v:9.4g}" for v in g["flux"][i]))
+            typer.echo(f"{'':4s} {'+-':>6s} " + " ".join(f"{v:9.3g}" for v in g["flux_err"][i]))
+            typer.echo(f"{'':4s} {'SNR':>6s} " + " ".join(f"{v:9.1f}" for v in g["snr"][i])
+                       + f"   best SNR at r = {best[i]:.2f} px = {best[i] / fw:.2f} FWHM")
     if output is not None:
         typer.echo(f"wrote {output}")
