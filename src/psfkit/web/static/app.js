@@ -177,7 +177,7 @@ function afterZoom() {
 /* ------------------------------------------------------------------ overlay */
 const SVGNS = "http://www.w3.org/2000/svg";
 const RING = 2.0; // ellipse semi-axes = RING x FWHM (the ring clears a bright star's stretched disk)
-const MIN_RING_PX = 6; // ... and is at least this many screen pixels across its minor semi-axis
+const MIN_RING_PX = 4; // ... and at least this many screen pixels (small: a zoomed-out 24 MP frame has thousands)
 function col(star, name) { const v = star[name]; return (v === null || v === undefined) ? NaN : v; }
 function ellipseRadii(s) {
   const minR = MIN_RING_PX / S.view.zoom;
@@ -189,6 +189,7 @@ function ellipseHtml(s) {
   const [dx, dy] = toDisplay(s.x_fit, s.y_fit), [rx, ry] = ellipseRadii(s);
   const a = isFinite(col(s, "angle")) ? s.angle : 0, r = S.info.top_down ? a : -a;
   const cls = "star" + (s._manual ? " manual" : "") + (S.selected.has(s.id) ? " sel" : "");
+  s._rx = rx; s._ry = ry;
   return `<ellipse class="${cls}" data-id="${s.id}" cx="${dx}" cy="${dy}" rx="${rx}" ry="${ry}" ` +
     `transform="rotate(${r} ${dx} ${dy})" vector-effect="non-scaling-stroke"/>`;
 }
@@ -211,8 +212,8 @@ function resizeEllipses() {
   for (const e of $("#stars-layer").children) {
     const s = byId.get(Number(e.dataset.id)); if (!s) continue;
     const [rx, ry] = ellipseRadii(s);
-    if (Number(e.getAttribute("rx")) !== rx) e.setAttribute("rx", rx);
-    if (Number(e.getAttribute("ry")) !== ry) e.setAttribute("ry", ry);
+    if (s._rx !== rx) { e.setAttribute("rx", rx); s._rx = rx; }  // only where the minimum size applies
+    if (s._ry !== ry) { e.setAttribute("ry", ry); s._ry = ry; }
   }
 }
 function updateOverlayTransform() {
