@@ -196,7 +196,7 @@ def compare_models(
     bad_everywhere = bool(np.nanmin(point_models["reduced_chi2"]) > EXTENDED_CHI2)
     extended = bool(wide or bad_everywhere)
 
-    aperture = _aperture_flux(img, fits[str(best_row["model"])], src_fwhm, g)
+    aperture = _aperture_flux(img, fits[str(best_row["model"])], src_fwhm, g, extended=extended)
     reasons = []
     if wide:
         reasons.append(f"its FWHM {src_fwhm:.2f} px is {src_fwhm / frame_fwhm:.1f}x the frame's stars' {frame_fwhm:.2f} px")
@@ -204,7 +204,9 @@ def compare_models(
         reasons.append(f"every point-source model fits badly (lowest reduced chi2 {np.nanmin(point_models['reduced_chi2']):.1f})")
     if extended:
         note = ("the source looks extended (" + "; ".join(reasons) + "): a PSF flux underestimates it; "
-                "trust the aperture flux")
+                f"trust the aperture flux ({aperture['flux']:.6g} +- {aperture['flux_err']:.3g} within "
+                f"r = {aperture['radius']:.1f} px, no point-source correction; a larger aperture may hold more: "
+                "see psfkit phot --growth)")
     else:
         note = (f"point source: the preferred model's flux_fit ({best_row['model']}) is the total flux"
                 if best_row["flux_is_total"] else
@@ -220,8 +222,11 @@ def compare_models(
     return table
 
 
-def _aperture_flux(img: Image, best: StarFit, fwhm: float, gain: float | None) -> dict[str, Any]:
-    """Aperture flux at 2.5 FWHM (sky 4-6 FWHM), and its total from the fitted model's enclosed fraction."""
+def _aperture_flux(img: Image, best: StarFit, fwhm: float, gain: float | None, *, extended: bool = False) -> dict[str, Any]:
+    """Aperture flux at 2.5 FWHM (sky 4-6 FWHM), and its total from the fitted model's enclosed fraction.
+
+    No correction for an extended source: a point-source model's enclosed fraction does not describe it.
+    """
     from .photometry import _model_enclosed_fraction, aperture_photometry
 
     x, y = best.x_fit, best.y_fit
@@ -238,7 +243,8 @@ def _aperture_flux(img: Image, best: StarFit, fwhm: float, gain: float | None) -
     flux, err = float(phot["flux_aper"][0]), float(phot["flux_aper_err"][0])
     out = {"flux": flux, "flux_err": err, "radius": radius, "sky": float(phot["sky"][0]),
            "phot_flags": int(phot["phot_flags"][0])}
-    fr = _model_enclosed_fraction(best.model, best.table, radius, annulus=(4.0 * fwhm, 6.0 * fwhm))
+    fr = None if extended else _model_enclosed_fraction(best.model, best.table, radius,
+                                                        annulus=(4.0 * fwhm, 6.0 * fwhm))
     if fr is not None and np.isfinite(fr[0]) and fr[0] > 0:
         frac = float(fr[0])
         out.update(enclosed_fraction=frac, flux_total=flux / frac, flux_total_err=err / frac,
