@@ -189,7 +189,7 @@ def _read_fits_open(path: Path, fh: Any, hdu: int | str | None, compressed_file:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            hdul = fits.open(fh, memmap=not compressed_file, do_not_scale_image_data=True, lazy_load_hdus=False)
+            hdul = fits.open(fh, memmap=not compressed_file, do_not_scale_image_data=True)
     except PsfkitError:
         raise
     except Exception as exc:  # astropy raises many kinds for a broken file
