@@ -176,7 +176,7 @@ def phot_command(
         to = "total" if getattr(mdl, "flux_is_total", True) else "the Lorentzian's flux (within 2.5 FWHM)"
         n_used = corr.get("n_stars", "?")
         err = (f" +- {corr['correction_err']:.4f}" if corr.get("correction_err") or n_used != 1 else
-               " (from the model alone: no error)")
+               ", no error estimate")
         typer.echo(f"aperture correction to {to}: x{corr['correction']:.4f}{err} "
                    f"({corr.get('method', '')}; {n_used} star{'' if n_used == 1 else 's'})")
     else:
