@@ -303,7 +303,7 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
 
 
 def _average_text(avg: dict[str, Any]) -> str:
-    lines = [f"Average of {avg['n_stars']} stars ({avg.get('n_used_shape', 0)} unsaturated used for the shape)"]
+    lines = [f"Average of {avg['n_stars']} stars", f"({avg.get('n_used_shape', 0)} unsaturated used for the shape)"]
     lines.append(f"{'':13s} {'mean':>9s} {'median':>9s} {'rob. std':>9s}")
     for name, v in avg.items():
         if isinstance(v, dict):
