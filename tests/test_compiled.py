@@ -145,8 +145,13 @@ def test_stars_out_of_reach_are_flagged_the_same(monkeypatch):
     mask[2, 5, 4:7] = True  # three pixels
     p0 = initial_params(model, stamps, mask, np.full((4, 2), 5.0))
     compiled, reference = _pair(monkeypatch, model, stamps, p0, weight_mask=mask, noise=NoiseModel(1.0, 3.0))
-    np.testing.assert_array_equal(compiled.flags, reference.flags)
+    # the flat stamp's fit is degenerate (amplitude -> 0, shape undefined): where it stops depends on
+    # rounding, so only its amplitude is compared (nothing there, on both paths)
+    real = np.array([0, 2, 3])
+    np.testing.assert_array_equal(compiled.flags[real], reference.flags[real])
     assert compiled.flags[2] != 0
+    for fit in (compiled, reference):
+        assert np.all(np.isfinite(fit.params[1])) and fit.params[1, 1] < 1e-6 * fit.params[0, 1]
     ok = (compiled.flags == 0) & (reference.flags == 0) & (reference.params[:, 1] > 10 * reference.errors[:, 1])
     assert ok.sum() == 2  # the two real stars (the flat stamp's shape is undefined)
     np.testing.assert_allclose(compiled.params[ok], reference.params[ok], rtol=1e-6, atol=1e-9)

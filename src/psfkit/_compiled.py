@@ -70,6 +70,7 @@ if _HAVE_NUMBA:
     _K4 = -1.0 / 120.0 / 24.0  # the pixel box's 4th cumulant / 4! (models.GaussianPSF.BOX_K4)
     _K6 = 1.0 / 252.0 / 720.0  # its 6th cumulant / 6!
     _STEP_RTOL_FACTOR = 0.01  # fitting.STEP_RTOL_FACTOR
+    _PASS_RTOL = 1e-3  # fitting.PASS_RTOL
 
     @njit(cache=True, inline="always")
     def _phi_diff(a, b):
@@ -607,11 +608,12 @@ if _HAVE_NUMBA:
         _star_eval(kind, k, p, h, w, offs, offw, jac2[cur], val2[cur], erow, ws[14], ws[15])
         total = 0
         conv = False
-        for _ in range(passes):
+        for i_pass in range(passes):
             # weights from the model at the current parameters (or fixed), then LM
             _weights(kind_w, mask[i], var_fixed[i], val2[cur], gain, rn2, wgt)
+            tol = rtol if i_pass == passes - 1 else max(rtol, _PASS_RTOL)
             chi2, it, conv, cur = _lm_star(kind, k, p, data[i], wgt, h, w, fidx, lo[i], hi[i], offs, offw,
-                                           max_iter, rtol, ws, cur)
+                                           max_iter, tol, ws, cur)
             total += it
         _weights(kind_w, mask[i], var_fixed[i], val2[cur], gain, rn2, wgt)
         chi2 = _normal(jac2[cur], val2[cur], data[i], wgt, fidx, jtj2[cur], jtr2[cur], wr, wj)

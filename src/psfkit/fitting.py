@@ -169,6 +169,10 @@ def _inverse_diagonal(a: np.ndarray) -> np.ndarray:
     return out
 
 
+#: a pass followed by a reweighting pass only sets that pass's weights, and an error of e sigma in
+#: them moves the next answer by ~0.02 e sigma: such passes stop at this tolerance, the last at rtol
+PASS_RTOL = 1e-3
+
 #: an accepted step says less about the distance to the minimum than the Gauss-Newton step from the
 #: new point (a damped or slowly converging fit takes small steps far from it): the step test is held to
 #: rtol x this factor, the Gauss-Newton test to rtol
@@ -374,9 +378,10 @@ def fit_stamps(
     else:
         expected = flat
     total_iters = np.zeros(n, dtype=int)
-    for _ in range(passes):
+    for i_pass in range(passes):
         wgt = weights_for(expected)
-        p, chi2, jtj, iters, converged = _lm(model, p, flat, wgt, (h, w), free, lo, hi, k, max_iter, rtol)
+        tol = rtol if i_pass == passes - 1 else max(rtol, PASS_RTOL)
+        p, chi2, jtj, iters, converged = _lm(model, p, flat, wgt, (h, w), free, lo, hi, k, max_iter, tol)
         total_iters += iters
         expected = model.evaluate(p, (h, w), free=free, k=k)[0]
     # final statistics at the solution with the final weights
@@ -485,9 +490,9 @@ def _unweighted_covariance(model, p, r, wgt, border_var, shape, free, k, cov_fre
     star = np.where(use, np.clip(val - p[:, :1], 0.0, None), 0.0)
     m_s = np.matmul(jm.transpose(0, 2, 1), jm * star[:, :, None])  # J^T S J
     q_mat = np.matmul(np.matmul(a_inv, m_s), a_inv)
-    h = np.einsum("nmi,nij,nmj->nm", jm, a_inv, jm)
+    h = np.einsum("nmi,nmi->nm", np.matmul(jm, a_inv), jm)  # diag(J A J^T); 4x faster than one 3-operand einsum
     c = np.where(use, 1.0 - h, 0.0)
-    d = np.where(use, star * (1.0 - 2.0 * h) + np.einsum("nmi,nij,nmj->nm", jm, q_mat, jm), 0.0)
+    d = np.where(use, star * (1.0 - 2.0 * h) + np.einsum("nmi,nmi->nm", np.matmul(jm, q_mat), jm), 0.0)
     r2 = np.where(use, r * r, 0.0)
     wt = use.astype(float)
     for _ in range(3):  # least squares, then weighted by 1 / E[r^2]^2 (the variance of r^2 is 2 E[r^2]^2)
