@@ -44,6 +44,7 @@ class Frame:
     saturation: float | None = None  # a level the format itself knows (RAW white level)
     bayer_pattern: str | None = None
     meta: dict = field(default_factory=dict)
+    row_max: np.ndarray | None = None  # per-row maxima of a 2-D integer image, when cheap to get from the stored ints
 
 
 def _short(exc: BaseException) -> str:
@@ -115,6 +116,13 @@ def _shape_to_layout(path: Path, data: np.ndarray, *, channels_last: bool) -> tu
     if data.ndim == 2:
         return data, "grey"
     return data, ("rgb" if data.shape[0] == 3 else "stack")
+
+
+def _integer_row_max(raw: np.ndarray) -> np.ndarray | None:
+    """Row maxima of a native-endian 2-D integer array (twice as fast as on the float copy), else None."""
+    if raw.ndim == 2 and raw.dtype.kind in "iu" and raw.dtype.isnative and raw.size:
+        return raw.max(axis=1).astype(np.float64)
+    return None
 
 
 def _to_float(path: Path, raw: np.ndarray) -> tuple[np.ndarray, float | None]:
@@ -376,13 +384,15 @@ def _read_tiff(path: Path) -> Frame:
         raise PsfkitError(f"{path}: not a readable TIFF file ({_short(exc)})") from None
     raw = np.asarray(raw)
     stored_type = raw.dtype.name
+    row_max = _integer_row_max(raw)
     data, type_max = _to_float(path, raw)
     # contiguous samples come last ("YXS"); planar ones (PlanarConfiguration 2) first ("SYX")
     data, layout = _shape_to_layout(path, data, channels_last=not axes.startswith("S"))
     if layout == "stack" and "RGB" in photometric:
         layout = "rgb"
     return Frame(data=data, header={}, format="TIFF", layout=layout, type_max=type_max,
-                 meta={"roworder": "TOP-DOWN", "stored_type": stored_type})
+                 meta={"roworder": "TOP-DOWN", "stored_type": stored_type},
+                 row_max=row_max if data.shape == raw.shape else None)
 
 
 # ---------------------------------------------------------------- PNG, JPEG

@@ -415,7 +415,7 @@ def _exposure(header: Any) -> float | None:
     return value if value >= 0 else None
 
 
-def _row_maxima(data: np.ndarray) -> tuple[float, float, np.ndarray | None]:
+def _row_maxima(data: np.ndarray, hint: np.ndarray | None = None) -> tuple[float, float, np.ndarray | None]:
     """(max, rough min, per-row maxima) of the finite pixels.
 
     One vectorised max pass along rows (NaN propagates, so a finite result proves there is
@@ -423,7 +423,7 @@ def _row_maxima(data: np.ndarray) -> tuple[float, float, np.ndarray | None]:
     """
     rows = data.reshape(-1, data.shape[-1])
     with np.errstate(invalid="ignore"):
-        row_max = rows.max(axis=1)
+        row_max = hint if hint is not None and hint.shape == (rows.shape[0],) else rows.max(axis=1)
         top = float(row_max.max())
     if math.isfinite(top):
         flat = rows.reshape(-1)
@@ -565,7 +565,7 @@ def _finish(path: Path, frame: Any, channel: Any, user: dict) -> Image:
         saturation = frame.type_max
         saturation_rule = f"the data type's maximum ({saturation:g})"
         if frame.type_max > 255:  # 8-bit data share values too often for a plateau to mean anything
-            top, low, row_max = _row_maxima(data)
+            top, low, row_max = _row_maxima(data, frame.row_max)
             if math.isfinite(top) and top < frame.type_max:
                 level = _plateau(data, top, low, row_max)
                 if level is not None:
