@@ -10,7 +10,8 @@ from typing import List, Optional
 import typer
 
 from ._app import app, fail
-from ._options import channel_option, hdu_option, load_from_options
+from ._options import (binning_option, channel_option, focal_length_option, hdu_option, load_from_options,
+                       pixel_size_option, scale_option)
 
 
 def _clean(v):
@@ -28,6 +29,10 @@ def compare_command(
     read_noise: Optional[float] = typer.Option(None, "--read-noise", help="e- (default: header)."),
     hdu: Optional[str] = hdu_option(),
     channel: Optional[str] = channel_option(per_channel=False),
+    focal_length: Optional[float] = focal_length_option(),
+    pixel_size: Optional[float] = pixel_size_option(),
+    binning: Optional[float] = binning_option(),
+    scale: Optional[float] = scale_option(),
     residuals: Optional[Path] = typer.Option(None, "--residuals", help="PNG of data, model and residual per model."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per model."),
 ) -> None:
@@ -38,7 +43,8 @@ def compare_command(
     x, y = _parse_xy(at)
     if box is not None and box < 5:
         raise fail(f"--box must be at least 5 px, got {box}")
-    img = load_from_options(image, hdu=hdu, channel=channel)
+    img = load_from_options(image, hdu=hdu, channel=channel, focal_length=focal_length, pixel_size=pixel_size,
+                            binning=binning, scale=scale)
     if img.pixel_map:  # a Bayer plane: --at is on the full frame; the fits are on the plane
         x, y = (float(v) for v in img.from_frame(x, y))
         typer.echo(f"measured on the {img.meta.get('channel_rule')}; positions and sizes below are in its pixels",
@@ -116,6 +122,10 @@ def phot_command(
     growth: bool = typer.Option(False, "--growth", help="Also print each star's curve of growth and best-SNR radius."),
     hdu: Optional[str] = hdu_option(),
     channel: Optional[str] = channel_option(per_channel=False),
+    focal_length: Optional[float] = focal_length_option(),
+    pixel_size: Optional[float] = pixel_size_option(),
+    binning: Optional[float] = binning_option(),
+    scale: Optional[float] = scale_option(),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the table: .csv .ecsv .fits"),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per star."),
 ) -> None:
@@ -134,7 +144,8 @@ def phot_command(
     ann = None
     if annulus:
         ann = _parse_xy(annulus, "--annulus", "inner and outer radius in px")
-    img = load_from_options(image, hdu=hdu, channel=channel)
+    img = load_from_options(image, hdu=hdu, channel=channel, focal_length=focal_length, pixel_size=pixel_size,
+                            binning=binning, scale=scale)
     mdl = resolve_model(model)  # one instance for the fits and for the aperture correction's wings
     if at:
         xy = np.array([img.from_frame(*_parse_xy(a)) for a in at], dtype=float)  # full frame -> measured plane
