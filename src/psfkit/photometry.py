@@ -329,85 +329,89 @@ if _HAVE_NUMBA:
     @njit(parallel=True, cache=True)
     def _sum_circles_nb(data, x, y, r, sums, area):
         ny, nx = data.shape
-        for i in prange(x.size):
-            ri = r[i]
-            r2 = ri * ri
-            disk = math.pi * r2
-            j0 = max(int(math.floor(x[i] - ri + 0.5)), 0)
-            j1 = min(int(math.ceil(x[i] + ri - 0.5)), nx - 1)
-            i0 = max(int(math.floor(y[i] - ri + 0.5)), 0)
-            i1 = min(int(math.ceil(y[i] + ri - 0.5)), ny - 1)
-            acc = 0.0
-            acc_area = 0.0
-            if j1 < j0 or i1 < i0:
-                sums[i] = 0.0
-                area[i] = 0.0
-                continue
-            ncx, ncy = j1 - j0 + 2, i1 - i0 + 2
-            # corner tables; u = -(corner x - x0), v = -(corner y - y0)  (S(X, Y) = C(-X, -Y))
-            au = np.empty(ncx)
-            pu = np.empty(ncx)
-            hu = np.empty(ncx)
-            u_neg = np.empty(ncx, dtype=np.bool_)
-            for k in range(ncx):
-                u = -((j0 + k - 0.5) - x[i])
-                u_neg[k] = u < 0
-                au[k] = abs(u)
-                pu[k] = _p_nb(au[k], ri)
-                hu[k] = 0.5 * disk - 2.0 * pu[k]
-            av = np.empty(ncy)
-            hv = np.empty(ncy)
-            xm = np.empty(ncy)
-            pxm = np.empty(ncy)
-            v_neg = np.empty(ncy, dtype=np.bool_)
-            for k in range(ncy):
-                v = -((i0 + k - 0.5) - y[i])
-                v_neg[k] = v < 0
-                av[k] = abs(v)
-                hv[k] = 0.5 * disk - 2.0 * _p_nb(av[k], ri)
-                xm[k] = math.sqrt(max(r2 - av[k] * av[k], 0.0))
-                pxm[k] = _p_nb(xm[k], ri)
-            for row in range(i0, i1 + 1):
-                ay = abs(row - y[i])
-                iv = row - i0
-                # pixels of this row wholly inside: the far corners within r; touched: the near edge within r
-                far = ay + 0.5
-                near = max(ay - 0.5, 0.0)
-                f0, f1 = j1 + 1, j1
-                if far * far < r2:
-                    hw = math.sqrt(r2 - far * far)
-                    f0 = max(int(math.ceil(x[i] - hw + 0.5)), j0)
-                    f1 = min(int(math.floor(x[i] + hw - 0.5)), j1)
-                    if f1 < f0:
-                        f0, f1 = j1 + 1, j1
-                for col in range(f0, f1 + 1):
-                    v = data[row, col]
-                    if not math.isnan(v):
-                        acc += v
-                        acc_area += 1.0
-                hw = math.sqrt(max(r2 - near * near, 0.0))
-                c0 = max(int(math.floor(x[i] - hw + 0.5)), j0)
-                c1 = min(int(math.ceil(x[i] + hw - 0.5)), j1)
-                for run in range(2):
-                    ca, cb = (c0, min(f0 - 1, c1)) if run == 0 else (max(f1 + 1, c0), c1)
-                    if run == 1 and f0 > f1:
-                        break
-                    for col in range(ca, cb + 1):
-                        ju = col - j0
-                        # pixel [x0, x1] x [y0, y1]: S(x1,y1) - S(x0,y1) - S(x1,y0) + S(x0,y0)
-                        w = (_c_table_nb(ju + 1, iv + 1, u_neg, v_neg, au, av, pu, hu, hv, xm, pxm, r2, disk)
-                             - _c_table_nb(ju, iv + 1, u_neg, v_neg, au, av, pu, hu, hv, xm, pxm, r2, disk)
-                             - _c_table_nb(ju + 1, iv, u_neg, v_neg, au, av, pu, hu, hv, xm, pxm, r2, disk)
-                             + _c_table_nb(ju, iv, u_neg, v_neg, au, av, pu, hu, hv, xm, pxm, r2, disk))
-                        if w <= 0.0:
-                            continue
-                        w = min(w, 1.0)
+        nmax = int(2.0 * r.max() + 4.0) if r.size else 1
+        chunk = 64
+        for c in prange((x.size + chunk - 1) // chunk):
+            # per-chunk scratch tables (no allocation per aperture)
+            au = np.empty(nmax)
+            pu = np.empty(nmax)
+            hu = np.empty(nmax)
+            u_neg = np.empty(nmax, dtype=np.bool_)
+            av = np.empty(nmax)
+            hv = np.empty(nmax)
+            xm = np.empty(nmax)
+            pxm = np.empty(nmax)
+            v_neg = np.empty(nmax, dtype=np.bool_)
+            for i in range(c * chunk, min((c + 1) * chunk, x.size)):
+                ri = r[i]
+                r2 = ri * ri
+                disk = math.pi * r2
+                j0 = max(int(math.floor(x[i] - ri + 0.5)), 0)
+                j1 = min(int(math.ceil(x[i] + ri - 0.5)), nx - 1)
+                i0 = max(int(math.floor(y[i] - ri + 0.5)), 0)
+                i1 = min(int(math.ceil(y[i] + ri - 0.5)), ny - 1)
+                acc = 0.0
+                acc_area = 0.0
+                if j1 < j0 or i1 < i0:
+                    sums[i] = 0.0
+                    area[i] = 0.0
+                    continue
+                ncx, ncy = j1 - j0 + 2, i1 - i0 + 2
+                # corner tables; u = -(corner x - x0), v = -(corner y - y0)  (S(X, Y) = C(-X, -Y))
+                for k in range(ncx):
+                    u = -((j0 + k - 0.5) - x[i])
+                    u_neg[k] = u < 0
+                    au[k] = abs(u)
+                    pu[k] = _p_nb(au[k], ri)
+                    hu[k] = 0.5 * disk - 2.0 * pu[k]
+                for k in range(ncy):
+                    v = -((i0 + k - 0.5) - y[i])
+                    v_neg[k] = v < 0
+                    av[k] = abs(v)
+                    hv[k] = 0.5 * disk - 2.0 * _p_nb(av[k], ri)
+                    xm[k] = math.sqrt(max(r2 - av[k] * av[k], 0.0))
+                    pxm[k] = _p_nb(xm[k], ri)
+                for row in range(i0, i1 + 1):
+                    ay = abs(row - y[i])
+                    iv = row - i0
+                    # pixels of this row wholly inside: the far corners within r; touched: the near edge within r
+                    far = ay + 0.5
+                    near = max(ay - 0.5, 0.0)
+                    f0, f1 = j1 + 1, j1
+                    if far * far < r2:
+                        hw = math.sqrt(r2 - far * far)
+                        f0 = max(int(math.ceil(x[i] - hw + 0.5)), j0)
+                        f1 = min(int(math.floor(x[i] + hw - 0.5)), j1)
+                        if f1 < f0:
+                            f0, f1 = j1 + 1, j1
+                    for col in range(f0, f1 + 1):
                         v = data[row, col]
                         if not math.isnan(v):
-                            acc += w * v
-                            acc_area += w
-            sums[i] = acc
-            area[i] = acc_area
+                            acc += v
+                            acc_area += 1.0
+                    hw = math.sqrt(max(r2 - near * near, 0.0))
+                    c0 = max(int(math.floor(x[i] - hw + 0.5)), j0)
+                    c1 = min(int(math.ceil(x[i] + hw - 0.5)), j1)
+                    for run in range(2):
+                        ca, cb = (c0, min(f0 - 1, c1)) if run == 0 else (max(f1 + 1, c0), c1)
+                        if run == 1 and f0 > f1:
+                            break
+                        for col in range(ca, cb + 1):
+                            ju = col - j0
+                            # pixel [x0, x1] x [y0, y1]: S(x1,y1) - S(x0,y1) - S(x1,y0) + S(x0,y0)
+                            w = (_c_table_nb(ju + 1, iv + 1, u_neg, v_neg, au, av, pu, hu, hv, xm, pxm, r2, disk)
+                                 - _c_table_nb(ju, iv + 1, u_neg, v_neg, au, av, pu, hu, hv, xm, pxm, r2, disk)
+                                 - _c_table_nb(ju + 1, iv, u_neg, v_neg, au, av, pu, hu, hv, xm, pxm, r2, disk)
+                                 + _c_table_nb(ju, iv, u_neg, v_neg, au, av, pu, hu, hv, xm, pxm, r2, disk))
+                            if w <= 0.0:
+                                continue
+                            w = min(w, 1.0)
+                            v = data[row, col]
+                            if not math.isnan(v):
+                                acc += w * v
+                                acc_area += w
+                sums[i] = acc
+                area[i] = acc_area
 
     @njit(parallel=True, cache=True)
     def _sum_ellipses_nb(data, x, y, a, b, theta, sums, area):
