@@ -146,7 +146,19 @@ def luminance(planes: np.ndarray, *, saturation: float | None = None) -> np.ndar
 
 
 def describe_plane(pattern: str, which: str) -> str:
-    """One sentence saying what a Bayer plane is, for metadata and ``psfkit info``."""
+    """One sentence saying what a Bayer plane is, for metadata and ``psfkit info``.
+
+    Parameters
+    ----------
+    pattern : str
+        One of ``BAYER_PATTERNS``.
+    which : str
+        'green', 'luminance', 'R', 'G' or 'B'.
+
+    Returns
+    -------
+    str
+    """
     key = which.lower()
     if key == "green":
         return f"{pattern} Bayer mosaic: green plane, the mean of the two green pixels of each 2x2 cell (half resolution)"
@@ -182,7 +194,20 @@ def _map_table(table: Any, image: Any, *, inverse: bool) -> Any:
 
 
 def table_to_plane(table: Any, image: Any) -> Any:
-    """The inverse of :func:`table_to_frame`: a full-frame star list in the pixels of a Bayer plane."""
+    """The inverse of :func:`table_to_frame`: a full-frame star list in the pixels of a Bayer plane.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+        Positions (and FWHM) on the full frame.
+    image : Image
+        The plane to measure on.
+
+    Returns
+    -------
+    astropy.table.Table
+        A copy in the plane's pixels (identity when ``image`` is the frame).
+    """
     return _map_table(table, image, inverse=True)
 
 
@@ -221,7 +246,17 @@ def table_to_frame(table: Any, image: Any) -> Any:
 
 
 def frame_view(image: Any) -> np.ndarray:
-    """Pixels to draw full-frame positions on: the image itself, or a Bayer plane blown up 2x2 to the frame's size."""
+    """Pixels to draw full-frame positions on: the image itself, or a Bayer plane blown up 2x2 to the frame's size.
+
+    Parameters
+    ----------
+    image : Image
+
+    Returns
+    -------
+    ndarray
+        ``image.data`` (not a copy) when it is the frame; else a new array of the frame's shape.
+    """
     pixel_map = getattr(image, "pixel_map", None)
     if not pixel_map:
         return image.data

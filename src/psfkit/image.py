@@ -137,7 +137,19 @@ class Image:
 
 
 def plane_to_frame(x: Any, y: Any, pixel_map: dict | None) -> tuple[np.ndarray, np.ndarray]:
-    """Full-frame coordinates ``x_full = scale * x + x_offset`` (same for y); identity for None."""
+    """Full-frame coordinates of positions on a plane: ``x_full = scale * x + x_offset`` (same for y).
+
+    Parameters
+    ----------
+    x, y : array-like
+        0-based positions on the plane.
+    pixel_map : dict or None
+        ``{"scale", "x_offset", "y_offset"}`` (``Image.pixel_map``); None means the identity.
+
+    Returns
+    -------
+    x_full, y_full : ndarray
+    """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     if not pixel_map:
@@ -147,7 +159,19 @@ def plane_to_frame(x: Any, y: Any, pixel_map: dict | None) -> tuple[np.ndarray, 
 
 
 def frame_to_plane(x: Any, y: Any, pixel_map: dict | None) -> tuple[np.ndarray, np.ndarray]:
-    """The inverse of :func:`plane_to_frame`."""
+    """Positions on a plane of full-frame coordinates (the inverse of :func:`plane_to_frame`).
+
+    Parameters
+    ----------
+    x, y : array-like
+        0-based full-frame positions.
+    pixel_map : dict or None
+        As for :func:`plane_to_frame`.
+
+    Returns
+    -------
+    x_plane, y_plane : ndarray
+    """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     if not pixel_map:
