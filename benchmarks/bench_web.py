@@ -105,6 +105,7 @@ def measure(browser, url: str, rel: str, *, detect_repeats: int = 2, fwhm: float
             "total": total / 1e3, "find": srv.get("find", float("nan")) / 1e3, "encode": srv.get("encode", float("nan")) / 1e3,
             "transfer": (d["parsed"] - d["clicked"] - server) / 1e3, "build": (d["built"] - d["parsed"]) / 1e3,
             "paint": (d["drawn"] - d["built"]) / 1e3, "n": d["n"],
+            "fitted": (d.get("summary") or {}).get("candidates_fitted"),
         })
         page.wait_for_timeout(300)
     best = min(runs, key=lambda r: r["total"])
@@ -247,9 +248,10 @@ def report(results: list[dict], lib_plate_s: float, lib_plate_n: int, small: boo
         "",
         f"Plate: detect -> drawn {plate['total']:.2f} s {verdict} the {TARGET_DETECT_S:.0f} s target; the web side "
         f"(everything but find_stars) takes {web:.2f} s of it. find_stars alone on the plate, outside the server: "
-        f"{lib_plate_s:.2f} s for {lib_plate_n} stars. With the FWHM typed in ({PLATE_FWHM:g} px) find_stars takes "
-        f"{given['find']:.2f} s and the whole click -> drawn {given['total']:.2f} s: the library's automatic FWHM "
-        "estimate on this plate sets the fitting box, and the box sets the time.",
+        f"{lib_plate_s:.2f} s for {lib_plate_n} stars. find_stars fitted {plate['fitted']} candidates with the "
+        f"automatic FWHM and {given['fitted']} with the FWHM typed in ({PLATE_FWHM:g} px: the candidates are "
+        f"found on a frame smoothed to that scale), where it takes {given['find']:.2f} s and the whole click -> drawn "
+        f"{given['total']:.2f} s.",
     ]
     return "\n".join(lines)
 

@@ -101,8 +101,9 @@ def _all_row_ids(page) -> list[int]:
         for (let top = 0; ; top += wrap.clientHeight / 2) {
             wrap.scrollTop = top;
             await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+            renderRows();
             const rows = Array.from(document.querySelectorAll('#stars tbody tr[data-id]'));
-            const k0 = Math.round(rows[0].offsetTop / rows[0].offsetHeight) - 1;  // the spacer above
+            const k0 = tableWindow[0];  // the index of the first row in the DOM
             rows.forEach((r, k) => seen.set(k0 + k, r.dataset.id));
             if (wrap.scrollTop + wrap.clientHeight >= wrap.scrollHeight - 1) break;
         }

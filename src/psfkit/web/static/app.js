@@ -476,6 +476,7 @@ async function detect() {
   try {
     const r = await api("POST", "/api/detect", body, psfkitStats.detect);
     psfkitStats.detect.received = performance.now();
+    psfkitStats.detect.summary = r.summary;
     S.settings = r.settings;
     S.columns = orderColumns(r.columns);
     S.nextId = 1;
