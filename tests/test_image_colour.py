@@ -206,3 +206,29 @@ def test_rgb_tiff_contiguous_and_planar(tmp_path, field, planar):
     tifffile.imwrite(tmp_path / "rgb.tif", data, photometric="rgb", planarconfig=planar)
     for i, name in enumerate("RGB"):
         np.testing.assert_array_equal(load_image(tmp_path / "rgb.tif", channel=name).data, rgb[..., i])
+
+
+def _write_png16_rgb(path, rgb):
+    """A 16-bit RGB PNG written byte by byte (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16bit_colour_png_keeps_all_16_bits(tmp_path, field):
+    img, _ = field
+    grey = np.clip(img, 0, 65535).astype(np.uint16)
+    rgb = np.stack([grey // 2, grey, grey // 4], axis=-1)
+    _write_png16_rgb(tmp_path / "rgb16.png", rgb)
+    for i, name in enumerate("RGB"):
+        loaded = load_image(tmp_path / "rgb16.png", channel=name)
+        np.testing.assert_array_equal(loaded.data, rgb[..., i])
+    assert loaded.saturation == 65535

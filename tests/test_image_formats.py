@@ -86,3 +86,12 @@ def test_broken_files_are_clean_errors(tmp_path, name, content):
     with pytest.raises(psfkit.PsfkitError) as err:
         psfkit.load_image(tmp_path / name)
     assert name in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("compression", ["zlib", "lzw", "packbits"])
+def test_compressed_tiff_roundtrip(tmp_path, frame, compression):
+    """Processing tools save compressed TIFFs (PixInsight, Photoshop: LZW or ZIP)."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "c.tif", frame, compression=compression)
+    np.testing.assert_array_equal(psfkit.load_image(tmp_path / "c.tif").data, frame)

@@ -400,7 +400,37 @@ def _read_tiff(path: Path) -> Frame:
 _EXIF_KEYS = {33434: "EXPTIME", 37386: "FOCALLEN", 36867: "DATE-OBS", 34855: "ISOSPEED"}
 
 
+def _read_png_16bit_colour(path: Path) -> Frame | None:
+    """A 16-bit colour PNG (IHDR bit depth 16, colour type 2, 4 or 6), which Pillow would cut to 8 bits.
+
+    Decoded by imagecodecs (libpng); None when the file is not such a PNG.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    if len(head) < 26 or head[12:16] != b"IHDR" or head[24] != 16 or head[25] not in (2, 4, 6):
+        return None
+    try:
+        import imagecodecs
+    except ImportError:  # pragma: no cover - in the formats extra
+        raise PsfkitError(f"{path}: a 16-bit colour PNG; Pillow reads only 8 bits of it, and the 'imagecodecs' "
+                          "package that reads all 16 is missing (pip install psfkit[formats])") from None
+    try:
+        raw = np.asarray(imagecodecs.png_decode(path.read_bytes()))
+    except Exception as exc:
+        raise PsfkitError(f"{path}: not a readable PNG file ({_short(exc)})") from None
+    data, type_max = _to_float(path, raw)
+    data, layout = _shape_to_layout(path, data, channels_last=True)
+    if layout == "stack":
+        layout = "rgb"
+    return Frame(data=data, header={}, format="PNG", layout=layout, type_max=type_max,
+                 meta={"roworder": "TOP-DOWN", "stored_type": f"{raw.dtype.name} (16-bit colour PNG)"})
+
+
 def _read_pillow(path: Path, kind: str) -> Frame:
+    if kind == "PNG":
+        frame = _read_png_16bit_colour(path)
+        if frame is not None:
+            return frame
     try:
         from PIL import Image as PILImage
     except ImportError:  # pragma: no cover
