@@ -79,12 +79,12 @@ if _HAVE_NUMBA:
         return 0.5 * (math.erfc(-b / _SQRT2) - math.erfc(-a / _SQRT2))
 
     @njit(cache=True)
-    def _gauss_row_exp(pxx, pxy, pyy, dy, x0, w, erow):
+    def _gauss_row_exp(pxx, pxy, pyy, dy, x0, w, erow, step):
         """exp(-Q/2) along one row, Q = pxx dx^2 + 2 pxy dx dy + pyy dy^2 (>= 0).
 
-        Three exponentials per row: from the column nearest the row's maximum (value <= 1) the
-        values go outwards by ratios that shrink by exp(-pxx) per column (no overflow; an
-        underflow to 0 happens only where the true value is below 1e-308).
+        Two exponentials per row: from the column nearest the row's maximum (value <= 1) the
+        values go outwards by ratios that shrink by ``step = exp(-pxx)`` per column (no overflow;
+        an underflow to 0 happens only where the true value is below 1e-308).
         """
         cstar = x0 - pxy * dy / pxx
         c0 = int(math.floor(cstar + 0.5))
@@ -94,15 +94,19 @@ if _HAVE_NUMBA:
             c0 = w - 1
         dx = c0 - x0
         e0 = math.exp(-0.5 * (pxx * dx * dx + 2.0 * pxy * dx * dy + pyy * dy * dy))
-        step = math.exp(-pxx)
         erow[c0] = e0
-        ratio = math.exp(-0.5 * (pxx * (2.0 * dx + 1.0) + 2.0 * pxy * dy))
+        right = math.exp(-0.5 * (pxx * (2.0 * dx + 1.0) + 2.0 * pxy * dy))
+        ratio = right
         e = e0
         for col in range(c0 + 1, w):
             e *= ratio
             erow[col] = e
             ratio *= step
-        ratio = math.exp(-0.5 * (pxx * (1.0 - 2.0 * dx) - 2.0 * pxy * dy))
+        # the first step left times the first step right is exp(-pxx)
+        if 1e-300 < right < 1e300:
+            ratio = step / right
+        else:
+            ratio = math.exp(-0.5 * (pxx * (1.0 - 2.0 * dx) - 2.0 * pxy * dy))
         e = e0
         for col in range(c0 - 1, -1, -1):
             e *= ratio
@@ -150,9 +154,10 @@ if _HAVE_NUMBA:
             dq[j, 2] = (da - pyy * dd) / det
             dq[j, 3] = dls - 0.5 * dd / det
         # exp(-Q/2) on every pixel (three exponentials per row), then one flat loop over the pixels
+        step = math.exp(-pxx)
         for rr in range(h):
             dy = rr - y0
-            _gauss_row_exp(pxx, pxy, pyy, dy, x0, w, erow)
+            _gauss_row_exp(pxx, pxy, pyy, dy, x0, w, erow, step)
             for col in range(w):
                 jac[0, rr * w + col] = erow[col]  # row 0 (the background's, 1) used as scratch
         _gauss_pixels(xs, ys, x0, y0, B, A, pxx, pxy, pyy, scale, k4, k6, jac[0], val, jac[1], jac[2], jac[3],
@@ -160,12 +165,17 @@ if _HAVE_NUMBA:
                       dq[1, 3], dq[2, 0], dq[2, 1], dq[2, 2], dq[2, 3])
         jac[0, :] = 1.0
 
-    @njit(cache=True)
+    # contract: a * b + c may become one fused multiply-add (rounding differs from numpy's at ~1e-16)
+    @njit(cache=True, fastmath={"contract"})
     def _gauss_pixels(xs, ys, x0, y0, B, A, pxx, pxy, pyy, scale, k4, k6, e_in, val, j1, j2, j3, j4, j5, j6,
                       q00, q01, q02, q03, q10, q11, q12, q13, q20, q21, q22, q23):
-        """The per-pixel part of :func:`_eval_gauss`: one branch-free loop (vectorised by LLVM)."""
-        pxx2 = pxx * pxx
-        pyy2 = pyy * pyy
+        """The per-pixel part of :func:`_eval_gauss`: one branch-free loop (vectorised by LLVM).
+
+        The box corrections of models.GaussianPSF._box_correction, as polynomials in u^2 with
+        per-star coefficients (Horner form).
+        """
+        ax3, ax2, ax1, ax0, bx2, bx1, bx0, cx2, cx1, cx0 = _box_coefficients(k4, k6, pxx)
+        ay3, ay2, ay1, ay0, by2, by1, by0, cy2, cy1, cy0 = _box_coefficients(k4, k6, pyy)
         for m in range(xs.size):
             dx = xs[m] - x0
             dy = ys[m] - y0
@@ -174,14 +184,12 @@ if _HAVE_NUMBA:
             e = e_in[m]
             u2 = u * u
             v2 = v * v
-            cx = k4 * (u2 * u2 - 6.0 * pxx * u2 + 3.0 * pxx2) + k6 * (
-                u2 * u2 * u2 - 15.0 * pxx * u2 * u2 + 45.0 * pxx2 * u2 - 15.0 * pxx2 * pxx)
-            cx_u = k4 * (4.0 * u2 * u - 12.0 * pxx * u) + k6 * (6.0 * u2 * u2 * u - 60.0 * pxx * u2 * u + 90.0 * pxx2 * u)
-            cx_p = k4 * (6.0 * pxx - 6.0 * u2) + k6 * (-15.0 * u2 * u2 + 90.0 * pxx * u2 - 45.0 * pxx2)
-            cy = k4 * (v2 * v2 - 6.0 * pyy * v2 + 3.0 * pyy2) + k6 * (
-                v2 * v2 * v2 - 15.0 * pyy * v2 * v2 + 45.0 * pyy2 * v2 - 15.0 * pyy2 * pyy)
-            cy_u = k4 * (4.0 * v2 * v - 12.0 * pyy * v) + k6 * (6.0 * v2 * v2 * v - 60.0 * pyy * v2 * v + 90.0 * pyy2 * v)
-            cy_p = k4 * (6.0 * pyy - 6.0 * v2) + k6 * (-15.0 * v2 * v2 + 90.0 * pyy * v2 - 45.0 * pyy2)
+            cx = ((ax3 * u2 + ax2) * u2 + ax1) * u2 + ax0
+            cx_u = ((bx2 * u2 + bx1) * u2 + bx0) * u
+            cx_p = (cx2 * u2 + cx1) * u2 + cx0
+            cy = ((ay3 * v2 + ay2) * v2 + ay1) * v2 + ay0
+            cy_u = ((by2 * v2 + by1) * v2 + by0) * v
+            cy_p = (cy2 * v2 + cy1) * v2 + cy0
             corr = 1.0 + cx + cy
             prof = scale * e * corr
             ga = A * scale * e
@@ -195,6 +203,14 @@ if _HAVE_NUMBA:
             j4[m] = ga * (q03 * corr + t_xx * q00 + t_xy * q01 + t_yy * q02)
             j5[m] = ga * (q13 * corr + t_xx * q10 + t_xy * q11 + t_yy * q12)
             j6[m] = ga * (q23 * corr + t_xx * q20 + t_xy * q21 + t_yy * q22)
+
+    @njit(cache=True, inline="always")
+    def _box_coefficients(k4, k6, p):
+        """Coefficients in u^2 of k4 He4 + k6 He6 (a), of its u-derivative / u (b) and p-derivative (c)."""
+        p2 = p * p
+        return (k6, k4 - 15.0 * k6 * p, 45.0 * k6 * p2 - 6.0 * k4 * p, 3.0 * k4 * p2 - 15.0 * k6 * p2 * p,
+                6.0 * k6, 4.0 * k4 - 60.0 * k6 * p, 90.0 * k6 * p2 - 12.0 * k4 * p,
+                -15.0 * k6, 90.0 * k6 * p - 6.0 * k4, 6.0 * k4 * p - 45.0 * k6 * p2)
 
     @njit(cache=True)
     def _eval_gauss_sub(p, h, w, offs, offw, jac, val):
@@ -461,16 +477,14 @@ if _HAVE_NUMBA:
     @njit(cache=True)
     def _weights(kind_w, mask, var_fixed, expected, gain, rn2, wgt):
         """Pixel weights: fixed (kind_w 0: 1/var_fixed) or from the model (1: Poisson + read noise)."""
-        for m in range(wgt.size):
+        inv_gain = 1.0 / gain
+        for m in range(wgt.size):  # branch-free, so that it vectorises
             if kind_w == 0:
                 var = var_fixed[m]
             else:
-                e = expected[m]
-                var = (e if e > 0.0 else 0.0) / gain + rn2
-            if mask[m] and var > 0.0 and math.isfinite(var):
-                wgt[m] = 1.0 / var
-            else:
-                wgt[m] = 0.0
+                var = max(expected[m], 0.0) * inv_gain + rn2
+            good = mask[m] & (var > 0.0) & (var < np.inf)
+            wgt[m] = 1.0 / var if good else 0.0
 
     @njit(cache=True)
     def _newton_step_small(p, jtj, jtr, lo, hi, fidx, rtol, ws):
