@@ -179,16 +179,18 @@ const SVGNS = "http://www.w3.org/2000/svg";
 const RING = 2.0; // ellipse semi-axes = RING x FWHM (the ring clears a bright star's stretched disk)
 const MIN_RING_PX = 4; // ... and at least this many screen pixels (small: a zoomed-out 24 MP frame has thousands)
 function col(star, name) { const v = star[name]; return (v === null || v === undefined) ? NaN : v; }
+const RING_SATURATED = 3.0; // a saturated star's stretched disk is wider than its fitted core: its ring too
+function isSaturated(s) { return typeof s.flag_names === "string" && s.flag_names.split(",").includes("saturated"); }
 function ellipseRadii(s) {
-  const minR = MIN_RING_PX / S.view.zoom;
+  const minR = MIN_RING_PX / S.view.zoom, k = isSaturated(s) ? RING_SATURATED : RING;
   let fx = col(s, "fwhm_x"), fy = col(s, "fwhm_y");
   if (!isFinite(fx)) fx = 3; if (!isFinite(fy)) fy = fx;
-  return [Math.max(RING * fx, minR), Math.max(RING * fy, minR * fy / fx)];
+  return [Math.max(k * fx, minR), Math.max(k * fy, minR * fy / fx)];
 }
 function ellipseHtml(s) {
   const [dx, dy] = toDisplay(s.x_fit, s.y_fit), [rx, ry] = ellipseRadii(s);
   const a = isFinite(col(s, "angle")) ? s.angle : 0, r = S.info.top_down ? a : -a;
-  const cls = "star" + (s._manual ? " manual" : "") + (S.selected.has(s.id) ? " sel" : "");
+  const cls = "star" + (s._manual ? " manual" : "") + (isSaturated(s) ? " saturated" : "") + (S.selected.has(s.id) ? " sel" : "");
   s._rx = rx; s._ry = ry;
   return `<ellipse class="${cls}" data-id="${s.id}" cx="${dx}" cy="${dy}" rx="${rx}" ry="${ry}" ` +
     `transform="rotate(${r} ${dx} ${dy})" vector-effect="non-scaling-stroke"/>`;
