@@ -88,6 +88,9 @@ def view_command(
             import webbrowser
 
             webbrowser.open(url)
+        from ..web._server import warm_up
+
+        warm_up()  # the compiled kernels, before the first "Detect stars"
 
     threading.Thread(target=announce, daemon=True).start()
     server.run()

@@ -6,7 +6,28 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["serve_in_thread", "RunningServer"]
+__all__ = ["serve_in_thread", "RunningServer", "warm_up"]
+
+
+def warm_up() -> None:
+    """Load the library's compiled kernels before the user's first click (best effort).
+
+    A fresh process spends about a second loading numba's cached kernels on its
+    first detection; ``psfkit view`` calls this in a background thread at start.
+    """
+    import numpy as np
+
+    from ..detect import find_stars
+    from ..psffit import fit_star
+    from ..simulate import simulate_field
+
+    try:
+        data, truth = simulate_field((96, 96), 3, fwhm=3.0, seed=0, edge=16, min_separation=20)
+        data = data.astype(np.float32)
+        find_stars(data)
+        fit_star(data, float(truth["x"][0]), float(truth["y"][0]), angle=True)
+    except Exception:  # noqa: BLE001 - a failed warm-up only means the first click pays the loading
+        return
 
 
 class RunningServer:
