@@ -24,6 +24,12 @@ sector.  Each pixel edge is computed once and shared by its two pixels.
 
 Both are exact to rounding (tested against photutils' ``method="exact"``).
 
+The compiled loops (numba; the numpy functions are their reference) go row by row: in each
+row the pixels wholly inside the aperture follow from the chord ends at the row's two edges
+and add with weight 1, and only the boundary pixels get the exact overlap (circles: the
+table of row and column terms above; ellipses: the pixel clipped to the unit disk, whose
+outside stretches telescope into one circular sector each, one arctangent per pixel).
+
 Sky and errors
 --------------
 The local sky is a sigma-clipped estimate over the pixels whose centres lie in
