@@ -40,6 +40,18 @@ def one_thread(fn):
     return run
 
 
+def best_interleaved(fns, repeat=9):
+    """Best time of each function, the functions run in turn (a load change hits all of them alike)."""
+    times = [[] for _ in fns]
+    outs = [None] * len(fns)
+    for _ in range(repeat):
+        for k, fn in enumerate(fns):
+            t = time.perf_counter()
+            outs[k] = fn()
+            times[k].append(time.perf_counter() - t)
+    return [min(t) for t in times], outs
+
+
 def best(fn, repeat=5):
     times = []
     out = None
@@ -62,18 +74,17 @@ def main() -> None:
     cases = [("circle r = 3 px", dict(r=3.0)), ("circle r = 8 px", dict(r=8.0)),
              ("ellipse a = 6, b = 4, 30 deg", dict(a=6.0, b=4.0, theta=np.radians(30.0)))]
     for label, kw in cases:
-        t_nb, (s_nb, _, _) = best(lambda: aperture_sums(data, x, y, backend="numba", **kw), repeat=7)
-        t_1, _ = best(one_thread(lambda: aperture_sums(data, x, y, backend="numba", **kw)), repeat=7)
-        t_np, (s_np, _, _) = best(lambda: aperture_sums(data, x, y, backend="numpy", **kw), repeat=3)
+        run_nb = lambda: aperture_sums(data, x, y, backend="numba", **kw)  # noqa: E731
         if "r" in kw:
-            t_sep, (s_sep, _, _) = best(lambda: sep.sum_circle(data, x, y, kw["r"], subpix=0), repeat=7)
+            run_sep = lambda: sep.sum_circle(data, x, y, kw["r"], subpix=0)  # noqa: E731
             aper = CircularAperture(np.c_[x, y], kw["r"])
             half = int(np.ceil(kw["r"]))
         else:
-            t_sep, (s_sep, _, _) = best(lambda: sep.sum_ellipse(data, x, y, kw["a"], kw["b"], kw["theta"], r=1.0, subpix=0),
-                                        repeat=7)
+            run_sep = lambda: sep.sum_ellipse(data, x, y, kw["a"], kw["b"], kw["theta"], r=1.0, subpix=0)  # noqa: E731
             aper = EllipticalAperture(np.c_[x, y], kw["a"], kw["b"], theta=kw["theta"])
             half = int(np.ceil(kw["a"]))
+        (t_nb, t_1, t_sep), ((s_nb, _, _), _, (s_sep, _, _)) = best_interleaved([run_nb, one_thread(run_nb), run_sep])
+        t_np, (s_np, _, _) = best(lambda: aperture_sums(data, x, y, backend="numpy", **kw), repeat=3)
         t_pu, tab = best(lambda: aperture_photometry(data, aper, method="exact"), repeat=2)
         s_pu = np.asarray(tab["aperture_sum"])
         size = 2 * half + 1
@@ -89,7 +100,7 @@ def main() -> None:
         "## Speed: exact aperture sums, 5,000 apertures",
         "",
         f"2000x2000 float64 frame, {N} random positions, exact pixel overlap everywhere (sep subpix=0, photutils "
-        f"method='exact'); best of 7 runs (numpy path: of 3, photutils: of 2), {dt.date.today()}, {os.cpu_count()} cores, "
+        f"method='exact'); best of 9 runs, psfkit and sep in turn (numpy path: of 3, photutils: of 2), {dt.date.today()}, {os.cpu_count()} cores, "
         f"load average {load0:.1f} before and {os.getloadavg()[0]:.1f} after (other work on the machine makes "
         "every figure noisy: compare ratios within one run). "
         "psfkit = `psfkit.photometry.aperture_sums` (numba loop, prange over apertures; the vectorised numpy "
