@@ -72,12 +72,6 @@ if _HAVE_NUMBA:
     _STEP_RTOL_FACTOR = 0.01  # fitting.STEP_RTOL_FACTOR
     _PASS_RTOL = 1e-3  # fitting.PASS_RTOL
 
-    @njit(cache=True, inline="always")
-    def _phi_diff(a, b):
-        if a > 0:
-            return 0.5 * (math.erfc(a / _SQRT2) - math.erfc(b / _SQRT2))
-        return 0.5 * (math.erfc(-b / _SQRT2) - math.erfc(-a / _SQRT2))
-
     @njit(cache=True)
     def _gauss_row_exp(pxx, pxy, pyy, dy, x0, w, erow, step):
         """exp(-Q/2) along one row, Q = pxx dx^2 + 2 pxy dx dy + pyy dy^2 (>= 0).
@@ -259,6 +253,33 @@ if _HAVE_NUMBA:
                 jac[6, m] = A * g6
 
     @njit(cache=True)
+    def _erf_axis(x0, sx, w, ix, dix0, dixs):
+        """Integral of exp(-u^2/2) over each pixel of one axis and its derivatives (models._phi_diff).
+
+        Neighbouring pixels share an edge: one erfc and one exponential per edge. The difference of
+        the normal CDF is taken in the tail where both terms are small (accurate far out).
+        """
+        s_prev = 0.0
+        t_prev = 0.0
+        ph_prev = 0.0
+        for c in range(w + 1):
+            t = (c - 0.5 - x0) / sx
+            s_t = math.erfc(abs(t) / _SQRT2)  # the small tail, 2 Phi(-|t|)
+            ph = math.exp(-0.5 * t * t) * _INV_SQRT2PI
+            if c > 0:
+                ul, uh = t_prev, t
+                if ul > 0:  # Phi(uh) - Phi(ul) = (erfc(ul/r2) - erfc(uh/r2)) / 2, both upper tails
+                    d = 0.5 * (s_prev - s_t)
+                else:  # = (erfc(-uh/r2) - erfc(-ul/r2)) / 2; erfc(-ul/r2) is the tail s_prev
+                    d = 0.5 * ((s_t if uh <= 0 else 2.0 - s_t) - s_prev)
+                ix[c - 1] = sx * _SQRT2PI * d
+                dix0[c - 1] = -_SQRT2PI * (ph - ph_prev)
+                dixs[c - 1] = _SQRT2PI * (d - (uh * ph - ul * ph_prev))
+            s_prev = s_t
+            t_prev = t
+            ph_prev = ph
+
+    @njit(cache=True)
     def _eval_gauss_erf(p, h, w, jac, val):
         """Axis-aligned Gaussian, exact erf pixel integral: values and Jacobian (angle column 0)."""
         B = p[0]
@@ -273,24 +294,8 @@ if _HAVE_NUMBA:
         iy = np.empty(h)
         diy0 = np.empty(h)
         diys = np.empty(h)
-        for c in range(w):
-            uh = (c + 0.5 - x0) / sx
-            ul = (c - 0.5 - x0) / sx
-            d = _phi_diff(ul, uh)
-            ph = math.exp(-0.5 * uh * uh) * _INV_SQRT2PI
-            pl = math.exp(-0.5 * ul * ul) * _INV_SQRT2PI
-            ix[c] = sx * _SQRT2PI * d
-            dix0[c] = -_SQRT2PI * (ph - pl)
-            dixs[c] = _SQRT2PI * (d - (uh * ph - ul * pl))
-        for rr in range(h):
-            uh = (rr + 0.5 - y0) / sy
-            ul = (rr - 0.5 - y0) / sy
-            d = _phi_diff(ul, uh)
-            ph = math.exp(-0.5 * uh * uh) * _INV_SQRT2PI
-            pl = math.exp(-0.5 * ul * ul) * _INV_SQRT2PI
-            iy[rr] = sy * _SQRT2PI * d
-            diy0[rr] = -_SQRT2PI * (ph - pl)
-            diys[rr] = _SQRT2PI * (d - (uh * ph - ul * pl))
+        _erf_axis(x0, sx, w, ix, dix0, dixs)
+        _erf_axis(y0, sy, h, iy, diy0, diys)
         for rr in range(h):
             ay = A * iy[rr]
             ady0 = A * diy0[rr]
