@@ -261,6 +261,12 @@ def test_phot_cli_positions_and_star_list(tmp_path, shared_data):
     assert "aperture r = 6.00 px" in out2.stdout
     back = psfkit.read_star_list(tmp_path / "phot.ecsv")
     assert "flux_aper" in back.colnames and back["aperture_radius"][0] == pytest.approx(6.0)
+    # a PSF image as the model: its light beyond the largest aperture comes from that image
+    yy, xx = np.mgrid[0:41, 0:41] - 20.0
+    fits.writeto(tmp_path / "psf.fits", np.exp(-(xx**2 + yy**2) / (2 * 2.6**2)))
+    out3 = subprocess.run([sys.executable, "-m", "psfkit", "phot", str(frame), "--at", "49,49", "--model",
+                           str(tmp_path / "psf.fits")], capture_output=True, text=True, check=True)
+    assert "fitted image model" in out3.stdout and "PSF/aper" in out3.stdout
     bad = subprocess.run([sys.executable, "-m", "psfkit", "phot", str(frame), "--at", "49,49", "--annulus", "3"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
