@@ -3,9 +3,15 @@
 Every caller (one star, a whole frame, the web window, a night of frames) fits
 through :func:`fit_stamps`.  The stamps of a batch share a shape ``(h, w)``;
 pixels outside the image, NaN, saturated or masked pixels carry zero weight.
-The iteration is vectorised over stars: each step builds the normal equations
-of all still-active stars with batched matrix products and solves them
-together.  Stars that have converged drop out of the active set.
+
+Two engines run the same algorithm.  For the Gaussian and the Moffat the
+default is compiled (:mod:`psfkit._compiled`): the whole fit of each star runs
+in numba, stars in parallel.  The numpy engine, the reference (and the path of
+the other models, or of everything with ``PSFKIT_BACKEND=numpy``), is vectorised
+over stars: each step builds the normal equations of all still-active stars
+with batched matrix products and solves them together; stars that have
+converged drop out of the active set.  ``tests/test_compiled.py`` checks that
+both give the same answers.
 
 Noise model and weights
 -----------------------
@@ -498,8 +504,12 @@ def _unweighted_covariance(model, p, r, wgt, border_var, shape, free, k, cov_fre
     for _ in range(3):  # least squares, then weighted by 1 / E[r^2]^2 (the variance of r^2 is 2 E[r^2]^2)
         a, b = _variance_coefficients(c, d, r2, wt)
         expect = a[:, None] * c + b[:, None] * d
-        floor = 1e-6 * np.max(expect, axis=1, keepdims=True) + 1e-300
-        wt = np.where(use, 1.0 / np.maximum(expect, floor) ** 2, 0.0)
+        # weights scaled to at most 1e12 per star (a fit is blind to a common factor); a star
+        # whose expected residuals are all zero (a degenerate fit) keeps uniform weights
+        scale = np.max(expect, axis=1, keepdims=True)
+        ok = np.isfinite(scale) & (scale > 0)
+        scale = np.where(ok, scale, 1.0)
+        wt = np.where(use, (scale / np.maximum(np.where(ok, expect, scale), 1e-6 * scale)) ** 2, 0.0)
     return a[:, None, None] * a_inv + b[:, None, None] * q_mat
 
 
