@@ -345,6 +345,16 @@ def find_stars(
     # the frame's FWHM from the brightest candidates (unsaturated, isolated)
     if fwhm is None:
         fwhm_est = _probe_fwhm(img, cands, gain=gain, read_noise=read_noise, mask=mask, saturation=saturation)
+        if fwhm_est > 4.0:
+            # wide stars: detect again with the filter matched to them (sigma FWHM / 2.355); the
+            # 1 px filter also picks the grain of the sky and the structure of bloated disks, which
+            # would all be fitted (the 1910 M44 plate: 2,594 candidates -> ~700)
+            smoothing = fwhm_est / 2.3548
+            cands = find_candidates(data, bkg, threshold=threshold, smoothing=smoothing,
+                                    min_separation=min_separation if min_separation else 2.0)
+            n_cand_all = len(cands)
+            if max_candidates is not None and len(cands) > max_candidates:
+                cands = cands[:max_candidates]
     else:
         fwhm_est = float(fwhm)
     if min_separation is None:
@@ -397,6 +407,7 @@ def find_stars(
         summary={"n_candidates": int(n_cand_all), "n_stars": int(len(stars)), "rejected": counts,
                  "candidates_fitted": int(len(table))},
         frame_fwhm=fwhm_est,
+        detection_smoothing=smoothing,
         image_shape=list(img.shape),
         roworder=img.meta.get("roworder", "BOTTOM-UP"),
         background=bkg.median,
