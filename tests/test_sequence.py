@@ -364,3 +364,25 @@ def test_cli_seq(night, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "psfkit", "seq", frames[0], "-o", str(tmp_path), "--track", "3;4"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("psfkit: error: --track wants X,Y")
+
+
+def test_tiff_frames_and_load_options(night, tmp_path):
+    """A folder of TIFF frames is a sequence (name order: no DATE-OBS), and the image options
+    reach the workers' reader: a user scale gives the FWHM in arcsec."""
+    import tifffile
+    from astropy.io import fits
+
+    folder, t = night
+    tiffs = tmp_path / "tiffs"
+    tiffs.mkdir()
+    for i in range(3):
+        data = fits.getdata(folder / _name_of(i)).astype(np.float32)
+        tifffile.imwrite(tiffs / f"frame_{i}.tif", data[::-1])  # TIFF rows run top-down
+    assert [p.name for p in list_frames(tiffs)] == ["frame_0.tif", "frame_1.tif", "frame_2.tif"]
+    plain = run_sequence(tiffs, tmp_path / "a", workers=0, plots=False)
+    scaled = run_sequence(tiffs, tmp_path / "b", workers=0, plots=False, load_options={"pixel_scale": 1.5})
+    s0, s1 = plain.summary, scaled.summary
+    assert list(s1["frame"]) == ["frame_0", "frame_1", "frame_2"]
+    assert np.all(np.isnan(s0["fwhm_median_arcsec"]))
+    np.testing.assert_allclose(s1["fwhm_median_arcsec"], 1.5 * s1["fwhm_median"], rtol=1e-9)
+    np.testing.assert_allclose(s1["fwhm_median"], t["fwhm"][:3], rtol=0.08)

@@ -36,7 +36,7 @@ import numpy as np
 from astropy.table import Table
 
 from .errors import PsfkitError
-from .image import FITS_SUFFIXES
+from .image import FITS_SUFFIXES, IMAGE_SUFFIXES
 from .lightcurve import FrameShift, differential_photometry, estimate_shift, fit_tracked, plot_light_curves
 from .quality import QualityLimits, frame_summary, plot_frame_quality, rank_frames
 
@@ -89,14 +89,17 @@ class SequenceResult:
 
 def _is_image_file(p: Path) -> bool:
     name = p.name.lower()
-    return p.is_file() and name.endswith(FITS_SUFFIXES)
+    return p.is_file() and name.endswith(IMAGE_SUFFIXES)
 
 
 def _frame_time(path: Path) -> tuple[str, float]:
-    """DATE-OBS (as written) and its MJD, from the header only; ('', nan) when absent or unreadable."""
+    """DATE-OBS (as written) and its MJD, from the header only; ('', nan) when absent or unreadable
+    (and for files other than FITS: those frames are ordered by name)."""
     from astropy.io import fits
     from astropy.time import Time
 
+    if not path.name.lower().endswith(FITS_SUFFIXES):
+        return "", float("nan")
     try:
         with fits.open(path, memmap=True) as hdul:
             for hdu in hdul:
@@ -118,7 +121,8 @@ def list_frames(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     Parameters
     ----------
     inputs : path, glob pattern, folder, or a list of them
-        A folder contributes its FITS files (not recursively).
+        A folder contributes its image files (FITS, XISF, TIFF, PNG, JPEG, camera RAW;
+        not recursively).
 
     Returns
     -------
@@ -166,7 +170,7 @@ def _frame_names(frames: Sequence[Path]) -> list[str]:
     stems = []
     for p in frames:
         name = p.name
-        for suf in sorted(FITS_SUFFIXES, key=len, reverse=True):
+        for suf in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
             if name.lower().endswith(suf):
                 name = name[: -len(suf)]
                 break
@@ -216,6 +220,7 @@ def measure_frame(
     star_path : path
         Where its star list goes (ECSV); written through a temporary file and ``os.replace``.
     settings : dict
+        ``load`` (keyword arguments of :func:`psfkit.load_image`: hdu, channel, optics),
         ``find`` (keyword arguments of :func:`psfkit.find_stars`), ``track`` (list of
         (x, y) in the reference frame), ``fit`` (keyword arguments of :func:`psfkit.fit_stars`
         for tracked stars), ``fingerprint``.
@@ -233,7 +238,7 @@ def measure_frame(
 
     star_path = Path(star_path)
     try:
-        image = load_image(path)
+        image = load_image(path, **settings.get("load", {}))
         stars = psfkit.find_stars(image, **settings.get("find", {}))
     except (PsfkitError, OSError, ValueError) as exc:
         text = str(exc) if Path(path).name in str(exc) else f"{Path(path).name}: {exc}"
@@ -397,6 +402,7 @@ def run_sequence(
     fwhm: float | None = None,
     model: str = "gaussian",
     find_options: dict | None = None,
+    load_options: dict | None = None,
     track: Sequence[tuple[float, float]] = (),
     compare: Sequence[tuple[float, float]] = (),
     zero_point: float = 0.0,
@@ -422,6 +428,9 @@ def run_sequence(
         in-process loop without Dask.
     threshold, fwhm, model : optional
         Passed to :func:`psfkit.find_stars`, with ``find_options``.
+    load_options : dict, optional
+        Passed to :func:`psfkit.load_image` by the worker reading each frame (``hdu``,
+        ``channel``, ``focal_length``, ``pixel_size``, ``binning``, ``pixel_scale``).
     track : sequence of (x, y)
         Stars to follow (0-based pixels in the first frame, the reference).
     compare : sequence of (x, y)
@@ -450,6 +459,9 @@ def run_sequence(
         raise PsfkitError("comparison stars need at least one tracked star (--track)")
     find = {"threshold": threshold, "fwhm": fwhm, "model": model, **(find_options or {})}
     settings = {"find": find, "track": all_track, "fit": {"model": model, "zero_point": zero_point}}
+    load = {k: v for k, v in (load_options or {}).items() if v is not None}
+    if load:  # only when given, so that earlier runs' outputs keep their fingerprint
+        settings["load"] = load
     settings["fingerprint"] = hashlib.sha1(
         json.dumps({**settings, "reference": str(frames[0])}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     star_paths = {n: star_dir / f"{n}.ecsv" for n in names}

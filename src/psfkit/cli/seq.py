@@ -8,6 +8,8 @@ from typing import List, Optional
 import typer
 
 from ._app import app, fail
+from ._options import (binning_option, channel_option, focal_length_option, hdu_option, is_per_channel,
+                       pixel_size_option, scale_option, user_optics)
 from .fit import _parse_xy as parse_xy
 from ..errors import PsfkitError
 
@@ -34,6 +36,12 @@ def seq_command(
     background_sigma: float = typer.Option(5.0, "--max-background-sigma", help="Reject frames whose background is this many robust sigmas from the night's median."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Do not write the PNG plots."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    hdu: Optional[str] = hdu_option(),
+    channel: Optional[str] = channel_option(per_channel=False),
+    focal_length: Optional[float] = focal_length_option(),
+    pixel_size: Optional[float] = pixel_size_option(),
+    binning: Optional[float] = binning_option(),
+    scale: Optional[float] = scale_option(),
 ) -> None:
     """Measure every frame of a sequence: star lists, a summary, frame rejection, light curves."""
     from rich.console import Console
@@ -57,6 +65,9 @@ def seq_command(
             speed = task.finished_speed or task.speed
             return Text(f"{speed:.2f} frames/s" if speed else "-- frames/s")
 
+    if is_per_channel(channel):
+        raise fail(f"--channel {channel}: a sequence measures one plane per frame; choose one (R, G, B, luminance ...)")
+    load_options = dict(hdu=hdu, channel=channel, **user_optics(focal_length, pixel_size, binning, scale))
     list_frames(inputs)  # bad inputs fail here, before the progress bar appears
     console = Console(stderr=True)
     columns = [TextColumn("frames"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn()]
@@ -69,7 +80,7 @@ def seq_command(
         result = run_sequence(
             inputs, outdir, scheduler=scheduler, workers=workers, threshold=threshold, fwhm=fwhm, model=model,
             track=targets, compare=comps, zero_point=zero_point, limits=limits, plots=not no_plots,
-            progress=progress,
+            progress=progress, load_options=load_options,
         )
     s = result.summary
     typer.echo(f"{len(s)} frames measured ({len(result.computed)} now, {len(result.skipped)} already done), "
