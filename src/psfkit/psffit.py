@@ -318,7 +318,7 @@ def fit_stars(
     cols["id"] = np.arange(1, n + 1)
     if img.wcs is not None:
         try:
-            ra, dec = img.wcs.celestial.wcs_pix2world(cols["x_fit"], cols["y_fit"], 0)
+            ra, dec = img.wcs.celestial.all_pix2world(cols["x_fit"], cols["y_fit"], 0)  # SIP included
             cols["ra"], cols["dec"] = ra, dec
         except Exception:
             pass
