@@ -100,7 +100,8 @@ def main() -> None:
         "## Speed: exact aperture sums, 5,000 apertures",
         "",
         f"2000x2000 float64 frame, {N} random positions, exact pixel overlap everywhere (sep subpix=0, photutils "
-        f"method='exact'); best of 9 runs, psfkit and sep in turn (numpy path: of 3, photutils: of 2), {dt.date.today()}, {os.cpu_count()} cores, "
+        f"method='exact'); best of 9 runs, psfkit and sep in turn (numpy path: of 3, photutils: of 2), "
+        f"{dt.date.today()}, {os.cpu_count()} cores, "
         f"load average {load0:.1f} before and {os.getloadavg()[0]:.1f} after (other work on the machine makes "
         "every figure noisy: compare ratios within one run). "
         "psfkit = `psfkit.photometry.aperture_sums` (numba loop, prange over apertures; the vectorised numpy "

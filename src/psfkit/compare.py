@@ -222,7 +222,9 @@ def compare_models(
     return table
 
 
-def _aperture_flux(img: Image, best: StarFit, fwhm: float, gain: float | None, *, extended: bool = False) -> dict[str, Any]:
+def _aperture_flux(
+    img: Image, best: StarFit, fwhm: float, gain: float | None, *, extended: bool = False
+) -> dict[str, Any]:
     """Aperture flux at 2.5 FWHM (sky 4-6 FWHM), and its total from the fitted model's enclosed fraction.
 
     No correction for an extended source: a point-source model's enclosed fraction does not describe it.
