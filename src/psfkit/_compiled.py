@@ -508,10 +508,10 @@ if _HAVE_NUMBA:
                 rhs[a] = 0.0
             else:
                 rhs[a] = jtr[a]
+        _inverse_diagonal(jtj, low, work, cov_diag)  # first: the next iteration's step test reuses it
         if not _cholesky(system, low):
             return False
         _cho_solve(low, rhs, step)
-        _inverse_diagonal(jtj, low, work, cov_diag)
         for a in range(nf):
             cd = cov_diag[a] if cov_diag[a] > 1e-300 else 1e-300
             if not (step[a] * step[a] <= rtol * rtol * cd):
@@ -581,8 +581,10 @@ if _HAVE_NUMBA:
             t_chi2 = _normal(jac2[nxt], val2[nxt], data, wgt, fidx, jtj2[nxt], jtr2[nxt], wr, wj)
             better = ok and math.isfinite(t_chi2) and t_chi2 <= chi2
             iters += 1
-            # step small compared with the statistical error of each parameter?
-            _inverse_diagonal(jtj, low, work, cov_diag)
+            # step small compared with the statistical error of each parameter? (cov_diag belongs to
+            # jtj: computed at the start, and by _newton_step_small whenever a step was accepted)
+            if iters == 1:
+                _inverse_diagonal(jtj, low, work, cov_diag)
             small = True
             for a in range(nf):
                 j = fidx[a]
