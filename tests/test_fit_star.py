@@ -209,3 +209,21 @@ def test_siril_bright_unsaturated_stars_sensible(siril):
     assert siril.pixel_scale == pytest.approx(206.265 * 3.76 / 626.855, rel=1e-3)
     np.testing.assert_allclose(table["fwhm_arcsec"], table["fwhm"] * siril.pixel_scale, rtol=1e-9)
     assert np.all(np.asarray(table["roundness"])[good] > 0.5)
+
+
+def test_faint_star_beside_a_bright_one_is_the_star_fitted():
+    """Pointing at a faint star 8 px (2.7 FWHM) from one 40x brighter: the peak search keeps the
+    faint star (a distinct peak nearer the guess) and the neighbour's light is hidden from its fit."""
+    from psfkit.simulate import add_noise, render_stars, star_params
+
+    rng = np.random.default_rng(21)
+    pulls = []
+    for _ in range(12):
+        bx, by = 58.0 + rng.uniform(-0.5, 0.5), 50.0 + rng.uniform(-1.5, 1.5)
+        p = star_params("gaussian", [50.0, bx], [50.0, by], [5000.0, 2e5], 3.0, 3.0, 0.0)
+        img = 200.0 + add_noise(render_stars((100, 100), p), gain=1.5, read_noise=6.0, rng=rng)
+        fit = fit_star(img, 51.0, 49.2, gain=1.5, read_noise=6.0)
+        assert np.hypot(fit.x_fit - 50.0, fit.y_fit - 50.0) < 0.3
+        assert fit.x_init == 51.0 and fit.y_init == 49.2  # the user's guess is kept
+        pulls.append((fit.flux_fit - 5000.0) / fit.flux_err)
+    assert abs(np.mean(pulls)) < 1.0 and np.std(pulls) < 2.0

@@ -85,11 +85,14 @@ def _clean_smooth(patch: np.ndarray, sigma: float = 1.0) -> np.ndarray:
 
 
 def refine_peak(data: np.ndarray, x: float, y: float, *, search_radius: float = 10.0) -> tuple[float, float]:
-    """Position of the real peak near (x, y): the maximum of the cleaned, smoothed
-    image within ``search_radius`` pixels, refined to sub-pixel by a 3x3 centroid.
+    """Position of the real peak near (x, y), refined to sub-pixel by a 3x3 parabola.
 
-    Hot pixels and cosmic-ray hits are removed by a 3x3 median first, so a
-    single bright pixel does not capture the search.
+    The image is cleaned (3x3 median: a hot pixel or cosmic-ray hit does not capture the
+    search) and smoothed; within ``search_radius`` px the peak is the brightest one, unless
+    a distinct source lies nearer to (x, y): a local maximum 5 sigma above the patch's
+    level whose dip towards the brightest peak is deeper than 3 sigma (sigma: the robust
+    scatter of the smoothed patch).  A user who points at a faint star beside a bright one
+    gets the faint star; a guess a few pixels off a lone star still lands on it.
     """
     ny, nx = data.shape
     r = int(math.ceil(search_radius)) + 3
@@ -98,12 +101,31 @@ def refine_peak(data: np.ndarray, x: float, y: float, *, search_radius: float = 
     patch = np.asarray(data[y0:y1, x0:x1], dtype=float)
     smooth = _clean_smooth(patch)
     yy, xx = np.mgrid[y0:y1, x0:x1]
-    inside = (xx - x) ** 2 + (yy - y) ** 2 <= search_radius**2
+    dist2 = (xx - x) ** 2 + (yy - y) ** 2
+    inside = dist2 <= search_radius**2
     if not inside.any():
         return float(x), float(y)
     masked = np.where(inside, smooth, -np.inf)
-    iy, ix = np.unravel_index(np.argmax(masked), masked.shape)
-    return _centroid3(smooth, iy, ix, x0, y0)
+    gy, gx = np.unravel_index(np.argmax(masked), masked.shape)
+    pick = (gy, gx)
+    peaks = inside & (smooth >= ndimage.maximum_filter(smooth, size=3, mode="nearest"))
+    if peaks.sum() > 1:
+        level = float(np.median(smooth))
+        noise = 1.4826 * float(np.median(np.abs(smooth - level)))
+        py, px = np.nonzero(peaks)
+        for k in np.argsort(dist2[py, px], kind="stable"):
+            my, mx = int(py[k]), int(px[k])
+            if (my, mx) == (gy, gx) or dist2[my, mx] >= dist2[gy, gx]:
+                break  # the brightest peak is the nearest distinct source left
+            if noise <= 0 or smooth[my, mx] - level < 5.0 * noise:
+                continue
+            n = int(2 * math.hypot(gy - my, gx - mx)) + 2
+            t = np.linspace(0.0, 1.0, n)
+            dip = smooth[np.rint(my + t * (gy - my)).astype(int), np.rint(mx + t * (gx - mx)).astype(int)].min()
+            if smooth[my, mx] - dip > 3.0 * noise:
+                pick = (my, mx)
+                break
+    return _centroid3(smooth, pick[0], pick[1], x0, y0)
 
 
 def _centroid3(smooth: np.ndarray, iy: int, ix: int, x0: int, y0: int) -> tuple[float, float]:
