@@ -177,3 +177,20 @@ def test_bloated_bright_stars_do_not_set_the_box():
     d, _ = _match(table, truth)
     assert np.mean(d[(truth["snr"] >= 10) & ~near_big] < 1.5) >= 0.95
     assert abs(np.median(table["fwhm"]) - 3.0) < 0.15
+
+
+def test_moffat_field_beta_from_the_bright_stars_fixed_for_all():
+    """model='moffat': beta measured on the bright stars (truth 3) and fixed for every star, so faint
+    stars keep a usable flux error (a free beta made them all 'low_snr')."""
+    img, truth = simulate_field((500, 500), 120, seed=4, model="moffat", beta=3.0, fwhm=3.2, roundness=0.95,
+                                flux_range=(800, 2e5), min_separation=15, edge=12)
+    table = psfkit.find_stars(img, gain=1.5, read_noise=6.0, model="moffat")
+    assert abs(table.meta["frame_beta"] - 3.0) < 0.4
+    assert np.allclose(table["beta"], table.meta["frame_beta"])
+    d, i = _match(table, truth)
+    assert np.mean(d[truth["snr"] >= 10] < 1.5) >= 0.97
+    sel = d < 1.5
+    pull = (np.asarray(table["flux_fit"])[i[sel]] - truth["flux"][sel]) / np.asarray(table["flux_err"])[i[sel]]
+    assert abs(np.median(pull)) < 0.5
+    free = psfkit.find_stars(img, gain=1.5, read_noise=6.0, model="moffat", beta="free")
+    assert free.meta["frame_beta"] is None and np.std(free["beta"]) > 0.1

@@ -276,8 +276,11 @@ def find_stars(
     box : int, optional
         Fitting box; default about 4 FWHM (at least 9 px).
     model : {"gaussian", "moffat"}
-    beta : float, optional
-        Fix the Moffat beta.
+    beta : float or "free", optional
+        Moffat beta.  Default: the frame's beta, the median over a probe of bright
+        unsaturated candidates fitted with beta free, then fixed for every star
+        (``meta["frame_beta"]``; faint stars do not constrain beta, and a free beta makes
+        their flux as uncertain as beta itself).  A number fixes it; "free" fits it per star.
     angle : bool
         Fit the rotation angle (False by default, as Siril's detection does for speed).
     keep_rejected : bool
@@ -369,7 +372,14 @@ def find_stars(
     ys = np.asarray(cands["y"], dtype=float)
     peaks = np.asarray(cands["peak"], dtype=float)
     masker = _neighbour_masker(xs, ys, peaks, 1.2 * fwhm_est) if mask_neighbours else None
-    fit_kwargs = dict(box=box, model=model, beta=beta, angle=bool(angle), search_radius=None, gain=gain,
+    frame_beta = None
+    if str(model).lower() == "moffat" and beta is None:
+        # faint stars do not constrain beta, and a free beta makes their total flux (and SNR)
+        # as uncertain as beta itself: the frame's beta from its bright stars, fixed for all
+        frame_beta = _probe_beta(img, cands, box=box, gain=gain, read_noise=read_noise, mask=mask,
+                                 saturation=saturation)
+    fit_beta = frame_beta if frame_beta is not None else (None if beta == "free" else beta)
+    fit_kwargs = dict(box=box, model=model, beta=fit_beta, angle=bool(angle), search_radius=None, gain=gain,
                       read_noise=read_noise, mask=mask, saturation=saturation)
     table = _fit_in_chunks(img, xs, ys, masker, fit_kwargs, progress)
     table["peak_significance"] = np.asarray(cands["significance"], dtype=float)
@@ -407,6 +417,7 @@ def find_stars(
         summary={"n_candidates": int(n_cand_all), "n_stars": int(len(stars)), "rejected": counts,
                  "candidates_fitted": int(len(table))},
         frame_fwhm=fwhm_est,
+        frame_beta=frame_beta,
         detection_smoothing=smoothing,
         image_shape=list(img.shape),
         roworder=img.meta.get("roworder", "BOTTOM-UP"),
@@ -449,6 +460,21 @@ def _probe_fwhm(img: Image, cands: Table, **fit_kwargs: Any) -> float:
             break
         box = wanted
     return min(max(est, 1.0), 30.0)
+
+
+def _probe_beta(img: Image, cands: Table, *, box: int, **fit_kwargs: Any) -> float | None:
+    """The frame's Moffat beta: the median over the FWHM probe's candidates fitted with beta
+    free (not saturated, converged, beta off its bounds); None (beta free) with fewer than 3."""
+    idx = [int(i) for i in _probe_indices(np.asarray(cands["significance"], dtype=float))]
+    sharp = np.asarray(cands["sharp"], dtype=bool) if "sharp" in cands.colnames else np.zeros(len(cands), bool)
+    idx = [i for i in idx if not sharp[i]] or idx
+    t0 = fit_stars(img, np.asarray(cands["x"])[idx], np.asarray(cands["y"])[idx], box=box, model="moffat",
+                   angle=False, search_radius=None, **fit_kwargs)
+    bad = F.SATURATED | F.FIT_FAILED | F.NOT_CONVERGED | F.AT_BOUND
+    ok = ((t0["flags"] & bad) == 0) & np.isfinite(t0["beta"])
+    if ok.sum() < 3:
+        return None
+    return float(np.clip(np.median(t0["beta"][ok]), 1.1, 15.0))
 
 
 def _thin(cands: Table, sep: float) -> Table:
