@@ -410,8 +410,9 @@ def _fit_compiled(kind, model, data, p0, mask, variance, noise, free, lo, hi, ma
     n_pix = m.sum(axis=1)
     weighted = variance is not None or noise is not None
     border_var = None
-    if variance is not None:
-        var, passes, gain, rn = np.asarray(variance, dtype=float).reshape(n, h * w), 1, None, 0.0
+    if variance is not None:  # fixed weights; with a noise model too, the passes repeat as on the numpy path
+        passes = 1 + (reweight if noise is not None else 0)
+        var, gain, rn = np.asarray(variance, dtype=float).reshape(n, h * w), None, 0.0
     elif noise is not None:
         var, passes, gain, rn = None, 1 + reweight, noise.gain, noise.read_noise
     else:
