@@ -399,13 +399,26 @@ if _HAVE_NUMBA:
                 s += ja[q] * wr[q]
                 wj[q] = ja[q] * wgt[q]
             jtr[a] = s
-            for b in range(a + 1):
+            b = 0
+            while b + 1 <= a:  # two columns per pass over the pixels
                 jb = jac[fidx[b]]
-                s = 0.0
+                jc = jac[fidx[b + 1]]
+                s0 = 0.0
+                s1 = 0.0
                 for q in range(m):
-                    s += wj[q] * jb[q]
-                jtj[a, b] = s
-                jtj[b, a] = s
+                    s0 += wj[q] * jb[q]
+                    s1 += wj[q] * jc[q]
+                jtj[a, b] = s0
+                jtj[b, a] = s0
+                jtj[a, b + 1] = s1
+                jtj[b + 1, a] = s1
+                b += 2
+            if b == a:
+                jb = jac[fidx[b]]
+                s0 = 0.0
+                for q in range(m):
+                    s0 += wj[q] * jb[q]
+                jtj[a, a] = s0
         return chi2
 
     @njit(cache=True)
