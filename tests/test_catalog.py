@@ -102,3 +102,14 @@ def test_read_a_list_written_by_siril(tmp_path):
     assert avg["n_stars"] == 2 and avg["fwhm_x"]["median"] == pytest.approx(3.5)  # saturated star left out
     without_height = psfkit.read_star_list(tmp_path / "siril.lst")
     assert "y_fit" not in without_height.colnames and "y_siril" in without_height.colnames
+
+
+def test_lst_of_colour_planes_has_siril_layers(tmp_path, table):
+    """A per-channel list (channel R, G, B) written as .lst: Siril's layer column 0, 1, 2."""
+    t = table.copy()
+    t["channel"] = np.array(["R", "G", "B", "luminance"] * len(t))[: len(t)]
+    path = psfkit.write_star_list(t, tmp_path / "rgb.lst")
+    rows = [l.split("\t") for l in path.read_text().splitlines() if l and not l.startswith("#")]
+    want = {"R": 0, "G": 1, "B": 2, "luminance": 0}
+    order = np.argsort(-np.asarray(t["flux_fit"]), kind="stable")
+    assert [int(r[1]) for r in rows] == [want[c] for c in np.asarray(t["channel"])[order]]

@@ -120,6 +120,10 @@ def test_average_command(field, tmp_path):
     (["find", "{img}", "--overlay", "{tmp}/nofolder/o.png"], "no such folder"),
     (["find", "{img}", "--hdu", "7"], "hdu"),
     (["average", "{img}"], "star list"),
+    (["find", "{img}", "--gain", "-1"], "gain"),
+    (["find", "{img}", "--read-noise", "-3"], "read noise"),
+    (["find", "{img}", "--min-roundness", "2"], "min_roundness"),
+    (["find", "{img}", "--min-roundness", "-1"], "min_roundness"),
 ])
 def test_bad_input_is_one_line_exit_2(field, tmp_path, args, needle):
     path, _ = field

@@ -144,11 +144,18 @@ def _bad_inputs(star_file, tmp):
         "PSF file unreadable": ["fit", star_file, "--at", "42,29", "--model", bad],
         "unknown model": ["fit", star_file, "--at", "42,29", "--model", "sersic"],
         "bad --at": ["fit", star_file, "--at", "42;29"],
+        "zero gain": ["fit", star_file, "--at", "42,29", "--gain", "0"],
+        "negative read noise": ["fit", star_file, "--at", "42,29", "--read-noise", "-3"],
+        "beta without moffat": ["fit", star_file, "--at", "42,29", "--beta", "3"],
+        "beta below 1": ["fit", star_file, "--at", "42,29", "--model", "moffat", "--beta", "0.5"],
+        "nan zero point": ["fit", star_file, "--at", "42,29", "--zero-point", "nan"],
     }
 
 
 @pytest.mark.parametrize("case", ["missing file", "unreadable file", "position outside", "negative position",
-                                  "box < 3", "PSF file not 2-D", "PSF file unreadable", "unknown model", "bad --at"])
+                                  "box < 3", "PSF file not 2-D", "PSF file unreadable", "unknown model", "bad --at",
+                                  "zero gain", "negative read noise", "beta without moffat", "beta below 1",
+                                  "nan zero point"])
 def test_fit_bad_input_one_line_exit_2(star_file, tmp_path, case):
     args = _bad_inputs(star_file, tmp_path)[case]
     res = run(*args)

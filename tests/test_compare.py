@@ -187,3 +187,13 @@ def test_compare_cli_text_and_residuals(tmp_path):
                          capture_output=True, text=True, check=True)
     assert "lorentzian" in out.stdout and "preferred" in out.stdout and "aperture (r =" in out.stdout
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_compare_residuals_wants_a_png(tmp_path):
+    img = _frame("gaussian", None, 3e4, 5)
+    fits.writeto(tmp_path / "img.fits", img.astype(np.float32))
+    out = subprocess.run([sys.executable, "-m", "psfkit", "compare", str(tmp_path / "img.fits"), "--at", "40,40",
+                          "--residuals", str(tmp_path / "r.txt")], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        f"psfkit: error: {tmp_path / 'r.txt'}: the residual picture is a PNG; the suffix must be .png"]
+    assert not (tmp_path / "r.txt").exists()

@@ -386,3 +386,21 @@ def test_tiff_frames_and_load_options(night, tmp_path):
     assert np.all(np.isnan(s0["fwhm_median_arcsec"]))
     np.testing.assert_allclose(s1["fwhm_median_arcsec"], 1.5 * s1["fwhm_median"], rtol=1e-9)
     np.testing.assert_allclose(s1["fwhm_median"], t["fwhm"][:3], rtol=0.08)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--scheduler", "foo"], "tcp://HOST:8786"),
+    (["--threshold", "-1", "--workers", "0"], "threshold"),
+    (["--model", "foo", "--workers", "0"], "gaussian or moffat"),
+    (["--fwhm", "-3", "--workers", "0"], "FWHM"),
+    (["--max-fwhm-ratio", "-1", "--workers", "0"], "fwhm_ratio"),
+])
+def test_cli_seq_bad_options_are_one_line_before_any_work(night, tmp_path, args, needle):
+    folder, _ = night
+    out = tmp_path / "o"
+    run = subprocess.run([sys.executable, "-m", "psfkit", "seq", str(folder / _name_of(0)), "-o", str(out), "-q", *args],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("psfkit: error:") and needle in lines[0], run.stderr
+    assert not (out / "stars").exists() or not any((out / "stars").iterdir())

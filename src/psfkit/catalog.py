@@ -165,6 +165,17 @@ def _flat_meta(meta: dict, prefix: str = "") -> dict:
     return out
 
 
+def _siril_layers(channel: Any) -> np.ndarray:
+    """Siril's layer numbers of a ``channel`` column: R, G, B -> 0, 1, 2; plane numbers as
+    they are; luminance and anything else -> 0 (Siril's layer of a grey image)."""
+    names = {"r": 0, "red": 0, "g": 1, "green": 1, "b": 2, "blue": 2}
+    out = []
+    for c in np.asarray(channel).tolist():
+        text = str(c).strip().lower()
+        out.append(int(text) if text.lstrip("-").isdigit() else names.get(text, 0))
+    return np.asarray(out, dtype=int)
+
+
 def _siril_lst(table: Table, ny: int | None) -> str:
     """Siril's star list (``save_list`` in Siril 1.2+): tab-separated, brightest first.
 
@@ -220,7 +231,7 @@ def _siril_lst(table: Table, ny: int | None) -> str:
     angle = col("angle") * (-1.0 if top_down else 1.0)
     beta = col("beta", -1.0) if moffat else np.full(n, -1.0)
     sat = ((np.asarray(table["flags"]) & F.SATURATED) != 0).astype(int) if "flags" in table.colnames else np.zeros(n, int)
-    layer = np.asarray(table["channel"], dtype=int) if "channel" in table.colnames else np.zeros(n, int)
+    layer = _siril_layers(table["channel"]) if "channel" in table.colnames else np.zeros(n, int)
     cols = [layer, col("background"), col("amplitude"), beta, x, y_siril, col("fwhm_x"), col("fwhm_y"),
             col("fwhm_x_arcsec"), col("fwhm_y_arcsec"), angle, col("rmse"), col("mag"), sat]
     order = np.argsort(-np.nan_to_num(np.asarray(table["flux_fit"], dtype=float), nan=-np.inf), kind="stable")

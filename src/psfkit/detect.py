@@ -318,8 +318,18 @@ def find_stars(
     if unknown:
         raise PsfkitError(f"unknown option(s) {sorted(unknown)}; rejection criteria are {sorted(names)}")
     crit = replace(RejectionCriteria(), **criteria)
-    if threshold <= 0:
+    for f in fields(RejectionCriteria):
+        value = getattr(crit, f.name)
+        if value is not None and not (np.isfinite(value) and value >= 0):
+            raise PsfkitError(f"{f.name} must be a number >= 0 (or None to turn it off), got {value}")
+    if crit.min_roundness is not None and crit.min_roundness > 1:
+        raise PsfkitError(f"min_roundness is a roundness in [0, 1] (fwhm_y / fwhm_x), got {crit.min_roundness}")
+    if not (threshold > 0):
         raise PsfkitError(f"threshold must be positive, got {threshold}")
+    if gain is not None and not (np.isfinite(gain) and gain > 0):
+        raise PsfkitError(f"the gain must be a positive number of e-/ADU, got {gain}")
+    if read_noise is not None and not (np.isfinite(read_noise) and read_noise >= 0):
+        raise PsfkitError(f"the read noise must be a number of e- >= 0, got {read_noise}")
     data = img.data
     if mask is not None and np.shape(mask) != data.shape:
         raise PsfkitError(f"the mask has shape {np.shape(mask)}, the image {data.shape}")

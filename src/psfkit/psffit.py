@@ -203,6 +203,12 @@ def fit_stars(
         raise PsfkitError(f"position ({xs[i]:g}, {ys[i]:g}) is outside the image (x 0..{nx - 1}, y 0..{ny - 1})")
     if angle not in ANGLE_MODES:
         raise PsfkitError(f"angle must be 'auto', True or False, not {angle!r}")
+    if gain is not None and not (np.isfinite(gain) and gain > 0):
+        raise PsfkitError(f"the gain must be a positive number of e-/ADU, got {gain}")
+    if read_noise is not None and not (np.isfinite(read_noise) and read_noise >= 0):
+        raise PsfkitError(f"the read noise must be a number of e- >= 0, got {read_noise}")
+    if not np.isfinite(zero_point):
+        raise PsfkitError(f"the zero point must be a finite number, got {zero_point}")
     if error is not None and np.shape(error) != data.shape:
         raise PsfkitError(f"the error array has shape {np.shape(error)}, the image {data.shape}")
     if mask is not None and np.shape(mask) != data.shape:

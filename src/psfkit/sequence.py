@@ -325,10 +325,12 @@ def _make_client(client: Any, scheduler: str | None, workers: int | None):
     if scheduler is not None:
         from distributed import Client
 
+        if "://" not in scheduler or not scheduler.rsplit(":", 1)[-1].isdigit():
+            raise PsfkitError(f"--scheduler wants an address like tcp://HOST:8786, not {scheduler!r}")
         try:
             c = Client(scheduler, timeout="20s")
-        except OSError as exc:
-            raise PsfkitError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+        except (OSError, ValueError, TypeError) as exc:
+            raise PsfkitError(f"cannot reach the Dask scheduler at {scheduler}: {exc}".splitlines()[0]) from None
         return c, [c]
     if workers == 0:
         return None, []
@@ -449,6 +451,16 @@ def run_sequence(
     SequenceResult
     """
     limits = limits or QualityLimits()
+    if not (threshold > 0):
+        raise PsfkitError(f"the detection threshold must be positive, got {threshold}")
+    if fwhm is not None and not (fwhm > 0):
+        raise PsfkitError(f"the FWHM must be positive, got {fwhm}")
+    if str(model).lower() not in ("gaussian", "moffat"):
+        raise PsfkitError(f"the model must be gaussian or moffat, not {model!r}")
+    for name in ("fwhm_ratio", "roundness_drop", "star_ratio", "background_sigma"):
+        value = getattr(limits, name, None)
+        if value is not None and not (value > 0):
+            raise PsfkitError(f"the frame limit {name} must be positive, got {value}")
     frames = list_frames(inputs)
     names = _frame_names(frames)
     outdir = Path(outdir)

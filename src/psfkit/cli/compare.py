@@ -43,6 +43,11 @@ def compare_command(
     x, y = _parse_xy(at)
     if box is not None and box < 5:
         raise fail(f"--box must be at least 5 px, got {box}")
+    if residuals is not None:
+        if residuals.suffix.lower() != ".png":
+            raise fail(f"{residuals}: the residual picture is a PNG; the suffix must be .png")
+        if not residuals.parent.exists():
+            raise fail(f"{residuals.parent}: no such folder")
     img = load_from_options(image, hdu=hdu, channel=channel, focal_length=focal_length, pixel_size=pixel_size,
                             binning=binning, scale=scale)
     if img.pixel_map:  # a Bayer plane: --at is on the full frame; the fits are on the plane

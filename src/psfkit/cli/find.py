@@ -31,7 +31,7 @@ def find_command(
     scale: Optional[float] = scale_option(),
     gain: Optional[float] = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
     read_noise: Optional[float] = typer.Option(None, "--read-noise", help="e- (default: header)."),
-    min_roundness: Optional[float] = typer.Option(0.3, "--min-roundness", help="Reject stars rounder than this is not (0 turns it off)."),
+    min_roundness: Optional[float] = typer.Option(0.3, "--min-roundness", help="Reject stars whose roundness (FWHMy / FWHMx) is below this; 0 turns the test off."),
 ) -> None:
     """Find, fit and measure every star of a frame; print a summary and write the list."""
     from ..catalog import STAR_LIST_FORMATS, write_star_list

@@ -63,6 +63,8 @@ def fit_command(
         raise fail(f"--angle must be auto, yes or no, not {angle!r}")
     if box is not None and box < 3:
         raise fail(f"--box must be at least 3 px, got {box}")
+    if beta is not None and str(model).lower() not in ("moffat", "lorentzian"):
+        raise fail(f"--beta fixes the Moffat's beta; add --model moffat (the model is {model})")
     img = load_from_options(image, hdu=hdu, channel=channel, focal_length=focal_length, pixel_size=pixel_size,
                             binning=binning, scale=scale)
     x = y = None

@@ -39,6 +39,10 @@ def view_command(
 
     if image is not None and not image.is_file():
         raise fail(f"{image}: no such file")
+    if image is not None:
+        from ..image import load_image
+
+        load_image(image)  # an unreadable image is a one-line error now, not a page that cannot open it
     root_dir = (root if root is not None else (image.parent if image is not None else Path.cwd())).expanduser().resolve()
     if not root_dir.is_dir():
         raise fail(f"{root_dir}: the root folder does not exist")
