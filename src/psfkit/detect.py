@@ -334,12 +334,15 @@ def find_stars(
     if mask is not None and np.shape(mask) != data.shape:
         raise PsfkitError(f"the mask has shape {np.shape(mask)}, the image {data.shape}")
     bkg = estimate_background(data, mask=mask)
+
+    def candidates(sigma: float) -> tuple[Table, int]:
+        """The candidates at this smoothing (the brightest max_candidates), and how many were found."""
+        found = find_candidates(data, bkg, threshold=threshold, smoothing=sigma,
+                                min_separation=min_separation if min_separation else 2.0)
+        return (found[:max_candidates] if max_candidates is not None else found), len(found)
+
     smoothing = 1.0 if fwhm is None else max(0.7, fwhm / 2.3548)
-    cands = find_candidates(data, bkg, threshold=threshold, smoothing=smoothing,
-                            min_separation=min_separation if min_separation else 2.0)
-    n_cand_all = len(cands)
-    if max_candidates is not None and len(cands) > max_candidates:
-        cands = cands[:max_candidates]
+    cands, n_cand_all = candidates(smoothing)
     settings = dict(threshold=threshold, model=model, beta=beta, angle=angle, box=box, fwhm=fwhm,
                     min_separation=min_separation, mask_neighbours=mask_neighbours,
                     **{f.name: getattr(crit, f.name) for f in fields(RejectionCriteria)})
@@ -363,11 +366,7 @@ def find_stars(
             # 1 px filter also picks the grain of the sky and the structure of bloated disks, which
             # would all be fitted (the 1910 M44 plate: 2,594 candidates -> ~700)
             smoothing = fwhm_est / 2.3548
-            cands = find_candidates(data, bkg, threshold=threshold, smoothing=smoothing,
-                                    min_separation=min_separation if min_separation else 2.0)
-            n_cand_all = len(cands)
-            if max_candidates is not None and len(cands) > max_candidates:
-                cands = cands[:max_candidates]
+            cands, n_cand_all = candidates(smoothing)
     else:
         fwhm_est = float(fwhm)
     if min_separation is None:
@@ -452,16 +451,22 @@ def _probe_indices(significance: np.ndarray, n: int = 60) -> np.ndarray:
     return pool
 
 
+def _probe_positions(cands: Table) -> tuple[np.ndarray, np.ndarray]:
+    """x, y of the probe (:func:`_probe_indices`), single-pixel outliers left out."""
+    idx = _probe_indices(np.asarray(cands["significance"], dtype=float))
+    if "sharp" in cands.colnames:
+        smooth = ~np.asarray(cands["sharp"], dtype=bool)[idx]
+        idx = idx[smooth] if smooth.any() else idx
+    return np.asarray(cands["x"], dtype=float)[idx], np.asarray(cands["y"], dtype=float)[idx]
+
+
 def _probe_fwhm(img: Image, cands: Table, **fit_kwargs: Any) -> float:
     """The frame's stellar FWHM (px): the median over a probe of candidates fitted without the
     angle, in a 15 px box, again in a box of 4 FWHM when that is larger."""
-    idx = [int(i) for i in _probe_indices(np.asarray(cands["significance"], dtype=float))]
-    sharp = np.asarray(cands["sharp"], dtype=bool) if "sharp" in cands.colnames else np.zeros(len(cands), bool)
-    idx = [i for i in idx if not sharp[i]] or idx
+    px, py = _probe_positions(cands)
     est, box = 3.0, 15
     for _ in range(2):
-        t0 = fit_stars(img, np.asarray(cands["x"])[idx], np.asarray(cands["y"])[idx], box=box, angle=False,
-                       search_radius=None, **fit_kwargs)
+        t0 = fit_stars(img, px, py, box=box, angle=False, search_radius=None, **fit_kwargs)
         ok = (t0["flags"] & (F.SATURATED | F.FIT_FAILED | F.NOT_CONVERGED)) == 0
         ok &= np.isfinite(t0["fwhm"]) & (t0["fwhm"] > 0.8)
         est = float(np.median(t0["fwhm"][ok])) if ok.sum() >= 3 else 3.0
@@ -475,11 +480,8 @@ def _probe_fwhm(img: Image, cands: Table, **fit_kwargs: Any) -> float:
 def _probe_beta(img: Image, cands: Table, *, box: int, **fit_kwargs: Any) -> float | None:
     """The frame's Moffat beta: the median over the FWHM probe's candidates fitted with beta
     free (not saturated, converged, beta off its bounds); None (beta free) with fewer than 3."""
-    idx = [int(i) for i in _probe_indices(np.asarray(cands["significance"], dtype=float))]
-    sharp = np.asarray(cands["sharp"], dtype=bool) if "sharp" in cands.colnames else np.zeros(len(cands), bool)
-    idx = [i for i in idx if not sharp[i]] or idx
-    t0 = fit_stars(img, np.asarray(cands["x"])[idx], np.asarray(cands["y"])[idx], box=box, model="moffat",
-                   angle=False, search_radius=None, **fit_kwargs)
+    px, py = _probe_positions(cands)
+    t0 = fit_stars(img, px, py, box=box, model="moffat", angle=False, search_radius=None, **fit_kwargs)
     bad = F.SATURATED | F.FIT_FAILED | F.NOT_CONVERGED | F.AT_BOUND
     ok = ((t0["flags"] & bad) == 0) & np.isfinite(t0["beta"])
     if ok.sum() < 3:
