@@ -205,3 +205,14 @@ def test_compiled_row_exponentials_survive_far_wings():
                                      np.ones(7, bool), [1])[3]
     ref = GaussianPSF(sampling="point").evaluate(p, (15, 15))[0]
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-300)
+
+
+def test_unknown_backend_is_a_clean_error(monkeypatch):
+    from psfkit import _compiled
+    from psfkit.errors import PsfkitError
+
+    monkeypatch.setenv("PSFKIT_BACKEND", "fortran")
+    with pytest.raises(PsfkitError, match="PSFKIT_BACKEND must be auto, numba or numpy"):
+        _compiled.available()
+    monkeypatch.setenv("PSFKIT_BACKEND", "NumPy")
+    assert _compiled.available() is False

@@ -42,8 +42,20 @@ except ImportError:  # pragma: no cover
 
 
 def available() -> bool:
-    """True when the compiled path can be used (numba importable and ``PSFKIT_BACKEND`` is not ``numpy``)."""
-    return _HAVE_NUMBA and os.environ.get("PSFKIT_BACKEND", "auto").lower() != "numpy"
+    """True when the compiled path can be used (numba importable and ``PSFKIT_BACKEND`` is not ``numpy``).
+
+    Raises
+    ------
+    PsfkitError
+        When ``PSFKIT_BACKEND`` is set to anything but auto, numba or numpy (a typo would
+        otherwise silently pick a backend).
+    """
+    backend = os.environ.get("PSFKIT_BACKEND", "auto").strip().lower() or "auto"
+    if backend not in ("auto", "numba", "numpy"):
+        from .errors import PsfkitError
+
+        raise PsfkitError(f"PSFKIT_BACKEND must be auto, numba or numpy, not {backend!r}")
+    return _HAVE_NUMBA and backend != "numpy"
 
 
 def threads() -> int:
