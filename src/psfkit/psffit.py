@@ -505,15 +505,14 @@ def _other_sources_mask(data: np.ndarray, x: float, y: float, *, radius: int = 4
     """
     from scipy import ndimage
 
-    from .stamps import _clean_smooth
+    from .stamps import _clean_smooth, dip_between, level_and_noise
 
     ny, nx = data.shape
     ix, iy = int(round(x)), int(round(y))
     x0, x1 = max(ix - radius, 0), min(ix + radius + 1, nx)
     y0, y1 = max(iy - radius, 0), min(iy + radius + 1, ny)
     smooth = _clean_smooth(np.asarray(data[y0:y1, x0:x1], dtype=float))
-    level = float(np.median(smooth))
-    noise = 1.4826 * float(np.median(np.abs(smooth - level)))
+    level, noise = level_and_noise(smooth)
     if not noise > 0:
         return None
     ty, tx = min(max(iy - y0, 0), smooth.shape[0] - 1), min(max(ix - x0, 0), smooth.shape[1] - 1)
@@ -530,9 +529,7 @@ def _other_sources_mask(data: np.ndarray, x: float, y: float, *, radius: int = 4
     for my, mx in zip(*np.nonzero(peaks)):
         if math.hypot(my - ty, mx - tx) < 1.5 * fw:
             continue
-        n = int(2 * math.hypot(my - ty, mx - tx)) + 2
-        t = np.linspace(0.0, 1.0, n)
-        dip = smooth[np.rint(ty + t * (my - ty)).astype(int), np.rint(tx + t * (mx - tx)).astype(int)].min()
+        dip = dip_between(smooth, (ty, tx), (my, mx))
         if min(smooth[my, mx], smooth[ty, tx]) - dip <= 3.0 * noise:
             continue
         others.append((x0 + float(mx), y0 + float(my), float(smooth[my, mx]) - level))

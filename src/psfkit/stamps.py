@@ -84,6 +84,22 @@ def _clean_smooth(patch: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     return ndimage.gaussian_filter(ndimage.median_filter(filled, size=3, mode="nearest"), sigma, mode="nearest")
 
 
+def level_and_noise(smooth: np.ndarray) -> tuple[float, float]:
+    """Median and robust sigma (1.4826 MAD) of a smoothed patch."""
+    level = float(np.median(smooth))
+    return level, 1.4826 * float(np.median(np.abs(smooth - level)))
+
+
+def dip_between(smooth: np.ndarray, a: tuple[int, int], b: tuple[int, int]) -> float:
+    """The lowest value of ``smooth`` on the straight line from pixel ``a`` to pixel ``b`` (row, col):
+    two peaks are distinct sources when both stand well above it."""
+    n = int(2 * math.hypot(b[0] - a[0], b[1] - a[1])) + 2
+    t = np.linspace(0.0, 1.0, n)
+    rows = np.rint(a[0] + t * (b[0] - a[0])).astype(int)
+    cols = np.rint(a[1] + t * (b[1] - a[1])).astype(int)
+    return float(smooth[rows, cols].min())
+
+
 def refine_peak(data: np.ndarray, x: float, y: float, *, search_radius: float = 10.0) -> tuple[float, float]:
     """Position of the real peak near (x, y), refined to sub-pixel by a 3x3 parabola.
 
@@ -110,8 +126,7 @@ def refine_peak(data: np.ndarray, x: float, y: float, *, search_radius: float = 
     pick = (gy, gx)
     peaks = inside & (smooth >= ndimage.maximum_filter(smooth, size=3, mode="nearest"))
     if peaks.sum() > 1:
-        level = float(np.median(smooth))
-        noise = 1.4826 * float(np.median(np.abs(smooth - level)))
+        level, noise = level_and_noise(smooth)
         py, px = np.nonzero(peaks)
         for k in np.argsort(dist2[py, px], kind="stable"):
             my, mx = int(py[k]), int(px[k])
@@ -119,9 +134,7 @@ def refine_peak(data: np.ndarray, x: float, y: float, *, search_radius: float = 
                 break  # the brightest peak is the nearest distinct source left
             if noise <= 0 or smooth[my, mx] - level < 5.0 * noise:
                 continue
-            n = int(2 * math.hypot(gy - my, gx - mx)) + 2
-            t = np.linspace(0.0, 1.0, n)
-            dip = smooth[np.rint(my + t * (gy - my)).astype(int), np.rint(mx + t * (gx - mx)).astype(int)].min()
+            dip = dip_between(smooth, (my, mx), (gy, gx))
             if smooth[my, mx] - dip > 3.0 * noise:
                 pick = (my, mx)
                 break
