@@ -81,10 +81,8 @@ if _HAVE_NUMBA:
     _INV_SQRT2PI = 1.0 / _SQRT2PI
     _K4 = -1.0 / 120.0 / 24.0  # the pixel box's 4th cumulant / 4! (models.GaussianPSF.BOX_K4)
     _K6 = 1.0 / 252.0 / 720.0  # its 6th cumulant / 6!
-    _STEP_RTOL_FACTOR = 0.01  # fitting.STEP_RTOL_FACTOR
-    _PASS_RTOL = 1e-3  # fitting.PASS_RTOL
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def _gauss_row_exp(pxx, pxy, pyy, dy, x0, w, erow, step):
         """exp(-Q/2) along one row, Q = pxx dx^2 + 2 pxy dx dy + pyy dy^2 (>= 0).
 
@@ -119,19 +117,17 @@ if _HAVE_NUMBA:
             erow[col] = e
             ratio *= step
 
-    @njit(cache=True)
-    def _eval_gauss(p, h, w, box, jac, val, erow, xs, ys):
-        """Gaussian values and Jacobian (7, h*w): analytic pixel integral (box=1) or point sampling (box=0)."""
-        B = p[0]
-        A = p[1]
+    @njit(cache=True, _nrt=False)
+    def _gauss_setup(p, h, w, box, erow, e_out):
+        """The per-star part of the rotated Gaussian: exp(-Q/2) on every pixel (into ``e_out``, three
+        exponentials per row), the precision matrix, the amplitude scale and the derivatives of
+        (pxx, pxy, pyy, log scale) with respect to sx, sy and the angle (``q``, 3 x 4 values)."""
         x0 = p[2]
         y0 = p[3]
         sx = p[4]
         sy = p[5]
         c = math.cos(p[6])
         s = math.sin(p[6])
-        k4 = _K4 * box
-        k6 = _K6 * box
         sx2 = sx * sx
         sy2 = sy * sy
         a = sx2 * c * c + sy2 * s * s + box / 12.0
@@ -142,73 +138,153 @@ if _HAVE_NUMBA:
         pyy = a / det
         pxy = -b / det
         scale = sx * sy / math.sqrt(det)
-        # d(pxx, pxy, pyy, log scale) / d(sx, sy, angle)
-        dq = np.empty((3, 4))
-        for j in range(3):
-            if j == 0:
-                da, db, dc, dls = 2.0 * sx * c * c, 2.0 * sx * c * s, 2.0 * sx * s * s, 1.0 / sx
-            elif j == 1:
-                da, db, dc, dls = 2.0 * sy * s * s, -2.0 * sy * c * s, 2.0 * sy * c * c, 1.0 / sy
-            else:
-                da = 2.0 * c * s * (sy2 - sx2)
-                db = (sx2 - sy2) * (c * c - s * s)
-                dc = 2.0 * c * s * (sx2 - sy2)
-                dls = 0.0
-            dd = da * cc + a * dc - 2.0 * b * db
-            dq[j, 0] = (dc - pxx * dd) / det
-            dq[j, 1] = (-db - pxy * dd) / det
-            dq[j, 2] = (da - pyy * dd) / det
-            dq[j, 3] = dls - 0.5 * dd / det
-        # exp(-Q/2) on every pixel (three exponentials per row), then one flat loop over the pixels
+        q0 = _dq_row(2.0 * sx * c * c, 2.0 * sx * c * s, 2.0 * sx * s * s, 1.0 / sx, a, b, cc, det, pxx, pxy, pyy)
+        q1 = _dq_row(2.0 * sy * s * s, -2.0 * sy * c * s, 2.0 * sy * c * c, 1.0 / sy, a, b, cc, det, pxx, pxy, pyy)
+        q2 = _dq_row(2.0 * c * s * (sy2 - sx2), (sx2 - sy2) * (c * c - s * s), 2.0 * c * s * (sx2 - sy2), 0.0, a, b,
+                     cc, det, pxx, pxy, pyy)
         step = math.exp(-pxx)
         for rr in range(h):
-            dy = rr - y0
-            _gauss_row_exp(pxx, pxy, pyy, dy, x0, w, erow, step)
+            _gauss_row_exp(pxx, pxy, pyy, rr - y0, x0, w, erow, step)
             for col in range(w):
-                jac[0, rr * w + col] = erow[col]  # row 0 (the background's, 1) used as scratch
-        _gauss_pixels(xs, ys, x0, y0, B, A, pxx, pxy, pyy, scale, k4, k6, jac[0], val, jac[1], jac[2], jac[3],
-                      jac[4], jac[5], jac[6], dq[0, 0], dq[0, 1], dq[0, 2], dq[0, 3], dq[1, 0], dq[1, 1], dq[1, 2],
-                      dq[1, 3], dq[2, 0], dq[2, 1], dq[2, 2], dq[2, 3])
+                e_out[rr * w + col] = erow[col]
+        return pxx, pxy, pyy, scale, q0 + q1 + q2
+
+    @njit(cache=True, inline="always")
+    def _dq_row(da, db, dc, dls, a, b, cc, det, pxx, pxy, pyy):
+        """d(pxx, pxy, pyy, log scale) / d(one of sx, sy, angle) from that parameter's derivatives of the
+        covariance (a, b, cc) = (Sxx, Sxy, Syy) and of log(sx sy)."""
+        dd = da * cc + a * dc - 2.0 * b * db
+        return (dc - pxx * dd) / det, (-db - pxy * dd) / det, (da - pyy * dd) / det, dls - 0.5 * dd / det
+
+    @njit(cache=True, _nrt=False)
+    def _eval_gauss(p, h, w, box, jac, val, erow, xs, ys):
+        """Gaussian values and Jacobian (7, h*w): analytic pixel integral (box=1) or point sampling (box=0)."""
+        # row 0 (the background's, 1) holds exp(-Q/2) until the pixel loop has used it
+        pxx, pxy, pyy, scale, q = _gauss_setup(p, h, w, box, erow, jac[0])
+        cf = _box_coefficients(_K4 * box, _K6 * box, pxx) + _box_coefficients(_K4 * box, _K6 * box, pyy)
+        _gauss_pixels(xs, ys, p[2], p[3], p[0], p[1], pxx, pxy, pyy, scale, cf, q, jac[0], val, jac)
         jac[0, :] = 1.0
 
-    # contract: a * b + c may become one fused multiply-add (rounding differs from numpy's at ~1e-16)
-    @njit(cache=True, fastmath={"contract"})
-    def _gauss_pixels(xs, ys, x0, y0, B, A, pxx, pxy, pyy, scale, k4, k6, e_in, val, j1, j2, j3, j4, j5, j6,
-                      q00, q01, q02, q03, q10, q11, q12, q13, q20, q21, q22, q23):
-        """The per-pixel part of :func:`_eval_gauss`: one branch-free loop (vectorised by LLVM).
+    @njit(cache=True, inline="always", fastmath={"contract"})
+    def _gauss_pixel(dx, dy, e, A, pxx, pxy, pyy, scale, cf, q):
+        """One pixel of :func:`_eval_gauss`: the profile (unit amplitude) and the Jacobian's columns 2-6.
 
-        The box corrections of models.GaussianPSF._box_correction, as polynomials in u^2 with
-        per-star coefficients (Horner form).
+        ``cf`` holds the box corrections of models.GaussianPSF._box_correction as polynomials in u^2
+        with per-star coefficients (Horner form, :func:`_box_coefficients` for x then y); ``q`` the
+        derivatives of (pxx, pxy, pyy, log scale) with respect to sx, sy and the angle (12 values).
         """
-        ax3, ax2, ax1, ax0, bx2, bx1, bx0, cx2, cx1, cx0 = _box_coefficients(k4, k6, pxx)
-        ay3, ay2, ay1, ay0, by2, by1, by0, cy2, cy1, cy0 = _box_coefficients(k4, k6, pyy)
+        ax3, ax2, ax1, ax0, bx2, bx1, bx0, cx2, cx1, cx0 = cf[0], cf[1], cf[2], cf[3], cf[4], cf[5], cf[6], cf[7], cf[8], cf[9]
+        ay3, ay2, ay1, ay0, by2, by1, by0, cy2, cy1, cy0 = (cf[10], cf[11], cf[12], cf[13], cf[14], cf[15], cf[16],
+                                                            cf[17], cf[18], cf[19])
+        u = pxx * dx + pxy * dy
+        v = pxy * dx + pyy * dy
+        u2 = u * u
+        v2 = v * v
+        cx = ((ax3 * u2 + ax2) * u2 + ax1) * u2 + ax0
+        cx_u = ((bx2 * u2 + bx1) * u2 + bx0) * u
+        cx_p = (cx2 * u2 + cx1) * u2 + cx0
+        cy = ((ay3 * v2 + ay2) * v2 + ay1) * v2 + ay0
+        cy_u = ((by2 * v2 + by1) * v2 + by0) * v
+        cy_p = (cy2 * v2 + cy1) * v2 + cy0
+        corr = 1.0 + cx + cy
+        prof = scale * e * corr
+        ga = A * scale * e
+        t_xx = -0.5 * dx * dx * corr + cx_u * dx + cx_p
+        t_xy = -dx * dy * corr + cx_u * dy + cy_u * dx
+        t_yy = -0.5 * dy * dy * corr + cy_u * dy + cy_p
+        return (prof, ga * (u * corr - (cx_u * pxx + cy_u * pxy)), ga * (v * corr - (cx_u * pxy + cy_u * pyy)),
+                ga * (q[3] * corr + t_xx * q[0] + t_xy * q[1] + t_yy * q[2]),
+                ga * (q[7] * corr + t_xx * q[4] + t_xy * q[5] + t_yy * q[6]),
+                ga * (q[11] * corr + t_xx * q[8] + t_xy * q[9] + t_yy * q[10]))
+
+    # contract: a * b + c may become one fused multiply-add (rounding differs from numpy's at ~1e-16)
+    @njit(cache=True, fastmath={"contract"}, _nrt=False)
+    def _gauss_pixels(xs, ys, x0, y0, B, A, pxx, pxy, pyy, scale, cf, q, e_in, val, jac):
+        """The per-pixel part of :func:`_eval_gauss`: one branch-free loop (vectorised by LLVM)."""
+        j1, j2, j3, j4, j5, j6 = jac[1], jac[2], jac[3], jac[4], jac[5], jac[6]
         for m in range(xs.size):
-            dx = xs[m] - x0
-            dy = ys[m] - y0
-            u = pxx * dx + pxy * dy
-            v = pxy * dx + pyy * dy
-            e = e_in[m]
-            u2 = u * u
-            v2 = v * v
-            cx = ((ax3 * u2 + ax2) * u2 + ax1) * u2 + ax0
-            cx_u = ((bx2 * u2 + bx1) * u2 + bx0) * u
-            cx_p = (cx2 * u2 + cx1) * u2 + cx0
-            cy = ((ay3 * v2 + ay2) * v2 + ay1) * v2 + ay0
-            cy_u = ((by2 * v2 + by1) * v2 + by0) * v
-            cy_p = (cy2 * v2 + cy1) * v2 + cy0
-            corr = 1.0 + cx + cy
-            prof = scale * e * corr
-            ga = A * scale * e
-            t_xx = -0.5 * dx * dx * corr + cx_u * dx + cx_p
-            t_xy = -dx * dy * corr + cx_u * dy + cy_u * dx
-            t_yy = -0.5 * dy * dy * corr + cy_u * dy + cy_p
+            prof, g2, g3, g4, g5, g6 = _gauss_pixel(xs[m] - x0, ys[m] - y0, e_in[m], A, pxx, pxy, pyy, scale, cf, q)
             val[m] = B + A * prof
             j1[m] = prof
-            j2[m] = ga * (u * corr - (cx_u * pxx + cy_u * pxy))
-            j3[m] = ga * (v * corr - (cx_u * pxy + cy_u * pyy))
-            j4[m] = ga * (q03 * corr + t_xx * q00 + t_xy * q01 + t_yy * q02)
-            j5[m] = ga * (q13 * corr + t_xx * q10 + t_xy * q11 + t_yy * q12)
-            j6[m] = ga * (q23 * corr + t_xx * q20 + t_xy * q21 + t_yy * q22)
+            j2[m] = g2
+            j3[m] = g3
+            j4[m] = g4
+            j5[m] = g5
+            j6[m] = g6
+
+    # sums over pixels may be reordered (vectorised), and a * b + c fused
+    @njit(cache=True, fastmath={"reassoc", "contract"})
+    def _gauss_pixels_normal(xs, ys, x0, y0, B, A, pxx, pxy, pyy, scale, cf, q, e_in, data, wgt, val, jtj, jtr):
+        """The pixel loop of :func:`_eval_gauss` fused with :func:`_normal` for all 7 parameters free.
+
+        The Jacobian is never stored: each pixel adds its terms to chi2, J^T W J and J^T W r at once
+        (one pass over the pixels instead of one per pair of columns). Returns chi2.
+        """
+        chi2 = 0.0
+        r0 = r1 = r2 = r3 = r4 = r5 = r6 = 0.0
+        s00 = s10 = s11 = s20 = s21 = s22 = s30 = s31 = s32 = s33 = 0.0
+        s40 = s41 = s42 = s43 = s44 = s50 = s51 = s52 = s53 = s54 = s55 = 0.0
+        s60 = s61 = s62 = s63 = s64 = s65 = s66 = 0.0
+        for m in range(xs.size):
+            j1, j2, j3, j4, j5, j6 = _gauss_pixel(xs[m] - x0, ys[m] - y0, e_in[m], A, pxx, pxy, pyy, scale, cf, q)
+            v = B + A * j1
+            val[m] = v
+            wq = wgt[m]
+            t = wq * (data[m] - v)
+            chi2 += t * (data[m] - v)
+            r0 += t
+            r1 += t * j1
+            r2 += t * j2
+            r3 += t * j3
+            r4 += t * j4
+            r5 += t * j5
+            r6 += t * j6
+            w1 = wq * j1
+            w2 = wq * j2
+            w3 = wq * j3
+            w4 = wq * j4
+            w5 = wq * j5
+            w6 = wq * j6
+            s00 += wq
+            s10 += w1
+            s11 += w1 * j1
+            s20 += w2
+            s21 += w2 * j1
+            s22 += w2 * j2
+            s30 += w3
+            s31 += w3 * j1
+            s32 += w3 * j2
+            s33 += w3 * j3
+            s40 += w4
+            s41 += w4 * j1
+            s42 += w4 * j2
+            s43 += w4 * j3
+            s44 += w4 * j4
+            s50 += w5
+            s51 += w5 * j1
+            s52 += w5 * j2
+            s53 += w5 * j3
+            s54 += w5 * j4
+            s55 += w5 * j5
+            s60 += w6
+            s61 += w6 * j1
+            s62 += w6 * j2
+            s63 += w6 * j3
+            s64 += w6 * j4
+            s65 += w6 * j5
+            s66 += w6 * j6
+        low = (s00, s10, s11, s20, s21, s22, s30, s31, s32, s33, s40, s41, s42, s43, s44, s50, s51, s52, s53, s54,
+               s55, s60, s61, s62, s63, s64, s65, s66)
+        i = 0
+        for a in range(7):
+            for b in range(a + 1):
+                jtj[a, b] = low[i]
+                jtj[b, a] = low[i]
+                i += 1
+        rhs = (r0, r1, r2, r3, r4, r5, r6)
+        for a in range(7):
+            jtr[a] = rhs[a]
+        return chi2
 
     @njit(cache=True, inline="always")
     def _box_coefficients(k4, k6, p):
@@ -218,7 +294,7 @@ if _HAVE_NUMBA:
                 6.0 * k6, 4.0 * k4 - 60.0 * k6 * p, 90.0 * k6 * p2 - 12.0 * k4 * p,
                 -15.0 * k6, 90.0 * k6 * p - 6.0 * k4, 6.0 * k4 * p - 45.0 * k6 * p2)
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def _eval_gauss_sub(p, h, w, offs, offw, jac, val):
         """Gaussian values and Jacobian with k x k Gauss-Legendre nodes per pixel."""
         k = offs.size
@@ -264,7 +340,7 @@ if _HAVE_NUMBA:
                 jac[5, m] = A * g5
                 jac[6, m] = A * g6
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def _erf_axis(x0, sx, w, ix, dix0, dixs):
         """Integral of exp(-u^2/2) over each pixel of one axis and its derivatives (models._phi_diff).
 
@@ -291,21 +367,19 @@ if _HAVE_NUMBA:
             t_prev = t
             ph_prev = ph
 
-    @njit(cache=True)
-    def _eval_gauss_erf(p, h, w, jac, val):
-        """Axis-aligned Gaussian, exact erf pixel integral: values and Jacobian (angle column 0)."""
+    @njit(cache=True, _nrt=False)
+    def _eval_gauss_erf(p, h, w, jac, val, rows):
+        """Axis-aligned Gaussian, exact erf pixel integral: values and Jacobian (angle column 0).
+
+        ``rows`` is scratch, (6, max(h, w)).
+        """
         B = p[0]
         A = p[1]
         x0 = p[2]
         y0 = p[3]
         sx = p[4]
         sy = p[5]
-        ix = np.empty(w)
-        dix0 = np.empty(w)
-        dixs = np.empty(w)
-        iy = np.empty(h)
-        diy0 = np.empty(h)
-        diys = np.empty(h)
+        ix, dix0, dixs, iy, diy0, diys = rows[0], rows[1], rows[2], rows[3], rows[4], rows[5]
         _erf_axis(x0, sx, w, ix, dix0, dixs)
         _erf_axis(y0, sy, h, iy, diy0, diys)
         for rr in range(h):
@@ -325,7 +399,7 @@ if _HAVE_NUMBA:
                 jac[5, m] = adys * ix[c]
                 jac[6, m] = 0.0
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def _eval_moffat_sub(p, h, w, offs, offw, jac, val):
         """Moffat values and Jacobian (8, h*w) with k x k Gauss-Legendre nodes per pixel."""
         k = offs.size
@@ -378,24 +452,102 @@ if _HAVE_NUMBA:
                 jac[6, m] = A * g6
                 jac[7, m] = A * g7
 
-    @njit(cache=True)
-    def _star_eval(kind, k, p, h, w, offs, offw, jac, val, erow, xs, ys):
-        """Model values and full Jacobian (n_params, h*w) of one star."""
+    @njit(cache=True, _nrt=False)
+    def _star_eval(kind, k, p, h, w, offs, offw, jac, val, rows, xs, ys):
+        """Model values and full Jacobian (n_params, h*w) of one star; ``rows`` is scratch (6, max(h, w))."""
         if kind == 1:
-            _eval_gauss_erf(p, h, w, jac, val)
+            _eval_gauss_erf(p, h, w, jac, val, rows)
         elif kind == 2:
             _eval_moffat_sub(p, h, w, offs[k, :k], offw[k, :k], jac, val)
         elif k == 0:
-            _eval_gauss(p, h, w, 1.0, jac, val, erow, xs, ys)
+            _eval_gauss(p, h, w, 1.0, jac, val, rows[0], xs, ys)
         elif k == 1:
-            _eval_gauss(p, h, w, 0.0, jac, val, erow, xs, ys)
+            _eval_gauss(p, h, w, 0.0, jac, val, rows[0], xs, ys)
         else:
             _eval_gauss_sub(p, h, w, offs[k, :k], offw[k, :k], jac, val)
 
     # sums over pixels may be reordered (vectorised); every other operation is IEEE-exact as written
-    @njit(cache=True, fastmath={"reassoc", "contract"})
+    @njit(cache=True, fastmath={"reassoc", "contract"}, _nrt=False)
+    def _normal7(jac, val, data, wgt, jtj, jtr):
+        """:func:`_normal` with the first 7 Jacobian rows all free (the default Gaussian; the Moffat with
+        beta fixed): two passes over the pixels, every sum of a pass in a register (rows 0-3 with
+        each other, then rows 4-6 with all), against one pass per pair of columns."""
+        j0, j1, j2, j3, j4, j5, j6 = jac[0], jac[1], jac[2], jac[3], jac[4], jac[5], jac[6]
+        chi2 = r0 = r1 = r2 = r3 = 0.0
+        s00 = s10 = s11 = s20 = s21 = s22 = s30 = s31 = s32 = s33 = 0.0
+        for q in range(data.size):
+            w = wgt[q]
+            r = data[q] - val[q]
+            t = w * r
+            chi2 += t * r
+            a0, a1, a2, a3 = j0[q], j1[q], j2[q], j3[q]
+            r0 += t * a0
+            r1 += t * a1
+            r2 += t * a2
+            r3 += t * a3
+            w0, w1, w2, w3 = w * a0, w * a1, w * a2, w * a3
+            s00 += w0 * a0
+            s10 += w1 * a0
+            s11 += w1 * a1
+            s20 += w2 * a0
+            s21 += w2 * a1
+            s22 += w2 * a2
+            s30 += w3 * a0
+            s31 += w3 * a1
+            s32 += w3 * a2
+            s33 += w3 * a3
+        r4 = r5 = r6 = 0.0
+        s40 = s41 = s42 = s43 = s44 = s50 = s51 = s52 = s53 = s54 = s55 = 0.0
+        s60 = s61 = s62 = s63 = s64 = s65 = s66 = 0.0
+        for q in range(data.size):
+            w = wgt[q]
+            t = w * (data[q] - val[q])
+            a0, a1, a2, a3, a4, a5, a6 = j0[q], j1[q], j2[q], j3[q], j4[q], j5[q], j6[q]
+            r4 += t * a4
+            r5 += t * a5
+            r6 += t * a6
+            w4, w5, w6 = w * a4, w * a5, w * a6
+            s40 += w4 * a0
+            s41 += w4 * a1
+            s42 += w4 * a2
+            s43 += w4 * a3
+            s44 += w4 * a4
+            s50 += w5 * a0
+            s51 += w5 * a1
+            s52 += w5 * a2
+            s53 += w5 * a3
+            s54 += w5 * a4
+            s55 += w5 * a5
+            s60 += w6 * a0
+            s61 += w6 * a1
+            s62 += w6 * a2
+            s63 += w6 * a3
+            s64 += w6 * a4
+            s65 += w6 * a5
+            s66 += w6 * a6
+        lower = (s00, s10, s11, s20, s21, s22, s30, s31, s32, s33, s40, s41, s42, s43, s44, s50, s51, s52, s53, s54,
+                 s55, s60, s61, s62, s63, s64, s65, s66)
+        i = 0
+        for a in range(7):
+            for b in range(a + 1):
+                jtj[a, b] = lower[i]
+                jtj[b, a] = lower[i]
+                i += 1
+        rhs = (r0, r1, r2, r3, r4, r5, r6)
+        for a in range(7):
+            jtr[a] = rhs[a]
+        return chi2
+
+    @njit(cache=True, _nrt=False)
     def _normal(jac, val, data, wgt, fidx, jtj, jtr, wr, wj):
         """chi2, J^T W J (symmetric) and J^T W r of one star from its Jacobian and model values."""
+        if fidx.size == 7 and fidx[6] == 6:  # fidx increases: these are the first 7 rows
+            return _normal7(jac, val, data, wgt, jtj, jtr)
+        return _normal_any(jac, val, data, wgt, fidx, jtj, jtr, wr, wj)
+
+    @njit(cache=True, fastmath={"reassoc", "contract"}, _nrt=False)
+    def _normal_any(jac, val, data, wgt, fidx, jtj, jtr, wr, wj):
+        """:func:`_normal` for any set of free parameters: one pass over the pixels per pair of columns."""
         m = data.size
         nf = fidx.size
         chi2 = 0.0
@@ -433,7 +585,7 @@ if _HAVE_NUMBA:
                 jtj[a, a] = s0
         return chi2
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def _cholesky(a, low):
         """Lower Cholesky factor of a (n x n) into low; False when a is not positive definite."""
         n = a.shape[0]
@@ -450,7 +602,7 @@ if _HAVE_NUMBA:
                     low[i, j] = s / low[j, j]
         return True
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def _cho_solve(low, b, x):
         n = low.shape[0]
         for i in range(n):
@@ -464,30 +616,7 @@ if _HAVE_NUMBA:
                 s -= low[q, i] * x[q]
             x[i] = s / low[i, i]
 
-    @njit(cache=True)
-    def _inverse_diagonal(a, low, work, out):
-        """|diag(a^-1)|; the pseudo-inverse's where a is not positive definite (as the numpy path)."""
-        n = a.shape[0]
-        if _cholesky(a, low):
-            for i in range(n):
-                # diag(a^-1)_i = |L^-1 e_i|^2 (forward substitution from row i on)
-                s2 = 0.0
-                for r in range(n):
-                    if r < i:
-                        work[r] = 0.0
-                        continue
-                    s = 1.0 if r == i else 0.0
-                    for q in range(i, r):
-                        s -= low[r, q] * work[q]
-                    work[r] = s / low[r, r]
-                    s2 += work[r] * work[r]
-                out[i] = s2
-            return
-        pinv = np.linalg.pinv(a)
-        for i in range(n):
-            out[i] = abs(pinv[i, i])
-
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def _cho_inverse(a, low, work, out):
         """a^-1 of a symmetric positive definite matrix via Cholesky; False (out untouched) otherwise."""
         n = a.shape[0]
@@ -504,7 +633,7 @@ if _HAVE_NUMBA:
                 out[j, i] = t
         return True
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def _weights(kind_w, mask, var_fixed, expected, gain, rn2, wgt):
         """Pixel weights: fixed (kind_w 0: 1/var_fixed) or from the model (1: Poisson + read noise)."""
         inv_gain = 1.0 / gain
@@ -516,44 +645,42 @@ if _HAVE_NUMBA:
             good = mask[m] & (var > 0.0) & (var < np.inf)
             wgt[m] = 1.0 / var if good else 0.0
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def _newton_step_small(p, jtj, jtr, lo, hi, fidx, rtol, ws):
-        """True when the undamped projected Gauss-Newton step is below rtol x every standard error."""
-        system, low, rhs, step, cov_diag, work = ws[4], ws[5], ws[6], ws[7], ws[9], ws[10]
+        """True when the undamped projected Gauss-Newton step is below rtol standard errors (its length
+        in the metric of J^T W J, step . J^T W r, below rtol**2: fitting._newton_step_small)."""
+        system, low, rhs, step, blocked = ws[4], ws[5], ws[6], ws[7], ws[9]
         nf = fidx.size
         for a in range(nf):
             pa = p[fidx[a]]
-            blocked = (pa <= lo[fidx[a]] and jtr[a] < 0.0) or (pa >= hi[fidx[a]] and jtr[a] > 0.0)
-            work[a] = 1.0 if blocked else 0.0
+            out = (pa <= lo[fidx[a]] and jtr[a] < 0.0) or (pa >= hi[fidx[a]] and jtr[a] > 0.0)
+            blocked[a] = 1.0 if out else 0.0
         for a in range(nf):
             for b in range(nf):
-                system[a, b] = 0.0 if (work[a] == 1.0 or work[b] == 1.0) else jtj[a, b]
-            if work[a] == 1.0:
+                system[a, b] = 0.0 if (blocked[a] == 1.0 or blocked[b] == 1.0) else jtj[a, b]
+            if blocked[a] == 1.0:
                 system[a, a] = 1.0
                 rhs[a] = 0.0
             else:
                 rhs[a] = jtr[a]
-        _inverse_diagonal(jtj, low, work, cov_diag)  # first: the next iteration's step test reuses it
         if not _cholesky(system, low):
             return False
         _cho_solve(low, rhs, step)
+        gain = 0.0
         for a in range(nf):
-            cd = cov_diag[a] if cov_diag[a] > 1e-300 else 1e-300
-            if not (step[a] * step[a] <= rtol * rtol * cd):
-                return False
-        return True
+            gain += step[a] * rhs[a]
+        return gain <= rtol * rtol
 
-    @njit(cache=True)
-    def _lm_star(kind, k, p, data, wgt, h, w, fidx, lo, hi, offs, offw, max_iter, rtol, ws, cur):
+    @njit(cache=True, _nrt=False)
+    def _lm_star(kind, k, p, data, wgt, h, w, fidx, lo, hi, offs, offw, max_iter, rtol, step_tol, ws, cur):
         """One Levenberg-Marquardt run on one star (the numpy path's ``_lm``, step for step).
 
         ``ws`` holds the Jacobian and values at ``p`` in slot ``cur`` (evaluated by the caller);
         ``p`` is updated in place.  Returns (chi2, iterations, converged, slot of the final point).
         """
-        (jac2, val2, jtj2, jtr2, system, low, rhs, step, trial, cov_diag, work, wr, wj, erow, xs, ys) = ws
+        (jac2, val2, jtj2, jtr2, system, low, rhs, step, trial, blocked, work, wr, wj, rows, xs, ys) = ws
         nf = fidx.size
         lam = 1e-3
-        step_tol = _STEP_RTOL_FACTOR * rtol
         chi2 = _normal(jac2[cur], val2[cur], data, wgt, fidx, jtj2[cur], jtr2[cur], wr, wj)
         if not math.isfinite(chi2):
             return chi2, 0, False, cur
@@ -570,18 +697,18 @@ if _HAVE_NUMBA:
                     dmax = jtj[a, a]
             for a in range(nf):
                 pa = p[fidx[a]]
-                blocked = (pa <= lo[fidx[a]] and jtr[a] < 0.0) or (pa >= hi[fidx[a]] and jtr[a] > 0.0)
-                work[a] = 1.0 if blocked else 0.0
+                out = (pa <= lo[fidx[a]] and jtr[a] < 0.0) or (pa >= hi[fidx[a]] and jtr[a] > 0.0)
+                blocked[a] = 1.0 if out else 0.0
             floor = 1e-12 * dmax + 1e-300
             for a in range(nf):
-                if work[a] == 1.0:
+                if blocked[a] == 1.0:
                     for b in range(nf):
                         system[a, b] = 0.0
                     system[a, a] = 1.0
                     rhs[a] = 0.0
                     continue
                 for b in range(nf):
-                    system[a, b] = 0.0 if work[b] == 1.0 else jtj[a, b]
+                    system[a, b] = 0.0 if blocked[b] == 1.0 else jtj[a, b]
                 d = jtj[a, a]
                 system[a, a] = d + lam * (d if d > floor else floor)
                 rhs[a] = jtr[a]
@@ -593,7 +720,8 @@ if _HAVE_NUMBA:
                         ok = False
             if not ok:
                 step[:] = 0.0
-            trial[:] = p
+            for j in range(p.size):
+                trial[j] = p[j]
             for a in range(nf):
                 j = fidx[a]
                 t = p[j] + step[a]
@@ -602,25 +730,23 @@ if _HAVE_NUMBA:
                 if t > hi[j]:
                     t = hi[j]
                 trial[j] = t
-            _star_eval(kind, k, trial, h, w, offs, offw, jac2[nxt], val2[nxt], erow, xs, ys)
+            _star_eval(kind, k, trial, h, w, offs, offw, jac2[nxt], val2[nxt], rows, xs, ys)
             t_chi2 = _normal(jac2[nxt], val2[nxt], data, wgt, fidx, jtj2[nxt], jtr2[nxt], wr, wj)
             better = ok and math.isfinite(t_chi2) and t_chi2 <= chi2
             iters += 1
-            # step small compared with the statistical error of each parameter? (cov_diag belongs to
-            # jtj: computed at the start, and by _newton_step_small whenever a step was accepted)
-            if iters == 1:
-                _inverse_diagonal(jtj, low, work, cov_diag)
-            small = True
+            # step small compared with the statistical errors? (its length in the metric of jtj)
             for a in range(nf):
-                j = fidx[a]
-                d = trial[j] - p[j]
-                cd = cov_diag[a] if cov_diag[a] > 1e-300 else 1e-300
-                if not (d * d <= step_tol * step_tol * cd):
-                    small = False
+                work[a] = trial[fidx[a]] - p[fidx[a]]
+            length2 = 0.0
+            for a in range(nf):
+                for b in range(nf):
+                    length2 += work[a] * jtj[a, b] * work[b]
+            small = length2 <= step_tol * step_tol
             tiny_gain = better and (chi2 - t_chi2) <= 1e-12 * (chi2 if chi2 > 1e-300 else 1e-300)
             near = False
             if better:
-                p[:] = trial
+                for j in range(p.size):
+                    p[j] = trial[j]
                 chi2 = t_chi2
                 cur = nxt
                 lam = lam / 5.0
@@ -635,31 +761,31 @@ if _HAVE_NUMBA:
         return chi2, iters, False, cur
 
     @njit(cache=True)
-    def _workspace(n_params, nf, m, w, xs, ys):
+    def _workspace(n_params, nf, m, h, w, xs, ys):
         return (np.zeros((2, n_params, m)), np.zeros((2, m)), np.zeros((2, nf, nf)), np.zeros((2, nf)),
                 np.zeros((nf, nf)), np.zeros((nf, nf)), np.zeros(nf), np.zeros(nf), np.zeros(n_params),
-                np.zeros(nf), np.zeros(nf), np.zeros(m), np.zeros(m), np.zeros(w), xs, ys)
+                np.zeros(nf), np.zeros(nf), np.zeros(m), np.zeros(m), np.zeros((6, max(h, w))), xs, ys)
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def _fit_one(i, kind, ks, params, data, mask, var_fixed, kind_w, gain, rn2, h, w, fidx, lo, hi, offs, offw,
-                 max_iter, rtol, passes, out_chi2, out_jtj, out_jtr, out_rss, out_iters, out_conv, out_cov,
-                 out_cov_ok, ws, wgt):
+                 max_iter, rtol, pass_rtol, step_factor, passes, out_chi2, out_jtj, out_jtr, out_rss, out_iters,
+                 out_conv, out_cov, out_cov_ok, ws, wgt):
         """The whole fit of star i: first values, LM passes with reweighting, final statistics."""
         m = data.shape[1]
         k = ks[i]
         p = params[i]
         jac2, val2, jtj2, jtr2 = ws[0], ws[1], ws[2], ws[3]
-        wr, wj, erow = ws[11], ws[12], ws[13]
+        wr, wj, rows = ws[11], ws[12], ws[13]
         cur = 0
-        _star_eval(kind, k, p, h, w, offs, offw, jac2[cur], val2[cur], erow, ws[14], ws[15])
+        _star_eval(kind, k, p, h, w, offs, offw, jac2[cur], val2[cur], rows, ws[14], ws[15])
         total = 0
         conv = False
         for i_pass in range(passes):
             # weights from the model at the current parameters (or fixed), then LM
             _weights(kind_w, mask[i], var_fixed[i], val2[cur], gain, rn2, wgt)
-            tol = rtol if i_pass == passes - 1 else max(rtol, _PASS_RTOL)
+            tol = rtol if i_pass == passes - 1 else max(rtol, pass_rtol)
             chi2, it, conv, cur = _lm_star(kind, k, p, data[i], wgt, h, w, fidx, lo[i], hi[i], offs, offw,
-                                           max_iter, tol, ws, cur)
+                                           max_iter, tol, step_factor * tol, ws, cur)
             total += it
         _weights(kind_w, mask[i], var_fixed[i], val2[cur], gain, rn2, wgt)
         chi2 = _normal(jac2[cur], val2[cur], data[i], wgt, fidx, jtj2[cur], jtr2[cur], wr, wj)
@@ -672,25 +798,27 @@ if _HAVE_NUMBA:
         out_rss[i] = rss
         out_iters[i] = total
         out_conv[i] = conv
-        out_jtj[i] = jtj2[cur]
-        out_jtr[i] = jtr2[cur]
+        for a in range(fidx.size):
+            out_jtr[i, a] = jtr2[cur, a]
+            for b in range(fidx.size):
+                out_jtj[i, a, b] = jtj2[cur, a, b]
         out_cov_ok[i] = _cho_inverse(jtj2[cur], ws[5], ws[6], out_cov[i])
 
     @njit(parallel=True, cache=True)
     def _fit_batch(kind, ks, params, data, mask, var_fixed, kind_w, gain, rn2, h, w, fidx, lo, hi, offs, offw,
-                   max_iter, rtol, passes, out_chi2, out_jtj, out_jtr, out_rss, out_iters, out_conv, out_cov,
-                   out_cov_ok, xs, ys, block):
+                   max_iter, rtol, pass_rtol, step_factor, passes, out_chi2, out_jtj, out_jtr, out_rss, out_iters,
+                   out_conv, out_cov, out_cov_ok, xs, ys, block):
         n, m = data.shape
         nf = fidx.size
         npar = params.shape[1]
         nblocks = (n + block - 1) // block
         for b in prange(nblocks):  # one workspace per block of stars, one star at a time per thread
-            ws = _workspace(npar, nf, m, w, xs, ys)
+            ws = _workspace(npar, nf, m, h, w, xs, ys)
             wgt = np.zeros(m)
             for i in range(b * block, min(n, (b + 1) * block)):
                 _fit_one(i, kind, ks, params, data, mask, var_fixed, kind_w, gain, rn2, h, w, fidx, lo, hi, offs,
-                         offw, max_iter, rtol, passes, out_chi2, out_jtj, out_jtr, out_rss, out_iters, out_conv,
-                         out_cov, out_cov_ok, ws, wgt)
+                         offw, max_iter, rtol, pass_rtol, step_factor, passes, out_chi2, out_jtj, out_jtr, out_rss,
+                         out_iters, out_conv, out_cov, out_cov_ok, ws, wgt)
 
     @njit(parallel=True, cache=True)
     def _normal_batch(kind, ks, params, data, wgt, h, w, fidx, offs, offw, out_chi2, out_jtj, out_jtr, out_val, xs,
@@ -702,8 +830,8 @@ if _HAVE_NUMBA:
             jac = np.zeros((npar, m))
             wr = np.zeros(m)
             wj = np.zeros(m)
-            erow = np.zeros(w)
-            _star_eval(kind, ks[i], params[i], h, w, offs, offw, jac, out_val[i], erow, xs, ys)
+            rows = np.zeros((6, max(h, w)))
+            _star_eval(kind, ks[i], params[i], h, w, offs, offw, jac, out_val[i], rows, xs, ys)
             out_chi2[i] = _normal(jac, out_val[i], data[i], wgt[i], fidx, out_jtj[i], out_jtr[i], wr, wj)
 
 
@@ -751,7 +879,7 @@ def normal_equations(kind, params, data, weight, shape, free, ks):
 
 
 def fit_batch(kind, params, data, mask, shape, free, lo, hi, ks, *, variance=None, gain=None, read_noise=0.0,
-              max_iter=100, rtol=1e-5, passes=1):
+              max_iter=100, rtol=1e-5, passes=1, pass_rtol=None, step_factor=None):
     """Levenberg-Marquardt on every star of a batch, compiled; the numpy path's ``_lm`` and passes.
 
     Parameters
@@ -775,6 +903,9 @@ def fit_batch(kind, params, data, mask, shape, free, lo, hi, ks, *, variance=Non
         Variance ``max(model, 0) / gain + read_noise**2`` from the model at the start of every pass.
     max_iter, rtol, passes : int, float, int
         Iterations per pass, convergence tolerance (steps below ``rtol`` standard errors), passes.
+    pass_rtol, step_factor : float
+        Tolerance of the passes before the last and the accepted-step test's factor; default
+        :data:`psfkit.fitting.PASS_RTOL` and :data:`psfkit.fitting.STEP_RTOL_FACTOR`.
 
     Returns
     -------
@@ -782,6 +913,10 @@ def fit_batch(kind, params, data, mask, shape, free, lo, hi, ks, *, variance=Non
         Final values with the final weights (the model's, recomputed after the last pass);
         the covariance ``jtj^-1`` by Cholesky where ``jtj`` is positive definite (``covariance_ok``).
     """
+    from . import fitting
+
+    pass_rtol = fitting.PASS_RTOL if pass_rtol is None else pass_rtol
+    step_factor = fitting.STEP_RTOL_FACTOR if step_factor is None else step_factor
     h, w = shape
     n = params.shape[0]
     p = np.array(params, dtype=np.float64, order="C", copy=True)
@@ -806,6 +941,6 @@ def fit_batch(kind, params, data, mask, shape, free, lo, hi, ks, *, variance=Non
     offs, offw = _tables()
     _fit_batch(kind, _ks(ks, n), p, data, mask, var, kind_w, g, rn2, h, w, fidx,
                np.ascontiguousarray(lo, dtype=np.float64), np.ascontiguousarray(hi, dtype=np.float64), offs, offw,
-               int(max_iter), float(rtol), int(passes), out_chi2, out_jtj, out_jtr, out_rss, out_iters, out_conv,
+               int(max_iter), float(rtol), float(pass_rtol), float(step_factor), int(passes), out_chi2, out_jtj, out_jtr, out_rss, out_iters, out_conv,
                out_cov, out_cov_ok, *_grid(h, w), 16)
     return p, out_chi2, out_jtj, out_jtr, out_rss, out_iters, out_conv, out_cov, out_cov_ok

@@ -162,22 +162,10 @@ def _normal_equations(model, p, data, weight, shape, free, k):
     return chi2, jtj, jtr, val, r
 
 
-def _inverse_diagonal(a: np.ndarray) -> np.ndarray:
-    """|diag(a^-1)| per matrix; the pseudo-inverse only where a matrix is singular."""
-    try:
-        out = np.abs(np.diagonal(np.linalg.inv(a), axis1=1, axis2=2))
-        bad = ~np.all(np.isfinite(out), axis=1)
-    except np.linalg.LinAlgError:
-        out = np.zeros(a.shape[:2])
-        bad = np.ones(a.shape[0], dtype=bool)
-    if bad.any():
-        out[bad] = np.abs(np.diagonal(np.linalg.pinv(a[bad]), axis1=1, axis2=2))
-    return out
-
-
 #: a pass followed by a reweighting pass only sets that pass's weights, and an error of e sigma in
-#: them moves the next answer by ~0.02 e sigma: such passes stop at this tolerance, the last at rtol
-PASS_RTOL = 1e-3
+#: them moves the next answer by ~0.02 e sigma: such passes stop at this tolerance (their error then
+#: moves the answer by ~2e-4 sigma), the last at rtol
+PASS_RTOL = 1e-2
 
 #: an accepted step says less about the distance to the minimum than the Gauss-Newton step from the
 #: new point (a damped or slowly converging fit takes small steps far from it): the step test is held to
@@ -186,10 +174,12 @@ STEP_RTOL_FACTOR = 0.01
 
 
 def _newton_step_small(p, jtj, jtr, lo, hi, fidx, rtol):
-    """True where the undamped (projected) Gauss-Newton step is below rtol x every standard error.
+    """True where the undamped (projected) Gauss-Newton step is below rtol standard errors.
 
-    At a point where that holds the minimum is within ``rtol`` standard errors: the fit stops
-    there instead of taking (and evaluating) that last step.
+    The step's length in the metric of J^T W J (the chi-square it would gain, step . J^T W r)
+    is below rtol**2: by Cauchy-Schwarz each parameter's step is then below rtol x its
+    standard error, and the minimum is that close.  The fit stops there instead of taking
+    (and evaluating) that last step.
     """
     if p.shape[0] == 0:
         return np.zeros(0, dtype=bool)
@@ -199,9 +189,9 @@ def _newton_step_small(p, jtj, jtr, lo, hi, fidx, rtol):
     blocked = ((pf <= lo[:, fidx]) & (jtr < 0)) | ((pf >= hi[:, fidx]) & (jtr > 0))
     keep = ~blocked
     system = jtj * keep[:, :, None] * keep[:, None, :] + eye * blocked[:, :, None]
-    step, ok = _solve_batch(system, jtr * keep)
-    cov_diag = _inverse_diagonal(jtj)
-    return ok & np.all(step**2 <= (rtol**2) * np.maximum(cov_diag, 1e-300), axis=1)
+    rhs = jtr * keep
+    step, ok = _solve_batch(system, rhs)
+    return ok & (np.einsum("np,np->n", step, rhs) <= rtol**2)
 
 
 def _lm(model, p0, data, weight, shape, free, lo, hi, k, max_iter, rtol):
@@ -237,10 +227,10 @@ def _lm(model, p0, data, weight, shape, free, lo, hi, k, max_iter, rtol):
         t_chi2, t_jtj, t_jtr, _, _ = _normal_equations(model, trial, data[active], weight[active], shape, free, k)
         better = ok & np.isfinite(t_chi2) & (t_chi2 <= chi2[active])
         iters[active] += 1
-        # step small compared with the statistical error of each parameter?
-        cov_diag = _inverse_diagonal(a_jtj)
+        # step small compared with the statistical errors? (its length in the metric of J^T W J: this
+        # bounds every parameter's step in units of its standard error, see _newton_step_small)
         actual = trial[:, fidx] - pa[:, fidx]
-        small = np.all(actual**2 <= (STEP_RTOL_FACTOR * rtol) ** 2 * np.maximum(cov_diag, 1e-300), axis=1)
+        small = np.einsum("np,npq,nq->n", actual, a_jtj, actual) <= (STEP_RTOL_FACTOR * rtol) ** 2
         dchi = chi2[active] - t_chi2
         tiny_gain = better & (dchi <= 1e-12 * np.maximum(chi2[active], 1e-300))
         acc = active[better]
