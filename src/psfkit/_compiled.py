@@ -34,7 +34,9 @@ _KMAX = 16
 
 try:  # numba is a dependency, but keep the pure-numpy path working without it
     import numba
-    from numba import njit, prange
+    from llvmlite import ir
+    from numba import njit, prange, types
+    from numba.extending import intrinsic
 
     _HAVE_NUMBA = True
 except ImportError:  # pragma: no cover
@@ -82,48 +84,51 @@ if _HAVE_NUMBA:
     _K4 = -1.0 / 120.0 / 24.0  # the pixel box's 4th cumulant / 4! (models.GaussianPSF.BOX_K4)
     _K6 = 1.0 / 252.0 / 720.0  # its 6th cumulant / 6!
 
-    @njit(cache=True, _nrt=False)
-    def _gauss_row_exp(pxx, pxy, pyy, dy, x0, w, erow, step):
-        """exp(-Q/2) along one row, Q = pxx dx^2 + 2 pxy dx dy + pyy dy^2 (>= 0).
+    _LOG2E = 1.4426950408889634
+    _LN2_HI = 0.693145751953125  # ln 2 in two parts: k * _LN2_HI is exact for |k| < 2^11
+    _LN2_LO = 1.4286068203094173e-06
+    _EXP_FLOOR = -708.0  # exp of this is still a normal double
 
-        Two exponentials per row: from the column nearest the row's maximum (value <= 1) the
-        values go outwards by ratios that shrink by ``step = exp(-pxx)`` per column (no overflow;
-        an underflow to 0 happens only where the true value is below 1e-308).
+    @intrinsic
+    def _bits_as_float(typingctx, bits):
+        """The float64 whose IEEE-754 bits are the int64 ``bits`` (a bit cast, vectorised with the loop)."""
+        sig = types.float64(types.int64)
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.DoubleType())
+
+        return sig, codegen
+
+    @njit(cache=True, inline="always")
+    def _exp_nonpositive(y):
+        """exp(y) for y <= 0 without a call, so that a loop over pixels vectorises (libm's exp is a
+        call per value): exp(y) = 2^k exp(r) with k = round(y / ln 2), |r| <= ln(2) / 2, exp(r) by its
+        Taylor series to r^12 (relative error ~2e-16, as libm's) and 2^k written as its exponent
+        bits. Below exp(-708) ~ 3e-308 the value stays ~3e-308 (0 to the precision of any sum).
         """
-        cstar = x0 - pxy * dy / pxx
-        c0 = int(math.floor(cstar + 0.5))
-        if c0 < 0:
-            c0 = 0
-        if c0 > w - 1:
-            c0 = w - 1
-        dx = c0 - x0
-        e0 = math.exp(-0.5 * (pxx * dx * dx + 2.0 * pxy * dx * dy + pyy * dy * dy))
-        erow[c0] = e0
-        right = math.exp(-0.5 * (pxx * (2.0 * dx + 1.0) + 2.0 * pxy * dy))
-        ratio = right
-        e = e0
-        for col in range(c0 + 1, w):
-            e *= ratio
-            erow[col] = e
-            ratio *= step
-        # the first step left times the first step right is exp(-pxx)
-        if 1e-300 < right < 1e300:
-            ratio = step / right
-        else:
-            ratio = math.exp(-0.5 * (pxx * (1.0 - 2.0 * dx) - 2.0 * pxy * dy))
-        e = e0
-        for col in range(c0 - 1, -1, -1):
-            e *= ratio
-            erow[col] = e
-            ratio *= step
+        y = min(max(y, _EXP_FLOOR), 0.0)
+        kf = math.floor(y * _LOG2E + 0.5)
+        r = (y - kf * _LN2_HI) - kf * _LN2_LO
+        t = 1.0 / 479001600.0
+        t = t * r + 1.0 / 39916800.0
+        t = t * r + 1.0 / 3628800.0
+        t = t * r + 1.0 / 362880.0
+        t = t * r + 1.0 / 40320.0
+        t = t * r + 1.0 / 5040.0
+        t = t * r + 1.0 / 720.0
+        t = t * r + 1.0 / 120.0
+        t = t * r + 1.0 / 24.0
+        t = t * r + 1.0 / 6.0
+        t = t * r + 0.5
+        t = t * r + 1.0
+        t = t * r + 1.0
+        return t * _bits_as_float((np.int64(kf) + 1023) << 52)
 
     @njit(cache=True, _nrt=False)
-    def _gauss_setup(p, h, w, box, erow, e_out):
-        """The per-star part of the rotated Gaussian: exp(-Q/2) on every pixel (into ``e_out``, three
-        exponentials per row), the precision matrix, the amplitude scale and the derivatives of
+    def _gauss_setup(p, box):
+        """The per-star part of the rotated Gaussian: the precision matrix of the (pixel-convolved)
+        profile, the amplitude scale and the derivatives of
         (pxx, pxy, pyy, log scale) with respect to sx, sy and the angle (``q``, 3 x 4 values)."""
-        x0 = p[2]
-        y0 = p[3]
         sx = p[4]
         sy = p[5]
         c = math.cos(p[6])
@@ -142,11 +147,6 @@ if _HAVE_NUMBA:
         q1 = _dq_row(2.0 * sy * s * s, -2.0 * sy * c * s, 2.0 * sy * c * c, 1.0 / sy, a, b, cc, det, pxx, pxy, pyy)
         q2 = _dq_row(2.0 * c * s * (sy2 - sx2), (sx2 - sy2) * (c * c - s * s), 2.0 * c * s * (sx2 - sy2), 0.0, a, b,
                      cc, det, pxx, pxy, pyy)
-        step = math.exp(-pxx)
-        for rr in range(h):
-            _gauss_row_exp(pxx, pxy, pyy, rr - y0, x0, w, erow, step)
-            for col in range(w):
-                e_out[rr * w + col] = erow[col]
         return pxx, pxy, pyy, scale, q0 + q1 + q2
 
     @njit(cache=True, inline="always")
@@ -157,16 +157,15 @@ if _HAVE_NUMBA:
         return (dc - pxx * dd) / det, (-db - pxy * dd) / det, (da - pyy * dd) / det, dls - 0.5 * dd / det
 
     @njit(cache=True, _nrt=False)
-    def _eval_gauss(p, h, w, box, jac, val, erow, xs, ys):
+    def _eval_gauss(p, box, jac, val, xs, ys):
         """Gaussian values and Jacobian (7, h*w): analytic pixel integral (box=1) or point sampling (box=0)."""
         # row 0 (the background's, 1) holds exp(-Q/2) until the pixel loop has used it
-        pxx, pxy, pyy, scale, q = _gauss_setup(p, h, w, box, erow, jac[0])
+        pxx, pxy, pyy, scale, q = _gauss_setup(p, box)
         cf = _box_coefficients(_K4 * box, _K6 * box, pxx) + _box_coefficients(_K4 * box, _K6 * box, pyy)
-        _gauss_pixels(xs, ys, p[2], p[3], p[0], p[1], pxx, pxy, pyy, scale, cf, q, jac[0], val, jac)
-        jac[0, :] = 1.0
+        _gauss_pixels(xs, ys, p[2], p[3], p[0], p[1], pxx, pxy, pyy, scale, cf, q, val, jac)
 
     @njit(cache=True, inline="always", fastmath={"contract"})
-    def _gauss_pixel(dx, dy, e, A, pxx, pxy, pyy, scale, cf, q):
+    def _gauss_pixel(dx, dy, A, pxx, pxy, pyy, scale, cf, q):
         """One pixel of :func:`_eval_gauss`: the profile (unit amplitude) and the Jacobian's columns 2-6.
 
         ``cf`` holds the box corrections of models.GaussianPSF._box_correction as polynomials in u^2
@@ -178,6 +177,7 @@ if _HAVE_NUMBA:
                                                             cf[17], cf[18], cf[19])
         u = pxx * dx + pxy * dy
         v = pxy * dx + pyy * dy
+        e = _exp_nonpositive(-0.5 * (dx * u + dy * v))  # exp(-Q/2)
         u2 = u * u
         v2 = v * v
         cx = ((ax3 * u2 + ax2) * u2 + ax1) * u2 + ax0
@@ -199,92 +199,19 @@ if _HAVE_NUMBA:
 
     # contract: a * b + c may become one fused multiply-add (rounding differs from numpy's at ~1e-16)
     @njit(cache=True, fastmath={"contract"}, _nrt=False)
-    def _gauss_pixels(xs, ys, x0, y0, B, A, pxx, pxy, pyy, scale, cf, q, e_in, val, jac):
+    def _gauss_pixels(xs, ys, x0, y0, B, A, pxx, pxy, pyy, scale, cf, q, val, jac):
         """The per-pixel part of :func:`_eval_gauss`: one branch-free loop (vectorised by LLVM)."""
-        j1, j2, j3, j4, j5, j6 = jac[1], jac[2], jac[3], jac[4], jac[5], jac[6]
+        j0, j1, j2, j3, j4, j5, j6 = jac[0], jac[1], jac[2], jac[3], jac[4], jac[5], jac[6]
         for m in range(xs.size):
-            prof, g2, g3, g4, g5, g6 = _gauss_pixel(xs[m] - x0, ys[m] - y0, e_in[m], A, pxx, pxy, pyy, scale, cf, q)
+            prof, g2, g3, g4, g5, g6 = _gauss_pixel(xs[m] - x0, ys[m] - y0, A, pxx, pxy, pyy, scale, cf, q)
             val[m] = B + A * prof
+            j0[m] = 1.0
             j1[m] = prof
             j2[m] = g2
             j3[m] = g3
             j4[m] = g4
             j5[m] = g5
             j6[m] = g6
-
-    # sums over pixels may be reordered (vectorised), and a * b + c fused
-    @njit(cache=True, fastmath={"reassoc", "contract"})
-    def _gauss_pixels_normal(xs, ys, x0, y0, B, A, pxx, pxy, pyy, scale, cf, q, e_in, data, wgt, val, jtj, jtr):
-        """The pixel loop of :func:`_eval_gauss` fused with :func:`_normal` for all 7 parameters free.
-
-        The Jacobian is never stored: each pixel adds its terms to chi2, J^T W J and J^T W r at once
-        (one pass over the pixels instead of one per pair of columns). Returns chi2.
-        """
-        chi2 = 0.0
-        r0 = r1 = r2 = r3 = r4 = r5 = r6 = 0.0
-        s00 = s10 = s11 = s20 = s21 = s22 = s30 = s31 = s32 = s33 = 0.0
-        s40 = s41 = s42 = s43 = s44 = s50 = s51 = s52 = s53 = s54 = s55 = 0.0
-        s60 = s61 = s62 = s63 = s64 = s65 = s66 = 0.0
-        for m in range(xs.size):
-            j1, j2, j3, j4, j5, j6 = _gauss_pixel(xs[m] - x0, ys[m] - y0, e_in[m], A, pxx, pxy, pyy, scale, cf, q)
-            v = B + A * j1
-            val[m] = v
-            wq = wgt[m]
-            t = wq * (data[m] - v)
-            chi2 += t * (data[m] - v)
-            r0 += t
-            r1 += t * j1
-            r2 += t * j2
-            r3 += t * j3
-            r4 += t * j4
-            r5 += t * j5
-            r6 += t * j6
-            w1 = wq * j1
-            w2 = wq * j2
-            w3 = wq * j3
-            w4 = wq * j4
-            w5 = wq * j5
-            w6 = wq * j6
-            s00 += wq
-            s10 += w1
-            s11 += w1 * j1
-            s20 += w2
-            s21 += w2 * j1
-            s22 += w2 * j2
-            s30 += w3
-            s31 += w3 * j1
-            s32 += w3 * j2
-            s33 += w3 * j3
-            s40 += w4
-            s41 += w4 * j1
-            s42 += w4 * j2
-            s43 += w4 * j3
-            s44 += w4 * j4
-            s50 += w5
-            s51 += w5 * j1
-            s52 += w5 * j2
-            s53 += w5 * j3
-            s54 += w5 * j4
-            s55 += w5 * j5
-            s60 += w6
-            s61 += w6 * j1
-            s62 += w6 * j2
-            s63 += w6 * j3
-            s64 += w6 * j4
-            s65 += w6 * j5
-            s66 += w6 * j6
-        low = (s00, s10, s11, s20, s21, s22, s30, s31, s32, s33, s40, s41, s42, s43, s44, s50, s51, s52, s53, s54,
-               s55, s60, s61, s62, s63, s64, s65, s66)
-        i = 0
-        for a in range(7):
-            for b in range(a + 1):
-                jtj[a, b] = low[i]
-                jtj[b, a] = low[i]
-                i += 1
-        rhs = (r0, r1, r2, r3, r4, r5, r6)
-        for a in range(7):
-            jtr[a] = rhs[a]
-        return chi2
 
     @njit(cache=True, inline="always")
     def _box_coefficients(k4, k6, p):
@@ -460,9 +387,9 @@ if _HAVE_NUMBA:
         elif kind == 2:
             _eval_moffat_sub(p, h, w, offs[k, :k], offw[k, :k], jac, val)
         elif k == 0:
-            _eval_gauss(p, h, w, 1.0, jac, val, rows[0], xs, ys)
+            _eval_gauss(p, 1.0, jac, val, xs, ys)
         elif k == 1:
-            _eval_gauss(p, h, w, 0.0, jac, val, rows[0], xs, ys)
+            _eval_gauss(p, 0.0, jac, val, xs, ys)
         else:
             _eval_gauss_sub(p, h, w, offs[k, :k], offw[k, :k], jac, val)
 
@@ -587,7 +514,8 @@ if _HAVE_NUMBA:
 
     @njit(cache=True, _nrt=False)
     def _cholesky(a, low):
-        """Lower Cholesky factor of a (n x n) into low; False when a is not positive definite."""
+        """Lower Cholesky factor L of a (n x n) into low, with 1 / L[i, i] on its diagonal (the solves
+        then multiply, not divide); False when a is not positive definite."""
         n = a.shape[0]
         for i in range(n):
             for j in range(i + 1):
@@ -597,40 +525,48 @@ if _HAVE_NUMBA:
                 if i == j:
                     if not (s > 0.0) or not math.isfinite(s):
                         return False
-                    low[i, i] = math.sqrt(s)
+                    low[i, i] = 1.0 / math.sqrt(s)
                 else:
-                    low[i, j] = s / low[j, j]
+                    low[i, j] = s * low[j, j]
         return True
 
     @njit(cache=True, _nrt=False)
     def _cho_solve(low, b, x):
+        """x = a^-1 b from :func:`_cholesky`'s factor."""
         n = low.shape[0]
         for i in range(n):
             s = b[i]
             for q in range(i):
                 s -= low[i, q] * x[q]
-            x[i] = s / low[i, i]
+            x[i] = s * low[i, i]
         for i in range(n - 1, -1, -1):
             s = x[i]
             for q in range(i + 1, n):
                 s -= low[q, i] * x[q]
-            x[i] = s / low[i, i]
+            x[i] = s * low[i, i]
 
     @njit(cache=True, _nrt=False)
-    def _cho_inverse(a, low, work, out):
-        """a^-1 of a symmetric positive definite matrix via Cholesky; False (out untouched) otherwise."""
+    def _cho_inverse(a, low, out):
+        """a^-1 of a symmetric positive definite matrix via Cholesky; False (out untouched) otherwise.
+
+        L^-1 overwrites the factor (column by column), then a^-1 = L^-T L^-1.
+        """
         n = a.shape[0]
         if not _cholesky(a, low):
             return False
+        for j in range(n):  # the diagonal already holds 1 / L[j, j]
+            for i in range(j + 1, n):
+                s = 0.0
+                for q in range(j, i):
+                    s += low[i, q] * low[q, j]
+                low[i, j] = -s * low[i, i]
         for i in range(n):
-            work[:] = 0.0
-            work[i] = 1.0
-            _cho_solve(low, work, out[i])
-        for i in range(n):
-            for j in range(i):
-                t = 0.5 * (out[i, j] + out[j, i])
-                out[i, j] = t
-                out[j, i] = t
+            for j in range(i + 1):
+                s = 0.0
+                for q in range(i, n):
+                    s += low[q, i] * low[q, j]
+                out[i, j] = s
+                out[j, i] = s
         return True
 
     @njit(cache=True, _nrt=False)
@@ -678,7 +614,7 @@ if _HAVE_NUMBA:
         ``ws`` holds the Jacobian and values at ``p`` in slot ``cur`` (evaluated by the caller);
         ``p`` is updated in place.  Returns (chi2, iterations, converged, slot of the final point).
         """
-        (jac2, val2, jtj2, jtr2, system, low, rhs, step, trial, blocked, work, wr, wj, rows, xs, ys) = ws
+        (jac2, val2, jtj2, jtr2, system, low, rhs, step, trial, blocked, work, wr, wj, rows, xs, ys, _) = ws
         nf = fidx.size
         lam = 1e-3
         chi2 = _normal(jac2[cur], val2[cur], data, wgt, fidx, jtj2[cur], jtr2[cur], wr, wj)
@@ -764,7 +700,7 @@ if _HAVE_NUMBA:
     def _workspace(n_params, nf, m, h, w, xs, ys):
         return (np.zeros((2, n_params, m)), np.zeros((2, m)), np.zeros((2, nf, nf)), np.zeros((2, nf)),
                 np.zeros((nf, nf)), np.zeros((nf, nf)), np.zeros(nf), np.zeros(nf), np.zeros(n_params),
-                np.zeros(nf), np.zeros(nf), np.zeros(m), np.zeros(m), np.zeros((6, max(h, w))), xs, ys)
+                np.zeros(nf), np.zeros(nf), np.zeros(m), np.zeros(m), np.zeros((6, max(h, w))), xs, ys, np.zeros(m))
 
     @njit(cache=True, _nrt=False)
     def _fit_one(i, kind, ks, params, data, mask, var_fixed, kind_w, gain, rn2, h, w, fidx, lo, hi, offs, offw,
@@ -775,7 +711,9 @@ if _HAVE_NUMBA:
         k = ks[i]
         p = params[i]
         jac2, val2, jtj2, jtr2 = ws[0], ws[1], ws[2], ws[3]
-        wr, wj, rows = ws[11], ws[12], ws[13]
+        wr, wj, rows, star = ws[11], ws[12], ws[13], ws[16]
+        for q in range(m):  # masked pixels (NaN, say) as 0: their weight is 0, and 0 x NaN is not
+            star[q] = data[i, q] if mask[i, q] else 0.0
         cur = 0
         _star_eval(kind, k, p, h, w, offs, offw, jac2[cur], val2[cur], rows, ws[14], ws[15])
         total = 0
@@ -784,15 +722,15 @@ if _HAVE_NUMBA:
             # weights from the model at the current parameters (or fixed), then LM
             _weights(kind_w, mask[i], var_fixed[i], val2[cur], gain, rn2, wgt)
             tol = rtol if i_pass == passes - 1 else max(rtol, pass_rtol)
-            chi2, it, conv, cur = _lm_star(kind, k, p, data[i], wgt, h, w, fidx, lo[i], hi[i], offs, offw,
+            chi2, it, conv, cur = _lm_star(kind, k, p, star, wgt, h, w, fidx, lo[i], hi[i], offs, offw,
                                            max_iter, tol, step_factor * tol, ws, cur)
             total += it
         _weights(kind_w, mask[i], var_fixed[i], val2[cur], gain, rn2, wgt)
-        chi2 = _normal(jac2[cur], val2[cur], data[i], wgt, fidx, jtj2[cur], jtr2[cur], wr, wj)
+        chi2 = _normal(jac2[cur], val2[cur], star, wgt, fidx, jtj2[cur], jtr2[cur], wr, wj)
         rss = 0.0
         for q in range(m):
             if mask[i, q]:
-                r = data[i, q] - val2[cur, q]
+                r = star[q] - val2[cur, q]
                 rss += r * r
         out_chi2[i] = chi2
         out_rss[i] = rss
@@ -802,7 +740,7 @@ if _HAVE_NUMBA:
             out_jtr[i, a] = jtr2[cur, a]
             for b in range(fidx.size):
                 out_jtj[i, a, b] = jtj2[cur, a, b]
-        out_cov_ok[i] = _cho_inverse(jtj2[cur], ws[5], ws[6], out_cov[i])
+        out_cov_ok[i] = _cho_inverse(jtj2[cur], ws[5], out_cov[i])
 
     @njit(parallel=True, cache=True)
     def _fit_batch(kind, ks, params, data, mask, var_fixed, kind_w, gain, rn2, h, w, fidx, lo, hi, offs, offw,
@@ -889,7 +827,7 @@ def fit_batch(kind, params, data, mask, shape, free, lo, hi, ks, *, variance=Non
     params : ndarray (n, n_params)
         Starting parameters (inside the bounds); not modified.
     data : ndarray (n, h*w)
-        Flattened stamps (masked pixels set to any finite value).
+        Flattened stamps (masked pixels may hold anything, NaN included).
     mask : ndarray of bool (n, h*w)
         Pixels that count.
     shape : (h, w)

@@ -395,7 +395,6 @@ def _fit_compiled(kind, model, data, p0, mask, variance, noise, free, lo, hi, ma
     n, h, w = data.shape
     p = np.clip(p0, lo, hi)
     ks = np.ones(n, dtype=int) if kind == _compiled.GAUSSIAN_ERF else model.subsampling(p)
-    flat = np.where(mask, data, 0.0).reshape(n, h * w)
     m = mask.reshape(n, h * w)
     n_pix = m.sum(axis=1)
     weighted = variance is not None or noise is not None
@@ -409,10 +408,13 @@ def _fit_compiled(kind, model, data, p0, mask, variance, noise, free, lo, hi, ma
         border_var = _border_variance(np.where(mask, data, np.nan))
         var, passes, gain, rn = np.broadcast_to(border_var[:, None], (n, h * w)), 1, None, 0.0
     p, chi2, jtj, _, rss, iters, converged, cov_free, cov_ok = _compiled.fit_batch(
-        kind, p, flat, m, (h, w), free, lo, hi, ks, variance=var, gain=gain, read_noise=rn,
+        kind, p, data.reshape(n, h * w), m, (h, w), free, lo, hi, ks, variance=var, gain=gain, read_noise=rn,
         max_iter=max_iter, rtol=rtol, passes=passes,
     )
-    unweighted = None if weighted else (flat, np.where(m, 1.0 / border_var[:, None], 0.0), border_var, (h, w))
+    unweighted = None
+    if not weighted:
+        flat = np.where(mask, data, 0.0).reshape(n, h * w)
+        unweighted = (flat, np.where(m, 1.0 / border_var[:, None], 0.0), border_var, (h, w))
     return _finish(model, p, chi2, jtj, rss, n_pix, iters.astype(int), converged, free, lo, hi, weighted, ks,
                    unweighted, (cov_free, cov_ok))
 
@@ -429,11 +431,10 @@ def _finish(model, p, chi2, jtj, rss, n_pix, total_iters, converged, free, lo, h
     flags = np.zeros(n, dtype=np.int64)
     flags[~converged] |= F.NOT_CONVERGED
     nf = int(free.sum())
-    cov_free = np.full((n, nf, nf), np.nan)
-    todo = np.ones(n, dtype=bool)
-    if inverse is not None:
-        cov_free[inverse[1]] = inverse[0][inverse[1]]
-        todo = ~inverse[1]
+    if inverse is not None:  # the compiled path's: NaN where not computed, and ours to fill
+        cov_free, todo = inverse[0], ~inverse[1]
+    else:
+        cov_free, todo = np.full((n, nf, nf), np.nan), np.ones(n, dtype=bool)
     idx = np.flatnonzero(todo)
     try:
         cov_free[idx] = np.linalg.inv(jtj[idx])
@@ -454,9 +455,12 @@ def _finish(model, p, chi2, jtj, rss, n_pix, total_iters, converged, free, lo, h
             val = model.evaluate(p[sel], shape, free=free, k=int(k))[0]
             cov_free[sel] = _unweighted_covariance(model, p[sel], flat[sel] - val, wgt[sel], border_var[sel],
                                                    shape, free, int(k), cov_free[sel], good[sel])
-    cov = np.zeros((n, model.n_params, model.n_params))
-    fidx = np.flatnonzero(free)
-    cov[:, fidx[:, None], fidx[None, :]] = np.where(good[:, None, None], cov_free, np.nan)
+    if nf == model.n_params:
+        cov = np.where(good[:, None, None], cov_free, np.nan)
+    else:
+        cov = np.zeros((n, model.n_params, model.n_params))
+        fidx = np.flatnonzero(free)
+        cov[:, fidx[:, None], fidx[None, :]] = np.where(good[:, None, None], cov_free, np.nan)
     at_bound = np.any(((p <= lo) | (p >= hi)) & free[None, :] & (np.isfinite(lo) | np.isfinite(hi)), axis=1)
     flags[at_bound] |= F.AT_BOUND
     flags[n_pix <= nf + 2] |= F.TOO_FEW_PIXELS
