@@ -290,9 +290,10 @@ def fit_stamps(
         Levenberg-Marquardt iterations per pass at most.
     rtol : float
         Convergence when the Gauss-Newton step from the new point is below
-        ``rtol`` times every parameter's standard error (the answer is then
-        within ~``rtol`` standard errors of the minimum), or the step just taken
-        is below ``rtol / 100`` of them.
+        ``rtol`` standard errors, measured in the metric of J^T W J (which bounds
+        every parameter's step by ``rtol`` times its standard error: the answer is
+        then within ``rtol`` standard errors of the minimum), or the step just
+        taken is below ``rtol / 100`` of them.
     reweight : int
         Extra passes with the variance recomputed from the fitted model
         (only with ``noise``).
