@@ -149,13 +149,18 @@ def _bad_inputs(star_file, tmp):
         "beta without moffat": ["fit", star_file, "--at", "42,29", "--beta", "3"],
         "beta below 1": ["fit", star_file, "--at", "42,29", "--model", "moffat", "--beta", "0.5"],
         "nan zero point": ["fit", star_file, "--at", "42,29", "--zero-point", "nan"],
+        "no image": ["fit"],
+        "box not a number": ["fit", star_file, "--box", "abc"],
+        "unknown option": ["fit", star_file, "--nope", "1"],
+        "unknown command": ["fitt", star_file],
     }
 
 
 @pytest.mark.parametrize("case", ["missing file", "unreadable file", "position outside", "negative position",
                                   "box < 3", "PSF file not 2-D", "PSF file unreadable", "unknown model", "bad --at",
                                   "zero gain", "negative read noise", "beta without moffat", "beta below 1",
-                                  "nan zero point"])
+                                  "nan zero point", "no image", "box not a number", "unknown option",
+                                  "unknown command"])
 def test_fit_bad_input_one_line_exit_2(star_file, tmp_path, case):
     args = _bad_inputs(star_file, tmp_path)[case]
     res = run(*args)
