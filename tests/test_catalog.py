@@ -113,3 +113,22 @@ def test_lst_of_colour_planes_has_siril_layers(tmp_path, table):
     want = {"R": 0, "G": 1, "B": 2, "luminance": 0}
     order = np.argsort(-np.asarray(t["flux_fit"]), kind="stable")
     assert [int(r[1]) for r in rows] == [want[c] for c in np.asarray(t["channel"])[order]]
+
+
+def test_reg_with_rejected_candidates_reads_back_their_reasons(tmp_path):
+    """A .reg written with the rejected candidates (red ellipses) reads back with accepted and
+    reject_reason, so the averages count the stars only."""
+    img, truth = simulate_field((200, 200), 25, seed=3, min_separation=15, edge=8, hot_pixels=12)
+    full = psfkit.find_stars(img, gain=1.5, read_noise=6.0, keep_rejected=True)
+    n_acc = int(np.sum(full["accepted"]))
+    assert n_acc < len(full)  # the hot pixels are rejected candidates
+    back = psfkit.read_star_list(psfkit.write_star_list(full, tmp_path / "all.reg"))
+    assert len(back) == len(full)
+    assert np.array_equal(back["accepted"], np.asarray(full["accepted"]))
+    assert list(back["reject_reason"][~back["accepted"]]) == list(full["reject_reason"][~full["accepted"]])
+    avg = psfkit.average(back)
+    assert avg["n_stars"] == n_acc
+    stars = full[full["accepted"]]
+    assert avg["fwhm_x"]["median"] == pytest.approx(np.median(stars["fwhm_x"]), abs=1e-4)
+    # a list of stars only has no accepted column
+    assert "accepted" not in psfkit.read_star_list(psfkit.write_star_list(stars, tmp_path / "s.reg")).colnames

@@ -113,6 +113,19 @@ def test_average_command(field, tmp_path):
     assert median == pytest.approx(FWHM, rel=0.05)
 
 
+def test_lst_with_keep_rejected_says_it_keeps_the_stars_only(field, tmp_path):
+    path, _ = field
+    out = run("find", path, "-o", tmp_path / "s.lst", "--keep-rejected")
+    assert out.returncode == 0, out.stderr
+    note = next(l for l in out.stdout.splitlines() if l.startswith("note: s.lst"))
+    n = len(psfkit.read_star_list(tmp_path / "s.lst"))
+    assert f"the {n} accepted stars only" in note
+    # the same list as .csv keeps the rejected candidates, and says nothing
+    out = run("find", path, "-o", tmp_path / "s.csv", "--keep-rejected")
+    assert "note:" not in out.stdout
+    assert len(psfkit.read_star_list(tmp_path / "s.csv")) > n
+
+
 @pytest.mark.parametrize("args,needle", [
     (["find", "{tmp}/missing.fits"], "no such file"),
     (["find", "{img}", "-o", "{tmp}/stars.txt"], "suffix"),

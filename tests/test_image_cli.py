@@ -55,7 +55,7 @@ def test_info_bayer_and_scale_option(shared_data):
     assert data["shape (ny, nx)"] == [700, 700] and data["image scale (arcsec/px)"] == 10.0
 
 
-def test_find_per_channel_on_an_rgb_tiff(tmp_path, field):
+def test_find_per_channel_on_an_rgb_tiff(tmp_path, field, capsys):
     import tifffile
     from astropy.table import Table
 
@@ -65,6 +65,7 @@ def test_find_per_channel_on_an_rgb_tiff(tmp_path, field):
     out = tmp_path / "stars.ecsv"
     code = _run("find", tmp_path / "rgb.tif", "--channel", "all", "-o", out)
     assert code == 0
+    assert "measured on each plane (R, G, B" in capsys.readouterr().out
     table = Table.read(out)
     assert table.colnames[0] == "channel" and set(table["channel"]) == {"R", "G", "B"}
     code = _run("find", tmp_path / "rgb.tif", "--channel", "G", "-o", tmp_path / "g.csv")

@@ -351,10 +351,20 @@ def _read_lst(p: Path, image_shape) -> Table:
 
 
 def _read_reg(p: Path) -> Table:
-    xs, ys, ax, ay, an = [], [], [], [], []
+    """The ellipses of a DS9 region file; red ones (written with the rejected candidates) come back with
+    ``accepted`` False and their ``reject_reason`` (the region's text)."""
+    xs, ys, ax, ay, an, ok, why = [], [], [], [], [], [], []
     for line in p.read_text().splitlines():
         if line.startswith("ellipse("):
             inside = line[len("ellipse("):line.index(")")]
             a, b, c, d, e = (float(v) for v in inside.split(","))
             xs.append(a - 1.0); ys.append(b - 1.0); ax.append(2 * c); ay.append(2 * d); an.append(e)
-    return Table({"x_fit": xs, "y_fit": ys, "fwhm_x": ax, "fwhm_y": ay, "angle": an})
+            rejected = "color=red" in line
+            ok.append(not rejected)
+            text = re.search(r"text=\{([^}]*)\}", line)
+            why.append(text.group(1) if rejected and text else "")
+    table = Table({"x_fit": xs, "y_fit": ys, "fwhm_x": ax, "fwhm_y": ay, "angle": an})
+    if not all(ok):
+        table["accepted"] = np.array(ok, dtype=bool)
+        table["reject_reason"] = np.array(why, dtype=str)
+    return table

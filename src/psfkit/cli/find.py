@@ -62,7 +62,10 @@ def find_command(
                                 binning=binning, scale=scale)
         table = table_to_frame(find_stars(img, **find_options), img)  # Bayer planes: back on the full frame
         summaries = {img.meta.get("channel"): table.meta["summary"]}
-    if img.pixel_map or img.meta.get("channel") is not None:
+    if is_per_channel(channel):
+        typer.echo(f"{image}: measured on each plane ({', '.join(map(str, summaries))}; a 'channel' column)"
+                   + ("; positions and FWHM in full-frame pixels" if img.pixel_map else ""))
+    elif img.pixel_map or img.meta.get("channel") is not None:
         typer.echo(f"{image}: measured on {img.meta.get('channel_rule', img.meta.get('channel'))}"
                    + ("; positions and FWHM in full-frame pixels" if img.pixel_map else ""))
     stars = table[table["accepted"]]
@@ -91,6 +94,9 @@ def find_command(
             out.remove_columns(["accepted", "reject_reason"])
         write_star_list(out, output)
         typer.echo(f"wrote {output}")
+        if keep_rejected and output.suffix.lower() == ".lst" and len(stars) < len(table):
+            typer.echo(f"note: {output.name} lists the {len(stars)} accepted stars only (Siril's .lst has no place "
+                       "for rejected candidates); write .csv, .ecsv, .fits or .reg to keep them")
     if overlay is not None:
         plot_overlay(frame_view(img), table if keep_rejected else stars, overlay)
         typer.echo(f"wrote {overlay}")
