@@ -105,7 +105,7 @@ def test_fits_match_numpy_backend(monkeypatch, model, kind, angle, fwhm):
 
 @pytest.mark.parametrize("mode", ["variance", "variance and noise", "unweighted"])
 def test_fits_match_numpy_backend_other_weights(monkeypatch, mode):
-    """A fixed variance array (which wins over a noise model given too), and the unweighted fit
+    """A fixed variance array, alone or added to a noise model's variance, and the unweighted fit
     (sandwich covariance), with masked pixels."""
     n = 30
     model = GaussianPSF()

@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-__all__ = ["available", "fit_batch", "normal_equations", "threads", "GAUSSIAN", "GAUSSIAN_ERF", "MOFFAT"]
+__all__ = ["available", "fit_batch", "normal_equations", "threads", "values", "GAUSSIAN", "GAUSSIAN_ERF", "MOFFAT"]
 
 GAUSSIAN, GAUSSIAN_ERF, MOFFAT = 0, 1, 2
 _KMAX = 16
@@ -571,13 +571,16 @@ if _HAVE_NUMBA:
 
     @njit(cache=True, _nrt=False)
     def _weights(kind_w, mask, var_fixed, expected, gain, rn2, wgt):
-        """Pixel weights: fixed (kind_w 0: 1/var_fixed) or from the model (1: Poisson + read noise)."""
+        """Pixel weights: fixed (kind_w 0: 1/var_fixed), from the model (1: Poisson + read noise) or
+        from the model plus a fixed part (2: Poisson + var_fixed, which holds the read noise too)."""
         inv_gain = 1.0 / gain
         for m in range(wgt.size):  # branch-free, so that it vectorises
             if kind_w == 0:
                 var = var_fixed[m]
-            else:
+            elif kind_w == 1:
                 var = max(expected[m], 0.0) * inv_gain + rn2
+            else:
+                var = max(expected[m], 0.0) * inv_gain + var_fixed[m]
             good = mask[m] & (var > 0.0) & (var < np.inf)
             wgt[m] = 1.0 / var if good else 0.0
 
@@ -773,6 +776,16 @@ if _HAVE_NUMBA:
             out_chi2[i] = _normal(jac, out_val[i], data[i], wgt[i], fidx, out_jtj[i], out_jtr[i], wr, wj)
 
 
+    @njit(parallel=True, cache=True)
+    def _values_batch(kind, ks, params, h, w, offs, offw, out_val, xs, ys):
+        n = params.shape[0]
+        npar = params.shape[1]
+        for i in prange(n):
+            jac = np.zeros((npar, h * w))
+            rows = np.zeros((6, max(h, w)))
+            _star_eval(kind, ks[i], params[i], h, w, offs, offw, jac, out_val[i], rows, xs, ys)
+
+
 _TABLES: dict = {}
 
 
@@ -793,6 +806,17 @@ def _ks(ks, n):
     if np.any((ks < 0) | (ks > _KMAX)):
         raise ValueError(f"pixel-integration orders must be in [0, {_KMAX}]")
     return np.ascontiguousarray(ks)
+
+
+def values(kind, params, shape, ks):
+    """Model values (n, h*w) on flattened stamps, compiled (what the fits evaluate)."""
+    h, w = shape
+    params = np.ascontiguousarray(params, dtype=np.float64)
+    n = params.shape[0]
+    val = np.zeros((n, h * w))
+    offs, offw = _tables()
+    _values_batch(kind, _ks(ks, n), params, h, w, offs, offw, val, *_grid(h, w))
+    return val
 
 
 def normal_equations(kind, params, data, weight, shape, free, ks):
@@ -838,7 +862,8 @@ def fit_batch(kind, params, data, mask, shape, free, lo, hi, ks, *, variance=Non
     variance : ndarray (n, h*w), optional
         Fixed pixel variances (weights 1 / variance); otherwise ``gain`` is required.
     gain, read_noise : float
-        Variance ``max(model, 0) / gain + read_noise**2`` from the model at the start of every pass.
+        Variance ``max(model, 0) / gain + read_noise**2`` from the model at the start of every pass
+        (plus ``variance`` when both are given).
     max_iter, rtol, passes : int, float, int
         Iterations per pass, convergence tolerance (steps below ``rtol`` standard errors), passes.
     pass_rtol, step_factor : float
@@ -862,7 +887,10 @@ def fit_batch(kind, params, data, mask, shape, free, lo, hi, ks, *, variance=Non
     mask = np.ascontiguousarray(mask, dtype=np.bool_)
     fidx = np.flatnonzero(free).astype(np.int64)
     nf = fidx.size
-    if variance is not None:
+    if variance is not None and gain is not None:  # the model's Poisson variance plus this one
+        var = np.ascontiguousarray(variance + float(read_noise) ** 2, dtype=np.float64)
+        kind_w, g, rn2 = 2, float(gain), 0.0
+    elif variance is not None:
         var = np.ascontiguousarray(variance, dtype=np.float64)
         kind_w, g, rn2 = 0, 1.0, 0.0
     else:

@@ -215,6 +215,7 @@ REASONS = {
     "edge": "too close to the frame edge",
     "poor_fit": "RMSE / amplitude above max_rmse_ratio (a poor fit)",
     "duplicate": "the fit converged on a star already in the list",
+    "misfit": "a bump beside a brighter star that its model's misfit explains (deblend pass)",
 }
 
 
@@ -262,6 +263,7 @@ def find_stars(
     max_candidates: int | None = 200000,
     mask_neighbours: bool = True,
     saturation: float | None | str = "auto",
+    deblend: bool = False,
     **criteria: Any,
 ) -> Table:
     """Find, fit and measure every star of a frame.
@@ -300,6 +302,12 @@ def find_stars(
     saturation : float, None or "auto"
         Pixels at or above this level are left out of the fits (stars flagged
         ``saturated``); "auto" takes the image's level (header or data type).
+    deblend : bool
+        The crowded-field pass (:mod:`psfkit.deblend`, off by default: it costs about as much
+        again as the first pass on a crowded frame): stars with a neighbour in their box are
+        fitted again with the neighbours' models subtracted, and companions hidden in a
+        brighter star's light (within 0.8-3 FWHM, no peak of their own in the smoothed frame)
+        are found on the residual frame and fitted; they have ``detection_pass`` 2.
     **criteria
         Fields of :class:`RejectionCriteria` (``min_fwhm``, ``max_fwhm_ratio``,
         ``min_roundness``, ``min_snr``, ``max_center_shift``, ``edge``,
@@ -344,7 +352,7 @@ def find_stars(
     smoothing = 1.0 if fwhm is None else max(0.7, fwhm / 2.3548)
     cands, n_cand_all = candidates(smoothing)
     settings = dict(threshold=threshold, model=model, beta=beta, angle=angle, box=box, fwhm=fwhm,
-                    min_separation=min_separation, mask_neighbours=mask_neighbours,
+                    min_separation=min_separation, mask_neighbours=mask_neighbours, deblend=deblend,
                     **{f.name: getattr(crit, f.name) for f in fields(RejectionCriteria)})
     if len(cands) == 0:
         names = ["id", "x_fit", "y_fit", "x_err", "y_err", "fwhm_x", "fwhm_y", "fwhm", "roundness", "angle",
@@ -392,7 +400,12 @@ def find_stars(
                       read_noise=read_noise, mask=mask, saturation=saturation)
     table = _fit_in_chunks(img, xs, ys, masker, fit_kwargs, progress)
     table["peak_significance"] = np.asarray(cands["significance"], dtype=float)
+    table["detection_pass"] = np.ones(len(table), dtype=np.int64)
     reasons = _reject(table, crit, img.shape, fwhm_est)
+    if deblend and (reasons == "").any():
+        table, reasons = _deblend(img, bkg, table, reasons, fwhm_est=fwhm_est, smoothing=smoothing,
+                                                threshold=threshold, noise=float(cands.meta["noise_smoothed"]),
+                                                fit_kwargs=fit_kwargs, crit=crit, mask_neighbours=mask_neighbours)
     # duplicates: two candidates converging on one star
     order = np.argsort(-np.nan_to_num(table["flux_fit"], nan=-np.inf), kind="stable")
     accepted = reasons == ""
@@ -424,7 +437,8 @@ def find_stars(
     out.meta.update(
         settings=settings,
         summary={"n_candidates": int(n_cand_all), "n_stars": int(len(stars)), "rejected": counts,
-                 "candidates_fitted": int(len(table))},
+                 "candidates_fitted": int(len(table)),
+                 "companions_found": int(np.sum(np.asarray(stars["detection_pass"]) == 2))},
         frame_fwhm=fwhm_est,
         frame_beta=frame_beta,
         detection_smoothing=smoothing,
@@ -435,6 +449,43 @@ def find_stars(
         reject_reasons=REASONS,
     )
     return out
+
+
+def _deblend(img, bkg, table, reasons, *, fwhm_est, smoothing, threshold, noise, fit_kwargs, crit, mask_neighbours):
+    """The crowded-field pass of :mod:`psfkit.deblend` on the accepted stars: their rows refitted
+    with neighbours subtracted, companions appended with their own rejection tests.
+    Returns (table, reasons)."""
+    from .deblend import deblend_stars
+
+    acc = np.flatnonzero(reasons == "")
+    s2 = (fwhm_est / 2.3548) ** 2
+
+    def fit(x, y, neighbours, light):
+        masker = None
+        if neighbours is not None:
+            st, rows, extra = (*neighbours, None)[:3]
+            every = None
+            if mask_neighbours:
+                peaks = np.nan_to_num(np.asarray(st["amplitude"], dtype=float)) * s2 / (s2 + smoothing**2)
+                every = _neighbour_masker(np.asarray(st["x_fit"], dtype=float),
+                                          np.asarray(st["y_fit"], dtype=float), peaks, 1.2 * fwhm_est)
+
+            def masker(origin, box, idx):
+                out = every(origin, box, rows[idx]) if every is not None else np.zeros((len(idx), box, box), bool)
+                return out | extra(origin, box) if extra is not None else out
+        # one call (no progress chunks): neighbour_light follows the order of these stars
+        return _fit_in_chunks(img, x, y, masker, {**fit_kwargs, "neighbour_light": light}, False)
+
+    stars, comp, explains = deblend_stars(img.data, bkg.level, table[acc], fwhm=fwhm_est, smoothing=smoothing,
+                                          threshold=threshold, noise=noise, fit=fit)
+    table[acc] = stars
+    if len(comp) == 0:
+        return table, reasons
+    comp["detection_pass"] = np.full(len(comp), 2, dtype=np.int64)
+    comp_reasons = _reject(comp, crit, img.shape, fwhm_est)
+    comp_reasons[(comp_reasons == "") & ~explains] = "misfit"
+    table = vstack([table, comp[table.colnames]], metadata_conflicts="silent")
+    return table, np.concatenate([reasons, comp_reasons])
 
 
 def _probe_indices(significance: np.ndarray, n: int = 60) -> np.ndarray:

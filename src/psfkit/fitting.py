@@ -141,6 +141,19 @@ def _compiled_kind(model, p, free) -> int | None:
     return None
 
 
+def model_values(model: PSFModel, p: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Values (N, h*w) of the model with parameters p on stamps of this shape, as the fits see
+    them (the same pixel integration), on the compiled engine where it covers the model."""
+    from . import _compiled
+
+    p = np.asarray(p, dtype=float)
+    kind = _compiled_kind(model, p, model.default_free()) if len(p) else None
+    if kind is None:
+        return model.evaluate(p, shape)[0]
+    ks = np.ones(len(p), dtype=int) if kind == _compiled.GAUSSIAN_ERF else model.subsampling(p)
+    return _compiled.values(kind, p, shape, ks)
+
+
 def _exact_erf_path(model, p, free) -> bool:
     from .models import GaussianPSF
 
@@ -280,6 +293,8 @@ def fit_stamps(
         True for pixels to use (False: masked, saturated, off the image).
     variance : ndarray, shape (N, h, w), optional
         Per-pixel variance (e.g. a user's error array squared); fixed during the fit.
+        With ``noise`` too it is added to the model's variance (e.g. the photon noise of
+        neighbours' light taken out of the stamps).
     noise : NoiseModel, optional
         Gain and read noise: weights from the model, iteratively updated.
     free : ndarray of bool, shape (n_params,), optional
@@ -358,7 +373,9 @@ def fit_stamps(
     weighted = variance is not None or noise is not None
 
     def weights_for(expected):
-        if variance is not None:
+        if variance is not None and noise is not None:
+            var = noise.variance(expected) + np.asarray(variance, dtype=float).reshape(n, h * w)
+        elif variance is not None:
             var = np.asarray(variance, dtype=float).reshape(n, h * w)
         elif noise is not None:
             var = noise.variance(expected)
@@ -400,8 +417,11 @@ def _fit_compiled(kind, model, data, p0, mask, variance, noise, free, lo, hi, ma
     n_pix = m.sum(axis=1)
     weighted = variance is not None or noise is not None
     border_var = None
-    if variance is not None:  # fixed weights; with a noise model too, the passes repeat as on the numpy path
-        passes = 1 + (reweight if noise is not None else 0)
+    if variance is not None and noise is not None:  # the model's variance plus this one
+        passes = 1 + reweight
+        var, gain, rn = np.asarray(variance, dtype=float).reshape(n, h * w), noise.gain, noise.read_noise
+    elif variance is not None:  # fixed weights
+        passes = 1
         var, gain, rn = np.asarray(variance, dtype=float).reshape(n, h * w), None, 0.0
     elif noise is not None:
         var, passes, gain, rn = None, 1 + reweight, noise.gain, noise.read_noise

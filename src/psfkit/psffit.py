@@ -142,6 +142,7 @@ def fit_stars(
     oversampling: int = 1,
     max_iter: int = 100,
     stamp_mask: Callable[[np.ndarray, int], np.ndarray] | None = None,
+    neighbour_light: Callable[[np.ndarray, int], np.ndarray] | None = None,
 ) -> Table:
     """Fit the PSF of the stars near the given positions, all in one batch.
 
@@ -183,6 +184,11 @@ def fit_stars(
         ``stamp_mask(origin, box) -> (N, box, box) bool``: per-star pixels to
         leave out (True), given each stamp's origin; used by the star finder to
         mask brighter neighbours (flag ``neighbours_masked``).
+    neighbour_light : callable, optional
+        ``neighbour_light(origin, box) -> (N, box, box)``: the light of other stars on each
+        stamp (data units), taken out of it before the fit; with a gain its photon noise is
+        added to each pixel's variance.  (:func:`psfkit.find_stars` uses it to fit each star
+        with its neighbours' fitted models subtracted.)
 
     Returns
     -------
@@ -256,10 +262,16 @@ def fit_stars(
         estamps, _, _, _ = cut_stamps(np.asarray(error, dtype=float), rx, ry, box)
         variance = np.where(usable, estamps**2, np.inf)
     noise = _weights_and_noise(img, gain, read_noise, error, box)
+    raw = stamps
+    if neighbour_light is not None:
+        light = np.where(inside, np.asarray(neighbour_light(origin, box), dtype=float), 0.0)
+        stamps = stamps - light
+        if noise is not None:  # their photon noise stays in the pixels: added to the model's variance
+            variance = np.clip(light, 0.0, None) / noise.gain
     centre = np.stack([rx - origin[:, 0], ry - origin[:, 1]], axis=1)
     p0 = initial_params(mdl, stamps, usable, centre)
-    if np.any(saturation_mask(stamps, sat_level) & inside) if sat_level is not None else False:
-        satd = np.any(saturation_mask(stamps, sat_level) & inside, axis=(1, 2))
+    if np.any(saturation_mask(raw, sat_level) & inside) if sat_level is not None else False:
+        satd = np.any(saturation_mask(raw, sat_level) & inside, axis=(1, 2))
         p0[satd, 1] *= 2.0  # a saturated peak hides a higher amplitude
 
     # the centre may not wander far out of its box (a fit that would is a failure, flagged below as

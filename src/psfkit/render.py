@@ -6,9 +6,31 @@ from typing import Any
 
 import numpy as np
 
+from .fitting import model_values
 from .stamps import cut_stamps
 
-__all__ = ["render_fit"]
+__all__ = ["model_params", "render_fit", "render_stars_frame"]
+
+
+def model_params(model: Any, table: Any, origin: np.ndarray) -> np.ndarray:
+    """Model parameter rows (N, n_params) of a star table's fits, in the pixels of boxes whose
+    first pixel is at ``origin`` (N, 2: x, y); the inverse of :func:`psfkit.measure.measure`."""
+    x = np.asarray(table["x_fit"], dtype=float)
+    n = len(x)
+    p = np.zeros((n, model.n_params))
+    p[:, 0] = np.asarray(table["background"], dtype=float)
+    p[:, model.i_x0] = x - origin[:, 0]
+    p[:, model.i_y0] = np.asarray(table["y_fit"], dtype=float) - origin[:, 1]
+    if model.name == "image":
+        p[:, 1] = np.asarray(table["flux_fit"], dtype=float)
+        return p
+    p[:, 1] = np.asarray(table["amplitude"], dtype=float)
+    if model.param_names[-1] == "beta":  # Moffat, Lorentzian (beta fixed at 1)
+        p[:, 7] = np.asarray(table["beta"], dtype=float)
+    p[:, 4] = model.widths_from_fwhm(np.asarray(table["fwhm_x"], dtype=float), p[:, -1])
+    p[:, 5] = model.widths_from_fwhm(np.asarray(table["fwhm_y"], dtype=float), p[:, -1])
+    p[:, 6] = np.radians(np.asarray(table["angle"], dtype=float))
+    return p
 
 
 def render_fit(fit: Any, *, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -16,23 +38,38 @@ def render_fit(fit: Any, *, shape: tuple[int, int] | None = None) -> tuple[np.nd
     box = int(fit.table.meta["box"]) if shape is None else shape[0]
     d = fit.to_dict()
     data, inside, origin, _ = cut_stamps(fit.image.data, np.array([d["x_fit"]]), np.array([d["y_fit"]]), box)
-    model = fit.model
-    p = np.zeros((1, model.n_params))
-    p[0, 0] = d["background"]
-    p[0, model.i_x0] = d["x_fit"] - origin[0, 0]
-    p[0, model.i_y0] = d["y_fit"] - origin[0, 1]
-    if model.name == "image":
-        p[0, 1] = d["flux_fit"]
-    else:
-        p[0, 1] = d["amplitude"]
-        fx, fy = d["fwhm_x"], d["fwhm_y"]
-        if model.param_names[-1] == "beta":  # Moffat, Lorentzian (beta fixed at 1)
-            p[0, 7] = d["beta"]
-        wx = model.widths_from_fwhm(np.array([fx]), np.array([p[0, -1]]))[0]
-        wy = model.widths_from_fwhm(np.array([fy]), np.array([p[0, -1]]))[0]
-        p[0, 4], p[0, 5] = wx, wy
-        p[0, 6] = np.radians(d["angle"])
-    values, _ = model.evaluate(p, (box, box))
+    values, _ = fit.model.evaluate(model_params(fit.model, fit.table, origin), (box, box))
     values = values.reshape(box, box)
     values = np.where(inside[0], values, np.nan)
     return data[0], values, data[0] - values
+
+
+def render_stars_frame(table: Any, model: Any, shape: tuple[int, int], *, box: int, out: np.ndarray | None = None,
+                       sign: float = 1.0) -> np.ndarray:
+    """The light of a star table's fitted models on a frame (backgrounds left out), each star on
+    a ``box`` x ``box`` patch around its centre; rows with a non-finite fit are skipped.
+
+    With ``out`` the light times ``sign`` is added to it in place (``sign=-1``: a residual frame
+    without a second frame in memory) and ``out`` is returned.
+    """
+    frame = np.zeros(shape) if out is None else out
+    keep = np.ones(len(table), dtype=bool)
+    for name in ("x_fit", "y_fit", "amplitude", "fwhm_x", "fwhm_y"):
+        if name in table.colnames:
+            keep &= np.isfinite(np.asarray(table[name], dtype=float))
+    table = table[keep]
+    if len(table) == 0:
+        return frame
+    half = box // 2
+    origin = np.stack([np.round(np.asarray(table["x_fit"], dtype=float)) - half,
+                       np.round(np.asarray(table["y_fit"], dtype=float)) - half], axis=1).astype(int)
+    p = model_params(model, table, origin)
+    p[:, 0] = 0.0
+    values = model_values(model, p, (box, box)).reshape(len(table), box, box)
+    ny, nx = shape
+    for (ox, oy), v in zip(origin, values):
+        x0, y0 = max(ox, 0), max(oy, 0)
+        x1, y1 = min(ox + box, nx), min(oy + box, ny)
+        if x0 < x1 and y0 < y1:
+            frame[y0:y1, x0:x1] += sign * v[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+    return frame

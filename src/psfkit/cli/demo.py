@@ -22,7 +22,7 @@ def demo_command(
     typer.echo(f"Sample image: {path}")
     find_command(
         image=path, output=outdir / "stars.csv", overlay=outdir / "overlay.png", fwhm_map=outdir / "fwhm_map.png",
-        threshold=5.0, model="gaussian", angle=True, keep_rejected=False, hdu=None, channel=None,
+        threshold=5.0, model="gaussian", angle=True, keep_rejected=False, deblend=False, hdu=None, channel=None,
         focal_length=None, pixel_size=None, binning=None, scale=None, gain=None, read_noise=None, min_roundness=0.3,
     )
     from ..catalog import write_star_list

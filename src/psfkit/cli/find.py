@@ -23,6 +23,8 @@ def find_command(
     model: str = typer.Option("gaussian", "--model", help="gaussian or moffat."),
     angle: bool = typer.Option(False, "--angle", help="Fit the rotation angle (slower; Siril's detection does not)."),
     keep_rejected: bool = typer.Option(False, "--keep-rejected", help="Also list the rejected candidates, with reasons."),
+    deblend: bool = typer.Option(False, "--deblend", help="Crowded fields: refit stars with their neighbours "
+                                 "subtracted and find companions hidden in brighter stars' light (slower)."),
     hdu: Optional[str] = hdu_option(),
     channel: Optional[str] = channel_option(),
     focal_length: Optional[float] = focal_length_option(),
@@ -50,7 +52,7 @@ def find_command(
             if not p.parent.exists():
                 raise fail(f"{p.parent}: no such folder")
     optics = user_optics(focal_length, pixel_size, binning, scale)
-    find_options = dict(threshold=threshold, model=model, angle=angle, keep_rejected=True, gain=gain,
+    find_options = dict(threshold=threshold, model=model, angle=angle, keep_rejected=True, deblend=deblend, gain=gain,
                         read_noise=read_noise, progress=True, min_roundness=min_roundness if min_roundness else None)
     if is_per_channel(channel):  # one table, a 'channel' column, every plane measured
         table = find_stars_by_channel(image, channels=channel, hdu=hdu, **optics, **find_options)
@@ -71,7 +73,9 @@ def find_command(
     stars = table[table["accepted"]]
     for name, summary in summaries.items():
         label = f" [{name}]" if len(summaries) > 1 else ""
-        typer.echo(f"{image}{label}: {summary['n_stars']} stars from {summary['n_candidates']} candidates")
+        companions = f" (+{summary['companions_found']} companions on the residual)" if summary.get(
+            "companions_found") else ""
+        typer.echo(f"{image}{label}: {summary['n_stars']} stars from {summary['n_candidates']} candidates{companions}")
         for reason, count in sorted(summary["rejected"].items(), key=lambda kv: -kv[1]):
             typer.echo(f"  rejected {count:5d}  {reason}: {table.meta['reject_reasons'][reason]}")
     if len(stars):

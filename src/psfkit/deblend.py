@@ -1,0 +1,311 @@
+"""Crowded stars: neighbours subtracted, and companions hidden in a brighter star's light.
+
+The first pass of :func:`psfkit.find_stars` fits each candidate with its brighter neighbours'
+cores masked.  Two things escape it: the wings of a neighbour still fall on the star's pixels,
+and a faint star within ~2 FWHM of a brighter one is no local maximum of the smoothed frame, so
+it is not a candidate at all and the brighter star's fit takes its light.  This pass (DAOPHOT's
+idea: subtract, look again):
+
+1. fits again every star that has a neighbour within its box, with the neighbours' fitted
+   models subtracted from its pixels (their photon noise kept in the weights);
+2. looks for peaks of the residual frame (the frame minus every star's model) around each
+   star, keeping the strongest per star;
+3. fits those companions, then the stars beside them again without the companions' light;
+4. keeps a companion only when it explains its star's residual: the star's chi-square drops by
+   more than threshold^2 (in units of its new reduced chi-square) with the companion taken out,
+   and the star then fits to the noise (reduced chi-square below 2). A bright star whose profile
+   the model misses leaves a residual no companion explains; use the Moffat model there.
+
+A peak of the residual counts only when it stands above the detection level plus a fifth of the
+stars' light at its place, *and* above the residual at the point mirrored through the star's
+centre by the detection level: a model that misses the star's true profile (a Gaussian fitted to
+a star with Moffat wings, a slightly wrong width or elongation) leaves a residual symmetric about
+the centre and small against the star's light there; a companion is neither.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+from astropy.table import Table
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from . import flags as F
+from .fitting import model_values
+from .models import get_model
+from .render import model_params, render_stars_frame
+from .stamps import cut_stamps
+
+__all__ = ["deblend_stars", "INNER_FWHM", "OUTER_FWHM", "MISFIT_FRACTION", "MAX_REDUCED_CHI2"]
+
+#: companions are looked for from this many FWHM from a star's centre (its own FWHM where it is wider
+#: than the frame's; closer ones are not resolved) ...
+INNER_FWHM = 0.8
+#: ... out to this many (farther, the first pass sees them as peaks of their own)
+OUTER_FWHM = 3.0
+
+#: a residual peak must also exceed this fraction of the stars' (smoothed) light at its place: where
+#: two stars' misfits overlap (an axis-aligned fit of a rotated ellipse leaves +-2.5 % of the peak
+#: in a four-leaf pattern) the sum is no longer symmetric about either star, but it stays below
+#: ~15 % of their light there, while a companion of 5 % of a star's flux 1.2 FWHM away is ~5 times it
+MISFIT_FRACTION = 0.2
+
+#: a companion is claimed only where the star's model (the companion taken out) fits to the noise
+MAX_REDUCED_CHI2 = 2.0
+
+#: rounds of (star without its companion, companion without its star)
+ROUNDS = 8
+
+#: ``fit(x, y, masker, neighbour_light) -> Table``: how the caller fits stars
+FitFunction = Callable[[np.ndarray, np.ndarray, Any, Any], Table]
+
+
+def _frame_model(table: Table) -> Any:
+    """The model the table's stars were fitted with, able to draw any row (its beta, its angle)."""
+    return get_model(table.meta.get("model", "gaussian"), angle=True, sampling=table.meta.get("sampling", "integrated"))
+
+
+def _stamps_at(frame: np.ndarray, origin: np.ndarray, box: int) -> np.ndarray:
+    """``box`` x ``box`` stamps of ``frame`` whose first pixel is at ``origin`` (0 off the frame)."""
+    centre = origin + box // 2
+    stamps, inside, _, _ = cut_stamps(frame, centre[:, 0].astype(float), centre[:, 1].astype(float), box)
+    return np.where(inside, stamps, 0.0)
+
+
+def _neighbour_light(light: np.ndarray, model: Any, own: Table | None):
+    """``neighbour_light`` for :func:`psfkit.fit_stars`: the light frame's stamps, less each fitted
+    star's own model (``own``, in the order of the stars fitted; None for stars not in ``light``)."""
+
+    def on_stamps(origin: np.ndarray, box: int) -> np.ndarray:
+        out = _stamps_at(light, origin, box)
+        if own is not None:
+            p = model_params(model, own, origin)
+            p[:, 0] = 0.0
+            out -= model_values(model, p, (box, box)).reshape(len(own), box, box)
+        return out
+
+    return on_stamps
+
+
+def _light(tables: list[Table], model: Any, shape: tuple[int, int], box: int) -> np.ndarray:
+    """The light of every star of the tables on one frame (float32)."""
+    frame = np.zeros(shape, dtype=np.float32)
+    for t in tables:
+        if len(t):
+            render_stars_frame(t, model, shape, box=box, out=frame)
+    return frame
+
+
+def _fitted(table: Table, shape: tuple[int, int]) -> np.ndarray:
+    """Rows whose fit can stand in for the star (finite, not failed, centre in place and on the frame)."""
+    x = np.asarray(table["x_fit"], dtype=float)
+    y = np.asarray(table["y_fit"], dtype=float)
+    with np.errstate(invalid="ignore"):
+        on = (x >= -0.5) & (x <= shape[1] - 0.5) & (y >= -0.5) & (y <= shape[0] - 0.5)
+    return on & np.isfinite(np.asarray(table["flux_fit"], dtype=float)) & (
+        (np.asarray(table["flags"]) & (F.FIT_FAILED | F.CENTER_MOVED)) == 0)
+
+
+def _residual_peaks(data: np.ndarray, light: np.ndarray, level: np.ndarray, stars: Table, *, fwhm: float,
+                    smoothing: float, limit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Peaks of the smoothed residual around each star: (x, y, smoothed peak, index of the star).
+
+    ``limit`` is the detection level on the smoothed scale; a peak must exceed it, and exceed
+    the point mirrored through the star's centre by it.
+    """
+    r = int(math.ceil(OUTER_FWHM * fwhm)) + 2
+    w = 2 * r + 1
+    xs = np.asarray(stars["x_fit"], dtype=float)
+    ys = np.asarray(stars["y_fit"], dtype=float)
+    patches, inside, origin, _ = cut_stamps(data, xs, ys, w)
+    model = np.nan_to_num(np.where(inside, cut_stamps(light, xs, ys, w)[0], 0.0), nan=0.0)
+    patches = patches - cut_stamps(level, xs, ys, w)[0] - model
+    patches = np.nan_to_num(np.where(inside, patches, 0.0), nan=0.0)
+    smooth = ndimage.gaussian_filter(patches, (0, smoothing, smoothing), mode="nearest", truncate=3.0)
+    model = ndimage.gaussian_filter(model, (0, smoothing, smoothing), mode="nearest", truncate=3.0)
+    peak = (smooth == ndimage.maximum_filter(smooth, size=(1, 3, 3), mode="nearest")) & inside
+    peak &= smooth > limit + MISFIT_FRACTION * model
+    k, py, px = np.nonzero(peak)
+    cx = xs[k] - origin[k, 0]
+    cy = ys[k] - origin[k, 1]
+    d = np.hypot(px - cx, py - cy)
+    # a bright star is often wider than the frame's FWHM (seeing halo, a profile the model misses):
+    # its own FWHM sets how close a companion may be
+    own = np.nan_to_num(np.asarray(stars["fwhm"], dtype=float), nan=fwhm)[k]
+    inner = INNER_FWHM * np.maximum(own, fwhm)
+    mx = np.clip(np.rint(2 * cx - px).astype(int), 0, w - 1)
+    my = np.clip(np.rint(2 * cy - py).astype(int), 0, w - 1)
+    value = smooth[k, py, px]
+    keep = (d >= inner) & (d <= OUTER_FWHM * fwhm) & (value - smooth[k, my, mx] > limit)
+    k, px, py, value = k[keep], px[keep], py[keep], value[keep]
+    # the strongest per star (a fit that took a companion's light leaves more than one bump)
+    order = np.lexsort((-value, k))
+    first = order[np.r_[True, k[order][1:] != k[order][:-1]]] if len(order) else order
+    k, px, py, value = k[first], px[first], py[first], value[first]
+    return px + origin[k, 0].astype(float), py + origin[k, 1].astype(float), value, k
+
+
+def _dedupe(x: np.ndarray, y: np.ndarray, peak: np.ndarray, sep: float) -> np.ndarray:
+    """Indices of the peaks kept when two lie within ``sep`` (a peak seen from two stars' patches)."""
+    order = np.argsort(-peak, kind="stable")
+    if len(order) < 2:
+        return order
+    keep = np.ones(len(order), dtype=bool)
+    for i, j in sorted(cKDTree(np.stack([x[order], y[order]], axis=1)).query_pairs(sep)):
+        if keep[i]:
+            keep[j] = False
+    return order[keep]
+
+
+def _refit_rows(table: Table, rows: np.ndarray, new: Table, light: np.ndarray, model: Any, box: int) -> None:
+    """New fits of ``table[rows]`` where they worked, the light frame following (old models out, new in)."""
+    ok = _fitted(new, light.shape)
+    render_stars_frame(table[rows[ok]], model, light.shape, box=box, out=light, sign=-1.0)
+    _replace_rows(table, rows, new, ok)
+    render_stars_frame(table[rows[ok]], model, light.shape, box=box, out=light)
+
+
+def _disc_mask(x: np.ndarray, y: np.ndarray, radius: np.ndarray):
+    """``stamp_mask`` for star i of a fit: the pixels within ``radius[i]`` of (x[i], y[i])."""
+
+    def mask(origin: np.ndarray, box: int) -> np.ndarray:
+        yy, xx = np.mgrid[0:box, 0:box]
+        dx = xx[None] + origin[:, 0, None, None] - x[:, None, None]
+        dy = yy[None] + origin[:, 1, None, None] - y[:, None, None]
+        return dx * dx + dy * dy <= (radius * radius)[:, None, None]
+
+    return mask
+
+
+def _replace_rows(table: Table, rows: np.ndarray, new: Table, ok: np.ndarray) -> None:
+    """New fits of some rows, where they worked (where the candidates were found stays)."""
+    for name in new.colnames:
+        if name in table.colnames and name not in ("id", "x_init", "y_init", "peak_significance", "detection_pass"):
+            table[name][rows[ok]] = new[name][ok]
+
+
+def deblend_stars(
+    data: np.ndarray,
+    level: np.ndarray,
+    stars: Table,
+    *,
+    fwhm: float,
+    smoothing: float,
+    threshold: float,
+    noise: float,
+    fit: FitFunction,
+) -> tuple[Table, Table, np.ndarray]:
+    """Refit crowded stars with their neighbours subtracted, and find and fit hidden companions.
+
+    Parameters
+    ----------
+    data, level : ndarray
+        The frame and its background map.
+    stars : Table
+        The accepted stars of the first pass (``meta["box"]``, ``meta["model"]``).
+    fwhm, smoothing : float
+        The frame's FWHM and the detection smoothing (Gaussian sigma, px).
+    threshold, noise : float
+        The detection threshold and the smoothed frame's noise: a residual peak must exceed
+        ``threshold * noise``, and the mirrored point by as much.
+    fit : callable
+        ``fit(x, y, neighbours, neighbour_light) -> Table``: the caller's fit of stars at (x, y),
+        in one call of :func:`psfkit.fit_stars` (``neighbour_light`` is its option).
+        ``neighbours`` is ``(stars, rows)`` or ``(stars, rows, mask)`` when the fitted stars are
+        ``stars[rows]`` (the caller masks their brighter neighbours' cores, as in its first pass,
+        and the pixels ``mask(origin, box)`` marks), None for new stars.
+
+    Returns
+    -------
+    stars : Table
+        ``stars`` with the refitted rows replaced.
+    companions : Table
+        The companions found, fitted, with ``chi2_drop`` (how much each lowers its star's
+        chi-square, in units of the star's new reduced chi-square).
+    explains : ndarray of bool
+        Companions that fit and explain their star's residual (the caller applies its rejection
+        tests to these; the others are misfits of the star's model).
+    """
+    stars = stars.copy(copy_data=True)
+    empty = (stars[:0], np.zeros(0, dtype=bool))
+    if len(stars) == 0:
+        return (stars, *empty)
+    model = _frame_model(stars)
+    box = int(stars.meta["box"])
+    shape = data.shape
+    xs = np.asarray(stars["x_fit"], dtype=float)
+    ys = np.asarray(stars["y_fit"], dtype=float)
+    # 1. the stars with a neighbour within their box, again with the neighbours' light taken out
+    light = _light([stars], model, shape, box)
+    tree = cKDTree(np.stack([xs, ys], axis=1))
+    crowded = np.array([len(n) > 1 for n in tree.query_ball_point(np.stack([xs, ys], axis=1), box / math.sqrt(2))],
+                       dtype=bool) if len(stars) > 1 else np.zeros(1, dtype=bool)
+    sat = (np.asarray(stars["flags"]) & F.SATURATED) != 0
+    rows = np.flatnonzero(crowded & ~sat)
+    if len(rows):
+        new = fit(xs[rows], ys[rows], (stars, rows), _neighbour_light(light, model, stars[rows]))
+        _refit_rows(stars, rows, new, light, model, box)
+    # 2. peaks of the residual around the stars (not the saturated ones: their cores are masked,
+    # not modelled, and leave a residual of their own)
+    use = np.flatnonzero(~sat)
+    px, py, peak, k = _residual_peaks(data, light, level, stars[use], fwhm=fwhm, smoothing=smoothing,
+                                      limit=threshold * noise)
+    keep = _dedupe(px, py, peak, max(2.0, 0.8 * fwhm))
+    if len(keep) == 0:
+        return (stars, *empty)
+    px, py, peak, k = px[keep], py[keep], peak[keep], use[k[keep]]
+    # 3. each star again with its companion's core masked (its fit took the companion's light), the
+    # companions with the stars' light taken out, then in turn each without the other's light: each
+    # fit moves the other's, so a few rounds
+    alone = stars[k]  # the stars' fits before: what the companions must improve on
+    sx, sy = np.asarray(alone["x_fit"], dtype=float), np.asarray(alone["y_fit"], dtype=float)
+    radius = np.clip(0.75 * np.hypot(px - sx, py - sy), 1.0, 1.2 * fwhm)
+    new = fit(xs[k], ys[k], (stars, k, _disc_mask(px, py, radius)), _neighbour_light(light, model, stars[k]))
+    _refit_rows(stars, k, new, light, model, box)
+    companions = fit(px, py, None, _neighbour_light(light, model, None))
+    companions["peak_significance"] = peak / noise
+    real = _fitted(companions, shape)
+    if not real.any():
+        _replace_rows(stars, k, alone, np.ones(len(k), dtype=bool))
+        return stars, companions, real
+    if not real.all():  # stars whose companion did not fit: back as they were
+        _replace_rows(stars, k[~real], alone[~real], np.ones(int((~real).sum()), dtype=bool))
+    rows, alone = k[real], alone[real]  # one companion per star
+    comp = companions[real]
+    cx, cy = np.asarray(comp["x_fit"], dtype=float), np.asarray(comp["y_fit"], dtype=float)
+    render_stars_frame(comp, model, shape, box=box, out=light)
+    for round_ in range(ROUNDS):
+        new = fit(xs[rows], ys[rows], (stars, rows), _neighbour_light(light, model, stars[rows]))
+        _refit_rows(stars, rows, new, light, model, box)
+        if round_ == ROUNDS - 1:
+            break
+        again = fit(cx, cy, None, _neighbour_light(light, model, comp))
+        _refit_rows(comp, np.arange(len(comp)), again, light, model, box)
+    _replace_rows(companions, np.flatnonzero(real), comp, np.ones(len(comp), dtype=bool))
+    # 4. a companion must explain the star's residual: with it the star's chi-square drops by more
+    # than threshold^2 in units of the new fit's reduced chi-square (what a star of SNR `threshold`
+    # would do), and the star's model, companion included, must fit to the noise: where it does not
+    # (bright stars whose profile the model misses) the residual is the misfit's, whatever its shape
+    scale = np.asarray(stars["reduced_chi2"], dtype=float)[rows]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        drop = (_chi2(alone) - _chi2(stars[rows])) / scale
+    ok = _fitted(stars[rows], shape) & (np.nan_to_num(drop, nan=-np.inf) > threshold**2) & (scale < MAX_REDUCED_CHI2)
+    bad = rows[~ok]  # the star keeps its fit without the companion
+    if len(bad):
+        _replace_rows(stars, bad, alone[~ok], np.ones(len(bad), dtype=bool))
+    idx = np.flatnonzero(real)
+    real[idx[~ok]] = False
+    companions["chi2_drop"] = np.full(len(companions), np.nan)
+    companions["chi2_drop"][idx] = drop
+    companions["star_reduced_chi2"] = np.full(len(companions), np.nan)
+    companions["star_reduced_chi2"][idx] = scale
+    return stars, companions, real
+
+
+def _chi2(table: Table) -> np.ndarray:
+    """Chi-square of each fit (reduced chi-square x degrees of freedom)."""
+    n = np.asarray(table["n_pixels_fit"], dtype=float)
+    return np.asarray(table["reduced_chi2"], dtype=float) * np.maximum(n - 7.0, 1.0)
