@@ -422,3 +422,25 @@ def test_view_command_serves_and_prints_its_address(tree):
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+def test_detect_with_deblend_is_find_stars_with_it(tmp_path):
+    """The deblend box of the page: its companions, as the library finds them, counted in the summary."""
+    from psfkit.simulate import add_noise, render_stars, star_params
+
+    rng = np.random.default_rng(9)
+    x = np.array([40.0, 45.6, 100.0, 104.8, 160.0])
+    y = np.array([40.0, 41.0, 60.0, 57.3, 45.0])
+    p = star_params("gaussian", x, y, [1e5, 1.5e4, 8e4, 1.2e4, 5e4], 3.5, 3.5, 0.0)
+    data = add_noise(render_stars((100, 200), p) + 100.0, gain=1.5, read_noise=6.0, rng=rng)
+    fits.writeto(tmp_path / "pairs.fits", data.astype(np.float32), fits.Header({"GAIN": 1.5, "RDNOISE": 6.0}))
+    with TestClient(create_app(tmp_path, export_dir=tmp_path, image="pairs.fits")) as c:
+        r = c.post("/api/detect", json={"path": "pairs.fits", "deblend": True})
+        assert r.status_code == 200, r.text
+        plain = c.post("/api/detect", json={"path": "pairs.fits"}).json()
+    lib = psfkit.find_stars(psfkit.load_image(tmp_path / "pairs.fits"), deblend=True)
+    t = _rows_table(r.json())
+    np.testing.assert_allclose(np.sort(t["x_fit"].astype(float)), np.sort(lib["x_fit"]), atol=1e-9)
+    assert r.json()["summary"]["companions_found"] == int(np.sum(lib["detection_pass"] == 2)) >= 1
+    assert r.json()["settings"]["deblend"] is True
+    assert len(r.json()["rows"]) > len(plain["rows"])

@@ -356,3 +356,25 @@ def test_image_y_axis_and_angle_on_screen(browser, tmp_path, top_down):
         assert abs(((ell_angle - expected) + 90) % 180 - 90) < 4, ell_angle
         assert errors == []
         page.close()
+
+
+def test_deblend_box_finds_the_companions(browser, tmp_path):
+    """The deblend box: the companions hidden beside brighter stars are drawn, and the summary counts them."""
+    rng = np.random.default_rng(9)
+    x = np.array([40.0, 45.6, 100.0, 104.8, 160.0])
+    y = np.array([40.0, 41.0, 60.0, 57.3, 45.0])
+    p = star_params("gaussian", x, y, [1e5, 1.5e4, 8e4, 1.2e4, 5e4], 3.5, 3.5, 0.0)
+    data = add_noise(render_stars((100, 200), p) + 100.0, gain=1.5, read_noise=6.0, rng=rng)
+    fits.writeto(tmp_path / "pairs.fits", data.astype(np.float32), fits.Header({"GAIN": 1.5, "RDNOISE": 6.0}))
+    with serve_in_thread(create_app(tmp_path)) as server:
+        page, errors = _open(browser, server.url, "pairs.fits")
+        n_plain, _ = _detect(page)
+        page.check("#deblend")
+        n_deep, rows = _detect(page)
+        assert n_deep == rows == 5 and n_plain == 3
+        assert "2 companions from the residual" in page.locator("#summary").text_content()
+        passes = page.evaluate("S.stars.map(s => s.detection_pass)")
+        assert sorted(passes) == [1, 1, 1, 2, 2]
+        page.screenshot(path=str(ARTIFACTS / "deblend.png"))
+        assert errors == []
+        page.close()

@@ -41,8 +41,8 @@ from .stamps import cut_stamps
 
 __all__ = ["deblend_stars", "INNER_FWHM", "OUTER_FWHM", "MISFIT_FRACTION", "MAX_REDUCED_CHI2"]
 
-#: companions are looked for from this many FWHM from a star's centre (its own FWHM where it is wider
-#: than the frame's; closer ones are not resolved) ...
+#: companions are looked for from this many FWHM (the frame's) from a star's centre (closer ones are
+#: not resolved) ...
 INNER_FWHM = 0.8
 #: ... out to this many (farther, the first pass sees them as peaks of their own)
 OUTER_FWHM = 3.0
@@ -132,14 +132,10 @@ def _residual_peaks(data: np.ndarray, light: np.ndarray, level: np.ndarray, star
     cx = xs[k] - origin[k, 0]
     cy = ys[k] - origin[k, 1]
     d = np.hypot(px - cx, py - cy)
-    # a bright star is often wider than the frame's FWHM (seeing halo, a profile the model misses):
-    # its own FWHM sets how close a companion may be
-    own = np.nan_to_num(np.asarray(stars["fwhm"], dtype=float), nan=fwhm)[k]
-    inner = INNER_FWHM * np.maximum(own, fwhm)
     mx = np.clip(np.rint(2 * cx - px).astype(int), 0, w - 1)
     my = np.clip(np.rint(2 * cy - py).astype(int), 0, w - 1)
     value = smooth[k, py, px]
-    keep = (d >= inner) & (d <= OUTER_FWHM * fwhm) & (value - smooth[k, my, mx] > limit)
+    keep = (d >= INNER_FWHM * fwhm) & (d <= OUTER_FWHM * fwhm) & (value - smooth[k, my, mx] > limit)
     k, px, py, value = k[keep], px[keep], py[keep], value[keep]
     # the strongest per star (a fit that took a companion's light leaves more than one bump)
     order = np.lexsort((-value, k))

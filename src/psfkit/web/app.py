@@ -58,6 +58,7 @@ class DetectRequest(_Strict):
     angle: bool = False
     fwhm: float | None = Field(None, gt=0, le=100)
     min_roundness: float | None = Field(None, ge=0, le=1)
+    deblend: bool = False
 
 
 class FitRequest(_Strict):
@@ -232,7 +233,7 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
         try:
             t1 = time.perf_counter()
             table = find_stars(item.image, threshold=req.threshold, model=req.model, angle=req.angle,
-                               fwhm=req.fwhm, keep_rejected=False, **criteria)
+                               fwhm=req.fwhm, keep_rejected=False, deblend=req.deblend, **criteria)
             t2 = time.perf_counter()
         finally:
             heavy.release()
@@ -241,7 +242,7 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
         out.update(summary=meta.get("summary"), frame_fwhm=meta.get("frame_fwhm"),
                    reject_reasons=meta.get("reject_reasons"),
                    settings={"threshold": req.threshold, "model": req.model, "angle": req.angle, "fwhm": req.fwhm,
-                             "min_roundness": req.min_roundness})
+                             "min_roundness": req.min_roundness, "deblend": req.deblend})
         body = _json_bytes(out)
         t3 = time.perf_counter()
         timing = f"load;dur={1e3 * (t1 - t0):.1f}, find;dur={1e3 * (t2 - t1):.1f}, encode;dur={1e3 * (t3 - t2):.1f}"

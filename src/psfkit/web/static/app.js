@@ -467,7 +467,8 @@ function rowsPayload(extra) {
 }
 async function detect() {
   const btn = $("#detect");
-  const body = { path: S.path, threshold: Number($("#threshold").value), model: $("#model").value, angle: $("#angle").checked };
+  const body = { path: S.path, threshold: Number($("#threshold").value), model: $("#model").value, angle: $("#angle").checked,
+                 deblend: $("#deblend").checked };
   if ($("#fwhm").value !== "") body.fwhm = Number($("#fwhm").value);
   if ($("#min-roundness").value !== "") body.min_roundness = Number($("#min-roundness").value);
   const t0 = performance.now();
@@ -488,6 +489,7 @@ async function detect() {
     psfkitStats.detect.built = performance.now();
     const sm = r.summary || {}, rej = Object.entries(sm.rejected || {}).map(([k, v]) => `${k} ${v}`).join(", ");
     $("#summary").textContent = $("#summary").title = `${sm.n_candidates ?? "?"} candidates${rej ? "; rejected: " + rej : ""}` +
+      (sm.companions_found ? `; ${sm.companions_found} companions from the residual` : "") +
       (r.frame_fwhm ? `; frame FWHM ≈ ${r.frame_fwhm.toFixed(2)} px` : "");
     // drawn: after the next frame has been painted (rAF runs before paint, the timeout after it)
     requestAnimationFrame(() => setTimeout(() => {
