@@ -121,9 +121,29 @@ def test_real_crowded_frame(shared_data):
     assert 0 < extra < 0.05 * len(plain)
     comp = deep[deep["detection_pass"] == 2]
     assert np.all(comp["snr"] >= 3) and np.all(np.isfinite(comp["flux_err"]))
-    # each companion sits beside a star of the first pass, 0.8-3 FWHM away
+    # each companion sits beside a star of the first pass: found 0.8-3 FWHM away, then fitted (a fit
+    # may move by up to max_center_shift, 1.5 FWHM)
     first = deep[deep["detection_pass"] == 1]
     d, _ = cKDTree(np.c_[first["x_fit"], first["y_fit"]]).query(np.c_[comp["x_fit"], comp["y_fit"]])
     fwhm = deep.meta["frame_fwhm"]
-    assert np.all(d < 3.5 * fwhm)
+    assert np.all(d < 4.5 * fwhm)
     assert len(deep) >= len(plain)
+
+
+def test_two_stars_fitted_as_one_are_split():
+    """Pairs 1.5 FWHM apart, flux ratios 0.3 and 0.25: the first pass fits each as one star (centre
+    between them, reduced chi-square in the hundreds); the pass splits them and measures both."""
+    rng = np.random.default_rng(9)
+    x = np.array([40.0, 45.3, 100.0, 104.5, 160.0])
+    y = np.array([40.0, 41.0, 60.0, 57.3, 45.0])
+    flux = np.array([1e5, 3e4, 8e4, 2e4, 5e4])
+    p = star_params("gaussian", x, y, flux, FWHM, FWHM, 0.0)
+    img = add_noise(render_stars((100, 200), p) + 100.0, gain=1.5, read_noise=6.0, rng=rng)
+    plain = psfkit.find_stars(img, gain=1.5, read_noise=6.0)
+    assert len(plain) == 3 and np.max(plain["reduced_chi2"]) > 50
+    deep = psfkit.find_stars(img, gain=1.5, read_noise=6.0, deblend=True)
+    found, j = _matched(deep, x, y, radius=0.3)
+    assert found.all() and len(deep) == 5
+    pulls = (np.asarray(deep["flux_fit"])[j] - flux) / np.asarray(deep["flux_err"])[j]
+    assert np.all(np.abs(pulls) < 4), pulls
+    assert np.all(deep["reduced_chi2"] < 1.5)

@@ -39,7 +39,7 @@ from .models import get_model
 from .render import model_params, render_stars_frame
 from .stamps import cut_stamps
 
-__all__ = ["deblend_stars", "INNER_FWHM", "OUTER_FWHM", "MISFIT_FRACTION", "MAX_REDUCED_CHI2"]
+__all__ = ["deblend_stars", "INNER_FWHM", "OUTER_FWHM", "MISFIT_FRACTION", "MAX_REDUCED_CHI2", "MERGED_REDUCED_CHI2"]
 
 #: companions are looked for from this many FWHM (the frame's) from a star's centre (closer ones are
 #: not resolved) ...
@@ -55,6 +55,12 @@ MISFIT_FRACTION = 0.2
 
 #: a companion is claimed only where the star's model (the companion taken out) fits to the noise
 MAX_REDUCED_CHI2 = 2.0
+
+#: a star fitted this far from the noise (reduced chi-square) may be two stars fitted as one: its
+#: strongest residual bump is tried as a companion without the symmetry tests. (A misfit of this
+#: size is a bright star's, and no companion brings the star down to MAX_REDUCED_CHI2; a moderate
+#: misfit, which a false companion could, takes the symmetry tests)
+MERGED_REDUCED_CHI2 = 20.0
 
 #: rounds of (star without its companion, companion without its star)
 ROUNDS = 8
@@ -126,8 +132,12 @@ def _residual_peaks(data: np.ndarray, light: np.ndarray, level: np.ndarray, star
     patches = np.nan_to_num(np.where(inside, patches, 0.0), nan=0.0)
     smooth = ndimage.gaussian_filter(patches, (0, smoothing, smoothing), mode="nearest", truncate=3.0)
     model = ndimage.gaussian_filter(model, (0, smoothing, smoothing), mode="nearest", truncate=3.0)
+    # a residual bump must not look like a misfit's; but a star fitted far from the noise (two stars
+    # fitted as one, centre between them, leave a symmetric residual too) offers its strongest bump,
+    # and the fit of the pair decides (deblend_stars, step 4: the pair must fit to the noise)
+    poor = np.nan_to_num(np.asarray(stars["reduced_chi2"], dtype=float), nan=0.0) > MERGED_REDUCED_CHI2
     peak = (smooth == ndimage.maximum_filter(smooth, size=(1, 3, 3), mode="nearest")) & inside
-    peak &= smooth > limit + MISFIT_FRACTION * model
+    peak &= (smooth > limit + MISFIT_FRACTION * model) | (poor[:, None, None] & (smooth > limit))
     k, py, px = np.nonzero(peak)
     cx = xs[k] - origin[k, 0]
     cy = ys[k] - origin[k, 1]
@@ -135,7 +145,7 @@ def _residual_peaks(data: np.ndarray, light: np.ndarray, level: np.ndarray, star
     mx = np.clip(np.rint(2 * cx - px).astype(int), 0, w - 1)
     my = np.clip(np.rint(2 * cy - py).astype(int), 0, w - 1)
     value = smooth[k, py, px]
-    keep = (d >= INNER_FWHM * fwhm) & (d <= OUTER_FWHM * fwhm) & (value - smooth[k, my, mx] > limit)
+    keep = (d >= INNER_FWHM * fwhm) & (d <= OUTER_FWHM * fwhm) & ((value - smooth[k, my, mx] > limit) | poor[k])
     k, px, py, value = k[keep], px[keep], py[keep], value[keep]
     # the strongest per star (a fit that took a companion's light leaves more than one bump)
     order = np.lexsort((-value, k))
