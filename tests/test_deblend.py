@@ -116,14 +116,15 @@ def test_neighbour_light_takes_a_neighbour_out_of_a_fit():
 def test_real_crowded_frame(shared_data):
     img = psfkit.load_image(shared_data / "spitzer_glimpse_irac2_crowded.fits")
     plain = psfkit.find_stars(img)
-    deep = psfkit.find_stars(img, deblend=True)
+    every = psfkit.find_stars(img, deblend=True, keep_rejected=True)
+    deep = every[every["accepted"]]
     extra = int(np.sum(deep["detection_pass"] == 2))
     assert 0 < extra < 0.05 * len(plain)
     comp = deep[deep["detection_pass"] == 2]
     assert np.all(comp["snr"] >= 3) and np.all(np.isfinite(comp["flux_err"]))
     # each companion sits beside a star of the first pass: found 0.8-3 FWHM away, then fitted (a fit
-    # may move by up to max_center_shift, 1.5 FWHM)
-    first = deep[deep["detection_pass"] == 1]
+    # may move by up to max_center_shift, 1.5 FWHM); that star may have failed the tests after its refit
+    first = every[every["detection_pass"] == 1]
     d, _ = cKDTree(np.c_[first["x_fit"], first["y_fit"]]).query(np.c_[comp["x_fit"], comp["y_fit"]])
     fwhm = deep.meta["frame_fwhm"]
     assert np.all(d < 4.5 * fwhm)
@@ -147,3 +148,30 @@ def test_two_stars_fitted_as_one_are_split():
     pulls = (np.asarray(deep["flux_fit"])[j] - flux) / np.asarray(deep["flux_err"])[j]
     assert np.all(np.abs(pulls) < 4), pulls
     assert np.all(deep["reduced_chi2"] < 1.5)
+
+
+def test_without_a_gain_the_companion_is_still_found():
+    """Unweighted fits (no gain): a bright star's reduced chi-square stays above 2 however well it fits,
+    so the companion is judged by how much it lowers it."""
+    rng = np.random.default_rng(3)
+    p = star_params("gaussian", np.array([30.0, 35.0, 55.0]), np.array([30.0, 32.0, 50.0]),
+                    np.array([5e4, 1.2e4, 3e4]), FWHM, FWHM * 0.9, 20.0)
+    img = add_noise(render_stars((80, 80), p) + 200.0, gain=1.5, read_noise=6.0, rng=rng)
+    plain = psfkit.find_stars(img)
+    deep = psfkit.find_stars(img, deblend=True)
+    assert plain.meta["weighted"] is False
+    assert len(plain) == 2 and len(deep) == 3
+    found, j = _matched(deep, [30.0, 35.0, 55.0], [30.0, 32.0, 50.0], radius=0.5)
+    assert found.all()
+    assert deep["flux_fit"][j[0]] == pytest.approx(5e4, rel=0.03)
+
+
+def test_a_fit_off_the_frame_is_left_alone():
+    """edge=None keeps a star whose fitted centre is just off the frame; the pass leaves it as it is."""
+    rng = np.random.default_rng(5)
+    p = star_params("gaussian", np.array([-1.2, 6.0, 40.0]), np.array([30.0, 33.0, 40.0]),
+                    np.array([4e4, 2e4, 3e4]), FWHM, FWHM, 0.0)
+    img = add_noise(render_stars((80, 80), p) + 200.0, gain=1.5, read_noise=6.0, rng=rng)
+    plain = psfkit.find_stars(img, gain=1.5, read_noise=6.0, edge=None, fwhm=FWHM)
+    deep = psfkit.find_stars(img, gain=1.5, read_noise=6.0, edge=None, fwhm=FWHM, deblend=True)
+    assert len(deep) == len(plain)

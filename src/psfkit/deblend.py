@@ -39,7 +39,8 @@ from .models import get_model
 from .render import model_params, render_stars_frame
 from .stamps import cut_stamps
 
-__all__ = ["deblend_stars", "INNER_FWHM", "OUTER_FWHM", "MISFIT_FRACTION", "MAX_REDUCED_CHI2", "MERGED_REDUCED_CHI2"]
+__all__ = ["deblend_stars", "INNER_FWHM", "OUTER_FWHM", "MISFIT_FRACTION", "MAX_REDUCED_CHI2", "MERGED_REDUCED_CHI2",
+           "UNWEIGHTED_CHI2_FACTOR"]
 
 #: companions are looked for from this many FWHM (the frame's) from a star's centre (closer ones are
 #: not resolved) ...
@@ -61,6 +62,9 @@ MAX_REDUCED_CHI2 = 2.0
 #: size is a bright star's, and no companion brings the star down to MAX_REDUCED_CHI2; a moderate
 #: misfit, which a false companion could, takes the symmetry tests)
 MERGED_REDUCED_CHI2 = 20.0
+
+#: without a gain (unweighted fits) a companion must divide its star's reduced chi-square by this
+UNWEIGHTED_CHI2_FACTOR = 3.0
 
 #: rounds of (star without its companion, companion without its star)
 ROUNDS = 8
@@ -90,7 +94,16 @@ def _neighbour_light(light: np.ndarray, model: Any, own: Table | None):
         if own is not None:
             p = model_params(model, own, origin)
             p[:, 0] = 0.0
-            out -= model_values(model, p, (box, box)).reshape(len(own), box, box)
+            mine = model_values(model, p, (box, box)).reshape(len(own), box, box)
+            # only where render_stars_frame drew it: a box of the table's size on the rounded centre
+            drawn = int(own.meta["box"])
+            x0 = np.round(np.asarray(own["x_fit"], dtype=float)) - drawn // 2 - origin[:, 0]
+            y0 = np.round(np.asarray(own["y_fit"], dtype=float)) - drawn // 2 - origin[:, 1]
+            xx = np.arange(box)[None, None, :]
+            yy = np.arange(box)[None, :, None]
+            inside = ((xx >= x0[:, None, None]) & (xx < x0[:, None, None] + drawn)
+                      & (yy >= y0[:, None, None]) & (yy < y0[:, None, None] + drawn))
+            out -= np.where(inside, mine, 0.0)
         return out
 
     return on_stamps
@@ -142,10 +155,14 @@ def _residual_peaks(data: np.ndarray, light: np.ndarray, level: np.ndarray, star
     cx = xs[k] - origin[k, 0]
     cy = ys[k] - origin[k, 1]
     d = np.hypot(px - cx, py - cy)
-    mx = np.clip(np.rint(2 * cx - px).astype(int), 0, w - 1)
-    my = np.clip(np.rint(2 * cy - py).astype(int), 0, w - 1)
+    mx = np.rint(2 * cx - px).astype(int)
+    my = np.rint(2 * cy - py).astype(int)
+    seen = (mx >= 0) & (mx < w) & (my >= 0) & (my < w)
+    mx, my = np.clip(mx, 0, w - 1), np.clip(my, 0, w - 1)
+    seen &= inside[k, my, mx]  # a mirrored point off the image tells nothing: the test fails
     value = smooth[k, py, px]
-    keep = (d >= INNER_FWHM * fwhm) & (d <= OUTER_FWHM * fwhm) & ((value - smooth[k, my, mx] > limit) | poor[k])
+    symmetric_ok = seen & (value - smooth[k, my, mx] > limit)
+    keep = (d >= INNER_FWHM * fwhm) & (d <= OUTER_FWHM * fwhm) & (symmetric_ok | poor[k])
     k, px, py, value = k[keep], px[keep], py[keep], value[keep]
     # the strongest per star (a fit that took a companion's light leaves more than one bump)
     order = np.lexsort((-value, k))
@@ -249,14 +266,16 @@ def deblend_stars(
     tree = cKDTree(np.stack([xs, ys], axis=1))
     crowded = np.array([len(n) > 1 for n in tree.query_ball_point(np.stack([xs, ys], axis=1), box / math.sqrt(2))],
                        dtype=bool) if len(stars) > 1 else np.zeros(1, dtype=bool)
-    sat = (np.asarray(stars["flags"]) & F.SATURATED) != 0
-    rows = np.flatnonzero(crowded & ~sat)
+    # saturated stars are left as they are (their cores are masked, not modelled), and so are fits
+    # whose centre ended off the frame
+    skip = ((np.asarray(stars["flags"]) & F.SATURATED) != 0) | ~_fitted(stars, shape)
+    rows = np.flatnonzero(crowded & ~skip)
     if len(rows):
         new = fit(xs[rows], ys[rows], (stars, rows), _neighbour_light(light, model, stars[rows]))
         _refit_rows(stars, rows, new, light, model, box)
-    # 2. peaks of the residual around the stars (not the saturated ones: their cores are masked,
-    # not modelled, and leave a residual of their own)
-    use = np.flatnonzero(~sat)
+    # 2. peaks of the residual around the stars (not the saturated ones: their masked cores leave a
+    # residual of their own)
+    use = np.flatnonzero(~skip)
     px, py, peak, k = _residual_peaks(data, light, level, stars[use], fwhm=fwhm, smoothing=smoothing,
                                       limit=threshold * noise)
     keep = _dedupe(px, py, peak, max(2.0, 0.8 * fwhm))
@@ -274,11 +293,10 @@ def deblend_stars(
     companions = fit(px, py, None, _neighbour_light(light, model, None))
     companions["peak_significance"] = peak / noise
     real = _fitted(companions, shape)
+    if not real.all():  # stars whose companion did not fit: back as they were (the light frame too)
+        _refit_rows(stars, k[~real], alone[~real], light, model, box)
     if not real.any():
-        _replace_rows(stars, k, alone, np.ones(len(k), dtype=bool))
         return stars, companions, real
-    if not real.all():  # stars whose companion did not fit: back as they were
-        _replace_rows(stars, k[~real], alone[~real], np.ones(int((~real).sum()), dtype=bool))
     rows, alone = k[real], alone[real]  # one companion per star
     comp = companions[real]
     cx, cy = np.asarray(comp["x_fit"], dtype=float), np.asarray(comp["y_fit"], dtype=float)
@@ -298,10 +316,17 @@ def deblend_stars(
     scale = np.asarray(stars["reduced_chi2"], dtype=float)[rows]
     with np.errstate(invalid="ignore", divide="ignore"):
         drop = (_chi2(alone) - _chi2(stars[rows])) / scale
-    ok = _fitted(stars[rows], shape) & (np.nan_to_num(drop, nan=-np.inf) > threshold**2) & (scale < MAX_REDUCED_CHI2)
+    if stars.meta.get("weighted", True):
+        to_noise = scale < MAX_REDUCED_CHI2
+    else:
+        # without a gain the fits weigh every pixel by the background's noise, and a bright star's
+        # own photon noise keeps its reduced chi-square above 2 however well it fits: the
+        # companion must divide it by UNWEIGHTED_CHI2_FACTOR instead
+        to_noise = scale * UNWEIGHTED_CHI2_FACTOR < np.asarray(alone["reduced_chi2"], dtype=float)
+    ok = _fitted(stars[rows], shape) & (np.nan_to_num(drop, nan=-np.inf) > threshold**2) & to_noise
     bad = rows[~ok]  # the star keeps its fit without the companion
     if len(bad):
-        _replace_rows(stars, bad, alone[~ok], np.ones(len(bad), dtype=bool))
+        _refit_rows(stars, bad, alone[~ok], light, model, box)
     idx = np.flatnonzero(real)
     real[idx[~ok]] = False
     companions["chi2_drop"] = np.full(len(companions), np.nan)

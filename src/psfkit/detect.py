@@ -358,10 +358,12 @@ def find_stars(
         names = ["id", "x_fit", "y_fit", "x_err", "y_err", "fwhm_x", "fwhm_y", "fwhm", "roundness", "angle",
                  "background", "amplitude", "flux_fit", "flux_err", "mag", "mag_err", "snr", "rmse", "flags"]
         table = Table(names=names, dtype=[np.int64] + [float] * (len(names) - 2) + [np.int64])
+        table["detection_pass"] = np.zeros(0, dtype=np.int64)
         if keep_rejected:
             table["accepted"] = np.zeros(0, dtype=bool)
             table["reject_reason"] = np.zeros(0, dtype="U16")
-        table.meta.update(settings=settings, summary={"n_candidates": 0, "n_stars": 0, "rejected": {}},
+        table.meta.update(settings=settings, summary={"n_candidates": 0, "n_stars": 0, "rejected": {},
+                                                      "companions_found": 0},
                           background=bkg.median, noise=bkg.noise, reject_reasons=REASONS,
                           pixel_scale=img.pixel_scale, image=img.path, image_shape=list(img.shape),
                           roworder=img.meta.get("roworder", "BOTTOM-UP"))
@@ -479,6 +481,7 @@ def _deblend(img, bkg, table, reasons, *, fwhm_est, smoothing, threshold, noise,
     stars, comp, explains = deblend_stars(img.data, bkg.level, table[acc], fwhm=fwhm_est, smoothing=smoothing,
                                           threshold=threshold, noise=noise, fit=fit)
     table[acc] = stars
+    reasons[acc] = _reject(table[acc], crit, img.shape, fwhm_est)  # the refitted values pass the tests again
     if len(comp) == 0:
         return table, reasons
     comp["detection_pass"] = np.full(len(comp), 2, dtype=np.int64)

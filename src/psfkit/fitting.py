@@ -204,7 +204,8 @@ def _newton_step_small(p, jtj, jtr, lo, hi, fidx, rtol):
     system = jtj * keep[:, :, None] * keep[:, None, :] + eye * blocked[:, :, None]
     rhs = jtr * keep
     step, ok = _solve_batch(system, rhs)
-    return ok & (np.einsum("np,np->n", step, rhs) <= rtol**2)
+    gain = np.einsum("np,np->n", step, rhs)  # >= 0 for a positive definite system (the compiled path's Cholesky)
+    return ok & (gain >= 0) & (gain <= rtol**2)
 
 
 def _lm(model, p0, data, weight, shape, free, lo, hi, k, max_iter, rtol):
