@@ -424,16 +424,9 @@ def test_view_command_serves_and_prints_its_address(tree):
             proc.wait(timeout=10)
 
 
-def test_detect_with_deblend_is_find_stars_with_it(tmp_path):
+def test_detect_with_deblend_is_find_stars_with_it(pairs_fits):
     """The deblend box of the page: its companions, as the library finds them, counted in the summary."""
-    from psfkit.simulate import add_noise, render_stars, star_params
-
-    rng = np.random.default_rng(9)
-    x = np.array([40.0, 45.6, 100.0, 104.8, 160.0])
-    y = np.array([40.0, 41.0, 60.0, 57.3, 45.0])
-    p = star_params("gaussian", x, y, [1e5, 1.5e4, 8e4, 1.2e4, 5e4], 3.5, 3.5, 0.0)
-    data = add_noise(render_stars((100, 200), p) + 100.0, gain=1.5, read_noise=6.0, rng=rng)
-    fits.writeto(tmp_path / "pairs.fits", data.astype(np.float32), fits.Header({"GAIN": 1.5, "RDNOISE": 6.0}))
+    tmp_path = pairs_fits.parent
     with TestClient(create_app(tmp_path, export_dir=tmp_path, image="pairs.fits")) as c:
         r = c.post("/api/detect", json={"path": "pairs.fits", "deblend": True})
         assert r.status_code == 200, r.text

@@ -358,14 +358,9 @@ def test_image_y_axis_and_angle_on_screen(browser, tmp_path, top_down):
         page.close()
 
 
-def test_deblend_box_finds_the_companions(browser, tmp_path):
+def test_deblend_box_finds_the_companions(browser, pairs_fits):
     """The deblend box: the companions hidden beside brighter stars are drawn, and the summary counts them."""
-    rng = np.random.default_rng(9)
-    x = np.array([40.0, 45.6, 100.0, 104.8, 160.0])
-    y = np.array([40.0, 41.0, 60.0, 57.3, 45.0])
-    p = star_params("gaussian", x, y, [1e5, 1.5e4, 8e4, 1.2e4, 5e4], 3.5, 3.5, 0.0)
-    data = add_noise(render_stars((100, 200), p) + 100.0, gain=1.5, read_noise=6.0, rng=rng)
-    fits.writeto(tmp_path / "pairs.fits", data.astype(np.float32), fits.Header({"GAIN": 1.5, "RDNOISE": 6.0}))
+    tmp_path = pairs_fits.parent
     with serve_in_thread(create_app(tmp_path)) as server:
         page, errors = _open(browser, server.url, "pairs.fits")
         n_plain, _ = _detect(page)
