@@ -357,6 +357,13 @@ def test_cli_seq(night, tmp_path):
     assert "4 frames measured" in run.stdout
     back = Table.read(tmp_path / "o" / "lightcurve.ecsv")
     assert len(back) == 8 and np.all(np.isfinite(back["dmag"][back["star"] == 0]))
+    # --deblend changes the frames' settings: every frame is measured again, with find_stars(deblend=True)
+    first = Table.read(tmp_path / "o" / "stars" / "night_00.ecsv").meta["psfkit_sequence"]["fingerprint"]
+    run = subprocess.run(cmd + ["--deblend"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "4 frames measured (4 now" in run.stdout
+    again = Table.read(tmp_path / "o" / "stars" / "night_00.ecsv")
+    assert again.meta["psfkit_sequence"]["fingerprint"] != first and "detection_pass" in again.colnames
     bad = subprocess.run([sys.executable, "-m", "psfkit", "seq", str(tmp_path / "none*.fits"), "-o", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2

@@ -29,6 +29,7 @@ def seq_command(
     threshold: float = typer.Option(5.0, "--threshold", help="Detection threshold in noise sigmas."),
     fwhm: Optional[float] = typer.Option(None, "--fwhm", help="Expected FWHM in px (default: estimated per frame)."),
     model: str = typer.Option("gaussian", "--model", help="gaussian or moffat."),
+    deblend: bool = typer.Option(False, "--deblend", help="Crowded fields: the deblend pass of psfkit find on every frame (slower)."),
     zero_point: float = typer.Option(0.0, "--zero-point", help="Magnitude zero point of the tracked stars."),
     fwhm_ratio: float = typer.Option(1.3, "--max-fwhm-ratio", help="Reject frames with FWHM above this times the night's median."),
     roundness_drop: float = typer.Option(0.15, "--max-roundness-drop", help="Reject frames whose roundness is this far below the night's median."),
@@ -80,7 +81,7 @@ def seq_command(
         result = run_sequence(
             inputs, outdir, scheduler=scheduler, workers=workers, threshold=threshold, fwhm=fwhm, model=model,
             track=targets, compare=comps, zero_point=zero_point, limits=limits, plots=not no_plots,
-            progress=progress, load_options=load_options,
+            progress=progress, load_options=load_options, find_options={"deblend": True} if deblend else None,
         )
     s = result.summary
     typer.echo(f"{len(s)} frames measured ({len(result.computed)} now, {len(result.skipped)} already done), "
