@@ -395,10 +395,11 @@ if _HAVE_NUMBA:
 
     # sums over pixels may be reordered (vectorised); every other operation is IEEE-exact as written
     @njit(cache=True, fastmath={"reassoc", "contract"}, _nrt=False)
-    def _normal7(jac, val, data, wgt, jtj, jtr):
-        """:func:`_normal` with the first 7 Jacobian rows all free (the default Gaussian; the Moffat with
-        beta fixed): two passes over the pixels, every sum of a pass in a register (rows 0-3 with
-        each other, then rows 4-6 with all), against one pass per pair of columns."""
+    def _normal7(jac, val, data, wgt, jtj, jtr, n):
+        """:func:`_normal` with the first ``n`` (6 or 7) Jacobian rows the free parameters (the default
+        Gaussian; the Moffat with beta fixed; the axis-aligned Gaussian): two passes over the pixels,
+        every sum of a pass in a register (rows 0-3 with each other, then rows 4-6 with all; row 6's
+        sums are not written when n is 6), against one pass per pair of columns."""
         j0, j1, j2, j3, j4, j5, j6 = jac[0], jac[1], jac[2], jac[3], jac[4], jac[5], jac[6]
         chi2 = r0 = r1 = r2 = r3 = 0.0
         s00 = s10 = s11 = s20 = s21 = s22 = s30 = s31 = s32 = s33 = 0.0
@@ -455,21 +456,22 @@ if _HAVE_NUMBA:
         lower = (s00, s10, s11, s20, s21, s22, s30, s31, s32, s33, s40, s41, s42, s43, s44, s50, s51, s52, s53, s54,
                  s55, s60, s61, s62, s63, s64, s65, s66)
         i = 0
-        for a in range(7):
+        for a in range(n):
             for b in range(a + 1):
                 jtj[a, b] = lower[i]
                 jtj[b, a] = lower[i]
                 i += 1
         rhs = (r0, r1, r2, r3, r4, r5, r6)
-        for a in range(7):
+        for a in range(n):
             jtr[a] = rhs[a]
         return chi2
 
     @njit(cache=True, _nrt=False)
     def _normal(jac, val, data, wgt, fidx, jtj, jtr, wr, wj):
         """chi2, J^T W J (symmetric) and J^T W r of one star from its Jacobian and model values."""
-        if fidx.size == 7 and fidx[6] == 6:  # fidx increases: these are the first 7 rows
-            return _normal7(jac, val, data, wgt, jtj, jtr)
+        nf = fidx.size
+        if (nf == 7 or nf == 6) and fidx[nf - 1] == nf - 1 and jac.shape[0] >= 7:  # fidx increases: the first nf rows
+            return _normal7(jac, val, data, wgt, jtj, jtr, nf)
         return _normal_any(jac, val, data, wgt, fidx, jtj, jtr, wr, wj)
 
     @njit(cache=True, fastmath={"reassoc", "contract"}, _nrt=False)
