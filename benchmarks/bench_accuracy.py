@@ -2,7 +2,7 @@
 
 For one star (fixed truth) and each signal-to-noise ratio, many independent
 noise draws (photon noise from the pixel-integrated profile plus read noise,
-``psfkit.simulate.simulate_stamps``) are fitted by ``psfkit.fit_stars`` with
+``psfkit.datasets.simulate.simulate_stamps``) are fitted by ``psfkit.fit_stars`` with
 the gain and read noise known (weighted, the default when the gain is known)
 and, for contrast, without them (unweighted, Siril's way).  Per parameter:
 
@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from psfkit import fit_stars
-from psfkit.models import FWHM_PER_SIGMA, GaussianPSF, MoffatPSF
-from psfkit.simulate import simulate_stamps, star_params
+from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF, MoffatPSF
+from psfkit.datasets.simulate import simulate_stamps, star_params
 
 HERE = Path(__file__).resolve().parent
 GAIN, READ_NOISE, BACKGROUND = 1.5, 6.0, 200.0  # e-/ADU, e-, ADU
@@ -170,7 +170,7 @@ def photutils_peer(snr, *, fwhm=3.0, seed=0):
     model = GaussianPSF()
     p_true = star_params("gaussian", x0, y0, flux, fwhm, fwhm, 0.0, None, BACKGROUND)[0]
     # bound for photutils' own parameter set (flux, x, y, fwhm; background known)
-    from psfkit.models import GaussianPSF as _G
+    from psfkit.psf.models import GaussianPSF as _G
 
     g = _G(angle=False)
     free = np.array([False, True, True, True, True, True, False])
@@ -203,7 +203,7 @@ def photutils_peer(snr, *, fwhm=3.0, seed=0):
 
 
 def main() -> None:
-    from psfkit import _compiled
+    from psfkit.psf import _compiled
 
     t_start = time.perf_counter()
     backend = (f"compiled numba engine ({_compiled.threads()} threads)" if _compiled.available()

@@ -24,7 +24,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 import psfkit
-from psfkit.simulate import simulate_field
+from psfkit.datasets.simulate import simulate_field
 
 HERE = Path(__file__).resolve().parent
 SHAPE = (4000, 6000)

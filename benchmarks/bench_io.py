@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from psfkit.image import load_image
+from psfkit.io.image import load_image
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("PSFKIT_SHARED_DATA", HERE.parent.parent / "shared" / "data"))

@@ -53,7 +53,7 @@ def _make_frame(args) -> str:
     i, folder = args
     from astropy.io import fits
 
-    from psfkit.simulate import add_noise, render_stars, star_params
+    from psfkit.datasets.simulate import add_noise, render_stars, star_params
 
     rng = np.random.default_rng(1000 + i)
     base = np.random.default_rng(42)
@@ -123,7 +123,7 @@ def main(argv: list[str]) -> int:
     from distributed import Client, LocalCluster
 
     import psfkit
-    from psfkit.sequence import QUIET_SCHEDULER, WORKER_ENV
+    from psfkit.analysis.sequence import QUIET_SCHEDULER, WORKER_ENV
 
     paths = frames(n)
     work = Path(tempfile.mkdtemp(prefix="psfkit-bench-seq-"))

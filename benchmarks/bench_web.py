@@ -41,7 +41,7 @@ import numpy as np
 from astropy.io import fits
 
 import psfkit
-from psfkit.simulate import simulate_field
+from psfkit.datasets.simulate import simulate_field
 from psfkit.web import create_app, serve_in_thread
 
 HERE = Path(__file__).resolve().parent

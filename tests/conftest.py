@@ -38,7 +38,7 @@ def pairs_fits(tmp_path) -> Path:
     import numpy as np
     from astropy.io import fits
 
-    from psfkit.simulate import add_noise, render_stars, star_params
+    from psfkit.datasets.simulate import add_noise, render_stars, star_params
 
     rng = np.random.default_rng(9)
     x = np.array([40.0, 45.6, 100.0, 104.8, 160.0])

@@ -7,7 +7,7 @@ import pytest
 
 import psfkit
 from psfkit import flags as F
-from psfkit.simulate import simulate_field
+from psfkit.datasets.simulate import simulate_field
 
 
 @pytest.fixture(scope="module")

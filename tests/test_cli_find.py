@@ -19,7 +19,7 @@ from astropy.io import fits
 from scipy.spatial import cKDTree
 
 import psfkit
-from psfkit.simulate import simulate_field
+from psfkit.datasets.simulate import simulate_field
 
 FOCALLEN, XPIXSZ = 800.0, 3.76  # 206.265 * 3.76 / 800 = 0.9694 "/px
 SCALE = 206.265 * XPIXSZ / FOCALLEN

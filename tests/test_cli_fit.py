@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from psfkit.models import FWHM_PER_SIGMA, GaussianPSF
-from psfkit.simulate import add_noise, render_stars, star_params
+from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF
+from psfkit.datasets.simulate import add_noise, render_stars, star_params
 
 TRUE_X, TRUE_Y, TRUE_FLUX, TRUE_FWHM = 40.3, 30.7, 60000.0, 3.2
 

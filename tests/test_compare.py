@@ -11,8 +11,8 @@ import pytest
 from astropy.io import fits
 
 import psfkit
-from psfkit.compare import compare_models
-from psfkit.simulate import add_noise, render_stars, star_params
+from psfkit.analysis.compare import compare_models
+from psfkit.datasets.simulate import add_noise, render_stars, star_params
 
 GAIN, RN = 1.5, 5.0
 
@@ -62,7 +62,7 @@ def _psf_array():
 
 def _truth_frame(truth, flux, seed):
     """One source of the true model on an 80x80 frame; Lorentzian and image PSF drawn from the model itself."""
-    from psfkit.models import ImagePSF, LorentzianPSF
+    from psfkit.psf.models import ImagePSF, LorentzianPSF
 
     if truth == "gaussian":
         return _frame("gaussian", None, flux, seed)
@@ -120,7 +120,7 @@ def test_neighbouring_betas_need_more_signal():
 
 
 def test_lorentzian_truth_and_its_flux_definition():
-    from psfkit.models import LorentzianPSF
+    from psfkit.psf.models import LorentzianPSF
 
     rng = np.random.default_rng(5)
     mdl = LorentzianPSF(angle=True)
@@ -141,7 +141,7 @@ def test_lorentzian_truth_and_its_flux_definition():
 def test_aperture_flux_and_residual_picture(tmp_path):
     from PIL import Image as PILImage
 
-    from psfkit.compare import plot_model_residuals
+    from psfkit.analysis.compare import plot_model_residuals
 
     img = _frame("gaussian", None, 3e4, 7)
     t, fits_ = compare_models(img, 40, 40, gain=GAIN, read_noise=RN, frame_fwhm=3.7, return_fits=True)

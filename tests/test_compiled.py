@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from psfkit import _compiled
-from psfkit.fitting import NoiseModel, _normal_equations, fit_stamps
-from psfkit.models import FWHM_PER_SIGMA, GaussianPSF, MoffatPSF
-from psfkit.simulate import simulate_stamps
-from psfkit.stamps import initial_params
+from psfkit.psf import _compiled
+from psfkit.psf.engine import NoiseModel, _normal_equations, fit_stamps
+from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF, MoffatPSF
+from psfkit.datasets.simulate import simulate_stamps
+from psfkit.psf.stamps import initial_params
 
 pytestmark = pytest.mark.skipif(not _compiled.available(), reason="the compiled engine is turned off")
 
@@ -208,7 +208,7 @@ def test_compiled_row_exponentials_survive_far_wings():
 
 
 def test_unknown_backend_is_a_clean_error(monkeypatch):
-    from psfkit import _compiled
+    from psfkit.psf import _compiled
     from psfkit.errors import PsfkitError
 
     monkeypatch.setenv("PSFKIT_BACKEND", "fortran")

@@ -1,4 +1,4 @@
-"""The crowded-field pass (find_stars(deblend=True), psfkit.deblend): neighbours subtracted,
+"""The crowded-field pass (find_stars(deblend=True), psfkit.detect.deblend): neighbours subtracted,
 companions hidden in a brighter star's light found, and no companion made of a misfit."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 import psfkit
-from psfkit.simulate import add_noise, render_stars, simulate_field, star_params
+from psfkit.datasets.simulate import add_noise, render_stars, simulate_field, star_params
 
 FWHM = 3.5
 
@@ -96,7 +96,7 @@ def test_neighbour_light_takes_a_neighbour_out_of_a_fit():
 
         def light(origin, box):
             cx, cy = origin[:, 0] + box // 2, origin[:, 1] + box // 2
-            from psfkit.stamps import cut_stamps
+            from psfkit.psf.stamps import cut_stamps
 
             return np.nan_to_num(cut_stamps(bright, cx.astype(float), cy.astype(float), box)[0])
 

@@ -8,7 +8,7 @@ from scipy.spatial import cKDTree
 
 import psfkit
 from psfkit import flags as F
-from psfkit.simulate import simulate_field
+from psfkit.datasets.simulate import simulate_field
 
 
 def _match(table, truth, radius=1.5):
@@ -163,7 +163,7 @@ def test_pure_noise_gives_an_empty_list_not_an_error(tmp_path):
 def test_bloated_bright_stars_do_not_set_the_box():
     """On a photographic plate (no SATURATE) the brightest stars are the widest: the frame's
     FWHM, and so the fitting box, come from the typical star, not from the bloated disks."""
-    from psfkit.simulate import add_noise, render_stars, star_params
+    from psfkit.datasets.simulate import add_noise, render_stars, star_params
 
     img, truth = simulate_field((800, 800), 150, seed=8, fwhm=3.0, roundness=1.0, flux_range=(3e3, 3e4),
                                 min_separation=20, edge=20)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from psfkit import _detect_kernels as K
-from psfkit import background as B
+from psfkit.detect import _kernels as K
+from psfkit.detect import background as B
 
 
 @pytest.mark.parametrize("shape,sigma", [((37, 53), 1.0), ((200, 150), 1.7), ((5, 4), 0.8)])

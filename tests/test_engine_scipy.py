@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from scipy.optimize import least_squares
 
-from psfkit.fitting import NoiseModel, fit_stamps
-from psfkit.models import GaussianPSF, MoffatPSF
-from psfkit.simulate import simulate_stamps
-from psfkit.stamps import initial_params
+from psfkit.psf.engine import NoiseModel, fit_stamps
+from psfkit.psf.models import GaussianPSF, MoffatPSF
+from psfkit.datasets.simulate import simulate_stamps
+from psfkit.psf.stamps import initial_params
 
 GAIN, READ_NOISE = 1.5, 6.0
 

@@ -1,6 +1,6 @@
 """The fitting engine against truth: bias and pulls over hundreds of simulated stars.
 
-Stars are drawn with :func:`psfkit.simulate.simulate_stamps` (photon noise from
+Stars are drawn with :func:`psfkit.datasets.simulate.simulate_stamps` (photon noise from
 the pixel-integrated profile, Gaussian read noise), across signal-to-noise 10
 to 10^4, FWHM 1.5 to 12 px, roundness 0.5 to 1, every angle and (Moffat) beta
 1.5 to 6.  The stamps are laid side by side into one frame and fitted by the
@@ -21,8 +21,8 @@ import pytest
 
 from psfkit import fit_stars
 from psfkit.flags import NOT_CONVERGED
-from psfkit.models import FWHM_PER_SIGMA
-from psfkit.simulate import simulate_stamps
+from psfkit.psf.models import FWHM_PER_SIGMA
+from psfkit.datasets.simulate import simulate_stamps
 
 GAIN = 2.0  # e-/ADU
 READ_NOISE = 5.0  # e-

@@ -21,8 +21,8 @@ from scipy import ndimage
 
 from psfkit import fit_star, fit_stars, load_image
 from psfkit import flags as F
-from psfkit.models import FWHM_PER_SIGMA, GaussianPSF
-from psfkit.simulate import add_noise, render_stars, star_params
+from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF
+from psfkit.datasets.simulate import add_noise, render_stars, star_params
 
 # ---------------------------------------------------------------- the seed question's frame
 TRUE_X, TRUE_Y = 300.37, 299.58
@@ -214,7 +214,7 @@ def test_siril_bright_unsaturated_stars_sensible(siril):
 def test_faint_star_beside_a_bright_one_is_the_star_fitted():
     """Pointing at a faint star 8 px (2.7 FWHM) from one 40x brighter: the peak search keeps the
     faint star (a distinct peak nearer the guess) and the neighbour's light is hidden from its fit."""
-    from psfkit.simulate import add_noise, render_stars, star_params
+    from psfkit.datasets.simulate import add_noise, render_stars, star_params
 
     rng = np.random.default_rng(21)
     pulls = []

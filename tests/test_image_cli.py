@@ -10,7 +10,7 @@ from astropy.io import fits
 from typer.testing import CliRunner
 
 from psfkit.cli import app
-from psfkit.simulate import simulate_field
+from psfkit.datasets.simulate import simulate_field
 
 runner = CliRunner()
 

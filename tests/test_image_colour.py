@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 import psfkit
-from psfkit.colour import find_stars_by_channel, table_to_frame
-from psfkit.image import load_image, load_planes
-from psfkit.simulate import simulate_field
+from psfkit.detect.channels import find_stars_by_channel
+from psfkit.io.colour import table_to_frame
+from psfkit.io.image import load_image, load_planes
+from psfkit.datasets.simulate import simulate_field
 
 
 @pytest.fixture(scope="module")

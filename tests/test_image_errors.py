@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import psfkit
-from psfkit.image import Image, load_image
+from psfkit.io.image import Image, load_image
 
 
 def _one_line_error(path, **kwargs) -> str:

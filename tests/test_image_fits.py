@@ -8,8 +8,8 @@ import pytest
 from astropy.io import fits
 
 import psfkit
-from psfkit.image import load_image
-from psfkit.simulate import simulate_field
+from psfkit.io.image import load_image
+from psfkit.datasets.simulate import simulate_field
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_fits_stack_planes(tmp_path, frame):
         load_image(tmp_path / "stack.fits", channel=5)
     with pytest.raises(psfkit.PsfkitError, match="no colour channels"):
         load_image(tmp_path / "stack.fits", channel="R")
-    planes = psfkit.image.load_planes(tmp_path / "stack.fits")
+    planes = psfkit.io.image.load_planes(tmp_path / "stack.fits")
     assert [p.meta["channel"] for p in planes] == [0, 1, 2, 3, 4]
 
 

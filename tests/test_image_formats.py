@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import psfkit
-from psfkit.simulate import simulate_field
+from psfkit.datasets.simulate import simulate_field
 
 
 @pytest.fixture(scope="module")

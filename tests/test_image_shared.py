@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import psfkit
-from psfkit.image import load_image
+from psfkit.io.image import load_image
 
 pytestmark = pytest.mark.shared_data
 
@@ -191,7 +191,8 @@ def test_bayer_plane_wcs_matches_the_frame_wcs(shared_data):
 
 
 def test_bayer_stars_are_found_and_mapped_to_the_full_frame(shared_data):
-    from psfkit.colour import find_stars_by_channel, table_to_frame
+    from psfkit.detect.channels import find_stars_by_channel
+    from psfkit.io.colour import table_to_frame
 
     path = shared_data / "panoptes_canon_bayer" / "PAN001_20160909T081226_unsolved.fits"
     img = load_image(path)

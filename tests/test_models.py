@@ -1,6 +1,6 @@
 """The PSF models against numerical truth: flux integrals, FWHM, Jacobians, pixel integration.
 
-Every formula of ``psfkit.models`` is checked against an independent numerical
+Every formula of ``psfkit.psf.models`` is checked against an independent numerical
 computation made here (grid sums, finite differences, the exact erf integral),
 never against a stored number.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from psfkit.models import (
+from psfkit.psf.models import (
     FWHM_PER_SIGMA,
     GaussianPSF,
     ImagePSF,

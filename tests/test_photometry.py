@@ -14,7 +14,7 @@ from photutils.aperture import aperture_photometry as pu_aperture_photometry
 
 import psfkit
 from psfkit.errors import PsfkitError
-from psfkit.photometry import (
+from psfkit.aperture.photometry import (
     aperture_photometry,
     aperture_sums,
     circular_overlap,
@@ -23,7 +23,7 @@ from psfkit.photometry import (
     optimal_radius,
     star_photometry,
 )
-from psfkit.simulate import add_noise, render_stars, star_params
+from psfkit.datasets.simulate import add_noise, render_stars, star_params
 
 GAIN, RN, SKY = 2.0, 6.0, 300.0
 
@@ -165,7 +165,7 @@ def test_lorentzian_and_image_psf_flux_pulls(model):
     # within 2.5 FWHM (its total diverges): the corrected aperture flux must estimate that same quantity.
     # Its wings reach far, so its stars stand 80 px apart (neighbours' wings in the sky annulus bias the
     # aperture flux of faint stars low: crowded Lorentzian fields are beyond this test).
-    from psfkit.models import ImagePSF, LorentzianPSF
+    from psfkit.psf.models import ImagePSF, LorentzianPSF
 
     psf_pull, aper_pull = [], []
     n_side, spacing, seeds = (5, 80, 4) if model == "lorentzian" else (7, 40, 2)

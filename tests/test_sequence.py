@@ -23,9 +23,9 @@ from astropy.table import Table
 
 import psfkit
 from psfkit.errors import PsfkitError
-from psfkit.lightcurve import estimate_shift
-from psfkit.sequence import QUIET_SCHEDULER, WORKER_ENV, list_frames, run_sequence
-from psfkit.simulate import add_noise, render_stars, star_params
+from psfkit.analysis.lightcurve import estimate_shift
+from psfkit.analysis.sequence import QUIET_SCHEDULER, WORKER_ENV, list_frames, run_sequence
+from psfkit.datasets.simulate import add_noise, render_stars, star_params
 
 N_FRAMES = 20
 SHAPE = (256, 256)

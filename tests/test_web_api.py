@@ -17,7 +17,7 @@ import pytest
 from astropy.io import fits
 
 import psfkit
-from psfkit.simulate import simulate_field
+from psfkit.datasets.simulate import simulate_field
 from psfkit.web import _store, create_app
 
 with warnings.catch_warnings():  # starlette's test client warns about httpx on import

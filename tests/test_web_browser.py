@@ -16,7 +16,7 @@ import pytest
 from astropy.io import fits
 
 import psfkit
-from psfkit.simulate import add_noise, render_stars, star_params
+from psfkit.datasets.simulate import add_noise, render_stars, star_params
 from psfkit.web import create_app, serve_in_thread
 
 pytestmark = pytest.mark.browser

@@ -1,3 +1,3 @@
-from .cli import main
+from psfkit.cli import main
 
 main()

@@ -10,18 +10,18 @@ import sys
 
 import typer
 
-from ..errors import PsfkitError
+from psfkit.errors import PsfkitError
 
-from ._app import app, fail  # noqa: E402
+from psfkit.cli._app import app, fail  # noqa: E402
 
 # sub-commands (each module adds its commands to `app`)
-from . import fit as _fit  # noqa: E402,F401
-from . import demo as _demo  # noqa: E402,F401
-from . import find as _find  # noqa: E402,F401
-from . import compare as _compare  # noqa: E402,F401
-from . import view as _view  # noqa: E402,F401
-from . import seq as _seq  # noqa: E402,F401
-from . import info as _info  # noqa: E402,F401
+from psfkit.cli import fit as _fit  # noqa: E402,F401
+from psfkit.cli import demo as _demo  # noqa: E402,F401
+from psfkit.cli import find as _find  # noqa: E402,F401
+from psfkit.cli import compare as _compare  # noqa: E402,F401
+from psfkit.cli import view as _view  # noqa: E402,F401
+from psfkit.cli import seq as _seq  # noqa: E402,F401
+from psfkit.cli import info as _info  # noqa: E402,F401
 
 
 def _click_errors() -> tuple[type, ...]:

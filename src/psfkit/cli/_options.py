@@ -1,6 +1,6 @@
 """The image-loading options every command shares (--hdu, --channel, --focal-length, --pixel-size,
 --binning, --scale), and the one call that loads an image from them.  No science here: the rules
-live in :mod:`psfkit.image` (see docs/formats.md)."""
+live in :mod:`psfkit.io.image` (see docs/formats.md)."""
 
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ def load_from_options(image: Path, *, hdu: Optional[str] = None, channel: Option
                       focal_length: Optional[float] = None, pixel_size: Optional[float] = None,
                       binning: Optional[float] = None, scale: Optional[float] = None) -> Any:
     """:func:`psfkit.load_image` with the command line's options."""
-    from ..errors import PsfkitError
-    from ..image import load_image
+    from psfkit.errors import PsfkitError
+    from psfkit.io.image import load_image
 
     if is_per_channel(channel):
         raise PsfkitError(f"--channel {channel}: this command measures one plane; choose one (R, G, B, luminance ...)")

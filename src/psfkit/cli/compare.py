@@ -9,8 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from ._app import app, fail
-from ._options import (binning_option, channel_option, focal_length_option, hdu_option, load_from_options,
+from psfkit.cli._app import app, fail
+from psfkit.cli._options import (binning_option, channel_option, focal_length_option, hdu_option, load_from_options,
                        pixel_size_option, scale_option)
 
 
@@ -37,8 +37,8 @@ def compare_command(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per model."),
 ) -> None:
     """Fit the source with the Gaussian, Moffats, Lorentzian and your PSF; total flux, FWHM, chi2, AIC/BIC per model."""
-    from ..compare import TIE_BIC, compare_models, plot_model_residuals
-    from .fit import _parse_xy
+    from psfkit.analysis.compare import TIE_BIC, compare_models, plot_model_residuals
+    from psfkit.cli.fit import _parse_xy
 
     x, y = _parse_xy(at)
     if box is not None and box < 5:
@@ -137,12 +137,12 @@ def phot_command(
     """Aperture photometry (exact overlap, local sky, CCD errors) and the PSF flux, for positions, a list, or every star."""
     import numpy as np
 
-    from ..catalog import read_star_list, write_star_list
-    from ..errors import PsfkitError
-    from ..colour import table_to_frame, table_to_plane
-    from ..photometry import curve_of_growth, optimal_radius, star_photometry
-    from ..psffit import fit_stars, resolve_model
-    from .fit import _parse_xy
+    from psfkit.io.catalog import read_star_list, write_star_list
+    from psfkit.errors import PsfkitError
+    from psfkit.io.colour import table_to_frame, table_to_plane
+    from psfkit.aperture.photometry import curve_of_growth, optimal_radius, star_photometry
+    from psfkit.psf.fit import fit_stars, resolve_model
+    from psfkit.cli.fit import _parse_xy
 
     if at and stars:
         raise fail("give --at positions or --stars, not both")
@@ -165,7 +165,7 @@ def phot_command(
         table = table_to_plane(table, img)  # identity unless a Bayer plane
         source = f"{len(table)} stars from {stars}"
     else:
-        from ..detect import find_stars
+        from psfkit.detect.find import find_stars
 
         table = find_stars(img, model=model, gain=gain, read_noise=read_noise)
         source = f"{len(table)} stars found"

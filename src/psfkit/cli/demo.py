@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._app import app
+from psfkit.cli._app import app
 
 
 @app.command("demo")
@@ -14,8 +14,8 @@ def demo_command(
     outdir: Path = typer.Option(Path("demo-output"), "--outdir", help="Where to write the results."),
 ) -> None:
     """Find and fit every star of the bundled sample frame (ESO NTT/EMMI, R band); write the list and overlay."""
-    from .find import find_command
-    from ..datasets import sample_image_path
+    from psfkit.cli.find import find_command
+    from psfkit.datasets import sample_image_path
 
     path = sample_image_path()
     outdir.mkdir(parents=True, exist_ok=True)
@@ -25,8 +25,8 @@ def demo_command(
         threshold=5.0, model="gaussian", angle=True, keep_rejected=False, deblend=False, hdu=None, channel=None,
         focal_length=None, pixel_size=None, binning=None, scale=None, gain=None, read_noise=None, min_roundness=0.3,
     )
-    from ..catalog import write_star_list
-    from ..detect import find_stars
+    from psfkit.io.catalog import write_star_list
+    from psfkit.detect.find import find_stars
 
     write_star_list(find_stars(path, angle=True), outdir / "stars.lst")
     typer.echo(f"wrote {outdir / 'stars.lst'} (Siril layout)")

@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from ._app import app, fail
-from ._options import (binning_option, channel_option, focal_length_option, hdu_option, is_per_channel,
+from psfkit.cli._app import app, fail
+from psfkit.cli._options import (binning_option, channel_option, focal_length_option, hdu_option, is_per_channel,
                        load_from_options, pixel_size_option, scale_option, user_optics)
 
 
@@ -36,10 +36,11 @@ def find_command(
     min_roundness: Optional[float] = typer.Option(0.3, "--min-roundness", help="Reject stars whose roundness (FWHMy / FWHMx) is below this; 0 turns the test off."),
 ) -> None:
     """Find, fit and measure every star of a frame; print a summary and write the list."""
-    from ..catalog import STAR_LIST_FORMATS, write_star_list
-    from ..detect import find_stars
-    from ..colour import find_stars_by_channel, frame_view, table_to_frame
-    from ..plots import plot_fwhm_map, plot_overlay
+    from psfkit.io.catalog import STAR_LIST_FORMATS, write_star_list
+    from psfkit.detect.find import find_stars
+    from psfkit.detect.channels import find_stars_by_channel
+    from psfkit.io.colour import frame_view, table_to_frame
+    from psfkit.viz.plots import plot_fwhm_map, plot_overlay
 
     if model not in ("gaussian", "moffat"):
         raise fail(f"--model must be gaussian or moffat, not {model!r}")
@@ -117,7 +118,7 @@ def average_command(
     star_list: Path = typer.Argument(..., help="A star list written by psfkit find (.csv .ecsv .fits)."),
 ) -> None:
     """Print the averages of a saved star list."""
-    from ..catalog import average, read_star_list
+    from psfkit.io.catalog import average, read_star_list
 
     table = read_star_list(star_list)
     if "fwhm_x" not in table.colnames:

@@ -10,10 +10,10 @@ from typing import Optional
 
 import typer
 
-from ._app import app, fail
-from ._options import (binning_option, channel_option, focal_length_option, hdu_option, load_from_options,
+from psfkit.cli._app import app, fail
+from psfkit.cli._options import (binning_option, channel_option, focal_length_option, hdu_option, load_from_options,
                        pixel_size_option, scale_option)
-from ..errors import PsfkitError
+from psfkit.errors import PsfkitError
 
 
 def _parse_xy(text: str, option: str = "--at", what: str = "0-based pixels") -> tuple[float, float]:
@@ -55,8 +55,8 @@ def fit_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the star table's column names."),
 ) -> None:
     """Fit the PSF of one star and print the result (copyable), or JSON."""
-    from ..colour import table_to_frame
-    from ..psffit import fit_star
+    from psfkit.io.colour import table_to_frame
+    from psfkit.psf.fit import fit_star
 
     angle_mode = {"auto": "auto", "yes": True, "true": True, "no": False, "false": False}.get(angle.lower())
     if angle_mode is None:

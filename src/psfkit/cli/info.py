@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from ._app import app
-from ._options import (binning_option, channel_option, focal_length_option, hdu_option, load_from_options,
+from psfkit.cli._app import app
+from psfkit.cli._options import (binning_option, channel_option, focal_length_option, hdu_option, load_from_options,
                        pixel_size_option, scale_option)
 
 
@@ -25,7 +25,7 @@ def info_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Print shape, type, image scale and its rule, gain, read noise, saturation, exposure, date, row order, WCS, Bayer pattern."""
-    from ..image import describe_image
+    from psfkit.io.image import describe_image
 
     img = load_from_options(image, hdu=hdu, channel=channel, focal_length=focal_length, pixel_size=pixel_size,
                             binning=binning, scale=scale)

@@ -7,11 +7,11 @@ from typing import List, Optional
 
 import typer
 
-from ._app import app, fail
-from ._options import (binning_option, channel_option, focal_length_option, hdu_option, is_per_channel,
+from psfkit.cli._app import app, fail
+from psfkit.cli._options import (binning_option, channel_option, focal_length_option, hdu_option, is_per_channel,
                        pixel_size_option, scale_option, user_optics)
-from .fit import _parse_xy as parse_xy
-from ..errors import PsfkitError
+from psfkit.cli.fit import _parse_xy as parse_xy
+from psfkit.errors import PsfkitError
 
 
 def _parse_xy(text: str, option: str) -> tuple[float, float]:
@@ -49,8 +49,8 @@ def seq_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
     from rich.text import Text
 
-    from ..quality import QualityLimits
-    from ..sequence import list_frames, run_sequence
+    from psfkit.analysis.quality import QualityLimits
+    from psfkit.analysis.sequence import list_frames, run_sequence
 
     if workers is not None and workers < 0:
         raise fail(f"--workers must be 0 or more, got {workers}")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._app import app, fail
+from psfkit.cli._app import app, fail
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -33,14 +33,14 @@ def view_command(
     try:
         import uvicorn  # noqa: F401
 
-        from ..web import create_app
+        from psfkit.web import create_app
     except ImportError as exc:
         raise fail(f"the web viewer needs the 'web' extra (pip install 'psfkit[web]'): {exc}")
 
     if image is not None and not image.is_file():
         raise fail(f"{image}: no such file")
     if image is not None:
-        from ..image import load_image
+        from psfkit.io.image import load_image
 
         load_image(image)  # an unreadable image is a one-line error now, not a page that cannot open it
     root_dir = (root if root is not None else (image.parent if image is not None else Path.cwd())).expanduser().resolve()
@@ -92,7 +92,7 @@ def view_command(
             import webbrowser
 
             webbrowser.open(url)
-        from ..web._server import warm_up
+        from psfkit.web._server import warm_up
 
         warm_up()  # the compiled kernels, before the first "Detect stars"
 

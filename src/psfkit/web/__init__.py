@@ -6,7 +6,7 @@ loopback port (for tests, benchmarks and notebooks).
 
 from __future__ import annotations
 
-from ._server import serve_in_thread
-from .app import create_app
+from psfkit.web._server import serve_in_thread
+from psfkit.web.app import create_app
 
 __all__ = ["create_app", "serve_in_thread"]

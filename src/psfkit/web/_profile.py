@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..stamps import cut_stamps
+from psfkit.psf.stamps import cut_stamps
 
 __all__ = ["radial_profile"]
 

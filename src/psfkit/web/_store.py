@@ -1,7 +1,7 @@
 """The server's memory: loaded images, their display pyramid and stretch statistics.
 
 Nothing here measures a star; it only keeps what the page needs to show a
-frame quickly: the :class:`~psfkit.image.Image` from :func:`psfkit.load_image`,
+frame quickly: the :class:`~psfkit.io.image.Image` from :func:`psfkit.load_image`,
 a pyramid of 2x2-binned display copies (in display orientation: row 0 at the
 bottom for bottom-up frames, as Siril and DS9 show FITS), and the robust
 statistics of the auto-stretch.  Tiles are 8-bit PNGs.
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PsfkitError
-from ..image import Image, load_image
+from psfkit.errors import PsfkitError
+from psfkit.io.image import Image, load_image
 
 __all__ = ["TILE", "ImageStore", "LoadedImage", "stretch_to_uint8", "auto_stretch_params", "STRETCH_MODES"]
 

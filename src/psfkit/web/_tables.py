@@ -10,7 +10,7 @@ import numpy as np
 from astropy.table import Table
 from fastapi import HTTPException
 
-from ..flags import decode_flags
+from psfkit.flags import decode_flags
 
 __all__ = ["table_to_rows", "rows_to_table", "DERIVED_COLUMNS"]
 

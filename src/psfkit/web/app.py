@@ -37,10 +37,10 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import PsfkitError
-from ._paths import EXPORT_FORMATS, export_target, list_images, resolve_in_root
-from ._store import ImageStore
-from ._tables import rows_to_table, table_to_rows
+from psfkit.errors import PsfkitError
+from psfkit.web._paths import EXPORT_FORMATS, export_target, list_images, resolve_in_root
+from psfkit.web._store import ImageStore
+from psfkit.web._tables import rows_to_table, table_to_rows
 
 __all__ = ["create_app"]
 
@@ -188,7 +188,7 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
     # ---------------------------------------------------------------- API
     @app.get("/api/config")
     def config() -> dict:
-        from .. import __version__
+        from psfkit import __version__
 
         return {"root": root_path.name or str(root_path), "export_dir": str(export_path), "image": image,
                 "version": __version__}
@@ -223,7 +223,7 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
 
     @app.post("/api/detect")
     def detect(req: DetectRequest) -> JSONResponse:
-        from ..detect import find_stars
+        from psfkit.detect.find import find_stars
 
         t0 = time.perf_counter()
         item = loaded(req.path)
@@ -250,8 +250,8 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
 
     @app.post("/api/fit")
     def fit(req: FitRequest) -> JSONResponse:
-        from ..psffit import fit_star
-        from ._profile import radial_profile
+        from psfkit.psf.fit import fit_star
+        from psfkit.web._profile import radial_profile
 
         item = loaded(req.path)
         ny, nx = item.shape
@@ -278,7 +278,7 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
 
     @app.post("/api/average")
     def average_(req: RowsRequest) -> JSONResponse:
-        from ..catalog import average
+        from psfkit.io.catalog import average
 
         _, table = _table(req)
         avg = average(table)
@@ -286,7 +286,7 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
 
     @app.post("/api/export")
     def export(req: ExportRequest) -> JSONResponse:
-        from ..catalog import write_star_list
+        from psfkit.io.catalog import write_star_list
 
         item, table = _table(req)
         suffix = EXPORT_FORMATS[req.format]

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ._detect_kernels import spline_rows
-from .errors import PsfkitError
+from psfkit.detect._kernels import spline_rows
+from psfkit.errors import PsfkitError
 
 __all__ = ["Background", "estimate_background"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .flags import decode_flags
+from psfkit.flags import decode_flags
 
 __all__ = ["star_report"]
 
@@ -17,7 +17,7 @@ def _pm(value: float, err: float, fmt: str = ".4f") -> str:
 
 
 def star_report(fit: Any, *, normalised: bool = False) -> str:
-    """Text block for one :class:`~psfkit.psffit.StarFit`.
+    """Text block for one :class:`~psfkit.psf.fit.StarFit`.
 
     ``normalised=True`` also shows B and A in [0, 1] for integer data
     (value / saturation level, Siril's view); the stored values stay in data units.

@@ -33,11 +33,11 @@ from astropy.table import Table
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from . import flags as F
-from .fitting import model_values
-from .models import get_model
-from .render import model_params, render_stars_frame
-from .stamps import cut_stamps
+from psfkit import flags as F
+from psfkit.psf.engine import model_values
+from psfkit.psf.models import get_model
+from psfkit.psf.render import model_params, render_stars_frame
+from psfkit.psf.stamps import cut_stamps
 
 __all__ = ["deblend_stars", "INNER_FWHM", "OUTER_FWHM", "MISFIT_FRACTION", "MAX_REDUCED_CHI2", "MERGED_REDUCED_CHI2",
            "UNWEIGHTED_CHI2_FACTOR"]

@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 
-from .errors import PsfkitError
-from .image import Image, as_image
-from .models import LorentzianPSF
-from .psffit import StarFit, fit_stars, resolve_model
-from .stamps import auto_box, cut_stamps, estimate_fwhm, refine_peak
+from psfkit.errors import PsfkitError
+from psfkit.io.image import Image, as_image
+from psfkit.psf.models import LorentzianPSF
+from psfkit.psf.fit import StarFit, fit_stars, resolve_model
+from psfkit.psf.stamps import auto_box, cut_stamps, estimate_fwhm, refine_peak
 
 __all__ = ["compare_models", "plot_model_residuals", "PIXINSIGHT_BETAS"]
 
@@ -182,7 +182,7 @@ def compare_models(
     # the frame's stars, for the extended-source test
     if frame_fwhm is None:
         try:
-            from .detect import find_stars
+            from psfkit.detect.find import find_stars
 
             others = find_stars(img)
             if len(others):
@@ -229,7 +229,7 @@ def _aperture_flux(
 
     No correction for an extended source: a point-source model's enclosed fraction does not describe it.
     """
-    from .photometry import _model_enclosed_fraction, aperture_photometry
+    from psfkit.aperture.photometry import _model_enclosed_fraction, aperture_photometry
 
     x, y = best.x_fit, best.y_fit
     if not (np.isfinite(x) and np.isfinite(y) and np.isfinite(fwhm) and fwhm > 0):

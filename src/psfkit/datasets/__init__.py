@@ -9,5 +9,5 @@ __all__ = ["sample_image_path"]
 
 
 def sample_image_path() -> Path:
-    """Path of the bundled real frame (ESO NTT/EMMI R band, 256x256; see data/README.md)."""
-    return Path(str(resources.files("psfkit") / "data" / "eso_ntt_emmi_r_sep_image.fits"))
+    """Path of the bundled real frame (ESO NTT/EMMI R band, 256x256; see psfkit/datasets/data/README.md)."""
+    return Path(str(resources.files("psfkit.datasets") / "data" / "eso_ntt_emmi_r_sep_image.fits"))

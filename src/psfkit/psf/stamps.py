@@ -11,7 +11,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from .models import FWHM_PER_SIGMA, ImagePSF, MoffatPSF, PSFModel
+from psfkit.psf.models import FWHM_PER_SIGMA, ImagePSF, MoffatPSF, PSFModel
 
 __all__ = [
     "cut_stamps",

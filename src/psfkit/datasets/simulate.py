@@ -14,7 +14,7 @@ import math
 import numpy as np
 from astropy.table import Table
 
-from .models import FWHM_PER_SIGMA, GaussianPSF, MoffatPSF
+from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF, MoffatPSF
 
 __all__ = ["render_stars", "add_noise", "simulate_field", "simulate_stamps", "star_params"]
 

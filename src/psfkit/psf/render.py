@@ -6,15 +6,15 @@ from typing import Any
 
 import numpy as np
 
-from .fitting import model_values
-from .stamps import cut_stamps
+from psfkit.psf.engine import model_values
+from psfkit.psf.stamps import cut_stamps
 
 __all__ = ["model_params", "render_fit", "render_stars_frame"]
 
 
 def model_params(model: Any, table: Any, origin: np.ndarray) -> np.ndarray:
     """Model parameter rows (N, n_params) of a star table's fits, in the pixels of boxes whose
-    first pixel is at ``origin`` (N, 2: x, y); the inverse of :func:`psfkit.measure.measure`."""
+    first pixel is at ``origin`` (N, 2: x, y); the inverse of :func:`psfkit.psf.measure.measure`."""
     x = np.asarray(table["x_fit"], dtype=float)
     n = len(x)
     p = np.zeros((n, model.n_params))
@@ -34,7 +34,7 @@ def model_params(model: Any, table: Any, origin: np.ndarray) -> np.ndarray:
 
 
 def render_fit(fit: Any, *, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(data, model, residual) on the fitting box of a :class:`~psfkit.psffit.StarFit`."""
+    """(data, model, residual) on the fitting box of a :class:`~psfkit.psf.fit.StarFit`."""
     box = int(fit.table.meta["box"]) if shape is None else shape[0]
     d = fit.to_dict()
     data, inside, origin, _ = cut_stamps(fit.image.data, np.array([d["x_fit"]]), np.array([d["y_fit"]]), box)

@@ -3,8 +3,8 @@
 :func:`run_sequence` lists the frames (files, globs or folders; time order from DATE-OBS, else
 by name), and for each frame, on a Dask worker that reads the file itself (paths travel, not
 pixels), finds and fits the stars (:func:`psfkit.find_stars`), summarises the frame
-(:func:`psfkit.quality.frame_summary`) and fits the tracked stars
-(:func:`psfkit.lightcurve.fit_tracked`).  Each frame's star list is written atomically
+(:func:`psfkit.analysis.quality.frame_summary`) and fits the tracked stars
+(:func:`psfkit.analysis.lightcurve.fit_tracked`).  Each frame's star list is written atomically
 (a temporary file in the same folder, then ``os.replace``) with its summary and tracked
 photometry in the file's metadata, so a frame is complete exactly when its star list exists.
 A re-run skips complete frames made with the same settings; a worker lost mid-run has its
@@ -35,10 +35,10 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from astropy.table import Table
 
-from .errors import PsfkitError
-from .image import FITS_SUFFIXES, IMAGE_SUFFIXES
-from .lightcurve import FrameShift, differential_photometry, estimate_shift, fit_tracked, plot_light_curves
-from .quality import QualityLimits, frame_summary, plot_frame_quality, rank_frames
+from psfkit.errors import PsfkitError
+from psfkit.io.image import FITS_SUFFIXES, IMAGE_SUFFIXES
+from psfkit.analysis.lightcurve import FrameShift, differential_photometry, estimate_shift, fit_tracked, plot_light_curves
+from psfkit.analysis.quality import QualityLimits, frame_summary, plot_frame_quality, rank_frames
 
 __all__ = ["SequenceResult", "list_frames", "measure_frame", "run_sequence", "QUIET_SCHEDULER", "WORKER_ENV"]
 
@@ -234,7 +234,7 @@ def measure_frame(
         list's metadata holds: ``summary``, ``tracked``, ``bright``).
     """
     import psfkit
-    from .image import load_image
+    from psfkit.io.image import load_image
 
     star_path = Path(star_path)
     try:

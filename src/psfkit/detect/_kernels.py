@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _compiled
+from psfkit.backend import compiled_available
 
 try:  # numba is a dependency, but the numpy path works without it
     from numba import njit, prange
@@ -62,7 +62,7 @@ def spline_rows(coef: np.ndarray, idx: np.ndarray, basis: np.ndarray, *, dtype=n
     ndarray, shape (ny, nx)
     """
     out = np.empty((coef.shape[0], len(idx)), dtype=dtype)
-    if _HAVE_NUMBA and _compiled.available():
+    if _HAVE_NUMBA and compiled_available():
         _spline_rows_numba(np.ascontiguousarray(coef, dtype=np.float64), np.ascontiguousarray(idx, dtype=np.intp),
                            np.ascontiguousarray(basis, dtype=np.float64), out)
     else:
@@ -137,7 +137,7 @@ def gaussian_smooth(arr: np.ndarray, sigma: float, *, truncate: float = 3.0,
     -------
     ndarray (float32)
     """
-    if not (_HAVE_NUMBA and _compiled.available()) or arr.ndim != 2:
+    if not (_HAVE_NUMBA and compiled_available()) or arr.ndim != 2:
         from scipy import ndimage
 
         return ndimage.gaussian_filter(arr, sigma, mode="nearest", truncate=truncate, output=out)

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 
-from . import flags as F
-from .errors import PsfkitError
+from psfkit import flags as F
+from psfkit.errors import PsfkitError
 
 __all__ = ["average", "write_star_list", "read_star_list", "STAR_LIST_FORMATS"]
 

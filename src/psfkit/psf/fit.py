@@ -1,6 +1,6 @@
 """Fit the PSF of stars at given positions: :func:`fit_stars` and :func:`fit_star`.
 
-Both go through the one batched engine (:func:`psfkit.fitting.fit_stamps`).
+Both go through the one batched engine (:func:`psfkit.psf.engine.fit_stamps`).
 The Gaussian (and Moffat) fit follows Siril by default: a first fit without
 the angle (exact erf pixel integration), then a fit with the angle for the
 stars whose widths differ (``angle="auto"``).
@@ -15,13 +15,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from astropy.table import Table
 
-from . import flags as F
-from .errors import PsfkitError
-from .fitting import NoiseModel, StampFit, fit_stamps
-from .image import Image, as_image
-from .measure import measure
-from .models import FWHM_PER_SIGMA, GaussianPSF, ImagePSF, MoffatPSF, PSFModel, _EllipticalModel, get_model
-from .stamps import auto_box, brightest_source, cut_stamps, estimate_fwhm, initial_params, refine_peak, saturation_mask
+from psfkit import flags as F
+from psfkit.errors import PsfkitError
+from psfkit.psf.engine import NoiseModel, StampFit, fit_stamps
+from psfkit.io.image import Image, as_image
+from psfkit.psf.measure import measure
+from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF, ImagePSF, MoffatPSF, PSFModel, _EllipticalModel, get_model
+from psfkit.psf.stamps import auto_box, brightest_source, cut_stamps, estimate_fwhm, initial_params, refine_peak, saturation_mask
 
 __all__ = ["fit_stars", "fit_star", "StarFit", "resolve_model", "COLUMN_ORDER"]
 
@@ -437,13 +437,13 @@ class StarFit:
 
     def model_image(self, shape: tuple[int, int] | None = None) -> np.ndarray:
         """The fitted model (background included) on the fitting box, for residual plots."""
-        from .render import render_fit
+        from psfkit.psf.render import render_fit
 
         return render_fit(self, shape=shape)
 
     def report(self, *, normalised: bool = False) -> str:
         """A readable block, Siril's PSF output with uncertainties (copy and paste)."""
-        from .report import star_report
+        from psfkit.psf.report import star_report
 
         return star_report(self, normalised=normalised)
 
@@ -517,7 +517,7 @@ def _other_sources_mask(data: np.ndarray, x: float, y: float, *, radius: int = 4
     """
     from scipy import ndimage
 
-    from .stamps import _clean_smooth, dip_between, level_and_noise
+    from psfkit.psf.stamps import _clean_smooth, dip_between, level_and_noise
 
     ny, nx = data.shape
     ix, iy = int(round(x)), int(round(y))

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 from astropy.table import Table, vstack
 
-from . import flags as F
-from .errors import PsfkitError
-from ._detect_kernels import gaussian_smooth
-from .background import Background, estimate_background
-from .image import Image, as_image
-from .psffit import fit_stars
+from psfkit import flags as F
+from psfkit.errors import PsfkitError
+from psfkit.detect._kernels import gaussian_smooth
+from psfkit.detect.background import Background, estimate_background
+from psfkit.io.image import Image, as_image
+from psfkit.psf.fit import fit_stars
 
 __all__ = ["Background", "estimate_background", "find_candidates", "find_stars", "RejectionCriteria"]
 
@@ -303,7 +303,7 @@ def find_stars(
         Pixels at or above this level are left out of the fits (stars flagged
         ``saturated``); "auto" takes the image's level (header or data type).
     deblend : bool
-        The crowded-field pass (:mod:`psfkit.deblend`, off by default: it costs about as much
+        The crowded-field pass (:mod:`psfkit.detect.deblend`, off by default: it costs about as much
         again as the first pass on a crowded frame): stars with a neighbour in their box are
         fitted again with the neighbours' models subtracted, and companions hidden in a
         brighter star's light (within 0.8-3 FWHM, no peak of their own in the smoothed frame)
@@ -454,10 +454,10 @@ def find_stars(
 
 
 def _deblend(img, bkg, table, reasons, *, fwhm_est, smoothing, threshold, noise, fit_kwargs, crit, mask_neighbours):
-    """The crowded-field pass of :mod:`psfkit.deblend` on the accepted stars: their rows refitted
+    """The crowded-field pass of :mod:`psfkit.detect.deblend` on the accepted stars: their rows refitted
     with neighbours subtracted, companions appended with their own rejection tests.
     Returns (table, reasons)."""
-    from .deblend import deblend_stars
+    from psfkit.detect.deblend import deblend_stars
 
     acc = np.flatnonzero(reasons == "")
     s2 = (fwhm_est / 2.3548) ** 2

@@ -17,8 +17,8 @@ import numpy as np
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
-from .errors import PsfkitError
-from .measure import magnitude
+from psfkit.errors import PsfkitError
+from psfkit.psf.measure import magnitude
 
 __all__ = ["FrameShift", "estimate_shift", "fit_tracked", "differential_photometry", "plot_light_curves"]
 
@@ -120,7 +120,7 @@ def fit_tracked(
         ``flags``; NaN values (flags -1) for a star outside the frame or when
         the shift is unknown.
     """
-    from .psffit import fit_stars
+    from psfkit.psf.fit import fit_stars
 
     pos = np.asarray(positions, dtype=float).reshape(-1, 2)
     ny, nx = image.data.shape

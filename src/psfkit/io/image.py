@@ -3,9 +3,9 @@
 :func:`load_image` reads a file into an :class:`Image`: the pixels as a 2-D
 float array plus the metadata every other module uses (image scale, gain, read
 noise, saturation level, exposure, date, WCS, row order, colour layout).  Every
-format goes through one path: :mod:`psfkit._readers` turns the file into float
+format goes through one path: :mod:`psfkit.io._readers` turns the file into float
 pixels and a header, this module decides what the header means, and
-:mod:`psfkit.colour` turns colour images and Bayer mosaics into the plane that
+:mod:`psfkit.io.colour` turns colour images and Bayer mosaics into the plane that
 is measured.  Detection, fitting and photometry never look at a file format.
 
 The rules (which keyword wins, how binning is treated, what a Bayer plane's
@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import PsfkitError
+from psfkit.errors import PsfkitError
 
 __all__ = [
     "Image",
@@ -552,7 +552,7 @@ def _check_pixels(path: Any, data: np.ndarray) -> None:
 
 def _finish(path: Path, frame: Any, channel: Any, user: dict) -> Image:
     """Interpret a reader's Frame: header metadata, the plane to measure, checks."""
-    from . import colour
+    from psfkit.io import colour
 
     header = frame.header
     data = frame.data
@@ -674,7 +674,7 @@ def _finish(path: Path, frame: Any, channel: Any, user: dict) -> Image:
 
 
 def _read(path: str | os.PathLike, hdu: int | str | None) -> tuple[Path, Any]:
-    from ._readers import read_frame
+    from psfkit.io._readers import read_frame
 
     p = Path(path)
     if not p.exists():
@@ -770,7 +770,7 @@ def load_planes(
     if isinstance(channels, str):
         channels = None if channels.strip().lower() == "all" else [c for c in channels.split(",") if c.strip()]
     if channels is None:
-        from . import colour
+        from psfkit.io import colour
 
         layout = frame.layout
         if layout == "grey" and (frame.bayer_pattern or colour.bayer_pattern_from_header(frame.header)):

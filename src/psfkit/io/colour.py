@@ -31,7 +31,6 @@ __all__ = [
     "bayer_pattern_from_header",
     "bayer_plane",
     "describe_plane",
-    "find_stars_by_channel",
     "frame_view",
     "luminance",
     "table_to_frame",
@@ -265,62 +264,4 @@ def frame_view(image: Any) -> np.ndarray:
     ny, nx = image.meta.get("frame_shape", big.shape)
     out = np.full((ny, nx), np.nan, dtype=big.dtype)
     out[: min(ny, big.shape[0]), : min(nx, big.shape[1])] = big[:ny, :nx]
-    return out
-
-
-def find_stars_by_channel(
-    path: Any,
-    *,
-    channels: Sequence[str | int] | str | None = None,
-    hdu: int | str | None = None,
-    focal_length: float | None = None,
-    pixel_size: float | None = None,
-    binning: float | None = None,
-    pixel_scale: float | None = None,
-    **find_options: Any,
-) -> Any:
-    """Find stars on every plane of a colour image (or stack) and stack the tables, with a ``channel`` column.
-
-    Like Siril's ``layer`` column: one row per star per plane.  Bayer planes
-    are mapped back to the full frame (:func:`table_to_frame`).
-
-    Parameters
-    ----------
-    path : str or path-like
-        The image file.
-    channels : sequence or str, optional
-        Planes to measure (see :func:`psfkit.image.load_planes`); default all:
-        R, G, B for colour images and Bayer mosaics.
-    hdu, focal_length, pixel_size, binning, pixel_scale
-        As for :func:`psfkit.load_image`.
-    **find_options
-        Passed to :func:`psfkit.find_stars`.
-
-    Returns
-    -------
-    astropy.table.Table
-        The tables one after the other, a str ``channel`` column first;
-        ``meta["channels"]`` holds each plane's summary.
-    """
-    from astropy.table import Column, vstack
-
-    from .detect import find_stars
-    from .image import load_planes
-
-    planes = load_planes(path, channels=channels, hdu=hdu, focal_length=focal_length, pixel_size=pixel_size,
-                         binning=binning, pixel_scale=pixel_scale)
-    tables = []
-    per_channel = {}
-    for img in planes:
-        name = str(img.meta.get("channel") if img.meta.get("channel") is not None else "grey")
-        table = table_to_frame(find_stars(img, **find_options), img)
-        table.add_column(Column([name] * len(table), name="channel", dtype="U9"), index=0)
-        per_channel[name] = {"summary": table.meta.get("summary"), "pixel_scale": img.pixel_scale,
-                             "channel_rule": img.meta.get("channel_rule", "")}
-        tables.append(table)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # metadata merge conflicts: the first table's meta is kept
-        out = vstack(tables, metadata_conflicts="silent")
-    out.meta = dict(tables[0].meta)
-    out.meta["channels"] = per_channel
     return out

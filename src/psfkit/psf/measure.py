@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fitting import StampFit
-from .models import ImagePSF, PSFModel, _EllipticalModel
+from psfkit.psf.engine import StampFit
+from psfkit.psf.models import ImagePSF, PSFModel, _EllipticalModel
 
 __all__ = ["measure", "magnitude", "fold_angle", "MAG_ERR_FACTOR"]
 

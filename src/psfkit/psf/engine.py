@@ -5,7 +5,7 @@ through :func:`fit_stamps`.  The stamps of a batch share a shape ``(h, w)``;
 pixels outside the image, NaN, saturated or masked pixels carry zero weight.
 
 Two engines run the same algorithm.  For the Gaussian and the Moffat the
-default is compiled (:mod:`psfkit._compiled`): the whole fit of each star runs
+default is compiled (:mod:`psfkit.psf._compiled`): the whole fit of each star runs
 in numba, stars in parallel.  The numpy engine, the reference (and the path of
 the other models, or of everything with ``PSFKIT_BACKEND=numpy``), is vectorised
 over stars: each step builds the normal equations of all still-active stars
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import flags as F
-from .models import PSFModel
+from psfkit import flags as F
+from psfkit.psf.models import PSFModel
 
 __all__ = ["StampFit", "fit_stamps", "NoiseModel"]
 
@@ -129,8 +129,8 @@ def _solve_batch(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _compiled_kind(model, p, free) -> int | None:
     """The compiled engine's model code for this batch, or None (numpy path)."""
-    from . import _compiled
-    from .models import GaussianPSF, MoffatPSF
+    from psfkit.psf import _compiled
+    from psfkit.psf.models import GaussianPSF, MoffatPSF
 
     if not _compiled.available():
         return None
@@ -144,7 +144,7 @@ def _compiled_kind(model, p, free) -> int | None:
 def model_values(model: PSFModel, p: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Values (N, h*w) of the model with parameters p on stamps of this shape, as the fits see
     them (the same pixel integration), on the compiled engine where it covers the model."""
-    from . import _compiled
+    from psfkit.psf import _compiled
 
     p = np.asarray(p, dtype=float)
     kind = _compiled_kind(model, p, model.default_free()) if len(p) else None
@@ -155,7 +155,7 @@ def model_values(model: PSFModel, p: np.ndarray, shape: tuple[int, int]) -> np.n
 
 
 def _exact_erf_path(model, p, free) -> bool:
-    from .models import GaussianPSF
+    from psfkit.psf.models import GaussianPSF
 
     return (
         isinstance(model, GaussianPSF) and model.sampling == "integrated" and not free[model.i_angle]
@@ -408,8 +408,8 @@ def fit_stamps(
 
 
 def _fit_compiled(kind, model, data, p0, mask, variance, noise, free, lo, hi, max_iter, rtol, reweight):
-    """:func:`fit_stamps` on the compiled engine (:func:`psfkit._compiled.fit_batch`): same algorithm."""
-    from . import _compiled
+    """:func:`fit_stamps` on the compiled engine (:func:`psfkit.psf._compiled.fit_batch`): same algorithm."""
+    from psfkit.psf import _compiled
 
     n, h, w = data.shape
     p = np.clip(p0, lo, hi)
@@ -431,7 +431,7 @@ def _fit_compiled(kind, model, data, p0, mask, variance, noise, free, lo, hi, ma
         var, passes, gain, rn = np.broadcast_to(border_var[:, None], (n, h * w)), 1, None, 0.0
     p, chi2, jtj, _, rss, iters, converged, cov_free, cov_ok = _compiled.fit_batch(
         kind, p, data.reshape(n, h * w), m, (h, w), free, lo, hi, ks, variance=var, gain=gain, read_noise=rn,
-        max_iter=max_iter, rtol=rtol, passes=passes,
+        max_iter=max_iter, rtol=rtol, passes=passes, pass_rtol=PASS_RTOL, step_factor=STEP_RTOL_FACTOR,
     )
     unweighted = None
     if not weighted:

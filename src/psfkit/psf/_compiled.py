@@ -1,6 +1,6 @@
 """Compiled (numba) fitting engine for the analytic models: one Levenberg-Marquardt per star.
 
-:func:`psfkit.fitting.fit_stamps` hands a whole batch to :func:`fit_batch`, which
+:func:`psfkit.psf.engine.fit_stamps` hands a whole batch to :func:`fit_batch`, which
 runs, for every star in parallel (``prange`` over stars, one star per thread at
 a time, no Python per iteration): the model and its analytic Jacobian, the
 normal equations ``J^T W J`` and ``J^T W r`` accumulated pixel by pixel (the
@@ -8,11 +8,11 @@ Jacobian is never stored), a damped Cholesky solve, the accept/reject step with
 projected bounds, the convergence test, the Poisson reweighting passes (weights
 from the model) and the final chi-square, ``J^T W J`` and residual sum.  It is
 the same algorithm, step for step, as the numpy reference in
-:mod:`psfkit.fitting` (``PSFKIT_BACKEND=numpy``), and the formulas are those of
-:mod:`psfkit.models`; ``tests/test_compiled.py`` compares the two.
+:mod:`psfkit.psf.engine` (``PSFKIT_BACKEND=numpy``), and the formulas are those of
+:mod:`psfkit.psf.models`; ``tests/test_compiled.py`` compares the two.
 
 Models (``kind``): 0 = Gaussian (``k = 0``: analytic pixel integral, see
-:meth:`psfkit.models.GaussianPSF._integrated_analytic`; ``k >= 1``: ``k x k``
+:meth:`psfkit.psf.models.GaussianPSF._integrated_analytic`; ``k >= 1``: ``k x k``
 Gauss-Legendre nodes, ``k = 1`` point sampling), 1 = axis-aligned Gaussian with
 the exact erf pixel integral, 2 = Moffat (``k x k`` Gauss-Legendre nodes).
 
@@ -26,6 +26,8 @@ import math
 import os
 
 import numpy as np
+
+from psfkit.backend import compiled_available
 
 __all__ = ["available", "fit_batch", "normal_equations", "threads", "values", "GAUSSIAN", "GAUSSIAN_ERF", "MOFFAT"]
 
@@ -44,20 +46,8 @@ except ImportError:  # pragma: no cover
 
 
 def available() -> bool:
-    """True when the compiled path can be used (numba importable and ``PSFKIT_BACKEND`` is not ``numpy``).
-
-    Raises
-    ------
-    PsfkitError
-        When ``PSFKIT_BACKEND`` is set to anything but auto, numba or numpy (a typo would
-        otherwise silently pick a backend).
-    """
-    backend = os.environ.get("PSFKIT_BACKEND", "auto").strip().lower() or "auto"
-    if backend not in ("auto", "numba", "numpy"):
-        from .errors import PsfkitError
-
-        raise PsfkitError(f"PSFKIT_BACKEND must be auto, numba or numpy, not {backend!r}")
-    return _HAVE_NUMBA and backend != "numpy"
+    """True when the compiled path can be used (:func:`psfkit.backend.compiled_available`)."""
+    return _HAVE_NUMBA and compiled_available()
 
 
 def threads() -> int:
@@ -66,7 +56,7 @@ def threads() -> int:
 
 
 def _node_table():
-    from .models import gauss_legendre_offsets
+    from psfkit.psf.models import gauss_legendre_offsets
 
     offs = np.zeros((_KMAX + 1, _KMAX))
     offw = np.zeros((_KMAX + 1, _KMAX))
@@ -869,8 +859,8 @@ def fit_batch(kind, params, data, mask, shape, free, lo, hi, ks, *, variance=Non
     max_iter, rtol, passes : int, float, int
         Iterations per pass, convergence tolerance (steps below ``rtol`` standard errors), passes.
     pass_rtol, step_factor : float
-        Tolerance of the passes before the last and the accepted-step test's factor; default
-        :data:`psfkit.fitting.PASS_RTOL` and :data:`psfkit.fitting.STEP_RTOL_FACTOR`.
+        Tolerance of the passes before the last and the accepted-step test's factor, required:
+        :data:`psfkit.psf.engine.PASS_RTOL` and :data:`psfkit.psf.engine.STEP_RTOL_FACTOR` are their one place.
 
     Returns
     -------
@@ -878,10 +868,8 @@ def fit_batch(kind, params, data, mask, shape, free, lo, hi, ks, *, variance=Non
         Final values with the final weights (the model's, recomputed after the last pass);
         the covariance ``jtj^-1`` by Cholesky where ``jtj`` is positive definite (``covariance_ok``).
     """
-    from . import fitting
-
-    pass_rtol = fitting.PASS_RTOL if pass_rtol is None else pass_rtol
-    step_factor = fitting.STEP_RTOL_FACTOR if step_factor is None else step_factor
+    if pass_rtol is None or step_factor is None:
+        raise TypeError("fit_batch needs pass_rtol and step_factor (psfkit.psf.engine holds their values)")
     h, w = shape
     n = params.shape[0]
     p = np.array(params, dtype=np.float64, order="C", copy=True)

@@ -52,9 +52,9 @@ from typing import Any, Sequence
 import numpy as np
 from astropy.table import Table
 
-from .errors import PsfkitError
-from .image import Image, as_image
-from .measure import magnitude
+from psfkit.errors import PsfkitError
+from psfkit.io.image import Image, as_image
+from psfkit.psf.measure import magnitude
 
 __all__ = [
     "circular_overlap",
@@ -83,7 +83,7 @@ def _bad_fit_bits() -> tuple[int, int]:
     growth, so it does not disqualify a star; saturation, a cut box, masked pixels, a brighter
     neighbour or a failed fit do.
     """
-    from . import flags as F
+    from psfkit import flags as F
 
     aperture = F.SATURATED | F.NEAR_EDGE | F.FIT_FAILED | F.MASKED_PIXELS | F.CENTER_MOVED | F.NEIGHBOURS_MASKED
     return aperture, aperture | F.NOT_CONVERGED | F.SINGULAR_COVARIANCE
@@ -240,11 +240,11 @@ def _use_compiled(backend: str) -> bool:
         raise PsfkitError(f"backend must be 'auto', 'numpy' or 'numba', not {backend!r}")
     if backend == "numpy":
         return False
-    from . import _compiled
+    from psfkit.backend import compiled_available
 
     if backend == "numba" and not _HAVE_NUMBA:  # pragma: no cover
         raise PsfkitError("backend 'numba' asked but numba is not installed")
-    return _HAVE_NUMBA and (backend == "numba" or _compiled.available())
+    return _HAVE_NUMBA and (backend == "numba" or compiled_available())
 
 
 if _HAVE_NUMBA:
@@ -739,7 +739,7 @@ def _positions_and_fwhm(img: Image, x, y, fwhm):
         i = int(np.flatnonzero(bad)[0])
         raise PsfkitError(f"position ({xs[i]:g}, {ys[i]:g}) is outside the image (x 0..{nx - 1}, y 0..{ny - 1})")
     if fwhm is None:
-        from .stamps import estimate_fwhm
+        from psfkit.psf.stamps import estimate_fwhm
 
         fwhm = float(np.median([estimate_fwhm(img.data, a, b) for a, b in zip(xs[:50], ys[:50])])) if xs.size else 3.0
     f = np.broadcast_to(np.asarray(fwhm, dtype=float), xs.shape).copy()
@@ -915,8 +915,8 @@ def _unit_profiles(model: Any, stars: Table, half: int) -> np.ndarray | None:
     diverges).  Analytic shapes come from the ``fwhm_x``, ``fwhm_y``, ``angle``, ``beta`` columns;
     an image PSF needs the instance (its name alone does not hold the array).
     """
-    from .models import GaussianPSF, ImagePSF, LorentzianPSF, MoffatPSF
-    from .simulate import star_params
+    from psfkit.psf.models import GaussianPSF, ImagePSF, LorentzianPSF, MoffatPSF
+    from psfkit.datasets.simulate import star_params
 
     name = model if isinstance(model, str) else getattr(model, "name", "")
     n = len(stars)

@@ -3,7 +3,7 @@
 The readers only read: they turn every supported file into float pixels
 (``(ny, nx)``, or ``(planes, ny, nx)`` for colour and stacks) and a header
 mapping.  What the header means (scale, gain, saturation ...) is decided once,
-in :mod:`psfkit.image`.  Any failure of a format library on a broken file
+in :mod:`psfkit.io.image`.  Any failure of a format library on a broken file
 becomes a one-line :class:`~psfkit.errors.PsfkitError` naming the file.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import PsfkitError
+from psfkit.errors import PsfkitError
 
 __all__ = ["Frame", "read_frame", "detect_format", "RAW_SUFFIXES"]
 

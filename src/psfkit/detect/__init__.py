@@ -1,0 +1,16 @@
+"""Finding stars: background and noise -> candidates -> batched fit -> rejection with a reason.
+
+- :mod:`psfkit.detect.background`: the background map and the noise.
+- :mod:`psfkit.detect.find`: :func:`find_stars`, the whole-frame driver, and its rejection criteria.
+- :mod:`psfkit.detect.deblend`: the crowded-field pass (neighbours subtracted, companions found).
+- :mod:`psfkit.detect.channels`: every plane of a colour image.
+- :mod:`psfkit.detect._kernels`: compiled smoothing and spline kernels beside their numpy twins.
+"""
+
+from psfkit._lazy import attach
+
+__getattr__, __dir__, __all__ = attach(__name__, {
+    "Background": "background", "estimate_background": "background",
+    "find_stars": "find", "find_candidates": "find", "RejectionCriteria": "find",
+    "deblend_stars": "deblend", "find_stars_by_channel": "channels",
+})
