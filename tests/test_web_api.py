@@ -25,6 +25,11 @@ with warnings.catch_warnings():  # starlette's test client warns about httpx on 
     from fastapi.testclient import TestClient
 
 SIM = "sim.fits"
+LOCAL = "http://127.0.0.1:8765"  # the page's own origin: TestClient's default host "testserver" is not served
+
+
+def _client(app, **kw) -> TestClient:
+    return TestClient(app, base_url=LOCAL, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +55,7 @@ def tree(tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(tree):
     app = create_app(tree["root"], export_dir=tree["exports"], image=SIM)
-    with TestClient(app) as c:  # raise_server_exceptions: a bug surfaces as an exception here
+    with _client(app) as c:  # raise_server_exceptions: a bug surfaces as an exception here
         yield c
 
 
@@ -193,7 +198,7 @@ def test_top_down_frame_is_not_flipped(tmp_path):
     hdr["ROWORDER"] = "TOP-DOWN"
     fits.writeto(tmp_path / "td.fits", data, hdr)
     fits.writeto(tmp_path / "bu.fits", data)
-    with TestClient(create_app(tmp_path)) as c:
+    with _client(create_app(tmp_path)) as c:
         for name, row in (("td.fits", 5), ("bu.fits", 40 - 1 - 5)):
             info = c.get("/api/image", params={"path": name}).json()
             assert info["top_down"] is (name == "td.fits")
@@ -352,7 +357,7 @@ def test_concurrent_requests_load_once(tree, monkeypatch):
     monkeypatch.setattr(_store, "load_image", spy)
     app = create_app(tree["root"])
     results = []
-    with TestClient(app) as c:
+    with _client(app) as c:
         a = c.get("/api/image", params={"path": "sub/copy.fits"}).json()["auto_stretch"]
         calls.clear()
         app.state.store._items.clear()
@@ -376,7 +381,7 @@ def test_concurrent_requests_load_once(tree, monkeypatch):
 
 def test_too_large_frame_is_refused(tree, monkeypatch):
     monkeypatch.setattr(_store, "MAX_PIXELS", 1000)
-    with TestClient(create_app(tree["root"])) as c:
+    with _client(create_app(tree["root"])) as c:
         r = c.get("/api/image", params={"path": "sub/copy.fits"})
     assert r.status_code == 400 and "pixels" in r.json()["detail"]
 
@@ -427,7 +432,7 @@ def test_view_command_serves_and_prints_its_address(tree):
 def test_detect_with_deblend_is_find_stars_with_it(pairs_fits):
     """The deblend box of the page: its companions, as the library finds them, counted in the summary."""
     tmp_path = pairs_fits.parent
-    with TestClient(create_app(tmp_path, export_dir=tmp_path, image="pairs.fits")) as c:
+    with _client(create_app(tmp_path, export_dir=tmp_path, image="pairs.fits")) as c:
         r = c.post("/api/detect", json={"path": "pairs.fits", "deblend": True})
         assert r.status_code == 200, r.text
         plain = c.post("/api/detect", json={"path": "pairs.fits"}).json()

@@ -1,19 +1,27 @@
-"""Where a request may read and write: inside the root folder, and inside the export folder.
+"""Where a request may read and write: inside the root folder, and new files inside the export folder.
 
 Every path from a request goes through :func:`resolve_in_root` before anything
 touches the file: absolute paths, ``..`` components and symlinks that lead out
-are refused (403) without opening anything.
+are refused (403) without opening anything.  Exports only ever create new
+files (:func:`write_new`): an existing file, whatever it is (the viewed image
+included), is never replaced; the request is answered 409 with a free name.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import uuid
 from pathlib import Path
+from typing import Callable
 
 from fastapi import HTTPException
 
-__all__ = ["resolve_in_root", "export_target", "list_images", "IMAGE_SUFFIXES", "EXPORT_FORMATS"]
+__all__ = ["resolve_in_root", "export_target", "free_name", "write_new", "list_images", "ExportExists",
+           "IMAGE_SUFFIXES", "EXPORT_FORMATS", "DEFAULT_EXPORT_FOLDER"]
+
+#: The export folder when none is given: a folder of its own inside the root, apart from the images.
+DEFAULT_EXPORT_FOLDER = "psfkit-exports"
 
 IMAGE_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fit.fz", ".fz",
                   ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".xisf")
@@ -48,6 +56,59 @@ def resolve_in_root(root: Path, rel: str) -> Path:
     return real
 
 
+class ExportExists(HTTPException):
+    """409: the export's name is taken; ``suggested_name`` is a free one in the same folder."""
+
+    def __init__(self, name: str, folder: Path, suggested_name: str) -> None:
+        super().__init__(409, f"{name} already exists in {folder}; not overwritten (free name: {suggested_name})")
+        self.suggested_name = suggested_name
+
+
+def free_name(folder: Path, name: str, suffix: str) -> str:
+    """The first of ``name``, ``stem-1 suffix``, ``stem-2 suffix``... that no file in ``folder`` has.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "stars.csv").write_text("")
+    >>> free_name(d, "stars.csv", ".csv"), free_name(d, "other.csv", ".csv")
+    ('stars-1.csv', 'other.csv')
+    """
+    stem = name[: -len(suffix)] if name.lower().endswith(suffix) else name
+    candidate, k = name, 0
+    while os.path.lexists(folder / candidate):
+        k += 1
+        candidate = f"{stem}-{k}{suffix}"
+    return candidate
+
+
+def write_new(target: Path, write: Callable[[Path], object], *, suffix: str) -> None:
+    """Create ``target`` with ``write(path)``, never replacing an existing file (ExportExists, 409).
+
+    The content is written to a hidden temporary file in the same folder, then
+    linked to ``target`` (a hard link fails when the name exists, atomically);
+    on a file system without hard links the name is reserved with an exclusive
+    create first.  A failure leaves neither ``target`` nor the temporary file.
+    """
+    folder = target.parent
+    tmp = folder / f".psfkit-export-{uuid.uuid4().hex}{suffix}"
+    try:
+        write(tmp)
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            raise ExportExists(target.name, folder, free_name(folder, target.name, suffix)) from None
+        except OSError:  # no hard links here: reserve the name, then move the file onto the reservation
+            try:
+                os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            except FileExistsError:
+                raise ExportExists(target.name, folder, free_name(folder, target.name, suffix)) from None
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def export_target(export_dir: Path, name: str, suffix: str) -> Path:
     """Where an export called ``name`` goes: a plain file name inside ``export_dir``."""
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
@@ -56,10 +117,10 @@ def export_target(export_dir: Path, name: str, suffix: str) -> Path:
         raise _refuse(400, f"name {name!r}: must end with {suffix} for this format")
     folder = export_dir.resolve()
     target = folder / name
-    if target.is_symlink() or (target.exists() and not target.is_file()):
-        raise _refuse(403, f"name {name!r}: exists and is not a plain file; not overwriting")
     if target.resolve().parent != folder:
         raise _refuse(403, f"name {name!r}: would leave the export folder")
+    if os.path.lexists(target):  # any existing entry: a file, the viewed image, a link, a folder
+        raise ExportExists(name, folder, free_name(folder, name, suffix))
     return target
 
 

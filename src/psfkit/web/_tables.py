@@ -12,12 +12,64 @@ from fastapi import HTTPException
 
 from psfkit.flags import decode_flags
 
-__all__ = ["table_to_rows", "rows_to_table", "DERIVED_COLUMNS"]
+__all__ = ["table_to_rows", "rows_to_table", "parse_bool", "missing_for_format", "DERIVED_COLUMNS", "FORMAT_COLUMNS"]
 
 #: Columns the page gets for reading only; they are not part of a star list.
 DERIVED_COLUMNS = ("flag_names",)
 _INT_COLUMNS = {"id", "flags", "iterations", "n_pixels_fit", "channel"}
 _COLUMN = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+_TRUE = frozenset({"true", "t", "yes", "y", "1", "on"})
+_FALSE = frozenset({"false", "f", "no", "n", "0", "off", ""})
+
+#: Columns each export format cannot do without (the others are optional: written as blanks or defaults).
+#: Siril's .lst lists stars brightest first (``flux_fit``); a DS9 region is an ellipse of the FWHM axes at the angle.
+FORMAT_COLUMNS = {
+    "lst": ("x_fit", "y_fit", "flux_fit"),
+    "reg": ("x_fit", "y_fit", "fwhm_x", "fwhm_y", "angle"),
+    "csv": ("x_fit", "y_fit"),
+    "ecsv": ("x_fit", "y_fit"),
+    "fits": ("x_fit", "y_fit"),
+}
+
+
+def parse_bool(value: Any, *, name: str = "value") -> bool:
+    """A yes/no value from JSON or text: true/false, yes/no, y/n, on/off, 1/0 (any case), or a JSON boolean.
+
+    ``None`` is False.  Anything else is refused (HTTP 400) rather than guessed: ``bool("no")`` is True
+    in Python, which is how a rejected star once became accepted in an export.
+
+    Examples
+    --------
+    >>> [parse_bool(v) for v in (True, "no", "False", "0", 1, "yes", None)]
+    [True, False, False, False, True, True, False]
+    """
+    if value is None:
+        return False
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise HTTPException(400, f"{name}: {str(value)[:40]!r} is not a yes/no value (true/false, yes/no, 1/0)")
+
+
+def missing_for_format(columns: Sequence[str], fmt: str) -> list[str]:
+    """The columns an export in format ``fmt`` needs that ``columns`` lacks.
+
+    Examples
+    --------
+    >>> missing_for_format(["x_fit", "y_fit"], "reg")
+    ['fwhm_x', 'fwhm_y', 'angle']
+    """
+    needed = list(FORMAT_COLUMNS.get(fmt, ()))
+    if fmt == "reg" and "accepted" in columns:  # rejected candidates are labelled with their reason
+        needed.append("reject_reason")
+    return [c for c in needed if c not in columns]
 
 
 def _json_column(values: np.ndarray) -> list[Any]:
@@ -67,7 +119,7 @@ def rows_to_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Tabl
         values = [r[j] for r in rows]
         kinds = {type(v) for v in values if v is not None}
         if name == "accepted" or kinds == {bool}:
-            table[name] = np.array([bool(v) for v in values], dtype=bool)
+            table[name] = np.array([parse_bool(v, name=name) for v in values], dtype=bool)
         elif kinds <= {int, float, bool}:
             arr = np.array([math.nan if v is None else float(v) for v in values], dtype=float)
             if name in _INT_COLUMNS:

@@ -17,14 +17,19 @@ bad input gives a 4xx with ``{"detail": "<one line>"}``):
 - ``POST /api/fit``: one star in a box or near a point (``fit_star`` with the angle),
   its report text and radial profile.
 - ``POST /api/average``: averages of the listed stars (``average``).
-- ``POST /api/export``: write the listed stars (``write_star_list``) into the export folder.
+- ``POST /api/export``: write the listed stars (``write_star_list``) as a new file in the export
+  folder; an existing name is never overwritten (409 with ``suggested_name``, a free name).
+
+Every request first passes :class:`~psfkit.web._guard.RequestGuard` (Host
+allow-list, same-origin writes, body limit, security headers); detections and
+fits run in bounded queues (:class:`~psfkit.web._queue.WorkQueue`: 503 with
+``Retry-After`` when full) so that tiles keep flowing while they run.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -38,9 +43,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from psfkit.errors import PsfkitError
-from psfkit.web._paths import EXPORT_FORMATS, export_target, list_images, resolve_in_root
+from psfkit.web._guard import DEFAULT_MAX_BODY, RequestGuard
+from psfkit.web._paths import (DEFAULT_EXPORT_FOLDER, EXPORT_FORMATS, ExportExists, export_target, list_images,
+                               resolve_in_root, write_new)
+from psfkit.web._queue import WorkQueue
 from psfkit.web._store import ImageStore
-from psfkit.web._tables import rows_to_table, table_to_rows
+from psfkit.web._tables import missing_for_format, rows_to_table, table_to_rows
 
 __all__ = ["create_app"]
 
@@ -120,7 +128,8 @@ def _one_line(exc: RequestValidationError) -> str:
 
 
 def create_app(root: str | Path, *, export_dir: str | Path | None = None, image: str | None = None,
-               max_images: int = 3) -> FastAPI:
+               max_images: int = 3, allowed_hosts: tuple[str, ...] | list[str] = (),
+               max_body: int = DEFAULT_MAX_BODY, detect_queue: int = 4) -> FastAPI:
     """The web app serving the images under ``root``.
 
     Parameters
@@ -128,22 +137,44 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
     root : path
         Folder whose images (and only those) the page may open.
     export_dir : path, optional
-        Folder the export buttons write into (default: ``root``).
+        Folder the export buttons write into (default: ``root/psfkit-exports``, made at the first
+        export).  Exports only create new files: an existing one is never replaced.
     image : str, optional
         Image (relative to ``root``) the page opens first.
     max_images : int
         Frames kept in memory.
+    allowed_hosts : sequence of str
+        Host names the ``Host`` header may carry besides the loopback ones (localhost,
+        127.0.0.1, [::1]); everything else is answered 400 (DNS rebinding).
+    max_body : int
+        Largest request body in bytes (413 beyond, before any parsing).
+    detect_queue : int
+        Detections that may wait while one runs; more are answered 503 with ``Retry-After``.
 
     Returns
     -------
     fastapi.FastAPI
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> app = create_app(tempfile.mkdtemp(), allowed_hosts=["mybox.local"])
+    >>> app.title
+    'psfkit view'
     """
     root_path = Path(root).expanduser().resolve()
     if not root_path.is_dir():
         raise PsfkitError(f"{root}: the root folder does not exist")
-    export_path = Path(export_dir).expanduser().resolve() if export_dir is not None else root_path
-    if not export_path.is_dir():
-        raise PsfkitError(f"{export_dir}: the export folder does not exist")
+    if export_dir is not None:
+        export_path = Path(export_dir).expanduser().resolve()
+        if not export_path.is_dir():
+            raise PsfkitError(f"{export_dir}: the export folder does not exist")
+    else:
+        export_path = root_path / DEFAULT_EXPORT_FOLDER  # made at the first export
+    if max_body < 1024:
+        raise PsfkitError(f"the request body limit must be at least 1024 bytes, got {max_body}")
+    if not 0 <= detect_queue <= 1000:
+        raise PsfkitError(f"the detection queue must hold 0..1000 waiting detections, got {detect_queue}")
     if image is not None:
         try:
             resolve_in_root(root_path, image)
@@ -151,12 +182,17 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
             raise PsfkitError(str(exc.detail)) from None
 
     store = ImageStore(max_images=max_images)
-    heavy = threading.BoundedSemaphore(1)  # one whole-frame detection at a time (memory, 2 cores)
+    # one whole-frame detection at a time (memory, cores), a few waiting; fits two at a time
+    detections = WorkQueue("detection", workers=1, waiting=detect_queue)
+    fits = WorkQueue("fit", workers=2, waiting=16)
 
     app = FastAPI(title="psfkit view", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(RequestGuard, allowed_hosts=tuple(allowed_hosts), max_body=max_body)
     app.state.root = root_path
     app.state.export_dir = export_path
     app.state.store = store
+    app.state.detections = detections
+    app.state.fits = fits
 
     @app.exception_handler(PsfkitError)
     async def _psfkit_error(request: Request, exc: PsfkitError) -> JSONResponse:
@@ -168,7 +204,10 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code)
+        body: dict[str, Any] = {"detail": str(exc.detail)}
+        if isinstance(exc, ExportExists):
+            body["suggested_name"] = exc.suggested_name
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:  # a bug: no traceback to the page
@@ -222,21 +261,22 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.post("/api/detect")
-    def detect(req: DetectRequest) -> JSONResponse:
+    async def detect(req: DetectRequest) -> Response:
+        resolve_in_root(root_path, req.path)  # a bad path is a 4xx before it takes a place in the queue
+        body, timing = await detections.run(_detect, req)
+        return Response(body, media_type="application/json", headers={"Server-Timing": timing})
+
+    def _detect(req: DetectRequest) -> tuple[bytes, str]:
+        """The detection itself, in the queue's worker thread."""
         from psfkit.detect.find import find_stars
 
         t0 = time.perf_counter()
         item = loaded(req.path)
         criteria = {} if req.min_roundness is None else {"min_roundness": req.min_roundness or None}
-        if not heavy.acquire(timeout=300):
-            raise HTTPException(503, "another detection is still running; try again")
-        try:
-            t1 = time.perf_counter()
-            table = find_stars(item.image, threshold=req.threshold, model=req.model, angle=req.angle,
-                               fwhm=req.fwhm, keep_rejected=False, deblend=req.deblend, **criteria)
-            t2 = time.perf_counter()
-        finally:
-            heavy.release()
+        t1 = time.perf_counter()
+        table = find_stars(item.image, threshold=req.threshold, model=req.model, angle=req.angle,
+                           fwhm=req.fwhm, keep_rejected=False, deblend=req.deblend, **criteria)
+        t2 = time.perf_counter()
         meta = table.meta
         out = table_to_rows(table)
         out.update(summary=meta.get("summary"), frame_fwhm=meta.get("frame_fwhm"),
@@ -246,10 +286,15 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
         body = _json_bytes(out)
         t3 = time.perf_counter()
         timing = f"load;dur={1e3 * (t1 - t0):.1f}, find;dur={1e3 * (t2 - t1):.1f}, encode;dur={1e3 * (t3 - t2):.1f}"
-        return Response(body, media_type="application/json", headers={"Server-Timing": timing})
+        return body, timing
 
     @app.post("/api/fit")
-    def fit(req: FitRequest) -> JSONResponse:
+    async def fit(req: FitRequest) -> JSONResponse:
+        resolve_in_root(root_path, req.path)
+        return JSONResponse(_clean(await fits.run(_fit, req)))
+
+    def _fit(req: FitRequest) -> dict[str, Any]:
+        """One star's fit, in the fit queue's worker thread."""
         from psfkit.psf.fit import fit_star
         from psfkit.web._profile import radial_profile
 
@@ -264,7 +309,7 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
         out = table_to_rows(star.table)
         out["report"] = star.report()
         out["profile"] = radial_profile(star)
-        return JSONResponse(_clean(out))
+        return out
 
     def _table(req: RowsRequest):
         item = loaded(req.path)
@@ -288,11 +333,21 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
     def export(req: ExportRequest) -> JSONResponse:
         from psfkit.io.catalog import write_star_list
 
+        missing = missing_for_format(req.columns, req.format)
+        if missing:
+            raise HTTPException(400, f"columns: a .{req.format} export needs {', '.join(missing)} "
+                                     f"(missing from the list sent)")
         item, table = _table(req)
         suffix = EXPORT_FORMATS[req.format]
         name = req.name or (item.path.name.split(".")[0] + "_stars" + suffix)
-        target = export_target(export_path, name, suffix)
-        write_star_list(table, target)
+        if export_dir is None and not export_path.is_dir():
+            try:
+                export_path.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise PsfkitError(f"cannot make the export folder {export_path} ({exc.strerror}); "
+                                  "choose one with --export-dir") from None
+        target = export_target(export_path, name, suffix)  # an existing name (the viewed image too): 409
+        write_new(target, lambda tmp: write_star_list(table, tmp), suffix=suffix)
         return JSONResponse({"written": target.name, "folder": str(export_path), "n_stars": len(table),
                              "format": req.format})
 
