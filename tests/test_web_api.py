@@ -442,3 +442,365 @@ def test_detect_with_deblend_is_find_stars_with_it(pairs_fits):
     assert r.json()["summary"]["companions_found"] == int(np.sum(lib["detection_pass"] == 2)) >= 1
     assert r.json()["settings"]["deblend"] is True
     assert len(r.json()["rows"]) > len(plain["rows"])
+
+
+# ------------------------------------------------------------------ who the server answers (issue 15)
+
+def _export_body(name=None, fmt="csv", columns=("x_fit", "y_fit"), rows=((10.0, 20.0),)):
+    body = {"path": SIM, "columns": list(columns), "rows": [list(r) for r in rows], "format": fmt}
+    if name:
+        body["name"] = name
+    return body
+
+
+def _rows_body(rows=((10.0, 20.0),)):
+    return {"path": SIM, "columns": ["x_fit", "y_fit"], "rows": [list(r) for r in rows]}
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8765", "127.0.0.1.nip.io:8765", "localhost.evil.example",
+                                  "192.168.1.20:8765", "0.0.0.0:8765", "[::ffff:7f00:1]x", ""])
+def test_foreign_host_headers_are_refused(tree, host, no_reads):
+    """DNS rebinding: a page of another site re-pointed at 127.0.0.1 still sends its own name; nothing is served."""
+    app = create_app(tree["root"], export_dir=tree["exports"])
+    before = sorted(tree["exports"].iterdir())
+    with _client(app) as c:
+        h = {"Host": host}
+        for r in (c.get("/api/files", headers=h), c.get("/", headers=h), c.get("/api/config", headers=h),
+                  c.get("/api/tile", params=TILE_OK, headers=h), c.get("/api/image", params={"path": SIM}, headers=h),
+                  c.post("/api/detect", json={"path": SIM}, headers=h),
+                  c.post("/api/export", json=_export_body("rebound.csv"), headers=h)):
+            assert r.status_code == 400, (host, r.request.url, r.status_code)
+            assert "is not served" in r.json()["detail"] and "files" not in r.json()
+    assert sorted(tree["exports"].iterdir()) == before and no_reads == []
+
+
+@pytest.mark.parametrize("host", ["localhost:8765", "LOCALHOST", "127.0.0.1", "127.0.0.1:8765", "[::1]:8765", "127.0.0.2:80"])
+def test_loopback_host_headers_are_served(tree, host):
+    with _client(create_app(tree["root"])) as c:
+        r = c.get("/api/files", headers={"Host": host})
+    assert r.status_code == 200 and SIM in r.json()["files"]
+
+
+def test_named_hosts_are_served_only_when_allowed(tree):
+    with _client(create_app(tree["root"], allowed_hosts=["mybox.lan", "10.0.0.5"])) as c:
+        assert c.get("/api/files", headers={"Host": "mybox.lan:8765"}).status_code == 200
+        assert c.get("/api/files", headers={"Host": "10.0.0.5:8765"}).status_code == 200
+        assert c.get("/api/files", headers={"Host": "otherbox.lan:8765"}).status_code == 400
+
+
+@pytest.mark.parametrize("headers", [{"Origin": "http://evil.example"}, {"Origin": "null"},
+                                     {"Origin": "http://127.0.0.1:9999"}, {"Origin": "https://127.0.0.1:8765"},
+                                     {"Referer": "http://evil.example/page.html"},
+                                     {"Origin": LOCAL, "Sec-Fetch-Site": "cross-site"}])
+def test_cross_origin_writes_are_refused(tree, headers, no_reads):
+    app = create_app(tree["root"], export_dir=tree["exports"])
+    before = sorted(tree["exports"].iterdir())
+    with _client(app) as c:
+        for url, body in (("/api/export", _export_body("csrf.csv")), ("/api/detect", {"path": SIM}),
+                          ("/api/fit", {"path": SIM, "x": 10, "y": 10}), ("/api/average", _rows_body())):
+            r = c.post(url, json=body, headers=headers)
+            assert r.status_code == 403 and "refused" in r.json()["detail"], (url, headers, r.text)
+    assert sorted(tree["exports"].iterdir()) == before and no_reads == []
+
+
+def test_same_origin_writes_and_scripts_are_served(tree):
+    """The page's own requests (Origin = the page) and programs without Origin/Referer (curl) are served."""
+    with _client(create_app(tree["root"], export_dir=tree["exports"])) as c:
+        for headers in ({"Origin": LOCAL}, {"Referer": LOCAL + "/#image=sim.fits"}, {},
+                        {"Origin": "http://localhost:8765", "Host": "localhost:8765", "Sec-Fetch-Site": "same-origin"}):
+            r = c.post("/api/average", json=_rows_body(), headers=headers)
+            assert r.status_code == 200, (headers, r.text)
+
+
+def test_cross_site_reads_of_the_api_are_refused(tree):
+    """Another site embedding a tile or a listing (the browser says Sec-Fetch-Site: cross-site) gets nothing."""
+    with _client(create_app(tree["root"])) as c:
+        r = c.get("/api/tile", params=TILE_OK, headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"})
+        assert r.status_code == 403 and r.headers["content-type"] == "application/json"
+        assert c.get("/api/files", headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
+        assert c.get("/", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}).status_code == 200
+
+
+def test_security_headers_on_every_response(client):
+    for r in (client.get("/"), client.get("/static/app.js"), client.get("/api/files"), client.get("/api/nothing"),
+              client.get("/api/files", headers={"Host": "evil.example"}),
+              client.post("/api/fit", json={"path": SIM, "x": "ten", "y": 1})):
+        csp = r.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp, r.request.url
+        assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_page_has_nothing_inline_that_the_policy_blocks():
+    """Every script of the page is a file of the page (no inline code, no handlers, no style="" attributes)."""
+    import re
+
+    static = Path(psfkit.__file__).parent / "web" / "static"
+    html = (static / "index.html").read_text()
+    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", html, flags=re.S | re.I)
+    assert scripts and all('src="/static/' in attrs and not body.strip() for attrs, body in scripts)
+    assert not re.search(r"\son[a-z]+\s*=", html, flags=re.I) and "style=" not in html and "<style" not in html
+    js = (static / "app.js").read_text()
+    assert "style=" not in js and "eval(" not in js and "new Function" not in js
+
+
+# ------------------------------------------------------------------ request bodies are capped before parsing
+
+def _asgi_post(app, path, chunks, *, content_length=None):
+    """POST ``chunks`` (an iterable of bytes) to the ASGI app in-process; the status and the chunks it read."""
+    import asyncio
+
+    it = iter(chunks)
+    read = [0]
+
+    async def receive():
+        try:
+            chunk = next(it)
+        except StopIteration:
+            return {"type": "http.disconnect"}
+        read[0] += 1
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    headers = [(b"host", b"127.0.0.1:8765"), (b"content-type", b"application/json")]
+    if content_length is not None:
+        headers.append((b"content-length", str(content_length).encode()))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8765)}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], json.loads(body), read[0]
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_a_150_mb_body_is_refused_without_being_held(tree, monkeypatch, declared):
+    """150 MB sent to /api/export: 413 after at most the limit (32 MB) was read, the handler never ran, and the
+    memory allocated meanwhile stays far below the body's size (measured with tracemalloc, not with a clock)."""
+    import tracemalloc
+
+    from psfkit.web import app as web_app
+
+    ran = []
+    monkeypatch.setattr(web_app, "rows_to_table", lambda *a, **k: ran.append(1))
+    app = create_app(tree["root"], export_dir=tree["exports"])
+    mb = b"[" * 2 ** 20  # the same 1 MB object 150 times: the test itself holds 1 MB
+    tracemalloc.start()
+    try:
+        status, body, read = _asgi_post(app, "/api/export", (mb for _ in range(150)),
+                                        content_length=150 * 2 ** 20 if declared else None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert status == 413 and "larger than 32 MB" in body["detail"] and "--max-body" in body["detail"]
+    assert ran == []
+    assert read == (0 if declared else 33), "a declared length is refused unread; a streamed body is cut at the limit"
+    assert peak < 80 * 2 ** 20, f"{peak / 2 ** 20:.0f} MB allocated for a 150 MB body"
+
+
+def test_body_limit_is_an_option(tree):
+    app = create_app(tree["root"], export_dir=tree["exports"], max_body=4096)
+    with _client(app) as c:
+        r = c.post("/api/average", json=_rows_body([(10.0 + k, 20.0) for k in range(5)]))
+        assert r.status_code == 200, r.text
+        big = _rows_body([(10.0 + k, 20.0) for k in range(400)])
+        r = c.post("/api/average", json=big)
+        assert r.status_code == 413 and "larger than" in r.json()["detail"]
+
+
+def test_real_server_refuses_foreign_hosts_and_large_bodies_unread(tree):
+    """The same through uvicorn on 127.0.0.1: a rebound Host gets 400; a declared 150 MB body gets 413 before it is sent."""
+    import socket
+
+    import httpx
+
+    from psfkit.web import serve_in_thread
+
+    with serve_in_thread(create_app(tree["root"], export_dir=tree["exports"])) as server:
+        assert httpx.get(server.url + "/api/files", timeout=10).status_code == 200
+        r = httpx.get(server.url + "/api/files", headers={"Host": "attacker.example"}, timeout=10)
+        assert r.status_code == 400 and "files" not in r.json()
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(f"POST /api/export HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {150 * 2 ** 20}\r\n\r\n".encode())
+            reply = s.recv(65536).decode("latin-1")
+        assert reply.startswith("HTTP/1.1 413"), reply[:200]
+
+
+# ------------------------------------------------------------------ exports never replace a file
+
+def test_export_never_overwrites_and_offers_a_free_name(tree):
+    with _client(create_app(tree["root"], export_dir=tree["exports"])) as c:
+        r = c.post("/api/export", json=_export_body("keep.csv"))
+        assert r.status_code == 200, r.text
+        first = (tree["exports"] / "keep.csv").read_bytes()
+        r = c.post("/api/export", json=_export_body("keep.csv", rows=[(1.0, 2.0), (3.0, 4.0)]))
+        assert r.status_code == 409 and r.json()["suggested_name"] == "keep-1.csv"
+        assert "not overwritten" in r.json()["detail"]
+        assert (tree["exports"] / "keep.csv").read_bytes() == first
+        r = c.post("/api/export", json=_export_body("keep-1.csv", rows=[(1.0, 2.0), (3.0, 4.0)]))
+        assert r.status_code == 200 and r.json()["written"] == "keep-1.csv"
+        assert len(psfkit.read_star_list(tree["exports"] / "keep-1.csv")) == 2
+        r = c.post("/api/export", json=_export_body("keep.csv"))
+        assert r.json()["suggested_name"] == "keep-2.csv"
+    assert not [p for p in tree["exports"].iterdir() if p.name.startswith(".")], "no temporary file left"
+
+
+def test_the_viewed_image_is_never_an_export_target(tmp_path):
+    data, _ = simulate_field((64, 64), 3, fwhm=3.0, seed=1, edge=10)
+    fits.writeto(tmp_path / "img.fits", data.astype(np.float32))
+    image_bytes = (tmp_path / "img.fits").read_bytes()
+    body = {"path": "img.fits", "columns": ["x_fit", "y_fit"], "rows": [[10.0, 20.0]], "format": "fits", "name": "img.fits"}
+    with _client(create_app(tmp_path, export_dir=tmp_path)) as c:  # even with the image's own folder as export folder
+        r = c.post("/api/export", json=body)
+        assert r.status_code == 409 and r.json()["suggested_name"] == "img-1.fits"
+    assert (tmp_path / "img.fits").read_bytes() == image_bytes
+    # the default export folder is a folder of its own, made at the first export
+    with _client(create_app(tmp_path)) as c:
+        assert c.get("/api/config").json()["export_dir"] == str(tmp_path / "psfkit-exports")
+        assert not (tmp_path / "psfkit-exports").exists()
+        r = c.post("/api/export", json={**body, "format": "csv", "name": None})
+        assert r.status_code == 200 and r.json()["written"] == "img_stars.csv"
+    assert (tmp_path / "psfkit-exports" / "img_stars.csv").is_file()
+    assert (tmp_path / "img.fits").read_bytes() == image_bytes
+
+
+def test_write_new_refuses_an_existing_name_without_hard_links(tmp_path, monkeypatch):
+    from psfkit.web._paths import ExportExists, write_new
+
+    (tmp_path / "a.csv").write_text("old")
+
+    def no_links(*a, **k):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    with pytest.raises(ExportExists) as info:
+        write_new(tmp_path / "a.csv", lambda p: p.write_text("new"), suffix=".csv")
+    assert info.value.status_code == 409 and info.value.suggested_name == "a-1.csv"
+    assert (tmp_path / "a.csv").read_text() == "old"
+    write_new(tmp_path / "b.csv", lambda p: p.write_text("new"), suffix=".csv")
+    assert (tmp_path / "b.csv").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv"]
+
+
+# ------------------------------------------------------------------ export values and columns
+
+def test_accepted_as_text_is_parsed_not_truthy(client, tree):
+    cols = ["x_fit", "y_fit", "flux_fit", "accepted", "reject_reason"]
+    words = ["no", "False", "0", "n", "yes", "TRUE", "1", True, False]
+    rows = [[10.0 + 5 * k, 20.0, 1000.0 + k, w, "" if w in ("yes", "TRUE", "1", True) else "faint"]
+            for k, w in enumerate(words)]
+    r = client.post("/api/export", json=_export_body("accepted.csv", columns=cols, rows=rows))
+    assert r.status_code == 200, r.text
+    back = psfkit.read_star_list(tree["exports"] / "accepted.csv")
+    assert list(np.asarray(back["accepted"], bool)) == [False, False, False, False, True, True, True, True, False]
+    r = client.post("/api/export", json=_export_body("accepted.lst", fmt="lst", columns=cols, rows=rows))
+    assert r.status_code == 200
+    assert len(psfkit.read_star_list(tree["exports"] / "accepted.lst", image_shape=(300, 400))) == 4, \
+        "the .lst holds only the accepted stars"
+    r = client.post("/api/export", json=_export_body("maybe.csv", columns=cols, rows=[[1.0, 2.0, 3.0, "maybe", ""]]))
+    assert r.status_code == 400 and "accepted" in r.json()["detail"] and "yes/no" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("fmt,missing", [("lst", ["flux_fit"]), ("reg", ["fwhm_x", "fwhm_y", "angle"])])
+def test_export_with_too_few_columns_is_a_400_naming_them(client, tree, fmt, missing):
+    before = sorted(tree["exports"].iterdir())
+    r = client.post("/api/export", json=_export_body(f"few.{fmt}", fmt=fmt))
+    assert r.status_code == 400, r.text
+    detail = r.json()["detail"]
+    assert all(m in detail for m in missing) and f".{fmt}" in detail
+    assert sorted(tree["exports"].iterdir()) == before
+
+
+# ------------------------------------------------------------------ heavy requests queue, tiles keep flowing
+
+def test_detections_queue_then_refuse_while_tiles_keep_flowing(tree, monkeypatch):
+    """12 detections at once with room for 1 running + 2 waiting: 9 are refused at once (503 + Retry-After)
+    while the first is held running; tiles and image facts answer meanwhile; the 3 admitted ones finish."""
+    import asyncio
+
+    import httpx
+
+    import psfkit.detect.find as find_module
+
+    gate, started, calls = threading.Event(), threading.Event(), []
+    real = find_module.find_stars
+
+    def held(*a, **k):
+        calls.append(1)
+        started.set()
+        assert gate.wait(120)
+        return real(*a, **k)
+
+    monkeypatch.setattr(find_module, "find_stars", held)
+    app = create_app(tree["root"], detect_queue=2)
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=LOCAL, timeout=120) as c:
+            a = (await c.get("/api/image", params={"path": SIM})).json()["auto_stretch"]
+            tasks = [asyncio.create_task(c.post("/api/detect", json={"path": SIM})) for _ in range(12)]
+            for _ in range(1200):  # bounded: until the first runs and the refused ones are answered
+                if started.is_set() and sum(t.done() for t in tasks) >= 9:
+                    break
+                await asyncio.sleep(0.05)
+            answered = [t for t in tasks if t.done()]
+            tiles = [await c.get("/api/tile", params={"path": SIM, "level": lv, "tx": tx, "ty": 0, "black": a["black"],
+                                                      "white": a["white"]}) for lv, tx in ((0, 0), (0, 1), (1, 0))]
+            facts = await c.get("/api/image", params={"path": SIM})
+            still_running = app.state.detections.pending
+            gate.set()
+            admitted = await asyncio.gather(*[t for t in tasks if t not in answered])
+            return [t.result() for t in answered], tiles, facts, still_running, admitted
+
+    refused, tiles, facts, still_running, admitted = asyncio.run(scenario())
+    assert [r.status_code for r in tiles] == [200, 200, 200] and facts.status_code == 200
+    assert still_running == 3, "one detection held running and two waiting while the tiles were served"
+    assert len(refused) == 9 and all(r.status_code == 503 for r in refused)
+    assert all(int(r.headers["retry-after"]) >= 1 for r in refused) and "try again" in refused[0].json()["detail"]
+    assert [r.status_code for r in admitted] == [200, 200, 200] and len(calls) == 3
+    assert app.state.detections.pending == 0
+
+
+# ------------------------------------------------------------------ the command's address checks
+
+def _view(args, monkeypatch):
+    """Run `psfkit view ARGS` in-process with the server's run loop replaced (it returns at once)."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from psfkit.cli import app
+
+    served = {}
+
+    def fake_run(self, *a, **k):
+        served["app"], served["host"] = self.config.app, self.config.host
+        self.should_exit = True
+
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
+    return CliRunner().invoke(app, ["view", *args, "--no-browser"]), served
+
+
+@pytest.mark.parametrize("host,words", [("999.1.1.1", "not a valid IP address"), ("1.2.3", "not a valid IP address"),
+                                        ("::zz", "not a valid IP address"), ("no-such-host.invalid", "not a valid address")])
+def test_view_refuses_an_invalid_host_in_one_line(tree, monkeypatch, host, words):
+    r, served = _view(["--root", str(tree["root"]), "--host", host, "--port", "0"], monkeypatch)
+    assert r.exit_code == 2 and words in r.output and "in use" not in r.output
+    assert r.output.strip().count("\n") == 0 and r.output.startswith("psfkit: error: --host") and not served
+
+
+def test_view_on_every_interface_warns_that_exports_can_be_written(tree, monkeypatch):
+    r, served = _view(["--root", str(tree["root"]), "--host", "0.0.0.0", "--port", "0"], monkeypatch)
+    assert r.exit_code == 0, r.output
+    warning = next(line for line in r.output.splitlines() if "warning" in line)
+    assert "whoever reaches" in warning and "run detections" in warning and "write exports" in warning
+    assert served["host"] == "0.0.0.0"
+    with _client(served["app"]) as c:  # loopback names still answer, a foreign name does not
+        assert c.get("/api/files").status_code == 200
+        assert c.get("/api/files", headers={"Host": "evil.example"}).status_code == 400
+    r, served = _view(["--root", str(tree["root"]), "--port", "0"], monkeypatch)
+    assert r.exit_code == 0 and "warning" not in r.output and served["host"] == "127.0.0.1"

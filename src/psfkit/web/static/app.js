@@ -35,7 +35,11 @@ async function api(method, url, body, timing) {
   let data = null;
   try { data = await r.json(); } catch (e) { data = null; }
   if (timing) timing.parsed = performance.now();
-  if (!r.ok) throw new Error((data && data.detail) || `${r.status} ${r.statusText}`);
+  if (!r.ok) {
+    const err = new Error((data && data.detail) || `${r.status} ${r.statusText}`);
+    err.status = r.status; err.data = data; err.retryAfter = r.headers.get("Retry-After");
+    throw err;
+  }
   return data;
 }
 /* "find;dur=812.3, encode;dur=20.1" -> {find: 812.3, encode: 20.1} (milliseconds) */
@@ -292,7 +296,10 @@ function renderTable() {
   }).join("") + "</tr>";
   $("#stars thead").innerHTML = head;
   const widths = columnWidths();
-  $("#stars colgroup").innerHTML = widths.map((w) => `<col style="width:calc(${w}ch + 16px)">`).join("");
+  // sizes through the style object, not inline style attributes: the page's Content-Security-Policy refuses those
+  $("#stars colgroup").replaceChildren(...widths.map((w) => {
+    const c = document.createElement("col"); c.style.width = `calc(${w}ch + 16px)`; return c;
+  }));
   $("#stars").style.width = `calc(${widths.reduce((a, b) => a + b, 0)}ch + ${16 * widths.length}px)`;
   $("#stars").dataset.rows = String(S.stars.length);
   tableWindow = [-1, -1];
@@ -313,10 +320,13 @@ function renderRows() {
   if (first === tableWindow[0] && last === tableWindow[1]) return;
   tableWindow = [first, last];
   const span = Math.max(1, S.columns.length);
-  const parts = [`<tr class="spacer" style="height:${first * ROW_H}px"><td colspan="${span}"></td></tr>`];
+  const parts = [`<tr class="spacer"><td colspan="${span}"></td></tr>`];
   for (let k = first; k < last; k++) parts.push(rowHtml(S.stars[k]));
-  parts.push(`<tr class="spacer" style="height:${(n - last) * ROW_H}px"><td colspan="${span}"></td></tr>`);
-  $("#stars tbody").innerHTML = parts.join("");
+  parts.push(`<tr class="spacer"><td colspan="${span}"></td></tr>`);
+  const tbody = $("#stars tbody");
+  tbody.innerHTML = parts.join("");
+  tbody.firstElementChild.style.height = `${first * ROW_H}px`;
+  tbody.lastElementChild.style.height = `${(n - last) * ROW_H}px`;
 }
 let rowsQueued = false;
 function scheduleRows() {
@@ -496,7 +506,10 @@ async function detect() {
       psfkitStats.detect.drawn = performance.now(); psfkitStats.detect.n = S.stars.length;
       message(`${S.stars.length} stars in ${((psfkitStats.detect.drawn - t0) / 1000).toFixed(2)} s`, "ok");
     }, 0));
-  } catch (e) { psfkitStats.detect.error = e.message; message("Detect: " + e.message, "error"); }
+  } catch (e) {
+    psfkitStats.detect.error = e.message;
+    message("Detect: " + e.message + (e.retryAfter ? ` (retry in ${e.retryAfter} s)` : ""), "error");
+  }
   finally { clearInterval(timer); busy(null); btn.disabled = false; }
 }
 async function fitAt(x, y, box) {
@@ -523,13 +536,28 @@ async function doAverage() {
     message(`Average of ${r.average.n_stars} stars`, "ok");
   } catch (e) { message("Average: " + e.message, "error"); }
 }
-async function doExport(format) {
+/* Exports never overwrite: when the name is taken the server answers 409 with a free name, which the
+ * page offers as a button ("Save as stars-1.lst"); nothing is written until the user accepts it. */
+let pendingRename = null;
+function offerRename(format, name) {
+  pendingRename = name ? { format, name } : null;
+  const b = $("#export-rename");
+  b.hidden = !name;
+  if (name) { b.textContent = `Save as ${name}`; b.title = `Write the list as ${name} instead`; }
+}
+async function doExport(format, name) {
   psfkitStats.lastExport = null;
+  offerRename(null, null);
   try {
-    const r = await api("POST", "/api/export", rowsPayload({ format }));
+    const r = await api("POST", "/api/export", rowsPayload(name ? { format, name } : { format }));
     message(`Wrote ${r.written} (${r.n_stars} stars) in ${r.folder}`, "ok");
-    psfkitStats.lastExport = { written: r.written, error: null };
-  } catch (e) { psfkitStats.lastExport = { written: null, error: e.message }; message("Export: " + e.message, "error"); }
+    psfkitStats.lastExport = { written: r.written, error: null, suggested: null };
+  } catch (e) {
+    const suggested = (e.status === 409 && e.data && e.data.suggested_name) || null;
+    psfkitStats.lastExport = { written: null, error: e.message, suggested };
+    message("Export: " + e.message, "error");
+    if (suggested) offerRename(format, suggested);
+  }
 }
 function copyText(sel) {
   const text = $(sel).textContent;
@@ -707,6 +735,7 @@ function wire() {
     b.addEventListener("dblclick", (ev) => ev.stopPropagation());
   }
   for (const b of document.querySelectorAll("#table-head .export button")) b.addEventListener("click", () => doExport(b.dataset.format));
+  $("#export-rename").addEventListener("click", () => { if (pendingRename) doExport(pendingRename.format, pendingRename.name); });
   $("#copy-report").addEventListener("click", () => copyText("#report"));
   $("#copy-average").addEventListener("click", () => copyText("#average-text"));
   $("#file-select").addEventListener("change", (ev) => openImage(ev.target.value));
