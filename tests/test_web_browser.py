@@ -69,13 +69,22 @@ def browser():
         b.close()
 
 
+# every Content-Security-Policy violation of the page (an inline style or script the policy blocked)
+CSP_WATCH = """window.__csp = [];
+document.addEventListener('securitypolicyviolation', (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"""
+
+
+# (wait_for_function gets functions, not bare expressions: Playwright evaluates a bare expression with eval(),
+# which the page's Content-Security-Policy rightly refuses)
 def _open(browser, url: str, image: str):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+    page.add_init_script(CSP_WATCH)
     page.goto(f"{url}/#image={image}")
     page.wait_for_selector("body[data-ready='1']", timeout=60_000)
-    page.wait_for_function("psfkitStats.settled()", timeout=60_000)
+    page.wait_for_function("() => psfkitStats.settled()", timeout=60_000)
     return page, errors
 
 
@@ -89,7 +98,7 @@ def _rows(page) -> int:
 
 def _detect(page):
     page.click("#detect")
-    page.wait_for_function("psfkitStats.detect && (psfkitStats.detect.drawn || psfkitStats.detect.error)", timeout=180_000)
+    page.wait_for_function("() => psfkitStats.detect && (psfkitStats.detect.drawn || psfkitStats.detect.error)", timeout=180_000)
     assert page.evaluate("psfkitStats.detect.error") is None
     return page.locator("#overlay ellipse.star").count(), _rows(page)
 
@@ -164,7 +173,7 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
         vb = page.locator("#viewer").bounding_box()
         cx, cy = _centre(page, ell)
         assert abs(cx - (vb["x"] + vb["width"] / 2)) < 2 and abs(cy - (vb["y"] + vb["height"] / 2)) < 2
-        page.wait_for_function("psfkitStats.settled()")
+        page.wait_for_function("() => psfkitStats.settled()")
         page.screenshot(path=ARTIFACTS / "web_03_selected.png")
 
         # clicking a star on the image selects its row
@@ -206,7 +215,7 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
         page.mouse.move(tx + half, ty + half, steps=3)
         page.mouse.up()
         page.keyboard.up("Shift")
-        page.wait_for_function(f"S.stars.length === {n_now + 1}", timeout=60_000)
+        page.wait_for_function(f"() => S.stars.length === {n_now + 1}", timeout=60_000)
         fitted = page.evaluate("S.stars[S.stars.length - 1]")
         assert abs(fitted["x_fit"] - target["x"]) < 0.5 and abs(fitted["y_fit"] - target["y"]) < 0.5
         report = page.locator("#report").text_content()
@@ -215,7 +224,7 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
         assert page.locator("#overlay ellipse.star").count() == n_now + 1 == _rows(page)
         fitted_id = page.evaluate("S.stars[S.stars.length - 1].id")
         assert "sel" in page.get_attribute(f"#stars tbody tr[data-id='{fitted_id}']", "class").split()  # scrolled to it
-        page.wait_for_function("psfkitStats.settled()")
+        page.wait_for_function("() => psfkitStats.settled()")
         page.screenshot(path=ARTIFACTS / "web_04_boxfit.png")
 
         n_now += 1
@@ -230,7 +239,7 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
         page.evaluate(f"showRow({second['id']})")
         page.click(f"#stars tbody tr[data-id='{second['id']}']")
         page.mouse.dblclick(*_centre(page, f"#overlay ellipse.star[data-id='{second['id']}']"))
-        page.wait_for_function(f"S.stars.length === {n_now + 1}", timeout=60_000)
+        page.wait_for_function(f"() => S.stars.length === {n_now + 1}", timeout=60_000)
         n_now += 1
         fitted = page.evaluate("S.stars[S.stars.length - 1]")
         assert abs(fitted["x_fit"] - second["x"]) < 0.5 and abs(fitted["y_fit"] - second["y"]) < 0.5
@@ -241,35 +250,35 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
         vb = page.locator("#viewer").bounding_box()
         cx, cy = vb["x"] + vb["width"] / 2, vb["y"] + vb["height"] / 2
         page.keyboard.press("f")
-        page.wait_for_function("psfkitStats.settled()")
+        page.wait_for_function("() => psfkitStats.settled()")
         z0 = page.evaluate("S.view.zoom")
         page.mouse.move(cx, cy)
         page.mouse.wheel(0, -400)
-        page.wait_for_function(f"S.view.zoom > {z0} * 1.5")
+        page.wait_for_function(f"() => S.view.zoom > {z0} * 1.5")
         x0 = page.evaluate("S.view.x0")
         page.mouse.down()
         page.mouse.move(cx - 150, cy, steps=5)
         page.mouse.up()
         assert page.evaluate("S.view.x0") > x0
-        page.wait_for_function("psfkitStats.settled()")
+        page.wait_for_function("() => psfkitStats.settled()")
         assert page.evaluate("S.stars.length") == n_now  # a pan is not a fit or a selection change
         # another stretch: new tiles, same stars
         loaded = page.evaluate("psfkitStats.tilesLoaded")
         page.select_option("#stretch-mode", "asinh")
-        page.wait_for_function(f"psfkitStats.tilesLoaded > {loaded} && psfkitStats.settled()")
+        page.wait_for_function(f"() => psfkitStats.tilesLoaded > {loaded} && psfkitStats.settled()")
         assert page.evaluate("S.stretch.mode") == "asinh"
         page.locator("#viewer").focus()
         page.keyboard.press("f")  # back to the whole image
-        page.wait_for_function(f"Math.abs(S.view.zoom - {z0}) < 1e-9 && psfkitStats.settled()")
+        page.wait_for_function(f"() => Math.abs(S.view.zoom - {z0}) < 1e-9 && psfkitStats.settled()")
 
         # average of the listed stars
         page.click("#average")
-        page.wait_for_function("document.querySelector('#average-text').textContent.startsWith('Average of')")
+        page.wait_for_function("() => document.querySelector('#average-text').textContent.startsWith('Average of')")
         assert page.locator("#average-text").text_content().startswith(f"Average of {n_now} stars")
 
         # export a Siril .lst and read it back
         page.click("#table-head .export button[data-format='lst']")
-        page.wait_for_function("psfkitStats.lastExport")
+        page.wait_for_function("() => psfkitStats.lastExport")
         assert page.evaluate("psfkitStats.lastExport.error") is None
         name = page.evaluate("psfkitStats.lastExport.written")
         back = psfkit.read_star_list(exports / name, image_shape=(568, 931))
@@ -280,16 +289,33 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
         assert list(exports.iterdir()) == [exports / name]
         page.screenshot(path=ARTIFACTS / "web_05_exported.png")
 
+        # the same export again: the file is not overwritten; the page offers a free name and writes it on request
+        first = (exports / name).read_bytes()
+        page.click("#table-head .export button[data-format='lst']")
+        page.wait_for_function("() => psfkitStats.lastExport")
+        assert "not overwritten" in page.evaluate("psfkitStats.lastExport.error")
+        suggested = page.evaluate("psfkitStats.lastExport.suggested")
+        assert suggested == name.removesuffix(".lst") + "-1.lst"
+        assert page.locator("#export-rename").is_visible() and suggested in page.locator("#export-rename").text_content()
+        assert "not overwritten" in page.locator("#message").text_content()
+        page.screenshot(path=ARTIFACTS / "web_05b_name_taken.png")
+        assert (exports / name).read_bytes() == first and sorted(exports.iterdir()) == [exports / name]
+        page.click("#export-rename")
+        page.wait_for_function("() => psfkitStats.lastExport && psfkitStats.lastExport.written")
+        assert page.evaluate("psfkitStats.lastExport.written") == suggested and not page.locator("#export-rename").is_visible()
+        assert len(psfkit.read_star_list(exports / suggested, image_shape=(568, 931))) == n_now
+        assert (exports / name).read_bytes() == first
+
         # open another image from the root folder: the list starts empty, detection works there too
         page.select_option("#file-select", OTHER)
         page.wait_for_selector(f"body[data-image='{OTHER}']")
-        page.wait_for_function("psfkitStats.settled()", timeout=60_000)
+        page.wait_for_function("() => psfkitStats.settled()", timeout=60_000)
         assert _rows(page) == 0 == page.locator("#overlay ellipse.star").count()
         assert page.locator("#image-facts").text_content().startswith("256 × 256")
         n_ell, n_rows = _detect(page)
         assert n_rows > 5 and n_ell == n_rows
         page.screenshot(path=ARTIFACTS / "web_06_other_image.png")
-        assert errors == []
+        assert errors == [] and page.evaluate("window.__csp") == []
         page.close()
 
 
@@ -336,7 +362,7 @@ def test_image_y_axis_and_angle_on_screen(browser, tmp_path, top_down):
         assert rx > ry
         # the star's pixels as drawn: centroid and orientation from the screenshot (overlay hidden)
         page.evaluate("document.querySelector('#overlay').style.visibility = 'hidden'")
-        page.wait_for_function("psfkitStats.settled()")
+        page.wait_for_function("() => psfkitStats.settled()")
         shot = np.asarray(PILImage.open(io.BytesIO(page.screenshot())).convert("L"), dtype=float)
         page.evaluate("document.querySelector('#overlay').style.visibility = ''")
         page.screenshot(path=ARTIFACTS / f"web_orientation_{'topdown' if top_down else 'bottomup'}.png")
@@ -373,3 +399,76 @@ def test_deblend_box_finds_the_companions(browser, pairs_fits):
         page.screenshot(path=str(ARTIFACTS / "deblend.png"))
         assert errors == []
         page.close()
+
+
+class _Recorder:
+    """ASGI wrapper that records (method, path, status, origin) of every answered request."""
+
+    def __init__(self, app):
+        self.app, self.seen = app, []
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        origin = dict(scope["headers"]).get(b"origin", b"").decode()
+
+        async def spy(message):
+            if message["type"] == "http.response.start":
+                self.seen.append((scope["method"], scope["path"], message["status"], origin))
+            await send(message)
+
+        await self.app(scope, receive, spy)
+
+
+def test_other_sites_cannot_use_the_server(browser, tmp_path):
+    """Real-browser attacks: a page of another origin posting an export (even as a 'simple' no-cors request,
+    which the browser sends without asking), and a page whose name is re-pointed at 127.0.0.1 (DNS
+    rebinding, simulated with Chromium's resolver rules): nothing is written or listed; the page cannot be framed."""
+    root, exports = tmp_path / "root", tmp_path / "exports"
+    for d in (root, exports):
+        d.mkdir()
+    _elongated_frame(root / "img.fits", top_down=False)
+    body = '{"path": "img.fits", "columns": ["x_fit", "y_fit"], "rows": [[10, 20]], "format": "csv", "name": "evil.csv"}'
+    target = _Recorder(create_app(root, export_dir=exports))
+
+    async def another_site(scope, receive, send):  # a plain page of another origin (another port), no policy
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/html")]})
+            await send({"type": "http.response.body", "body": b"<!doctype html><title>another site</title><p>hello"})
+
+    with serve_in_thread(target) as server, serve_in_thread(another_site) as elsewhere:
+        page = browser.new_page()
+        page.goto(elsewhere.url + "/")
+        outcome = page.evaluate("""async ([url, body]) => {
+            const out = {};
+            try { const r = await fetch(url + '/api/export', {method: 'POST', headers: {'Content-Type': 'application/json'}, body});
+                  out.cors = r.status; } catch (e) { out.cors = 'blocked'; }
+            try { await fetch(url + '/api/export', {method: 'POST', mode: 'no-cors', headers: {'Content-Type': 'text/plain'}, body});
+                  out.simple = 'sent'; } catch (e) { out.simple = 'blocked'; }
+            try { const r = await fetch(url + '/api/files'); out.files = await r.text(); } catch (e) { out.files = 'blocked'; }
+            return out;
+        }""", [server.url, body])
+        page.close()
+    assert outcome["cors"] == "blocked" and outcome["files"] == "blocked", outcome
+    assert list(exports.iterdir()) == [], "no export written by another site"
+    posts = [(m, st, o) for m, path, st, o in target.seen if path == "/api/export"]
+    assert ("POST", 403, elsewhere.url) in posts, target.seen  # the simple request arrived and was refused by its Origin
+    assert all(st == 403 for _, st, _ in posts)
+
+    # DNS rebinding: a second Chromium resolves rebound.test to 127.0.0.1 and sends Host: rebound.test
+    b = browser.browser_type.launch(executable_path=CHROMIUM, args=ARGS + ["--host-resolver-rules=MAP rebound.test 127.0.0.1"])
+    try:
+        with serve_in_thread(create_app(root, export_dir=exports)) as server:
+            port = server.url.rsplit(":", 1)[1]
+            page = b.new_page()
+            r = page.goto(f"http://rebound.test:{port}/api/files")
+            assert r.status == 400 and "img.fits" not in page.content() and "is not served" in page.content()
+            assert page.goto(f"http://rebound.test:{port}/").status == 400
+            status = page.evaluate("""async () => (await fetch('/api/export', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                body: JSON.stringify({path: 'img.fits', columns: ['x_fit', 'y_fit'], rows: [[1, 2]], format: 'csv'})})).status""")
+            assert status == 400 and list(exports.iterdir()) == []
+            # the real page may not be framed by another page
+            r = page.goto(f"http://127.0.0.1:{port}/")
+            assert "frame-ancestors 'none'" in r.headers["content-security-policy"] and r.headers["x-frame-options"] == "DENY"
+    finally:
+        b.close()
