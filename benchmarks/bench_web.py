@@ -58,7 +58,7 @@ PLATE_FWHM = 11.0  # the plate's FWHM (../shared/data/README.md), typed into the
 
 def _wait_settled(page, timeout_ms: int = 120_000) -> float:
     """Wait for a complete view; return the page clock (ms) when it was seen."""
-    page.wait_for_function("psfkitStats.settled()", timeout=timeout_ms, polling="raf")
+    page.wait_for_function("() => psfkitStats.settled()", timeout=timeout_ms, polling="raf")
     return page.evaluate("performance.now()")
 
 
@@ -79,7 +79,7 @@ def measure(browser, url: str, rel: str, *, detect_repeats: int = 2, fwhm: float
     t0 = time.perf_counter()
     page.goto(f"{url}/#image={rel}")
     page.wait_for_selector("body[data-ready='1']", timeout=300_000)
-    page.wait_for_function("psfkitStats.settled()", timeout=300_000)
+    page.wait_for_function("() => psfkitStats.settled()", timeout=300_000)
     out["open_s"] = time.perf_counter() - t0
     info = page.evaluate("S.info")
     out["shape"] = (info["height"], info["width"])
@@ -90,7 +90,7 @@ def measure(browser, url: str, rel: str, *, detect_repeats: int = 2, fwhm: float
     runs = []
     for _ in range(detect_repeats):
         page.click("#detect")
-        page.wait_for_function("psfkitStats.detect && (psfkitStats.detect.drawn || psfkitStats.detect.error)",
+        page.wait_for_function("() => psfkitStats.detect && (psfkitStats.detect.drawn || psfkitStats.detect.error)",
                                timeout=600_000)
         d = page.evaluate("psfkitStats.detect")
         if d["error"]:

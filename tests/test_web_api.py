@@ -666,6 +666,8 @@ def test_the_viewed_image_is_never_an_export_target(tmp_path):
         assert not (tmp_path / "psfkit-exports").exists()
         r = c.post("/api/export", json={**body, "format": "csv", "name": None})
         assert r.status_code == 200 and r.json()["written"] == "img_stars.csv"
+        r = c.post("/api/export", json={**body, "name": "table.fits"})  # a FITS star list is not an image to open
+        assert r.status_code == 200 and c.get("/api/files").json()["files"] == ["img.fits"]
     assert (tmp_path / "psfkit-exports" / "img_stars.csv").is_file()
     assert (tmp_path / "img.fits").read_bytes() == image_bytes
 

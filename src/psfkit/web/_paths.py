@@ -124,14 +124,17 @@ def export_target(export_dir: Path, name: str, suffix: str) -> Path:
     return target
 
 
-def list_images(root: Path, *, max_files: int = 5000, max_depth: int = 4) -> list[str]:
-    """Image files under ``root`` (relative, '/'-separated), sorted; links out of the root are skipped."""
+def list_images(root: Path, *, max_files: int = 5000, max_depth: int = 4, skip: Path | None = None) -> list[str]:
+    """Image files under ``root`` (relative, '/'-separated), sorted; links out of the root are skipped,
+    and so is the folder ``skip`` (the export folder: its FITS star lists are not images)."""
     root_real = root.resolve()
+    skip_real = skip.resolve() if skip is not None else None
     out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root_real, followlinks=False):
         here = Path(dirpath)
         depth = len(here.relative_to(root_real).parts)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and depth < max_depth)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and depth < max_depth
+                             and (here / d) != skip_real)
         for fn in sorted(filenames):
             if fn.startswith(".") or not fn.lower().endswith(IMAGE_SUFFIXES):
                 continue

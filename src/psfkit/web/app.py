@@ -234,7 +234,7 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
 
     @app.get("/api/files")
     def files() -> dict:
-        return {"files": list_images(root_path)}
+        return {"files": list_images(root_path, skip=export_path)}
 
     @app.get("/api/image")
     def image_info(path: str = Query(..., min_length=1, max_length=1024)) -> JSONResponse:
