@@ -56,6 +56,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _is_unspecified(host: str) -> bool:
+    """0.0.0.0 or :: (every interface)."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
 def _machine_names() -> list[str]:
     """This machine's host names and addresses (the names other machines use for it), best effort."""
     names = {socket.gethostname(), socket.getfqdn()}
@@ -126,8 +134,7 @@ def view_command(
     extra_hosts = [bind] + list(allow_host or [])
     exports_shown = export_dir.expanduser().resolve() if export_dir is not None else root_dir / "psfkit-exports"
     if not _is_loopback(bind):
-        wildcard = ipaddress.ip_address(bind).is_unspecified if re.fullmatch(r"[0-9a-fA-F.:]+", bind) else False
-        if wildcard:  # every interface: other machines open the page by this machine's names
+        if _is_unspecified(bind):  # every interface: other machines open the page by this machine's names
             extra_hosts += _machine_names()
         typer.echo(f"psfkit: warning: serving on {host}, not only this machine: whoever reaches {f'port {port}' if port else 'its port'} "
                    f"can list and view the images under {root_dir}, run detections and write exports "
