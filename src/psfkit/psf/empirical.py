@@ -464,6 +464,23 @@ class _Samples:
     y: np.ndarray
     flux: np.ndarray
     background: np.ndarray
+    gain: float | None = None  # e-/ADU: variances from the model (Poisson + read noise) ...
+    read_noise: float = 0.0  # ADU
+    noise: float = 1.0  # ... else this constant noise (ADU)
+
+    def variance(self, expected: np.ndarray) -> np.ndarray:
+        """Pixel variances from the expected values (the model, never the data: data-based weights
+        bias a weighted mean low), inf where a pixel is unusable."""
+        if self.gain:
+            v = np.maximum(expected, 0.0) / self.gain + self.read_noise**2
+        else:
+            v = np.full_like(expected, self.noise**2)
+        return np.where(np.isfinite(self.var), np.maximum(v, 1e-30), np.inf)
+
+    def subset(self, idx: np.ndarray) -> "_Samples":
+        """The samples of some stars."""
+        return _Samples(self.stamps[idx], self.var[idx], self.origin[idx], self.x[idx], self.y[idx],
+                        self.flux[idx], self.background[idx], self.gain, self.read_noise, self.noise)
 
 
 def _cut(data: np.ndarray, x: np.ndarray, y: np.ndarray, half: int, gain: float | None, read_noise: float,
@@ -537,7 +554,8 @@ def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: 
     model = cubic_interpolate(grids, u.reshape(n, -1), v.reshape(n, -1)).reshape(n, b, b)
     norm = (samples.stamps - samples.background[:, None, None]) / samples.flux[:, None, None]
     resid = norm - model
-    w = samples.flux[:, None, None] ** 2 / samples.var
+    var = samples.variance(samples.background[:, None, None] + samples.flux[:, None, None] * model)
+    w = samples.flux[:, None, None] ** 2 / var
     z = resid * np.sqrt(w)
     good = np.isfinite(z) & (np.abs(z) < (np.inf if clip is None else clip)) & (u > -0.5) & (u < s - 0.5) & (v > -0.5) & (v < s - 0.5)
     iu = np.clip(np.rint(u), 0, s - 1).astype(np.intp)
@@ -618,12 +636,12 @@ def _refit(frame_psf: FramePSF, samples: _Samples, data: np.ndarray, gain: float
     x = np.where(ok, p[:, 2] + origin[:, 0], samples.x)
     y = np.where(ok, p[:, 3] + origin[:, 1], samples.y)
     return _Samples(samples.stamps, samples.var, samples.origin, x, y, np.where(ok, p[:, 1], samples.flux),
-                    samples.background)
+                    samples.background, samples.gain, samples.read_noise, samples.noise)
 
 
 def _stack(samples: _Samples, degree: int, o: int, s: int, fwhm: float, frame: tuple, iterations: int,
            data: np.ndarray, gain: float | None, read_noise: float, box: int,
-           start: np.ndarray | None = None) -> tuple[FramePSF, _Samples]:
+           start: np.ndarray | None = None, refit: bool = True) -> tuple[FramePSF, _Samples]:
     centre, scale = frame
     k = _n_terms(degree)
     psf = FramePSF(np.zeros((k, s, s)), o, degree, centre, scale, len(samples.x))
@@ -641,15 +659,15 @@ def _stack(samples: _Samples, degree: int, o: int, s: int, fwhm: float, frame: t
                 corr = _smooth_correction(corr) if it < iterations - 1 else corr
             psf = FramePSF(_normalise_and_centre(psf.coefficients + corr, o, fwhm), o, degree, centre, scale,
                            len(samples.x))
-        samples = _refit(psf, samples, data, gain, read_noise, box)
+        if refit:
+            samples = _refit(psf, samples, data, gain, read_noise, box)
     return psf, samples
 
 
 def _held_out_chi2(psf: FramePSF, samples: _Samples, idx: np.ndarray) -> float:
     """Chi-square of held-back stars: flux and background fitted linearly at their known centres."""
     o, s = psf.oversampling, psf.size
-    sub = _Samples(samples.stamps[idx], samples.var[idx], samples.origin[idx], samples.x[idx], samples.y[idx],
-                   samples.flux[idx], samples.background[idx])
+    sub = samples.subset(idx)
     n, b, _ = sub.stamps.shape
     c = (s - 1) / 2.0
     yy, xx = np.mgrid[0:b, 0:b]
@@ -657,7 +675,8 @@ def _held_out_chi2(psf: FramePSF, samples: _Samples, idx: np.ndarray) -> float:
     v = (yy[None] + sub.origin[:, 1, None, None] - sub.y[:, None, None]) * o + c
     prof = cubic_interpolate(psf.spline_at(sub.x, sub.y), u.reshape(n, -1), v.reshape(n, -1))
     d = sub.stamps.reshape(n, -1)
-    w = 1.0 / sub.var.reshape(n, -1)
+    expected = sub.background[:, None] + sub.flux[:, None] * prof  # weights from the model, not the data
+    w = 1.0 / sub.variance(expected.reshape(sub.stamps.shape)).reshape(n, -1)
     good = np.isfinite(d) & np.isfinite(w)
     w = np.where(good, w, 0.0)
     d = np.where(good, d, 0.0)
@@ -765,7 +784,8 @@ def build_frame_psf(
     flux_all = np.asarray(stars["flux_fit"], dtype=float)
     var = _mask_neighbours(var, origin, x, y, flux_all[idx], np.asarray(stars["x_fit"], dtype=float),
                            np.asarray(stars["y_fit"], dtype=float), flux_all, fwhm)
-    samples = _Samples(stamps, var, origin.astype(float), x, y, flux_all[idx], _edge_background(stamps, var))
+    samples = _Samples(stamps, var, origin.astype(float), x, y, flux_all[idx], _edge_background(stamps, var),
+                       gain, rn_adu, noise)
     s = 2 * reach * o + 1
     ny, nx = data.shape
     frame = ((nx - 1) / 2.0, (ny - 1) / 2.0), (max((nx - 1) / 2.0, 1.0), max((ny - 1) / 2.0, 1.0))
@@ -787,9 +807,10 @@ def build_frame_psf(
             total = 0.0
             for f in range(4):
                 train, test = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
-                sub = _Samples(samples.stamps[train], samples.var[train], samples.origin[train], samples.x[train],
-                               samples.y[train], samples.flux[train], samples.background[train])
-                p, _ = _stack(sub, d, o, s, fwhm, frame, 1, data, gain, rn_adu, box, start=psf0.coefficients)
+                sub = samples.subset(train)
+                # the stars' centres and fluxes are those of the constant PSF: no refit here
+                p, _ = _stack(sub, d, o, s, fwhm, frame, 1, data, gain, rn_adu, box, start=psf0.coefficients,
+                              refit=False)
                 total += _held_out_chi2(p, samples, test)
             cv[d] = total
         best = min(cv, key=cv.get)
