@@ -43,14 +43,22 @@ from psfkit import flags as F
 from psfkit.errors import PsfkitError
 from psfkit.psf.models import FWHM_PER_SIGMA, ImagePSF, PSFModel, PSFNormalisation
 
-__all__ = ["FramePSF", "FramePSFModel", "build_frame_psf", "MIN_STARS", "cubic_interpolate", "spline_coefficients"]
+__all__ = ["FramePSF", "FramePSFModel", "build_frame_psf", "render_stars", "MIN_STARS", "cubic_interpolate",
+           "spline_coefficients"]
 
 #: fewer usable stars than this and no frame PSF is built (the analytic model is used instead)
 MIN_STARS = 8
 #: stars needed per polynomial term before a degree is tried
 STARS_PER_TERM = 6
-#: the PSF reaches this many FWHM from its centre (holds > 99.8 % of a Moffat beta = 3 star)
-REACH_FWHM = 5.0
+#: the PSF reaches at least this many FWHM from its centre, and at most MAX_REACH_FWHM: between
+#: the two, out to where the bright stars' mean profile falls below REACH_LEVEL of its peak (or
+#: into its noise), so that a broad halo is part of the PSF and of every star's total flux
+MIN_REACH_FWHM = 4.0
+MAX_REACH_FWHM = 8.0
+REACH_LEVEL = 2e-5
+#: the PSF varies across the field within this many FWHM of its centre; farther out (the wings, a
+#: halo) it is the same everywhere: too few photons per node to follow a variation there
+VARIATION_FWHM = 3.0
 _TERMS = ((0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2))
 
 
@@ -88,7 +96,8 @@ def spline_coefficients(grids: np.ndarray) -> np.ndarray:
     return out
 
 
-def cubic_interpolate(coefficients: np.ndarray, u: np.ndarray, v: np.ndarray, *, derivatives: bool = False):
+def cubic_interpolate(coefficients: np.ndarray, u: np.ndarray, v: np.ndarray, *, derivatives: bool = False,
+                      backend: str = "auto"):
     """Values of per-row cubic B-splines at fractional node positions (zero past the grid's edge).
 
     Parameters
@@ -100,6 +109,9 @@ def cubic_interpolate(coefficients: np.ndarray, u: np.ndarray, v: np.ndarray, *,
         Positions in node units along x (columns) and y (rows).
     derivatives : bool
         Also return the derivatives along u and v.
+    backend : {"auto", "numpy"}
+        ``"numpy"`` forces the numpy reference; ``"auto"`` uses the compiled kernel where it is
+        available (:mod:`psfkit.backend`).
 
     Returns
     -------
@@ -112,6 +124,11 @@ def cubic_interpolate(coefficients: np.ndarray, u: np.ndarray, v: np.ndarray, *,
     >>> round(float(cubic_interpolate(g, np.array([[3.0]]), np.array([[3.0]]))[0, 0]), 4)
     0.4444
     """
+    if backend != "numpy" and u.size:
+        from psfkit.psf import _empirical_kernels
+
+        if _empirical_kernels.available():
+            return _empirical_kernels.interpolate(coefficients, u, v, derivatives)
     n, sy, sx = u.shape[0], coefficients.shape[1], coefficients.shape[2]
     iu = np.floor(u).astype(np.intp)
     iv = np.floor(v).astype(np.intp)
@@ -405,6 +422,36 @@ class FramePSFModel(ImagePSF):
 # building
 
 
+def _choose_reach(samples: "_Samples", fwhm: float, hi: int) -> int:
+    """The PSF's reach (px): where the stars' flux-weighted mean radial profile falls below
+    REACH_LEVEL of its peak or into its own noise (3 sigma), from MIN_REACH_FWHM out to ``hi``."""
+    n, b, _ = samples.stamps.shape
+    lo = min(int(math.ceil(MIN_REACH_FWHM * fwhm)), hi)
+    yy, xx = np.mgrid[0:b, 0:b]
+    r = np.hypot(xx[None] + samples.origin[:, 0, None, None] - samples.x[:, None, None],
+                 yy[None] + samples.origin[:, 1, None, None] - samples.y[:, None, None])
+    ring = np.minimum(np.floor(r).astype(int), hi + 1)
+    ok = np.isfinite(samples.stamps) & np.isfinite(samples.var)
+    signal = np.where(ok, samples.stamps - samples.background[:, None, None], 0.0)
+    var = np.where(ok, samples.var, 0.0)
+    # per ring: sum over stars of the light, of the flux that lights it and of the variance
+    idx = (np.arange(n)[:, None, None] * (hi + 2) + ring).ravel()
+    light = np.bincount(idx, weights=signal.ravel(), minlength=n * (hi + 2)).reshape(n, hi + 2)
+    count = np.bincount(idx, weights=ok.ravel().astype(float), minlength=n * (hi + 2)).reshape(n, hi + 2)
+    v = np.bincount(idx, weights=var.ravel(), minlength=n * (hi + 2)).reshape(n, hi + 2)
+    flux = (samples.flux[:, None] * count).sum(axis=0)
+    profile = light.sum(axis=0) / np.where(flux > 0, flux, np.inf)  # per pixel, per unit flux
+    noise = np.sqrt(v.sum(axis=0)) / np.where(flux > 0, flux, np.inf)
+    peak = profile[0]
+    if not np.isfinite(peak) or peak <= 0:
+        return lo
+    for rad in range(lo, hi + 1):
+        level = profile[rad : rad + 2]
+        if np.all(level < np.maximum(REACH_LEVEL * peak, 3.0 * noise[rad : rad + 2])):
+            return rad
+    return hi
+
+
 def _select(table: Any, shape: tuple[int, int], reach: float, fwhm: float) -> tuple[np.ndarray, dict]:
     """Indices of the table's rows fit to build a PSF from, and the counts of what was left out.
 
@@ -520,26 +567,9 @@ def _mask_neighbours(var: np.ndarray, origin: np.ndarray, x: np.ndarray, y: np.n
     return out
 
 
-def _edge_background(stamps: np.ndarray, var: np.ndarray) -> np.ndarray:
-    """Each stamp's sky: the sigma-clipped median of its usable pixels beyond 0.8 of its half-size."""
-    n, b, _ = stamps.shape
-    c = (b - 1) / 2.0
-    yy, xx = np.mgrid[0:b, 0:b]
-    ring = (xx - c) ** 2 + (yy - c) ** 2 >= (0.8 * c) ** 2
-    vals = np.where(ring[None] & np.isfinite(var) & np.isfinite(stamps), stamps, np.nan)
-    vals = vals.reshape(n, -1)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a stamp with no usable edge pixel: NaN
-        for _ in range(3):
-            med = np.nanmedian(vals, axis=1)
-            sig = 1.4826 * np.nanmedian(np.abs(vals - med[:, None]), axis=1)
-            vals = np.where(np.abs(vals - med[:, None]) <= 3.0 * sig[:, None], vals, np.nan)
-        med = np.nanmedian(vals, axis=1)
-    return med
-
-
 def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: int, s: int,
-                ridge: float, clip: float | None = 5.0) -> tuple[np.ndarray, np.ndarray]:
+                ridge: float, clip: float | None = 5.0,
+                core_radius: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One stacking step: the grid correction per node and term, and each sample's normalised residual.
 
     Samples off the current model by more than ``clip`` sigma (cosmic rays, a neighbour's light) are
@@ -557,10 +587,18 @@ def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: 
     var = samples.variance(samples.background[:, None, None] + samples.flux[:, None, None] * model)
     w = samples.flux[:, None, None] ** 2 / var
     z = resid * np.sqrt(w)
-    good = np.isfinite(z) & (np.abs(z) < (np.inf if clip is None else clip)) & (u > -0.5) & (u < s - 0.5) & (v > -0.5) & (v < s - 0.5)
+    good = np.isfinite(z) & (u > -0.5) & (u < s - 0.5) & (v > -0.5) & (v < s - 0.5)
     iu = np.clip(np.rint(u), 0, s - 1).astype(np.intp)
     iv = np.clip(np.rint(v), 0, s - 1).astype(np.intp)
-    node = (iv * s + iu)[good]
+    nodes = iv * s + iu
+    if clip is not None:
+        # outliers against the residuals' own scatter at their node (the model may still be off
+        # by more than the noise, e.g. a constant PSF on a varying field: those are not outliers)
+        zz = np.where(good, z, 0.0)
+        cnt = np.bincount(nodes[good], minlength=s * s)
+        rms = np.sqrt(np.bincount(nodes[good], weights=zz[good] ** 2, minlength=s * s) / np.maximum(cnt, 1))
+        good &= np.abs(zz) < clip * np.maximum(rms[nodes], 1.0)
+    node = nodes[good]
     wg = w[good]
     rg = resid[good]  # the grid holds the PSF's value per image pixel at each offset
     t = np.broadcast_to(psf_terms[:, None, None, :], (n, b, b, psf_terms.shape[1]))[good]
@@ -577,6 +615,14 @@ def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: 
     empty = ata[:, 0, 0] <= ridge * scale * 1.0000001
     sol = np.zeros((s * s, k))
     okn = ~empty & (scale > 1e-300)
+    if k > 1 and core_radius is not None:
+        # the variation is solved in the core only: the wings' nodes have too little signal per
+        # term, and a halo is taken as the same across the field
+        yy, xx = np.divmod(np.arange(s * s), s)
+        inner = (xx - (s - 1) / 2.0) ** 2 + (yy - (s - 1) / 2.0) ** 2 <= core_radius**2
+        outer = okn & ~inner
+        sol[outer, 0] = atb[outer, 0] / ata[outer, 0, 0]
+        okn &= inner
     sol[okn] = np.linalg.solve(ata[okn], atb[okn][..., None])[..., 0]
     return sol.T.reshape(k, s, s), z
 
@@ -654,7 +700,8 @@ def _stack(samples: _Samples, degree: int, o: int, s: int, fwhm: float, frame: t
         for step in range(3):  # stacking steps between refits
             grids = psf.spline_at(samples.x, samples.y)
             first = it == 0 and step == 0 and start is None
-            corr, _ = _accumulate(terms, samples, grids, o, s, ridge=1e-3, clip=None if first else 5.0)
+            corr, _ = _accumulate(terms, samples, grids, o, s, ridge=1e-3, clip=None if first else 5.0,
+                                  core_radius=VARIATION_FWHM * fwhm * o)
             if it > 0:
                 corr = _smooth_correction(corr) if it < iterations - 1 else corr
             psf = FramePSF(_normalise_and_centre(psf.coefficients + corr, o, fwhm), o, degree, centre, scale,
@@ -662,6 +709,65 @@ def _stack(samples: _Samples, degree: int, o: int, s: int, fwhm: float, frame: t
         if refit:
             samples = _refit(psf, samples, data, gain, read_noise, box)
     return psf, samples
+
+
+def _own_light(psf: FramePSF, shape: tuple, origin: np.ndarray, x: np.ndarray, y: np.ndarray,
+               flux: np.ndarray) -> np.ndarray:
+    """Each star's model on its own stamp (N, B, B)."""
+    n, b, _ = shape
+    o, s = psf.oversampling, psf.size
+    c = (s - 1) / 2.0
+    yy, xx = np.mgrid[0:b, 0:b]
+    u = ((xx[None] + origin[:, 0, None, None] - x[:, None, None]) * o + c).reshape(n, -1)
+    v = ((yy[None] + origin[:, 1, None, None] - y[:, None, None]) * o + c).reshape(n, -1)
+    vals = cubic_interpolate(psf.spline_at(x, y), u, v) * flux[:, None]
+    return np.where(np.isfinite(flux)[:, None], vals, 0.0).reshape(n, b, b)
+
+
+def _resize(coefficients: np.ndarray, size: int) -> np.ndarray:
+    """Grids cut or zero-padded about their centre to ``size`` nodes a side."""
+    k, s, _ = coefficients.shape
+    out = np.zeros((k, size, size))
+    if size >= s:
+        a = (size - s) // 2
+        out[:, a : a + s, a : a + s] = coefficients
+    else:
+        a = (s - size) // 2
+        out[:] = coefficients[:, a : a + size, a : a + size]
+    return out
+
+
+def render_stars(psf: FramePSF, shape: tuple[int, int], x: Any, y: Any, flux: Any) -> np.ndarray:
+    """Image of stars drawn with the frame's PSF (each at its own place on the frame), no background.
+
+    Examples
+    --------
+    >>> coef = np.zeros((1, 21, 21)); coef[0, 8:13, 8:13] = 4.0 / 25
+    >>> psf = FramePSF(coef, 2, 0, (10.0, 10.0), (10.0, 10.0))
+    >>> round(float(render_stars(psf, (21, 21), [10.0], [10.0], [100.0]).sum()), 6)
+    100.0
+    """
+    ny, nx = shape
+    x, y, flux = (np.atleast_1d(np.asarray(v, dtype=float)) for v in (x, y, flux))
+    out = np.zeros(shape)
+    o, s = psf.oversampling, psf.size
+    half = int(math.ceil(psf.half_size))
+    c = (s - 1) / 2.0
+    b = 2 * half + 1
+    yy, xx = np.mgrid[0:b, 0:b]
+    step = max(1, 2_000_000 // (b * b * 16))
+    for i0 in range(0, len(x), step):
+        sl = slice(i0, i0 + step)
+        cx = np.rint(x[sl]).astype(int) - half
+        cy = np.rint(y[sl]).astype(int) - half
+        px = xx[None] + cx[:, None, None]
+        py = yy[None] + cy[:, None, None]
+        u = ((px - x[sl, None, None]) * o + c).reshape(len(cx), -1)
+        v = ((py - y[sl, None, None]) * o + c).reshape(len(cx), -1)
+        vals = cubic_interpolate(psf.spline_at(x[sl], y[sl]), u, v) * flux[sl, None]
+        inside = ((px >= 0) & (px < nx) & (py >= 0) & (py < ny)).reshape(len(cx), -1)
+        np.add.at(out, (py.reshape(len(cx), -1)[inside], px.reshape(len(cx), -1)[inside]), vals[inside])
+    return out
 
 
 def _held_out_chi2(psf: FramePSF, samples: _Samples, idx: np.ndarray) -> float:
@@ -761,8 +867,16 @@ def build_frame_psf(
     o = int(oversampling) if oversampling else (4 if fwhm < 2.0 else 2)
     if o < 1 or o > 8:
         raise PsfkitError(f"oversampling must be 1 to 8, got {oversampling}")
-    reach = int(min(max(math.ceil(REACH_FWHM * fwhm), 6), 60))
-    idx, counts = _select(stars, data.shape, reach + 1, fwhm)
+    gain = img.gain
+    rn_adu = float(img.read_noise or 0.0) / gain if gain else 0.0
+    from psfkit.detect.background import estimate_background
+
+    sky = estimate_background(data)
+    noise = float(sky.noise)
+    # stars first chosen for the widest reach (edges: the smallest), then the reach measured on them
+    hi = int(min(max(math.ceil(MAX_REACH_FWHM * fwhm), 6), 60))
+    lo = min(int(math.ceil(MIN_REACH_FWHM * fwhm)), hi)
+    idx, counts = _select(stars, data.shape, lo + 1, fwhm)
     if len(idx) > max_stars:
         order = np.argsort(-np.asarray(stars["flux_fit"], dtype=float)[idx])
         idx = np.sort(idx[order[:max_stars]])
@@ -770,27 +884,54 @@ def build_frame_psf(
         left = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
         raise PsfkitError(f"only {len(idx)} stars are fit to build the frame's PSF (at least {MIN_STARS} needed; "
                           f"left out: {left or 'none'})")
-    x = np.asarray(stars["x_fit"], dtype=float)[idx]
-    y = np.asarray(stars["y_fit"], dtype=float)[idx]
-    gain = img.gain
-    rn = float(img.read_noise or 0.0) if gain else 0.0
-    rn_adu = rn / gain if gain else 0.0
-    noise = float(meta.get("noise") or np.nan)
-    if not np.isfinite(noise) or noise <= 0:
-        from astropy.stats import mad_std
-
-        noise = float(mad_std(data[np.isfinite(data)]))
-    stamps, var, origin = _cut(data, x, y, reach, gain, rn_adu, noise)
+    all_x = np.asarray(stars["x_fit"], dtype=float)
+    all_y = np.asarray(stars["y_fit"], dtype=float)
     flux_all = np.asarray(stars["flux_fit"], dtype=float)
-    var = _mask_neighbours(var, origin, x, y, flux_all[idx], np.asarray(stars["x_fit"], dtype=float),
-                           np.asarray(stars["y_fit"], dtype=float), flux_all, fwhm)
-    samples = _Samples(stamps, var, origin.astype(float), x, y, flux_all[idx], _edge_background(stamps, var),
-                       gain, rn_adu, noise)
+
+    def samples_for(sel: np.ndarray, half: int, sky_level: np.ndarray, frame_data: np.ndarray = data,
+                    own: FramePSF | None = None) -> _Samples:
+        x, y = all_x[sel], all_y[sel]
+        stamps, var, origin = _cut(frame_data, x, y, half, gain, rn_adu, noise)
+        if own is not None:  # the frame has every star taken out: put each star's own light back
+            stamps = stamps + _own_light(own, stamps.shape, origin, x, y, flux_all[sel])
+        var = _mask_neighbours(var, origin, x, y, flux_all[sel], all_x, all_y, flux_all, fwhm)
+        ix = np.clip(np.rint(x).astype(int), 0, data.shape[1] - 1)
+        iy = np.clip(np.rint(y).astype(int), 0, data.shape[0] - 1)
+        return _Samples(stamps, var, origin.astype(float), x, y, flux_all[sel], sky_level[iy, ix].astype(float),
+                        gain, rn_adu, noise)
+
+    reach = _choose_reach(samples_for(idx, hi, sky.level), fwhm, hi)
+    samples = samples_for(idx, reach, sky.level)  # pixels off the frame are left out (NaN)
     s = 2 * reach * o + 1
     ny, nx = data.shape
     frame = ((nx - 1) / 2.0, (ny - 1) / 2.0), (max((nx - 1) / 2.0, 1.0), max((ny - 1) / 2.0, 1.0))
     box = max(int(2 * math.ceil(2.0 * fwhm) + 1), 7)
     psf0, samples = _stack(samples, 0, o, s, fwhm, frame, iterations, data, gain, rn_adu, box)
+    # The sky under the stars: the mesh background holds the diffuse light of the stars' wings and
+    # halos, which would then be missing from the PSF and from every flux.  Measure it again on the
+    # frame minus every star's model, then measure the reach and stack again (DAOPHOT's way).
+    use = np.isfinite(all_x) & np.isfinite(all_y) & np.isfinite(flux_all) & (flux_all > 0) & acc0
+    from psfkit.psf.fit import fit_stars
+
+    first = fit_stars(img, all_x[use], all_y[use], model=psf0.model(), gain=gain, read_noise=img.read_noise)
+    ok = np.isfinite(np.asarray(first["flux_fit"], dtype=float))
+    light = render_stars(psf0, data.shape, np.asarray(first["x_fit"], float)[ok],
+                         np.asarray(first["y_fit"], float)[ok], np.asarray(first["flux_fit"], float)[ok])
+    clean = data - light
+    sky = estimate_background(clean)
+    # the stars' stamps now come from the frame with their neighbours' light taken out
+    fitted_flux = np.full(len(all_x), np.nan)
+    fitted_flux[np.flatnonzero(use)[ok]] = np.asarray(first["flux_fit"], float)[ok]
+    flux_all = np.where(np.isfinite(fitted_flux), fitted_flux, flux_all)
+    reach2 = _choose_reach(samples_for(idx, hi, sky.level, clean, psf0), fwhm, hi)
+    s2 = 2 * reach2 * o + 1
+    start = _resize(psf0.coefficients, s2)
+    fresh = samples_for(idx, reach2, sky.level, clean, psf0)
+    samples = _Samples(fresh.stamps, fresh.var, fresh.origin, samples.x, samples.y, samples.flux, fresh.background,
+                       gain, rn_adu, noise)  # the centres and fluxes of the first stacking
+    reach, s = reach2, s2
+    psf0, samples = _stack(samples, 0, o, s, fwhm, frame, max(iterations - 1, 2), data, gain, rn_adu, box,
+                           start=start)
     # the degree of the variation: cross-validated on held-back stars
     n = len(idx)
     allowed = [d for d in (0, 1, 2) if n >= STARS_PER_TERM * _n_terms(d)]

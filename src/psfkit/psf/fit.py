@@ -270,6 +270,9 @@ def fit_stars(
             variance = np.clip(light, 0.0, None) / noise.gain
     centre = np.stack([rx - origin[:, 0], ry - origin[:, 1]], axis=1)
     p0 = initial_params(mdl, stamps, usable, centre)
+    if "x_origin" in mdl.param_names:  # a PSF that varies across the frame: where each stamp lies on it
+        p0[:, mdl.index("x_origin")] = origin[:, 0]
+        p0[:, mdl.index("y_origin")] = origin[:, 1]
     if np.any(saturation_mask(raw, sat_level) & inside) if sat_level is not None else False:
         satd = np.any(saturation_mask(raw, sat_level) & inside, axis=(1, 2))
         p0[satd, 1] *= 2.0  # a saturated peak hides a higher amplitude
