@@ -59,6 +59,8 @@ REACH_LEVEL = 2e-5
 #: the PSF varies across the field within this many FWHM of its centre; farther out (the wings, a
 #: halo) it is the same everywhere: too few photons per node to follow a variation there
 VARIATION_FWHM = 3.0
+#: the stack weighs no pixel more than one with this signal-to-noise ratio
+MAX_PIXEL_SNR = 100.0
 _TERMS = ((0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2))
 
 
@@ -188,8 +190,25 @@ def _contour_shape(grid: np.ndarray, oversampling: int) -> tuple[float, float, f
         blurred = ndimage.correlate1d(ndimage.correlate1d(est, box, axis=0, mode="constant"), box, axis=1,
                                       mode="constant")
         est = est + (eff - blurred)
+    # the peak from a log-quadratic (Gaussian, plus a quartic term for Moffat-like cores) fit to the
+    # core between 0.3 and 1 FWHM/2 of the
+    # maximum: the single node at a stack's centre is the noisiest (stars' fitted centres follow
+    # the noise of their brightest pixel), and the half-maximum level must not follow it
+    jy, jx = np.unravel_index(np.argmax(est), est.shape)
+    rr = np.hypot(uu - uu[jy, jx], vv - vv[jy, jx]) / oversampling
+    first_half = float(np.sqrt(np.count_nonzero(est >= 0.5 * est.max()) / math.pi)) / m
+    ring = (rr >= 0.3 * first_half) & (rr <= 1.0 * first_half) & (est > 0)
+    peak = float(est.max())
+    if np.count_nonzero(ring) >= 12:
+        dx, dy = (uu - uu[jy, jx])[ring], (vv - vv[jy, jx])[ring]
+        design = np.column_stack([np.ones_like(dx), dx, dy, dx * dx, dx * dy, dy * dy, (dx * dx + dy * dy) ** 2])
+        coef, *_ = np.linalg.lstsq(design, np.log(est[ring]), rcond=None)
+        hess = np.array([[2 * coef[3], coef[4]], [coef[4], 2 * coef[5]]])
+        if np.all(np.linalg.eigvalsh(hess) < 0):
+            top = -np.linalg.solve(hess, coef[1:3])
+            peak = float(np.exp(coef[0] + coef[1:3] @ top + 0.5 * top @ hess @ top))
     # the fraction of each fine sample inside the contour, from the local gradient (sub-sample area)
-    half = 0.5 * est.max()
+    half = 0.5 * peak
     gy, gx = np.gradient(est)
     slope = np.hypot(gx, gy)
     inside = np.clip(0.5 + (est - half) / np.where(slope > 0, slope, np.inf), 0.0, 1.0)
@@ -294,24 +313,24 @@ class FramePSF:
         centre = self.at(*self.centre)[0] / self.oversampling**2
         primary = fits.PrimaryHDU(centre.astype(np.float64))
         h = primary.header
-        h["OVERSAMP"] = (self.oversampling, "PSF samples per image pixel along each axis")
-        h["PSFNORM"] = ("unit sum", "the array sums to 1: a fitted flux is the total flux")
-        h["PSFKIND"] = ("effective", "PSF convolved with the pixel: evaluate, do not integrate")
-        h["PSFXCEN"] = (self.centre[0], "frame position (0-based x) of this PSF")
-        h["PSFYCEN"] = (self.centre[1], "frame position (0-based y) of this PSF")
+        h["OVERSAMP"] = (self.oversampling, "samples per image pixel")
+        h["PSFNORM"] = ("unit sum", "sums to 1: fitted flux = total flux")
+        h["PSFKIND"] = ("effective", "PSF x pixel: evaluate, not integrate")
+        h["PSFXCEN"] = (self.centre[0], "frame x (0-based) of this PSF")
+        h["PSFYCEN"] = (self.centre[1], "frame y (0-based) of this PSF")
         h["NSTARS"] = (self.n_stars, "stars the PSF was built from")
         shape = self.shape_at(*self.centre)
-        h["FWHM"] = (round(shape["fwhm"], 4), "[px] FWHM at the centre (contour circle, pixel removed)")
+        h["FWHM"] = (round(shape["fwhm"], 4), "[px] at the centre, pixel removed")
         var = fits.ImageHDU(self.coefficients.astype(np.float64), name="PSFVAR")
         v = var.header
-        v["POLYDEG"] = (self.degree, "degree of the polynomial in x and y of each node")
+        v["POLYDEG"] = (self.degree, "degree of each node's polynomial")
         v["POLYTERM"] = (",".join(f"x{i}y{j}" for i, j in _TERMS[: _n_terms(self.degree)]), "terms, in order")
         v["POLXCEN"] = (self.centre[0], "xn = (x - POLXCEN) / POLXSCL")
         v["POLYCEN"] = (self.centre[1], "yn = (y - POLYCEN) / POLYSCL")
         v["POLXSCL"] = (self.scale[0], "x scale of the normalised position")
         v["POLYSCL"] = (self.scale[1], "y scale of the normalised position")
         v["OVERSAMP"] = (self.oversampling, "nodes per image pixel")
-        v["PSFNORM"] = ("sum=OVERSAMP**2", "term 0 sums to OVERSAMP**2, the others to 0")
+        v["PSFNORM"] = ("sum=OVERSAMP**2", "term 0 sum; others sum to 0")
         fits.HDUList([primary, var]).writeto(path, overwrite=overwrite)
 
     @classmethod
@@ -584,7 +603,11 @@ def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: 
     model = cubic_interpolate(grids, u.reshape(n, -1), v.reshape(n, -1)).reshape(n, b, b)
     norm = (samples.stamps - samples.background[:, None, None]) / samples.flux[:, None, None]
     resid = norm - model
-    var = samples.variance(samples.background[:, None, None] + samples.flux[:, None, None] * model)
+    expected = samples.background[:, None, None] + samples.flux[:, None, None] * model
+    var = samples.variance(expected)
+    # no sample counts as better than S/N MAX_PIXEL_SNR: a bright star's core would otherwise dominate
+    # its nodes, and its fitted centre, pulled by the noise of its brightest pixel, leaves a spike there
+    var = np.maximum(var, (np.abs(expected - samples.background[:, None, None]) / MAX_PIXEL_SNR) ** 2)
     w = samples.flux[:, None, None] ** 2 / var
     z = resid * np.sqrt(w)
     good = np.isfinite(z) & (u > -0.5) & (u < s - 0.5) & (v > -0.5) & (v < s - 0.5)
@@ -592,12 +615,21 @@ def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: 
     iv = np.clip(np.rint(v), 0, s - 1).astype(np.intp)
     nodes = iv * s + iu
     if clip is not None:
-        # outliers against the residuals' own scatter at their node (the model may still be off
-        # by more than the noise, e.g. a constant PSF on a varying field: those are not outliers)
-        zz = np.where(good, z, 0.0)
-        cnt = np.bincount(nodes[good], minlength=s * s)
-        rms = np.sqrt(np.bincount(nodes[good], weights=zz[good] ** 2, minlength=s * s) / np.maximum(cnt, 1))
-        good &= np.abs(zz) < clip * np.maximum(rms[nodes], 1.0)
+        # outliers against the residuals' own robust scatter at their node (the model may still be
+        # off by more than the noise, e.g. a constant PSF on a varying field: those are not outliers)
+        sel = np.flatnonzero(good)
+        zs, ns = z.ravel()[sel], nodes.ravel()[sel]
+        order = np.lexsort((zs, ns))
+        zs, ns = zs[order], ns[order]
+        start = np.searchsorted(ns, np.arange(s * s))
+        count = np.bincount(ns, minlength=s * s)
+        med = zs[np.minimum(start + count // 2, len(zs) - 1)] if len(zs) else np.zeros(s * s)
+        dev = np.abs(zs - med[ns])
+        order2 = np.lexsort((dev, ns))
+        mad = dev[order2][np.minimum(start + count // 2, len(zs) - 1)] if len(zs) else np.zeros(s * s)
+        scale = np.maximum(1.4826 * mad, 1.0)
+        keep = np.abs(zs - med[ns]) < clip * scale[ns]
+        good.ravel()[sel[order]] = keep
     node = nodes[good]
     wg = w[good]
     rg = resid[good]  # the grid holds the PSF's value per image pixel at each offset
@@ -864,7 +896,7 @@ def build_frame_psf(
         raise PsfkitError("the frame's FWHM is unknown: no star was fitted")
     if fwhm <= 0:
         raise PsfkitError("the frame's FWHM is unknown: no star was fitted")
-    o = int(oversampling) if oversampling else (4 if fwhm < 2.0 else 2)
+    o = int(oversampling) if oversampling else (4 if fwhm < 2.0 else 2 if fwhm < 5.0 else 1)
     if o < 1 or o > 8:
         raise PsfkitError(f"oversampling must be 1 to 8, got {oversampling}")
     gain = img.gain
@@ -966,8 +998,11 @@ def build_frame_psf(
     if chosen == 0:
         psf, samples = psf0, samples
     else:
-        psf, samples = _stack(samples, chosen, o, s, fwhm, frame, 2, data, gain, rn_adu, box,
+        psf, samples = _stack(samples, chosen, o, s, fwhm, frame, iterations, data, gain, rn_adu, box,
                               start=psf0.coefficients)
+    # the stars' stacked residual (data minus model, over flux, per node), over the PSF's peak
+    resid, _ = _accumulate(psf.terms(samples.x, samples.y)[:, :1], samples, psf.spline_at(samples.x, samples.y),
+                           o, s, ridge=1e-3)
     info = {"selection": counts, "stars": n, "degree_chi2": {str(k): v for k, v in cv.items()}, "reach": reach,
-            "fwhm_first_pass": fwhm}
+            "fwhm_first_pass": fwhm, "residual": resid[0] / max(float(psf.coefficients[0].max()), 1e-300)}
     return FramePSF(psf.coefficients, o, chosen, psf.centre, psf.scale, n, info)

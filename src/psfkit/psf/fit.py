@@ -69,10 +69,15 @@ def resolve_model(
         raise PsfkitError(f"unknown model {name!r}: not 'gaussian' or 'moffat', and no such PSF file")
     try:
         with fits.open(path) as hdul:
+            frame_psf = "PSFVAR" in hdul
             arr = next((h.data for h in hdul if getattr(h, "is_image", False) and h.data is not None), None)
             over = next((h.header.get("OVERSAMP") for h in hdul if h.header.get("OVERSAMP")), None)
     except Exception as exc:
         raise PsfkitError(f"{path}: not a readable FITS PSF ({exc.__class__.__name__})") from None
+    if frame_psf:  # the frame's own PSF written by `psfkit psf`, with its variation across the field
+        from psfkit.psf.empirical import FramePSF
+
+        return FramePSF.read(path).model()
     if arr is None:
         raise PsfkitError(f"{path}: holds no image data for a PSF")
     arr = np.asarray(arr, dtype=float)

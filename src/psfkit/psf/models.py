@@ -643,7 +643,7 @@ class ImagePSF(PSFModel):
         if o < 1:
             raise ValueError("oversampling must be a positive integer")
         target = float(o * o)
-        if abs(total - target) <= 1e-6 * target:
+        if abs(total - target) <= 1e-6 * target or abs(total - 1.0) <= 1e-6:  # per sample or per pixel
             kind = "unit sum"
         elif abs(peak - 1.0) <= 1e-6:
             kind = "unit peak"

@@ -1,0 +1,163 @@
+"""The frame's own PSF (psfkit.psf.empirical): kernels, the FWHM contour, building, fitting, files, CLI."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import psfkit
+from psfkit.datasets.simulate import simulate_field, star_params
+from psfkit.errors import PsfkitError
+from psfkit.psf import empirical as E
+from psfkit.psf.fit import fit_stars, resolve_model
+from psfkit.psf.models import GaussianPSF, MoffatPSF
+
+
+def _effective_grid(model, params, o=2, reach=12):
+    """The pixel-integrated PSF sampled at offsets of 1/o pixel (the truth of an effective PSF grid)."""
+    s = 2 * reach * o + 1
+    offs = (np.arange(s) - (s - 1) / 2) / o
+    xx, yy = np.meshgrid(offs, offs)
+    rows = np.repeat(params, xx.size, axis=0)
+    rows[:, 0] = 0.0
+    rows[:, 2] = -xx.ravel()
+    rows[:, 3] = -yy.ravel()
+    vals, _ = model.evaluate(rows, (1, 1), k=8)
+    return vals.reshape(s, s)
+
+
+def test_compiled_interpolation_matches_numpy():
+    rng = np.random.default_rng(3)
+    coef = rng.normal(size=(7, 25, 25))
+    u, v = rng.uniform(-2, 26, (7, 200)), rng.uniform(-2, 26, (7, 200))
+    for grids in (coef, coef[:1]):
+        ref = E.cubic_interpolate(grids, u, v, derivatives=True, backend="numpy")
+        got = E.cubic_interpolate(grids, u, v, derivatives=True)
+        for a, b in zip(ref, got):
+            np.testing.assert_allclose(b, a, atol=1e-12)
+
+
+def test_spline_reproduces_its_nodes_and_a_smooth_function():
+    x = np.arange(31.0)
+    grid = np.exp(-0.5 * ((x[None, :] - 15.3) ** 2 + (x[:, None] - 14.8) ** 2) / 9.0)[None]
+    coef = E.spline_coefficients(grid)
+    u, v = np.meshgrid(np.arange(5.0, 26.0), np.arange(5.0, 26.0))
+    np.testing.assert_allclose(E.cubic_interpolate(coef, u.reshape(1, -1), v.reshape(1, -1))[0],
+                               grid[0, 5:26, 5:26].ravel(), atol=1e-10)
+    # between the nodes, against the function itself
+    uf, vf = u.ravel() + 0.37, v.ravel() + 0.61
+    truth = np.exp(-0.5 * ((uf - 15.3) ** 2 + (vf - 14.8) ** 2) / 9.0)
+    assert np.max(np.abs(E.cubic_interpolate(coef, uf[None], vf[None])[0] - truth)) < 2e-3
+
+
+@pytest.mark.parametrize("fwhm", [2.0, 3.0, 5.0])
+def test_contour_fwhm_of_a_gaussian_effective_psf(fwhm):
+    p = star_params("gaussian", [0.0], [0.0], [1.0], [fwhm * 1.2], [fwhm / 1.2], [30.0])
+    o = 4 if fwhm / 1.2 < 2.0 else 2  # as build_frame_psf oversamples undersampled stars
+    f, fx, fy, angle = E._contour_shape(_effective_grid(GaussianPSF(angle=True), p, o=o), o)
+    assert f == pytest.approx(fwhm, rel=0.006)
+    assert fx == pytest.approx(fwhm * 1.2, rel=0.006)
+    assert fy == pytest.approx(fwhm / 1.2, rel=0.006)
+    assert angle == pytest.approx(30.0, abs=1.0)
+
+
+def test_contour_fwhm_of_a_moffat_effective_psf():
+    p = star_params("moffat", [0.0], [0.0], [1.0], [3.0], [3.0], [0.0], 3.0)
+    f, fx, fy, _ = E._contour_shape(_effective_grid(MoffatPSF(angle=True), p, reach=15), 2)
+    assert f == pytest.approx(3.0, rel=0.005)
+    assert fx == pytest.approx(3.0, rel=0.005) and fy == pytest.approx(3.0, rel=0.005)
+
+
+@pytest.fixture(scope="module", params=["gaussian", "moffat"])
+def constant_field(request):
+    data, truth = simulate_field((600, 600), 300, model=request.param, fwhm=3.0, roundness=0.85, angle_deg=30.0,
+                                 beta=3.0, seed=1, min_separation=8)
+    img = psfkit.Image(data=data, gain=1.5, read_noise=6.0)
+    stars = psfkit.find_stars(img, keep_rejected=True)
+    psf = E.build_frame_psf(img, stars)
+    return request.param, img, truth, psf
+
+
+@pytest.mark.slow
+def test_frame_psf_of_a_constant_field(constant_field):
+    model, img, truth, psf = constant_field
+    assert psf.degree == 0  # the cross-validation keeps no variation the field does not have
+    assert psf.n_stars >= 100
+    shape = psf.shape_at(300, 300)
+    assert shape["fwhm"] == pytest.approx(3.0, rel=0.01)
+    assert shape["roundness"] == pytest.approx(0.85, abs=0.015)
+    assert shape["angle"] == pytest.approx(30.0, abs=3.0)
+    assert psf.coefficients[0].sum() == pytest.approx(psf.oversampling**2)
+
+
+@pytest.mark.slow
+def test_every_star_fitted_with_the_frame_psf_gives_its_total_flux(constant_field):
+    model, img, truth, psf = constant_field
+    table = fit_stars(img, truth["x"], truth["y"], model=psf.model(), gain=1.5, read_noise=6.0)
+    good = np.asarray(truth["snr"]) > 20
+    ratio = np.asarray(table["flux_fit"])[good] / np.asarray(truth["flux"])[good]
+    # the simulated Moffat stars are drawn out to 99.5 % of their light (psfkit.datasets.simulate)
+    expected = 1.0 if model == "gaussian" else 0.997
+    assert np.median(ratio) == pytest.approx(expected, abs=0.005)
+    assert np.median(np.asarray(table["reduced_chi2"])[good]) < 1.3
+    # the Gaussian fit of find_stars, for contrast, misses the Moffat's wings
+    if model == "moffat":
+        assert np.median(ratio) > 1.1 * 0.85
+
+
+@pytest.mark.slow
+def test_the_psf_file_gives_the_same_fluxes(constant_field, tmp_path):
+    _, img, truth, psf = constant_field
+    path = tmp_path / "psf.fits"
+    psf.write(path)
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        assert hdul[0].header["OVERSAMP"] == psf.oversampling
+        assert hdul[0].data.sum() == pytest.approx(1.0, abs=1e-9)  # unit sum
+        assert hdul["PSFVAR"].header["POLYDEG"] == psf.degree
+    again = resolve_model(str(path))
+    assert isinstance(again, E.FramePSFModel)
+    x, y = truth["x"][:40], truth["y"][:40]
+    a = fit_stars(img, x, y, model=psf.model(), gain=1.5, read_noise=6.0)
+    b = fit_stars(img, x, y, model=str(path), gain=1.5, read_noise=6.0)
+    np.testing.assert_allclose(np.asarray(b["flux_fit"]), np.asarray(a["flux_fit"]), rtol=1e-9)
+
+
+def test_too_few_stars_is_one_line_error():
+    data, _ = simulate_field((200, 200), 4, seed=2, flux_range=(5e3, 1e4), min_separation=40, edge=30)
+    with pytest.raises(PsfkitError, match="stars"):
+        E.build_frame_psf(psfkit.Image(data=data, gain=1.5, read_noise=6.0))
+
+
+def test_psf_command(tmp_path, capsys):
+    from astropy.io import fits
+
+    from psfkit.cli import main
+
+    data, _ = simulate_field((400, 400), 150, model="moffat", fwhm=3.0, beta=3.0, seed=4, min_separation=8)
+    image = tmp_path / "field.fits"
+    fits.writeto(image, data.astype(np.float32))
+    out, png = tmp_path / "psf.fits", tmp_path / "psf.png"
+    main(["psf", str(image), "-o", str(out), "--png", str(png), "--degree", "0"])
+    assert out.exists() and png.stat().st_size > 10_000
+    said = capsys.readouterr().out
+    fwhm = float(said.split("FWHM ")[1].split(" px")[0])
+    assert fwhm == pytest.approx(3.0, rel=0.03)
+    # the input is never an output
+    with pytest.raises(SystemExit) as exc:
+        main(["psf", str(image), "-o", str(image)])
+    assert exc.value.code == 2
+    assert fits.getdata(image).shape == (400, 400)
+
+
+def test_psf_command_on_a_frame_with_too_few_stars(tmp_path, capsys):
+    from psfkit.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["psf", str(psfkit.sample_image_path()), "-o", str(tmp_path / "p.fits")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "at least" in err[0]
