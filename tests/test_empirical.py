@@ -161,3 +161,29 @@ def test_psf_command_on_a_frame_with_too_few_stars(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "at least" in err[0]
+
+
+def test_find_with_the_frame_psf_gives_total_fluxes(tmp_path, capsys):
+    from astropy.io import fits
+    from astropy.table import Table
+    from scipy.spatial import cKDTree
+
+    from psfkit.cli import main
+
+    data, truth = simulate_field((400, 400), 150, model="moffat", fwhm=3.0, beta=3.0, seed=4, min_separation=8)
+    image = tmp_path / "field.fits"
+    fits.writeto(image, data.astype(np.float32))
+    out = tmp_path / "stars.csv"
+    main(["find", str(image), "--model", "frame", "-o", str(out)])
+    assert "the frame's PSF" in capsys.readouterr().out
+    stars = Table.read(out)
+    d, i = cKDTree(np.column_stack([truth["x"], truth["y"]])).query(np.column_stack([stars["x_fit"], stars["y_fit"]]))
+    good = (d < 1) & (np.asarray(truth["snr"])[i] > 20)
+    assert good.sum() > 80
+    ratio = np.asarray(stars["flux_fit"])[good] / np.asarray(truth["flux"])[i][good]
+    analytic = np.asarray(stars["flux_fit_analytic"])[good] / np.asarray(truth["flux"])[i][good]
+    assert np.median(ratio) == pytest.approx(0.997, abs=0.005)  # drawn out to 99.5-99.7 % of the light
+    assert np.median(analytic) < 0.9  # the Gaussian misses the Moffat's wings
+    with pytest.raises(SystemExit) as exc:
+        main(["find", str(image), "--model", "nonsense.fits"])
+    assert exc.value.code == 2

@@ -20,7 +20,8 @@ def find_command(
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="PNG with an ellipse on every star."),
     fwhm_map: Optional[Path] = typer.Option(None, "--fwhm-map", help="PNG map of FWHM and roundness across the frame."),
     threshold: float = typer.Option(5.0, "--threshold", help="Detection threshold in sigma of the smoothed frame."),
-    model: str = typer.Option("gaussian", "--model", help="gaussian or moffat."),
+    model: str = typer.Option("gaussian", "--model", help="gaussian or moffat; or frame (the frame's own PSF) or a "
+                              "PSF file from `psfkit psf` for positions and total fluxes."),
     angle: bool = typer.Option(False, "--angle", help="Fit the rotation angle (slower; Siril's detection does not)."),
     keep_rejected: bool = typer.Option(False, "--keep-rejected", help="Also list the rejected candidates, with reasons."),
     deblend: bool = typer.Option(False, "--deblend", help="Crowded fields: refit stars with their neighbours "
@@ -42,8 +43,13 @@ def find_command(
     from psfkit.io.colour import frame_view, table_to_frame
     from psfkit.viz.plots import plot_fwhm_map, plot_overlay
 
-    if model not in ("gaussian", "moffat"):
-        raise fail(f"--model must be gaussian or moffat, not {model!r}")
+    photometry_psf = None
+    if model not in ("gaussian", "moffat"):  # the frame's own PSF measures what the Gaussian found
+        if model != "frame" and not Path(model).is_file():
+            raise fail(f"--model must be gaussian, moffat, frame or a PSF file, not {model!r}")
+        if is_per_channel(channel):
+            raise fail("--model frame or a PSF file measures one plane at a time: choose --channel")
+        photometry_psf, model = model, "gaussian"
     if threshold <= 0:
         raise fail(f"--threshold must be positive, got {threshold}")
     for p, kinds in ((output, STAR_LIST_FORMATS), (overlay, (".png",)), (fwhm_map, (".png",))):
@@ -63,7 +69,13 @@ def find_command(
     else:
         img = load_from_options(image, hdu=hdu, channel=channel, focal_length=focal_length, pixel_size=pixel_size,
                                 binning=binning, scale=scale)
-        table = table_to_frame(find_stars(img, **find_options), img)  # Bayer planes: back on the full frame
+        found = find_stars(img, **find_options)
+        if photometry_psf is not None:
+            from psfkit.psf.empirical import measure_with_frame_psf
+
+            found = measure_with_frame_psf(img, found, photometry_psf, gain=gain, read_noise=read_noise)
+            typer.echo(f"{image}: positions and fluxes from {found.meta['photometry_psf']}")
+        table = table_to_frame(found, img)  # Bayer planes: back on the full frame
         summaries = {img.meta.get("channel"): table.meta["summary"]}
     if is_per_channel(channel):
         typer.echo(f"{image}: measured on each plane ({', '.join(map(str, summaries))}; a 'channel' column)"
