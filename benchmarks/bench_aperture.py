@@ -22,7 +22,7 @@ import numpy as np
 import sep
 from photutils.aperture import CircularAperture, EllipticalAperture, aperture_photometry
 
-from psfkit.aperture.photometry import aperture_sums
+from psfkit.aperture.sums import aperture_sums
 
 HERE = Path(__file__).resolve().parent
 N = 5000
@@ -104,7 +104,7 @@ def main() -> None:
         f"{dt.date.today()}, {os.cpu_count()} cores, "
         f"load average {load0:.1f} before and {os.getloadavg()[0]:.1f} after (other work on the machine makes "
         "every figure noisy: compare ratios within one run). "
-        "psfkit = `psfkit.aperture.photometry.aperture_sums` (numba loop, prange over apertures; the vectorised numpy "
+        "psfkit = `psfkit.aperture.sums.aperture_sums` (numba loop, prange over apertures; the vectorised numpy "
         "path is the reference it is tested against). Rates in apertures per second; ratio = psfkit time / "
         "peer time (below 1: psfkit is faster).",
         "",

@@ -14,15 +14,11 @@ from photutils.aperture import aperture_photometry as pu_aperture_photometry
 
 import psfkit
 from psfkit.errors import PsfkitError
-from psfkit.aperture.photometry import (
-    aperture_photometry,
-    aperture_sums,
-    circular_overlap,
-    curve_of_growth,
-    elliptical_overlap,
-    optimal_radius,
-    star_photometry,
-)
+from psfkit.aperture.growth import curve_of_growth, optimal_radius
+from psfkit.aperture.overlap import circular_overlap, elliptical_overlap
+from psfkit.aperture.photometry import aperture_photometry
+from psfkit.aperture.stars import star_photometry
+from psfkit.aperture.sums import aperture_sums
 from psfkit.datasets.simulate import add_noise, render_stars, star_params
 
 GAIN, RN, SKY = 2.0, 6.0, 300.0

@@ -49,9 +49,9 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "StarFit": "psf.fit", "fit_star": "psf.fit", "fit_stars": "psf.fit",
     "magnitude": "psf.measure",
     # aperture
-    **{name: "aperture.photometry" for name in (
-        "aperture_correction", "aperture_photometry", "aperture_sums", "curve_of_growth", "optimal_radius",
-        "star_photometry")},
+    "aperture_sums": "aperture.sums", "aperture_photometry": "aperture.photometry",
+    "aperture_correction": "aperture.growth", "curve_of_growth": "aperture.growth",
+    "optimal_radius": "aperture.growth", "star_photometry": "aperture.stars",
     # analysis
     "compare_models": "analysis.compare", "plot_model_residuals": "analysis.compare",
     "QualityLimits": "analysis.quality", "frame_summary": "analysis.quality", "rank_frames": "analysis.quality",

@@ -229,7 +229,8 @@ def _aperture_flux(
 
     No correction for an extended source: a point-source model's enclosed fraction does not describe it.
     """
-    from psfkit.aperture.photometry import _model_enclosed_fraction, aperture_photometry
+    from psfkit.aperture.growth import model_enclosed_fraction
+    from psfkit.aperture.photometry import aperture_photometry
 
     x, y = best.x_fit, best.y_fit
     if not (np.isfinite(x) and np.isfinite(y) and np.isfinite(fwhm) and fwhm > 0):
@@ -245,7 +246,7 @@ def _aperture_flux(
     flux, err = float(phot["flux_aper"][0]), float(phot["flux_aper_err"][0])
     out = {"flux": flux, "flux_err": err, "radius": radius, "sky": float(phot["sky"][0]),
            "phot_flags": int(phot["phot_flags"][0])}
-    fr = None if extended else _model_enclosed_fraction(best.model, best.table, radius,
+    fr = None if extended else model_enclosed_fraction(best.model, best.table, radius,
                                                         annulus=(4.0 * fwhm, 6.0 * fwhm))
     if fr is not None and np.isfinite(fr[0]) and fr[0] > 0:
         frac = float(fr[0])

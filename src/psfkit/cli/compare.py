@@ -140,7 +140,8 @@ def phot_command(
     from psfkit.io.catalog import read_star_list, write_star_list
     from psfkit.errors import PsfkitError
     from psfkit.io.colour import table_to_frame, table_to_plane
-    from psfkit.aperture.photometry import curve_of_growth, optimal_radius, star_photometry
+    from psfkit.aperture.growth import curve_of_growth, optimal_radius
+    from psfkit.aperture.stars import star_photometry
     from psfkit.psf.fit import fit_stars, resolve_model
     from psfkit.cli.fit import _parse_xy
 
