@@ -27,7 +27,7 @@ def _frame(model, beta, flux, seed):
 
 def test_extended_source_flagged():
     img = _frame("gaussian", None, 3e4, 1)
-    t = compare_models(img, 40, 40, gain=GAIN, read_noise=RN, frame_fwhm=2.0)
+    t = compare_models(img, 40, 40, gain=GAIN, read_noise=RN, frame_fwhm=2.0).table
     assert t.meta["extended"]
     assert "aperture" in t.meta["note"]
 
@@ -95,7 +95,7 @@ def test_true_model_preferred_at_snr_50(truth, flux, wins_if):
     for seed in range(n):
         img = _truth_frame(truth, flux, 100 + seed)
         t = compare_models(img, 40, 40, gain=GAIN, read_noise=RN, frame_fwhm=3.7,
-                           psf=_psf_array() if truth == "psf_image" else None)
+                           psf=_psf_array() if truth == "psf_image" else None).table
         assert "Poisson" in t.meta["weights"]
         wins += str(t["model"][np.argmax(t["preferred"])]) in wins_if
         row = t[t["model"] == truth][0]
@@ -114,7 +114,7 @@ def test_neighbouring_betas_need_more_signal():
     wins, n = 0, 12
     for seed in range(n):
         img = _frame("moffat", 4.0, 25000.0, 300 + seed)
-        t = compare_models(img, 40, 40, gain=GAIN, read_noise=RN, frame_fwhm=3.7)
+        t = compare_models(img, 40, 40, gain=GAIN, read_noise=RN, frame_fwhm=3.7).table
         wins += str(t["model"][np.argmax(t["preferred"])]) in ("moffat4", "moffat")
     assert wins / n >= 0.9
 
@@ -127,7 +127,7 @@ def test_lorentzian_truth_and_its_flux_definition():
     p = np.array([[0.0, 2000.0, 40.2, 39.7, 1.8, 1.5, 0.4, 1.0]])
     vals, _ = mdl.evaluate(p, (80, 80), k=6)
     img = add_noise(150.0 + vals.reshape(80, 80), gain=GAIN, read_noise=RN, rng=rng)
-    t = compare_models(img, 40, 40, gain=GAIN, read_noise=RN, frame_fwhm=3.3)
+    t = compare_models(img, 40, 40, gain=GAIN, read_noise=RN, frame_fwhm=3.3).table
     assert t["model"][np.argmax(t["preferred"])] == "lorentzian"
     row = t[t["model"] == "lorentzian"][0]
     assert not row["flux_is_total"] and all(t["flux_is_total"][t["model"] != "lorentzian"])
@@ -144,7 +144,8 @@ def test_aperture_flux_and_residual_picture(tmp_path):
     from psfkit.analysis.compare import plot_model_residuals
 
     img = _frame("gaussian", None, 3e4, 7)
-    t, fits_ = compare_models(img, 40, 40, gain=GAIN, read_noise=RN, frame_fwhm=3.7, return_fits=True)
+    result = compare_models(img, 40, 40, gain=GAIN, read_noise=RN, frame_fwhm=3.7)
+    t, fits_ = result.table, result.fits
     ap = t.meta["aperture"]
     assert abs(ap["flux_total"] - 3e4) < 3 * ap["flux_total_err"]
     assert abs(ap["flux"] / ap["flux_total"] - ap["enclosed_fraction"]) < 1e-9
@@ -162,10 +163,10 @@ def test_extended_source_among_stars_without_frame_fwhm(tmp_path):
     p = star_params("gaussian", xs, ys, 2e4, 3.0, 3.0, 0.0)
     wide = star_params("gaussian", 100.3, 100.6, 6e4, 9.5, 8.0, 20.0)
     img = add_noise(100.0 + render_stars((200, 200), np.vstack([p, wide])), gain=GAIN, read_noise=RN, rng=rng)
-    t = compare_models(img, 100, 100, gain=GAIN, read_noise=RN)
+    t = compare_models(img, 100, 100, gain=GAIN, read_noise=RN).table
     assert t.meta["frame_fwhm"] == pytest.approx(3.0, rel=0.1)
     assert t.meta["extended"] and "aperture" in t.meta["note"]
-    star = compare_models(img, 100, 30, gain=GAIN, read_noise=RN)
+    star = compare_models(img, 100, 30, gain=GAIN, read_noise=RN).table
     assert not star.meta["extended"]
     # the CLI says so, in words and in --json (the aperture entry becomes the preferred one)
     fits.writeto(tmp_path / "ext.fits", img.astype(np.float32))
@@ -197,3 +198,61 @@ def test_compare_residuals_wants_a_png(tmp_path):
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         f"psfkit: error: {tmp_path / 'r.txt'}: the residual picture is a PNG; the suffix must be .png"]
     assert not (tmp_path / "r.txt").exists()
+
+
+def _cli_json(argv, capsys):
+    """``psfkit <argv> --json`` run in-process: the parsed JSON of its standard output."""
+    from psfkit.cli import main
+
+    capsys.readouterr()
+    try:
+        main(argv + ["--json"])
+    except SystemExit as exc:
+        assert not exc.code, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+# bright, unsaturated point sources of real frames: every analytic model misses their shape by many
+# sigma (reduced chi2 30-280: photon noise is small), yet they are as wide as the frame's other stars
+REAL_BRIGHT_STARS = [("nites_j17490840_seq/J17490840-001.fit", 372.8, 545.2),
+                     ("siril_qhy268m_rasa11_crop.fit.fz", 164.57, 204.85)]
+
+
+@pytest.mark.parametrize("name,x,y", REAL_BRIGHT_STARS)
+def test_real_bright_stars_are_point_sources(shared_data, capsys, name, x, y):
+    path = shared_data / name
+    result = compare_models(str(path), x, y)
+    t = result.table
+    assert np.nanmin(t["reduced_chi2"]) > 5  # the old rule called them extended for this
+    assert t.meta["frame_fwhm"] is not None
+    assert not result.extended and result.preferred != "aperture"
+    assert float(t["fwhm"][t["preferred"]][0]) < 1.5 * t.meta["frame_fwhm"]
+    # the command line gives the library's answer: no aperture preferred, the same preferred model
+    rows = _cli_json(["compare", str(path), "--at", f"{x},{y}"], capsys)
+    assert [r["model"] for r in rows if r["preferred"]] == [result.preferred]
+    assert rows == result.answers()
+
+
+def test_galaxy_like_source_is_extended(capsys, tmp_path):
+    # an exponential disk (scale length 4 px, inclined) among eight stars of FWHM 3 px
+    rng = np.random.default_rng(21)
+    xs = np.array([25.0, 90.0, 160.0, 230.0, 30.0, 100.0, 170.0, 225.0])
+    ys = np.array([30.0, 20.0, 35.0, 25.0, 220.0, 230.0, 215.0, 228.0])
+    stars = render_stars((256, 256), star_params("gaussian", xs, ys, 3e4, 3.0, 3.0, 0.0))
+    yy, xx = np.mgrid[0:256, 0:256]
+    c, s = np.cos(0.5), np.sin(0.5)
+    u = (xx - 128.3) * c + (yy - 127.6) * s
+    v = (-(xx - 128.3) * s + (yy - 127.6) * c) / 0.7
+    disk = 400.0 * np.exp(-np.hypot(u, v) / 4.0)
+    img = add_noise(100.0 + stars + disk, gain=GAIN, read_noise=RN, rng=rng).astype(np.float32)
+    result = compare_models(img, 128, 128, gain=GAIN, read_noise=RN)
+    assert result.table.meta["frame_fwhm"] == pytest.approx(3.0, rel=0.1)
+    assert result.extended and result.preferred == "aperture"
+    assert "trust the aperture flux" in result.note
+    # and a star of the same frame is not
+    assert not compare_models(img, 90, 20, gain=GAIN, read_noise=RN).extended
+    fits.writeto(tmp_path / "galaxy.fits", img)
+    rows = _cli_json(["compare", str(tmp_path / "galaxy.fits"), "--at", "128,128", "--gain", str(GAIN),
+                      "--read-noise", str(RN)], capsys)
+    assert [r["model"] for r in rows if r["preferred"]] == ["aperture"]
+    assert rows == result.answers()

@@ -22,11 +22,25 @@ flagged ``flux_is_total = False``), and the user's PSF image.
 An aperture flux is measured too (radius 2.5 FWHM of the preferred fit, sky in an
 annulus at 4-6 FWHM), with its correction to total from the preferred analytic
 model's enclosed fraction; for an extended source it is the flux to trust.
+
+Extended sources.  A source is extended when it is wider than the frame's own stars: its
+FWHM (of the preferred fit) above ``EXTENDED_FWHM_RATIO`` (1.5) times the median FWHM of
+the frame's other stars (measured with :func:`psfkit.find_stars`, or given).  How well a
+point-source model fits is no test: a bright star's photon noise is small, so every
+analytic profile misses its real shape by many sigma (reduced chi-square 30 and more on
+ordinary bright stars of real frames) while the star is as point-like as its neighbours.
+Without at least three other stars in the frame (and no ``frame_fwhm``) the test cannot be
+made, and the source is taken as a point source (the note says so).
+
+The answer.  :meth:`ModelComparison.answers` lists every model's flux and the aperture flux,
+with one of them preferred: the preferred model for a point source, the aperture flux for an
+extended one.  ``psfkit compare --json`` prints exactly that list.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,15 +51,15 @@ from psfkit.io.image import Image, as_image
 from psfkit.psf.models import LorentzianPSF
 from psfkit.psf.fit import StarFit, fit_stars, resolve_model
 from psfkit.psf.stamps import auto_box, cut_stamps, estimate_fwhm, refine_peak
+from psfkit.utils import json_value
 
-__all__ = ["compare_models", "plot_model_residuals", "PIXINSIGHT_BETAS"]
+__all__ = ["compare_models", "ModelComparison", "plot_model_residuals", "PIXINSIGHT_BETAS", "EXTENDED_FWHM_RATIO",
+           "TIE_BIC"]
 
 #: fixed-beta Moffats PixInsight's DynamicPSF offers
 PIXINSIGHT_BETAS = (1.5, 2.5, 4.0, 6.0, 8.0, 10.0)
 #: a source this much wider than the frame's stars is extended
 EXTENDED_FWHM_RATIO = 1.5
-#: ... or when every point-source model fits this badly (reduced chi-square)
-EXTENDED_CHI2 = 5.0
 #: BIC differences up to this are "not worth more than a bare mention" (Kass & Raftery 1995)
 TIE_BIC = 2.0
 
@@ -67,6 +81,63 @@ def _poisson_error(img: Image, fit: StarFit, gain: float, read_noise_e: float, b
     return np.sqrt(np.maximum(var, 1e-12))
 
 
+@dataclass
+class ModelComparison:
+    """What :func:`compare_models` found for one source.
+
+    Attributes
+    ----------
+    table : astropy.table.Table
+        One row per model (see :func:`compare_models`); ``meta`` holds the position, box, weights,
+        ``frame_fwhm``, ``extended``, ``preferred``, the ``aperture`` flux and a ``note``.
+    fits : dict
+        ``{model: StarFit}``, for residual pictures (:func:`plot_model_residuals`).
+    """
+
+    table: Table
+    fits: dict[str, StarFit] = field(default_factory=dict, repr=False)
+
+    @property
+    def extended(self) -> bool:
+        """The source is wider than the frame's stars (see the module's notes)."""
+        return bool(self.table.meta["extended"])
+
+    @property
+    def preferred(self) -> str:
+        """The answer to trust: the preferred model's name, or ``"aperture"`` for an extended source."""
+        return "aperture" if self.extended else str(self.table.meta["preferred"])
+
+    @property
+    def note(self) -> str:
+        """One sentence on what the comparison means for this source."""
+        return str(self.table.meta["note"])
+
+    def answers(self) -> list[dict[str, Any]]:
+        """Every model's flux and, last, the aperture flux, with exactly one ``preferred``.
+
+        Each entry has ``model``, ``flux_fit``, ``flux_err``, ``fwhm``, ``reduced_chi2``, ``bic`` and
+        ``preferred`` (JSON-ready: NaN becomes None).  The aperture entry's flux is the aperture flux
+        corrected to total by the preferred model's enclosed fraction (the bare aperture flux for an
+        extended source, which no point-source correction describes); it is the preferred entry when
+        the source is extended, and then no model is.
+
+        Returns
+        -------
+        list of dict
+        """
+        keys = ("model", "flux_fit", "flux_err", "fwhm", "reduced_chi2", "bic", "preferred")
+        out = [{k: json_value(row[k]) for k in keys} for row in self.table]
+        ap = self.table.meta["aperture"]
+        total = ap.get("flux_total", ap.get("flux", float("nan")))
+        total_err = ap.get("flux_total_err", ap.get("flux_err", float("nan")))
+        if self.extended:
+            for row in out:
+                row["preferred"] = False
+        out.append({"model": "aperture", "flux_fit": json_value(total), "flux_err": json_value(total_err),
+                    "fwhm": None, "reduced_chi2": None, "bic": None, "preferred": self.extended})
+        return out
+
+
 def compare_models(
     image: Image | np.ndarray | str,
     x: float,
@@ -81,9 +152,8 @@ def compare_models(
     lorentzian: bool = True,
     frame_fwhm: float | None = None,
     zero_point: float = 0.0,
-    return_fits: bool = False,
-) -> Table | tuple[Table, dict[str, StarFit]]:
-    """Fit one source with every model and rank them by BIC.
+) -> ModelComparison:
+    """Fit one source with every model, rank them by BIC, and say whether the source is extended.
 
     Parameters
     ----------
@@ -103,20 +173,31 @@ def compare_models(
     lorentzian : bool
         Include the Lorentzian (its flux is the light within the box's inscribed circle, not a total).
     frame_fwhm : float, optional
-        The frame's stellar FWHM, for the extended-source test; default: measured with
-        :func:`psfkit.find_stars` on the frame when it has at least 3 other stars.
+        The frame's stellar FWHM, for the extended-source test; default: the median FWHM of the
+        stars :func:`psfkit.find_stars` finds on the frame (farther than 2 FWHM from the source),
+        when there are at least 3.
     zero_point : float
         Magnitude zero point.
-    return_fits : bool
-        Also return ``{model: StarFit}`` (for residual pictures).
 
     Returns
     -------
-    astropy.table.Table
-        One row per model: ``model``, ``n_params``, ``flux_fit``, ``flux_err``, ``flux_is_total``, ``fwhm``,
-        ``beta``, ``reduced_chi2``, ``chi2``, ``aic``, ``bic``, ``delta_bic``, ``rmse``, ``x_fit``, ``y_fit``,
-        ``flags``, ``preferred``; ``meta`` holds the position, box, weights, the aperture flux, whether the
-        source looks extended and a note.
+    ModelComparison
+        ``.table``: one row per model: ``model``, ``n_params``, ``flux_fit``, ``flux_err``,
+        ``flux_is_total``, ``fwhm``, ``beta``, ``reduced_chi2``, ``chi2``, ``aic``, ``bic``, ``delta_bic``,
+        ``rmse``, ``x_fit``, ``y_fit``, ``flags``, ``preferred``; its ``meta`` holds the position, box,
+        weights, the aperture flux, ``frame_fwhm``, ``extended`` and a note.  ``.fits``: each model's
+        :class:`~psfkit.psf.fit.StarFit`.  ``.answers()``: the fluxes with the one to trust.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from psfkit.datasets.simulate import add_noise, render_stars, star_params
+    >>> truth = star_params("gaussian", 40.3, 39.6, 3e4, 4.0, 3.4, 25.0)
+    >>> img = add_noise(150.0 + render_stars((80, 80), truth), gain=1.5, read_noise=5.0,
+    ...                 rng=np.random.default_rng(1))
+    >>> result = compare_models(img, 40, 40, gain=1.5, read_noise=5.0, frame_fwhm=3.7)
+    >>> result.extended, result.preferred in ("gaussian", "moffat", "moffat8", "moffat10")
+    (False, True)
     """
     img = as_image(image)
     ny, nx = img.shape
@@ -191,19 +272,14 @@ def compare_models(
                     frame_fwhm = float(np.median(np.asarray(others["fwhm"])[far]))
         except PsfkitError:
             frame_fwhm = None
-    wide = frame_fwhm is not None and src_fwhm > EXTENDED_FWHM_RATIO * frame_fwhm
-    point_models = table[table["model"] != "psf_image"]
-    bad_everywhere = bool(np.nanmin(point_models["reduced_chi2"]) > EXTENDED_CHI2)
-    extended = bool(wide or bad_everywhere)
+    # wider than the frame's stars; not "no model fits to the noise" (photon noise makes that true of
+    # every bright star)
+    extended = bool(frame_fwhm is not None and src_fwhm > EXTENDED_FWHM_RATIO * frame_fwhm)
 
     aperture = _aperture_flux(img, fits[str(best_row["model"])], src_fwhm, g, extended=extended)
-    reasons = []
-    if wide:
-        reasons.append(f"its FWHM {src_fwhm:.2f} px is {src_fwhm / frame_fwhm:.1f}x the frame's stars' {frame_fwhm:.2f} px")
-    if bad_everywhere:
-        reasons.append(f"every point-source model fits badly (lowest reduced chi2 {np.nanmin(point_models['reduced_chi2']):.1f})")
     if extended:
-        note = ("the source looks extended (" + "; ".join(reasons) + "): a PSF flux underestimates it; "
+        note = (f"the source looks extended (its FWHM {src_fwhm:.2f} px is {src_fwhm / frame_fwhm:.1f}x the "
+                f"frame's stars' {frame_fwhm:.2f} px): a PSF flux underestimates it; "
                 f"trust the aperture flux ({aperture['flux']:.6g} +- {aperture['flux_err']:.3g} within "
                 f"r = {aperture['radius']:.1f} px, no point-source correction; a larger aperture may hold more: "
                 "see psfkit phot --growth)")
@@ -212,14 +288,14 @@ def compare_models(
                 if best_row["flux_is_total"] else
                 "point source, best fitted by the Lorentzian, whose flux is only the light within the box: "
                 "quote the aperture flux or the best Moffat")
+        if frame_fwhm is None:
+            note += " (the frame has too few other stars to test whether the source is extended)"
     table.meta.update(
         x=px, y=py, box=box, frame_fwhm=frame_fwhm, extended=extended, weights=weights,
         preferred=str(best_row["model"]), aperture=aperture, note=note,
         lorentzian_flux=f"light within a circle-equivalent ellipse of radius {box / 2.0:g} px (half the box)",
     )
-    if return_fits:
-        return table, fits
-    return table
+    return ModelComparison(table=table, fits=fits)
 
 
 def _aperture_flux(
@@ -262,7 +338,7 @@ def plot_model_residuals(fits: dict[str, StarFit], path: str, *, models: list[st
     Parameters
     ----------
     fits : dict
-        ``{model: StarFit}``, the second value of ``compare_models(..., return_fits=True)``.
+        ``{model: StarFit}``, the ``fits`` of a :func:`compare_models` result.
     path : str
         PNG file to write.
     models : list of str, optional

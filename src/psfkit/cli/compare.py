@@ -14,11 +14,6 @@ from psfkit.cli._options import (binning_option, channel_option, focal_length_op
                        pixel_size_option, scale_option)
 
 
-def _clean(v):
-    v = v.item() if hasattr(v, "item") else v
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
 @app.command("compare")
 def compare_command(
     image: Path = typer.Argument(..., help="Image file."),
@@ -54,25 +49,16 @@ def compare_command(
         x, y = (float(v) for v in img.from_frame(x, y))
         typer.echo(f"measured on the {img.meta.get('channel_rule')}; positions and sizes below are in its pixels",
                    err=as_json)
-    table, fits = compare_models(img, x, y, psf=str(psf) if psf else None, box=box, gain=gain,
-                                 read_noise=read_noise, return_fits=True)
+    result = compare_models(img, x, y, psf=str(psf) if psf else None, box=box, gain=gain, read_noise=read_noise)
     if residuals is not None:
-        plot_model_residuals(fits, str(residuals))
+        plot_model_residuals(result.fits, str(residuals))
+    table = result.table
     m = table.meta
     ap = m["aperture"]
     if as_json:
-        keys = ("model", "flux_fit", "flux_err", "fwhm", "reduced_chi2", "bic", "preferred")
-        out = [{k: _clean(row[k]) for k in keys} for row in table]
-        # the aperture flux as one more entry: "preferred" (the flux to trust) when the source looks extended
-        total = ap.get("flux_total", ap.get("flux", float("nan")))
-        total_err = ap.get("flux_total_err", ap.get("flux_err", float("nan")))
-        out.append({"model": "aperture", "flux_fit": _clean(total), "flux_err": _clean(total_err),
-                    "fwhm": None, "reduced_chi2": None, "bic": None, "preferred": bool(m["extended"])})
-        if m["extended"]:
-            for row in out[:-1]:
-                row["preferred"] = False
-            typer.echo(m["note"], err=True)
-        typer.echo(json.dumps(out))
+        if result.extended:
+            typer.echo(result.note, err=True)
+        typer.echo(json.dumps(result.answers()))
         return
     best = table[table["preferred"]][0]
     typer.echo(f"{image}: brightest peak within 10 px of ({x:g}, {y:g}) at ({m['x']:.2f}, {m['y']:.2f}); "
@@ -142,6 +128,7 @@ def phot_command(
     from psfkit.io.colour import table_to_frame, table_to_plane
     from psfkit.aperture.growth import curve_of_growth, optimal_radius
     from psfkit.aperture.stars import star_photometry
+    from psfkit.utils import json_value
     from psfkit.psf.fit import fit_stars, resolve_model
     from psfkit.cli.fit import _parse_xy
 
@@ -182,7 +169,7 @@ def phot_command(
     if output is not None:
         write_star_list(out, output)
     if as_json:
-        typer.echo(json.dumps([{c: _clean(row[c]) for c in cols} for row in out]))
+        typer.echo(json.dumps([{c: json_value(row[c]) for c in cols} for row in out]))
         return
     corr = out.meta["aperture_correction"]
     typer.echo(f"{image}: {source}; aperture r = {float(out['aperture_radius'][0]):.2f} px "

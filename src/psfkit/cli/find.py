@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -16,7 +16,8 @@ from psfkit.cli._options import (binning_option, channel_option, focal_length_op
 @app.command("find")
 def find_command(
     image: Path = typer.Argument(..., help="Image file."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Star list: .csv .ecsv .fits .lst .reg"),
+    output: Optional[List[Path]] = typer.Option(None, "-o", "--output",
+                                                help="Star list: .csv .ecsv .fits .lst .reg (repeat for several)."),
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="PNG with an ellipse on every star."),
     fwhm_map: Optional[Path] = typer.Option(None, "--fwhm-map", help="PNG map of FWHM and roundness across the frame."),
     threshold: float = typer.Option(5.0, "--threshold", help="Detection threshold in sigma of the smoothed frame."),
@@ -41,8 +42,10 @@ def find_command(
     from psfkit.detect.find import find_stars
     from psfkit.detect.channels import find_stars_by_channel
     from psfkit.io.colour import frame_view, table_to_frame
+    from psfkit.flags import SATURATED
     from psfkit.viz.plots import plot_fwhm_map, plot_overlay
 
+    outputs = list(output or [])
     photometry_psf = None
     if model not in ("gaussian", "moffat"):  # the frame's own PSF measures what the Gaussian found
         if model != "frame" and not Path(model).is_file():
@@ -52,7 +55,7 @@ def find_command(
         photometry_psf, model = model, "gaussian"
     if threshold <= 0:
         raise fail(f"--threshold must be positive, got {threshold}")
-    for p, kinds in ((output, STAR_LIST_FORMATS), (overlay, (".png",)), (fwhm_map, (".png",))):
+    for p, kinds in [(o, STAR_LIST_FORMATS) for o in outputs] + [(overlay, (".png",)), (fwhm_map, (".png",))]:
         if p is not None:
             if p.suffix.lower() not in kinds:
                 raise fail(f"{p}: the suffix must be one of {', '.join(kinds)}")
@@ -100,11 +103,11 @@ def find_command(
         if scale:
             text += f" = {med * scale:.3f}\" ({scale:.4f}\"/px)"
         text += f", median roundness {float(np.nanmedian(stars['roundness'])):.3f}"
-        n_sat = int(((np.asarray(stars['flags']) & 4) != 0).sum())
+        n_sat = int(((np.asarray(stars["flags"]) & SATURATED) != 0).sum())
         if n_sat:
             text += f", {n_sat} saturated (kept, flagged)"
         typer.echo(text)
-    if output is not None:
+    for output in outputs:
         out = table if keep_rejected else stars
         if not keep_rejected:
             out = out.copy()

@@ -28,12 +28,6 @@ def _parse_xy(text: str, option: str = "--at", what: str = "0-based pixels") -> 
     return x, y
 
 
-def _json_value(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
 @app.command("fit")
 def fit_command(
     image: Path = typer.Argument(..., help="Image file (FITS, XISF, TIFF, PNG, JPEG, camera RAW)."),
@@ -57,6 +51,7 @@ def fit_command(
     """Fit the PSF of one star and print the result (copyable), or JSON."""
     from psfkit.io.colour import table_to_frame
     from psfkit.psf.fit import fit_star
+    from psfkit.utils import json_value
 
     angle_mode = {"auto": "auto", "yes": True, "true": True, "no": False, "false": False}.get(angle.lower())
     if angle_mode is None:
@@ -77,7 +72,7 @@ def fit_command(
     if img.pixel_map:  # a Bayer plane: positions and pixel lengths back on the full frame
         result = dataclasses.replace(result, table=table_to_frame(result.table, img))
     if as_json:
-        d = {k: _json_value(v) for k, v in result.to_dict().items()}
+        d = json_value(result.to_dict())
         d["flag_names"] = result.flag_names
         d["model"] = result.table.meta["model"]
         if result.table.meta.get("psf_normalisation"):

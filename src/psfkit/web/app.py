@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -49,6 +48,7 @@ from psfkit.web._paths import (DEFAULT_EXPORT_FOLDER, EXPORT_FORMATS, ExportExis
 from psfkit.web._queue import WorkQueue
 from psfkit.web._store import ImageStore
 from psfkit.web._tables import missing_for_format, rows_to_table, table_to_rows
+from psfkit.utils import json_value
 
 __all__ = ["create_app"]
 
@@ -91,27 +91,9 @@ class ExportRequest(RowsRequest):
     name: str | None = Field(None, max_length=160)
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return v if math.isfinite(v) else None
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
-    return value
-
-
 def _json_bytes(value: dict[str, Any]) -> bytes:
     """Compact JSON of a star-table payload: ``rows`` are JSON-ready already (``table_to_rows``), the rest is cleaned."""
-    rest = _clean({k: v for k, v in value.items() if k != "rows"})
+    rest = json_value({k: v for k, v in value.items() if k != "rows"})
     rest["rows"] = value.get("rows", [])
     return json.dumps(rest, separators=(",", ":"), allow_nan=False).encode()
 
@@ -238,7 +220,7 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
 
     @app.get("/api/image")
     def image_info(path: str = Query(..., min_length=1, max_length=1024)) -> JSONResponse:
-        return JSONResponse(_clean(loaded(path).info()))
+        return JSONResponse(json_value(loaded(path).info()))
 
     @app.get("/api/tile")
     def tile(
@@ -291,7 +273,7 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
     @app.post("/api/fit")
     async def fit(req: FitRequest) -> JSONResponse:
         resolve_in_root(root_path, req.path)
-        return JSONResponse(_clean(await fits.run(_fit, req)))
+        return JSONResponse(json_value(await fits.run(_fit, req)))
 
     def _fit(req: FitRequest) -> dict[str, Any]:
         """One star's fit, in the fit queue's worker thread."""
@@ -327,7 +309,7 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
 
         _, table = _table(req)
         avg = average(table)
-        return JSONResponse(_clean({"average": avg, "text": _average_text(avg)}))
+        return JSONResponse(json_value({"average": avg, "text": _average_text(avg)}))
 
     @app.post("/api/export")
     def export(req: ExportRequest) -> JSONResponse:
