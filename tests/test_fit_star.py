@@ -227,3 +227,31 @@ def test_faint_star_beside_a_bright_one_is_the_star_fitted():
         assert fit.x_init == 51.0 and fit.y_init == 49.2  # the user's guess is kept
         pulls.append((fit.flux_fit - 5000.0) / fit.flux_err)
     assert abs(np.mean(pulls)) < 1.0 and np.std(pulls) < 2.0
+
+
+def test_fit_star_names_an_unknown_keyword():
+    from psfkit.errors import PsfkitError
+
+    img = 100.0 + render_stars((40, 40), star_params("gaussian", 20.0, 20.0, 5000.0, 3.0, 3.0, 0.0))
+    with pytest.raises(PsfkitError, match=r"unknown keyword: 'gian' \(did you mean 'gain'\?\)"):
+        fit_star(img, 20, 20, gian=2)
+    assert fit_star(img, 20, 20, gain=2.0).flux_fit > 0  # the real keyword still passes
+
+
+def test_fit_stars_says_why_radec_is_missing():
+    """A WCS that cannot convert positions costs the ra/dec columns, never silently."""
+    from psfkit.io.image import as_image
+
+    class BrokenWCS:
+        @property
+        def celestial(self):
+            return self
+
+        def all_pix2world(self, *args):
+            raise ValueError("no convergence of the SIP inverse")
+
+    data = 100.0 + render_stars((40, 40), star_params("gaussian", 20.0, 20.0, 5000.0, 3.0, 3.0, 0.0))
+    img = as_image(data).with_data(data, wcs=BrokenWCS())
+    t = fit_stars(img, [20.0], [20.0])
+    assert "ra" not in t.colnames and np.isfinite(t["x_fit"][0])
+    assert "WCS could not convert" in t.meta["radec_note"] and "no convergence" in t.meta["radec_note"]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from psfkit.utils import robust_sigma
 from astropy.table import Table
 
 __all__ = ["QualityLimits", "frame_summary", "rank_frames", "plot_frame_quality"]
@@ -165,7 +166,7 @@ def rank_frames(summary: Table, *, limits: QualityLimits | None = None) -> Table
                 reasons[i].append("star_count")
     if n:
         med_bg = float(np.median(bg))
-        bg_scale = max(1.4826 * float(np.median(np.abs(bg - med_bg))), float(np.nanmedian(noise)))
+        bg_scale = max(robust_sigma(bg), float(np.nanmedian(noise)))
         for i in range(n):
             if not has[i]:
                 reasons[i].insert(0, "no_stars")

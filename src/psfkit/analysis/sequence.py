@@ -36,7 +36,7 @@ import numpy as np
 from astropy.table import Table
 
 from psfkit.errors import PsfkitError
-from psfkit.io.image import FITS_SUFFIXES, IMAGE_SUFFIXES
+from psfkit.io.formats import FITS_SUFFIXES, IMAGE_SUFFIXES, is_image_name
 from psfkit.analysis.lightcurve import FrameShift, differential_photometry, estimate_shift, fit_tracked, plot_light_curves
 from psfkit.analysis.quality import QualityLimits, frame_summary, plot_frame_quality, rank_frames
 
@@ -88,8 +88,7 @@ class SequenceResult:
 
 
 def _is_image_file(p: Path) -> bool:
-    name = p.name.lower()
-    return p.is_file() and name.endswith(IMAGE_SUFFIXES)
+    return p.is_file() and is_image_name(p.name)
 
 
 def _frame_time(path: Path) -> tuple[str, float]:

@@ -20,6 +20,7 @@ from psfkit.aperture.sky import sky_annulus
 from psfkit.aperture.sums import aperture_sums
 from psfkit.errors import PsfkitError
 from psfkit.io.image import Image, as_image
+from psfkit.utils import robust_sigma
 
 __all__ = ["curve_of_growth", "optimal_radius", "aperture_correction", "model_enclosed_fraction"]
 
@@ -85,8 +86,7 @@ def _unit_profiles(model: Any, stars: Table, half: int) -> np.ndarray | None:
     diverges).  Analytic shapes come from the ``fwhm_x``, ``fwhm_y``, ``angle``, ``beta`` columns;
     an image PSF needs the instance (its name alone does not hold the array).
     """
-    from psfkit.psf.models import GaussianPSF, ImagePSF, LorentzianPSF, MoffatPSF
-    from psfkit.datasets.simulate import star_params
+    from psfkit.psf.models import ImagePSF, LorentzianPSF, get_model
 
     name = model if isinstance(model, str) else getattr(model, "name", "")
     n = len(stars)
@@ -95,24 +95,15 @@ def _unit_profiles(model: Any, stars: Table, half: int) -> np.ndarray | None:
     if name == "image":
         if not isinstance(model, ImagePSF):
             return None
-        p = np.tile([0.0, 1.0, float(half), float(half)], (n, 1))
-        return model.evaluate(p, (size, size))[0]
+        return model.evaluate(model.params_from_shape(c, c, flux=1.0), (size, size))[0]
     if name not in ("gaussian", "moffat", "lorentzian") or not all(
             col in stars.colnames for col in ("fwhm_x", "fwhm_y", "angle")):
         return None
-    fx = np.asarray(stars["fwhm_x"], dtype=float)
-    fy = np.asarray(stars["fwhm_y"], dtype=float)
-    ang = np.nan_to_num(np.asarray(stars["angle"], dtype=float))
-    if name == "gaussian":
-        p = star_params("gaussian", c, c, 1.0, fx, fy, ang)
-        mdl = GaussianPSF(angle=True)
-    elif name == "moffat":
-        p = star_params("moffat", c, c, 1.0, fx, fy, ang, np.asarray(stars["beta"], dtype=float))
-        mdl = MoffatPSF(angle=True)
-    else:  # Lorentzian: FWHM = 2 g; amplitude for unit flux by its own flux definition
-        mdl = model if isinstance(model, LorentzianPSF) else LorentzianPSF(angle=True)
-        p = np.stack([np.zeros(n), np.ones(n), c, c, fx / 2.0, fy / 2.0, np.radians(ang), np.ones(n)], axis=1)
-        p[:, 1] = 1.0 / mdl.flux_and_gradient(p)[0]
+    # the Lorentzian: the fitted instance keeps its flux radius (its flux definition)
+    mdl = model if isinstance(model, LorentzianPSF) else get_model(name, angle=True)
+    beta = np.asarray(stars["beta"], dtype=float) if name == "moffat" else None
+    p = mdl.params_from_shape(c, c, np.asarray(stars["fwhm_x"], dtype=float), np.asarray(stars["fwhm_y"], dtype=float),
+                              np.nan_to_num(np.asarray(stars["angle"], dtype=float)), flux=1.0, beta=beta)
     return mdl.evaluate(p, (size, size), k=4)[0]
 
 
@@ -235,7 +226,7 @@ def aperture_correction(
     ratio = g["flux"][use, 1] / g["flux"][use, 0]
     corr = float(np.median(ratio))
     if ratio.size > 1:
-        scatter = 1.4826 * float(np.median(np.abs(ratio - corr)))
+        scatter = robust_sigma(ratio)
         # error of the median, and never below the statistical error of the brightest ratio
         rel = g["flux_err"][use] / g["flux"][use]
         floor = float(np.median(ratio * np.hypot(rel[:, 0], rel[:, 1]))) / math.sqrt(ratio.size)

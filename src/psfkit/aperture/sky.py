@@ -15,6 +15,7 @@ import numpy as np
 
 from psfkit.aperture.overlap import _gather, _stamp_grid
 from psfkit.errors import PsfkitError
+from psfkit.utils import robust_sigma
 
 __all__ = ["sky_annulus"]
 
@@ -26,7 +27,7 @@ def _clipped_stats(vals: np.ndarray, *, nsigma: float = 3.0, iterations: int = 5
         warnings.simplefilter("ignore", RuntimeWarning)
         for _ in range(iterations):
             med = np.nanmedian(v, axis=1)
-            mad = 1.4826 * np.nanmedian(np.abs(v - med[:, None]), axis=1)
+            mad = robust_sigma(v, axis=1, ignore_nan=True)
             std = np.nanstd(v, axis=1)
             sig = np.where(mad > 0, mad, std)
             out = np.abs(v - med[:, None]) > nsigma * sig[:, None]

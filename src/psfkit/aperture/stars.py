@@ -17,6 +17,7 @@ from psfkit.aperture.photometry import (
 )
 from psfkit.errors import PsfkitError
 from psfkit.io.image import Image, as_image
+from psfkit.utils import robust_sigma
 
 __all__ = ["star_photometry"]
 
@@ -135,7 +136,7 @@ def star_photometry(
         if bright.any():
             r = ratio[bright]
             med = float(np.median(r))
-            spread = 1.4826 * float(np.median(np.abs(r - med)))
+            spread = robust_sigma(r)
             out.meta["flux_ratio_bright"] = {"median": med, "err": 1.2533 * spread / math.sqrt(r.size),
                                              "n_stars": int(r.size),
                                              "rule": "snr_aper >= 50, no phot_flags, no fit flag but at_bound"}

@@ -9,7 +9,8 @@ from typing import Any, Optional
 
 import typer
 
-__all__ = ["hdu_option", "channel_option", "focal_length_option", "pixel_size_option", "binning_option",
+__all__ = ["hdu_option", "channel_option", "focal_length_option", "pixel_size_option", "binning_option", "image_options",
+           "ImageOptions",
            "scale_option", "load_from_options", "is_per_channel", "user_optics"]
 
 CHANNEL_HELP = ("Plane to measure: luminance (RGB default), R, G, B, a plane number (stacks); Bayer mosaics: green "
@@ -64,3 +65,62 @@ def load_from_options(image: Path, *, hdu: Optional[str] = None, channel: Option
         raise PsfkitError(f"--channel {channel}: this command measures one plane; choose one (R, G, B, luminance ...)")
     return load_image(image, hdu=hdu, channel=channel,
                       **user_optics(focal_length, pixel_size, binning, scale))
+
+
+class ImageOptions:
+    """The image-loading options of one command call (what :func:`image_options` hands the command)."""
+
+    __slots__ = ("hdu", "channel", "focal_length", "pixel_size", "binning", "scale")
+
+    def __init__(self, *, hdu: Optional[str] = None, channel: Optional[str] = None,
+                 focal_length: Optional[float] = None, pixel_size: Optional[float] = None,
+                 binning: Optional[float] = None, scale: Optional[float] = None) -> None:
+        self.hdu, self.channel = hdu, channel
+        self.focal_length, self.pixel_size, self.binning, self.scale = focal_length, pixel_size, binning, scale
+
+    def optics(self) -> dict:
+        """The load_image keywords of the optics options."""
+        return user_optics(self.focal_length, self.pixel_size, self.binning, self.scale)
+
+    def load(self, image: Path, *, channel: Any = "given") -> Any:
+        """:func:`psfkit.load_image` of ``image`` with these options (``channel`` overrides --channel)."""
+        return load_from_options(image, hdu=self.hdu, channel=self.channel if channel == "given" else channel,
+                                 focal_length=self.focal_length, pixel_size=self.pixel_size, binning=self.binning,
+                                 scale=self.scale)
+
+
+def image_options(*, per_channel: bool = False) -> Any:
+    """Decorator: give a command the six image-loading options, received as one ``opts: ImageOptions``.
+
+    The command declares a parameter ``opts`` (no default) where the options go in its help; the
+    decorator puts --hdu, --channel, --focal-length, --pixel-size, --binning and --scale there in
+    the signature typer reads, and calls the command with them gathered in an :class:`ImageOptions`.
+    """
+    import functools
+    import inspect
+
+    def decorate(func: Any) -> Any:
+        sig = inspect.signature(func, eval_str=True)
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+                  for name, kind, default in (
+                      ("hdu", Optional[str], hdu_option()),
+                      ("channel", Optional[str], channel_option(per_channel=per_channel)),
+                      ("focal_length", Optional[float], focal_length_option()),
+                      ("pixel_size", Optional[float], pixel_size_option()),
+                      ("binning", Optional[float], binning_option()),
+                      ("scale", Optional[float], scale_option()))]
+        params = []
+        for p in sig.parameters.values():
+            params += shared if p.name == "opts" else [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)]
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            opts = ImageOptions(**{p.name: kwargs.pop(p.name) for p in shared})
+            return func(opts=opts, **kwargs)
+
+        del command.__wrapped__  # typer must read the signature below, not the function's
+        command.__signature__ = sig.replace(parameters=params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate

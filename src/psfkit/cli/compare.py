@@ -10,11 +10,11 @@ from typing import List, Optional
 import typer
 
 from psfkit.cli._app import app, fail
-from psfkit.cli._options import (binning_option, channel_option, focal_length_option, hdu_option, load_from_options,
-                       pixel_size_option, scale_option)
+from psfkit.cli._options import ImageOptions, image_options
 
 
 @app.command("compare")
+@image_options()
 def compare_command(
     image: Path = typer.Argument(..., help="Image file."),
     at: str = typer.Option(..., "--at", help="X,Y: 0-based pixel position near the source."),
@@ -22,12 +22,7 @@ def compare_command(
     box: Optional[int] = typer.Option(None, "--box", help="Common fitting box (odd, px)."),
     gain: Optional[float] = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
     read_noise: Optional[float] = typer.Option(None, "--read-noise", help="e- (default: header)."),
-    hdu: Optional[str] = hdu_option(),
-    channel: Optional[str] = channel_option(per_channel=False),
-    focal_length: Optional[float] = focal_length_option(),
-    pixel_size: Optional[float] = pixel_size_option(),
-    binning: Optional[float] = binning_option(),
-    scale: Optional[float] = scale_option(),
+    opts: Optional[ImageOptions] = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
     residuals: Optional[Path] = typer.Option(None, "--residuals", help="PNG of data, model and residual per model."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per model."),
 ) -> None:
@@ -43,8 +38,7 @@ def compare_command(
             raise fail(f"{residuals}: the residual picture is a PNG; the suffix must be .png")
         if not residuals.parent.exists():
             raise fail(f"{residuals.parent}: no such folder")
-    img = load_from_options(image, hdu=hdu, channel=channel, focal_length=focal_length, pixel_size=pixel_size,
-                            binning=binning, scale=scale)
+    img = opts.load(image)
     if img.pixel_map:  # a Bayer plane: --at is on the full frame; the fits are on the plane
         x, y = (float(v) for v in img.from_frame(x, y))
         typer.echo(f"measured on the {img.meta.get('channel_rule')}; positions and sizes below are in its pixels",
@@ -97,6 +91,7 @@ def compare_command(
 
 
 @app.command("phot")
+@image_options()
 def phot_command(
     image: Path = typer.Argument(..., help="Image file."),
     at: Optional[List[str]] = typer.Option(None, "--at", help="X,Y (0-based); repeat for several sources."),
@@ -111,12 +106,7 @@ def phot_command(
     read_noise: Optional[float] = typer.Option(None, "--read-noise", help="e- (default: header)."),
     zero_point: float = typer.Option(0.0, "--zero-point", help="Magnitude zero point."),
     growth: bool = typer.Option(False, "--growth", help="Also print each star's curve of growth and best-SNR radius."),
-    hdu: Optional[str] = hdu_option(),
-    channel: Optional[str] = channel_option(per_channel=False),
-    focal_length: Optional[float] = focal_length_option(),
-    pixel_size: Optional[float] = pixel_size_option(),
-    binning: Optional[float] = binning_option(),
-    scale: Optional[float] = scale_option(),
+    opts: Optional[ImageOptions] = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the table: .csv .ecsv .fits"),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per star."),
 ) -> None:
@@ -137,8 +127,7 @@ def phot_command(
     ann = None
     if annulus:
         ann = _parse_xy(annulus, "--annulus", "inner and outer radius in px")
-    img = load_from_options(image, hdu=hdu, channel=channel, focal_length=focal_length, pixel_size=pixel_size,
-                            binning=binning, scale=scale)
+    img = opts.load(image)
     mdl = resolve_model(model)  # one instance for the fits and for the aperture correction's wings
     if at:
         xy = np.array([img.from_frame(*_parse_xy(a)) for a in at], dtype=float)  # full frame -> measured plane

@@ -9,14 +9,14 @@ from typing import List, Optional
 import typer
 
 from psfkit.cli._app import app, fail
-from psfkit.cli._options import (binning_option, channel_option, focal_length_option, hdu_option, is_per_channel,
-                       load_from_options, pixel_size_option, scale_option, user_optics)
+from psfkit.cli._options import ImageOptions, image_options, is_per_channel
 
 
 @app.command("find")
+@image_options(per_channel=True)
 def find_command(
     image: Path = typer.Argument(..., help="Image file."),
-    output: Optional[List[Path]] = typer.Option(None, "-o", "--output",
+    output: Optional[List[Path]] = typer.Option(None, "-o", "--output", metavar="<path>",
                                                 help="Star list: .csv .ecsv .fits .lst .reg (repeat for several)."),
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="PNG with an ellipse on every star."),
     fwhm_map: Optional[Path] = typer.Option(None, "--fwhm-map", help="PNG map of FWHM and roundness across the frame."),
@@ -27,12 +27,7 @@ def find_command(
     keep_rejected: bool = typer.Option(False, "--keep-rejected", help="Also list the rejected candidates, with reasons."),
     deblend: bool = typer.Option(False, "--deblend", help="Crowded fields: refit stars with their neighbours "
                                  "subtracted and find companions hidden in brighter stars' light (slower)."),
-    hdu: Optional[str] = hdu_option(),
-    channel: Optional[str] = channel_option(),
-    focal_length: Optional[float] = focal_length_option(),
-    pixel_size: Optional[float] = pixel_size_option(),
-    binning: Optional[float] = binning_option(),
-    scale: Optional[float] = scale_option(),
+    opts: Optional[ImageOptions] = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
     gain: Optional[float] = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
     read_noise: Optional[float] = typer.Option(None, "--read-noise", help="e- (default: header)."),
     min_roundness: Optional[float] = typer.Option(0.3, "--min-roundness", help="Reject stars whose roundness (FWHMy / FWHMx) is below this; 0 turns the test off."),
@@ -50,7 +45,7 @@ def find_command(
     if model not in ("gaussian", "moffat"):  # the frame's own PSF measures what the Gaussian found
         if model != "frame" and not Path(model).is_file():
             raise fail(f"--model must be gaussian, moffat, frame or a PSF file, not {model!r}")
-        if is_per_channel(channel):
+        if is_per_channel(opts.channel):
             raise fail("--model frame or a PSF file measures one plane at a time: choose --channel")
         photometry_psf, model = model, "gaussian"
     if threshold <= 0:
@@ -61,17 +56,15 @@ def find_command(
                 raise fail(f"{p}: the suffix must be one of {', '.join(kinds)}")
             if not p.parent.exists():
                 raise fail(f"{p.parent}: no such folder")
-    optics = user_optics(focal_length, pixel_size, binning, scale)
+    channel = opts.channel
     find_options = dict(threshold=threshold, model=model, angle=angle, keep_rejected=True, deblend=deblend, gain=gain,
                         read_noise=read_noise, progress=True, min_roundness=min_roundness if min_roundness else None)
     if is_per_channel(channel):  # one table, a 'channel' column, every plane measured
-        table = find_stars_by_channel(image, channels=channel, hdu=hdu, **optics, **find_options)
-        img = load_from_options(image, hdu=hdu, focal_length=focal_length, pixel_size=pixel_size, binning=binning,
-                                scale=scale)
+        table = find_stars_by_channel(image, channels=channel, hdu=opts.hdu, **opts.optics(), **find_options)
+        img = opts.load(image, channel=None)
         summaries = {name: c["summary"] for name, c in table.meta["channels"].items()}
     else:
-        img = load_from_options(image, hdu=hdu, channel=channel, focal_length=focal_length, pixel_size=pixel_size,
-                                binning=binning, scale=scale)
+        img = opts.load(image)
         found = find_stars(img, **find_options)
         if photometry_psf is not None:
             from psfkit.psf.empirical import measure_with_frame_psf

@@ -11,8 +11,7 @@ from typing import Optional
 import typer
 
 from psfkit.cli._app import app, fail
-from psfkit.cli._options import (binning_option, channel_option, focal_length_option, hdu_option, load_from_options,
-                       pixel_size_option, scale_option)
+from psfkit.cli._options import ImageOptions, image_options
 from psfkit.errors import PsfkitError
 
 
@@ -29,6 +28,7 @@ def _parse_xy(text: str, option: str = "--at", what: str = "0-based pixels") -> 
 
 
 @app.command("fit")
+@image_options()
 def fit_command(
     image: Path = typer.Argument(..., help="Image file (FITS, XISF, TIFF, PNG, JPEG, camera RAW)."),
     at: Optional[str] = typer.Option(None, "--at", help="X,Y: 0-based pixel position near the star; default: the brightest source."),
@@ -40,12 +40,7 @@ def fit_command(
     gain: Optional[float] = typer.Option(None, "--gain", help="e-/ADU (default: GAIN/EGAIN from the header)."),
     read_noise: Optional[float] = typer.Option(None, "--read-noise", help="Read noise in e- (default: RDNOISE)."),
     zero_point: float = typer.Option(0.0, "--zero-point", help="Magnitude zero point."),
-    hdu: Optional[str] = hdu_option(),
-    channel: Optional[str] = channel_option(per_channel=False),
-    focal_length: Optional[float] = focal_length_option(),
-    pixel_size: Optional[float] = pixel_size_option(),
-    binning: Optional[float] = binning_option(),
-    scale: Optional[float] = scale_option(),
+    opts: Optional[ImageOptions] = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the star table's column names."),
 ) -> None:
     """Fit the PSF of one star and print the result (copyable), or JSON."""
@@ -60,8 +55,7 @@ def fit_command(
         raise fail(f"--box must be at least 3 px, got {box}")
     if beta is not None and str(model).lower() not in ("moffat", "lorentzian"):
         raise fail(f"--beta fixes the Moffat's beta; add --model moffat (the model is {model})")
-    img = load_from_options(image, hdu=hdu, channel=channel, focal_length=focal_length, pixel_size=pixel_size,
-                            binning=binning, scale=scale)
+    img = opts.load(image)
     x = y = None
     if at is not None:
         x, y = (float(v) for v in img.from_frame(*_parse_xy(at)))  # full-frame X,Y -> the measured plane

@@ -9,26 +9,20 @@ from typing import Optional
 import typer
 
 from psfkit.cli._app import app
-from psfkit.cli._options import (binning_option, channel_option, focal_length_option, hdu_option, load_from_options,
-                       pixel_size_option, scale_option)
+from psfkit.cli._options import ImageOptions, image_options
 
 
 @app.command("info")
+@image_options()
 def info_command(
     image: Path = typer.Argument(..., help="Image file (FITS, XISF, TIFF, PNG, JPEG, camera RAW)."),
-    hdu: Optional[str] = hdu_option(),
-    channel: Optional[str] = channel_option(per_channel=False),
-    focal_length: Optional[float] = focal_length_option(),
-    pixel_size: Optional[float] = pixel_size_option(),
-    binning: Optional[float] = binning_option(),
-    scale: Optional[float] = scale_option(),
+    opts: Optional[ImageOptions] = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Print shape, type, image scale and its rule, gain, read noise, saturation, exposure, date, row order, WCS, Bayer pattern."""
     from psfkit.io.image import describe_image
 
-    img = load_from_options(image, hdu=hdu, channel=channel, focal_length=focal_length, pixel_size=pixel_size,
-                            binning=binning, scale=scale)
+    img = opts.load(image)
     info = describe_image(img)
     if as_json:
         typer.echo(json.dumps(info))

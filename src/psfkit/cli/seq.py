@@ -8,8 +8,7 @@ from typing import List, Optional
 import typer
 
 from psfkit.cli._app import app, fail
-from psfkit.cli._options import (binning_option, channel_option, focal_length_option, hdu_option, is_per_channel,
-                       pixel_size_option, scale_option, user_optics)
+from psfkit.cli._options import ImageOptions, image_options, is_per_channel
 from psfkit.cli.fit import _parse_xy as parse_xy
 from psfkit.errors import PsfkitError
 
@@ -19,6 +18,7 @@ def _parse_xy(text: str, option: str) -> tuple[float, float]:
 
 
 @app.command("seq")
+@image_options()
 def seq_command(
     inputs: List[str] = typer.Argument(..., help="Frames: files, glob patterns or a folder (time order from DATE-OBS, else by name)."),
     outdir: Path = typer.Option(..., "-o", "--outdir", help="Output folder (complete frames already there are skipped)."),
@@ -37,12 +37,7 @@ def seq_command(
     background_sigma: float = typer.Option(5.0, "--max-background-sigma", help="Reject frames whose background is this many robust sigmas from the night's median."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Do not write the PNG plots."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    hdu: Optional[str] = hdu_option(),
-    channel: Optional[str] = channel_option(per_channel=False),
-    focal_length: Optional[float] = focal_length_option(),
-    pixel_size: Optional[float] = pixel_size_option(),
-    binning: Optional[float] = binning_option(),
-    scale: Optional[float] = scale_option(),
+    opts: Optional[ImageOptions] = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
 ) -> None:
     """Measure every frame of a sequence: star lists, a summary, frame rejection, light curves."""
     from rich.console import Console
@@ -66,9 +61,10 @@ def seq_command(
             speed = task.finished_speed or task.speed
             return Text(f"{speed:.2f} frames/s" if speed else "-- frames/s")
 
-    if is_per_channel(channel):
-        raise fail(f"--channel {channel}: a sequence measures one plane per frame; choose one (R, G, B, luminance ...)")
-    load_options = dict(hdu=hdu, channel=channel, **user_optics(focal_length, pixel_size, binning, scale))
+    if is_per_channel(opts.channel):
+        raise fail(f"--channel {opts.channel}: a sequence measures one plane per frame; choose one (R, G, B, "
+                   "luminance ...)")
+    load_options = dict(hdu=opts.hdu, channel=opts.channel, **opts.optics())
     list_frames(inputs)  # bad inputs fail here, before the progress bar appears
     console = Console(stderr=True)
     columns = [TextColumn("frames"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn()]

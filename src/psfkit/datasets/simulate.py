@@ -14,7 +14,7 @@ import math
 import numpy as np
 from astropy.table import Table
 
-from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF, MoffatPSF
+from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF, MoffatPSF, get_model
 
 __all__ = ["render_stars", "add_noise", "simulate_field", "simulate_stamps", "star_params"]
 
@@ -22,23 +22,16 @@ __all__ = ["render_stars", "add_noise", "simulate_field", "simulate_stamps", "st
 def star_params(
     model: str, x0, y0, flux, fwhm_x, fwhm_y, angle_deg, beta=None, background=0.0
 ) -> np.ndarray:
-    """Model parameter rows (N, n_params) from physical quantities (flux = total flux)."""
-    x0, y0, flux, fwhm_x, fwhm_y, angle_deg = np.broadcast_arrays(
-        *(np.atleast_1d(np.asarray(v, dtype=float)) for v in (x0, y0, flux, fwhm_x, fwhm_y, angle_deg))
-    )
-    n = x0.size
-    bkg = np.broadcast_to(np.asarray(background, dtype=float), (n,))
-    if model == "gaussian":
-        sx, sy = fwhm_x / FWHM_PER_SIGMA, fwhm_y / FWHM_PER_SIGMA
-        amp = flux / (2 * np.pi * sx * sy)
-        return np.stack([bkg, amp, x0, y0, sx, sy, np.radians(angle_deg)], axis=1)
-    if model == "moffat":
-        b = np.broadcast_to(np.asarray(beta, dtype=float), (n,))
-        ax = MoffatPSF.widths_from_fwhm(fwhm_x, b)
-        ay = MoffatPSF.widths_from_fwhm(fwhm_y, b)
-        amp = flux * (b - 1) / (np.pi * ax * ay)
-        return np.stack([bkg, amp, x0, y0, ax, ay, np.radians(angle_deg), b], axis=1)
-    raise ValueError(f"unknown model {model!r}")
+    """Model parameter rows (N, n_params) from physical quantities (flux = the model's flux, the total
+    for the Gaussian and the Moffat): :meth:`psfkit.psf.models.PSFModel.params_from_shape` of the named model.
+
+    Examples
+    --------
+    >>> star_params("gaussian", 10.0, 12.0, 1000.0, 3.0, 3.0, 0.0).shape
+    (1, 7)
+    """
+    return get_model(model).params_from_shape(x0, y0, fwhm_x, fwhm_y, angle_deg, flux=flux, beta=beta,
+                                              background=background)
 
 
 def _model(name: str):

@@ -20,6 +20,7 @@ from scipy import ndimage
 
 from psfkit.detect._kernels import spline_rows
 from psfkit.errors import PsfkitError
+from psfkit.utils import robust_sigma
 
 __all__ = ["Background", "estimate_background"]
 
@@ -171,7 +172,7 @@ def _filter_cells(mode: np.ndarray) -> np.ndarray:
         coef, *_ = np.linalg.lstsq(design[use], values[use], rcond=None)
         surface = design @ coef
         resid = values - surface
-        mad = 1.4826 * np.median(np.abs(resid[use] - np.median(resid[use])))
+        mad = robust_sigma(resid[use])
         use = np.abs(resid) <= 3.0 * max(mad, 1e-12)
     surface = surface.reshape(gy, gx)
     return surface + ndimage.median_filter(mode - surface, size=3, mode="nearest")
@@ -228,7 +229,7 @@ def estimate_background(data: np.ndarray, *, mesh: int | None = None, mask: np.n
     noise = float("nan")
     if resid.size:
         med = float(np.median(resid))
-        noise = 1.4826 * float(np.median(np.abs(resid - med)))
+        noise = robust_sigma(resid)
         clipped = resid[np.abs(resid - med) <= 3.0 * noise] if noise > 0 else resid
         if clipped.size > 10:
             q25, q75 = np.percentile(clipped, [25, 75])

@@ -21,6 +21,8 @@ from psfkit.detect._kernels import gaussian_smooth
 from psfkit.detect.background import Background, estimate_background
 from psfkit.io.image import Image, as_image
 from psfkit.psf.fit import fit_stars
+from psfkit.psf.models import FWHM_PER_SIGMA
+from psfkit.utils import robust_sigma
 
 __all__ = ["Background", "estimate_background", "find_candidates", "find_stars", "RejectionCriteria"]
 
@@ -107,8 +109,7 @@ def find_candidates(
     smooth = gaussian_smooth(arr, smoothing, truncate=3.0, out=arr)
     # noise of the smoothed frame, measured on a regular subsample
     sample = smooth[:: max(1, smooth.shape[0] // 256), :: max(1, smooth.shape[1] // 256)]
-    med = float(np.median(sample))
-    sig_s = 1.4826 * float(np.median(np.abs(sample - med)))
+    sig_s = robust_sigma(sample)
     if sig_s <= 0:
         sig_s = background.noise / (2 * math.sqrt(math.pi) * smoothing)
     level = threshold * sig_s
@@ -349,7 +350,7 @@ def find_stars(
                                 min_separation=min_separation if min_separation else 2.0)
         return (found[:max_candidates] if max_candidates is not None else found), len(found)
 
-    smoothing = 1.0 if fwhm is None else max(0.7, fwhm / 2.3548)
+    smoothing = 1.0 if fwhm is None else max(0.7, fwhm / FWHM_PER_SIGMA)
     cands, n_cand_all = candidates(smoothing)
     settings = dict(threshold=threshold, model=model, beta=beta, angle=angle, box=box, fwhm=fwhm,
                     min_separation=min_separation, mask_neighbours=mask_neighbours, deblend=deblend,
@@ -375,7 +376,7 @@ def find_stars(
             # wide stars: detect again with the filter matched to them (sigma FWHM / 2.355); the
             # 1 px filter also picks the grain of the sky and the structure of bloated disks, which
             # would all be fitted (the 1910 M44 plate: 2,594 candidates -> ~700)
-            smoothing = fwhm_est / 2.3548
+            smoothing = fwhm_est / FWHM_PER_SIGMA
             cands, n_cand_all = candidates(smoothing)
     else:
         fwhm_est = float(fwhm)
@@ -460,7 +461,7 @@ def _deblend(img, bkg, table, reasons, *, fwhm_est, smoothing, threshold, noise,
     from psfkit.detect.deblend import deblend_stars
 
     acc = np.flatnonzero(reasons == "")
-    s2 = (fwhm_est / 2.3548) ** 2
+    s2 = (fwhm_est / FWHM_PER_SIGMA) ** 2
 
     def fit(x, y, neighbours, light):
         masker = None

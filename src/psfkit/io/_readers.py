@@ -21,15 +21,10 @@ from typing import Any
 import numpy as np
 
 from psfkit.errors import PsfkitError
+from psfkit.io.formats import FITS_SUFFIXES, RAW_SUFFIXES
 
 __all__ = ["Frame", "read_frame", "detect_format", "RAW_SUFFIXES"]
 
-RAW_SUFFIXES = (
-    ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".orf", ".rw2", ".raf",
-    ".pef", ".srw", ".3fr", ".iiq", ".erf", ".mef", ".mos", ".kdc", ".dcr", ".raw", ".rwl", ".x3f",
-)
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fz")
-TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 @dataclass
@@ -69,7 +64,7 @@ def detect_format(path: Path) -> str:
     if head.startswith(b"SIMPLE  ="):
         return "fits"
     if head.startswith(b"\x1f\x8b"):
-        if any(name.endswith(s + ".gz") for s in FITS_SUFFIXES):
+        if name.endswith(tuple(s for s in FITS_SUFFIXES if s.endswith(".gz"))):
             return "fits"
         raise PsfkitError(f"{path}: a gzip file that is not a gzipped FITS (.fits.gz, .fit.gz, .fts.gz)")
     if head.startswith(b"XISF0100"):

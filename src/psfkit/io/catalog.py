@@ -24,6 +24,7 @@ from astropy.table import Table
 
 from psfkit import flags as F
 from psfkit.errors import PsfkitError
+from psfkit.utils import robust_sigma
 
 __all__ = ["average", "write_star_list", "read_star_list", "STAR_LIST_FORMATS"]
 
@@ -78,7 +79,7 @@ def average(table: Table) -> dict[str, Any]:
             mean = float(np.mean(x))
             wmean = float(np.sum(w * x) / w.sum()) if w.sum() > 0 else mean
             med = float(np.median(x))
-        mad = float(1.4826 * np.median(np.abs(x - med)))
+        mad = robust_sigma(x)
         out[name] = {"mean": mean, "median": med, "std_robust": mad, "snr_weighted_mean": wmean, "n": int(sel.sum())}
     return out
 

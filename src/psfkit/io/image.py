@@ -38,11 +38,6 @@ __all__ = [
     "frame_to_plane",
 ]
 
-#: Names of FITS files (used to list the frames of a folder).
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fit.fz", ".fz")
-#: Names of every image file load_image reads (FITS, XISF, TIFF, PNG, JPEG, camera RAW).
-IMAGE_SUFFIXES = FITS_SUFFIXES + (".xisf", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".cr2", ".cr3", ".nef",
-                                  ".arw", ".dng", ".orf", ".rw2", ".raf", ".pef", ".srw")
 
 ARCSEC_PER_RADIAN_OVER_1000 = 206.264806  # arcsec/px = this * pixel size [um] / focal length [mm]
 

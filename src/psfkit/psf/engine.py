@@ -35,6 +35,7 @@ import numpy as np
 
 from psfkit import flags as F
 from psfkit.psf.models import PSFModel
+from psfkit.utils import robust_sigma
 
 __all__ = ["StampFit", "fit_stamps", "NoiseModel"]
 
@@ -556,8 +557,7 @@ def _border_variance(stamps: np.ndarray) -> np.ndarray:
     border = np.concatenate([stamps[:, 0, :], stamps[:, -1, :], stamps[:, 1:-1, 0], stamps[:, 1:-1, -1]], axis=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        med = np.nanmedian(border, axis=1)
-        mad = np.nanmedian(np.abs(border - med[:, None]), axis=1) * 1.4826
+        mad = robust_sigma(border, axis=1, ignore_nan=True)
         fallback = np.nanstd(stamps.reshape(len(stamps), -1), axis=1)
     var = np.where(np.isfinite(mad) & (mad > 0), mad, fallback) ** 2
     return np.where(np.isfinite(var) & (var > 0), var, 1.0)

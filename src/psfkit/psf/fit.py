@@ -342,13 +342,16 @@ def fit_stars(
     cols["x_init"] = xs
     cols["y_init"] = ys
     cols["id"] = np.arange(1, n + 1)
+    radec_note = None
     if img.wcs is not None:
         try:
             ra, dec = img.wcs.celestial.all_pix2world(cols["x_fit"], cols["y_fit"], 0)  # SIP included
             cols["ra"], cols["dec"] = ra, dec
-        except Exception:
-            pass
+        except Exception as exc:  # a header's WCS that astropy cannot invert: the pixels still count
+            radec_note = f"no ra/dec columns: the header's WCS could not convert pixel positions ({_short(exc)})"
     table = Table({k: cols[k] for k in COLUMN_ORDER if k in cols})
+    if radec_note:
+        table.meta["radec_note"] = radec_note
     _set_units(table)
     table.meta.update(
         {
@@ -456,6 +459,17 @@ class StarFit:
         return star_report(self, normalised=normalised)
 
 
+#: the keywords :func:`fit_star` passes on to :func:`fit_stars`
+FIT_STAR_OPTIONS = ("beta", "angle", "sampling", "gain", "read_noise", "error", "mask", "saturation", "zero_point",
+                    "oversampling", "max_iter")
+
+
+def _short(exc: BaseException) -> str:
+    """An exception in one short line: its class and the first line of its message."""
+    first = (str(exc).strip().splitlines() or [""])[0][:120]
+    return f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__
+
+
 def fit_star(
     image: Image | np.ndarray | str,
     x: float | None = None,
@@ -484,12 +498,21 @@ def fit_star(
     **kwargs
         Passed to :func:`fit_stars` (``beta``, ``angle``, ``gain``,
         ``read_noise``, ``error``, ``mask``, ``saturation``, ``zero_point``,
-        ``sampling``, ``oversampling``).
+        ``sampling``, ``oversampling``, ``max_iter``); any other keyword is a
+        :class:`~psfkit.errors.PsfkitError` naming it.
 
     Returns
     -------
     StarFit
     """
+    unknown = sorted(set(kwargs) - set(FIT_STAR_OPTIONS))
+    if unknown:
+        import difflib
+
+        hints = [f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, FIT_STAR_OPTIONS, 1)) else ""
+                 for k in unknown]
+        raise PsfkitError("fit_star got an unknown keyword: " + ", ".join(f"{k!r}{h}" for k, h in zip(unknown, hints))
+                          + f"; it takes box, model, search_radius, {', '.join(FIT_STAR_OPTIONS)}")
     img = as_image(image)
     if search_radius is None or not np.isfinite(search_radius) or search_radius < 0:
         raise PsfkitError(f"the search radius must be a number >= 0, got {search_radius}")
@@ -543,7 +566,7 @@ def _other_sources_mask(data: np.ndarray, x: float, y: float, *, radius: int = 4
     if 0 < ty < smooth.shape[0] - 1 and 0 < tx < smooth.shape[1] - 1:
         d2 = 0.5 * (smooth[ty, tx - 1] + smooth[ty, tx + 1] + smooth[ty - 1, tx] + smooth[ty + 1, tx]) - 2 * smooth[ty, tx]
         if d2 < 0:
-            fw = min(fw, 2.3548 * math.sqrt(max((smooth[ty, tx] - level) / -d2 - 1.0, 0.25)))
+            fw = min(fw, FWHM_PER_SIGMA * math.sqrt(max((smooth[ty, tx] - level) / -d2 - 1.0, 0.25)))
     peaks = (smooth >= ndimage.maximum_filter(smooth, size=3, mode="nearest")) & (smooth - level > 5.0 * noise)
     others = []
     for my, mx in zip(*np.nonzero(peaks)):
@@ -556,7 +579,7 @@ def _other_sources_mask(data: np.ndarray, x: float, y: float, *, radius: int = 4
     if not others:
         return None
     amp_star = max(float(smooth[ty, tx]) - level, noise)
-    two_s2 = 2.0 * (fw / 2.3548) ** 2
+    two_s2 = 2.0 * (fw / FWHM_PER_SIGMA) ** 2
 
     def mask(origin: np.ndarray, box: int) -> np.ndarray:
         out = np.zeros((len(origin), box, box), dtype=bool)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import special
@@ -228,6 +229,40 @@ class PSFModel:
         """Peak value above the background of the continuous profile."""
         return params[:, 1]
 
+    def params_from_shape(
+        self, x0: Any, y0: Any, fwhm_x: Any = None, fwhm_y: Any = None, angle_deg: Any = 0.0, *,
+        flux: Any = None, amplitude: Any = None, beta: Any = None, background: Any = 0.0,
+    ) -> np.ndarray:
+        """Parameter rows (N, n_params) from physical quantities: the one conversion every caller uses.
+
+        Parameters
+        ----------
+        x0, y0 : float or array (N,)
+            Centre in the stamp's pixels.
+        fwhm_x, fwhm_y : float or array, optional
+            FWHM (px) along the model's own axes (ignored by models without a shape parameter).
+        angle_deg : float or array
+            Angle of the x' axis, degrees counter-clockwise from +x.
+        flux : float or array, optional
+            The model's ``flux`` (see :meth:`flux_and_gradient`): the amplitude follows from it.
+        amplitude : float or array, optional
+            The amplitude itself, instead of ``flux``.
+        beta : float or array, optional
+            The Moffat's beta (default: the model's fixed beta).
+        background : float or array
+
+        Returns
+        -------
+        ndarray (N, n_params)
+
+        Examples
+        --------
+        >>> p = GaussianPSF().params_from_shape(10.0, 12.0, 3.0, 3.0, flux=1000.0)
+        >>> round(float(GaussianPSF().flux_and_gradient(p)[0][0]), 6)
+        1000.0
+        """
+        raise NotImplementedError
+
 
 class _EllipticalModel(PSFModel):
     """Shared geometry of the elliptical analytic models (Gaussian, Moffat)."""
@@ -248,6 +283,29 @@ class _EllipticalModel(PSFModel):
         free = np.ones(self.n_params, dtype=bool)
         free[self.i_angle] = self.angle
         return free
+
+    def params_from_shape(self, x0, y0, fwhm_x=None, fwhm_y=None, angle_deg=0.0, *, flux=None, amplitude=None,
+                          beta=None, background=0.0):
+        if (flux is None) == (amplitude is None):
+            raise ValueError("give the flux or the amplitude (one of them)")
+        level = flux if amplitude is None else amplitude
+        x0, y0, level, fx, fy, ang, bkg = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=float)) for v in (
+            x0, y0, level, fwhm_x, fwhm_y, angle_deg, background)))
+        p = np.zeros((x0.size, self.n_params))
+        p[:, 0], p[:, 2], p[:, 3], p[:, self.i_angle] = bkg, x0, y0, np.radians(ang)
+        if self.n_params > 7:  # Moffat, Lorentzian
+            b = getattr(self, "fixed_beta", None) if beta is None else beta
+            p[:, 7] = np.broadcast_to(np.asarray(b, dtype=float), (x0.size,))
+        p[:, self.i_width_x] = self.widths_from_fwhm(fx, p[:, -1])
+        p[:, self.i_width_y] = self.widths_from_fwhm(fy, p[:, -1])
+        p[:, 1] = level if flux is None else self._amplitude_for_flux(p, level)
+        return p
+
+    def _amplitude_for_flux(self, params: np.ndarray, flux: np.ndarray) -> np.ndarray:
+        """The amplitude that gives these shape parameters the model's ``flux``."""
+        unit = params.copy()
+        unit[:, 1] = 1.0
+        return flux / self.flux_and_gradient(unit)[0]
 
     @staticmethod
     def _rotated(params, xs, ys):
@@ -473,6 +531,9 @@ class GaussianPSF(_EllipticalModel):
     def widths_from_fwhm(fwhm: np.ndarray, beta: np.ndarray | None = None) -> np.ndarray:
         return np.asarray(fwhm, dtype=float) / FWHM_PER_SIGMA
 
+    def _amplitude_for_flux(self, params, flux):
+        return flux / (2 * np.pi * params[:, 4] * params[:, 5])
+
 
 class MoffatPSF(_EllipticalModel):
     """Elliptical, rotated Moffat profile on a constant background.
@@ -576,6 +637,11 @@ class MoffatPSF(_EllipticalModel):
     @classmethod
     def widths_from_fwhm(cls, fwhm: np.ndarray, beta: np.ndarray) -> np.ndarray:
         return np.asarray(fwhm, dtype=float) / cls._fwhm_factor(np.asarray(beta, dtype=float))[0]
+
+    def _amplitude_for_flux(self, params, flux):
+        if self.name != "moffat":  # the Lorentzian: its own flux definition
+            return super()._amplitude_for_flux(params, flux)
+        return flux * (params[:, 7] - 1) / (np.pi * params[:, 4] * params[:, 5])
 
 
 @dataclass(frozen=True)
@@ -714,6 +780,14 @@ class ImagePSF(PSFModel):
 
     def peak(self, params):
         return params[:, 1] * self._peak
+
+    def params_from_shape(self, x0, y0, fwhm_x=None, fwhm_y=None, angle_deg=0.0, *, flux=None, amplitude=None,
+                          beta=None, background=0.0):
+        # the image PSF's only shape is its array; its amplitude is its flux (unit sum)
+        level = flux if amplitude is None else amplitude
+        x0, y0, level, bkg = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=float)) for v in (
+            x0, y0, level, background)))
+        return np.stack([bkg, level, x0, y0], axis=1)
 
 
 def get_model(name: str | PSFModel, *, angle: bool = True, beta: float | None = None, sampling: str = "integrated") -> PSFModel:

@@ -15,22 +15,13 @@ __all__ = ["model_params", "render_fit", "render_stars_frame"]
 def model_params(model: Any, table: Any, origin: np.ndarray) -> np.ndarray:
     """Model parameter rows (N, n_params) of a star table's fits, in the pixels of boxes whose
     first pixel is at ``origin`` (N, 2: x, y); the inverse of :func:`psfkit.psf.measure.measure`."""
-    x = np.asarray(table["x_fit"], dtype=float)
-    n = len(x)
-    p = np.zeros((n, model.n_params))
-    p[:, 0] = np.asarray(table["background"], dtype=float)
-    p[:, model.i_x0] = x - origin[:, 0]
-    p[:, model.i_y0] = np.asarray(table["y_fit"], dtype=float) - origin[:, 1]
+    col = lambda name: np.asarray(table[name], dtype=float)  # noqa: E731
+    x0, y0 = col("x_fit") - origin[:, 0], col("y_fit") - origin[:, 1]
     if model.name == "image":
-        p[:, 1] = np.asarray(table["flux_fit"], dtype=float)
-        return p
-    p[:, 1] = np.asarray(table["amplitude"], dtype=float)
-    if model.param_names[-1] == "beta":  # Moffat, Lorentzian (beta fixed at 1)
-        p[:, 7] = np.asarray(table["beta"], dtype=float)
-    p[:, 4] = model.widths_from_fwhm(np.asarray(table["fwhm_x"], dtype=float), p[:, -1])
-    p[:, 5] = model.widths_from_fwhm(np.asarray(table["fwhm_y"], dtype=float), p[:, -1])
-    p[:, 6] = np.radians(np.asarray(table["angle"], dtype=float))
-    return p
+        return model.params_from_shape(x0, y0, flux=col("flux_fit"), background=col("background"))
+    return model.params_from_shape(
+        x0, y0, col("fwhm_x"), col("fwhm_y"), col("angle"), amplitude=col("amplitude"),
+        beta=col("beta") if model.param_names[-1] == "beta" else None, background=col("background"))
 
 
 def render_fit(fit: Any, *, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from psfkit.psf.models import FWHM_PER_SIGMA, ImagePSF, MoffatPSF, PSFModel
+from psfkit.utils import robust_sigma
 
 __all__ = [
     "cut_stamps",
@@ -85,9 +86,8 @@ def _clean_smooth(patch: np.ndarray, sigma: float = 1.0) -> np.ndarray:
 
 
 def level_and_noise(smooth: np.ndarray) -> tuple[float, float]:
-    """Median and robust sigma (1.4826 MAD) of a smoothed patch."""
-    level = float(np.median(smooth))
-    return level, 1.4826 * float(np.median(np.abs(smooth - level)))
+    """Median and robust sigma (1.4826 MAD, :func:`psfkit.utils.robust_sigma`) of a smoothed patch."""
+    return float(np.median(smooth)), robust_sigma(smooth)
 
 
 def dip_between(smooth: np.ndarray, a: tuple[int, int], b: tuple[int, int]) -> float:

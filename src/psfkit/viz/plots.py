@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from psfkit.psf.models import FWHM_PER_SIGMA
+
 __all__ = ["auto_stretch", "plot_overlay", "plot_fwhm_map"]
 
 
@@ -44,7 +46,7 @@ def _ring_scale(table: Table) -> np.ndarray:
     if noise and "amplitude" in table.colnames:
         amp = np.nan_to_num(np.asarray(table["amplitude"], dtype=float), nan=0.0)
         ratio = np.maximum(amp / (2.0 * float(noise)), 1.0)
-        r_visible = 1.3 * fx / 2.3548 * np.sqrt(2.0 * np.log(ratio)) + 3.0  # 1.3: real wings
+        r_visible = 1.3 * fx / FWHM_PER_SIGMA * np.sqrt(2.0 * np.log(ratio)) + 3.0  # 1.3: real wings
         diameter = np.maximum(diameter, 2.0 * r_visible)
     return np.minimum(diameter, 60.0) / fx
 

@@ -17,14 +17,14 @@ from typing import Callable
 
 from fastapi import HTTPException
 
+from psfkit.io.formats import IMAGE_SUFFIXES, is_image_name
+
 __all__ = ["resolve_in_root", "export_target", "free_name", "write_new", "list_images", "ExportExists",
            "IMAGE_SUFFIXES", "EXPORT_FORMATS", "DEFAULT_EXPORT_FOLDER"]
 
 #: The export folder when none is given: a folder of its own inside the root, apart from the images.
 DEFAULT_EXPORT_FOLDER = "psfkit-exports"
 
-IMAGE_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fit.fz", ".fz",
-                  ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".xisf")
 EXPORT_FORMATS = {"lst": ".lst", "csv": ".csv", "ecsv": ".ecsv", "reg": ".reg", "fits": ".fits"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ +-]{0,150}$")
 
@@ -136,7 +136,7 @@ def list_images(root: Path, *, max_files: int = 5000, max_depth: int = 4, skip: 
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and depth < max_depth
                              and (here / d) != skip_real)
         for fn in sorted(filenames):
-            if fn.startswith(".") or not fn.lower().endswith(IMAGE_SUFFIXES):
+            if fn.startswith(".") or not is_image_name(fn):
                 continue
             p = here / fn
             real = p.resolve()

@@ -22,6 +22,7 @@ import numpy as np
 
 from psfkit.errors import PsfkitError
 from psfkit.io.image import Image, load_image
+from psfkit.utils import robust_sigma
 
 __all__ = ["TILE", "ImageStore", "LoadedImage", "stretch_to_uint8", "auto_stretch_params", "STRETCH_MODES"]
 
@@ -174,10 +175,9 @@ def _robust_stats(data: np.ndarray) -> dict[str, float]:
     sample = flat[::step]
     sample = sample[np.isfinite(sample)]
     med = float(np.median(sample))
-    mad = float(np.median(np.abs(sample - med)))
     lo, p_hi, hi = (float(v) for v in np.percentile(sample, [0.0, 99.995, 100.0]))
     return {"min": float(np.nanmin(data)), "max": float(np.nanmax(data)), "median": med,
-            "sigma": 1.4826 * mad, "p_high": p_hi if p_hi > med else hi}
+            "sigma": robust_sigma(sample), "p_high": p_hi if p_hi > med else hi}
 
 
 class ImageStore:
