@@ -95,48 +95,41 @@ def robust_sigma(values: Any, *, axis: int | None = None, ignore_nan: bool = Fal
     return float(out) if axis is None else np.asarray(out)
 
 
-def thin_brighter_first(x: Any, y: Any, brightness: Any, radius: float) -> np.ndarray:
-    """Indices of the sources kept when, of any two closer than ``radius``, only the brighter stays.
+def thin_brighter_first(x: Any, y: Any, radius: float) -> np.ndarray:
+    """Which sources stay when, of any two within ``radius`` px, only the brighter does.
 
-    The sources are visited from the brightest down; each is kept unless a source kept before it
-    lies within ``radius`` px (a greedy non-maximum suppression).
+    The sources must come brightest first.  Each is kept unless a brighter source that is itself
+    kept lies within ``radius`` (a greedy non-maximum suppression: a source dropped by a brighter
+    one does not drop a third).
 
     Parameters
     ----------
     x, y : array-like (N,)
-        Positions (px).
-    brightness : array-like (N,)
-        Peak, flux or any measure where larger is brighter (NaN counts as faintest).
+        Positions (px), brightest first.
     radius : float
-        Separation (px) below which the fainter source goes.
+        Separation (px) at or below which the fainter source goes.
 
     Returns
     -------
-    ndarray of int
-        Indices of the kept sources, brightest first.
+    ndarray of bool (N,)
+        True for the sources kept.
 
     Examples
     --------
-    >>> thin_brighter_first([0.0, 1.0, 10.0], [0.0, 0.0, 0.0], [5.0, 9.0, 1.0], 2.0)
-    array([1, 2])
+    >>> thin_brighter_first([1.0, 0.0, 10.0, 2.0], [0.0, 0.0, 0.0, 0.0], 1.5)
+    array([ True, False,  True, False])
     """
     xs = np.asarray(x, dtype=float)
-    ys = np.asarray(y, dtype=float)
-    b = np.asarray(brightness, dtype=float)
-    order = np.argsort(-np.where(np.isfinite(b), b, -np.inf), kind="stable")
-    if xs.size == 0:
-        return order.astype(np.int64)
+    keep = np.ones(xs.size, dtype=bool)
+    if xs.size < 2:
+        return keep
     from scipy.spatial import cKDTree
 
-    tree = cKDTree(np.column_stack([xs, ys]))
-    removed = np.zeros(xs.size, dtype=bool)
-    kept = []
-    for i in order:
-        if removed[i]:
-            continue
-        kept.append(i)
-        removed[tree.query_ball_point((xs[i], ys[i]), r=radius)] = True
-    return np.asarray(kept, dtype=np.int64)
+    pairs = cKDTree(np.stack([xs, np.asarray(y, dtype=float)], axis=1)).query_pairs(radius)
+    for i, j in sorted(pairs):  # i < j: i is the brighter; by the time (i, j) comes, i's fate is settled
+        if keep[i]:
+            keep[j] = False
+    return keep
 
 
 def check_positive(value: Any, name: str, *, allow_none: bool = False) -> float | None:

@@ -48,6 +48,7 @@ from astropy.table import Table
 
 from psfkit.errors import PsfkitError
 from psfkit.io.image import Image, as_image
+from psfkit.psf.engine import NoiseModel
 from psfkit.psf.models import LorentzianPSF
 from psfkit.psf.fit import StarFit, fit_stars, resolve_model
 from psfkit.psf.stamps import auto_box, cut_stamps, estimate_fwhm, refine_peak
@@ -77,7 +78,7 @@ def _poisson_error(img: Image, fit: StarFit, gain: float, read_noise_e: float, b
     ok = inside[0] & np.isfinite(model_vals)
     rr, cc = np.meshgrid(rows, cols, indexing="ij")
     expected[rr[ok], cc[ok]] = np.clip(model_vals[ok], 0.0, None)
-    var = expected / gain + (read_noise_e / gain) ** 2
+    var = NoiseModel(gain=gain, read_noise=read_noise_e / gain).variance(expected)
     return np.sqrt(np.maximum(var, 1e-12))
 
 

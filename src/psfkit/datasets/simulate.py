@@ -14,6 +14,7 @@ import math
 import numpy as np
 from astropy.table import Table
 
+from psfkit.psf.engine import NoiseModel
 from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF, MoffatPSF, get_model
 
 __all__ = ["render_stars", "add_noise", "simulate_field", "simulate_stamps", "star_params"]
@@ -180,10 +181,11 @@ def simulate_field(
     sky = background * (1.0 + gradient * (xx / nx + 0.5 * yy / ny))
     expected = sky + stars
     img = add_noise(expected, gain=gain, read_noise=read_noise, rng=rng)
+    bg_var = float(NoiseModel(gain=gain, read_noise=read_noise / gain).variance(np.asarray(background)))
     artefacts = []
     for _ in range(hot_pixels):
         x, y = rng.integers(0, nx), rng.integers(0, ny)
-        img[y, x] += rng.uniform(20, 200) * math.sqrt(background / gain + (read_noise / gain) ** 2)
+        img[y, x] += rng.uniform(20, 200) * math.sqrt(bg_var)
         artefacts.append(("hot_pixel", int(x), int(y)))
     for _ in range(cosmic_rays):
         x, y = rng.integers(2, nx - 3), rng.integers(2, ny - 3)
@@ -201,7 +203,6 @@ def simulate_field(
             sat[i] = bool(over[max(cy - 1, 0) : cy + 2, max(cx - 1, 0) : cx + 2].any())
     mdl = _model(model)
     peak_pix = mdl.peak(p)  # continuous peak; close to the pixel peak for FWHM >~ 2
-    bg_var = background / gain + (read_noise / gain) ** 2
     # optimal SNR of a PSF fit (background-limited + photon noise), Gaussian approximation
     area = 4 * np.pi * (fx * fy) / (FWHM_PER_SIGMA**2)
     snr = flux / np.sqrt(flux / gain + area * bg_var)

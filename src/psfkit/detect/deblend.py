@@ -38,6 +38,7 @@ from psfkit.psf.engine import model_values
 from psfkit.psf.models import get_model
 from psfkit.psf.render import model_params, render_stars_frame
 from psfkit.psf.stamps import cut_stamps
+from psfkit.utils import thin_brighter_first
 
 __all__ = ["deblend_stars", "INNER_FWHM", "OUTER_FWHM", "MISFIT_FRACTION", "MAX_REDUCED_CHI2", "MERGED_REDUCED_CHI2",
            "UNWEIGHTED_CHI2_FACTOR"]
@@ -174,13 +175,7 @@ def _residual_peaks(data: np.ndarray, light: np.ndarray, level: np.ndarray, star
 def _dedupe(x: np.ndarray, y: np.ndarray, peak: np.ndarray, sep: float) -> np.ndarray:
     """Indices of the peaks kept when two lie within ``sep`` (a peak seen from two stars' patches)."""
     order = np.argsort(-peak, kind="stable")
-    if len(order) < 2:
-        return order
-    keep = np.ones(len(order), dtype=bool)
-    for i, j in sorted(cKDTree(np.stack([x[order], y[order]], axis=1)).query_pairs(sep)):
-        if keep[i]:
-            keep[j] = False
-    return order[keep]
+    return order[thin_brighter_first(x[order], y[order], sep)]
 
 
 def _refit_rows(table: Table, rows: np.ndarray, new: Table, light: np.ndarray, model: Any, box: int) -> None:

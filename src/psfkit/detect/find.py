@@ -22,7 +22,8 @@ from psfkit.detect.background import Background, estimate_background
 from psfkit.io.image import Image, as_image
 from psfkit.psf.fit import fit_stars
 from psfkit.psf.models import FWHM_PER_SIGMA
-from psfkit.utils import robust_sigma
+from psfkit.psf.stamps import fitting_box
+from psfkit.utils import robust_sigma, thin_brighter_first
 
 __all__ = ["Background", "estimate_background", "find_candidates", "find_stars", "RejectionCriteria"]
 
@@ -129,14 +130,7 @@ def find_candidates(
     order = np.argsort(-values, kind="stable")
     ys, xs, values = ys[order], xs[order], values[order]
     if min_separation and len(xs) > 1:
-        from scipy.spatial import cKDTree
-
-        tree = cKDTree(np.stack([xs, ys], axis=1))
-        keep = np.ones(len(xs), dtype=bool)
-        for i, j in sorted(tree.query_pairs(min_separation)):
-            # i < j: i is brighter (sorted), drop j if i is still kept
-            if keep[i]:
-                keep[j] = False
+        keep = thin_brighter_first(xs, ys, min_separation)
         xs, ys, values = xs[keep], ys[keep], values[keep]
     # sub-pixel refinement: parabola through neighbours
     ny, nx = smooth.shape
@@ -385,9 +379,7 @@ def find_stars(
         if sep > 2.0:
             cands = _thin(cands, sep)
     if box is None:
-        box = int(math.ceil(4.0 * fwhm_est))
-        box = min(max(box, 9), 101)
-        box += 1 - box % 2
+        box = fitting_box(fwhm_est, per_fwhm=4.0, minimum=9, maximum=101)
     xs = np.asarray(cands["x"], dtype=float)
     ys = np.asarray(cands["y"], dtype=float)
     peaks = np.asarray(cands["peak"], dtype=float)
@@ -413,14 +405,9 @@ def find_stars(
     order = np.argsort(-np.nan_to_num(table["flux_fit"], nan=-np.inf), kind="stable")
     accepted = reasons == ""
     if accepted.sum() > 1:
-        from scipy.spatial import cKDTree
-
         acc_idx = order[accepted[order]]
-        tree = cKDTree(np.stack([table["x_fit"][acc_idx], table["y_fit"][acc_idx]], axis=1))
-        for i, j in sorted(tree.query_pairs(0.5 * fwhm_est)):
-            a, b = acc_idx[i], acc_idx[j]
-            if reasons[a] == "" and reasons[b] == "":
-                reasons[b] = "duplicate"
+        keep = thin_brighter_first(table["x_fit"][acc_idx], table["y_fit"][acc_idx], 0.5 * fwhm_est)
+        reasons[acc_idx[~keep]] = "duplicate"
     table["accepted"] = reasons == ""
     table["reject_reason"] = reasons.astype(str)
     counts: dict[str, int] = {}
@@ -525,7 +512,7 @@ def _probe_fwhm(img: Image, cands: Table, **fit_kwargs: Any) -> float:
         ok = (t0["flags"] & (F.SATURATED | F.FIT_FAILED | F.NOT_CONVERGED)) == 0
         ok &= np.isfinite(t0["fwhm"]) & (t0["fwhm"] > 0.8)
         est = float(np.median(t0["fwhm"][ok])) if ok.sum() >= 3 else 3.0
-        wanted = min(101, int(math.ceil(4.0 * est)) | 1)
+        wanted = fitting_box(est, per_fwhm=4.0, minimum=1, maximum=101)
         if wanted <= box:
             break
         box = wanted
@@ -545,16 +532,11 @@ def _probe_beta(img: Image, cands: Table, *, box: int, **fit_kwargs: Any) -> flo
 
 
 def _thin(cands: Table, sep: float) -> Table:
-    from scipy.spatial import cKDTree
-
     # single-pixel outliers neither suppress a star nor are suppressed (both are fitted)
     smooth_idx = np.nonzero(~np.asarray(cands["sharp"], dtype=bool))[0] if "sharp" in cands.colnames \
         else np.arange(len(cands))
-    pts = np.stack([cands["x"][smooth_idx], cands["y"][smooth_idx]], axis=1)
     keep = np.ones(len(cands), dtype=bool)
-    for i, j in sorted(cKDTree(pts).query_pairs(sep)):
-        if keep[smooth_idx[i]]:
-            keep[smooth_idx[j]] = False
+    keep[smooth_idx] = thin_brighter_first(cands["x"][smooth_idx], cands["y"][smooth_idx], sep)
     return cands[keep]
 
 

@@ -119,17 +119,6 @@ class Image:
         """A copy of this image with other pixels (and optionally other metadata)."""
         return replace(self, data=data, **changes)
 
-    def variance(self, model_or_data: np.ndarray) -> np.ndarray | None:
-        """Per-pixel variance from gain and read noise, or None when the gain is unknown.
-
-        variance = signal / gain + (read_noise / gain)^2, in data units squared,
-        where ``signal`` is the expected counts above zero (clipped at zero).
-        """
-        if not self.gain or self.gain <= 0:
-            return None
-        rn = (self.read_noise or 0.0) / self.gain
-        return np.clip(model_or_data, 0.0, None) / self.gain + rn * rn
-
 
 def plane_to_frame(x: Any, y: Any, pixel_map: dict | None) -> tuple[np.ndarray, np.ndarray]:
     """Full-frame coordinates of positions on a plane: ``x_full = scale * x + x_offset`` (same for y).

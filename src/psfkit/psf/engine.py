@@ -44,6 +44,9 @@ __all__ = ["StampFit", "fit_stamps", "NoiseModel"]
 class NoiseModel:
     """Per-pixel variance ``max(model, 0) / gain + read_noise**2`` in data units squared.
 
+    The one place of the formula: the fit's weights, compare's common weights and the
+    simulator's noise levels use it (the compiled engine repeats it in its loop, for speed).
+
     Parameters
     ----------
     gain : float

@@ -25,11 +25,25 @@ __all__ = [
 ]
 
 
-def auto_box(fwhm: float) -> int:
-    """Odd box size covering about +-2.5 FWHM (at least 11 px, at most 151 px)."""
-    size = int(math.ceil(5.0 * max(float(fwhm), 1.0)))
-    size = min(max(size, 11), 151)
+def fitting_box(fwhm: float, *, per_fwhm: float = 5.0, minimum: int = 11, maximum: int = 151) -> int:
+    """The fitting-box rule: an odd size of ``per_fwhm`` FWHM (FWHM at least 1 px), within [minimum, maximum].
+
+    One star (:func:`auto_box`): 5 FWHM, 11 to 151 px; a whole frame's stars
+    (:func:`psfkit.find_stars`): 4 FWHM, 9 to 101 px, so that neighbours crowd the box less.
+
+    Examples
+    --------
+    >>> fitting_box(3.0), fitting_box(3.0, per_fwhm=4.0, minimum=9, maximum=101), fitting_box(50.0)
+    (15, 13, 151)
+    """
+    size = int(math.ceil(per_fwhm * max(float(fwhm), 1.0)))
+    size = min(max(size, minimum), maximum)
     return size + 1 - size % 2
+
+
+def auto_box(fwhm: float) -> int:
+    """Odd box size covering about +-2.5 FWHM (at least 11 px, at most 151 px): :func:`fitting_box`'s default."""
+    return fitting_box(fwhm)
 
 
 def saturation_mask(data: np.ndarray, saturation: float | None) -> np.ndarray:
