@@ -1,8 +1,9 @@
 """Small helpers shared by every room of psfkit (no science of its own).
 
 One place for what several modules need: a robust standard deviation (astropy's MAD-based
-estimate), JSON-ready values, brighter-first thinning of close neighbours, and checks of
-user input that raise :class:`~psfkit.errors.PsfkitError` with a one-line message.
+estimate), JSON-ready values, brighter-first thinning of close neighbours, the sub-pixel
+position of a peak, and checks of user input that raise :class:`~psfkit.errors.PsfkitError`
+with a one-line message.
 
 Examples
 --------
@@ -23,7 +24,7 @@ import numpy as np
 
 from psfkit.errors import PsfkitError
 
-__all__ = ["json_value", "robust_sigma", "thin_brighter_first", "check_positive"]
+__all__ = ["json_value", "robust_sigma", "thin_brighter_first", "subpixel_peak", "check_positive"]
 
 
 def json_value(value: Any) -> Any:
@@ -130,6 +131,54 @@ def thin_brighter_first(x: Any, y: Any, radius: float) -> np.ndarray:
         if keep[i]:
             keep[j] = False
     return keep
+
+
+def subpixel_peak(values: np.ndarray, rows: Any, cols: Any, *, edge: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel position of peaks: a parabola through the 3 values along each axis at each pixel.
+
+    The offset along an axis is ``(a - c) / (2 (a - 2 b + c))`` for the values ``a, b, c`` before,
+    at and after the peak, clamped to +-0.5 px; it is 0 where the curvature is not negative.  On
+    the array's first or last row/column there is no value beyond the peak: ``edge="none"`` gives
+    no offset there; ``edge="nearest"`` takes the peak's own value for the missing neighbour (the
+    offset then leans half a pixel towards the edge, as the star finder's candidates always have).
+
+    Parameters
+    ----------
+    values : ndarray (ny, nx)
+        A smoothed image.
+    rows, cols : array-like of int (N,)
+        The peak pixels.
+    edge : {"none", "nearest"}
+        The rule on the array's border (see above).
+
+    Returns
+    -------
+    x, y : ndarray (N,)
+        Refined column and row positions.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> yy, xx = np.mgrid[0:9, 0:9]
+    >>> img = np.exp(-((xx - 4.3) ** 2 + (yy - 3.8) ** 2) / 4.0)
+    >>> x, y = subpixel_peak(img, [4], [4])
+    >>> round(float(x[0]), 2), round(float(y[0]), 2)
+    (4.28, 3.82)
+    """
+    iy = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+    ix = np.atleast_1d(np.asarray(cols, dtype=np.int64))
+    ny, nx = values.shape
+    offsets = []
+    for idx, size, step in ((ix, nx, (0, 1)), (iy, ny, (1, 0))):
+        inner = (idx > 0) & (idx < size - 1) if edge == "none" else True
+        lo_r, lo_c = np.clip(iy - step[0], 0, ny - 1), np.clip(ix - step[1], 0, nx - 1)
+        hi_r, hi_c = np.clip(iy + step[0], 0, ny - 1), np.clip(ix + step[1], 0, nx - 1)
+        a, b, c = values[lo_r, lo_c], values[iy, ix], values[hi_r, hi_c]
+        den = a - 2 * b + c
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = np.where(inner & (den < 0), np.clip(0.5 * (a - c) / den, -0.5, 0.5), 0.0)
+        offsets.append(d.astype(float))
+    return ix + offsets[0], iy + offsets[1]
 
 
 def check_positive(value: Any, name: str, *, allow_none: bool = False) -> float | None:

@@ -23,7 +23,7 @@ from psfkit.io.image import Image, as_image
 from psfkit.psf.fit import fit_stars
 from psfkit.psf.models import FWHM_PER_SIGMA
 from psfkit.psf.stamps import fitting_box
-from psfkit.utils import robust_sigma, thin_brighter_first
+from psfkit.utils import robust_sigma, subpixel_peak, thin_brighter_first
 
 __all__ = ["Background", "estimate_background", "find_candidates", "find_stars", "RejectionCriteria"]
 
@@ -132,18 +132,8 @@ def find_candidates(
     if min_separation and len(xs) > 1:
         keep = thin_brighter_first(xs, ys, min_separation)
         xs, ys, values = xs[keep], ys[keep], values[keep]
-    # sub-pixel refinement: parabola through neighbours
-    ny, nx = smooth.shape
-    xl, xr = np.clip(xs - 1, 0, nx - 1), np.clip(xs + 1, 0, nx - 1)
-    yl, yr = np.clip(ys - 1, 0, ny - 1), np.clip(ys + 1, 0, ny - 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a, b, c = smooth[ys, xl], smooth[ys, xs], smooth[ys, xr]
-        den = a - 2 * b + c
-        dx = np.where(den < 0, np.clip(0.5 * (a - c) / den, -0.5, 0.5), 0.0)
-        a, c = smooth[yl, xs], smooth[yr, xs]
-        den = a - 2 * b + c
-        dy = np.where(den < 0, np.clip(0.5 * (a - c) / den, -0.5, 0.5), 0.0)
-    x, y, peak = xs + dx, ys + dy, values.astype(float)
+    x, y = subpixel_peak(smooth, ys, xs, edge="nearest")
+    peak = values.astype(float)
     sharp = np.zeros(len(x), dtype=bool)
     if len(sharp_y):
         # a sharp pixel that is also a smoothed candidate (an undersampled star's core) is one

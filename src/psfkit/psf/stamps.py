@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from psfkit.psf.models import FWHM_PER_SIGMA, ImagePSF, MoffatPSF, PSFModel
-from psfkit.utils import robust_sigma
+from psfkit.utils import robust_sigma, subpixel_peak
 
 __all__ = [
     "cut_stamps",
@@ -156,18 +156,9 @@ def refine_peak(data: np.ndarray, x: float, y: float, *, search_radius: float = 
 
 
 def _centroid3(smooth: np.ndarray, iy: int, ix: int, x0: int, y0: int) -> tuple[float, float]:
-    """Sub-pixel peak: parabola through the 3 values along each axis (clamped to +-0.5 px)."""
-    ny, nx = smooth.shape
-    dx = dy = 0.0
-    if 0 < ix < nx - 1:
-        a, b, c = smooth[iy, ix - 1], smooth[iy, ix], smooth[iy, ix + 1]
-        den = a - 2 * b + c
-        dx = float(np.clip(0.5 * (a - c) / den, -0.5, 0.5)) if den < 0 else 0.0
-    if 0 < iy < ny - 1:
-        a, b, c = smooth[iy - 1, ix], smooth[iy, ix], smooth[iy + 1, ix]
-        den = a - 2 * b + c
-        dy = float(np.clip(0.5 * (a - c) / den, -0.5, 0.5)) if den < 0 else 0.0
-    return float(x0 + ix + dx), float(y0 + iy + dy)
+    """Sub-pixel peak of a patch whose first pixel is (x0, y0): :func:`psfkit.utils.subpixel_peak`."""
+    x, y = subpixel_peak(smooth, iy, ix)
+    return float(x0 + x[0]), float(y0 + y[0])
 
 
 def brightest_source(data: np.ndarray) -> tuple[float, float]:
