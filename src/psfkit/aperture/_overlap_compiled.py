@@ -39,6 +39,8 @@ if HAVE_NUMBA:
     def _sector_nb(ax, ay, bx, by):
         return 0.5 * math.atan2(ax * by - ay * bx, ax * bx + ay * by)
 
+    # the scalar twin of psfkit.aperture.overlap._disk_triangle (vectorised numpy): compiled kernels
+    # kept apart from their numpy twins for speed (the twins are the reference the tests compare with)
     @njit(cache=True, inline="always")
     def _disk_triangle_nb(px, py, qx, qy):
         dx, dy = qx - px, qy - py
@@ -199,6 +201,8 @@ if HAVE_NUMBA:
                 sums[i] = acc
                 area[i] = acc_area
 
+    # sum_ellipses' row loop and accumulation repeat sum_circles' on purpose: compiled kernels kept apart
+    # for speed, each one loop with its own geometry inlined (a shared loop would call the geometry per pixel)
     @njit(parallel=True, cache=True)
     def sum_ellipses(data, x, y, a, b, theta, sums, area):
         """Exact ellipse sums, row by row.

@@ -15,12 +15,7 @@ def find_stars_by_channel(
     path: Any,
     *,
     channels: Sequence[str | int] | str | None = None,
-    hdu: int | str | None = None,
-    focal_length: float | None = None,
-    pixel_size: float | None = None,
-    binning: float | None = None,
-    pixel_scale: float | None = None,
-    **find_options: Any,
+    **options: Any,
 ) -> Any:
     """Find stars on every plane of a colour image (or stack) and stack the tables, with a ``channel`` column.
 
@@ -34,10 +29,9 @@ def find_stars_by_channel(
     channels : sequence or str, optional
         Planes to measure (see :func:`psfkit.io.image.load_planes`); default all:
         R, G, B for colour images and Bayer mosaics.
-    hdu, focal_length, pixel_size, binning, pixel_scale
-        As for :func:`psfkit.load_image`.
-    **find_options
-        Passed to :func:`psfkit.find_stars`.
+    **options
+        ``hdu``, ``focal_length``, ``pixel_size``, ``binning``, ``pixel_scale``: as for
+        :func:`psfkit.load_image`; every other keyword is passed to :func:`psfkit.find_stars`.
 
     Returns
     -------
@@ -49,8 +43,9 @@ def find_stars_by_channel(
 
     from psfkit.detect.find import find_stars
 
-    planes = load_planes(path, channels=channels, hdu=hdu, focal_length=focal_length, pixel_size=pixel_size,
-                         binning=binning, pixel_scale=pixel_scale)
+    load_options = ("hdu", "focal_length", "pixel_size", "binning", "pixel_scale")
+    planes = load_planes(path, channels=channels, **{k: options[k] for k in load_options if k in options})
+    find_options = {k: v for k, v in options.items() if k not in load_options}
     tables = []
     per_channel = {}
     for img in planes:

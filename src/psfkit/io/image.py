@@ -134,12 +134,7 @@ def plane_to_frame(x: Any, y: Any, pixel_map: dict | None) -> tuple[np.ndarray, 
     -------
     x_full, y_full : ndarray
     """
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    if not pixel_map:
-        return x, y
-    s = float(pixel_map["scale"])
-    return s * x + float(pixel_map["x_offset"]), s * y + float(pixel_map["y_offset"])
+    return _pixel_map_affine(x, y, pixel_map, inverse=False)
 
 
 def frame_to_plane(x: Any, y: Any, pixel_map: dict | None) -> tuple[np.ndarray, np.ndarray]:
@@ -156,12 +151,19 @@ def frame_to_plane(x: Any, y: Any, pixel_map: dict | None) -> tuple[np.ndarray, 
     -------
     x_plane, y_plane : ndarray
     """
+    return _pixel_map_affine(x, y, pixel_map, inverse=True)
+
+
+def _pixel_map_affine(x: Any, y: Any, pixel_map: dict | None, *, inverse: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``x_full = scale * x + x_offset`` (same for y), or its inverse; the identity without a map."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     if not pixel_map:
         return x, y
-    s = float(pixel_map["scale"])
-    return (x - float(pixel_map["x_offset"])) / s, (y - float(pixel_map["y_offset"])) / s
+    s, ox, oy = float(pixel_map["scale"]), float(pixel_map["x_offset"]), float(pixel_map["y_offset"])
+    if inverse:
+        return (x - ox) / s, (y - oy) / s
+    return s * x + ox, s * y + oy
 
 
 # ----------------------------------------------------------------------------- header interpretation

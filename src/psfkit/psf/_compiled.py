@@ -316,6 +316,8 @@ if _HAVE_NUMBA:
                 jac[5, m] = adys * ix[c]
                 jac[6, m] = 0.0
 
+    # The Moffat's node loop repeats the Gaussian's (_eval_gauss_sub) on purpose: compiled kernels kept
+    # apart for speed, one specialised loop per model (a shared loop testing the model at every node is slower).
     @njit(cache=True, _nrt=False)
     def _eval_moffat_sub(p, h, w, offs, offw, jac, val):
         """Moffat values and Jacobian (8, h*w) with k x k Gauss-Legendre nodes per pixel."""

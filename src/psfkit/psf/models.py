@@ -109,6 +109,14 @@ def _phi_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(upper, d_upper, d_lower)
 
 
+def _jacobian(free: np.ndarray, columns: tuple) -> np.ndarray:
+    """The Jacobian (N, pixels, n_free): the columns of the free parameters, each computed only when free.
+
+    ``columns`` holds one function per parameter, in the model's order, returning its column.
+    """
+    return np.stack([column() for column, f in zip(columns, free) if f], axis=-1)
+
+
 def _std_normal_pdf(u: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * u * u) / _SQRT2PI
 
@@ -392,7 +400,6 @@ class GaussianPSF(_EllipticalModel):
         with the box's higher cumulants in ``c_x``, ``c_y`` (:meth:`_box_correction`).
         """
         h, w = shape
-        n = params.shape[0]
         yy, xx = np.mgrid[0:h, 0:w]
         xs = xx.ravel().astype(float)[None, :]
         ys = yy.ravel().astype(float)[None, :]
@@ -428,22 +435,15 @@ class GaussianPSF(_EllipticalModel):
             d_pxy = (-db - pxy * d_det) / det
             return g * ((dlog_scale - 0.5 * d_det / det) * corr + t_xx * d_pxx + t_xy * d_pxy + t_yy * d_pyy)
 
-        cols = []
-        if free[0]:
-            cols.append(np.ones_like(e))
-        if free[1]:
-            cols.append(prof)
-        if free[2]:
-            cols.append(g * (u * corr - (cx_u * pxx + cy_u * pxy)))
-        if free[3]:
-            cols.append(g * (v * corr - (cx_u * pxy + cy_u * pyy)))
-        if free[4]:
-            cols.append(shape_column(2.0 * sx * c * c, 2.0 * sx * c * s, 2.0 * sx * s * s, 1.0 / sx))
-        if free[5]:
-            cols.append(shape_column(2.0 * sy * s * s, -2.0 * sy * c * s, 2.0 * sy * c * c, 1.0 / sy))
-        if free[6]:
-            cols.append(shape_column(2.0 * c * s * (sy2 - sx2), (sx2 - sy2) * (c * c - s * s), 2.0 * c * s * (sx2 - sy2), 0.0))
-        return val, np.stack(cols, axis=-1)
+        return val, _jacobian(free, (
+            lambda: np.ones_like(e),
+            lambda: prof,
+            lambda: g * (u * corr - (cx_u * pxx + cy_u * pxy)),
+            lambda: g * (v * corr - (cx_u * pxy + cy_u * pyy)),
+            lambda: shape_column(2.0 * sx * c * c, 2.0 * sx * c * s, 2.0 * sx * s * s, 1.0 / sx),
+            lambda: shape_column(2.0 * sy * s * s, -2.0 * sy * c * s, 2.0 * sy * c * c, 1.0 / sy),
+            lambda: shape_column(2.0 * c * s * (sy2 - sx2), (sx2 - sy2) * (c * c - s * s), 2.0 * c * s * (sx2 - sy2), 0.0),
+        ))
 
     def _integrated_axis_aligned(self, params, shape, free, jacobian):
         """Exact pixel integral of the axis-aligned Gaussian (separable erf differences)."""
@@ -492,22 +492,15 @@ class GaussianPSF(_EllipticalModel):
         if not jacobian:
             return val, None
         Ae = A * e
-        cols = []
-        if free[0]:
-            cols.append(np.ones_like(e))
-        if free[1]:
-            cols.append(e)
-        if free[2]:
-            cols.append(Ae * (xp * c * isx2 - yp * s * isy2))
-        if free[3]:
-            cols.append(Ae * (xp * s * isx2 + yp * c * isy2))
-        if free[4]:
-            cols.append(Ae * xp * xp * isx2 / params[:, 4:5])
-        if free[5]:
-            cols.append(Ae * yp * yp * isy2 / params[:, 5:6])
-        if free[6]:
-            cols.append(-Ae * xp * yp * (isx2 - isy2))
-        return val, np.stack(cols, axis=-1)
+        return val, _jacobian(free, (
+            lambda: np.ones_like(e),
+            lambda: e,
+            lambda: Ae * (xp * c * isx2 - yp * s * isy2),
+            lambda: Ae * (xp * s * isx2 + yp * c * isy2),
+            lambda: Ae * xp * xp * isx2 / params[:, 4:5],
+            lambda: Ae * yp * yp * isy2 / params[:, 5:6],
+            lambda: -Ae * xp * yp * (isx2 - isy2),
+        ))
 
     def flux_and_gradient(self, params):
         A, sx, sy = params[:, 1], params[:, 4], params[:, 5]
@@ -586,24 +579,16 @@ class MoffatPSF(_EllipticalModel):
         if not jacobian:
             return val, None
         D = -beta * A * p / u  # d f / d q
-        cols = []
-        if free[0]:
-            cols.append(np.ones_like(p))
-        if free[1]:
-            cols.append(p)
-        if free[2]:
-            cols.append(-2.0 * D * (xp * c * iax2 - yp * s * iay2))
-        if free[3]:
-            cols.append(-2.0 * D * (xp * s * iax2 + yp * c * iay2))
-        if free[4]:
-            cols.append(-2.0 * D * xp * xp * iax2 / params[:, 4:5])
-        if free[5]:
-            cols.append(-2.0 * D * yp * yp * iay2 / params[:, 5:6])
-        if free[6]:
-            cols.append(2.0 * D * xp * yp * (iax2 - iay2))
-        if free[7]:
-            cols.append(-A * p * logu)
-        return val, np.stack(cols, axis=-1)
+        return val, _jacobian(free, (
+            lambda: np.ones_like(p),
+            lambda: p,
+            lambda: -2.0 * D * (xp * c * iax2 - yp * s * iay2),
+            lambda: -2.0 * D * (xp * s * iax2 + yp * c * iay2),
+            lambda: -2.0 * D * xp * xp * iax2 / params[:, 4:5],
+            lambda: -2.0 * D * yp * yp * iay2 / params[:, 5:6],
+            lambda: 2.0 * D * xp * yp * (iax2 - iay2),
+            lambda: -A * p * logu,
+        ))
 
     def flux_and_gradient(self, params):
         A, ax, ay, beta = params[:, 1], params[:, 4], params[:, 5], params[:, 7]
@@ -750,16 +735,12 @@ class ImagePSF(PSFModel):
         val = B + F * prof
         if not jacobian:
             return val, None
-        cols = []
-        if free[0]:
-            cols.append(np.ones_like(prof))
-        if free[1]:
-            cols.append(prof)
-        if free[2]:
-            cols.append(np.where(inside, -F * o * self._spline.ev(vc, uc, dy=1), 0.0))
-        if free[3]:
-            cols.append(np.where(inside, -F * o * self._spline.ev(vc, uc, dx=1), 0.0))
-        return val, np.stack(cols, axis=-1)
+        return val, _jacobian(free, (
+            lambda: np.ones_like(prof),
+            lambda: prof,
+            lambda: np.where(inside, -F * o * self._spline.ev(vc, uc, dy=1), 0.0),
+            lambda: np.where(inside, -F * o * self._spline.ev(vc, uc, dx=1), 0.0),
+        ))
 
     def flux_and_gradient(self, params):
         grad = np.zeros_like(params)
