@@ -20,6 +20,7 @@ from psfkit.errors import PsfkitError
 from psfkit.detect._kernels import gaussian_smooth
 from psfkit.detect.background import Background, estimate_background
 from psfkit.io.image import Image, as_image
+from psfkit.psf.columns import empty_star_table
 from psfkit.psf.fit import fit_stars
 from psfkit.psf.models import FWHM_PER_SIGMA
 from psfkit.psf.stamps import fitting_box
@@ -340,13 +341,9 @@ def find_stars(
                     min_separation=min_separation, mask_neighbours=mask_neighbours, deblend=deblend,
                     **{f.name: getattr(crit, f.name) for f in fields(RejectionCriteria)})
     if len(cands) == 0:
-        names = ["id", "x_fit", "y_fit", "x_err", "y_err", "fwhm_x", "fwhm_y", "fwhm", "roundness", "angle",
-                 "background", "amplitude", "flux_fit", "flux_err", "mag", "mag_err", "snr", "rmse", "flags"]
-        table = Table(names=names, dtype=[np.int64] + [float] * (len(names) - 2) + [np.int64])
-        table["detection_pass"] = np.zeros(0, dtype=np.int64)
-        if keep_rejected:
-            table["accepted"] = np.zeros(0, dtype=bool)
-            table["reject_reason"] = np.zeros(0, dtype="U16")
+        # the columns a frame with stars would have (one schema: psfkit.psf.columns)
+        table = empty_star_table(arcsec=img.pixel_scale is not None, radec=img.wcs is not None, find=True,
+                                 rejection=keep_rejected)
         table.meta.update(settings=settings, summary={"n_candidates": 0, "n_stars": 0, "rejected": {},
                                                       "companions_found": 0},
                           background=bkg.median, noise=bkg.noise, reject_reasons=REASONS,

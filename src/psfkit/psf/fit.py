@@ -17,22 +17,14 @@ from astropy.table import Table
 
 from psfkit import flags as F
 from psfkit.errors import PsfkitError
+from psfkit.psf.columns import COLUMN_ORDER, set_units
 from psfkit.psf.engine import NoiseModel, StampFit, fit_stamps
 from psfkit.io.image import Image, as_image
 from psfkit.psf.measure import measure
-from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF, ImagePSF, MoffatPSF, PSFModel, _EllipticalModel, get_model
+from psfkit.psf.models import FWHM_PER_SIGMA, ImagePSF, PSFModel, _EllipticalModel, get_model
 from psfkit.psf.stamps import auto_box, brightest_source, cut_stamps, estimate_fwhm, initial_params, refine_peak, saturation_mask
 
 __all__ = ["fit_stars", "fit_star", "StarFit", "resolve_model", "COLUMN_ORDER"]
-
-#: Order of the main columns of a star table (GUIDE.md section 3).
-COLUMN_ORDER = [
-    "id", "x_fit", "y_fit", "x_err", "y_err", "fwhm_x", "fwhm_y", "fwhm", "fwhm_x_err", "fwhm_y_err", "fwhm_err",
-    "fwhm_x_arcsec", "fwhm_y_arcsec", "fwhm_arcsec", "fwhm_x_arcsec_err", "fwhm_y_arcsec_err", "fwhm_arcsec_err",
-    "roundness", "roundness_err", "angle", "angle_err", "background", "background_err", "amplitude", "amplitude_err",
-    "beta", "beta_err", "flux_fit", "flux_err", "mag", "mag_err", "snr", "rmse", "reduced_chi2", "n_pixels_fit",
-    "iterations", "flags", "x_init", "y_init", "ra", "dec",
-]
 
 ANGLE_MODES = ("auto", True, False)
 
@@ -198,8 +190,8 @@ def fit_stars(
     Returns
     -------
     astropy.table.Table
-        One row per star with the columns of GUIDE.md section 3 (see
-        ``docs/columns.md``), the settings in ``table.meta``.
+        One row per star with the columns of :mod:`psfkit.psf.columns` (their
+        meaning in ``docs/columns.md``), the settings in ``table.meta``.
     """
     img = as_image(image)
     data = img.data
@@ -352,7 +344,7 @@ def fit_stars(
     table = Table({k: cols[k] for k in COLUMN_ORDER if k in cols})
     if radec_note:
         table.meta["radec_note"] = radec_note
-    _set_units(table)
+    set_units(table)
     table.meta.update(
         {
             "model": mdl.name,
@@ -376,22 +368,6 @@ def fit_stars(
         table.meta["psf_normalisation"] = mdl.normalisation.kind
         table.meta["psf_normalisation_note"] = mdl.normalisation.describe()
     return table
-
-
-def _set_units(table: Table) -> None:
-    import astropy.units as u
-
-    for name in table.colnames:
-        if name.startswith(("x_", "y_", "fwhm")) and "arcsec" not in name:
-            table[name].unit = u.pix
-        elif "arcsec" in name:
-            table[name].unit = u.arcsec
-        elif name.startswith("angle"):
-            table[name].unit = u.deg
-        elif name.startswith("mag"):
-            table[name].unit = u.mag
-        elif name in ("ra", "dec"):
-            table[name].unit = u.deg
 
 
 def _merge(fit1: StampFit, fit2: StampFit, idx: np.ndarray, n_params: int) -> StampFit:
