@@ -2,7 +2,7 @@
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parents[2] / "shared" / "data" / "stellarphot_feder_cutout_fwhm.fits"  # ../shared/data beside the checkout
+DATA = Path("data") / "stellarphot_feder_cutout_fwhm.fits"  # the Feder cut-out of stellarphot's test data
 
 import numpy as np
 from astropy.io import fits

@@ -2,7 +2,7 @@
 
 Definitions (docs/sequences.md states them for users):
 
-- ``fwhm_median``: median FWHM (geometric mean sqrt(FWHMx FWHMy), GUIDE.md section 3) of the
+- ``fwhm_median``: median FWHM (geometric mean sqrt(FWHMx FWHMy), the star table's ``fwhm``) of the
   frame's good stars (flags == 0); ``fwhm_weighted``: their mean weighted by SNR.
 - ``roundness``: median FWHMy / FWHMx; ``background``, ``noise``: the sky level and the
   pixel noise of the frame, in data units.

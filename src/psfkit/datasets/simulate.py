@@ -1,6 +1,6 @@
 """Simulated stars and fields with a truth table.
 
-Photon noise is drawn from the *pixel-integrated* profile (GUIDE.md section 6):
+Photon noise is drawn from the *pixel-integrated* profile (what a detector records):
 each star is rendered with the model's Gauss-Legendre pixel integration at
 high order, then Poisson noise (in electrons) and Gaussian read noise are
 added.  Used by the tests and benchmarks, and useful to anyone who wants to

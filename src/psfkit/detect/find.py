@@ -1,6 +1,6 @@
 """Every star in the frame: background, candidates, one batched fit, rejection with reasons.
 
-The data flow is GUIDE.md's: background/noise -> candidates -> stamps -> batched
+The data flow: background/noise -> candidates -> stamps -> batched
 fit (:func:`psfkit.fit_stars`, the one engine) -> acceptance tests.  Every
 candidate that is not accepted says why (``reject_reason``), and the summary in
 ``table.meta["summary"]`` counts candidates per reason (see docs/rejection.md).

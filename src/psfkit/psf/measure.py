@@ -1,6 +1,6 @@
 """From fitted parameters and their covariance to the measured quantities.
 
-One place for the conventions of GUIDE.md section 3: axes swapped so that
+One place for the star table's conventions: axes swapped so that
 FWHMx >= FWHMy, angle in degrees folded into [-90, 90], roundness =
 FWHMy / FWHMx, flux = the model's integral to infinity, magnitude =
 zero_point - 2.5 log10(flux).  Every derived quantity carries a 1-sigma error

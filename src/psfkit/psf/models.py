@@ -24,8 +24,8 @@ Gauss-Legendre product rule with ``k x k`` nodes per pixel, ``k`` chosen from
 the star's width so that the relative error of the model stays below about
 1e-5 of the peak.
 
-Formulas (GUIDE.md section 4)
------------------------------
+Formulas
+--------
 Gaussian: ``f = B + A exp(-(x'^2/(2 sx^2) + y'^2/(2 sy^2)))``, FWHM = 2 sqrt(2 ln 2) s,
 flux = 2 pi A sx sy.
 Moffat: ``f = B + A (1 + x'^2/ax^2 + y'^2/ay^2)^-beta``, FWHM = 2 a sqrt(2^(1/beta) - 1),

@@ -1,7 +1,8 @@
 """Stamps: cutting boxes around stars, finding the real peak, first guesses.
 
 Pure array functions used by every caller of the engine.  Coordinates are
-0-based pixel centres, x = column, y = row (GUIDE.md section 3).
+0-based pixel centres, x = column, y = row: pixel ``(i, j)`` covers
+``[j - 0.5, j + 0.5] x [i - 0.5, i + 0.5]`` (photutils' and SEP's convention).
 """
 
 from __future__ import annotations
