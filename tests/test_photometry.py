@@ -204,8 +204,8 @@ def test_curve_of_growth_and_optimal_radius():
     g = curve_of_growth(img, x, y, radii, fwhm=4.0, gain=GAIN)
     bright = flux > 1e5
     # the curve rises to the total flux of a Gaussian (all light within 3 FWHM)
-    np.testing.assert_allclose(np.median(g["flux"][bright, -1] / flux[bright]), 1.0, atol=0.01)
-    assert np.all(np.median(np.diff(g["flux"][bright], axis=1), axis=0)[:3] > 0)
+    np.testing.assert_allclose(np.median(g.flux[bright, -1] / flux[bright]), 1.0, atol=0.01)
+    assert np.all(np.median(np.diff(g.flux[bright], axis=1), axis=0)[:3] > 0)
     best = optimal_radius(g)
     # faint stars are sky-limited: best SNR near 0.7 FWHM (2.8 px); bright ones use bigger apertures
     faint = flux < 4000

@@ -14,6 +14,6 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "aperture_sums": "sums",
     "sky_annulus": "sky",
     "aperture_photometry": "photometry",
-    "curve_of_growth": "growth", "optimal_radius": "growth", "aperture_correction": "growth",
+    "curve_of_growth": "growth", "optimal_radius": "growth", "aperture_correction": "growth", "CurveOfGrowth": "growth",
     "star_photometry": "stars",
 })

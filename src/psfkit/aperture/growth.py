@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,7 +23,33 @@ from psfkit.errors import PsfkitError
 from psfkit.io.image import Image, as_image
 from psfkit.utils import robust_sigma
 
-__all__ = ["curve_of_growth", "optimal_radius", "aperture_correction", "model_enclosed_fraction"]
+__all__ = ["CurveOfGrowth", "curve_of_growth", "optimal_radius", "aperture_correction", "model_enclosed_fraction"]
+
+
+@dataclass(frozen=True)
+class CurveOfGrowth:
+    """Sky-subtracted flux in circles of growing radius, for each star (:func:`curve_of_growth`).
+
+    Attributes
+    ----------
+    radii : ndarray (R,)
+        Aperture radii (px).
+    flux, flux_err, snr, area : ndarray (N, R)
+        Flux, its CCD-equation error, their ratio, and the usable area (px^2) in each circle.
+    sky, sky_sigma : ndarray (N,)
+        Each star's sky level per pixel (shared by every radius) and one pixel's clipped scatter.
+    n_sky : ndarray of int (N,)
+        Sky pixels kept.
+    """
+
+    radii: np.ndarray
+    flux: np.ndarray
+    flux_err: np.ndarray
+    snr: np.ndarray
+    area: np.ndarray
+    sky: np.ndarray
+    sky_sigma: np.ndarray
+    n_sky: np.ndarray
 
 
 def curve_of_growth(
@@ -37,15 +64,26 @@ def curve_of_growth(
     gain: float | None = None,
     sky_estimator: str = "mean",
     mask: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
+) -> CurveOfGrowth:
     """Sky-subtracted flux, error and SNR of each star in circular apertures of the given radii (px).
 
     The sky is measured once per star in the annulus and shared by every radius.
 
     Returns
     -------
-    dict
-        ``radii`` (R,), ``flux``, ``flux_err``, ``snr``, each (N, R); ``sky``, ``sky_sigma``, ``n_sky`` (N,).
+    CurveOfGrowth
+        ``radii`` (R,); ``flux``, ``flux_err``, ``snr``, ``area``, each (N, R); ``sky``, ``sky_sigma``,
+        ``n_sky`` (N,).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from psfkit.datasets.simulate import add_noise, render_stars, star_params
+    >>> img = add_noise(300.0 + render_stars((80, 80), star_params("gaussian", 40.2, 39.7, 2e5, 4.0, 4.0, 0.0)),
+    ...                 gain=2.0, read_noise=6.0, rng=np.random.default_rng(1))
+    >>> g = curve_of_growth(img, [40.2], [39.7], [2.0, 4.0, 8.0], fwhm=4.0, gain=2.0)
+    >>> bool(np.all(np.diff(g.flux[0]) > 0)), round(float(g.flux[0, -1] / 2e5), 2)
+    (True, 1.0)
     """
     img = as_image(image)
     xs, ys, f = _positions_and_fwhm(img, x, y, fwhm)
@@ -64,15 +102,25 @@ def curve_of_growth(
     err = _ccd_error(flux, area, sky_sigma[:, None], n_sky[:, None], g)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = flux / err
-    return {"radii": radii, "flux": flux, "flux_err": err, "snr": snr, "area": area,
-            "sky": sky, "sky_sigma": sky_sigma, "n_sky": n_sky}
+    return CurveOfGrowth(radii=radii, flux=flux, flux_err=err, snr=snr, area=area, sky=sky, sky_sigma=sky_sigma,
+                         n_sky=n_sky)
 
 
-def optimal_radius(growth: dict[str, np.ndarray]) -> np.ndarray:
-    """Per star, the radius of the curve of growth with the highest SNR (NaN where none is finite)."""
-    snr = np.where(np.isfinite(growth["snr"]), growth["snr"], -np.inf)
+def optimal_radius(growth: CurveOfGrowth) -> np.ndarray:
+    """Per star, the radius of the curve of growth with the highest SNR (NaN where none is finite).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> g = CurveOfGrowth(radii=np.array([1.0, 2.0, 3.0]), flux=np.ones((1, 3)), flux_err=np.ones((1, 3)),
+    ...                   snr=np.array([[5.0, 9.0, 7.0]]), area=np.ones((1, 3)), sky=np.zeros(1),
+    ...                   sky_sigma=np.ones(1), n_sky=np.ones(1, dtype=int))
+    >>> optimal_radius(g)
+    array([2.])
+    """
+    snr = np.where(np.isfinite(growth.snr), growth.snr, -np.inf)
     best = np.argmax(snr, axis=1)
-    out = growth["radii"][best].astype(float)
+    out = growth.radii[best].astype(float)
     out[~np.isfinite(snr.max(axis=1))] = np.nan
     return out
 
@@ -217,22 +265,22 @@ def aperture_correction(
     if idx.size == 0:
         raise PsfkitError("no isolated, unflagged star far enough from the edge for an aperture correction")
     g = curve_of_growth(img, xs[idx], ys[idx], [radius, r_max], fwhm=fwhm, annulus=ann, gain=gain, mask=mask)
-    snr = g["snr"][:, 0]
-    good = np.isfinite(snr) & (snr >= min_snr) & (g["flux"][:, 0] > 0)
+    snr = g.snr[:, 0]
+    good = np.isfinite(snr) & (snr >= min_snr) & (g.flux[:, 0] > 0)
     if not good.any():
         raise PsfkitError(f"no isolated star reaches SNR {min_snr:g} for an aperture correction")
     order = np.argsort(-snr[good])[:max_stars]
     use = np.flatnonzero(good)[order]
-    ratio = g["flux"][use, 1] / g["flux"][use, 0]
+    ratio = g.flux[use, 1] / g.flux[use, 0]
     corr = float(np.median(ratio))
     if ratio.size > 1:
         scatter = robust_sigma(ratio)
         # error of the median, and never below the statistical error of the brightest ratio
-        rel = g["flux_err"][use] / g["flux"][use]
+        rel = g.flux_err[use] / g.flux[use]
         floor = float(np.median(ratio * np.hypot(rel[:, 0], rel[:, 1]))) / math.sqrt(ratio.size)
         corr_err = max(1.2533 * scatter / math.sqrt(ratio.size), floor)
     else:
-        rel = g["flux_err"][use[0]] / g["flux"][use[0]]
+        rel = g.flux_err[use[0]] / g.flux[use[0]]
         corr_err = corr * float(np.hypot(rel[0], rel[1]))
     tail = 0.0
     if model is None:

@@ -208,9 +208,9 @@ def phot_command(
         typer.echo(f"{'r px':>11s} " + " ".join(f"{r:9.2f}" for r in radii))
         for i in range(len(out)):
             ident = int(out["id"][i]) if "id" in out.colnames else i + 1
-            typer.echo(f"{ident:4d} {'flux':>6s} " + " ".join(f"{v:9.4g}" for v in g["flux"][i]))
-            typer.echo(f"{'':4s} {'+-':>6s} " + " ".join(f"{v:9.3g}" for v in g["flux_err"][i]))
-            typer.echo(f"{'':4s} {'SNR':>6s} " + " ".join(f"{v:9.1f}" for v in g["snr"][i])
+            typer.echo(f"{ident:4d} {'flux':>6s} " + " ".join(f"{v:9.4g}" for v in g.flux[i]))
+            typer.echo(f"{'':4s} {'+-':>6s} " + " ".join(f"{v:9.3g}" for v in g.flux_err[i]))
+            typer.echo(f"{'':4s} {'SNR':>6s} " + " ".join(f"{v:9.1f}" for v in g.snr[i])
                        + f"   best SNR at r = {best[i]:.2f} px = {best[i] / fw:.2f} FWHM")
     if output is not None:
         typer.echo(f"wrote {output}")
