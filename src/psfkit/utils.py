@@ -212,5 +212,5 @@ def check_positive(value: Any, name: str, *, allow_none: bool = False) -> float 
     except (TypeError, ValueError):
         raise PsfkitError(f"{name} must be a positive number, got {value!r}") from None
     if not (math.isfinite(v) and v > 0):
-        raise PsfkitError(f"{name} must be a positive number, got {value!r}")
+        raise PsfkitError(f"{name} must be a positive number, got {value}")
     return v

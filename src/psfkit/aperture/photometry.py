@@ -28,6 +28,7 @@ from psfkit.aperture.sums import aperture_sums
 from psfkit.errors import PsfkitError
 from psfkit.io.image import Image, as_image
 from psfkit.psf.measure import magnitude
+from psfkit.utils import check_positive
 
 __all__ = ["aperture_photometry", "PHOT_FLAGS", "DEFAULT_RADIUS_FWHM", "DEFAULT_ANNULUS_FWHM"]
 
@@ -58,10 +59,8 @@ PHOT_FLAGS = {
 
 
 def _resolve_gain(img: Image, gain: float | None) -> float | None:
-    g = gain if gain is not None else img.gain
-    if g is not None and not (np.isfinite(g) and g > 0):
-        raise PsfkitError(f"the gain must be a positive number (e-/ADU), got {g}")
-    return float(g) if g else None
+    g = check_positive(gain if gain is not None else img.gain, "the gain (e-/ADU)", allow_none=True)
+    return g if g else None
 
 
 def _ccd_error(flux: np.ndarray, area: np.ndarray, sky_sigma: np.ndarray, n_sky: np.ndarray, gain: float | None):

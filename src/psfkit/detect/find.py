@@ -24,7 +24,7 @@ from psfkit.psf.columns import empty_star_table
 from psfkit.psf.fit import fit_stars
 from psfkit.psf.models import FWHM_PER_SIGMA
 from psfkit.psf.stamps import fitting_box
-from psfkit.utils import robust_sigma, subpixel_peak, thin_brighter_first
+from psfkit.utils import check_positive, robust_sigma, subpixel_peak, thin_brighter_first
 
 __all__ = ["Background", "estimate_background", "find_candidates", "find_stars", "RejectionCriteria"]
 
@@ -320,8 +320,7 @@ def find_stars(
         raise PsfkitError(f"min_roundness is a roundness in [0, 1] (fwhm_y / fwhm_x), got {crit.min_roundness}")
     if not (threshold > 0):
         raise PsfkitError(f"threshold must be positive, got {threshold}")
-    if gain is not None and not (np.isfinite(gain) and gain > 0):
-        raise PsfkitError(f"the gain must be a positive number of e-/ADU, got {gain}")
+    check_positive(gain, "the gain (e-/ADU)", allow_none=True)
     if read_noise is not None and not (np.isfinite(read_noise) and read_noise >= 0):
         raise PsfkitError(f"the read noise must be a number of e- >= 0, got {read_noise}")
     data = img.data

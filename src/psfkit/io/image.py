@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from psfkit.errors import PsfkitError
+from psfkit.utils import check_positive
 
 __all__ = [
     "Image",
@@ -241,8 +242,7 @@ def image_scale_from_header(
     """
     for name, value in (("focal_length", focal_length), ("pixel_size", pixel_size), ("binning", binning),
                         ("pixel_scale", pixel_scale)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise PsfkitError(f"{name} must be a positive number, got {value}")
+        check_positive(value, name, allow_none=True)
     if pixel_scale is not None:
         return float(pixel_scale), f"user: --scale {pixel_scale:g} arcsec/px"
     if focal_length is not None:
