@@ -51,9 +51,10 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     # aperture
     "aperture_sums": "aperture.sums", "aperture_photometry": "aperture.photometry",
     "aperture_correction": "aperture.growth", "curve_of_growth": "aperture.growth",
-    "optimal_radius": "aperture.growth", "star_photometry": "aperture.stars",
+    "optimal_radius": "aperture.growth", "CurveOfGrowth": "aperture.growth", "star_photometry": "aperture.stars",
     # analysis
-    "compare_models": "analysis.compare", "plot_model_residuals": "analysis.compare",
+    "compare_models": "analysis.compare", "ModelComparison": "analysis.compare",
+    "plot_model_residuals": "analysis.compare",
     "QualityLimits": "analysis.quality", "frame_summary": "analysis.quality", "rank_frames": "analysis.quality",
     "differential_photometry": "analysis.lightcurve", "estimate_shift": "analysis.lightcurve",
     "SequenceResult": "analysis.sequence", "list_frames": "analysis.sequence", "run_sequence": "analysis.sequence",

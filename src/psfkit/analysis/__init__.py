@@ -9,7 +9,7 @@
 from psfkit._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(__name__, {
-    "compare_models": "compare", "plot_model_residuals": "compare",
+    "compare_models": "compare", "ModelComparison": "compare", "plot_model_residuals": "compare",
     "QualityLimits": "quality", "frame_summary": "quality", "rank_frames": "quality",
     "differential_photometry": "lightcurve", "estimate_shift": "lightcurve",
     "SequenceResult": "sequence", "list_frames": "sequence", "run_sequence": "sequence",
