@@ -34,33 +34,30 @@ from psfkit._lazy import attach
 
 __version__ = "0.2.0"
 
-__getattr__, __dir__, __all__ = attach(__name__, {
-    # io
-    "Image": "io.image", "load_image": "io.image", "load_planes": "io.image", "describe_image": "io.image",
-    "table_to_frame": "io.colour", "table_to_plane": "io.colour",
-    "average": "io.catalog", "read_star_list": "io.catalog", "write_star_list": "io.catalog",
-    # detect
-    "estimate_background": "detect.background", "find_stars": "detect.find",
-    "find_stars_by_channel": "detect.channels",
-    # psf
-    "PSFModel": "psf.models", "GaussianPSF": "psf.models", "MoffatPSF": "psf.models",
-    "LorentzianPSF": "psf.models", "ImagePSF": "psf.models",
-    "NoiseModel": "psf.engine", "StampFit": "psf.engine", "fit_stamps": "psf.engine",
-    "StarFit": "psf.fit", "fit_star": "psf.fit", "fit_stars": "psf.fit",
-    "magnitude": "psf.measure",
-    # aperture
-    "aperture_sums": "aperture.sums", "aperture_photometry": "aperture.photometry",
-    "aperture_correction": "aperture.growth", "curve_of_growth": "aperture.growth",
-    "optimal_radius": "aperture.growth", "CurveOfGrowth": "aperture.growth", "star_photometry": "aperture.stars",
-    # analysis
-    "compare_models": "analysis.compare", "ModelComparison": "analysis.compare",
-    "plot_model_residuals": "analysis.compare",
-    "QualityLimits": "analysis.quality", "frame_summary": "analysis.quality", "rank_frames": "analysis.quality",
-    "differential_photometry": "analysis.lightcurve", "estimate_shift": "analysis.lightcurve",
-    "SequenceResult": "analysis.sequence", "list_frames": "analysis.sequence", "run_sequence": "analysis.sequence",
-    # viz, datasets, shared
-    "plot_overlay": "viz.plots", "plot_fwhm_map": "viz.plots",
-    "sample_image_path": "datasets",
-    "decode_flags": "flags", "PsfkitError": "errors",
-})
+#: the public names, by the module (relative to psfkit) that defines them
+_PUBLIC = {
+    "io.image": ("Image", "load_image", "load_planes", "describe_image"),
+    "io.colour": ("table_to_frame", "table_to_plane"),
+    "io.catalog": ("average", "read_star_list", "write_star_list"),
+    "detect.background": ("estimate_background",),
+    "detect.find": ("find_stars",),
+    "detect.channels": ("find_stars_by_channel",),
+    "psf.models": ("PSFModel", "GaussianPSF", "MoffatPSF", "LorentzianPSF", "ImagePSF"),
+    "psf.engine": ("NoiseModel", "StampFit", "fit_stamps"),
+    "psf.fit": ("StarFit", "fit_star", "fit_stars"),
+    "psf.measure": ("magnitude",),
+    "aperture.sums": ("aperture_sums",),
+    "aperture.photometry": ("aperture_photometry",),
+    "aperture.growth": ("aperture_correction", "curve_of_growth", "optimal_radius", "CurveOfGrowth"),
+    "aperture.stars": ("star_photometry",),
+    "analysis.compare": ("compare_models", "ModelComparison", "plot_model_residuals"),
+    "analysis.quality": ("QualityLimits", "frame_summary", "rank_frames"),
+    "analysis.lightcurve": ("differential_photometry", "estimate_shift"),
+    "analysis.sequence": ("SequenceResult", "list_frames", "run_sequence"),
+    "viz.plots": ("plot_overlay", "plot_fwhm_map"),
+    "datasets": ("sample_image_path",),
+    "flags": ("decode_flags",),
+    "errors": ("PsfkitError",),
+}
+__getattr__, __dir__, __all__ = attach(__name__, {name: mod for mod, names in _PUBLIC.items() for name in names})
 __all__ += ["__version__"]
