@@ -8,11 +8,11 @@ from typing import Optional
 import typer
 
 from psfkit.cli._app import app, fail
-from psfkit.cli._options import (binning_option, channel_option, focal_length_option, hdu_option, load_from_options,
-                                 pixel_size_option, scale_option)
+from psfkit.cli._options import ImageOptions, image_options
 
 
 @app.command("psf")
+@image_options()
 def psf_command(
     image: Path = typer.Argument(..., help="Image file (FITS, XISF, TIFF, PNG, JPEG, camera RAW)."),
     output: Path = typer.Option(..., "-o", "--output", help="The PSF's FITS file (.fits)."),
@@ -20,12 +20,7 @@ def psf_command(
     degree: str = typer.Option("auto", "--degree", help="Variation across the field: 0, 1, 2 or auto."),
     oversampling: Optional[int] = typer.Option(None, "--oversampling", help="Grid nodes per pixel (default 2; 4 "
                                                "for stars under 2 px FWHM)."),
-    hdu: Optional[str] = hdu_option(),
-    channel: Optional[str] = channel_option(per_channel=False),
-    focal_length: Optional[float] = focal_length_option(),
-    pixel_size: Optional[float] = pixel_size_option(),
-    binning: Optional[float] = binning_option(),
-    scale: Optional[float] = scale_option(),
+    opts: Optional[ImageOptions] = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
 ) -> None:
     """Build the frame's own PSF from its bright, isolated, unsaturated stars and write it.
 
@@ -43,8 +38,7 @@ def psf_command(
     for out in (output, png):
         if out is not None and out.exists() and image.exists() and out.resolve() == image.resolve():
             raise fail(f"{out} is the input image: choose another output name")
-    img = load_from_options(image, hdu=hdu, channel=channel, focal_length=focal_length, pixel_size=pixel_size,
-                            binning=binning, scale=scale)
+    img = opts.load(image)
     psf = build_frame_psf(img, degree=degree if degree == "auto" else int(degree), oversampling=oversampling)
     psf.write(output, overwrite=True)
     shape = psf.shape_at(*psf.centre)
