@@ -774,9 +774,10 @@ def render_stars(psf: FramePSF, shape: tuple[int, int], x: Any, y: Any, flux: An
 
     Examples
     --------
-    >>> coef = np.zeros((1, 21, 21)); coef[0, 8:13, 8:13] = 4.0 / 25
-    >>> psf = FramePSF(coef, 2, 0, (10.0, 10.0), (10.0, 10.0))
-    >>> round(float(render_stars(psf, (21, 21), [10.0], [10.0], [100.0]).sum()), 6)
+    >>> r2 = ((np.arange(41) - 20.0) ** 2)[:, None] + ((np.arange(41) - 20.0) ** 2)[None, :]
+    >>> grid = np.exp(-r2 / (2 * 2.5**2)); grid *= 4.0 / grid.sum()  # sigma 1.25 px, oversampled x2
+    >>> psf = FramePSF(grid[None], 2, 0, (20.0, 20.0), (20.0, 20.0))
+    >>> round(float(render_stars(psf, (41, 41), [20.3], [19.6], [100.0]).sum()), 3)
     100.0
     """
     ny, nx = shape

@@ -33,9 +33,10 @@ def plot_frame_psf(psf: Any, path: str | Path, *, shape: tuple[int, int], residu
     --------
     >>> import tempfile, os
     >>> from psfkit.psf.empirical import FramePSF
-    >>> g = np.zeros((1, 21, 21)); g[0, 9:12, 9:12] = 4.0 / 9
-    >>> out = plot_frame_psf(FramePSF(g, 2, 0, (50.0, 50.0), (50.0, 50.0)), os.path.join(tempfile.mkdtemp(), "p.png"),
-    ...                      shape=(101, 101))
+    >>> r2 = ((np.arange(41) - 20.0) ** 2)[:, None] + ((np.arange(41) - 20.0) ** 2)[None, :]
+    >>> g = np.exp(-r2 / (2 * 2.5**2)); g *= 4.0 / g.sum()
+    >>> out = plot_frame_psf(FramePSF(g[None], 2, 0, (50.0, 50.0), (50.0, 50.0)),
+    ...                      os.path.join(tempfile.mkdtemp(), "p.png"), shape=(101, 101))
     >>> out.exists()
     True
     """
