@@ -6,7 +6,11 @@ of stars, scaled to all), and one scipy.ndimage.gaussian_filter pass as a floor.
 Prints completeness, centroid and FWHM errors against the truth, time ratios and
 peak memory (tracemalloc), and writes benchmarks/results/bench_frame.md.
 
-Usage: .venv/bin/python benchmarks/bench_frame.py [--small]
+Usage: .venv/bin/python benchmarks/bench_frame.py [--small] [--angle-ab]
+
+``--angle-ab`` only times find_stars with the angle never fitted (``angle=False``, Siril 1.0's
+detection) against the default (``angle="auto"``, Siril's two-stage rule), alternating runs in one
+process (best of 3 each), and prints the ratio and both roundness biases.
 """
 
 from __future__ import annotations
@@ -79,6 +83,25 @@ def siril_findstar(img: np.ndarray) -> tuple:
     return (f"Siril {version} findstar (incl. loading the file; {n} stars)", elapsed, None, None, None, None)
 
 
+def angle_ab(img: np.ndarray, truth, repeat: int = 3) -> None:
+    """A/B: the default find (angle "auto") against the angle-free fit, same frame, same process."""
+    psfkit.find_stars(img[:400, :400], gain=1.5, read_noise=6.0)
+    best = {False: np.inf, "auto": np.inf}
+    tables = {}
+    for _ in range(repeat):
+        for mode in best:
+            t = time.perf_counter()
+            tables[mode] = psfkit.find_stars(img, gain=1.5, read_noise=6.0, angle=mode)
+            best[mode] = min(best[mode], time.perf_counter() - t)
+    for mode, table in tables.items():
+        d, i = match(table["x_fit"], table["y_fit"], truth)
+        ok = (d < 1.0) & (truth["snr"] >= 10)
+        bias = np.asarray(table["roundness"])[i[ok]] - np.asarray(truth["fwhm_y"] / truth["fwhm_x"])[ok]
+        print(f"angle={mode!r:7s} time {best[mode]:.2f} s  roundness bias {bias.mean():+.4f} "
+              f"(+- {bias.std() / np.sqrt(ok.sum()):.4f}, {ok.sum()} stars)")
+    print(f"time auto / no angle: {best['auto'] / best[False]:.3f} (target <= 1.3)")
+
+
 def main() -> None:
     small = "--small" in sys.argv
     shape = (1000, 1500) if small else SHAPE
@@ -88,6 +111,9 @@ def main() -> None:
                                 background=300.0, gradient=0.3, gain=1.5, read_noise=6.0, edge=10)
     img = img.astype(np.float32)
     print(f"simulated {shape[1]}x{shape[0]} frame with {len(truth)} stars in {time.perf_counter() - t0:.1f} s")
+    if "--angle-ab" in sys.argv:
+        angle_ab(img, truth)
+        return
     frame_mb = img.size * 4 / 1e6
     rows = []
 

@@ -91,7 +91,7 @@ def test_find_writes_every_format(field, tmp_path, suffix):
 
 def test_find_options_model_and_angle(field, tmp_path):
     path, truth = field
-    out = run("find", path, "-o", tmp_path / "m.ecsv", "--model", "moffat", "--angle")
+    out = run("find", path, "-o", tmp_path / "m.ecsv", "--model", "moffat", "--angle", "true")
     assert out.returncode == 0, out.stderr
     t = psfkit.read_star_list(tmp_path / "m.ecsv")
     assert t.meta["settings"]["model"] == "moffat" and t.meta["settings"]["angle"] is True
@@ -137,6 +137,10 @@ def test_lst_with_keep_rejected_says_it_keeps_the_stars_only(field, tmp_path):
     (["find", "{img}", "--read-noise", "-3"], "read noise"),
     (["find", "{img}", "--min-roundness", "2"], "min_roundness"),
     (["find", "{img}", "--min-roundness", "-1"], "min_roundness"),
+    (["find", "{img}", "--angle", "sometimes"], "--angle"),
+    (["find", "{img}", "--fwhm", "0"], "--fwhm"),
+    (["find", "{img}", "--min-snr", "-2"], "--min-snr"),
+    (["find", "{img}", "--max-stars", "0"], "--max-stars"),
 ])
 def test_bad_input_is_one_line_exit_2(field, tmp_path, args, needle):
     path, _ = field

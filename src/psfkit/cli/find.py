@@ -12,6 +12,27 @@ from psfkit.cli._app import app, fail
 from psfkit.cli._options import ImageOptions, image_options, is_per_channel
 
 
+ANGLE_CHOICES = {"auto": "auto", "yes": True, "true": True, "no": False, "false": False}
+
+
+def summary_lines(summary: dict, reasons: dict) -> list[str]:
+    """The find summary as printed: every fitted candidate once (a star, beyond --max-stars, or one
+    rejection reason), so that the counts add up."""
+    head = f"{summary['n_stars']} stars from {summary['n_candidates']} candidates"
+    if summary.get("companion_candidates"):
+        head += (f" + {summary['companion_candidates']} companion candidates on the residual "
+                 f"({summary.get('companions_found', 0)} of the stars)")
+    merged = summary.get("n_peaks", summary["n_candidates"]) - summary["n_candidates"]
+    if merged > 0:
+        head += f"; {merged} more peaks not fitted (closer than the minimum separation to a brighter one)"
+    lines = [head]
+    if summary.get("beyond_max_stars"):
+        lines.append(f"  dropped  {summary['beyond_max_stars']:5d}  beyond --max-stars (fainter stars)")
+    for reason, count in sorted(summary["rejected"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"  rejected {count:5d}  {reason}: {reasons[reason]}")
+    return lines
+
+
 @app.command("find")
 @image_options(per_channel=True)
 def find_command(
@@ -23,7 +44,13 @@ def find_command(
     threshold: float = typer.Option(5.0, "--threshold", help="Detection threshold in sigma of the smoothed frame."),
     model: str = typer.Option("gaussian", "--model", help="gaussian or moffat; or frame (the frame's own PSF) or a "
                               "PSF file from `psfkit psf` for positions and total fluxes."),
-    angle: bool = typer.Option(False, "--angle", help="Fit the rotation angle (slower; Siril's detection does not)."),
+    fwhm: Optional[float] = typer.Option(None, "--fwhm", help="First guess of the stars' FWHM in px (detection filter "
+                                         "and first fitting box); the frame's FWHM is still measured."),
+    angle: str = typer.Option("auto", "--angle", help="auto (Siril: angle fitted where the first fit says the star is "
+                              "elliptic), yes (every star) or no (none: faster, roundness biased)."),
+    min_snr: Optional[float] = typer.Option(3.0, "--min-snr", help="Reject stars whose SNR (flux / flux_err) is below "
+                                            "this; 0 turns the test off."),
+    max_stars: Optional[int] = typer.Option(None, "--max-stars", help="List only the N brightest stars (by flux)."),
     keep_rejected: bool = typer.Option(False, "--keep-rejected", help="Also list the rejected candidates, with reasons."),
     deblend: bool = typer.Option(False, "--deblend", help="Crowded fields: refit stars with their neighbours "
                                  "subtracted and find companions hidden in brighter stars' light (slower)."),
@@ -50,6 +77,15 @@ def find_command(
         photometry_psf, model = model, "gaussian"
     if threshold <= 0:
         raise fail(f"--threshold must be positive, got {threshold}")
+    angle_mode = ANGLE_CHOICES.get(angle.strip().lower())
+    if angle_mode is None:
+        raise fail(f"--angle must be auto, yes or no, not {angle!r}")
+    if fwhm is not None and not (0 < fwhm <= 100):
+        raise fail(f"--fwhm is a first guess in px in (0, 100], got {fwhm}")
+    if min_snr is not None and not (min_snr >= 0):
+        raise fail(f"--min-snr must be >= 0, got {min_snr}")
+    if max_stars is not None and max_stars < 1:
+        raise fail(f"--max-stars must be at least 1, got {max_stars}")
     for p, kinds in [(o, STAR_LIST_FORMATS) for o in outputs] + [(overlay, (".png",)), (fwhm_map, (".png",))]:
         if p is not None:
             if p.suffix.lower() not in kinds:
@@ -57,8 +93,9 @@ def find_command(
             if not p.parent.exists():
                 raise fail(f"{p.parent}: no such folder")
     channel = opts.channel
-    find_options = dict(threshold=threshold, model=model, angle=angle, keep_rejected=True, deblend=deblend, gain=gain,
-                        read_noise=read_noise, progress=True, min_roundness=min_roundness if min_roundness else None)
+    find_options = dict(threshold=threshold, fwhm=fwhm, model=model, angle=angle_mode, keep_rejected=True,
+                        deblend=deblend, gain=gain, read_noise=read_noise, progress=True, max_stars=max_stars,
+                        min_roundness=min_roundness if min_roundness else None, min_snr=min_snr if min_snr else None)
     if is_per_channel(channel):  # one table, a 'channel' column, every plane measured
         table = find_stars_by_channel(image, channels=channel, hdu=opts.hdu, **opts.optics(), **find_options)
         img = opts.load(image, channel=None)
@@ -82,11 +119,8 @@ def find_command(
     stars = table[table["accepted"]]
     for name, summary in summaries.items():
         label = f" [{name}]" if len(summaries) > 1 else ""
-        companions = f" (+{summary['companions_found']} companions on the residual)" if summary.get(
-            "companions_found") else ""
-        typer.echo(f"{image}{label}: {summary['n_stars']} stars from {summary['n_candidates']} candidates{companions}")
-        for reason, count in sorted(summary["rejected"].items(), key=lambda kv: -kv[1]):
-            typer.echo(f"  rejected {count:5d}  {reason}: {table.meta['reject_reasons'][reason]}")
+        for line in summary_lines(summary, table.meta["reject_reasons"]):
+            typer.echo(f"{image}{label}: {line}" if not line.startswith(" ") else line)
     if len(stars):
         import numpy as np
 

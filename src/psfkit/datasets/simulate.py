@@ -134,7 +134,7 @@ def simulate_field(
     model: str = "gaussian",
     fwhm: float = 3.5,
     roundness: float = 0.9,
-    angle_deg: float = 30.0,
+    angle_deg: float | str | np.ndarray = 30.0,
     beta: float = 3.0,
     flux_range: tuple[float, float] = (300.0, 3e5),
     background: float = 200.0,
@@ -150,6 +150,9 @@ def simulate_field(
 ) -> tuple[np.ndarray, Table]:
     """A noisy frame with stars (log-uniform fluxes), optional gradient, hot pixels,
     cosmic rays and saturation, and its truth table.
+
+    ``angle_deg`` is one angle for every star (degrees, counter-clockwise from +x), one per
+    star, or ``"random"`` (uniform in [-90, 90), drawn after the positions and fluxes).
 
     The truth table has ``x``, ``y`` (0-based), ``flux``, ``fwhm_x``, ``fwhm_y``,
     ``angle``, ``peak`` (expected peak pixel above background), ``snr``
@@ -174,7 +177,12 @@ def simulate_field(
     flux = np.exp(rng.uniform(np.log(flux_range[0]), np.log(flux_range[1]), n))
     fx = np.full(n, fwhm / math.sqrt(roundness))
     fy = np.full(n, fwhm * math.sqrt(roundness))
-    ang = np.full(n, angle_deg)
+    if isinstance(angle_deg, str):
+        if angle_deg != "random":
+            raise ValueError(f"angle_deg must be degrees or 'random', not {angle_deg!r}")
+        ang = rng.uniform(-90.0, 90.0, n)
+    else:
+        ang = np.broadcast_to(np.asarray(angle_deg, dtype=float), (n,)).copy()
     p = star_params(model, xs, ys, flux, fx, fy, ang, beta, 0.0)
     stars = render_stars(shape, p, model=model)
     yy, xx = np.mgrid[0:ny, 0:nx]

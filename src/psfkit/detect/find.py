@@ -202,6 +202,7 @@ REASONS = {
     "poor_fit": "RMSE / amplitude above max_rmse_ratio (a poor fit)",
     "duplicate": "the fit converged on a star already in the list",
     "misfit": "a bump beside a brighter star that its model's misfit explains (deblend pass)",
+    "beyond_max_stars": "a star, but fainter than the N brightest asked for (max_stars)",
 }
 
 
@@ -239,7 +240,7 @@ def find_stars(
     box: int | None = None,
     model: str = "gaussian",
     beta: float | None = None,
-    angle: bool = False,
+    angle: bool | str = "auto",
     keep_rejected: bool = False,
     min_separation: float | None = None,
     gain: float | None = None,
@@ -250,6 +251,7 @@ def find_stars(
     mask_neighbours: bool = True,
     saturation: float | None | str = "auto",
     deblend: bool = False,
+    max_stars: int | None = None,
     **criteria: Any,
 ) -> Table:
     """Find, fit and measure every star of a frame.
@@ -260,7 +262,10 @@ def find_stars(
     threshold : float
         Detection threshold in units of the smoothed frame's noise.
     fwhm : float, optional
-        Expected FWHM (px); default: measured on the brightest unsaturated candidates.
+        A first guess of the stars' FWHM (px): it sets the detection filter and the first fitting
+        box of the probe that measures the frame's FWHM (the median over bright unsaturated
+        candidates, ``meta["frame_fwhm"]``), and is the frame's FWHM only when too few stars
+        measure it.  Default: the probe starts from 3 px.
     box : int, optional
         Fitting box; default about 4 FWHM (at least 9 px).
     model : {"gaussian", "moffat"}
@@ -269,8 +274,12 @@ def find_stars(
         unsaturated candidates fitted with beta free, then fixed for every star
         (``meta["frame_beta"]``; faint stars do not constrain beta, and a free beta makes
         their flux as uncertain as beta itself).  A number fixes it; "free" fits it per star.
-    angle : bool
-        Fit the rotation angle (False by default, as Siril's detection does for speed).
+    angle : {"auto", True, False}
+        "auto" (default, Siril's two-stage rule): every star is fitted without the angle, then
+        again with it where the first fit says the star is elliptic (see docs/fitting.md); the
+        roundness of elongated stars is then unbiased whatever their angle.  True fits the angle
+        for every star, False for none (Siril 1.0's automatic detection: faster, but the
+        roundness of stars elongated at 45 degrees reads about 0.03 too high).
     keep_rejected : bool
         Also return the rejected candidates (after the stars), with ``accepted`` and ``reject_reason``.
     min_separation : float, optional
@@ -294,6 +303,10 @@ def find_stars(
         fitted again with the neighbours' models subtracted, and companions hidden in a
         brighter star's light (within 0.8-3 FWHM, no peak of their own in the smoothed frame)
         are found on the residual frame and fitted; they have ``detection_pass`` 2.
+    max_stars : int, optional
+        List only the N brightest accepted stars (by fitted flux); the others are counted in
+        ``meta["summary"]["beyond_max_stars"]`` (and listed after them with ``keep_rejected``,
+        reason ``beyond_max_stars``).
     **criteria
         Fields of :class:`RejectionCriteria` (``min_fwhm``, ``max_fwhm_ratio``,
         ``min_roundness``, ``min_snr``, ``max_center_shift``, ``edge``,
@@ -304,7 +317,16 @@ def find_stars(
     astropy.table.Table
         Accepted stars, brightest first (then the rejected ones when asked),
         with the columns of :func:`psfkit.fit_stars`; ``meta["summary"]`` counts
-        candidates per rejection reason.
+        candidates per rejection reason: ``n_stars + beyond_max_stars + sum(rejected.values())
+        == n_candidates + companion_candidates`` (see docs/rejection.md).
+
+    Examples
+    --------
+    >>> from psfkit.datasets.simulate import simulate_field
+    >>> frame, truth = simulate_field((256, 256), 20, seed=1, flux_range=(5e3, 5e4), edge=10)
+    >>> stars = find_stars(frame, gain=1.5, read_noise=6.0, max_stars=10)
+    >>> len(stars)
+    10
     """
     img = as_image(image)
     names = {f.name for f in fields(RejectionCriteria)}
@@ -320,6 +342,12 @@ def find_stars(
         raise PsfkitError(f"min_roundness is a roundness in [0, 1] (fwhm_y / fwhm_x), got {crit.min_roundness}")
     if not (threshold > 0):
         raise PsfkitError(f"threshold must be positive, got {threshold}")
+    if fwhm is not None and not (np.isfinite(fwhm) and 0 < fwhm <= 100):
+        raise PsfkitError(f"the FWHM guess must be a number of pixels in (0, 100], got {fwhm}")
+    if max_stars is not None and not (int(max_stars) == max_stars and max_stars >= 1):
+        raise PsfkitError(f"max_stars must be a whole number >= 1, got {max_stars}")
+    if angle not in ("auto", True, False):
+        raise PsfkitError(f"angle must be 'auto', True or False, not {angle!r}")
     check_positive(gain, "the gain (e-/ADU)", allow_none=True)
     if read_noise is not None and not (np.isfinite(read_noise) and read_noise >= 0):
         raise PsfkitError(f"the read noise must be a number of e- >= 0, got {read_noise}")
@@ -338,28 +366,32 @@ def find_stars(
     cands, n_cand_all = candidates(smoothing)
     settings = dict(threshold=threshold, model=model, beta=beta, angle=angle, box=box, fwhm=fwhm,
                     min_separation=min_separation, mask_neighbours=mask_neighbours, deblend=deblend,
+                    max_stars=max_stars,
                     **{f.name: getattr(crit, f.name) for f in fields(RejectionCriteria)})
     if len(cands) == 0:
         # the columns a frame with stars would have (one schema: psfkit.psf.columns)
         table = empty_star_table(arcsec=img.pixel_scale is not None, radec=img.wcs is not None, find=True,
                                  rejection=keep_rejected)
-        table.meta.update(settings=settings, summary={"n_candidates": 0, "n_stars": 0, "rejected": {},
-                                                      "companions_found": 0},
+        table.meta.update(settings=settings, summary={"n_peaks": 0, "n_candidates": 0, "n_stars": 0, "rejected": {},
+                                                      "candidates_fitted": 0, "companion_candidates": 0,
+                                                      "companions_found": 0, "beyond_max_stars": 0},
                           background=bkg.median, noise=bkg.noise, reject_reasons=REASONS,
                           pixel_scale=img.pixel_scale, image=img.path, image_shape=list(img.shape),
                           roworder=img.meta.get("roworder", "BOTTOM-UP"))
         return table
     # the frame's FWHM from the brightest candidates (unsaturated, isolated)
-    if fwhm is None:
-        fwhm_est = _probe_fwhm(img, cands, gain=gain, read_noise=read_noise, mask=mask, saturation=saturation)
-        if fwhm_est > 4.0:
-            # wide stars: detect again with the filter matched to them (sigma FWHM / 2.355); the
-            # 1 px filter also picks the grain of the sky and the structure of bloated disks, which
-            # would all be fitted (the 1910 M44 plate: 2,594 candidates -> ~700)
-            smoothing = fwhm_est / FWHM_PER_SIGMA
-            cands, n_cand_all = candidates(smoothing)
-    else:
-        fwhm_est = float(fwhm)
+    fwhm_est = _probe_fwhm(img, cands, guess=fwhm, gain=gain, read_noise=read_noise, mask=mask,
+                           saturation=saturation)
+    if fwhm is None and fwhm_est > 4.0:
+        # wide stars: detect again with the filter matched to them (sigma FWHM / 2.355); the
+        # 1 px filter also picks the grain of the sky and the structure of bloated disks, which
+        # would all be fitted (the 1910 M44 plate: 2,594 candidates -> ~700)
+        smoothing = fwhm_est / FWHM_PER_SIGMA
+        cands, n_cand_all = candidates(smoothing)
+    elif fwhm is not None and abs(max(0.7, fwhm_est / FWHM_PER_SIGMA) / smoothing - 1.0) > 0.25:
+        # the guess was off: detect again with the filter matched to the measured FWHM
+        smoothing = max(0.7, fwhm_est / FWHM_PER_SIGMA)
+        cands, n_cand_all = candidates(smoothing)
     if min_separation is None:
         sep = max(2.0, 0.8 * fwhm_est)
         if sep > 2.0:
@@ -377,7 +409,7 @@ def find_stars(
         frame_beta = _probe_beta(img, cands, box=box, gain=gain, read_noise=read_noise, mask=mask,
                                  saturation=saturation)
     fit_beta = frame_beta if frame_beta is not None else (None if beta == "free" else beta)
-    fit_kwargs = dict(box=box, model=model, beta=fit_beta, angle=bool(angle), search_radius=None, gain=gain,
+    fit_kwargs = dict(box=box, model=model, beta=fit_beta, angle=angle, search_radius=None, gain=gain,
                       read_noise=read_noise, mask=mask, saturation=saturation)
     table = _fit_in_chunks(img, xs, ys, masker, fit_kwargs, progress)
     table["peak_significance"] = np.asarray(cands["significance"], dtype=float)
@@ -402,6 +434,14 @@ def find_stars(
             counts[r] = counts.get(r, 0) + 1
     stars = table[table["accepted"]]
     stars = stars[np.argsort(-np.nan_to_num(stars["flux_fit"], nan=-np.inf), kind="stable")]
+    n_beyond = 0
+    if max_stars is not None and len(stars) > max_stars:
+        n_beyond = len(stars) - int(max_stars)
+        beyond = stars[int(max_stars):]
+        beyond["accepted"] = np.zeros(len(beyond), dtype=bool)
+        beyond["reject_reason"] = np.full(len(beyond), "beyond_max_stars")
+        stars = stars[: int(max_stars)]
+        table = vstack([stars, beyond, table[~table["accepted"]]], metadata_conflicts="silent")
     if keep_rejected:
         rej = table[~table["accepted"]]
         out = vstack([stars, rej], metadata_conflicts="silent") if len(rej) else stars
@@ -410,11 +450,17 @@ def find_stars(
         out.remove_columns(["accepted", "reject_reason"])
     out["id"] = np.arange(1, len(out) + 1)
     out.meta = dict(table.meta)
+    n_companion_candidates = int(np.sum(np.asarray(table["detection_pass"]) == 2))
     out.meta.update(
         settings=settings,
-        summary={"n_candidates": int(n_cand_all), "n_stars": int(len(stars)), "rejected": counts,
-                 "candidates_fitted": int(len(table)),
-                 "companions_found": int(np.sum(np.asarray(stars["detection_pass"]) == 2))},
+        # every fitted candidate is a star or has one reason: n_stars + beyond_max_stars + sum(rejected) ==
+        # n_candidates + companion_candidates; n_peaks also counts the peaks merged into a brighter
+        # one closer than min_separation and those beyond max_candidates (never fitted)
+        summary={"n_peaks": int(n_cand_all), "n_candidates": int(len(table)) - n_companion_candidates,
+                 "n_stars": int(len(stars)), "rejected": counts,
+                 "candidates_fitted": int(len(table)), "companion_candidates": n_companion_candidates,
+                 "companions_found": int(np.sum(np.asarray(stars["detection_pass"]) == 2)),
+                 "beyond_max_stars": n_beyond},
         frame_fwhm=fwhm_est,
         frame_beta=frame_beta,
         detection_smoothing=smoothing,
@@ -488,16 +534,18 @@ def _probe_positions(cands: Table) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(cands["x"], dtype=float)[idx], np.asarray(cands["y"], dtype=float)[idx]
 
 
-def _probe_fwhm(img: Image, cands: Table, **fit_kwargs: Any) -> float:
+def _probe_fwhm(img: Image, cands: Table, *, guess: float | None = None, **fit_kwargs: Any) -> float:
     """The frame's stellar FWHM (px): the median over a probe of candidates fitted without the
-    angle, in a 15 px box, again in a box of 4 FWHM when that is larger."""
+    angle, in a box of 15 px (or 4 x the guess), again in a box of 4 FWHM when that is larger;
+    the guess (default 3 px) when fewer than 3 candidates measure it."""
     px, py = _probe_positions(cands)
-    est, box = 3.0, 15
+    first = 3.0 if guess is None else float(guess)
+    est, box = first, max(15, fitting_box(first, per_fwhm=4.0, minimum=1, maximum=101))
     for _ in range(2):
         t0 = fit_stars(img, px, py, box=box, angle=False, search_radius=None, **fit_kwargs)
         ok = (t0["flags"] & (F.SATURATED | F.FIT_FAILED | F.NOT_CONVERGED)) == 0
         ok &= np.isfinite(t0["fwhm"]) & (t0["fwhm"] > 0.8)
-        est = float(np.median(t0["fwhm"][ok])) if ok.sum() >= 3 else 3.0
+        est = float(np.median(t0["fwhm"][ok])) if ok.sum() >= 3 else first
         wanted = fitting_box(est, per_fwhm=4.0, minimum=1, maximum=101)
         if wanted <= box:
             break
