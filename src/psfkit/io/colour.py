@@ -31,6 +31,7 @@ __all__ = [
     "bayer_pattern_from_header",
     "bayer_plane",
     "describe_plane",
+    "split_channel_from_header",
     "frame_view",
     "luminance",
     "table_to_frame",
@@ -64,6 +65,49 @@ def bayer_pattern_from_header(header: dict) -> str | None:
     if xoff:
         cell = [[row[1], row[0]] for row in cell]
     return "".join(cell[0] + cell[1])
+
+
+def split_channel_from_header(header: dict) -> dict | None:
+    """The colour plane a file already is, from CLRCHNL, CHNLXSTP and CHNLYSTP; None otherwise.
+
+    Some pipelines split a Bayer frame into its colour planes and write each as its own file,
+    keeping the sensor's BAYERPAT but adding CLRCHNL (the plane's colour, e.g. 'R') and CHNLXSTP,
+    CHNLYSTP (how many sensor pixels apart the plane's pixels are, 2 for a 2x2 cell).  Such a
+    file is one colour channel: it must not be split into Bayer planes again, and each of its
+    pixels spans ``x_step`` x ``y_step`` sensor pixels.
+
+    Parameters
+    ----------
+    header : mapping
+        FITS header or plain dict.
+
+    Returns
+    -------
+    dict or None
+        ``{"channel": "R", "x_step": 2, "y_step": 2, "keywords": "CLRCHNL='R', CHNLXSTP=2, CHNLYSTP=2"}``
+        when CLRCHNL is set or a step is above 1.
+
+    Examples
+    --------
+    >>> split_channel_from_header({"BAYERPAT": "RGGB", "CLRCHNL": "R", "CHNLXSTP": 2, "CHNLYSTP": 2})["x_step"]
+    2
+    >>> split_channel_from_header({"BAYERPAT": "RGGB"}) is None
+    True
+    """
+    name = str(header.get("CLRCHNL", "") or "").strip()
+    steps = []
+    for key in ("CHNLXSTP", "CHNLYSTP"):
+        try:
+            value = int(float(header.get(key, 1) or 1))
+        except (TypeError, ValueError):
+            value = 1
+        steps.append(max(value, 1))
+    if not name and steps == [1, 1]:
+        return None
+    words = ([f"CLRCHNL={name!r}"] if name else []) + [f"{k}={v}" for k, v in zip(("CHNLXSTP", "CHNLYSTP"), steps)
+                                                      if k in header]
+    colour = {"RED": "R", "GREEN": "G", "BLUE": "B"}.get(name.upper(), name.upper() or None)
+    return {"channel": colour, "x_step": steps[0], "y_step": steps[1], "keywords": ", ".join(words)}
 
 
 def _positions(pattern: str, colour: str) -> list[tuple[int, int]]:

@@ -545,10 +545,23 @@ def _finish(path: Path, frame: Any, channel: Any, user: dict) -> Image:
     layout = frame.layout
     n_planes = data.shape[0] if data.ndim == 3 else 1
     bayer = frame.bayer_pattern
-    if layout == "grey" and bayer is None:
+    split = colour.split_channel_from_header(header) if layout == "grey" else None
+    if layout == "grey" and bayer is None and split is None:
         bayer = colour.bayer_pattern_from_header(header)
     if layout == "grey" and bayer is not None:
         layout = "bayer"
+    if split is not None:
+        # already one colour plane of a Bayer sensor (CLRCHNL/CHNLXSTP/CHNLYSTP): a BAYERPAT it
+        # still carries describes the sensor, not these pixels; split it again and a red image
+        # would give a "green plane" at half the size of its stars
+        split["sensor_pattern"] = colour.bayer_pattern_from_header(header)
+        if channel is not None:
+            key = str(channel).strip().lower()
+            name = _CHANNEL_NAMES.get(key)
+            if name not in (split["channel"], "mosaic", "luminance") and key != "0":
+                raise PsfkitError(f"{path}: the file is already one colour plane ({split['keywords']}); "
+                                  f"it has no {channel} channel")
+            channel = None
     if layout == "bayer" and data.ndim != 2:
         raise PsfkitError(f"{path}: a Bayer mosaic must be 2-D, got shape {data.shape}")
     if layout == "bayer" and min(data.shape) < 2:
@@ -561,6 +574,11 @@ def _finish(path: Path, frame: Any, channel: Any, user: dict) -> Image:
     read_noise, rkey = _header_float(header, "RDNOISE", "READNOIS", "RON", "READNOISE")
     if read_noise is not None and read_noise < 0:
         read_noise = None
+    if split is not None and scale is not None and scale_rule.startswith("206.265") and split["x_step"] * split["y_step"] > 1:
+        # the pixel size is the sensor's; a pixel of the plane spans x_step x y_step of them
+        step = math.sqrt(split["x_step"] * split["y_step"])
+        scale *= step
+        scale_rule += f"; x {step:g} for a plane of every {split['x_step']}x{split['y_step']} sensor pixels ({split['keywords']})"
     exptime = _exposure(header)
     date_obs = _iso_date(header.get("DATE-OBS", header.get("DATE_OBS")))
 
@@ -601,6 +619,13 @@ def _finish(path: Path, frame: Any, channel: Any, user: dict) -> Image:
         "pixel_map": None,
     }
     meta.update({k: v for k, v in frame.meta.items() if k not in meta})
+    if split is not None:
+        meta["channel"] = split["channel"]
+        meta["split_channel"] = {k: split[k] for k in ("channel", "x_step", "y_step")}
+        ignored = f"; its BAYERPAT ({split['sensor_pattern']}) describes the sensor and is not applied again" \
+            if split["sensor_pattern"] else ""
+        meta["channel_rule"] = (f"already one colour plane of a Bayer sensor ({split['keywords']}): measured as it is, "
+                                f"each pixel {split['x_step']}x{split['y_step']} sensor pixels{ignored}")
 
     plane = data
     if layout == "rgb" or layout == "stack":
@@ -759,7 +784,8 @@ def load_planes(
         from psfkit.io import colour
 
         layout = frame.layout
-        if layout == "grey" and (frame.bayer_pattern or colour.bayer_pattern_from_header(frame.header)):
+        if layout == "grey" and (frame.bayer_pattern or (colour.bayer_pattern_from_header(frame.header)
+                                                         and colour.split_channel_from_header(frame.header) is None)):
             layout = "bayer"
         if layout in ("rgb", "bayer"):
             channels = ["R", "G", "B"]
@@ -775,13 +801,20 @@ def describe_image(image: Image) -> dict:
 
     Parameters
     ----------
-    image : Image
+    image : Image, path or 2-D array
 
     Returns
     -------
     dict
         Label -> plain value (str, number, bool, list or None), in display order.
+
+    Examples
+    --------
+    >>> import psfkit
+    >>> describe_image(psfkit.sample_image_path())["layout"]
+    'grey'
     """
+    image = as_image(image)
     meta = image.meta
     wcs = image.wcs
     centre = None
