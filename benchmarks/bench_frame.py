@@ -218,10 +218,8 @@ def main() -> None:
         f"{peak / 1e6 / frame_mb:.2f} (target <= 4).",
         "",
         f"`deblend=True` (off by default; `psfkit find --deblend`): {t_deb / t_psf:.2f} x the default's time. "
-        "What the default misses here are mostly stars within ~2 FWHM of brighter ones; these stars are "
-        "elongated (roundness 0.9, random angles) and the default fit has no angle, so the bright stars' "
-        "residuals are their misfit and the pass claims only the companions that explain them "
-        "(docs/rejection.md, Crowded fields; with the angle fitted, tests/test_deblend.py finds all of them).",
+        "What the default misses here are mostly stars within ~2 FWHM of brighter ones; the pass claims "
+        "only the companions that explain the bright stars' residuals (docs/rejection.md, Crowded fields).",
     ]
     text = "\n".join(lines)
     print(text)
