@@ -122,3 +122,15 @@ def test_summary_counts_add_up_with_deblend(pairs_fits, capsys):
     n_stars, n_cand, n_comp = map(int, m.groups())
     rejected = sum(int(c) for c in re.findall(r"rejected\s+(\d+)", out))
     assert n_comp >= 1 and n_stars + rejected == n_cand + n_comp
+
+
+@pytest.mark.parametrize("command", ["fit", "info", "compare", "find"])
+def test_channel_help_is_whole(command):
+    from typer.testing import CliRunner
+
+    from psfkit.cli import app
+
+    out = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+    text = " ".join(out.output.split())
+    assert "R, G, B or mosaic." in text  # the sentence ends: not cut off at "mosaic;"
+    assert ("'all' or a list like R,G,B" in text) == (command == "find")

@@ -14,8 +14,8 @@ __all__ = ["hdu_option", "channel_option", "focal_length_option", "pixel_size_op
            "scale_option", "load_from_options", "is_per_channel", "user_optics"]
 
 CHANNEL_HELP = ("Plane to measure: luminance (RGB default), R, G, B, a plane number (stacks); Bayer mosaics: green "
-                "(default), luminance (2x2 binned), R, G, B or mosaic; 'all' or a list like R,G,B measures each "
-                "plane (a 'channel' column).")
+                "(default), luminance (2x2 binned), R, G, B or mosaic.")
+PER_CHANNEL_HELP = " 'all' or a list like R,G,B measures each plane (a 'channel' column)."
 
 
 def hdu_option() -> Any:
@@ -23,7 +23,7 @@ def hdu_option() -> Any:
 
 
 def channel_option(*, per_channel: bool = True) -> Any:
-    text = CHANNEL_HELP if per_channel else CHANNEL_HELP.split(" 'all'")[0]
+    text = CHANNEL_HELP + PER_CHANNEL_HELP if per_channel else CHANNEL_HELP
     return typer.Option(None, "--channel", help=text)
 
 

@@ -65,7 +65,7 @@ def find_command(
     from psfkit.detect.channels import find_stars_by_channel
     from psfkit.io.colour import frame_view, table_to_frame
     from psfkit.flags import SATURATED
-    from psfkit.viz.plots import plot_fwhm_map, plot_overlay
+    from psfkit.viz.plots import map_cells, plot_fwhm_map, plot_overlay
 
     outputs = list(output or [])
     photometry_psf = None
@@ -149,10 +149,12 @@ def find_command(
         typer.echo(f"wrote {overlay}")
     if fwhm_map is not None:
         if len(stars) < 3:
-            typer.echo(f"not writing {fwhm_map}: a field map needs at least 3 stars")
+            typer.echo(f"not writing {fwhm_map}: a field map needs at least 3 stars, found {len(stars)}")
         else:
             plot_fwhm_map(stars, tuple(img.meta.get("frame_shape", img.shape)), fwhm_map)
-            typer.echo(f"wrote {fwhm_map}")
+            cells = map_cells(len(stars))
+            typer.echo(f"wrote {fwhm_map}" + (f" ({cells}x{cells} cells: {len(stars)} stars are too few for 6x6)"
+                                              if cells < 6 else ""))
 
 
 @app.command("average")

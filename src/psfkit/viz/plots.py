@@ -9,7 +9,7 @@ from astropy.table import Table
 
 from psfkit.psf.models import FWHM_PER_SIGMA
 
-__all__ = ["auto_stretch", "plot_overlay", "plot_fwhm_map"]
+__all__ = ["auto_stretch", "map_cells", "plot_overlay", "plot_fwhm_map"]
 
 
 def auto_stretch(data: np.ndarray, *, low: float = 0.5, high: float = 99.8) -> np.ndarray:
@@ -29,7 +29,8 @@ def _figure(shape, scale=1.0):
 
     ny, nx = shape
     w = min(14.0, max(6.0, nx / 100 * scale))
-    return plt, plt.figure(figsize=(w, w * ny / nx + 0.4), dpi=100)
+    # exactly the frame's aspect: an axes filling the figure leaves no blank strip
+    return plt, plt.figure(figsize=(w, w * ny / nx), dpi=100)
 
 
 def _ring_scale(table: Table) -> np.ndarray:
@@ -51,9 +52,20 @@ def _ring_scale(table: Table) -> np.ndarray:
     return np.minimum(diameter, 60.0) / fx
 
 
+def _top_down(table: Table, top_down: bool | None) -> bool:
+    """Whether row 0 is the top of the picture: as asked, else from ``table.meta["roworder"]``."""
+    if top_down is None:
+        return str(table.meta.get("roworder", "")).upper() == "TOP-DOWN"
+    return bool(top_down)
+
+
 def plot_overlay(data: np.ndarray, table: Table, path: str | Path, *, show_rejected: bool = True,
                  top_down: bool | None = None) -> Path:
     """Auto-stretched frame with an ellipse (FWHM axes and angle) on every star; rejected ones in red.
+
+    A rejected candidate whose fit has no usable shape (failed, or a drawn minor axis under 4 px or
+    under 0.15 of the major: a wild fit's 54 x 0.1 px sliver) is marked by a dashed circle of 3 frame FWHM (at least 9 px)
+    at its position instead.
 
     Parameters
     ----------
@@ -72,23 +84,46 @@ def plot_overlay(data: np.ndarray, table: Table, path: str | Path, *, show_rejec
     Returns
     -------
     Path
-    """
-    from matplotlib.patches import Ellipse
 
-    if top_down is None:
-        top_down = str(table.meta.get("roworder", "")).upper() == "TOP-DOWN"
+    Examples
+    --------
+    >>> import psfkit, tempfile, os
+    >>> img = psfkit.load_image(psfkit.sample_image_path())
+    >>> stars = psfkit.find_stars(img)
+    >>> out = plot_overlay(img.data, stars, os.path.join(tempfile.mkdtemp(), "overlay.png"))
+    >>> out.suffix
+    '.png'
+    """
+    from matplotlib.patches import Circle, Ellipse
+
+    top_down = _top_down(table, top_down)
     plt, fig = _figure(data.shape)
     ax = fig.add_axes([0, 0, 1, 1])
     ax.imshow(auto_stretch(data), origin="upper" if top_down else "lower", cmap="gray", interpolation="nearest")
     accepted = np.asarray(table["accepted"], bool) if "accepted" in table.colnames else np.ones(len(table), bool)
     factor = _ring_scale(table) if len(table) else np.zeros(0)
+    frame_fwhm = float(table.meta.get("frame_fwhm") or 3.0)
+    marker = max(9.0, 3.0 * frame_fwhm)
+    failed = np.zeros(len(table), bool)
+    if "reject_reason" in table.colnames:
+        failed = np.isin(np.asarray(table["reject_reason"], dtype=str), ["fit_failed", "center_moved"])
     for k, (row, ok) in enumerate(zip(table, accepted)):
         if not ok and not show_rejected:
             continue
         fx, fy = float(row["fwhm_x"]), float(row["fwhm_y"])
-        if not (np.isfinite(fx) and np.isfinite(fy)) or fx <= 0:
+        x, y = float(row["x_fit"]), float(row["y_fit"])
+        shapeless = not (np.isfinite(fx) and np.isfinite(fy)) or fx <= 0 or fy <= 0
+        drawn_minor = factor[k] * fy if not shapeless else 0.0
+        if not ok and (shapeless or failed[k] or drawn_minor < 4.0 or drawn_minor < 0.15 * factor[k] * fx
+                       or not (np.isfinite(x) and np.isfinite(y))):
+            # no usable shape: a marker where the candidate was (its fitted centre may have wandered)
+            if "x_init" in table.colnames and (failed[k] or not (np.isfinite(x) and np.isfinite(y))):
+                x, y = float(row["x_init"]), float(row["y_init"])
+            ax.add_patch(Circle((x, y), marker / 2, fill=False, color="#ff4040", lw=0.8, ls="--"))
+            continue
+        if shapeless:
             fx = fy = 3.0
-        ax.add_patch(Ellipse((float(row["x_fit"]), float(row["y_fit"])), factor[k] * fx, factor[k] * fy,
+        ax.add_patch(Ellipse((x, y), factor[k] * fx, factor[k] * fy,
                              angle=float(np.nan_to_num(row["angle"])), fill=False,
                              color="#33ff66" if ok else "#ff4040", lw=0.8))
     ax.set_xlim(-0.5, data.shape[1] - 0.5)
@@ -103,16 +138,53 @@ def plot_overlay(data: np.ndarray, table: Table, path: str | Path, *, show_rejec
     return out
 
 
-def plot_fwhm_map(table: Table, shape: tuple[int, int], path: str | Path, *, cells: int = 6) -> Path:
-    """FWHM and roundness across the frame (median per cell) with the stars' values scattered on top."""
+def map_cells(n_stars: int, cells: int = 6, *, per_cell: int = 3) -> int:
+    """Cells per side of a field map: at most ``cells``, few enough that a cell holds about
+    ``per_cell`` stars on average (a sparse frame gets a coarser map, never an empty one)."""
+    return int(max(1, min(cells, np.floor(np.sqrt(max(n_stars, 0) / per_cell)))))
+
+
+def plot_fwhm_map(table: Table, shape: tuple[int, int], path: str | Path, *, cells: int = 6,
+                  top_down: bool | None = None) -> Path:
+    """FWHM and roundness across the frame (median per cell) with the stars' values scattered on top.
+
+    Parameters
+    ----------
+    table : Table
+        A star list (its accepted stars are used), in the pixels of ``shape``.
+    shape : (ny, nx)
+        The frame's shape.
+    path : str or Path
+        The PNG to write.
+    cells : int
+        Cells per side at most; fewer on a sparse frame (:func:`map_cells`: about 3 stars per
+        cell on average), and a cell with fewer than 3 stars is left blank (said in the title).
+    top_down : bool, optional
+        Row 0 at the top, as :func:`plot_overlay` draws it; default from ``table.meta["roworder"]``.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    PsfkitError
+        With fewer than 3 stars (no median to map).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from psfkit.errors import PsfkitError
+
+    top_down = _top_down(table, top_down)
     if "accepted" in table.colnames:
         table = table[np.asarray(table["accepted"], bool)]
+    if len(table) < 3:
+        raise PsfkitError(f"a field map needs at least 3 stars, the list has {len(table)}")
     ny, nx = shape
+    cells = map_cells(len(table), cells)
     x, y = np.asarray(table["x_fit"]), np.asarray(table["y_fit"])
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.5 * ny / nx + 1))
     for ax, name, cmap in zip(axes, ["fwhm", "roundness"], ["viridis", "magma"]):
@@ -125,12 +197,26 @@ def plot_fwhm_map(table: Table, shape: tuple[int, int], path: str | Path, *, cel
                 sel = (gy == i) & (gx == j) & np.isfinite(v)
                 if sel.sum() >= 3:
                     grid[i, j] = np.median(v[sel])
-        im = ax.imshow(grid, origin="lower", extent=(0, nx, 0, ny), cmap=cmap, aspect="equal")
-        ax.scatter(x, y, c=v, cmap=cmap, s=8, edgecolors="k", linewidths=0.2, vmin=np.nanmin(grid), vmax=np.nanmax(grid))
+        finite = np.isfinite(v)
+        filled = np.isfinite(grid)
+        # one colour scale for the cells and the stars: the stars' 5-95 % range and every cell
+        ref = np.concatenate([np.percentile(v[finite], [5, 95]) if finite.any() else [], grid[filled]])
+        lo, hi = (float(ref.min()), float(ref.max())) if ref.size else (0.0, 1.0)
+        # row i of the grid covers y in [i ny / cells, (i + 1) ny / cells): drawn the way up the overlay is
+        extent = (0, nx, ny, 0) if top_down else (0, nx, 0, ny)
+        im = ax.imshow(grid, origin="upper" if top_down else "lower", extent=extent, cmap=cmap, aspect="equal",
+                       vmin=lo, vmax=hi)
+        ax.scatter(x[finite], y[finite], c=v[finite], cmap=cmap, s=8, edgecolors="k", linewidths=0.2,
+                   vmin=lo, vmax=hi)
+        ax.set_xlim(0, nx)
+        ax.set_ylim((ny, 0) if top_down else (0, ny))
         fig.colorbar(im, ax=ax, shrink=0.8, label=f"{name} (median per cell)")
-        ax.set_title(f"{name}: median {np.nanmedian(v):.3f}")
+        blank = int((~filled).sum())
+        note = f"{cells}x{cells} cells" + (f", {blank} blank (< 3 stars)" if blank else "")
+        ax.set_title(f"{name}: median {np.median(v[finite]) if finite.any() else float('nan'):.3f}\n"
+                     f"{len(table)} stars, {note}", fontsize=10)
         ax.set_xlabel("x (px)")
-        ax.set_ylabel("y (px)")
+        ax.set_ylabel("y (px)" + (", row 0 at the top" if top_down else ""))
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=100)
