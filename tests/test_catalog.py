@@ -132,3 +132,51 @@ def test_reg_with_rejected_candidates_reads_back_their_reasons(tmp_path):
     assert avg["fwhm_x"]["median"] == pytest.approx(np.median(stars["fwhm_x"]), abs=1e-4)
     # a list of stars only has no accepted column
     assert "accepted" not in psfkit.read_star_list(psfkit.write_star_list(stars, tmp_path / "s.reg")).colnames
+
+
+def test_lst_header_is_the_same_from_the_cli_and_the_web_page(tmp_path):
+    """The web page sends back rows without find's settings: the header still says find's limits and box."""
+    import inspect
+
+    from astropy.table import Table
+
+    from psfkit.detect.find import RejectionCriteria, find_stars
+    from psfkit.io.catalog import LST_DEFAULTS, siril_parameters
+
+    assert LST_DEFAULTS["threshold"] == inspect.signature(find_stars).parameters["threshold"].default
+    assert LST_DEFAULTS["min_roundness"] == RejectionCriteria().min_roundness
+    img, _ = simulate_field((256, 256), 30, seed=3, fwhm=3.4, flux_range=(3e3, 1e5), edge=10)
+    stars = find_stars(img, gain=1.5, read_noise=6.0)
+    cli = siril_parameters(stars)
+    assert "roundness=0.30" in cli and f"radius={stars.meta['box'] // 2}" in cli
+    # what the web page's export builds: the rows, the model and the threshold only
+    page = Table({c: stars[c] for c in stars.colnames})
+    page.meta.update(model="gaussian", settings={"threshold": 5.0, "model": "gaussian"})
+    assert siril_parameters(page) == cli
+
+
+def test_moffat_lst_header_minbeta_is_below_every_row(tmp_path):
+    img, _ = simulate_field((256, 256), 30, seed=4, model="moffat", beta=1.4, fwhm=3.4, flux_range=(5e3, 2e5),
+                            edge=10)
+    stars = psfkit.find_stars(img, gain=1.5, read_noise=6.0, model="moffat")
+    lines = psfkit.write_star_list(stars, tmp_path / "m.lst").read_text().splitlines()
+    minbeta = float(lines[1].split("minbeta=")[1].split()[0])
+    betas = [float(l.split("\t")[4]) for l in lines if not l.startswith("#")]
+    assert min(betas) < 1.5 and minbeta <= min(betas)
+
+
+@pytest.mark.parametrize("suffix", [".lst", ".reg"])
+def test_average_of_a_list_without_snr_has_no_snr_weighted_mean(tmp_path, table, suffix, capsys):
+    from psfkit.cli import main
+
+    path = psfkit.write_star_list(table, tmp_path / f"s{suffix}")
+    avg = psfkit.average(psfkit.read_star_list(path))
+    assert np.isnan(avg["fwhm_x"]["snr_weighted_mean"]) and np.isfinite(avg["fwhm_x"]["mean"])
+    try:
+        main(["average", str(path)])
+    except SystemExit as exc:
+        assert not exc.code
+    out = capsys.readouterr().out
+    assert "no snr column" in out
+    row = next(l for l in out.splitlines() if l.startswith("fwhm_x "))
+    assert row.split()[-1] == "nan"

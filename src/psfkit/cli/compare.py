@@ -55,8 +55,11 @@ def compare_command(
         typer.echo(json.dumps(result.answers()))
         return
     best = table[table["preferred"]][0]
-    typer.echo(f"{image}: brightest peak within 10 px of ({x:g}, {y:g}) at ({m['x']:.2f}, {m['y']:.2f}); "
-               f"every model fitted on the same {m['box']}x{m['box']} px box")
+    # the fitted centre, not the smoothed peak that seeded the fits (on a saturated or lopsided star
+    # the smoothed, median-cleaned maximum can sit pixels off the star)
+    typer.echo(f"{image}: source within 10 px of ({x:g}, {y:g}), centred at ({best['x_fit']:.2f}, "
+               f"{best['y_fit']:.2f}) by the {best['model']} fit; every model fitted on the same "
+               f"{m['box']}x{m['box']} px box")
     typer.echo(f"weights: {m['weights']}")
     typer.echo(f"{'model':12s} {'flux (total)':>14s} {'+-':>10s} {'FWHM px':>8s} {'beta':>6s} {'chi2/dof':>9s} "
                f"{'AIC':>10s} {'BIC':>10s} {'RMSE':>9s}")
@@ -88,6 +91,17 @@ def compare_command(
     typer.echo(m["note"])
     if residuals is not None:
         typer.echo(f"wrote {residuals}")
+
+
+def _flag_names(row) -> str:
+    """The PSF fit's flags and the aperture's, by name ('-' for none): a saturated star says so."""
+    from psfkit import flags as F
+    from psfkit.aperture.photometry import PHOT_FLAGS
+
+    names = F.decode_flags(row["flags"]) if "flags" in row.colnames else []
+    phot = int(row["phot_flags"])
+    names += [text.split(":")[0] for bit, text in PHOT_FLAGS.items() if phot & bit]
+    return ",".join(names) or "-"
 
 
 @app.command("phot")
@@ -154,7 +168,8 @@ def phot_command(
     plane_out, out = out, table_to_frame(out, img)  # positions on the full frame (identity unless a Bayer plane)
     cols = [c for c in ("id", "x_fit", "y_fit", "fwhm", "flux_fit", "flux_err", "aperture_radius", "sky", "flux_aper",
                         "flux_aper_err", "snr_aper", "mag_aper", "mag_aper_err", "flux_aper_total",
-                        "flux_aper_total_err", "flux_ratio", "flux_ratio_err", "phot_flags") if c in out.colnames]
+                        "flux_aper_total_err", "flux_ratio", "flux_ratio_err", "flags", "phot_flags")
+            if c in out.colnames]
     if output is not None:
         write_star_list(out, output)
     if as_json:
@@ -175,7 +190,7 @@ def phot_command(
     else:
         typer.echo(f"no aperture correction: {corr.get('note', '')}")
     typer.echo(f"{'id':>4s} {'x':>8s} {'y':>8s} {'PSF flux':>11s} {'+-':>8s} {'aper flux':>11s} {'+-':>8s} "
-               f"{'SNR':>6s} {'mag':>7s} {'total(aper)':>11s} {'+-':>8s} {'PSF/aper':>8s} {'flags':>5s}")
+               f"{'SNR':>6s} {'mag':>7s} {'total(aper)':>11s} {'+-':>8s} {'PSF/aper':>8s}  flags (fit, aperture)")
     for i, row in enumerate(out):
         ident = int(row["id"]) if "id" in out.colnames else i + 1
         fit_f = row["flux_fit"] if "flux_fit" in out.colnames else float("nan")
@@ -183,7 +198,7 @@ def phot_command(
         ratio = row["flux_ratio"] if "flux_ratio" in out.colnames else float("nan")
         typer.echo(f"{ident:4d} {row['x_fit']:8.2f} {row['y_fit']:8.2f} {fit_f:11.6g} {fit_e:8.3g} "
                    f"{row['flux_aper']:11.6g} {row['flux_aper_err']:8.3g} {row['snr_aper']:6.1f} {row['mag_aper']:7.3f} "
-                   f"{row['flux_aper_total']:11.6g} {row['flux_aper_total_err']:8.3g} {ratio:8.3f} {int(row['phot_flags']):5d}")
+                   f"{row['flux_aper_total']:11.6g} {row['flux_aper_total_err']:8.3g} {ratio:8.3f}  {_flag_names(row)}")
     rb = out.meta.get("flux_ratio_bright")
     if rb:
         name = out.meta.get("model", model)

@@ -159,7 +159,7 @@ def find_command(
 
 @app.command("average")
 def average_command(
-    star_list: Path = typer.Argument(..., help="A star list written by psfkit find (.csv .ecsv .fits)."),
+    star_list: Path = typer.Argument(..., help="A star list written by psfkit find (.csv .ecsv .fits .lst .reg)."),
 ) -> None:
     """Print the averages of a saved star list."""
     from psfkit.io.catalog import average, read_star_list
@@ -169,6 +169,8 @@ def average_command(
         raise fail(f"{star_list}: not a psfkit star list (no fwhm_x column)")
     avg = average(table)
     typer.echo(f"{star_list}: {avg['n_stars']} stars ({avg.get('n_used_shape', 0)} unsaturated used for shape)")
+    if "snr" not in table.colnames:
+        typer.echo(f"note: {avg['snr_weighted']} (SNR-weighted column left empty)")
     typer.echo(f"{'column':16s} {'mean':>12s} {'median':>12s} {'robust std':>12s} {'SNR-weighted':>12s}")
     for name, v in avg.items():
         if isinstance(v, dict):

@@ -26,7 +26,7 @@ from psfkit import flags as F
 from psfkit.errors import PsfkitError
 from psfkit.utils import robust_sigma
 
-__all__ = ["average", "write_star_list", "read_star_list", "STAR_LIST_FORMATS"]
+__all__ = ["average", "write_star_list", "read_star_list", "siril_parameters", "STAR_LIST_FORMATS", "LST_DEFAULTS"]
 
 STAR_LIST_FORMATS = (".csv", ".ecsv", ".fits", ".fit", ".lst", ".reg")
 
@@ -41,13 +41,24 @@ def average(table: Table) -> dict[str, Any]:
 
     Saturated stars (flag bit ``saturated``) are left out of the shape
     statistics (FWHM, roundness, angle, beta, amplitude).  The angle uses the
-    axial (doubled-angle) mean.  ``snr_weighted_mean`` weights by SNR^2.
+    axial (doubled-angle) mean.  ``snr_weighted_mean`` weights by SNR^2; it is NaN when the
+    list has no ``snr`` column (Siril .lst and DS9 .reg files do not carry one), never the plain
+    mean under another name; ``meta`` then says why (``out["snr_weighted"]``).
 
     Returns
     -------
     dict
-        ``{"n_stars": N, "n_used_shape": M, column: {"mean", "median", "std_robust",
-        "snr_weighted_mean"}}``.
+        ``{"n_stars": N, "n_used_shape": M, "snr_weighted": note, column: {"mean", "median",
+        "std_robust", "snr_weighted_mean", "n"}}``.
+
+    Examples
+    --------
+    >>> from astropy.table import Table
+    >>> avg = average(Table({"fwhm": [3.0, 3.2, 3.4], "snr": [10.0, 20.0, 40.0]}))
+    >>> round(avg["fwhm"]["snr_weighted_mean"], 4)
+    3.3333
+    >>> average(Table({"fwhm": [3.0, 3.2]}))["fwhm"]["snr_weighted_mean"]
+    nan
     """
     if "accepted" in table.colnames:
         table = table[np.asarray(table["accepted"], dtype=bool)]
@@ -59,7 +70,9 @@ def average(table: Table) -> dict[str, Any]:
     flags = np.asarray(table["flags"]) if "flags" in table.colnames else np.zeros(n, dtype=int)
     unsat = (flags & F.SATURATED) == 0
     out["n_used_shape"] = int(unsat.sum())
-    snr = np.asarray(table["snr"], dtype=float) if "snr" in table.colnames else np.ones(n)
+    has_snr = "snr" in table.colnames
+    snr = np.asarray(table["snr"], dtype=float) if has_snr else np.full(n, np.nan)
+    out["snr_weighted"] = "weights SNR^2" if has_snr else "no snr column in this list: no SNR-weighted mean"
     for name in _AVERAGE_COLUMNS:
         if name not in table.colnames:
             continue
@@ -73,11 +86,11 @@ def average(table: Table) -> dict[str, Any]:
             z = np.exp(2j * np.radians(x))
             # rounded to 1e-9 deg: an unfitted angle (all 0) averages to 0, not to -1e-15
             mean = round(float(np.degrees(np.angle(z.mean()) / 2)), 9) + 0.0
-            wmean = round(float(np.degrees(np.angle((w * z).sum()) / 2)), 9) + 0.0 if w.sum() > 0 else mean
+            wmean = round(float(np.degrees(np.angle((w * z).sum()) / 2)), 9) + 0.0 if w.sum() > 0 else math.nan
             med = float(np.median(x))
         else:
             mean = float(np.mean(x))
-            wmean = float(np.sum(w * x) / w.sum()) if w.sum() > 0 else mean
+            wmean = float(np.sum(w * x) / w.sum()) if w.sum() > 0 else math.nan
             med = float(np.median(x))
         mad = robust_sigma(x)
         out[name] = {"mean": mean, "median": med, "std_robust": mad, "snr_weighted_mean": wmean, "n": int(sel.sum())}
@@ -177,6 +190,63 @@ def _siril_layers(channel: Any) -> np.ndarray:
     return np.asarray(out, dtype=int)
 
 
+#: psfkit find's defaults, written in a Siril .lst header when the list's metadata does not say
+#: (a list sent back by the web page); tests/test_catalog.py checks they are find_stars' own.
+LST_DEFAULTS = {"threshold": 5.0, "min_roundness": 0.3}
+
+
+def _detection_box(fwhm: float) -> int:
+    """psfkit find's fitting box for stars of this FWHM: about 4 FWHM, odd, 9 to 101 px."""
+    box = min(max(int(math.ceil(4.0 * fwhm)), 9), 101)
+    return box + 1 - box % 2
+
+
+def siril_parameters(table: Table) -> str:
+    """The settings line of a Siril star list (``sigma=... layer=...``), from a star list's metadata.
+
+    The one place that fills Siril's fields for every writer (the CLI, the web page's export):
+    ``sigma`` is the detection threshold, ``roundness`` the roundness limit (0 when the test was
+    off), ``radius`` half the fitting box, ``profile`` 1 for a Moffat and ``minbeta`` a bound no
+    row's beta is below (1.5, Siril's default, or the lowest beta rounded down to 0.1: psfkit does
+    not reject stars by beta).  What the metadata does not hold takes psfkit find's defaults
+    (:data:`LST_DEFAULTS`; the box from the stars' median FWHM, as find chooses it).
+
+    Parameters
+    ----------
+    table : Table
+        A star list; ``meta["settings"]``, ``meta["box"]`` and ``meta["model"]`` are read when present.
+
+    Returns
+    -------
+    str
+        The line without its leading ``# ``.
+
+    Examples
+    --------
+    >>> from astropy.table import Table
+    >>> siril_parameters(Table({"fwhm": [3.0, 3.2], "beta": [1.35, 2.0]}, meta={"model": "moffat"}))[:60]
+    'sigma=5.00 roundness=0.30 radius=6 relax=0 profile=1 minbeta'
+    """
+    settings = table.meta.get("settings", {}) or {}
+    model = str(table.meta.get("model", settings.get("model") or "gaussian"))
+    moffat = model.startswith("moffat")
+    threshold = settings.get("threshold") or LST_DEFAULTS["threshold"]
+    roundness = settings["min_roundness"] if "min_roundness" in settings else LST_DEFAULTS["min_roundness"]
+    box = table.meta.get("box") or settings.get("box")
+    if not box and "fwhm" in table.colnames and len(table):
+        fwhm = np.asarray(table["fwhm"], dtype=float)
+        if np.isfinite(fwhm).any():
+            box = _detection_box(float(np.nanmedian(fwhm)))
+    min_beta = 1.5
+    if moffat and "beta" in table.colnames and len(table):
+        beta = np.asarray(table["beta"], dtype=float)
+        if np.isfinite(beta).any():
+            min_beta = min(min_beta, math.floor(10.0 * float(np.nanmin(beta))) / 10.0)
+    return ("sigma=%3.2f roundness=%3.2f radius=%d relax=%d profile=%d minbeta=%3.1f max_stars=%d layer=%d "
+            "minA=%3.2f maxA=%3.2f maxR=%3.2f" % (float(threshold), float(roundness or 0.0), int(box or 0) // 2, 0,
+                                                  int(moffat), min_beta, len(table), 0, 0.0, 0.0, 1.0))
+
+
 def _siril_lst(table: Table, ny: int | None) -> str:
     """Siril's star list (``save_list`` in Siril 1.2+): tab-separated, brightest first.
 
@@ -201,14 +271,10 @@ def _siril_lst(table: Table, ny: int | None) -> str:
     model = str(table.meta.get("model", settings.get("model", "gaussian")))
     moffat = model.startswith("moffat")
     profile = "Moffat" if moffat else "Gaussian"
-    box = table.meta.get("box") or settings.get("box") or 0
-    roundness = settings.get("min_roundness") or 0.0
     n = len(table)
     lines = [
         f"# {n} stars found using the following parameters:",
-        "# sigma=%3.2f roundness=%3.2f radius=%d relax=%d profile=%d minbeta=%3.1f max_stars=%d layer=%d "
-        "minA=%3.2f maxA=%3.2f maxR=%3.2f" % (float(settings.get("threshold") or 0.0), float(roundness),
-                                              int(box) // 2, 0, int(moffat), 1.5, n, 0, 0.0, 0.0, 1.0),
+        "# " + siril_parameters(table),
         f"# psfkit: rows {'TOP-DOWN' if top_down else 'BOTTOM-UP'}; image height "
         f"{ny if ny is not None else 'unknown'}; B and A in data units",
         "# star#\tlayer\tB\tA\tbeta\tX\tY\tFWHMx [px]\tFWHMy [px]\tFWHMx [\"]\tFWHMy [\"]\tangle\tRMSE\tmag\tSat"
