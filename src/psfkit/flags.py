@@ -11,7 +11,7 @@ import numpy as np
 __all__ = [
     "NOT_CONVERGED", "AT_BOUND", "SATURATED", "TOO_FEW_PIXELS", "NEAR_EDGE",
     "SINGULAR_COVARIANCE", "FIT_FAILED", "MASKED_PIXELS", "CENTER_MOVED", "NEIGHBOURS_MASKED",
-    "FLAG_DESCRIPTIONS", "decode_flags",
+    "NO_SOURCE", "NO_SOURCE_SNR", "FLAG_DESCRIPTIONS", "decode_flags",
 ]
 
 NOT_CONVERGED = 1
@@ -24,6 +24,11 @@ FIT_FAILED = 64
 MASKED_PIXELS = 128
 CENTER_MOVED = 256
 NEIGHBOURS_MASKED = 512
+NO_SOURCE = 1024
+
+#: Below this SNR (flux / flux_err) a fit found no significant source (``no_source``): psfkit find's
+#: default ``min_snr``, the 3 sigma of a detection.
+NO_SOURCE_SNR = 3.0
 
 FLAG_DESCRIPTIONS: dict[int, str] = {
     NOT_CONVERGED: "not_converged: the fit stopped at the iteration limit",
@@ -36,6 +41,7 @@ FLAG_DESCRIPTIONS: dict[int, str] = {
     MASKED_PIXELS: "masked_pixels: NaN or user-masked pixels were left out",
     CENTER_MOVED: "center_moved: the fitted centre left the fitting box",
     NEIGHBOURS_MASKED: "neighbours_masked: pixels of brighter neighbours were left out",
+    NO_SOURCE: "no_source: SNR (flux / flux_err) below 3: no significant source here (empty sky or noise)",
 }
 
 

@@ -20,6 +20,6 @@ def demo_command(
     outdir.mkdir(parents=True, exist_ok=True)
     typer.echo(f"Sample image: {path}")
     # `psfkit find` itself, once, with its own defaults: one run writes the CSV, Siril's .lst and the pictures
-    app(["find", str(path), "--angle", "-o", str(outdir / "stars.csv"), "-o", str(outdir / "stars.lst"),
+    app(["find", str(path), "--angle", "yes", "-o", str(outdir / "stars.csv"), "-o", str(outdir / "stars.lst"),
          "--overlay", str(outdir / "overlay.png"), "--fwhm-map", str(outdir / "fwhm_map.png")],
         standalone_mode=False)

@@ -331,6 +331,10 @@ def fit_stars(
     )
     fit.flags[moved] |= F.CENTER_MOVED
     cols = measure(mdl, fit, origin, zero_point=zero_point, pixel_scale=img.pixel_scale)
+    # a fit on empty sky still returns numbers (a noise bump): say that no source is there
+    snr = np.asarray(cols["snr"], dtype=float)
+    cols["flags"] = np.asarray(cols["flags"]) | np.where(np.nan_to_num(snr, nan=0.0) < F.NO_SOURCE_SNR,
+                                                          F.NO_SOURCE, 0)
     cols["x_init"] = xs
     cols["y_init"] = ys
     cols["id"] = np.arange(1, n + 1)
