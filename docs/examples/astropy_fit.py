@@ -1,8 +1,15 @@
-# the question's code (astropy LevMarLSQFitter on an image PSF), on the Feder frame, with both PSF files
+"""The question's code (astropy LevMarLSQFitter on an image PSF), on the Feder frame, with both PSF files.
+
+Usage: python docs/examples/astropy_fit.py FRAME [PSFDIR]   (PSFDIR: where make_psf.py wrote them;
+default: the copies in docs/examples)
+"""
+import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-DATA = Path("data") / "stellarphot_feder_cutout_fwhm.fits"  # the Feder cut-out of stellarphot's test data
+if len(sys.argv) < 2:
+    sys.exit(__doc__)
+DATA = Path(sys.argv[1])
+HERE = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).resolve().parent
 
 import warnings
 
