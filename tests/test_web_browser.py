@@ -215,19 +215,19 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
         page.mouse.move(tx + half, ty + half, steps=3)
         page.mouse.up()
         page.keyboard.up("Shift")
-        page.wait_for_function(f"() => S.stars.length === {n_now + 1}", timeout=60_000)
-        fitted = page.evaluate("S.stars[S.stars.length - 1]")
+        # a star of the list: its row is refitted (the box fit's report), not listed twice
+        page.wait_for_function(f"() => S.stars.find(s => s.id === {target['id']})._report !== undefined",
+                               timeout=60_000)
+        fitted = page.evaluate(f"S.stars.find(s => s.id === {target['id']})")
         assert abs(fitted["x_fit"] - target["x"]) < 0.5 and abs(fitted["y_fit"] - target["y"]) < 0.5
         report = page.locator("#report").text_content()
         assert "FWHMX" in report and "Angle" in report and f"{fitted['x_fit']:.4f}" in report
         assert int(page.get_attribute("#profile", "data-points")) > 50
-        assert page.locator("#overlay ellipse.star").count() == n_now + 1 == _rows(page)
-        fitted_id = page.evaluate("S.stars[S.stars.length - 1].id")
+        assert page.locator("#overlay ellipse.star").count() == n_now == _rows(page)
+        fitted_id = target["id"]
         assert "sel" in page.get_attribute(f"#stars tbody tr[data-id='{fitted_id}']", "class").split()  # scrolled to it
         page.wait_for_function("() => psfkitStats.settled()")
         page.screenshot(path=ARTIFACTS / "web_04_boxfit.png")
-
-        n_now += 1
 
         # double-click a second isolated star: fitted with the angle, added and selected
         second = page.evaluate(f"""() => {{
@@ -239,9 +239,9 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
         page.evaluate(f"showRow({second['id']})")
         page.click(f"#stars tbody tr[data-id='{second['id']}']")
         page.mouse.dblclick(*_centre(page, f"#overlay ellipse.star[data-id='{second['id']}']"))
-        page.wait_for_function(f"() => S.stars.length === {n_now + 1}", timeout=60_000)
-        n_now += 1
-        fitted = page.evaluate("S.stars[S.stars.length - 1]")
+        page.wait_for_function(f"() => S.stars.find(s => s.id === {second['id']})._report !== undefined",
+                               timeout=60_000)
+        fitted = page.evaluate(f"S.stars.find(s => s.id === {second['id']})")
         assert abs(fitted["x_fit"] - second["x"]) < 0.5 and abs(fitted["y_fit"] - second["y"]) < 0.5
         assert isinstance(fitted["angle"], float) and "Angle" in page.locator("#report").text_content()
         assert _rows(page) == n_now == page.locator("#overlay ellipse.star").count()
@@ -472,3 +472,23 @@ def test_other_sites_cannot_use_the_server(browser, tmp_path):
             assert "frame-ancestors 'none'" in r.headers["content-security-policy"] and r.headers["x-frame-options"] == "DENY"
     finally:
         b.close()
+
+
+def test_sorting_starts_at_the_top_and_a_box_fit_of_a_listed_star_replaces_its_row(browser, shared_data, tmp_path):
+    with serve_in_thread(create_app(shared_data, export_dir=tmp_path)) as server:
+        page, errors = _open(browser, server.url, FRAME)
+        _, n_rows = _detect(page)
+        # scroll down, then sort: the new order is shown from its first row
+        page.evaluate("document.querySelector('#table-wrap').scrollTop = 2000")
+        page.wait_for_function("() => document.querySelector('#table-wrap').scrollTop > 0")
+        page.click("#stars thead th[data-col='fwhm']")
+        assert page.evaluate("document.querySelector('#table-wrap').scrollTop") == 0
+        first = page.eval_on_selector(ROWS, "r => Number(r.dataset.id)")
+        assert first == page.evaluate("S.stars[0].id")
+        # a box fit around a star of the list: the same row, refitted, no duplicate
+        star = page.evaluate("({id: S.stars[5].id, x: S.stars[5].x_fit, y: S.stars[5].y_fit})")
+        page.evaluate(f"fitAt({star['x'] + 1.0}, {star['y'] - 1.0}, 15)")
+        page.wait_for_function(f"() => S.stars.find(s => s.id === {star['id']})._report !== undefined", timeout=60_000)
+        assert _rows(page) == n_rows
+        assert page.evaluate(f"S.stars.filter(s => Math.hypot(s.x_fit - {star['x']}, s.y_fit - {star['y']}) < 1).length") == 1
+        assert not errors

@@ -354,7 +354,11 @@ function sortBy(c) {
     if (na || nb) return na === nb ? 0 : na ? 1 : -1; // missing values last either way
     return (va < vb ? -1 : va > vb ? 1 : 0) * d;
   });
+  // a new order starts at its top (the old scroll position showed rows that are elsewhere now),
+  // unless a star is selected: then its row stays in sight
+  $("#table-wrap").scrollTop = 0;
   renderTable();
+  if (S.lastSelected !== null && S.selected.has(S.lastSelected)) showRow(S.lastSelected);
 }
 function setStars(columns, rows, manual) {
   const stars = rows.map((r) => { const o = {}; columns.forEach((c, k) => { o[c] = r[k]; }); return o; });
@@ -521,10 +525,14 @@ async function fitAt(x, y, box) {
     mergeColumns(r.columns);
     const [s] = setStars(r.columns, r.rows, true);
     s._report = r.report; s._profile = r.profile;
-    S.stars.push(s);
+    // a fit of a star already in the list (a box drawn around it) replaces its row, keeping its id
+    const reach = Math.max(1.0, 0.5 * (isFinite(col(s, "fwhm")) ? s.fwhm : 2));
+    const k = S.stars.findIndex((o) => Math.hypot(o.x_fit - s.x_fit, o.y_fit - s.y_fit) < reach);
+    const again = k >= 0;
+    if (again) { s.id = S.stars[k].id; S.stars[k] = s; } else S.stars.push(s);
     renderTable(); drawStars();
     select([s.id]);
-    message(`Fitted star ${s.id}: FWHM ${fmt("fwhm", s.fwhm)} px, r ${fmt("roundness", s.roundness)}`, "ok");
+    message(`${again ? "Refitted" : "Fitted"} star ${s.id}: FWHM ${fmt("fwhm", s.fwhm)} px, r ${fmt("roundness", s.roundness)}`, "ok");
   } catch (e) { message("Fit: " + e.message, "error"); }
   finally { busy(null); }
 }
