@@ -63,7 +63,7 @@ class DetectRequest(_Strict):
     path: str = Field(min_length=1, max_length=1024)
     threshold: float = Field(5.0, gt=0, le=1000)
     model: Literal["gaussian", "moffat"] = "gaussian"
-    angle: bool = False
+    angle: bool | Literal["auto"] = "auto"  # find_stars' default: Siril's two-stage rule
     fwhm: float | None = Field(None, gt=0, le=100)
     min_roundness: float | None = Field(None, ge=0, le=1)
     deblend: bool = False

@@ -481,7 +481,7 @@ function rowsPayload(extra) {
 }
 async function detect() {
   const btn = $("#detect");
-  const body = { path: S.path, threshold: Number($("#threshold").value), model: $("#model").value, angle: $("#angle").checked,
+  const body = { path: S.path, threshold: Number($("#threshold").value), model: $("#model").value, angle: $("#angle").checked ? true : "auto",
                  deblend: $("#deblend").checked };
   if ($("#fwhm").value !== "") body.fwhm = Number($("#fwhm").value);
   if ($("#min-roundness").value !== "") body.min_roundness = Number($("#min-roundness").value);
