@@ -163,6 +163,18 @@ def test_export_reads_back(client, detected, tree, fmt):
     np.testing.assert_allclose(ys, np.sort(t["y_fit"].astype(float)), atol=1e-3)
 
 
+
+def test_exported_lst_header_is_the_clis(client, detected, tree):
+    """The page's .lst says the same detection settings as the CLI's (one header function)."""
+    r = client.post("/api/export", json={"path": SIM, "columns": detected["columns"], "rows": detected["rows"],
+                                         "format": "lst", "name": "header.lst", "model": "gaussian", "threshold": 5})
+    assert r.status_code == 200, r.text
+    page = (tree["exports"] / "header.lst").read_text().splitlines()[1]
+    lib = psfkit.find_stars(psfkit.load_image(tree["root"] / SIM), threshold=5)
+    cli = psfkit.write_star_list(lib, tree["base"] / "cli.lst").read_text().splitlines()[1]
+    assert page == cli and "roundness=0.30" in page and " radius=0 " not in page
+
+
 # ------------------------------------------------------------------ the display tiles
 
 def test_tile_is_display_oriented_png(client, tree):
