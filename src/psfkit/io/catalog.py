@@ -56,7 +56,7 @@ def average(table: Table) -> dict[str, Any]:
     >>> from astropy.table import Table
     >>> avg = average(Table({"fwhm": [3.0, 3.2, 3.4], "snr": [10.0, 20.0, 40.0]}))
     >>> round(avg["fwhm"]["snr_weighted_mean"], 4)
-    3.3333
+    3.3429
     >>> average(Table({"fwhm": [3.0, 3.2]}))["fwhm"]["snr_weighted_mean"]
     nan
     """
