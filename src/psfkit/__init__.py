@@ -17,7 +17,8 @@ The public API, importable from here (each name loads its module on first use, s
 - :func:`fit_star`, :func:`fit_stars`: fit one star or many at given positions.
 - :class:`GaussianPSF`, :class:`MoffatPSF`, :class:`LorentzianPSF`, :class:`ImagePSF`: the PSF models.
 - :func:`fit_stamps`: the batched Levenberg-Marquardt engine itself.
-- :func:`compare_models`, :func:`star_photometry` and the aperture functions.
+- :func:`compare_models`, :func:`star_photometry` and the aperture functions;
+  :func:`half_flux_radius` (no PSF fit: defocused stars too).
 - :func:`run_sequence`: a night of frames; :func:`frame_summary`, :func:`rank_frames`.
 - :func:`decode_flags`: names of the bits in a ``flags`` column.
 
@@ -50,6 +51,7 @@ _PUBLIC = {
     "aperture.photometry": ("aperture_photometry",),
     "aperture.growth": ("aperture_correction", "curve_of_growth", "optimal_radius", "CurveOfGrowth"),
     "aperture.stars": ("star_photometry",),
+    "aperture.hfr": ("half_flux_radius",),
     "analysis.compare": ("compare_models", "ModelComparison", "plot_model_residuals"),
     "analysis.quality": ("QualityLimits", "frame_summary", "rank_frames"),
     "analysis.lightcurve": ("differential_photometry", "estimate_shift"),

@@ -16,4 +16,5 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "aperture_photometry": "photometry",
     "curve_of_growth": "growth", "optimal_radius": "growth", "aperture_correction": "growth", "CurveOfGrowth": "growth",
     "star_photometry": "stars",
+    "half_flux_radius": "hfr", "hfr_from_stamps": "hfr",
 })
