@@ -4,7 +4,8 @@ One module a job: :mod:`~psfkit.aperture.overlap` (exact pixel overlap of circle
 compiled twin in ``_overlap_compiled``), :mod:`~psfkit.aperture.sums` (aperture sums),
 :mod:`~psfkit.aperture.sky` (the annulus sky), :mod:`~psfkit.aperture.photometry` (flux, error,
 magnitude at given positions), :mod:`~psfkit.aperture.growth` (curves of growth, optimal radius,
-aperture corrections) and :mod:`~psfkit.aperture.stars` (PSF and aperture fluxes of a star table).
+aperture corrections) and :mod:`~psfkit.aperture.stars` (PSF and aperture fluxes of a star table);
+:mod:`~psfkit.aperture.hfr`, the half-flux radius (no PSF model: defocused stars too).
 """
 
 from psfkit._lazy import attach
