@@ -20,6 +20,9 @@ The public API, importable from here (each name loads its module on first use, s
 - :func:`compare_models`, :func:`star_photometry` and the aperture functions;
   :func:`half_flux_radius` (no PSF fit: defocused stars too).
 - :func:`run_sequence`: a night of frames; :func:`frame_summary`, :func:`rank_frames`.
+- :func:`inspect_image` (:func:`inspect_stars`, :func:`fit_fwhm_surface`): tilt, field curvature
+  and the elongation pattern as fitted numbers; :func:`focus_run` (:func:`fit_v_curve`): best
+  focus from a focus run's V-curve.
 - :func:`decode_flags`: names of the bits in a ``flags`` column.
 
 Examples
@@ -56,6 +59,8 @@ _PUBLIC = {
     "analysis.quality": ("QualityLimits", "frame_summary", "rank_frames"),
     "analysis.lightcurve": ("differential_photometry", "estimate_shift"),
     "analysis.sequence": ("SequenceResult", "list_frames", "run_sequence"),
+    "analysis.inspect": ("inspect_image", "inspect_stars", "fit_fwhm_surface"),
+    "analysis.focus": ("focus_run", "fit_v_curve"),
     "viz.plots": ("plot_overlay", "plot_fwhm_map"),
     "datasets": ("sample_image_path",),
     "flags": ("decode_flags",),

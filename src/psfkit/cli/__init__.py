@@ -23,6 +23,7 @@ from psfkit.cli import view as _view  # noqa: E402,F401
 from psfkit.cli import seq as _seq  # noqa: E402,F401
 from psfkit.cli import info as _info  # noqa: E402,F401
 from psfkit.cli import psf as _psf  # noqa: E402,F401
+from psfkit.cli import inspect as _inspect  # noqa: E402,F401
 
 
 def _click_errors() -> tuple[type, ...]:
