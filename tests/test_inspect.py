@@ -27,12 +27,12 @@ def tilted_field(seed: int, *, n_stars: int = 220, shape=SHAPE, elongation: floa
     """Gaussian stars whose FWHM follows the surface (noise: Poisson + read noise, sky 200 ADU)."""
     rng = np.random.default_rng(seed)
     ny, nx = shape
-    # stars on a jittered grid (no blends), over the whole frame
-    k = int(math.ceil(math.sqrt(n_stars * nx / ny)))
-    gx, gy = np.meshgrid((np.arange(k) + 0.5) * nx / k, (np.arange(int(math.ceil(n_stars / k))) + 0.5) * ny / math.ceil(n_stars / k))
-    x = gx.ravel()[:n_stars] + rng.uniform(-3, 3, n_stars)
-    y = gy.ravel()[:n_stars] + rng.uniform(-3, 3, n_stars)
-    x, y = np.clip(x, 6, nx - 7), np.clip(y, 6, ny - 7)
+    # stars anywhere on the frame, at least 12 px apart (no blends)
+    x, y = np.zeros(0), np.zeros(0)
+    while len(x) < n_stars:
+        cx, cy = rng.uniform(6, nx - 7), rng.uniform(6, ny - 7)
+        if np.all(np.hypot(x - cx, y - cy) >= 12):
+            x, y = np.append(x, cx), np.append(y, cy)
     fw = truth_fwhm(x, y, shape)
     flux = np.exp(rng.uniform(np.log(3e3), np.log(1e5), n_stars))
     ang = np.zeros(n_stars) if angle is None else angle(x, y)

@@ -190,6 +190,11 @@ def test_night_summary_matches_truth(night, night_cluster_run):
     np.testing.assert_allclose(s["fwhm_weighted"], t["fwhm"], rtol=0.04)
     np.testing.assert_allclose(s["fwhm_median"], t["fwhm"], rtol=0.06)
     assert np.all(s["roundness"] > 0.85)
+    np.testing.assert_allclose(s["hfr_median"], t["fwhm"] / 2, rtol=0.06)  # HFR = FWHM / 2 for a Gaussian
+    assert np.all(s["eccentricity"] < 0.6)  # round stars: b/a > 0.8
+    # the inspector's numbers per frame: a flat, untilted field (the surface's own noise only)
+    assert np.all(np.isfinite(s["tilt_percent"]) | (s["n_stars"] < 12))
+    np.testing.assert_allclose(s["fwhm_center"], t["fwhm"], rtol=0.1)
     np.testing.assert_allclose(s["background"], t["background"], rtol=0.03)
     noise = np.sqrt(t["background"] / GAIN + (READ_NOISE / GAIN) ** 2)
     np.testing.assert_allclose(s["noise"], noise, rtol=0.1)

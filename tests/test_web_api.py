@@ -818,3 +818,25 @@ def test_view_on_every_interface_warns_that_exports_can_be_written(tree, monkeyp
         assert c.get("/api/files", headers={"Host": "evil.example"}).status_code == 400
     r, served = _view(["--root", str(tree["root"]), "--port", "0"], monkeypatch)
     assert r.exit_code == 0 and "warning" not in r.output and served["host"] == "127.0.0.1"
+def test_inspect_is_the_library_inspector(client, tree):
+    """The Inspector panel's route: the library's numbers for the open image, a text block and the report PNG."""
+    import base64
+
+    from psfkit.analysis.inspect import inspect_image
+
+    r = client.post("/api/inspect", json={"path": SIM, "threshold": 5})
+    assert r.status_code == 200, r.text
+    d = r.json()
+    lib = inspect_image(psfkit.load_image(tree["root"] / SIM), threshold=5).to_dict()
+    for key in ("fwhm_center", "gradient_x", "gradient_y", "curvature", "curvature_err", "tilt_percent",
+                "curvature_percent", "n_used"):
+        assert d[key] == pytest.approx(lib[key]), key
+    assert d["elongation_pattern"] == lib["elongation_pattern"] == "uniform"  # roundness 0.8 at 30 deg everywhere
+    assert "tilt" in d["text"] and "uniform" in d["text"]
+    assert set(d["corners"]) == {"bottom_left", "bottom_right", "top_left", "top_right"}
+    png = base64.b64decode(d["report_png"].split(",", 1)[1])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = client.post("/api/inspect", json={"path": SIM, "threshold": -1})
+    assert bad.status_code == 422 and "threshold" in bad.json()["detail"]
+    missing = client.post("/api/inspect", json={"path": "nope.fits"})
+    assert 400 <= missing.status_code < 500

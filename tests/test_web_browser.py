@@ -492,3 +492,27 @@ def test_sorting_starts_at_the_top_and_a_box_fit_of_a_listed_star_replaces_its_r
         assert _rows(page) == n_rows
         assert page.evaluate(f"S.stars.filter(s => Math.hypot(s.x_fit - {star['x']}, s.y_fit - {star['y']}) < 1).length") == 1
         assert not errors
+def test_inspector_panel(browser, tmp_path):
+    """The Inspector panel: a frame with a known tilt and curvature shows the fitted numbers and the report."""
+    from tests.test_inspect import TRUTH, tilted_field
+
+    fits.writeto(tmp_path / "tilted.fits", tilted_field(7).astype(np.float32), fits.Header({"GAIN": 1.5, "RDNOISE": 6.0}))
+    with serve_in_thread(create_app(tmp_path)) as server:
+        page, errors = _open(browser, server.url, "tilted.fits")
+        assert page.locator("#inspect-img").is_hidden()
+        page.click("#inspect")
+        page.wait_for_function("psfkitStats.inspect !== null && psfkitStats.inspect !== undefined", timeout=180_000)
+        stats = page.evaluate("psfkitStats.inspect")
+        assert stats["error"] is None
+        assert stats["curvature"] == pytest.approx(TRUTH["curvature"], rel=0.15)
+        text = page.locator("#inspect-text").text_content()
+        assert "gradient x" in text and "top_right" in text and "elongation" in text
+        img = page.locator("#inspect-img")
+        assert img.is_visible()
+        page.wait_for_function("document.querySelector('#inspect-img').naturalWidth > 500")
+        width = img.bounding_box()["width"]
+        img.click()  # enlarge over the page
+        assert img.bounding_box()["width"] > 2 * width
+        page.screenshot(path=str(ARTIFACTS / "inspector.png"))
+        assert errors == []
+        page.close()

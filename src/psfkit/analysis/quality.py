@@ -6,6 +6,12 @@ Definitions (docs/sequences.md states them for users):
   frame's good stars (flags == 0); ``fwhm_weighted``: their mean weighted by SNR.
 - ``roundness``: median FWHMy / FWHMx; ``background``, ``noise``: the sky level and the
   pixel noise of the frame, in data units.
+- ``hfr_median``: median half-flux radius of the good stars (px); ``eccentricity``: median
+  sqrt(1 - (b/a)^2) of the stars' windowed-moment axes (PixInsight's eccentricity; from the
+  roundness when the optics inspector could not run).
+- The optics inspector's numbers (:mod:`psfkit.analysis.inspect`, docs/optics.md):
+  ``fwhm_center``, ``tilt_percent``, ``tilt_direction_deg``, ``curvature_percent`` (NaN when the
+  frame has too few stars for the FWHM surface), so that a night's tilt or focus drift shows.
 - ``quality`` (relative to the night, 1 = a typical frame, higher is better):
   (median fwhm_weighted / fwhm_weighted)^2 x min(1, n_stars / median n_stars)
   x min(1, roundness / median roundness).  The square: the signal-to-noise of a faint,
@@ -103,6 +109,7 @@ def frame_summary(stars: Table, image: Any) -> dict:
     if not isinstance(background, numbers.Real) or not isinstance(noise, numbers.Real):
         background, noise = _robust_background(image.data)
     scale = image.pixel_scale if image.pixel_scale else float("nan")
+    optics = _optics_numbers(stars, image, good)
     return {
         "n_stars": int(n),
         "fwhm_median": fwhm_median,
@@ -110,11 +117,40 @@ def frame_summary(stars: Table, image: Any) -> dict:
         "fwhm_median_arcsec": fwhm_median * scale,
         "fwhm_weighted_arcsec": fwhm_weighted * scale,
         "roundness": roundness,
+        **optics,
         "background": float(background),
         "noise": float(noise),
         "exptime": float(image.exptime) if image.exptime is not None else float("nan"),
         "date_obs": image.date_obs or "",
     }
+
+
+def _optics_numbers(stars: Table, image: Any, good: np.ndarray) -> dict:
+    """hfr_median, eccentricity and the optics inspector's numbers of one frame (NaN where not measurable)."""
+    from psfkit.analysis.inspect import inspect_stars
+    from psfkit.errors import PsfkitError
+
+    nan = float("nan")
+    out = {"hfr_median": nan, "eccentricity": nan, "fwhm_center": nan, "tilt_percent": nan,
+           "tilt_direction_deg": nan, "curvature_percent": nan}
+    if not len(stars):
+        return out
+    if "hfr" in stars.colnames and good.any():
+        hfr = np.asarray(stars["hfr"], dtype=float)[good]
+        out["hfr_median"] = float(np.nanmedian(hfr)) if np.isfinite(hfr).any() else nan
+    if "roundness" in stars.colnames and good.any():
+        q = np.clip(np.asarray(stars["roundness"], dtype=float)[good], 0.0, 1.0)
+        out["eccentricity"] = float(np.nanmedian(np.sqrt(1.0 - q * q))) if np.isfinite(q).any() else nan
+    try:
+        report = inspect_stars(stars, image)
+    except PsfkitError:
+        return out
+    el = np.asarray(report.stars["elongation"], dtype=float)
+    if np.isfinite(el).any():
+        out["eccentricity"] = float(np.nanmedian(np.sqrt(1.0 - 1.0 / np.clip(el, 1.0, None) ** 2)))
+    for key in ("fwhm_center", "tilt_percent", "tilt_direction_deg", "curvature_percent"):
+        out[key] = float(report.numbers[key])
+    return out
 
 
 def rank_frames(summary: Table, *, limits: QualityLimits | None = None) -> Table:

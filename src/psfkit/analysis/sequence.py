@@ -49,7 +49,8 @@ WORKER_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_TH
 
 SUMMARY_COLUMNS = ["frame", "time", "date_obs", "exptime", "n_stars", "fwhm_median", "fwhm_weighted",
                    "fwhm_median_arcsec", "fwhm_weighted_arcsec", "roundness", "background", "noise",
-                   "shift_x", "shift_y", "n_matched", "path"]
+                   "shift_x", "shift_y", "n_matched", "hfr_median", "eccentricity", "fwhm_center", "tilt_percent",
+                   "tilt_direction_deg", "curvature_percent", "path"]
 #: The scheduler's HTTP server (metrics) on a free port: without a dashboard it still binds 8787
 #: by default and warns when another cluster holds that port.
 QUIET_SCHEDULER = {"dashboard_address": ":0"}
@@ -367,7 +368,8 @@ def _summary_table(records: dict[str, dict], names: list[str], frames: list[Path
     for i, r in enumerate(rows):
         r["time"] = (times[i] - mjd0) * 1440.0 if use_time else float(names.index(r["frame"]))
     table = Table(rows=[[r.get(c, float("nan")) for c in SUMMARY_COLUMNS] for r in rows], names=SUMMARY_COLUMNS) \
-        if rows else Table(names=SUMMARY_COLUMNS, dtype=[str, float, str, float, int] + [float] * 9 + [int, str])
+        if rows else Table(names=SUMMARY_COLUMNS, dtype=[str, float, str, float, int] + [float] * 9 + [int]
+                           + [float] * (len(SUMMARY_COLUMNS) - 16) + [str])
     table.meta["time_label"] = "minutes since the first frame" if use_time else "frame number"
     if use_time:
         table.meta["mjd_start"] = mjd0

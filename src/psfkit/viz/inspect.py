@@ -74,8 +74,9 @@ def plot_inspection(report: Any, data: np.ndarray, path: str | Path | None = Non
     d = report.to_dict()
     ny, nx = report.shape
     origin = "upper" if top_down else "lower"
-    fig = plt.figure(figsize=(17, 8.5))
-    grid = fig.add_gridspec(3, 7, width_ratios=[1, 1, 1, 0.15, 3.2, 0.15, 3.2], wspace=0.08, hspace=0.15)
+    fig = plt.figure(figsize=(17, 7.5))
+    grid = fig.add_gridspec(3, 7, width_ratios=[1, 1, 1, 0.2, 3.2, 0.6, 3.2], wspace=0.08, hspace=0.2,
+                            left=0.02, right=0.99, top=0.9, bottom=0.12)
     half = (stamp or max(15, int(6 * (d.get("fwhm_center") or 3.0)))) // 2
     rows = _MOSAIC[::-1] if top_down else _MOSAIC
     for i, row in enumerate(rows):

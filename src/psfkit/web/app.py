@@ -86,6 +86,11 @@ class RowsRequest(_Strict):
     threshold: float | None = Field(None, gt=0, le=1000)
 
 
+class InspectRequest(_Strict):
+    path: str = Field(min_length=1, max_length=1024)
+    threshold: float = Field(5.0, gt=0, le=1000)
+
+
 class ExportRequest(RowsRequest):
     format: Literal["lst", "csv", "ecsv", "reg", "fits"]
     name: str | None = Field(None, max_length=160)
@@ -333,11 +338,57 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
         return JSONResponse({"written": target.name, "folder": str(export_path), "n_stars": len(table),
                              "format": req.format})
 
+    @app.post("/api/inspect")
+    def inspect(req: InspectRequest) -> JSONResponse:
+        """The optics inspector on the open image: its numbers, a text block, the report PNG."""
+        import base64
+
+        from psfkit.analysis.inspect import inspect_image
+        from psfkit.viz.inspect import plot_inspection
+
+        item = loaded(req.path)
+        if not heavy.acquire(timeout=300):
+            raise HTTPException(503, "another detection is still running; try again")
+        try:
+            report = inspect_image(item.image, threshold=req.threshold)
+            png = plot_inspection(report, item.image.data, None, top_down=item.top_down)
+        finally:
+            heavy.release()
+        out = report.to_dict()
+        out["text"] = _inspect_text(out)
+        out["report_png"] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        return JSONResponse(_clean(out))
+
     @app.get("/api/{rest:path}", include_in_schema=False)
     def unknown(rest: str) -> None:
         raise HTTPException(404, f"no such endpoint: GET /api/{rest}")
 
     return app
+
+
+def _inspect_text(d: dict[str, Any]) -> str:
+    """The inspector's numbers as the panel shows them (the CLI's wording)."""
+    def pm(key: str, digits: int = 2) -> str:
+        v, e = d.get(key), d.get(key + "_err")
+        if v is None:
+            return "n/a"
+        return f"{v:.{digits}f}" + (f" ± {e:.{digits}f}" if e is not None else "")
+
+    lines = [
+        f"stars in the fit   {d['n_used']} of {d['n_stars']}",
+        f"FWHM centre        {pm('fwhm_center')} px",
+        f"gradient x         {pm('gradient_x', 3)} px/1000 px",
+        f"gradient y         {pm('gradient_y', 3)} px/1000 px",
+        f"curvature          {pm('curvature')} px at the corners",
+        f"tilt               {pm('tilt_percent', 1)} % towards {pm('tilt_direction_deg', 0)} deg",
+        f"curvature          {pm('curvature_percent', 1)} %",
+    ]
+    for name, z in list(d["corners"].items()) + [("centre", d["center"])]:
+        f = "n/a" if z.get("fwhm") is None else f"{z['fwhm']:.2f}"
+        e = "n/a" if z.get("elongation") is None else f"{z['elongation']:.2f}"
+        lines.append(f"{name:<18} FWHM {f} px, elongation {e}")
+    lines.append(f"elongation         {d['elongation_pattern']}: {d['elongation_pattern_meaning']}")
+    return "\n".join(lines)
 
 
 def _average_text(avg: dict[str, Any]) -> str:

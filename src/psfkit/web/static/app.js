@@ -553,6 +553,19 @@ function offerRename(format, name) {
   b.hidden = !name;
   if (name) { b.textContent = `Save as ${name}`; b.title = `Write the list as ${name} instead`; }
 }
+async function doInspect() {
+  const btn = $("#inspect");
+  btn.disabled = true; busy("Inspecting the optics…");
+  psfkitStats.inspect = null;
+  try {
+    const r = await api("POST", "/api/inspect", { path: S.path, threshold: Number($("#threshold").value) });
+    $("#inspect-text").textContent = r.text; $("#inspect-text").classList.remove("muted");
+    const img = $("#inspect-img"); img.src = r.report_png; img.hidden = false;
+    psfkitStats.inspect = { tilt_percent: r.tilt_percent, curvature: r.curvature, pattern: r.elongation_pattern, error: null };
+    message(`Inspector: tilt ${r.tilt_percent.toFixed(1)} %, curvature ${r.curvature_percent.toFixed(1)} %, ${r.elongation_pattern}`, "ok");
+  } catch (e) { psfkitStats.inspect = { error: e.message }; message("Inspect: " + e.message, "error"); }
+  finally { busy(null); btn.disabled = false; }
+}
 async function doExport(format, name) {
   psfkitStats.lastExport = null;
   offerRename(null, null);
@@ -619,6 +632,8 @@ async function openImage(rel) {
     $("#summary").textContent = "";
     $("#report").textContent = "Select a star, drag a box around one, or double-click one."; $("#report").classList.add("muted");
     $("#average-text").textContent = "Detect stars, then press Average."; $("#average-text").classList.add("muted");
+    $("#inspect-text").textContent = "Press Inspect: the stars' FWHM across the frame fitted for tilt and field curvature.";
+    $("#inspect-text").classList.add("muted"); $("#inspect-img").hidden = true; $("#inspect-img").classList.remove("enlarged");
     drawProfile(null);
     history.replaceState(null, "", "#image=" + encodeURIComponent(rel));
     $("#file-select").value = rel;
@@ -731,6 +746,9 @@ function wire() {
   });
   $("#detect").addEventListener("click", detect);
   $("#average").addEventListener("click", doAverage);
+  $("#inspect").addEventListener("click", doInspect);
+  $("#copy-inspect").addEventListener("click", () => copyText("#inspect-text"));
+  $("#inspect-img").addEventListener("click", () => $("#inspect-img").classList.toggle("enlarged"));
   $("#remove").addEventListener("click", removeSelected);
   $("#box-mode").addEventListener("click", toggleBox);
   const zoomCentre = (f) => { const [w, h] = viewerSize(); zoomAt(w / 2, h / 2, f); };
