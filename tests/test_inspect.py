@@ -66,16 +66,22 @@ def test_recovers_tilt_and_curvature():
 
 @pytest.mark.slow
 def test_pulls_are_honest():
-    """Over repeated draws the errors describe the spread: pull std within 0.8-1.2 for gx, gy, k."""
+    """Over repeated draws the errors describe the spread: the pulls of gx, gy and k together have a
+    standard deviation within 0.8-1.2, and each parameter's within 0.65-1.35 (a std measured on 40
+    draws is itself uncertain by +-0.11: that band is 0.8-1.2 widened by 1.5 of its sigma)."""
     pulls = {n: [] for n in ("gradient_x", "gradient_y", "curvature")}
-    for seed in range(30):
-        d = inspect_image(tilted_field(100 + seed, n_stars=160), gain=1.5, read_noise=6.0).to_dict()
+    for seed in range(100, 140):
+        d = inspect_image(tilted_field(seed, n_stars=160), gain=1.5, read_noise=6.0).to_dict()
         for n in pulls:
             pulls[n].append((d[n] - TRUTH[n]) / d[n + "_err"])
+    every = np.concatenate([np.asarray(v) for v in pulls.values()])
+    assert 0.8 <= np.std(every) <= 1.2, {n: np.std(v) for n, v in pulls.items()}
     for n, v in pulls.items():
         v = np.asarray(v)
-        assert 0.8 <= np.std(v) <= 1.2, (n, np.std(v), v)
-        assert abs(np.mean(v)) < 3 / math.sqrt(len(v)) + 0.2, (n, np.mean(v))
+        assert 0.65 <= np.std(v) <= 1.35, (n, np.std(v), v)
+        assert abs(np.mean(v)) < 3 / math.sqrt(len(v)) + 0.1, (n, np.mean(v))
+        inside = np.mean(np.abs(v) < 3)
+        assert inside >= 0.95, (n, inside)
 
 
 def test_fit_alone_pulls_and_outliers():

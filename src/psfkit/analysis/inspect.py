@@ -11,15 +11,16 @@ users):
 
 - **Weights and errors.**  Each star weighs 1 / (fwhm_err^2 + s^2), where s is the scatter of the
   stars about the surface beyond their measurement errors (seeing, blends, the PSF's own
-  variation), solved so that the reduced chi-square is 1 (0 when the errors already explain the
-  scatter).  Without s the brightest stars, whose errors are smallest, would carry the fit alone
-  while their FWHM scatters for other reasons.  The errors are the covariance's, multiplied by the
-  reduced chi-square where it still exceeds 1.
+  variation), solved so that the reduced chi-square is 1; s = 0 when the errors explain the
+  scatter, that is when the chi-square lies within 2 sqrt(2 dof) of dof (chance alone puts it
+  above dof in half the frames: an s then would only inflate the errors).  Without s the
+  brightest stars, whose errors are smallest, would carry the fit alone while their FWHM scatters
+  for other reasons.  The errors are the covariance's, multiplied by the reduced chi-square where
+  it still exceeds 1 + 2 sqrt(2 / dof).
 - **Outliers.**  Iterative clipping of the normalised residuals beyond 3 of their robust
   (1.4826 MAD) standard deviation, at most 10 rounds, until the set of stars is stable.
-- **Stars used.**  Accepted stars with flags == 0 (no saturation, no masked pixels, not near the
-  edge), a finite FWHM with a positive error, and SNR >= 30 (fainter stars add little weight, and
-  with them the errors came out some 20 % too large over repeated simulated frames).
+- **Stars used.**  Accepted stars with no flag but ``neighbours_masked`` (no saturation, no masked
+  pixels, not near the edge, a converged fit), a finite FWHM with a positive error, and SNR >= 10.
 - **tilt_percent** = 100 (max - min) / mean of the fitted surface's plane part (c + gradient)
   plus k at the four corners: Siril's tilt definition, (max - min) / mean of the corners' FWHM,
   evaluated on the fitted surface instead of four quadrant medians.  It equals
@@ -50,6 +51,7 @@ import numpy as np
 from astropy.table import Table
 
 from psfkit.errors import PsfkitError
+from psfkit.flags import NEIGHBOURS_MASKED
 
 __all__ = ["SurfaceFit", "OpticsReport", "fit_fwhm_surface", "inspect_image", "inspect_stars", "star_shapes",
            "ZONES", "MIN_STARS"]
@@ -75,7 +77,7 @@ class SurfaceFit:
     params : ndarray (4,)
         c (px), gx, gy (px per px), k (px).
     covariance : ndarray (4, 4)
-        Their covariance (scaled by the reduced chi-square where it exceeds 1).
+        Their covariance (scaled by the reduced chi-square where it exceeds 1 beyond chance).
     used : ndarray of bool
         The stars kept by the outlier rejection.
     scatter : float
@@ -122,11 +124,13 @@ def _frame_geometry(shape: tuple[int, int]) -> tuple[float, float, float]:
 
 
 def _solve_scatter(res: np.ndarray, err2: np.ndarray, dof: int) -> float:
-    """s^2 >= 0 with sum(res^2 / (err^2 + s^2)) = dof (0 when the errors already explain the scatter)."""
+    """s^2 >= 0 with sum(res^2 / (err^2 + s^2)) = dof; 0 when the errors explain the scatter, that is
+    when the chi-square is within 2 of its own standard deviations, sqrt(2 dof), of dof (a chi-square
+    that high happens by chance: adding a scatter then would only inflate the errors)."""
     def excess(s2: float) -> float:
         return float(np.sum(res * res / (err2 + s2))) - dof
 
-    if dof <= 0 or excess(0.0) <= 0:
+    if dof <= 0 or excess(0.0) <= 2.0 * math.sqrt(2.0 * dof):
         return 0.0
     lo, hi = 0.0, float(np.mean(res * res)) + 1e-12
     while excess(hi) > 0:
@@ -212,8 +216,9 @@ def fit_fwhm_surface(
     except np.linalg.LinAlgError:
         raise PsfkitError("the stars do not spread over the frame enough to fit the FWHM surface") from None
     p = cov @ (a.T @ (w * fu))
-    chi2 = float(np.sum(w * (fu - a @ p) ** 2)) / max(int(used.sum()) - 4, 1)
-    if chi2 > 1.0:
+    dof = max(int(used.sum()) - 4, 1)
+    chi2 = float(np.sum(w * (fu - a @ p) ** 2)) / dof
+    if chi2 > 1.0 + 2.0 * math.sqrt(2.0 / dof):  # beyond chance: the errors do not explain the scatter
         cov = cov * chi2
     return SurfaceFit(p, cov, used, math.sqrt(s2), chi2, xc, yc, rc)
 
@@ -234,16 +239,16 @@ def star_shapes(
         return np.zeros(0), np.zeros(0)
     fw = np.asarray(fwhm, float)
     fw = np.where(np.isfinite(fw) & (fw > 0), fw, np.nanmedian(fw) if np.isfinite(fw).any() else 3.0)
-    fw = np.clip(fw, 1.0, 3.0 * np.median(fw))
-    box = 2 * int(math.ceil(1.5 * fw.max())) + 1
+    fw = np.clip(fw, 1.0, 2.0 * np.median(fw))
+    box = 2 * int(math.ceil(1.3 * fw.max())) + 1  # the window falls to 1 % at 1.3 FWHM
     stamps, inside, origin, _ = cut_stamps(data, x, y, box)
     usable = inside & np.isfinite(stamps)
     yy, xx = np.mgrid[0:box, 0:box]
-    dx = xx[None] - (x - origin[:, 0])[:, None, None]
-    dy = yy[None] - (y - origin[:, 1])[:, None, None]
+    dx = (xx[None] - (x - origin[:, 0])[:, None, None]).astype(np.float32)
+    dy = (yy[None] - (y - origin[:, 1])[:, None, None]).astype(np.float32)
     s2 = (fw / 2.3548) ** 2
-    win = np.exp(-0.5 * (dx**2 + dy**2) / s2[:, None, None])
-    val = np.where(usable, stamps - np.asarray(background, float)[:, None, None], 0.0) * win
+    win = np.exp(-0.5 * (dx**2 + dy**2) / s2[:, None, None].astype(np.float32))
+    val = np.where(usable, stamps - np.asarray(background, float)[:, None, None], 0.0).astype(np.float32) * win
     with np.errstate(invalid="ignore", divide="ignore"):
         tot = val.sum(axis=(1, 2))
         tot = np.where(tot > 0, tot, np.nan)
@@ -406,7 +411,7 @@ def _zones(stars: Table, surf: SurfaceFit, shape: tuple[int, int]) -> dict:
     return out
 
 
-def inspect_stars(stars: Table, image: Any, *, clip: float = 3.0, min_snr: float = 30.0) -> OpticsReport:
+def inspect_stars(stars: Table, image: Any, *, clip: float = 3.0, min_snr: float = 10.0) -> OpticsReport:
     """The optics report from a frame's star list (:func:`psfkit.find_stars`) and its pixels.
 
     Parameters
@@ -440,9 +445,10 @@ def inspect_stars(stars: Table, image: Any, *, clip: float = 3.0, min_snr: float
     shape = tuple(int(v) for v in data.shape)
     n = len(stars)
     keep = np.ones(n, dtype=bool)
-    for col, test in (("flags", lambda v: v == 0), ("snr", lambda v: v >= min_snr)):
-        if col in stars.colnames:
-            keep &= np.asarray(test(np.nan_to_num(np.asarray(stars[col], dtype=float), nan=-1)), dtype=bool)
+    if "flags" in stars.colnames:  # a brighter neighbour's pixels left out of the fit is no fault
+        keep &= (np.asarray(stars["flags"], dtype=np.int64) & ~np.int64(NEIGHBOURS_MASKED)) == 0
+    if "snr" in stars.colnames:
+        keep &= np.nan_to_num(np.asarray(stars["snr"], dtype=float), nan=-1.0) >= min_snr
     if "accepted" in stars.colnames:
         keep &= np.asarray(stars["accepted"], dtype=bool)
     t = stars[keep]
@@ -476,7 +482,7 @@ def inspect_stars(stars: Table, image: Any, *, clip: float = 3.0, min_snr: float
                         image_path=img.path)
 
 
-def inspect_image(image: Any, *, stars: Table | None = None, clip: float = 3.0, min_snr: float = 30.0,
+def inspect_image(image: Any, *, stars: Table | None = None, clip: float = 3.0, min_snr: float = 10.0,
                   **find_options: Any) -> OpticsReport:
     """Tilt, field curvature and elongation pattern of a frame (finds its stars first).
 

@@ -36,7 +36,7 @@ def inspect_command(
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="PNG report: mosaic, FWHM map, elongation, numbers."),
     threshold: float = typer.Option(5.0, "--threshold", help="Detection threshold in sigma of the smoothed frame."),
-    min_snr: float = typer.Option(30.0, "--min-snr", help="Stars below this SNR are left out of the fit."),
+    min_snr: float = typer.Option(10.0, "--min-snr", help="Stars below this SNR are left out of the fit."),
     hdu: Optional[str] = hdu_option(),
     focal_length: Optional[float] = focal_length_option(),
     pixel_size: Optional[float] = pixel_size_option(),
