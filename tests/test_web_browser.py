@@ -501,7 +501,7 @@ def test_inspector_panel(browser, tmp_path):
         page, errors = _open(browser, server.url, "tilted.fits")
         assert page.locator("#inspect-img").is_hidden()
         page.click("#inspect")
-        page.wait_for_function("psfkitStats.inspect !== null && psfkitStats.inspect !== undefined", timeout=180_000)
+        page.wait_for_function("() => psfkitStats.inspect !== null && psfkitStats.inspect !== undefined", timeout=180_000)
         stats = page.evaluate("psfkitStats.inspect")
         assert stats["error"] is None
         assert stats["curvature"] == pytest.approx(TRUTH["curvature"], rel=0.15)
@@ -509,7 +509,7 @@ def test_inspector_panel(browser, tmp_path):
         assert "gradient x" in text and "top_right" in text and "elongation" in text
         img = page.locator("#inspect-img")
         assert img.is_visible()
-        page.wait_for_function("document.querySelector('#inspect-img').naturalWidth > 500")
+        page.wait_for_function("() => document.querySelector('#inspect-img').naturalWidth > 500")
         width = img.bounding_box()["width"]
         img.click()  # enlarge over the page
         assert img.bounding_box()["width"] > 2 * width

@@ -339,25 +339,24 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
                              "format": req.format})
 
     @app.post("/api/inspect")
-    def inspect(req: InspectRequest) -> JSONResponse:
-        """The optics inspector on the open image: its numbers, a text block, the report PNG."""
+    async def inspect(req: InspectRequest) -> JSONResponse:
+        """The optics inspector on the open image (in the detection queue): numbers, text, report PNG."""
+        resolve_in_root(root_path, req.path)
+        return JSONResponse(_clean(await detections.run(_inspect, req)))
+
+    def _inspect(req: InspectRequest) -> dict[str, Any]:
         import base64
 
         from psfkit.analysis.inspect import inspect_image
         from psfkit.viz.inspect import plot_inspection
 
         item = loaded(req.path)
-        if not heavy.acquire(timeout=300):
-            raise HTTPException(503, "another detection is still running; try again")
-        try:
-            report = inspect_image(item.image, threshold=req.threshold)
-            png = plot_inspection(report, item.image.data, None, top_down=item.top_down)
-        finally:
-            heavy.release()
+        report = inspect_image(item.image, threshold=req.threshold)
+        png = plot_inspection(report, item.image.data, None, top_down=item.top_down)
         out = report.to_dict()
         out["text"] = _inspect_text(out)
         out["report_png"] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-        return JSONResponse(_clean(out))
+        return out
 
     @app.get("/api/{rest:path}", include_in_schema=False)
     def unknown(rest: str) -> None:
