@@ -122,3 +122,25 @@ def test_elongation_patterns():
 def test_too_few_stars():
     with pytest.raises(PsfkitError, match="too few stars"):
         inspect_image(tilted_field(2, n_stars=6), gain=1.5, read_noise=6.0)
+
+
+def test_inspect_cli_json_and_report(tmp_path, capsys):
+    import json
+
+    from astropy.io import fits
+
+    from psfkit.cli import main
+
+    path = tmp_path / "tilted.fits"
+    fits.writeto(path, tilted_field(11).astype(np.float32), fits.Header({"GAIN": 1.5, "RDNOISE": 6.0}))
+    png = tmp_path / "report.png"
+    main(["inspect", str(path), "--json", "-o", str(png)])
+    d = json.loads(capsys.readouterr().out)
+    assert abs(d["curvature"] - TRUTH["curvature"]) < 3 * d["curvature_err"]
+    assert d["report_png"] == str(png) and png.stat().st_size > 50_000
+    main(["inspect", str(path)])
+    text = capsys.readouterr().out
+    assert "tilt" in text and "top_right" in text and "elongation: round" in text
+    with pytest.raises(SystemExit) as exc:
+        main(["inspect", str(path), "-o", str(tmp_path / "report.jpg")])
+    assert exc.value.code == 2 and "suffix .png" in capsys.readouterr().err

@@ -10,8 +10,8 @@ from typing import List, Optional
 import typer
 
 from psfkit.cli._app import app, fail
-from psfkit.cli._options import (binning_option, focal_length_option, hdu_option, load_from_options,
-                                 pixel_size_option, scale_option)
+from psfkit.cli._options import (binning_option, channel_option, focal_length_option, hdu_option,
+                                 load_from_options, pixel_size_option, scale_option)
 
 
 def _png_target(path: Optional[Path]) -> None:
@@ -38,6 +38,7 @@ def inspect_command(
     threshold: float = typer.Option(5.0, "--threshold", help="Detection threshold in sigma of the smoothed frame."),
     min_snr: float = typer.Option(10.0, "--min-snr", help="Stars below this SNR are left out of the fit."),
     hdu: Optional[str] = hdu_option(),
+    channel: Optional[str] = channel_option(per_channel=False),
     focal_length: Optional[float] = focal_length_option(),
     pixel_size: Optional[float] = pixel_size_option(),
     binning: Optional[float] = binning_option(),
@@ -51,8 +52,8 @@ def inspect_command(
     _png_target(output)
     if threshold <= 0:
         raise fail(f"--threshold must be positive, got {threshold}")
-    img = load_from_options(image, hdu=hdu, focal_length=focal_length, pixel_size=pixel_size, binning=binning,
-                            scale=scale)
+    img = load_from_options(image, hdu=hdu, channel=channel, focal_length=focal_length, pixel_size=pixel_size,
+                            binning=binning, scale=scale)
     report = inspect_image(img, min_snr=min_snr, threshold=threshold, gain=gain, read_noise=read_noise)
     d = report.to_dict()
     if output is not None:
