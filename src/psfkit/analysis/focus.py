@@ -30,6 +30,7 @@ import numpy as np
 from astropy.table import Table
 
 from psfkit.errors import PsfkitError
+from psfkit.utils import json_value
 
 __all__ = ["VCurve", "FocusResult", "fit_v_curve", "measure_focus_frame", "focus_run",
            "POSITION_KEYS", "TEMPERATURE_KEYS", "MIN_POSITIONS"]
@@ -235,17 +236,12 @@ class FocusResult:
     numbers: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        def plain(v: Any) -> Any:
-            if isinstance(v, np.generic):
-                v = v.item()
-            return None if isinstance(v, float) and not math.isfinite(v) else v
-
-        out = {k: plain(v) for k, v in self.numbers.items()}
-        out["frames"] = [{c: plain(r[c]) for c in self.frames.colnames} for r in self.frames]
-        out["curves"] = {name: {"a": plain(c.params[0]), "p0": plain(c.params[1]), "b": plain(c.params[2]),
-                                "a_err": plain(c.errors[0]), "p0_err": plain(c.errors[1]), "b_err": plain(c.errors[2]),
-                                "reduced_chi2": plain(c.reduced_chi2)} for name, c in self.curves.items()}
-        return out
+        out = dict(self.numbers)
+        out["frames"] = [{c: r[c] for c in self.frames.colnames} for r in self.frames]
+        out["curves"] = {name: {"a": c.params[0], "p0": c.params[1], "b": c.params[2], "a_err": c.errors[0],
+                                "p0_err": c.errors[1], "b_err": c.errors[2], "reduced_chi2": c.reduced_chi2}
+                         for name, c in self.curves.items()}
+        return json_value(out)
 
 
 def focus_run(frames: Sequence[str | Path], *, position_key: str | None = None, min_snr: float = 10.0,

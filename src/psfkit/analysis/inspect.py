@@ -52,6 +52,7 @@ from astropy.table import Table
 
 from psfkit.errors import PsfkitError
 from psfkit.flags import NEIGHBOURS_MASKED
+from psfkit.utils import json_value, robust_sigma
 
 __all__ = ["SurfaceFit", "OpticsReport", "fit_fwhm_surface", "inspect_image", "inspect_stars", "star_shapes",
            "ZONES", "MIN_STARS"]
@@ -203,7 +204,7 @@ def fit_fwhm_surface(
             s2 = _solve_scatter(fu - a @ p, e2, dof)
         z = (f - a_all @ p) / np.sqrt(e**2 + s2)
         zu = z[used]
-        scale = 1.4826 * np.median(np.abs(zu - np.median(zu)))
+        scale = float(robust_sigma(zu))
         new = ok & (np.abs(z - np.median(zu)) <= clip * max(scale, 1.0))
         if np.array_equal(new, used):
             break
@@ -336,19 +337,7 @@ class OpticsReport:
         out["elongation_pattern"] = self.pattern["pattern"]
         out["elongation_pattern_meaning"] = _PATTERN_MEANING[self.pattern["pattern"]]
         out["elongation"] = {k: v for k, v in self.pattern.items() if k != "pattern"}
-        return _plain(out)
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+        return json_value(out)
 
 
 def _derived(surf: SurfaceFit) -> dict:

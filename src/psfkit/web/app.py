@@ -342,7 +342,7 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
     async def inspect(req: InspectRequest) -> JSONResponse:
         """The optics inspector on the open image (in the detection queue): numbers, text, report PNG."""
         resolve_in_root(root_path, req.path)
-        return JSONResponse(_clean(await detections.run(_inspect, req)))
+        return JSONResponse(json_value(await detections.run(_inspect, req)))
 
     def _inspect(req: InspectRequest) -> dict[str, Any]:
         import base64
