@@ -24,7 +24,7 @@ browser:
 
 # The whole test suite.
 test: $(STAMP) browser
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m ruff check src tests benchmarks && $(PY) -m pytest -n 2 -q
 
 # Benchmarks against sep, photutils and simple floors; writes benchmarks/results/*.md
 bench: $(STAMP)

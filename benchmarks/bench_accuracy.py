@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from psfkit import fit_stars
-from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF, MoffatPSF
 from psfkit.datasets.simulate import simulate_stamps, star_params
+from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF, MoffatPSF
 
 HERE = Path(__file__).resolve().parent
 GAIN, READ_NOISE, BACKGROUND = 1.5, 6.0, 200.0  # e-/ADU, e-, ADU
@@ -65,7 +65,7 @@ def fisher_bound(model, p_true, free):
 
 
 def crb_table(model, p_true, cov):
-    """sqrt of the bound for each reported quantity (column name -> sigma)."""
+    """Sqrt of the bound for each reported quantity (column name -> sigma)."""
     def prop(g):
         return float(np.sqrt(g @ cov @ g))
 
@@ -139,7 +139,7 @@ def run_case(model_name, snr, *, fwhm=3.0, roundness=0.8, angle_deg=30.0, beta=3
 
 
 def photutils_peer(snr, *, fwhm=3.0, seed=0):
-    """photutils PSFPhotometry on a round Gaussian star: RMS / CRB for x, y, flux (fwhm fitted too)."""
+    """Photutils PSFPhotometry on a round Gaussian star: RMS / CRB for x, y, flux (fwhm fitted too)."""
     try:
         from astropy.table import QTable
         from photutils.psf import CircularGaussianPRF, PSFPhotometry
@@ -167,7 +167,6 @@ def photutils_peer(snr, *, fwhm=3.0, seed=0):
     dt = time.perf_counter() - t0
     res = np.array(res, dtype=float)
     # the same star for psfkit (background fitted, round Gaussian with both widths and the angle free)
-    model = GaussianPSF()
     p_true = star_params("gaussian", x0, y0, flux, fwhm, fwhm, 0.0, None, BACKGROUND)[0]
     # bound for photutils' own parameter set (flux, x, y, fwhm; background known)
     from psfkit.psf.models import GaussianPSF as _G

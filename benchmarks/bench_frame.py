@@ -54,7 +54,8 @@ def timed(fn, repeat=1):
 
 def siril_findstar(img: np.ndarray) -> tuple:
     """Siril's own detector on the same frame when ``siril-cli`` (>= 1.2, where ``findstar``
-    may run in a script) is installed; the time includes Siril loading the FITS file."""
+    may run in a script) is installed; the time includes Siril loading the FITS file.
+    """
     import re
     import shutil
     import subprocess
@@ -184,7 +185,7 @@ def main() -> None:
             init = Table({"x": found["xcentroid"][:sub_n], "y": found["ycentroid"][:sub_n]})
             phot = PSFPhotometry(CircularGaussianPRF(fwhm=FWHM), (15, 15), aperture_radius=5)
             t = time.perf_counter()
-            res = phot(img - med, init_params=init)
+            phot(img - med, init_params=init)
             t_fit = (time.perf_counter() - t) * len(found) / max(sub_n, 1)
         d, i = match(found["xcentroid"], found["ycentroid"], truth)
         ok = (d < 1.5) & bright
@@ -196,7 +197,9 @@ def main() -> None:
 
     rows.append(siril_findstar(img))
 
-    fmt = lambda v, f: "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f % v
+    def fmt(v, f):
+        return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f % v
+
     lines = [
         "## Whole frame: find and fit every star",
         "",

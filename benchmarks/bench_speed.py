@@ -22,10 +22,10 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import least_squares
 
+from psfkit.datasets.simulate import simulate_stamps
 from psfkit.psf import _compiled
 from psfkit.psf.engine import NoiseModel, fit_stamps
 from psfkit.psf.models import GaussianPSF
-from psfkit.datasets.simulate import simulate_stamps
 from psfkit.psf.stamps import initial_params
 
 HERE = Path(__file__).resolve().parent

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-import psfkit
 from psfkit.analysis.compare import compare_models
 from psfkit.datasets.simulate import add_noise, render_stars, star_params
 

@@ -78,7 +78,7 @@ def test_unsupported_bit_depths(tmp_path):
     assert "unsupported pixel type" in _one_line_error(tmp_path / "c.tif")
     tifffile.imwrite(tmp_path / "b.tif", np.arange(64).reshape(8, 8) > 20)
     assert "unsupported" in _one_line_error(tmp_path / "b.tif")
-    PILImage.fromarray((np.arange(64).reshape(8, 8) > 20)).convert("1").save(tmp_path / "bw.png")
+    PILImage.fromarray(np.arange(64).reshape(8, 8) > 20).convert("1").save(tmp_path / "bw.png")
     assert "unsupported" in _one_line_error(tmp_path / "bw.png")
 
 

@@ -21,7 +21,6 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-import psfkit
 from psfkit.errors import PsfkitError
 from psfkit.analysis.lightcurve import estimate_shift
 from psfkit.analysis.sequence import QUIET_SCHEDULER, WORKER_ENV, list_frames, run_sequence

@@ -1,3 +1,5 @@
+"""``python -m psfkit``: the ``psfkit`` command."""
+
 from psfkit.cli import main
 
 main()

@@ -94,7 +94,8 @@ def _is_image_file(p: Path) -> bool:
 
 def _frame_time(path: Path) -> tuple[str, float]:
     """DATE-OBS (as written) and its MJD, from the header only; ('', nan) when absent or unreadable
-    (and for files other than FITS: those frames are ordered by name)."""
+    (and for files other than FITS: those frames are ordered by name).
+    """
     from astropy.io import fits
     from astropy.time import Time
 

@@ -12,7 +12,7 @@ import typer
 
 from psfkit.errors import PsfkitError
 
-from psfkit.cli._app import app, fail  # noqa: E402
+from psfkit.cli._app import app  # noqa: E402
 
 # sub-commands (each module adds its commands to `app`)
 from psfkit.cli import fit as _fit  # noqa: E402,F401
@@ -27,7 +27,7 @@ from psfkit.cli import inspect as _inspect  # noqa: E402,F401
 
 
 def _click_errors() -> tuple[type, ...]:
-    """click's exception and abort classes: typer's own copy of click (typer >= 0.20) and click itself."""
+    """Click's exception and abort classes: typer's own copy of click (typer >= 0.20) and click itself."""
     found: list[type] = [typer.Abort]
     for name in ("typer._click.exceptions", "click.exceptions"):
         try:

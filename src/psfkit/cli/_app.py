@@ -13,7 +13,7 @@ app = typer.Typer(
 )
 
 
-def fail(message: str) -> "typer.Exit":
+def fail(message: str) -> typer.Exit:
     """Print a one-line error and return the exit to raise (code 2)."""
     typer.echo(f"psfkit: error: {message}", err=True)
     return typer.Exit(code=2)

@@ -1,6 +1,7 @@
 """The image-loading options every command shares (--hdu, --channel, --focal-length, --pixel-size,
 --binning, --scale), and the one call that loads an image from them.  No science here: the rules
-live in :mod:`psfkit.io.image` (see docs/formats.md)."""
+live in :mod:`psfkit.io.image` (see docs/formats.md).
+"""
 
 from __future__ import annotations
 

@@ -10,7 +10,6 @@ import typer
 from psfkit.cli._app import app, fail
 from psfkit.cli._options import ImageOptions, image_options, is_per_channel
 from psfkit.cli.fit import _parse_xy as parse_xy
-from psfkit.errors import PsfkitError
 
 
 def _parse_xy(text: str, option: str) -> tuple[float, float]:
@@ -82,7 +81,7 @@ def seq_command(
     s = result.summary
     typer.echo(f"{len(s)} frames measured ({len(result.computed)} now, {len(result.skipped)} already done), "
                f"{int(s['rejected'].sum()) if len(s) else 0} rejected, {len(result.failed)} failed -> {result.outdir}")
-    for name, why in result.failed.items():
+    for why in result.failed.values():
         typer.echo(f"failed: {why}", err=True)
     for row in s[s["rejected"]] if len(s) else []:
         typer.echo(f"rejected: {row['frame']} ({row['reject_reason']})")

@@ -96,7 +96,7 @@ def view_command(
 
         from psfkit.web import create_app
     except ImportError as exc:
-        raise fail(f"the web viewer needs the 'web' extra (pip install 'psfkit[web]'): {exc}")
+        raise fail(f"the web viewer needs the 'web' extra (pip install 'psfkit[web]'): {exc}") from None
 
     if image is not None and not image.is_file():
         raise fail(f"{image}: no such file")

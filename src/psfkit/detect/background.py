@@ -135,7 +135,8 @@ def _level_map(mode: np.ndarray, ny: int, nx: int, cy: int, cx: int) -> np.ndarr
     """The cell map interpolated to every pixel (float32): rows by the weight matrix of
     :func:`_interpolation_weights`, then along each row the same cubic spline evaluated
     piecewise (a dense (ny, gx) x (gx, nx) product costs gx multiply-adds per pixel; this
-    costs four)."""
+    costs four).
+    """
     gy, gx = mode.shape
     rows = _interpolation_weights(ny, gy, cy).astype(np.float64) @ mode.astype(np.float64)  # (ny, gx)
     if gx < 4:
@@ -156,7 +157,8 @@ def _filter_cells(mode: np.ndarray) -> np.ndarray:
     """3 x 3 median filter of the cell map (cells spoilt by a bright star or galaxy take
     their neighbours' level), applied to the residual from a robust quadratic surface
     so that a smooth curvature (vignetting) is not flattened the way a plain median
-    filter flattens the top of a dome."""
+    filter flattens the top of a dome.
+    """
     gy, gx = mode.shape
     if gy < 3 or gx < 3:
         return ndimage.median_filter(mode, size=3, mode="nearest")

@@ -88,7 +88,8 @@ def _stamps_at(frame: np.ndarray, origin: np.ndarray, box: int) -> np.ndarray:
 
 def _neighbour_light(light: np.ndarray, model: Any, own: Table | None):
     """``neighbour_light`` for :func:`psfkit.fit_stars`: the light frame's stamps, less each fitted
-    star's own model (``own``, in the order of the stars fitted; None for stars not in ``light``)."""
+    star's own model (``own``, in the order of the stars fitted; None for stars not in ``light``).
+    """
 
     def on_stamps(origin: np.ndarray, box: int) -> np.ndarray:
         out = _stamps_at(light, origin, box)

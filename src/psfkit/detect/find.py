@@ -506,7 +506,8 @@ def _add_hfr(table: Table, data: np.ndarray, bkg: Background, fwhm_est: float, p
 def _deblend(img, bkg, table, reasons, *, fwhm_est, smoothing, threshold, noise, fit_kwargs, crit, mask_neighbours):
     """The crowded-field pass of :mod:`psfkit.detect.deblend` on the accepted stars: their rows refitted
     with neighbours subtracted, companions appended with their own rejection tests.
-    Returns (table, reasons)."""
+    Returns (table, reasons).
+    """
     from psfkit.detect.deblend import deblend_stars
 
     acc = np.flatnonzero(reasons == "")
@@ -544,7 +545,8 @@ def _deblend(img, bkg, table, reasons, *, fwhm_est, smoothing, threshold, noise,
 def _probe_indices(significance: np.ndarray, n: int = 60) -> np.ndarray:
     """Which candidates measure the frame's FWHM: significant ones (>= 20 sigma), without the
     brightest tenth (saturated or bloated disks: on a photographic plate or a frame without
-    SATURATE the brightest stars are the widest), evenly spread in brightness."""
+    SATURATE the brightest stars are the widest), evenly spread in brightness.
+    """
     order = np.arange(len(significance))  # candidates come brightest first
     pool = order[np.asarray(significance) >= 20.0]
     if len(pool) < 10:
@@ -567,7 +569,8 @@ def _probe_positions(cands: Table) -> tuple[np.ndarray, np.ndarray]:
 def _probe_fwhm(img: Image, cands: Table, *, guess: float | None = None, **fit_kwargs: Any) -> float:
     """The frame's stellar FWHM (px): the median over a probe of candidates fitted without the
     angle, in a box of 15 px (or 4 x the guess), again in a box of 4 FWHM when that is larger;
-    the guess (default 3 px) when fewer than 3 candidates measure it."""
+    the guess (default 3 px) when fewer than 3 candidates measure it.
+    """
     px, py = _probe_positions(cands)
     first = 3.0 if guess is None else float(guess)
     est, box = first, max(15, fitting_box(first, per_fwhm=4.0, minimum=1, maximum=101))
@@ -585,7 +588,8 @@ def _probe_fwhm(img: Image, cands: Table, *, guess: float | None = None, **fit_k
 
 def _probe_beta(img: Image, cands: Table, *, box: int, **fit_kwargs: Any) -> float | None:
     """The frame's Moffat beta: the median over the FWHM probe's candidates fitted with beta
-    free (not saturated, converged, beta off its bounds); None (beta free) with fewer than 3."""
+    free (not saturated, converged, beta off its bounds); None (beta free) with fewer than 3.
+    """
     px, py = _probe_positions(cands)
     t0 = fit_stars(img, px, py, box=box, model="moffat", angle=False, search_radius=None, **fit_kwargs)
     bad = F.SATURATED | F.FIT_FAILED | F.NOT_CONVERGED | F.AT_BOUND

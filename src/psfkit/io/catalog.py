@@ -181,7 +181,8 @@ def _flat_meta(meta: dict, prefix: str = "") -> dict:
 
 def _siril_layers(channel: Any) -> np.ndarray:
     """Siril's layer numbers of a ``channel`` column: R, G, B -> 0, 1, 2; plane numbers as
-    they are; luminance and anything else -> 0 (Siril's layer of a grey image)."""
+    they are; luminance and anything else -> 0 (Siril's layer of a grey image).
+    """
     names = {"r": 0, "red": 0, "g": 1, "green": 1, "b": 2, "blue": 2}
     out = []
     for c in np.asarray(channel).tolist():
@@ -320,7 +321,7 @@ def _ds9_regions(table: Table) -> str:
         ang = ang if math.isfinite(ang) else 0.0
         color = ""
         if "accepted" in table.colnames and not bool(row["accepted"]):
-            color = " # color=red text={%s}" % row["reject_reason"]
+            color = f" # color=red text={{{row['reject_reason']}}}"
         lines.append(f"ellipse({x:.4f},{y:.4f},{fx / 2:.4f},{fy / 2:.4f},{ang:.3f}){color}")
     return "\n".join(lines) + "\n"
 
@@ -419,13 +420,18 @@ def _read_lst(p: Path, image_shape) -> Table:
 
 def _read_reg(p: Path) -> Table:
     """The ellipses of a DS9 region file; red ones (written with the rejected candidates) come back with
-    ``accepted`` False and their ``reject_reason`` (the region's text)."""
+    ``accepted`` False and their ``reject_reason`` (the region's text).
+    """
     xs, ys, ax, ay, an, ok, why = [], [], [], [], [], [], []
     for line in p.read_text().splitlines():
         if line.startswith("ellipse("):
             inside = line[len("ellipse("):line.index(")")]
             a, b, c, d, e = (float(v) for v in inside.split(","))
-            xs.append(a - 1.0); ys.append(b - 1.0); ax.append(2 * c); ay.append(2 * d); an.append(e)
+            xs.append(a - 1.0)
+            ys.append(b - 1.0)
+            ax.append(2 * c)
+            ay.append(2 * d)
+            an.append(e)
             rejected = "color=red" in line
             ok.append(not rejected)
             text = re.search(r"text=\{([^}]*)\}", line)

@@ -21,8 +21,7 @@ saturated pixel is set to the saturation level so the fit leaves it out.
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -78,6 +78,15 @@ class Image:
         Everything else: ``format``, ``layout`` (grey, rgb, stack, bayer),
         ``channel``, ``roworder``, ``hdu``, ``bayer_pattern``, ``pixel_map``,
         ``frame_shape``, ``gain_rule``, ``saturation_rule`` ...
+
+    Examples
+    --------
+    >>> import psfkit
+    >>> image = psfkit.load_image(psfkit.sample_image_path())
+    >>> image.data.shape, image.data.dtype.name
+    ((256, 256), 'float32')
+    >>> image.saturation > 0
+    True
     """
 
     data: np.ndarray
@@ -116,7 +125,7 @@ class Image:
         """Positions in ``data`` of full-frame pixel coordinates (x, y) (identity unless a Bayer plane)."""
         return frame_to_plane(x, y, self.pixel_map)
 
-    def with_data(self, data: np.ndarray, **changes: Any) -> "Image":
+    def with_data(self, data: np.ndarray, **changes: Any) -> Image:
         """A copy of this image with other pixels (and optionally other metadata)."""
         return replace(self, data=data, **changes)
 
@@ -239,6 +248,14 @@ def image_scale_from_header(
     -------
     scale : float or None
     rule : str
+
+    Examples
+    --------
+    >>> scale, rule = image_scale_from_header({"FOCALLEN": 1000.0, "XPIXSZ": 3.76})
+    >>> round(scale, 4)
+    0.7756
+    >>> rule
+    '206.265 x XPIXSZ=3.76 um / FOCALLEN=1000 mm'
     """
     for name, value in (("focal_length", focal_length), ("pixel_size", pixel_size), ("binning", binning),
                         ("pixel_scale", pixel_scale)):
@@ -742,6 +759,13 @@ def load_image(
     ------
     PsfkitError
         For a missing, unreadable or unsuitable file, with a one-line message naming it.
+
+    Examples
+    --------
+    >>> import psfkit
+    >>> image = psfkit.load_image(psfkit.sample_image_path())
+    >>> image.data.shape
+    (256, 256)
     """
     p, frame = _read(path, hdu)
     user = dict(focal_length=focal_length, pixel_size=pixel_size, binning=binning, pixel_scale=pixel_scale)
@@ -775,6 +799,15 @@ def load_planes(
     -------
     list of Image
         ``meta["channel"]`` names each plane.
+
+    Examples
+    --------
+    A grey image has one plane:
+
+    >>> import psfkit
+    >>> planes = psfkit.load_planes(psfkit.sample_image_path())
+    >>> len(planes), planes[0].data.shape
+    (1, (256, 256))
     """
     p, frame = _read(path, hdu)
     user = dict(focal_length=focal_length, pixel_size=pixel_size, binning=binning, pixel_scale=pixel_scale)
@@ -855,7 +888,14 @@ def describe_image(image: Image) -> dict:
 
 
 def as_image(image: Any) -> Image:
-    """Accept an :class:`Image`, a path or a 2-D array-like and return an :class:`Image`."""
+    """Accept an :class:`Image`, a path or a 2-D array-like and return an :class:`Image`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> as_image(np.zeros((4, 5))).data.shape
+    (4, 5)
+    """
     if isinstance(image, Image):
         return image
     if isinstance(image, (str, os.PathLike)):

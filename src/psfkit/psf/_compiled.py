@@ -23,7 +23,6 @@ The number of threads is numba's (``NUMBA_NUM_THREADS``, default: all cores).
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
@@ -118,7 +117,8 @@ if _HAVE_NUMBA:
     def _gauss_setup(p, box):
         """The per-star part of the rotated Gaussian: the precision matrix of the (pixel-convolved)
         profile, the amplitude scale and the derivatives of
-        (pxx, pxy, pyy, log scale) with respect to sx, sy and the angle (``q``, 3 x 4 values)."""
+        (pxx, pxy, pyy, log scale) with respect to sx, sy and the angle (``q``, 3 x 4 values).
+        """
         sx = p[4]
         sy = p[5]
         c = math.cos(p[6])
@@ -142,7 +142,8 @@ if _HAVE_NUMBA:
     @njit(cache=True, inline="always")
     def _dq_row(da, db, dc, dls, a, b, cc, det, pxx, pxy, pyy):
         """d(pxx, pxy, pyy, log scale) / d(one of sx, sy, angle) from that parameter's derivatives of the
-        covariance (a, b, cc) = (Sxx, Sxy, Syy) and of log(sx sy)."""
+        covariance (a, b, cc) = (Sxx, Sxy, Syy) and of log(sx sy).
+        """
         dd = da * cc + a * dc - 2.0 * b * db
         return (dc - pxx * dd) / det, (-db - pxy * dd) / det, (da - pyy * dd) / det, dls - 0.5 * dd / det
 
@@ -391,7 +392,8 @@ if _HAVE_NUMBA:
         """:func:`_normal` with the first ``n`` (6 or 7) Jacobian rows the free parameters (the default
         Gaussian; the Moffat with beta fixed; the axis-aligned Gaussian): two passes over the pixels,
         every sum of a pass in a register (rows 0-3 with each other, then rows 4-6 with all; row 6's
-        sums are not written when n is 6), against one pass per pair of columns."""
+        sums are not written when n is 6), against one pass per pair of columns.
+        """
         j0, j1, j2, j3, j4, j5, j6 = jac[0], jac[1], jac[2], jac[3], jac[4], jac[5], jac[6]
         chi2 = r0 = r1 = r2 = r3 = 0.0
         s00 = s10 = s11 = s20 = s21 = s22 = s30 = s31 = s32 = s33 = 0.0
@@ -509,7 +511,8 @@ if _HAVE_NUMBA:
     @njit(cache=True, _nrt=False)
     def _cholesky(a, low):
         """Lower Cholesky factor L of a (n x n) into low, with 1 / L[i, i] on its diagonal (the solves
-        then multiply, not divide); False when a is not positive definite."""
+        then multiply, not divide); False when a is not positive definite.
+        """
         n = a.shape[0]
         for i in range(n):
             for j in range(i + 1):
@@ -526,7 +529,7 @@ if _HAVE_NUMBA:
 
     @njit(cache=True, _nrt=False)
     def _cho_solve(low, b, x):
-        """x = a^-1 b from :func:`_cholesky`'s factor."""
+        """X = a^-1 b from :func:`_cholesky`'s factor."""
         n = low.shape[0]
         for i in range(n):
             s = b[i]
@@ -566,7 +569,8 @@ if _HAVE_NUMBA:
     @njit(cache=True, _nrt=False)
     def _weights(kind_w, mask, var_fixed, expected, gain, rn2, wgt):
         """Pixel weights: fixed (kind_w 0: 1/var_fixed), from the model (1: Poisson + read noise) or
-        from the model plus a fixed part (2: Poisson + var_fixed, which holds the read noise too)."""
+        from the model plus a fixed part (2: Poisson + var_fixed, which holds the read noise too).
+        """
         inv_gain = 1.0 / gain
         for m in range(wgt.size):  # branch-free, so that it vectorises
             if kind_w == 0:
@@ -581,7 +585,8 @@ if _HAVE_NUMBA:
     @njit(cache=True, _nrt=False)
     def _newton_step_small(p, jtj, jtr, lo, hi, fidx, rtol, ws):
         """True when the undamped projected Gauss-Newton step is below rtol standard errors (its length
-        in the metric of J^T W J, step . J^T W r, below rtol**2: fitting._newton_step_small)."""
+        in the metric of J^T W J, step . J^T W r, below rtol**2: fitting._newton_step_small).
+        """
         system, low, rhs, step, blocked = ws[4], ws[5], ws[6], ws[7], ws[9]
         nf = fidx.size
         for a in range(nf):
@@ -759,7 +764,6 @@ if _HAVE_NUMBA:
     def _normal_batch(kind, ks, params, data, wgt, h, w, fidx, offs, offw, out_chi2, out_jtj, out_jtr, out_val, xs,
                       ys):
         n, m = data.shape
-        nf = fidx.size
         npar = params.shape[1]
         for i in prange(n):
             jac = np.zeros((npar, m))

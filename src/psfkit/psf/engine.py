@@ -59,6 +59,7 @@ class NoiseModel:
     read_noise: float = 0.0
 
     def variance(self, expected: np.ndarray) -> np.ndarray:
+        """Variance of each pixel, data units squared: Poisson noise of ``expected`` (>= 0) plus read noise."""
         return np.clip(expected, 0.0, None) / self.gain + self.read_noise**2
 
 
@@ -105,11 +106,13 @@ class StampFit:
 
     @property
     def reduced_chi2(self) -> np.ndarray:
+        """Chi-square per degree of freedom (pixels less free parameters, at least 1), one per stamp."""
         dof = np.maximum(self.n_pixels - self.n_free, 1)
         return self.chi2 / dof
 
     @property
     def rmse(self) -> np.ndarray:
+        """Root mean square of the unweighted residuals, data units, one per stamp."""
         return np.sqrt(self.rss / np.maximum(self.n_pixels, 1))
 
 
@@ -147,7 +150,8 @@ def _compiled_kind(model, p, free) -> int | None:
 
 def model_values(model: PSFModel, p: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Values (N, h*w) of the model with parameters p on stamps of this shape, as the fits see
-    them (the same pixel integration), on the compiled engine where it covers the model."""
+    them (the same pixel integration), on the compiled engine where it covers the model.
+    """
     from psfkit.psf import _compiled
 
     p = np.asarray(p, dtype=float)

@@ -415,6 +415,7 @@ class StarFit:
 
     @property
     def flag_names(self) -> list[str]:
+        """Names of the bits set in the fit's ``flags`` (see :func:`psfkit.decode_flags`)."""
         return F.decode_flags(self.table["flags"][0])
 
     def to_table(self) -> Table:

@@ -25,7 +25,7 @@ def fold_angle(angle_deg: np.ndarray) -> np.ndarray:
 
 
 def magnitude(flux: np.ndarray, flux_err: np.ndarray, zero_point: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """mag = zero_point - 2.5 log10(flux), mag_err = 1.0857 flux_err / flux (NaN for flux <= 0)."""
+    """Mag = zero_point - 2.5 log10(flux), mag_err = 1.0857 flux_err / flux (NaN for flux <= 0)."""
     flux = np.asarray(flux, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         ok = flux > 0

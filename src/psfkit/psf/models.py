@@ -144,9 +144,11 @@ class PSFModel:
     # ---- description -------------------------------------------------
     @property
     def n_params(self) -> int:
+        """Number of parameters, ``len(param_names)``."""
         return len(self.param_names)
 
     def index(self, name: str) -> int:
+        """Position of parameter ``name`` in ``param_names``."""
         return self.param_names.index(name)
 
     def default_free(self) -> np.ndarray:
@@ -288,6 +290,7 @@ class _EllipticalModel(PSFModel):
         return f"{type(self).__name__}(angle={self.angle}, sampling={self.sampling!r})"
 
     def default_free(self) -> np.ndarray:
+        """Parameters fitted by default: see :meth:`PSFModel.default_free`."""
         free = np.ones(self.n_params, dtype=bool)
         free[self.i_angle] = self.angle
         return free
@@ -345,11 +348,13 @@ class GaussianPSF(_EllipticalModel):
     param_names = ("background", "amplitude", "x0", "y0", "sigma_x", "sigma_y", "angle")
 
     def bounds(self, n):
+        """Lower and upper bounds: see :meth:`PSFModel.bounds`."""
         lo = np.tile([-np.inf, 0.0, -np.inf, -np.inf, 0.05, 0.05, -np.inf], (n, 1))
         hi = np.tile([np.inf, np.inf, np.inf, np.inf, np.inf, np.inf, np.inf], (n, 1))
         return lo, hi
 
     def evaluate(self, params, shape, *, free=None, jacobian=False, k=None):
+        """The model: see :meth:`PSFModel.evaluate`."""
         params = np.asarray(params, dtype=float)
         if free is None:
             free = np.ones(self.n_params, dtype=bool)
@@ -503,6 +508,7 @@ class GaussianPSF(_EllipticalModel):
         ))
 
     def flux_and_gradient(self, params):
+        """Total flux: see :meth:`PSFModel.flux_and_gradient`."""
         A, sx, sy = params[:, 1], params[:, 4], params[:, 5]
         flux = 2.0 * np.pi * A * sx * sy
         grad = np.zeros_like(params)
@@ -512,6 +518,7 @@ class GaussianPSF(_EllipticalModel):
         return flux, grad
 
     def fwhm_and_gradient(self, params):
+        """FWHM along both axes: see :meth:`PSFModel.fwhm_and_gradient`."""
         fx = FWHM_PER_SIGMA * params[:, 4]
         fy = FWHM_PER_SIGMA * params[:, 5]
         gx = np.zeros_like(params)
@@ -522,6 +529,7 @@ class GaussianPSF(_EllipticalModel):
 
     @staticmethod
     def widths_from_fwhm(fwhm: np.ndarray, beta: np.ndarray | None = None) -> np.ndarray:
+        """The width parameters (sigma or alpha) of a star of FWHM ``fwhm`` (and ``beta``)."""
         return np.asarray(fwhm, dtype=float) / FWHM_PER_SIGMA
 
     def _amplitude_for_flux(self, params, flux):
@@ -558,11 +566,13 @@ class MoffatPSF(_EllipticalModel):
         return f"MoffatPSF(beta={self.fixed_beta}, angle={self.angle}, sampling={self.sampling!r})"
 
     def default_free(self):
+        """Parameters fitted by default: see :meth:`PSFModel.default_free`."""
         free = super().default_free()
         free[self.i_beta] = self.fixed_beta is None
         return free
 
     def bounds(self, n):
+        """Lower and upper bounds: see :meth:`PSFModel.bounds`."""
         lo = np.tile([-np.inf, 0.0, -np.inf, -np.inf, 0.05, 0.05, -np.inf, self.beta_bounds[0]], (n, 1))
         hi = np.tile([np.inf, np.inf, np.inf, np.inf, np.inf, np.inf, np.inf, self.beta_bounds[1]], (n, 1))
         return lo, hi
@@ -591,6 +601,7 @@ class MoffatPSF(_EllipticalModel):
         ))
 
     def flux_and_gradient(self, params):
+        """Total flux: see :meth:`PSFModel.flux_and_gradient`."""
         A, ax, ay, beta = params[:, 1], params[:, 4], params[:, 5], params[:, 7]
         bm1 = beta - 1.0
         flux = np.pi * A * ax * ay / bm1
@@ -608,6 +619,7 @@ class MoffatPSF(_EllipticalModel):
         return 2.0 * root, dfactor
 
     def fwhm_and_gradient(self, params):
+        """FWHM along both axes: see :meth:`PSFModel.fwhm_and_gradient`."""
         factor, dfactor = self._fwhm_factor(params[:, 7])
         fx = factor * params[:, 4]
         fy = factor * params[:, 5]
@@ -621,6 +633,7 @@ class MoffatPSF(_EllipticalModel):
 
     @classmethod
     def widths_from_fwhm(cls, fwhm: np.ndarray, beta: np.ndarray) -> np.ndarray:
+        """The width parameters (sigma or alpha) of a star of FWHM ``fwhm`` (and ``beta``)."""
         return np.asarray(fwhm, dtype=float) / cls._fwhm_factor(np.asarray(beta, dtype=float))[0]
 
     def _amplitude_for_flux(self, params, flux):
@@ -715,11 +728,13 @@ class ImagePSF(PSFModel):
         return f"ImagePSF(shape={self.psf.shape}, oversampling={self.oversampling}, {self.normalisation.kind})"
 
     def bounds(self, n):
+        """Lower and upper bounds: see :meth:`PSFModel.bounds`."""
         lo = np.tile([-np.inf, 0.0, -np.inf, -np.inf], (n, 1))
         hi = np.tile([np.inf, np.inf, np.inf, np.inf], (n, 1))
         return lo, hi
 
     def subsampling(self, params):
+        """Sub-pixel sampling: see :meth:`PSFModel.subsampling`."""
         return np.ones(params.shape[0], dtype=int)
 
     def _point(self, params, xs, ys, free, jacobian):
@@ -743,6 +758,7 @@ class ImagePSF(PSFModel):
         ))
 
     def flux_and_gradient(self, params):
+        """Total flux: see :meth:`PSFModel.flux_and_gradient`."""
         grad = np.zeros_like(params)
         grad[:, 1] = 1.0
         return params[:, 1].copy(), grad
@@ -754,12 +770,14 @@ class ImagePSF(PSFModel):
         return float(2.0 * math.sqrt(area / math.pi))
 
     def fwhm_and_gradient(self, params):
+        """FWHM along both axes: see :meth:`PSFModel.fwhm_and_gradient`."""
         n = params.shape[0]
         f = np.full(n, self._fwhm)
         z = np.zeros_like(params)
         return f, f.copy(), z, z.copy()
 
     def peak(self, params):
+        """Peak value: see :meth:`PSFModel.peak`."""
         return params[:, 1] * self._peak
 
     def params_from_shape(self, x0, y0, fwhm_x=None, fwhm_y=None, angle_deg=0.0, *, flux=None, amplitude=None,
@@ -824,6 +842,7 @@ class LorentzianPSF(MoffatPSF):
         return f"LorentzianPSF(flux_radius={self.flux_radius}, angle={self.angle}, sampling={self.sampling!r})"
 
     def flux_and_gradient(self, params):
+        """Total flux: see :meth:`PSFModel.flux_and_gradient`."""
         A, gx, gy = params[:, 1], params[:, 4], params[:, 5]
         grad = np.zeros_like(params)
         if self.flux_radius is None:  # R = 2.5 FWHM = 5 sqrt(gx gy): R^2 / (gx gy) = 25

@@ -14,7 +14,8 @@ __all__ = ["model_params", "render_fit", "render_stars_frame"]
 
 def model_params(model: Any, table: Any, origin: np.ndarray) -> np.ndarray:
     """Model parameter rows (N, n_params) of a star table's fits, in the pixels of boxes whose
-    first pixel is at ``origin`` (N, 2: x, y); the inverse of :func:`psfkit.psf.measure.measure`."""
+    first pixel is at ``origin`` (N, 2: x, y); the inverse of :func:`psfkit.psf.measure.measure`.
+    """
     col = lambda name: np.asarray(table[name], dtype=float)  # noqa: E731
     x0, y0 = col("x_fit") - origin[:, 0], col("y_fit") - origin[:, 1]
     if model.name == "image":

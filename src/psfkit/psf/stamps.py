@@ -107,7 +107,8 @@ def level_and_noise(smooth: np.ndarray) -> tuple[float, float]:
 
 def dip_between(smooth: np.ndarray, a: tuple[int, int], b: tuple[int, int]) -> float:
     """The lowest value of ``smooth`` on the straight line from pixel ``a`` to pixel ``b`` (row, col):
-    two peaks are distinct sources when both stand well above it."""
+    two peaks are distinct sources when both stand well above it.
+    """
     n = int(2 * math.hypot(b[0] - a[0], b[1] - a[1])) + 2
     t = np.linspace(0.0, 1.0, n)
     rows = np.rint(a[0] + t * (b[0] - a[0])).astype(int)

@@ -40,7 +40,7 @@ class RunningServer:
         self.server.should_exit = True
         self.thread.join(timeout)
 
-    def __enter__(self) -> "RunningServer":
+    def __enter__(self) -> RunningServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
