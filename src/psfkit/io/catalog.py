@@ -109,6 +109,18 @@ def write_star_list(table: Table, path: str | os.PathLike, *, image_shape: tuple
     """Write a star list; the format follows the suffix (.csv .ecsv .fits .lst .reg).
 
     The file is written to a temporary name and renamed, so a failure leaves no half file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import psfkit
+    >>> stars = psfkit.find_stars(psfkit.load_image(psfkit.sample_image_path()))
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = psfkit.write_star_list(stars, Path(folder) / "stars.ecsv")
+    ...     back = psfkit.read_star_list(path)
+    >>> len(back) == len(stars)
+    True
     """
     p = Path(path)
     suffix = p.suffix.lower()
@@ -327,7 +339,23 @@ def _ds9_regions(table: Table) -> str:
 
 
 def read_star_list(path: str | os.PathLike, *, image_shape: tuple[int, int] | None = None) -> Table:
-    """Read a star list written by :func:`write_star_list` (or Siril), back in psfkit's conventions."""
+    """Read a star list written by :func:`write_star_list` (or Siril), back in psfkit's conventions.
+
+    Examples
+    --------
+    A Siril .lst file counts rows from the other end: give the image's shape both ways.
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> import psfkit
+    >>> stars = psfkit.find_stars(psfkit.load_image(psfkit.sample_image_path()))
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = psfkit.write_star_list(stars, Path(folder) / "stars.lst", image_shape=(256, 256))
+    ...     back = psfkit.read_star_list(path, image_shape=(256, 256))
+    >>> bool(np.allclose(back["y_fit"], stars["y_fit"], atol=1e-3))
+    True
+    """
     p = Path(path)
     if not p.exists():
         raise PsfkitError(f"{p}: no such file")

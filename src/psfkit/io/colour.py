@@ -143,6 +143,19 @@ def bayer_plane(
         {"scale": 2, "x_offset": ox, "y_offset": oy}: full-frame x = 2 x + ox.
     n_averaged : int
         How many mosaic pixels each plane pixel averages.
+
+    Examples
+    --------
+    The blue pixels of an RGGB mosaic sit at odd rows and columns:
+
+    >>> import numpy as np
+    >>> mosaic = np.arange(16.0).reshape(4, 4)
+    >>> plane, pixel_map, n_averaged = bayer_plane(mosaic, "RGGB", "B")
+    >>> plane
+    array([[ 5.,  7.],
+           [13., 15.]])
+    >>> pixel_map, n_averaged
+    ({'scale': 2.0, 'x_offset': 1.0, 'y_offset': 1.0}, 1)
     """
     ny, nx = mosaic.shape
     cells = mosaic[: ny - ny % 2, : nx - nx % 2]
@@ -175,6 +188,14 @@ def luminance(planes: np.ndarray, *, saturation: float | None = None) -> np.ndar
     """ITU-R BT.709 luminance 0.2126 R + 0.7152 G + 0.0722 B of (3, ny, nx) planes.
 
     A pixel with any saturated channel is set to ``saturation``, so a fit leaves it out.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rgb = np.stack([np.full((2, 2), value) for value in (1.0, 2.0, 3.0)])
+    >>> luminance(rgb)
+    array([[1.8596, 1.8596],
+           [1.8596, 1.8596]])
     """
     dtype = np.float64 if planes.dtype == np.float64 else np.float32
     out = planes[0] * dtype(0.2126)
@@ -249,6 +270,17 @@ def table_to_plane(table: Any, image: Any) -> Any:
     -------
     astropy.table.Table
         A copy in the plane's pixels (identity when ``image`` is the frame).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astropy.table import Table
+    >>> from psfkit.io.image import Image
+    >>> plane, pixel_map, _ = bayer_plane(np.arange(16.0).reshape(4, 4), "RGGB", "B")
+    >>> image = Image(data=plane, meta={"pixel_map": pixel_map, "frame_shape": (4, 4)})
+    >>> on_plane = table_to_plane(Table({"x_fit": [1.0, 3.0], "y_fit": [1.0, 3.0]}), image)
+    >>> on_plane["x_fit"].tolist()
+    [0.0, 1.0]
     """
     return _map_table(table, image, inverse=True)
 
@@ -271,6 +303,19 @@ def table_to_frame(table: Any, image: Any) -> Any:
         arcsecond columns, sky positions and fluxes unchanged.  Identity (a
         copy) when ``image`` is not a plane of a larger frame.
         ``meta["pixel_map"]`` and ``meta["image_shape"]`` describe the frame.
+
+    Examples
+    --------
+    Positions on the blue plane of an RGGB mosaic, on the full frame:
+
+    >>> import numpy as np
+    >>> from astropy.table import Table
+    >>> from psfkit.io.image import Image
+    >>> plane, pixel_map, _ = bayer_plane(np.arange(16.0).reshape(4, 4), "RGGB", "B")
+    >>> image = Image(data=plane, meta={"pixel_map": pixel_map, "frame_shape": (4, 4)})
+    >>> on_frame = table_to_frame(Table({"x_fit": [0.0, 1.0], "y_fit": [0.0, 1.0]}), image)
+    >>> on_frame["x_fit"].tolist(), on_frame["y_fit"].tolist()
+    ([1.0, 3.0], [1.0, 3.0])
     """
     out = _map_table(table, image, inverse=False)
     pixel_map = getattr(image, "pixel_map", None)
@@ -298,6 +343,17 @@ def frame_view(image: Any) -> np.ndarray:
     -------
     ndarray
         ``image.data`` (not a copy) when it is the frame; else a new array of the frame's shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from psfkit.io.image import Image
+    >>> plane, pixel_map, _ = bayer_plane(np.arange(16.0).reshape(4, 4), "RGGB", "B")
+    >>> frame_view(Image(data=plane, meta={"pixel_map": pixel_map, "frame_shape": (4, 4)}))
+    array([[ 5.,  5.,  7.,  7.],
+           [ 5.,  5.,  7.,  7.],
+           [13., 13., 15., 15.],
+           [13., 13., 15., 15.]])
     """
     pixel_map = getattr(image, "pixel_map", None)
     if not pixel_map:
