@@ -38,6 +38,23 @@ def find_stars_by_channel(
     astropy.table.Table
         The tables one after the other, a str ``channel`` column first;
         ``meta["channels"]`` holds each plane's summary.
+
+    Examples
+    --------
+    A colour FITS file (3, ny, nx) gives one row per star and plane:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from astropy.io import fits
+    >>> from psfkit.datasets.simulate import simulate_field
+    >>> data, truth = simulate_field((96, 96), 6, fwhm=3.0, seed=0, edge=12, min_separation=15)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = Path(folder) / "rgb.fits"
+    ...     fits.writeto(path, np.stack([data, data, data]).astype(np.float32))
+    ...     stars = find_stars_by_channel(path)
+    >>> len(stars), sorted(set(stars["channel"].tolist()))
+    (18, ['B', 'G', 'R'])
     """
     from astropy.table import Column, vstack
 

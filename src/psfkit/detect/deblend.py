@@ -247,6 +247,17 @@ def deblend_stars(
     explains : ndarray of bool
         Companions that fit and explain their star's residual (the caller applies its rejection
         tests to these; the others are misfits of the star's model).
+
+    Examples
+    --------
+    The pass runs inside ``find_stars(..., deblend=True)``; its stars say which pass found them:
+
+    >>> import psfkit
+    >>> from psfkit.datasets.simulate import simulate_field
+    >>> data, truth = simulate_field((96, 96), 6, fwhm=3.0, seed=0, edge=12, min_separation=15)
+    >>> stars = psfkit.find_stars(data, gain=1.5, read_noise=6.0, deblend=True)
+    >>> "detection_pass" in stars.colnames, len(stars)
+    (True, 6)
     """
     stars = stars.copy(copy_data=True)
     empty = (stars[:0], np.zeros(0, dtype=bool))

@@ -72,6 +72,18 @@ def cut_stamps(
         (x, y) image coordinates of each stamp's pixel (0, 0).
     cut : ndarray of bool (N,)
         True where the box is cut by the image edge.
+
+    Examples
+    --------
+    A box near the corner is filled with NaN where it leaves the frame:
+
+    >>> import numpy as np
+    >>> data = np.ones((64, 64))
+    >>> stamps, inside, origin, cut = cut_stamps(data, np.array([30.0, 2.0]), np.array([40.0, 2.0]), 9)
+    >>> stamps.shape, cut.tolist(), int(inside[1].sum())
+    ((2, 9, 9), [False, True], 49)
+    >>> origin[0].tolist()
+    [26.0, 36.0]
     """
     if np.isscalar(box):
         h = w = int(box)
@@ -179,7 +191,16 @@ def brightest_source(data: np.ndarray) -> tuple[float, float]:
 
 
 def estimate_fwhm(data: np.ndarray, x: float, y: float, *, radius: int = 25) -> float:
-    """Rough FWHM (px) of the source at (x, y) from its area above half maximum."""
+    """Rough FWHM (px) of the source at (x, y) from its area above half maximum.
+
+    Examples
+    --------
+    >>> from psfkit.datasets.simulate import simulate_field
+    >>> data, truth = simulate_field((64, 64), 1, fwhm=3.0, seed=2, edge=20, flux_range=(20000.0, 20000.0))
+    >>> fwhm = estimate_fwhm(data - 200.0, truth["x"][0], truth["y"][0])
+    >>> 2.0 < fwhm < 4.0
+    True
+    """
     ny, nx = data.shape
     ix, iy = int(round(x)), int(round(y))
     x0, x1 = max(ix - radius, 0), min(ix + radius + 1, nx)
