@@ -53,6 +53,12 @@ class NoiseModel:
         Electrons per data unit.
     read_noise : float
         Read noise in data units (ADU), not electrons.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> NoiseModel(gain=2.0, read_noise=3.0).variance(np.array([100.0, -5.0]))
+    array([59.,  9.])
     """
 
     gain: float
@@ -85,6 +91,19 @@ class StampFit:
     flags : ndarray (N,) of int
         Bits of :mod:`psfkit.flags`.
     free : ndarray (n_params,) or (N, n_params) of bool
+
+    Examples
+    --------
+    >>> from psfkit.datasets.simulate import simulate_stamps, star_params
+    >>> from psfkit.psf.models import GaussianPSF
+    >>> stamps, truth = simulate_stamps(20, fwhm_x=3.0, gain=1.0, read_noise=5.0, seed=0)
+    >>> p0 = 1.1 * star_params("gaussian", truth["x0"], truth["y0"], truth["flux"], truth["fwhm_x"],
+    ...                        truth["fwhm_y"], truth["angle"], None, truth["background"])
+    >>> fit = fit_stamps(GaussianPSF(), stamps, p0, noise=NoiseModel(gain=1.0, read_noise=5.0))
+    >>> fit.params.shape, fit.errors.shape, int(fit.flags.max())
+    ((20, 7), (20, 7), 0)
+    >>> 0.7 < float(fit.reduced_chi2.mean()) < 1.3
+    True
     """
 
     params: np.ndarray
@@ -327,6 +346,21 @@ def fit_stamps(
     Returns
     -------
     StampFit
+
+    Examples
+    --------
+    Twenty simulated stars from a first guess 10 % off; the fitted x0 agree with the truth within their errors:
+
+    >>> import numpy as np
+    >>> from psfkit.datasets.simulate import simulate_stamps, star_params
+    >>> from psfkit.psf.models import GaussianPSF
+    >>> stamps, truth = simulate_stamps(20, fwhm_x=3.0, gain=1.0, read_noise=5.0, seed=0)
+    >>> p_true = star_params("gaussian", truth["x0"], truth["y0"], truth["flux"], truth["fwhm_x"],
+    ...                      truth["fwhm_y"], truth["angle"], None, truth["background"])
+    >>> fit = fit_stamps(GaussianPSF(), stamps, 1.1 * p_true, noise=NoiseModel(gain=1.0, read_noise=5.0))
+    >>> pull = (fit.params[:, 2] - p_true[:, 2]) / fit.errors[:, 2]
+    >>> bool(np.all(np.abs(pull) < 4))
+    True
     """
     data = np.asarray(data, dtype=float)
     if data.ndim != 3:

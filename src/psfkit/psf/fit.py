@@ -192,6 +192,17 @@ def fit_stars(
     astropy.table.Table
         One row per star with the columns of :mod:`psfkit.psf.columns` (their
         meaning in ``docs/columns.md``), the settings in ``table.meta``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import psfkit
+    >>> from psfkit.datasets.simulate import simulate_field
+    >>> data, truth = simulate_field((128, 128), 10, fwhm=3.0, seed=1, edge=12, min_separation=15)
+    >>> stars = psfkit.fit_stars(data, truth["x"], truth["y"], gain=1.5, read_noise=6.0)
+    >>> pull = (stars["flux_fit"] - truth["flux"]) / stars["flux_err"]
+    >>> len(stars), bool(np.all(np.abs(pull) < 4))
+    (10, True)
     """
     img = as_image(image)
     data = img.data
@@ -400,6 +411,17 @@ class StarFit:
 
     Attributes are the column names of the star table (``x_fit``, ``fwhm_x``,
     ``flux_fit``, ``flux_err``, ``mag`` ...).  ``model`` is the PSF model used.
+
+    Examples
+    --------
+    >>> import psfkit
+    >>> from psfkit.datasets.simulate import simulate_field
+    >>> data, truth = simulate_field((64, 64), 1, fwhm=3.0, seed=3, edge=20)
+    >>> star = psfkit.fit_star(data, truth["x"][0], truth["y"][0], gain=1.5, read_noise=6.0)
+    >>> round(star.fwhm, 1), star.flag_names, type(star.model).__name__
+    (3.0, [], 'GaussianPSF')
+    >>> len(star.to_table())
+    1
     """
 
     table: Table
@@ -485,6 +507,19 @@ def fit_star(
     Returns
     -------
     StarFit
+
+    Examples
+    --------
+    A guess 1.5 px off still finds the star; its position and flux agree with the truth within their errors:
+
+    >>> import psfkit
+    >>> from psfkit.datasets.simulate import simulate_field
+    >>> data, truth = simulate_field((64, 64), 1, fwhm=3.0, seed=3, edge=20)
+    >>> star = psfkit.fit_star(data, truth["x"][0] + 1.5, truth["y"][0] - 1.0, gain=1.5, read_noise=6.0)
+    >>> bool(abs(star.x_fit - truth["x"][0]) < 3 * star.x_err)
+    True
+    >>> bool(abs(star.flux_fit - truth["flux"][0]) < 3 * star.flux_err)
+    True
     """
     unknown = sorted(set(kwargs) - set(FIT_STAR_OPTIONS))
     if unknown:

@@ -25,7 +25,15 @@ def fold_angle(angle_deg: np.ndarray) -> np.ndarray:
 
 
 def magnitude(flux: np.ndarray, flux_err: np.ndarray, zero_point: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Mag = zero_point - 2.5 log10(flux), mag_err = 1.0857 flux_err / flux (NaN for flux <= 0)."""
+    """Mag = zero_point - 2.5 log10(flux), mag_err = 1.0857 flux_err / flux (NaN for flux <= 0).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mag, mag_err = magnitude(np.array([100.0, 1000.0]), np.array([10.0, 10.0]), zero_point=25.0)
+    >>> mag.tolist(), np.round(mag_err, 4).tolist()
+    ([20.0, 17.5], [0.1086, 0.0109])
+    """
     flux = np.asarray(flux, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         ok = flux > 0
@@ -64,6 +72,19 @@ def measure(
     Returns
     -------
     dict of column name -> ndarray
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from psfkit.datasets.simulate import simulate_stamps, star_params
+    >>> from psfkit.psf.engine import fit_stamps
+    >>> from psfkit.psf.models import GaussianPSF
+    >>> stamps, truth = simulate_stamps(5, fwhm_x=3.0, seed=0)
+    >>> p0 = star_params("gaussian", truth["x0"], truth["y0"], truth["flux"], truth["fwhm_x"], truth["fwhm_y"],
+    ...                  truth["angle"], None, truth["background"])
+    >>> columns = measure(GaussianPSF(), fit_stamps(GaussianPSF(), stamps, p0), np.zeros((5, 2)))
+    >>> round(float(np.median(columns["fwhm"])), 1), "flux_err" in columns
+    (3.0, True)
     """
     p = fit.params.copy()
     cov = fit.covariance.copy()

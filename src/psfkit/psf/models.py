@@ -127,6 +127,17 @@ class PSFModel:
     Subclasses define ``param_names``, the bounds, :meth:`_point` (value and
     Jacobian of the point-sampled profile at arbitrary coordinates),
     :meth:`flux_and_gradient` and :meth:`fwhm_and_gradient`.
+
+    Examples
+    --------
+    Every model evaluates a batch of parameter rows on stamps of one shape:
+
+    >>> import numpy as np
+    >>> model = GaussianPSF()
+    >>> params = np.array([[0.0, 100.0, 7.0, 7.0, 1.5, 1.5, 0.0]])  # B, A, x0, y0, sigma_x, sigma_y, angle
+    >>> values, jacobian = model.evaluate(params, (15, 15))
+    >>> values.shape, jacobian is None
+    ((1, 225), True)
     """
 
     name: str = "base"
@@ -342,6 +353,18 @@ class GaussianPSF(_EllipticalModel):
         Fit the rotation angle (True) or keep it fixed (at 0 by default).
     sampling : {"integrated", "point"}
         Pixel-integrated (exact erf for the axis-aligned case) or point-sampled.
+
+    Examples
+    --------
+    Flux 2 pi A sigma_x sigma_y, FWHM 2.3548 sigma:
+
+    >>> import numpy as np
+    >>> model = GaussianPSF()
+    >>> params = np.array([[0.0, 100.0, 7.0, 7.0, 1.5, 1.5, 0.0]])
+    >>> round(float(model.flux_and_gradient(params)[0][0]), 1)
+    1413.7
+    >>> round(float(model.fwhm_and_gradient(params)[0][0]), 3)
+    3.532
     """
 
     name = "gaussian"
@@ -549,6 +572,16 @@ class MoffatPSF(_EllipticalModel):
     angle : bool
         Fit the rotation angle.
     sampling : {"integrated", "point"}
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> model = MoffatPSF(beta=3.0)
+    >>> model.param_names[-1], model.default_free().tolist()[-1]  # beta fixed
+    ('beta', False)
+    >>> params = np.array([[0.0, 100.0, 7.0, 7.0, 2.0, 2.0, 0.0, 3.0]])
+    >>> round(float(model.fwhm_and_gradient(params)[0][0]), 3)  # 2 alpha sqrt(2^(1/beta) - 1)
+    2.039
     """
 
     name = "moffat"
@@ -683,6 +716,22 @@ class ImagePSF(PSFModel):
     psf : array-like, 2-D
     oversampling : int
         Samples per image pixel along each axis.
+
+    Examples
+    --------
+    A sampled Gaussian as the PSF, fitted to a simulated star of the same FWHM:
+
+    >>> import numpy as np
+    >>> import psfkit
+    >>> from psfkit.datasets.simulate import simulate_field
+    >>> values, _ = GaussianPSF().evaluate(np.array([[0.0, 1.0, 7.0, 7.0, 1.274, 1.274, 0.0]]), (15, 15))
+    >>> model = ImagePSF(values.reshape(15, 15))
+    >>> model.param_names
+    ('background', 'flux', 'x0', 'y0')
+    >>> data, truth = simulate_field((64, 64), 1, fwhm=3.0, seed=3, edge=20)
+    >>> star = psfkit.fit_star(data, truth["x"][0], truth["y"][0], model=model, gain=1.5, read_noise=6.0)
+    >>> bool(abs(star.flux_fit - truth["flux"][0]) < 3 * star.flux_err)
+    True
     """
 
     name = "image"
@@ -790,7 +839,15 @@ class ImagePSF(PSFModel):
 
 
 def get_model(name: str | PSFModel, *, angle: bool = True, beta: float | None = None, sampling: str = "integrated") -> PSFModel:
-    """A model from its name: ``"gaussian"`` or ``"moffat"`` (``beta`` fixes beta), or a model instance."""
+    """A model from its name: ``"gaussian"`` or ``"moffat"`` (``beta`` fixes beta), or a model instance.
+
+    Examples
+    --------
+    >>> get_model("moffat", beta=2.5).param_names[-1]
+    'beta'
+    >>> type(get_model("gaussian")).__name__
+    'GaussianPSF'
+    """
     if isinstance(name, PSFModel):
         return name
     key = str(name).lower()
@@ -825,6 +882,16 @@ class LorentzianPSF(MoffatPSF):
         Radius (px) of the circle whose area bounds the flux; default 2.5 FWHM.
     angle : bool
     sampling : {"integrated", "point"}
+
+    Examples
+    --------
+    FWHM = 2 g:
+
+    >>> import numpy as np
+    >>> model = LorentzianPSF()
+    >>> params = np.array([[0.0, 100.0, 7.0, 7.0, 2.0, 2.0, 0.0, 1.0]])
+    >>> float(model.fwhm_and_gradient(params)[0][0])
+    4.0
     """
 
     name = "lorentzian"
