@@ -12,4 +12,14 @@ __all__ = ["PsfkitError"]
 
 
 class PsfkitError(ValueError):
-    """A problem with the user's input, explained in one line."""
+    """A problem with the user's input, explained in one line.
+
+    Examples
+    --------
+    >>> import psfkit
+    >>> try:
+    ...     psfkit.load_image("no-such-file.fits")
+    ... except psfkit.PsfkitError as error:
+    ...     print(type(error).__name__)
+    PsfkitError
+    """

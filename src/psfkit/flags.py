@@ -46,6 +46,14 @@ FLAG_DESCRIPTIONS: dict[int, str] = {
 
 
 def decode_flags(flags: int | np.integer) -> list[str]:
-    """Short names of the bits set in ``flags`` (e.g. ``['saturated', 'near_edge']``)."""
+    """Short names of the bits set in ``flags`` (e.g. ``['saturated', 'near_edge']``).
+
+    Examples
+    --------
+    >>> decode_flags(5)
+    ['not_converged', 'saturated']
+    >>> decode_flags(0)
+    []
+    """
     value = int(flags)
     return [text.split(":")[0] for bit, text in FLAG_DESCRIPTIONS.items() if value & bit]

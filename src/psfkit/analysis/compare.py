@@ -349,6 +349,20 @@ def plot_model_residuals(fits: dict[str, StarFit], path: str, *, models: list[st
     -------
     str
         The path written.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import psfkit
+    >>> from psfkit.datasets.simulate import simulate_field
+    >>> data, truth = simulate_field((64, 64), 1, fwhm=3.0, seed=3, edge=20)
+    >>> table, fits = psfkit.compare_models(data, truth["x"][0], truth["y"][0], lorentzian=False, betas=(),
+    ...                                     return_fits=True)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = psfkit.plot_model_residuals(fits, str(Path(folder) / "residuals.png"))
+    ...     print(Path(path).name, Path(path).stat().st_size > 0)
+    residuals.png True
     """
     import matplotlib
 

@@ -51,6 +51,13 @@ class QualityLimits:
     background_sigma : float
         Reject when the background is further than this many robust standard deviations
         (floor: the median pixel noise) from the night's median background.
+
+    Examples
+    --------
+    >>> QualityLimits().fwhm_ratio > 1
+    True
+    >>> QualityLimits(fwhm_ratio=1.3).fwhm_ratio
+    1.3
     """
 
     fwhm_ratio: float = 1.3
@@ -86,6 +93,14 @@ def frame_summary(stars: Table, image: Any) -> dict:
         ``n_stars``, ``fwhm_median``, ``fwhm_weighted``, ``fwhm_median_arcsec``,
         ``fwhm_weighted_arcsec`` (NaN without a pixel scale), ``roundness``,
         ``background``, ``noise``, ``exptime``, ``date_obs``; plain Python types.
+
+    Examples
+    --------
+    >>> import psfkit
+    >>> image = psfkit.load_image(psfkit.sample_image_path())
+    >>> summary = psfkit.frame_summary(psfkit.find_stars(image), image)
+    >>> summary["exptime"], summary["date_obs"], 2.0 < summary["fwhm_median"] < 4.0
+    (1200.0, '1992-10-26', True)
     """
     n = len(stars)
     good = np.ones(n, dtype=bool)
@@ -169,6 +184,20 @@ def rank_frames(summary: Table, *, limits: QualityLimits | None = None) -> Table
         A copy with ``quality`` (float), ``rank`` (1 = best), ``rejected`` (bool) and
         ``reject_reason`` (comma-separated: fwhm, roundness, star_count, background,
         no_stars; '' when kept).
+
+    Examples
+    --------
+    Three frames, the third with twice the FWHM:
+
+    >>> from astropy.table import Table
+    >>> import psfkit
+    >>> image = psfkit.load_image(psfkit.sample_image_path())
+    >>> summary = psfkit.frame_summary(psfkit.find_stars(image), image)
+    >>> night = Table(rows=[dict(summary, frame=f"frame{i}") for i in range(3)])
+    >>> night["fwhm_weighted"][2] *= 2
+    >>> ranked = psfkit.rank_frames(night)
+    >>> ranked["rejected"].tolist(), str(ranked["reject_reason"][2])
+    ([False, False, True], 'fwhm')
     """
     limits = limits or QualityLimits()
     out = summary.copy(copy_data=True)

@@ -13,7 +13,15 @@ __all__ = ["auto_stretch", "map_cells", "plot_overlay", "plot_fwhm_map"]
 
 
 def auto_stretch(data: np.ndarray, *, low: float = 0.5, high: float = 99.8) -> np.ndarray:
-    """Percentile + asinh stretch to [0, 1] (NaN -> 0)."""
+    """Percentile + asinh stretch to [0, 1] (NaN -> 0).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> stretched = auto_stretch(np.arange(10.0).reshape(2, 5))
+    >>> float(stretched.min()), float(stretched.max())
+    (0.0, 1.0)
+    """
     finite = np.isfinite(data)
     sample = data[finite][:: max(1, finite.sum() // 500000)]
     lo, hi = np.percentile(sample, [low, high]) if sample.size else (0.0, 1.0)
@@ -170,6 +178,18 @@ def plot_fwhm_map(table: Table, shape: tuple[int, int], path: str | Path, *, cel
     ------
     PsfkitError
         With fewer than 3 stars (no median to map).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import psfkit
+    >>> image = psfkit.load_image(psfkit.sample_image_path())
+    >>> stars = psfkit.find_stars(image)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = psfkit.plot_fwhm_map(stars, image.data.shape, Path(folder) / "fwhm.png")
+    ...     print(path.name, path.stat().st_size > 0)
+    fwhm.png True
     """
     import matplotlib
 

@@ -48,7 +48,17 @@ class RunningServer:
 
 
 def serve_in_thread(app: Any, *, host: str = "127.0.0.1", port: int = 0, timeout: float = 20.0) -> RunningServer:
-    """Start ``app`` on ``host``:``port`` (0: a free port) and wait until it accepts requests."""
+    """Start ``app`` on ``host``:``port`` (0: a free port) and wait until it accepts requests.
+
+    Examples
+    --------
+    >>> import urllib.request
+    >>> import psfkit
+    >>> from psfkit.web import create_app
+    >>> with serve_in_thread(create_app(psfkit.sample_image_path().parent)) as server:
+    ...     print(urllib.request.urlopen(server.url + "/").status)
+    200
+    """
     import uvicorn
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
