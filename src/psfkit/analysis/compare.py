@@ -364,8 +364,9 @@ def plot_model_residuals(fits: dict[str, StarFit], path: str, *, models: list[st
     ...     print(Path(path).name, Path(path).stat().st_size > 0)
     residuals.png True
     """
-    import matplotlib
+    from psfkit._optional import require
 
+    matplotlib = require("matplotlib", purpose="plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

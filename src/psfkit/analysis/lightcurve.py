@@ -204,8 +204,9 @@ def differential_photometry(curve: Table, *, targets: Sequence[int], comparisons
 
 def plot_light_curves(curve: Table, path: Any, *, time_column: str = "time") -> None:
     """Plot the tracked stars' magnitudes (and differential magnitudes) against time (PNG, Agg)."""
-    import matplotlib
+    from psfkit._optional import require
 
+    matplotlib = require("matplotlib", purpose="plots")
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 

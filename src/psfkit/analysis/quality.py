@@ -254,8 +254,9 @@ def rank_frames(summary: Table, *, limits: QualityLimits | None = None) -> Table
 
 def plot_frame_quality(summary: Table, path: Any, *, time_column: str = "time") -> None:
     """FWHM, roundness, background and star count against time (PNG, Agg); rejected frames in red."""
-    import matplotlib
+    from psfkit._optional import require
 
+    matplotlib = require("matplotlib", purpose="plots")
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 

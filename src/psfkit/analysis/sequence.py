@@ -36,6 +36,7 @@ import numpy as np
 from astropy.table import Table
 
 from psfkit.errors import PsfkitError
+from psfkit._optional import require
 from psfkit.io.formats import FITS_SUFFIXES, IMAGE_SUFFIXES, is_image_name
 from psfkit.analysis.lightcurve import FrameShift, differential_photometry, estimate_shift, fit_tracked, plot_light_curves
 from psfkit.analysis.quality import QualityLimits, frame_summary, plot_frame_quality, rank_frames
@@ -323,7 +324,7 @@ class _Serial:
 
 def _dask_map(client: Any, fn: Callable, args: list[tuple], kwargs: list[dict], keys: list[str]):
     """Submit the tasks, yield (args, result) as they finish (any order)."""
-    from distributed import as_completed
+    as_completed = require("distributed", purpose="sequences on Dask").as_completed
 
     futures = {}
     for a, k, key in zip(args, kwargs, keys):
@@ -344,7 +345,7 @@ def _make_client(client: Any, scheduler: str | None, workers: int | None):
     if client is not None:
         return client, []
     if scheduler is not None:
-        from distributed import Client
+        Client = require("distributed", purpose="sequences on Dask").Client
 
         if "://" not in scheduler or not scheduler.rsplit(":", 1)[-1].isdigit():
             raise PsfkitError(f"--scheduler wants an address like tcp://HOST:8786, not {scheduler!r}")
@@ -357,7 +358,8 @@ def _make_client(client: Any, scheduler: str | None, workers: int | None):
         return None, []
     import logging
 
-    from distributed import Client, LocalCluster
+    distributed = require("distributed", purpose="parallel sequences (workers=0 or --workers 0 run without Dask)")
+    Client, LocalCluster = distributed.Client, distributed.LocalCluster
 
     n = workers or os.cpu_count() or 1
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -500,6 +502,8 @@ def run_sequence(
         value = getattr(limits, name, None)
         if value is not None and not (value > 0):
             raise PsfkitError(f"the frame limit {name} must be positive, got {value}")
+    if plots:  # before any frame is measured, not after
+        require("matplotlib", purpose="the sequence's plots (plots=False or --no-plots: none)")
     frames = list_frames(inputs)
     names = _frame_names(frames)
     outdir = Path(outdir)

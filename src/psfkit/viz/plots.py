@@ -30,8 +30,9 @@ def auto_stretch(data: np.ndarray, *, low: float = 0.5, high: float = 99.8) -> n
 
 
 def _figure(shape, scale=1.0):
-    import matplotlib
+    from psfkit._optional import require
 
+    matplotlib = require("matplotlib", purpose="plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -102,7 +103,10 @@ def plot_overlay(data: np.ndarray, table: Table, path: str | Path, *, show_rejec
     >>> out.suffix
     '.png'
     """
-    from matplotlib.patches import Circle, Ellipse
+    from psfkit._optional import require
+
+    patches = require("matplotlib.patches", purpose="plots")
+    Circle, Ellipse = patches.Circle, patches.Ellipse
 
     top_down = _top_down(table, top_down)
     plt, fig = _figure(data.shape)
@@ -191,8 +195,9 @@ def plot_fwhm_map(table: Table, shape: tuple[int, int], path: str | Path, *, cel
     ...     print(path.name, path.stat().st_size > 0)
     fwhm.png True
     """
-    import matplotlib
+    from psfkit._optional import require
 
+    matplotlib = require("matplotlib", purpose="plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
