@@ -10,6 +10,7 @@ from importlib.util import find_spec
 # module path (relative to this file) -> the package it cannot be imported without
 _NEEDS = {
     "src/psfkit/web": "fastapi",
+    "src/psfkit/viz": "matplotlib",
 }
 
 collect_ignore = [path for path, package in _NEEDS.items() if find_spec(package) is None]
