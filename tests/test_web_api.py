@@ -4,11 +4,13 @@ root folder, exports stay in the export folder, bad parameters are 4xx with a JS
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest

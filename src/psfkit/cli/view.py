@@ -65,7 +65,7 @@ def _is_unspecified(host: str) -> bool:
 
 
 def _machine_names() -> list[str]:
-    """This machine's host names and addresses (the names other machines use for it), best effort."""
+    """Host names and addresses of this machine (the names other machines use for it), best effort."""
     names = {socket.gethostname(), socket.getfqdn()}
     try:
         names |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}

@@ -126,7 +126,8 @@ def export_target(export_dir: Path, name: str, suffix: str) -> Path:
 
 def list_images(root: Path, *, max_files: int = 5000, max_depth: int = 4, skip: Path | None = None) -> list[str]:
     """Image files under ``root`` (relative, '/'-separated), sorted; links out of the root are skipped,
-    and so is the folder ``skip`` (the export folder: its FITS star lists are not images)."""
+    and so is the folder ``skip`` (the export folder: its FITS star lists are not images).
+    """
     root_real = root.resolve()
     skip_real = skip.resolve() if skip is not None else None
     out: list[str] = []

@@ -58,7 +58,7 @@ class WorkQueue:
             ahead = self._pending - self.workers + 1
             return int(min(600, max(1, math.ceil(self._mean_s * max(ahead, 1) / self.workers))))
 
-    def submit(self, fn: Callable[..., T], *args: Any) -> "Future[T]":
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Queue ``fn(*args)``; HTTPException 503 (with Retry-After) when the queue is full."""
         with self._lock:
             full = self._pending >= self.workers + self.waiting
@@ -81,7 +81,7 @@ class WorkQueue:
         future.add_done_callback(self._forget_if_cancelled)
         return future
 
-    def _forget_if_cancelled(self, future: "Future[Any]") -> None:
+    def _forget_if_cancelled(self, future: Future[Any]) -> None:
         if future.cancelled():  # withdrawn before it started (the client went away): job() never ran
             with self._lock:
                 self._pending -= 1
