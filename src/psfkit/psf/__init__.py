@@ -17,5 +17,5 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "cut_stamps": "stamps", "estimate_fwhm": "stamps",
     "NoiseModel": "engine", "StampFit": "engine", "fit_stamps": "engine",
     "StarFit": "fit", "fit_star": "fit", "fit_stars": "fit",
-    "magnitude": "measure", "measure": "measure",
+    "magnitude": "measure",  # not measure(): psfkit.psf.measure is its module once imported
 })
