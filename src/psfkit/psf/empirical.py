@@ -33,7 +33,6 @@ by Van Cittert iterations before the contour is read.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +40,7 @@ import numpy as np
 
 from psfkit import flags as F
 from psfkit.errors import PsfkitError
-from psfkit.psf.models import FWHM_PER_SIGMA, ImagePSF, PSFModel, PSFNormalisation
+from psfkit.psf.models import ImagePSF, PSFModel, PSFNormalisation
 
 __all__ = ["FramePSF", "FramePSFModel", "build_frame_psf", "measure_with_frame_psf", "render_stars", "MIN_STARS", "cubic_interpolate",
            "spline_coefficients"]
@@ -285,7 +284,8 @@ class FramePSF:
 
     def spline_at(self, x: Any, y: Any) -> np.ndarray:
         """The PSF's B-spline coefficients (N, S, S) at frame positions, for :func:`cubic_interpolate`
-        ((1, S, S) for a PSF that does not vary)."""
+        ((1, S, S) for a PSF that does not vary).
+        """
         cached = self.__dict__.get("_spline")
         if cached is None:
             cached = spline_coefficients(self.coefficients)
@@ -300,14 +300,15 @@ class FramePSF:
         return {"fwhm": fwhm, "fwhm_x": fx, "fwhm_y": fy, "roundness": fy / fx if fx > 0 else float("nan"),
                 "angle": angle}
 
-    def model(self) -> "FramePSFModel":
+    def model(self) -> FramePSFModel:
         """The fitting model (background, flux, x0, y0) of this PSF."""
         return FramePSFModel(self)
 
     # ---- files ----
     def write(self, path: Any, *, overwrite: bool = False) -> None:
         """Write the PSF as FITS: the primary HDU is the PSF at the frame's centre (unit sum, OVERSAMP);
-        HDU ``PSFVAR`` holds the polynomial coefficients (see docs/psf.md for the keywords)."""
+        HDU ``PSFVAR`` holds the polynomial coefficients (see docs/psf.md for the keywords).
+        """
         from astropy.io import fits
 
         centre = self.at(*self.centre)[0] / self.oversampling**2
@@ -334,7 +335,7 @@ class FramePSF:
         fits.HDUList([primary, var]).writeto(path, overwrite=overwrite)
 
     @classmethod
-    def read(cls, path: Any) -> "FramePSF":
+    def read(cls, path: Any) -> FramePSF:
         """Read a PSF written by :meth:`write` (a file with a ``PSFVAR`` HDU)."""
         from astropy.io import fits
 
@@ -441,9 +442,10 @@ class FramePSFModel(ImagePSF):
 # building
 
 
-def _choose_reach(samples: "_Samples", fwhm: float, hi: int) -> int:
+def _choose_reach(samples: _Samples, fwhm: float, hi: int) -> int:
     """The PSF's reach (px): where the stars' flux-weighted mean radial profile falls below
-    REACH_LEVEL of its peak or into its own noise (3 sigma), from MIN_REACH_FWHM out to ``hi``."""
+    REACH_LEVEL of its peak or into its own noise (3 sigma), from MIN_REACH_FWHM out to ``hi``.
+    """
     n, b, _ = samples.stamps.shape
     lo = min(int(math.ceil(MIN_REACH_FWHM * fwhm)), hi)
     yy, xx = np.mgrid[0:b, 0:b]
@@ -536,14 +538,15 @@ class _Samples:
 
     def variance(self, expected: np.ndarray) -> np.ndarray:
         """Pixel variances from the expected values (the model, never the data: data-based weights
-        bias a weighted mean low), inf where a pixel is unusable."""
+        bias a weighted mean low), inf where a pixel is unusable.
+        """
         if self.gain:
             v = np.maximum(expected, 0.0) / self.gain + self.read_noise**2
         else:
             v = np.full_like(expected, self.noise**2)
         return np.where(np.isfinite(self.var), np.maximum(v, 1e-30), np.inf)
 
-    def subset(self, idx: np.ndarray) -> "_Samples":
+    def subset(self, idx: np.ndarray) -> _Samples:
         """The samples of some stars."""
         return _Samples(self.stamps[idx], self.var[idx], self.origin[idx], self.x[idx], self.y[idx],
                         self.flux[idx], self.background[idx], self.gain, self.read_noise, self.noise)
@@ -566,7 +569,8 @@ def _cut(data: np.ndarray, x: np.ndarray, y: np.ndarray, half: int, gain: float 
 def _mask_neighbours(var: np.ndarray, origin: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarray,
                      all_x: np.ndarray, all_y: np.ndarray, all_flux: np.ndarray, fwhm: float) -> np.ndarray:
     """Pixel variances with every other source's pixels masked (inf): 2.5 FWHM around a fainter
-    one, 4 FWHM around a brighter one (or one with no flux)."""
+    one, 4 FWHM around a brighter one (or one with no flux).
+    """
     from scipy.spatial import cKDTree
 
     n, b, _ = var.shape
@@ -592,7 +596,8 @@ def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: 
     """One stacking step: the grid correction per node and term, and each sample's normalised residual.
 
     Samples off the current model by more than ``clip`` sigma (cosmic rays, a neighbour's light) are
-    left out; the first step, from an empty grid, clips nothing."""
+    left out; the first step, from an empty grid, clips nothing.
+    """
     n, b, _ = samples.stamps.shape
     c = (s - 1) / 2.0
     yy, xx = np.mgrid[0:b, 0:b]
@@ -702,7 +707,6 @@ def _refit(frame_psf: FramePSF, samples: _Samples, data: np.ndarray, gain: float
     model = frame_psf.model()
     stamps, inside, origin, _ = cut_stamps(data, samples.x, samples.y, box)
     stamps = np.where(inside, stamps, np.nan)
-    n = len(samples.x)
     p0 = np.column_stack([samples.background, samples.flux, samples.x - origin[:, 0], samples.y - origin[:, 1],
                           origin[:, 0].astype(float), origin[:, 1].astype(float)])
     noise = NoiseModel(gain=gain, read_noise=read_noise) if gain else None
@@ -1009,7 +1013,7 @@ def build_frame_psf(
     return FramePSF(psf.coefficients, o, chosen, psf.centre, psf.scale, n, info)
 
 
-def measure_with_frame_psf(image: Any, stars: Any, psf: "FramePSF | str | Any" = "frame", *,
+def measure_with_frame_psf(image: Any, stars: Any, psf: FramePSF | str | Any = "frame", *,
                            gain: float | None = None, read_noise: float | None = None) -> Any:
     """The stars of :func:`psfkit.find_stars` measured again with the frame's own PSF.
 
