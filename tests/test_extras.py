@@ -45,9 +45,8 @@ def test_plots_without_matplotlib(monkeypatch, tmp_path, plot):
         elif plot == "fwhm_map":
             psfkit.plot_fwhm_map(stars, data.shape, tmp_path / "f.png")
         else:
-            _, fits = psfkit.compare_models(data, truth["x"][0], truth["y"][0], betas=(), lorentzian=False,
-                                            return_fits=True)
-            psfkit.plot_model_residuals(fits, str(tmp_path / "r.png"))
+            result = psfkit.compare_models(data, truth["x"][0], truth["y"][0], betas=(), lorentzian=False)
+            psfkit.plot_model_residuals(result.fits, str(tmp_path / "r.png"))
     _one_line(str(info.value), "plot")
     assert not (tmp_path / "o.png").exists() and not (tmp_path / "f.png").exists()
 

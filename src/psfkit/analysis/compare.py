@@ -93,6 +93,19 @@ class ModelComparison:
         ``frame_fwhm``, ``extended``, ``preferred``, the ``aperture`` flux and a ``note``.
     fits : dict
         ``{model: StarFit}``, for residual pictures (:func:`plot_model_residuals`).
+
+    Examples
+    --------
+    A simulated Gaussian star, compared with the Gaussian and the free-beta Moffat only:
+
+    >>> from psfkit.datasets.simulate import simulate_field
+    >>> data, truth = simulate_field((64, 64), 1, fwhm=3.0, seed=3, edge=20)
+    >>> result = compare_models(data, truth["x"][0], truth["y"][0], gain=1.5, read_noise=6.0, betas=(),
+    ...                         lorentzian=False)
+    >>> result.table["model"].tolist(), sorted(result.fits)
+    (['gaussian', 'moffat'], ['gaussian', 'moffat'])
+    >>> sum(answer["preferred"] for answer in result.answers())
+    1
     """
 
     table: Table
@@ -357,10 +370,9 @@ def plot_model_residuals(fits: dict[str, StarFit], path: str, *, models: list[st
     >>> import psfkit
     >>> from psfkit.datasets.simulate import simulate_field
     >>> data, truth = simulate_field((64, 64), 1, fwhm=3.0, seed=3, edge=20)
-    >>> table, fits = psfkit.compare_models(data, truth["x"][0], truth["y"][0], lorentzian=False, betas=(),
-    ...                                     return_fits=True)
+    >>> result = psfkit.compare_models(data, truth["x"][0], truth["y"][0], lorentzian=False, betas=())
     >>> with tempfile.TemporaryDirectory() as folder:
-    ...     path = psfkit.plot_model_residuals(fits, str(Path(folder) / "residuals.png"))
+    ...     path = psfkit.plot_model_residuals(result.fits, str(Path(folder) / "residuals.png"))
     ...     print(Path(path).name, Path(path).stat().st_size > 0)
     residuals.png True
     """

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from psfkit.utils import robust_sigma
 from astropy.table import Table
+
+from psfkit.utils import robust_sigma
 
 __all__ = ["QualityLimits", "frame_summary", "rank_frames", "plot_frame_quality"]
 

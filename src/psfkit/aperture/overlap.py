@@ -85,6 +85,15 @@ def circular_overlap(x: np.ndarray, y: np.ndarray, r: np.ndarray, half: int) -> 
     -------
     ndarray (N, 2 half + 1, 2 half + 1)
         Overlap area of each pixel, in [0, 1].
+
+    Examples
+    --------
+    The overlaps of a circle of radius 3 px add up to its area, 9 pi:
+
+    >>> import numpy as np
+    >>> weights = circular_overlap(np.array([10.0]), np.array([10.0]), np.array([3.0]), 4)
+    >>> weights.shape, round(float(weights.sum()), 6), round(9 * np.pi, 6)
+    ((1, 9, 9), 28.274334, 28.274334)
     """
     x = np.atleast_1d(np.asarray(x, dtype=float))
     y = np.atleast_1d(np.asarray(y, dtype=float))
@@ -139,6 +148,13 @@ def elliptical_overlap(
     Returns
     -------
     ndarray (N, 2 half + 1, 2 half + 1)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> weights = elliptical_overlap(np.array([10.0]), np.array([10.0]), 4.0, 2.0, 0.5, 5)
+    >>> weights.shape, round(float(weights.sum()), 6), round(8 * np.pi, 6)
+    ((1, 11, 11), 25.132741, 25.132741)
     """
     x = np.atleast_1d(np.asarray(x, dtype=float))
     y = np.atleast_1d(np.asarray(y, dtype=float))

@@ -70,6 +70,16 @@ def sky_annulus(
         Sky level per pixel and the clipped scatter of one pixel.
     n_sky : ndarray of int (N,)
         Sky pixels kept.
+
+    Examples
+    --------
+    A sky of 100 with a noise of 5 per pixel:
+
+    >>> import numpy as np
+    >>> data = np.random.default_rng(0).normal(100.0, 5.0, (64, 64))
+    >>> sky, sky_sigma, n_sky = sky_annulus(data, [32.0], [32.0], 10.0, 20.0)
+    >>> bool(abs(sky[0] - 100.0) < 0.5), bool(abs(sky_sigma[0] - 5.0) < 0.5), int(n_sky[0]) > 900
+    (True, True, True)
     """
     if estimator not in ("mean", "median", "mode"):
         raise PsfkitError(f"sky estimator must be 'mean', 'median' or 'mode', not {estimator!r}")

@@ -73,6 +73,17 @@ def star_photometry(
         ``flux_ratio`` = ``flux_fit / flux_aper_total`` with ``flux_ratio_err``; ``meta["flux_ratio_bright"]``
         holds its median over the bright (aperture SNR >= 50) unflagged stars: near 1 when the PSF model
         holds the stars' light, below 1 when the stars' wings are heavier than the model's.
+
+    Examples
+    --------
+    Both fluxes of every star of the sample image; their ratio is near 1:
+
+    >>> import numpy as np
+    >>> import psfkit
+    >>> image = psfkit.load_image(psfkit.sample_image_path())
+    >>> table = psfkit.star_photometry(image, psfkit.find_stars(image))
+    >>> 0.8 < float(np.nanmedian(table["flux_ratio"])) < 1.2
+    True
     """
     img = as_image(image)
     for col in ("x_fit", "y_fit", "fwhm"):

@@ -64,6 +64,15 @@ def aperture_sums(
         Overlap area of the usable pixels (px^2).
     full_area : ndarray (N,)
         Geometric area of the aperture (pi r^2 or pi a b); ``area < full_area`` means pixels were lost.
+
+    Examples
+    --------
+    On a frame of ones a sum is the aperture's area, pi r^2:
+
+    >>> import numpy as np
+    >>> sums, area, full_area = aperture_sums(np.ones((50, 50)), [25.0], [25.0], 5.0)
+    >>> round(float(sums[0]), 4), round(float(full_area[0]), 4)
+    (78.5398, 78.5398)
     """
     arr = np.asarray(data, dtype=float)
     xs = np.atleast_1d(np.asarray(x, dtype=float))

@@ -831,6 +831,7 @@ class ImagePSF(PSFModel):
 
     def params_from_shape(self, x0, y0, fwhm_x=None, fwhm_y=None, angle_deg=0.0, *, flux=None, amplitude=None,
                           beta=None, background=0.0):
+        """Parameter rows: see :meth:`PSFModel.params_from_shape` (the shape is the array's own)."""
         # the image PSF's only shape is its array; its amplitude is its flux (unit sum)
         level = flux if amplitude is None else amplitude
         x0, y0, level, bkg = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=float)) for v in (

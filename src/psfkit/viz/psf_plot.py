@@ -40,8 +40,9 @@ def plot_frame_psf(psf: Any, path: str | Path, *, shape: tuple[int, int], residu
     >>> out.exists()
     True
     """
-    import matplotlib
+    from psfkit._optional import require
 
+    matplotlib = require("matplotlib", purpose="plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
