@@ -17,7 +17,8 @@ ANGLE_CHOICES = {"auto": "auto", "yes": True, "true": True, "no": False, "false"
 
 def summary_lines(summary: dict, reasons: dict) -> list[str]:
     """The find summary as printed: every fitted candidate once (a star, beyond --max-stars, or one
-    rejection reason), so that the counts add up."""
+    rejection reason), so that the counts add up.
+    """
     head = f"{summary['n_stars']} stars from {summary['n_candidates']} candidates"
     if summary.get("companion_candidates"):
         head += (f" + {summary['companion_candidates']} companion candidates on the residual "

@@ -209,7 +209,7 @@ LST_DEFAULTS = {"threshold": 5.0, "min_roundness": 0.3}
 
 
 def _detection_box(fwhm: float) -> int:
-    """psfkit find's fitting box for stars of this FWHM: about 4 FWHM, odd, 9 to 101 px."""
+    """The fitting box of psfkit find for stars of this FWHM: about 4 FWHM, odd, 9 to 101 px."""
     box = min(max(int(math.ceil(4.0 * fwhm)), 9), 101)
     return box + 1 - box % 2
 
@@ -255,7 +255,7 @@ def siril_parameters(table: Table) -> str:
         beta = np.asarray(table["beta"], dtype=float)
         if np.isfinite(beta).any():
             min_beta = min(min_beta, math.floor(10.0 * float(np.nanmin(beta))) / 10.0)
-    return ("sigma=%3.2f roundness=%3.2f radius=%d relax=%d profile=%d minbeta=%3.1f max_stars=%d layer=%d "
+    return ("sigma=%3.2f roundness=%3.2f radius=%d relax=%d profile=%d minbeta=%3.1f max_stars=%d layer=%d "  # noqa: UP031
             "minA=%3.2f maxA=%3.2f maxR=%3.2f" % (float(threshold), float(roundness or 0.0), int(box or 0) // 2, 0,
                                                   int(moffat), min_beta, len(table), 0, 0.0, 0.0, 1.0))
 

@@ -152,7 +152,8 @@ def plot_overlay(data: np.ndarray, table: Table, path: str | Path, *, show_rejec
 
 def map_cells(n_stars: int, cells: int = 6, *, per_cell: int = 3) -> int:
     """Cells per side of a field map: at most ``cells``, few enough that a cell holds about
-    ``per_cell`` stars on average (a sparse frame gets a coarser map, never an empty one)."""
+    ``per_cell`` stars on average (a sparse frame gets a coarser map, never an empty one).
+    """
     return int(max(1, min(cells, np.floor(np.sqrt(max(n_stars, 0) / per_cell)))))
 
 
