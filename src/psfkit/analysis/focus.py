@@ -60,9 +60,11 @@ class VCurve:
 
     @property
     def errors(self) -> np.ndarray:
+        """1-sigma errors of the parameters (square roots of the covariance diagonal)."""
         return np.sqrt(np.clip(np.diag(self.covariance), 0.0, None))
 
     def predict(self, p: np.ndarray) -> np.ndarray:
+        """The fitted hyperbola at focuser positions ``p``."""
         a, p0, b = self.params
         return a * np.sqrt(1.0 + ((np.asarray(p, dtype=float) - p0) / b) ** 2)
 
@@ -151,7 +153,8 @@ def _median_and_err(values: np.ndarray) -> tuple[float, float]:
 
 def _donut_hfr(img: Any) -> tuple[np.ndarray, int]:
     """HFR of a defocused frame's stars, no PSF fit: candidates on the frame smoothed to the donuts'
-    size (grown until the smoothing matches the HFR found), each measured by half_flux_radius."""
+    size (grown until the smoothing matches the HFR found), each measured by half_flux_radius.
+    """
     from psfkit.aperture.hfr import half_flux_radius
     from psfkit.detect.background import estimate_background
     from psfkit.detect.find import find_candidates
@@ -236,6 +239,7 @@ class FocusResult:
     numbers: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """The numbers and the frames' rows as plain, JSON-ready values."""
         out = dict(self.numbers)
         out["frames"] = [{c: r[c] for c in self.frames.colnames} for r in self.frames]
         out["curves"] = {name: {"a": c.params[0], "p0": c.params[1], "b": c.params[2], "a_err": c.errors[0],

@@ -100,6 +100,7 @@ class SurfaceFit:
 
     @property
     def errors(self) -> np.ndarray:
+        """1-sigma errors of the parameters (square roots of the covariance diagonal)."""
         return np.sqrt(np.clip(np.diag(self.covariance), 0.0, None))
 
     def design(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -127,7 +128,8 @@ def _frame_geometry(shape: tuple[int, int]) -> tuple[float, float, float]:
 def _solve_scatter(res: np.ndarray, err2: np.ndarray, dof: int) -> float:
     """s^2 >= 0 with sum(res^2 / (err^2 + s^2)) = dof; 0 when the errors explain the scatter, that is
     when the chi-square is within 2 of its own standard deviations, sqrt(2 dof), of dof (a chi-square
-    that high happens by chance: adding a scatter then would only inflate the errors)."""
+    that high happens by chance: adding a scatter then would only inflate the errors).
+    """
     def excess(s2: float) -> float:
         return float(np.sum(res * res / (err2 + s2))) - dof
 
@@ -329,6 +331,7 @@ class OpticsReport:
     image_path: str | None = None
 
     def to_dict(self) -> dict:
+        """The numbers as plain, JSON-ready values."""
         out: dict[str, Any] = {"image": self.image_path, "shape": list(self.shape)}
         out.update(self.numbers)
         out["corners"] = {k: self.zones[k] for k in CORNERS}

@@ -1,5 +1,6 @@
 """``psfkit inspect`` (tilt, field curvature, elongation pattern of one frame) and ``psfkit focus``
-(best focus from a focus run): no science here, calls into psfkit.analysis.inspect and .focus."""
+(best focus from a focus run): no science here, calls into psfkit.analysis.inspect and .focus.
+"""
 
 from __future__ import annotations
 

@@ -511,7 +511,8 @@ def find_stars(
 def _add_hfr(table: Table, data: np.ndarray, bkg: Background, fwhm_est: float, pixel_scale: float | None) -> None:
     """The ``hfr`` column (and ``hfr_arcsec``): each star's half-flux radius inside 2 of its FWHM
     (at least 3 px, at most 2.5 times the stars' median FWHM), on the pixels less the background
-    map.  One box for all stars, sized for the largest radius."""
+    map.  One box for all stars, sized for the largest radius.
+    """
     from psfkit.aperture.hfr import hfr_from_stamps
     from psfkit.psf.stamps import cut_stamps
 

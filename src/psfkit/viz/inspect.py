@@ -1,5 +1,6 @@
 """The optics inspector's picture: aberration mosaic, FWHM map with the fitted surface, elongation
-vectors and the numbers (:func:`plot_inspection`); the focus run's V-curve (:func:`plot_v_curve`)."""
+vectors and the numbers (:func:`plot_inspection`); the focus run's V-curve (:func:`plot_v_curve`).
+"""
 
 from __future__ import annotations
 
