@@ -1,29 +1,43 @@
 """The ``psfkit`` command: thin faces over the library (no science here).
 
-Each sub-command lives in its own module and registers itself on :data:`app`.
+Each sub-command lives in its own module and registers itself on the typer app of
+:mod:`psfkit.cli._app`; :func:`main` imports only the module of the command it runs
+(all of them for ``psfkit --help``), and each command imports the library modules it
+uses inside its function, so that ``psfkit --help`` answers at once and ``psfkit find``
+loads no web server, plotting or Dask.  ``psfkit.cli.app`` is the app with every command.
 Problems with the user's input print ``psfkit: error: <one line>`` and exit 2.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
+from typing import Any
 
 import typer
 
+from psfkit.cli._app import COMMANDS
 from psfkit.errors import PsfkitError
 
-from psfkit.cli._app import app  # noqa: E402
+__all__ = ["main", "app", "load_commands"]
 
-# sub-commands (each module adds its commands to `app`)
-from psfkit.cli import fit as _fit  # noqa: E402,F401
-from psfkit.cli import demo as _demo  # noqa: E402,F401
-from psfkit.cli import find as _find  # noqa: E402,F401
-from psfkit.cli import compare as _compare  # noqa: E402,F401
-from psfkit.cli import view as _view  # noqa: E402,F401
-from psfkit.cli import seq as _seq  # noqa: E402,F401
-from psfkit.cli import info as _info  # noqa: E402,F401
-from psfkit.cli import psf as _psf  # noqa: E402,F401
-from psfkit.cli import inspect as _inspect  # noqa: E402,F401
+
+def load_commands(argv: list[str] | None = None) -> typer.Typer:
+    """Import the module of the command named in ``argv`` (every command's when none is, or
+    for an unknown name, so that the help lists them all) and return the typer app."""
+    from psfkit.cli._app import app
+
+    name = next((a for a in (argv or []) if not a.startswith("-")), None)
+    modules = [COMMANDS[name]] if name in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for module in modules:
+        importlib.import_module(f"psfkit.cli.{module}")
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # the app with every command (CliRunner tests, docs)
+        return load_commands()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _click_errors() -> tuple[type, ...]:
@@ -38,18 +52,30 @@ def _click_errors() -> tuple[type, ...]:
     return tuple(found)
 
 
-_CLICK_ERRORS = _click_errors()
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``psfkit`` command."""
+    """Entry point of the ``psfkit`` command (``argv``: the arguments, default ``sys.argv[1:]``).
+
+    Exits with the command's code (``SystemExit``); 2 for bad input, with a one-line message.
+
+    Examples
+    --------
+    >>> from psfkit.cli import main
+    >>> try:
+    ...     main(["find", "--threshold", "-1", "missing.fits"])
+    ... except SystemExit as exc:
+    ...     print(exc.code)
+    2
+    """
     import warnings
 
     warnings.filterwarnings("ignore", module="astropy")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    app = load_commands(argv)
+    errors = _click_errors()
     try:
         # not standalone: click's usage errors come here and print as one line, not a framed box
-        code = app(args=argv, standalone_mode=False)
-    except _CLICK_ERRORS as exc:
+        code = app(args=argv, prog_name="psfkit", standalone_mode=False)
+    except errors as exc:
         kinds = {cls.__name__ for cls in type(exc).__mro__}
         ctx = getattr(exc, "ctx", None)
         if "NoArgsIsHelpError" in kinds:  # a bare `psfkit` or `psfkit seq`: the help
