@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from psfkit.detect._kernels import spline_rows
 from psfkit.errors import PsfkitError
@@ -113,6 +112,38 @@ def _clipped_stats(cells: np.ndarray, n_iter: int = 5, nsigma: float = 3.0) -> t
     return mode, sig
 
 
+def _spline_coefficients(values: np.ndarray) -> np.ndarray:
+    """Piecewise-cubic coefficients, shape (4, g - 1, ...) highest power first, of the
+    not-a-knot cubic spline through ``values`` (g >= 4 samples along the first axis) at the
+    unit-spaced knots 0 .. g - 1: the spline of ``scipy.interpolate.CubicSpline(...,
+    bc_type="not-a-knot")``, its ``c`` array (same equations, solved here in numpy so that
+    the detection path does not import scipy.interpolate, about 0.2 s of start-up)."""
+    y = np.asarray(values, dtype=np.float64)
+    g = y.shape[0]
+    slope = np.diff(y, axis=0)
+    # the knots' first derivatives s: s[i-1] + 4 s[i] + s[i+1] = 3 (slope[i-1] + slope[i]) inside;
+    # not-a-knot ends (third derivative continuous at the second and the last-but-one knot)
+    a = np.zeros((g, g))
+    b = np.empty_like(y)
+    i = np.arange(1, g - 1)
+    a[i, i - 1], a[i, i], a[i, i + 1] = 1.0, 4.0, 1.0
+    b[1:-1] = 3.0 * (slope[:-1] + slope[1:])
+    a[0, 0], a[0, 1] = 1.0, 2.0
+    b[0] = (5.0 * slope[0] + slope[1]) / 2.0
+    a[-1, -2], a[-1, -1] = 2.0, 1.0
+    b[-1] = (slope[-2] + 5.0 * slope[-1]) / 2.0
+    s = np.linalg.solve(a, b.reshape(g, -1)).reshape(y.shape)
+    t = s[:-1] + s[1:] - 2.0 * slope
+    return np.stack([t, slope - s[:-1] - t, s[:-1], y[:-1]])
+
+
+def _median3(values: np.ndarray) -> np.ndarray:
+    """3 x 3 median filter with the edge repeated (``scipy.ndimage.median_filter(values, size=3,
+    mode="nearest")``; the cell map is small, so numpy's median over the nine shifts is enough)."""
+    padded = np.pad(np.asarray(values, dtype=np.float64), 1, mode="edge")
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, (3, 3)), axis=(-2, -1))
+
+
 def _interpolation_weights(n: int, g: int, cell: int) -> np.ndarray:
     """(n, g) weights interpolating g cell centres (cells of ``cell`` px from pixel 0) onto n pixels.
 
@@ -131,12 +162,15 @@ def _interpolation_weights(n: int, g: int, cell: int) -> np.ndarray:
         w[np.arange(n), lo] += 1 - frac
         w[np.arange(n), lo + 1] += frac
         return w
-    from scipy.interpolate import CubicSpline
-
-    spline = CubicSpline(np.arange(g, dtype=float), np.eye(g), bc_type="not-a-knot")
+    c = _spline_coefficients(np.eye(g))  # (4, g - 1, g): the spline through each unit vector
     inside = np.clip(pos, 0.0, g - 1.0)
+    idx = np.clip(np.floor(inside).astype(np.intp), 0, g - 2)
+    t = (inside - idx)[:, None]
+    ci = c[:, idx]  # (4, n, g)
+    value = ((ci[0] * t + ci[1]) * t + ci[2]) * t + ci[3]
+    slope = (3.0 * ci[0] * t + 2.0 * ci[1]) * t + ci[2]
     # linear beyond the end centres, along the spline's end slope (a cubic would overshoot)
-    return (spline(inside) + (pos - inside)[:, None] * spline(inside, 1)).astype(np.float32)
+    return (value + (pos - inside)[:, None] * slope).astype(np.float32)
 
 
 def _level_map(mode: np.ndarray, ny: int, nx: int, cy: int, cx: int) -> np.ndarray:
@@ -149,16 +183,14 @@ def _level_map(mode: np.ndarray, ny: int, nx: int, cy: int, cx: int) -> np.ndarr
     rows = _interpolation_weights(ny, gy, cy).astype(np.float64) @ mode.astype(np.float64)  # (ny, gx)
     if gx < 4:
         return (rows @ _interpolation_weights(nx, gx, cx).T.astype(np.float64)).astype(np.float32)
-    from scipy.interpolate import CubicSpline
-
-    spline = CubicSpline(np.arange(gx, dtype=float), rows.T, bc_type="not-a-knot")
+    coef = _spline_coefficients(rows.T)  # (4, gx - 1, ny)
     pos = (np.arange(nx) + 0.5) / cx - 0.5
     inside = np.clip(pos, 0.0, gx - 1.0)
     idx = np.clip(np.floor(inside).astype(np.intp), 0, gx - 2)
     t = inside - idx
     dt = pos - inside  # beyond the end centres: linear along the end slope
     basis = np.stack([t**3 + 3 * t**2 * dt, t**2 + 2 * t * dt, t + dt, np.ones_like(t)])
-    return spline_rows(np.transpose(spline.c, (2, 1, 0)), idx, basis)
+    return spline_rows(np.transpose(coef, (2, 1, 0)), idx, basis)
 
 
 def _filter_cells(mode: np.ndarray) -> np.ndarray:
@@ -169,7 +201,7 @@ def _filter_cells(mode: np.ndarray) -> np.ndarray:
     """
     gy, gx = mode.shape
     if gy < 3 or gx < 3:
-        return ndimage.median_filter(mode, size=3, mode="nearest")
+        return _median3(mode)
     yy, xx = np.mgrid[0:gy, 0:gx].astype(float)
     yy, xx = yy / max(gy - 1, 1) - 0.5, xx / max(gx - 1, 1) - 0.5
     design = np.stack([np.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy], axis=-1).reshape(-1, 6)
@@ -185,7 +217,7 @@ def _filter_cells(mode: np.ndarray) -> np.ndarray:
         mad = robust_sigma(resid[use])
         use = np.abs(resid) <= 3.0 * max(mad, 1e-12)
     surface = surface.reshape(gy, gx)
-    return surface + ndimage.median_filter(mode - surface, size=3, mode="nearest")
+    return surface + _median3(mode - surface)
 
 
 def estimate_background(data: np.ndarray, *, mesh: int | None = None, mask: np.ndarray | None = None) -> Background:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage
 
 from psfkit.psf.models import FWHM_PER_SIGMA, ImagePSF, MoffatPSF, PSFModel
 from psfkit.utils import robust_sigma, subpixel_peak
@@ -108,6 +107,8 @@ def cut_stamps(
 
 def _clean_smooth(patch: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     """Median 3x3 (removes hot pixels and cosmic-ray hits) then Gaussian smoothing; NaN -> local median."""
+    from scipy import ndimage  # here, not at the top: psfkit find does not need it (start-up)
+
     filled = np.where(np.isfinite(patch), patch, np.nanmedian(patch) if np.isfinite(patch).any() else 0.0)
     return ndimage.gaussian_filter(ndimage.median_filter(filled, size=3, mode="nearest"), sigma, mode="nearest")
 
@@ -138,6 +139,8 @@ def refine_peak(data: np.ndarray, x: float, y: float, *, search_radius: float = 
     scatter of the smoothed patch).  A user who points at a faint star beside a bright one
     gets the faint star; a guess a few pixels off a lone star still lands on it.
     """
+    from scipy import ndimage
+
     ny, nx = data.shape
     r = int(math.ceil(search_radius)) + 3
     x0, x1 = max(int(round(x)) - r, 0), min(int(round(x)) + r + 1, nx)
@@ -201,6 +204,8 @@ def estimate_fwhm(data: np.ndarray, x: float, y: float, *, radius: int = 25) -> 
     >>> 2.0 < fwhm < 4.0
     True
     """
+    from scipy import ndimage
+
     ny, nx = data.shape
     ix, iy = int(round(x)), int(round(y))
     x0, x1 = max(ix - radius, 0), min(ix + radius + 1, nx)
