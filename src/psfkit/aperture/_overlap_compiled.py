@@ -17,7 +17,11 @@ import math
 
 import numpy as np
 
+from psfkit.backend import numba_cache_dir
+
 __all__ = ["HAVE_NUMBA", "sum_circles", "sum_ellipses"]
+
+numba_cache_dir()  # a user cache folder when the package folder is read-only (README)
 
 try:  # numba is a dependency, but the numpy path works without it
     from numba import njit, prange

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from psfkit.backend import compiled_available
+from psfkit.backend import compiled_available, numba_cache_dir
+
+numba_cache_dir()  # a user cache folder when the package folder is read-only (README)
 
 try:  # numba is a dependency, but the numpy path works without it
     from numba import njit, prange

@@ -26,12 +26,14 @@ import math
 
 import numpy as np
 
-from psfkit.backend import compiled_available
+from psfkit.backend import compiled_available, numba_cache_dir
 
 __all__ = ["available", "fit_batch", "normal_equations", "threads", "values", "GAUSSIAN", "GAUSSIAN_ERF", "MOFFAT"]
 
 GAUSSIAN, GAUSSIAN_ERF, MOFFAT = 0, 1, 2
 _KMAX = 16
+
+numba_cache_dir()  # a user cache folder when the package folder is read-only (README)
 
 try:  # numba is a dependency, but keep the pure-numpy path working without it
     import numba
