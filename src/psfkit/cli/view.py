@@ -169,7 +169,7 @@ def view_command(
             import webbrowser
 
             webbrowser.open(url)
-        from psfkit.web._server import warm_up
+        from psfkit.web import warm_up
 
         warm_up()  # the compiled kernels, before the first "Detect stars"
 

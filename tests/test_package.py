@@ -1,0 +1,270 @@
+"""The package's shape and start-up: no import cycles, no private names across subpackages,
+``import psfkit`` and ``psfkit --help`` load nothing heavy, numba's cache folder, and a few real
+processes (``python -m psfkit``) as smoke tests of what the in-process CLI tests cannot see.
+
+Import cycles: every ``import`` of a psfkit module counts, the ones inside functions too (a
+function-level import only defers a cycle, it does not remove the knot a newcomer has to
+untangle), except those under ``if TYPE_CHECKING:``.  The graph is checked between modules and
+between subpackages (io, detect, psf, aperture, analysis, viz, datasets, cli, web and the
+top-level modules); the package's own ``__init__`` maps public names lazily (strings, not imports),
+so it is no node of a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import psfkit
+from psfkit import backend
+
+SRC = Path(psfkit.__file__).resolve().parent
+HEAVY = ("numba", "scipy", "dask", "distributed", "matplotlib", "fastapi", "uvicorn", "astropy.table", "rich",
+         "pydantic")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in SRC.rglob("*.py")}
+
+
+def _resolve(name: str) -> str | None:
+    """The psfkit module an imported name lives in (``psfkit.psf.fit.fit_stars`` -> ``psfkit.psf.fit``)."""
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _imports(path: Path, module: str) -> list[tuple[str, str, int]]:
+    """(imported module, imported name or '', line) for every psfkit import of a module, at any depth."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+
+    def visit(node):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, ast.Import):
+                found.extend((a.name, "", child.lineno) for a in child.names if a.name.split(".")[0] == "psfkit")
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:  # relative: from the module's package
+                    pkg = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+                    base = ".".join(pkg[: len(pkg) - child.level + 1] + ([base] if base else []))
+                if base.split(".")[0] == "psfkit":
+                    found.extend((base, a.name, child.lineno) for a in child.names)
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _edges() -> set[tuple[str, str]]:
+    edges = set()
+    for module, path in MODULES.items():
+        for base, name, _ in _imports(path, module):
+            target = _resolve(f"{base}.{name}" if name else base)
+            if target and target != module:
+                edges.add((module, target))
+    return edges
+
+
+def _subpackage(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def _cycle(edges: set[tuple[str, str]]) -> list[str] | None:
+    """One cycle of the directed graph, or None."""
+    graph: dict[str, set[str]] = {}
+    for a, b in edges:
+        graph.setdefault(a, set()).add(b)
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def dfs(v):
+        state[v] = 1
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if state.get(w) == 1:
+                return stack[stack.index(w):] + [w]
+            if w not in state and (found := dfs(w)):
+                return found
+        state[v] = 2
+        stack.pop()
+        return None
+
+    for v in sorted(graph):
+        if v not in state and (found := dfs(v)):
+            return found
+    return None
+
+
+def test_the_graph_sees_the_imports():
+    """The walk finds the edges it must (a broken walk would find no cycle in nothing)."""
+    edges = _edges()
+    assert ("psfkit.detect.find", "psfkit.psf.fit") in edges  # top level
+    assert ("psfkit.cli.find", "psfkit.detect.find") in edges  # inside the command function
+    assert _cycle({("a", "b"), ("b", "c"), ("c", "a")}) == ["a", "b", "c", "a"]
+
+
+def test_no_import_cycles_between_modules():
+    assert _cycle(_edges()) is None
+
+
+def test_no_import_cycles_between_subpackages():
+    edges = {(_subpackage(a), _subpackage(b)) for a, b in _edges() if _subpackage(a) != _subpackage(b)}
+    edges = {(a, b) for a, b in edges if a != "psfkit" and b != "psfkit"}  # the lazy top level: no node
+    assert _cycle(edges) is None, edges
+
+
+def test_no_private_names_across_subpackages():
+    """``from psfkit.detect._kernels import x`` or ``from psfkit.psf.stamps import _helper`` only
+    inside the subpackage that owns them."""
+    bad = []
+    for module, path in MODULES.items():
+        for base, name, line in _imports(path, module):
+            target = _resolve(f"{base}.{name}" if name else base) or base
+            if _subpackage(target) == _subpackage(module):
+                continue
+            private_module = any(part.startswith("_") and not part.startswith("__") for part in target.split(".")[2:])
+            private_name = name.startswith("_") and not name.startswith("__") and f"{base}.{name}" not in MODULES
+            if private_module or private_name:
+                bad.append(f"{path.relative_to(SRC.parent)}:{line} imports {base}{'.' + name if name else ''}")
+    assert not bad, "\n".join(bad)
+
+
+def _fresh(code: str) -> dict:
+    """Run ``code`` in a new interpreter (psfkit from this checkout) and return the JSON it prints."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC.parent), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+_LOADED = ("import json, sys; print(json.dumps(sorted(m for m in sys.modules if any(m == h or m.startswith(h + '.') "
+           f"for h in {HEAVY!r}))))")
+
+
+def test_import_psfkit_loads_nothing_heavy():
+    """A fresh ``import psfkit`` (and naming a public function) loads none of numba, scipy, dask,
+    matplotlib, fastapi, astropy.table: each public name imports its module on first use."""
+    loaded = _fresh("import psfkit; " + _LOADED)
+    assert loaded == []
+
+
+def test_help_loads_neither_numpy_nor_rich():
+    """``psfkit --help`` imports typer and the command modules only (no rich: the plain help)."""
+    loaded = _fresh("import sys, io, contextlib\nfrom psfkit.cli import main\n"
+                    "with contextlib.redirect_stdout(io.StringIO()) as f:\n"
+                    "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+                    "assert 'find' in f.getvalue() and 'info' in f.getvalue()\n"
+                    "assert 'numpy' not in sys.modules, 'numpy'\n" + _LOADED)
+    assert loaded == []
+
+
+def test_find_loads_no_plotting_web_or_dask(sample_path, tmp_path):
+    """``psfkit find`` imports what the find path needs, not the viewer, the plots or Dask."""
+    csv = tmp_path / "s.csv"
+    loaded = _fresh("import io, contextlib\nfrom psfkit.cli import main\n"
+                    "with contextlib.redirect_stdout(io.StringIO()):\n"
+                    f"    try:\n        main(['find', {str(sample_path)!r}, '-o', {str(csv)!r}])\n"
+                    "    except SystemExit as exc:\n        assert not exc.code, exc.code\n" + _LOADED)
+    assert csv.exists()
+    assert not {m.split(".")[0] for m in loaded} & {"matplotlib", "fastapi", "uvicorn", "dask", "distributed", "rich"}
+    assert not [m for m in loaded if m.startswith(("scipy.interpolate", "scipy.ndimage"))], loaded
+
+
+def test_python_m_psfkit_runs(sample_path, tmp_path):
+    """The real command line end to end: ``python -m psfkit find`` writes the list, bad input exits 2."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC.parent), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-m", "psfkit", "find", str(sample_path), "-o", str(tmp_path / "s.csv")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "stars from" in out.stdout and len(psfkit.read_star_list(tmp_path / "s.csv")) > 5
+    bad = subprocess.run([sys.executable, "-m", "psfkit", "find", str(tmp_path / "missing.fits")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert bad.returncode == 2 and bad.stderr.startswith("psfkit: error:") and "Traceback" not in bad.stderr
+
+
+# ---------------------------------------------------------------- numba's cache folder
+
+@pytest.fixture
+def cache_env(monkeypatch, tmp_path):
+    """No NUMBA_CACHE_DIR, XDG_CACHE_HOME in tmp_path; numba's config restored afterwards."""
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    config = sys.modules.get("numba.core.config")
+    if config is not None:
+        monkeypatch.setattr(config, "CACHE_DIR", config.CACHE_DIR)
+    return tmp_path
+
+
+def test_numba_cache_stays_in_the_package_when_it_is_writable(cache_env, monkeypatch):
+    monkeypatch.setattr(backend, "_writable", lambda folder: True)
+    assert backend.numba_cache_dir() is None
+    assert "NUMBA_CACHE_DIR" not in os.environ
+
+
+def test_numba_cache_moves_to_the_user_cache_when_the_package_is_read_only(cache_env, monkeypatch):
+    real = backend._writable
+    monkeypatch.setattr(backend, "_writable", lambda folder: not Path(folder).is_relative_to(SRC) and real(folder))
+    chosen = backend.numba_cache_dir()
+    assert chosen == str(cache_env / "xdg" / "psfkit" / "numba")
+    assert os.environ["NUMBA_CACHE_DIR"] == chosen and Path(chosen).is_dir()
+    config = sys.modules.get("numba.core.config")
+    if config is not None:  # numba already imported: its config follows
+        assert config.CACHE_DIR == chosen
+
+
+def test_numba_cache_falls_back_to_the_temp_dir(cache_env, monkeypatch):
+    real = backend._writable
+    blocked = (SRC, cache_env / "xdg")
+    monkeypatch.setattr(backend, "_writable",
+                        lambda folder: not any(Path(folder).is_relative_to(b) for b in blocked) and real(folder))
+    chosen = backend.numba_cache_dir()
+    assert chosen is not None and Path(chosen).parent == Path(tempfile.gettempdir())
+
+
+def test_the_users_numba_cache_dir_wins(cache_env, monkeypatch):
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache_env / "mine"))
+    monkeypatch.setattr(backend, "_writable", lambda folder: False)
+    assert backend.numba_cache_dir() is None and os.environ["NUMBA_CACHE_DIR"] == str(cache_env / "mine")
+
+
+def test_a_real_read_only_check(tmp_path):
+    """_writable answers from the file system: a folder it can make and write is writable, a path
+    under a regular file is not."""
+    assert backend._writable(tmp_path / "new" / "__pycache__")
+    (tmp_path / "file").write_text("x")
+    assert not backend._writable(tmp_path / "file" / "sub")
+
+
+# ---------------------------------------------------------------- one star-table schema
+
+@pytest.mark.parametrize("keep_rejected", [False, True])
+@pytest.mark.parametrize("model", ["gaussian", "moffat"])
+def test_empty_table_has_the_columns_of_a_full_one(keep_rejected, model):
+    """A blank frame gives an empty table with the same columns, dtypes and units as a frame with stars."""
+    from psfkit.datasets.simulate import simulate_field
+
+    img, truth = simulate_field((100, 120), 5, seed=1, min_separation=20, edge=12)
+    full = psfkit.find_stars(img, keep_rejected=keep_rejected, model=model)
+    blank = psfkit.find_stars(np.random.default_rng(0).normal(100.0, 5.0, (100, 120)), keep_rejected=keep_rejected,
+                              model=model)
+    assert len(full) >= 3 and len(blank) == 0
+    assert blank.colnames == full.colnames
+    for name in full.colnames:
+        a, b = full[name].dtype, blank[name].dtype
+        assert (a.kind == b.kind == "U") or a == b, (name, a, b)
+        assert full[name].unit == blank[name].unit, name
