@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench browser clean
+.PHONY: demo test test-fast bench browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,13 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver >/dev/null; fi; fi
 
-# The whole test suite.
+# The whole test suite (the README's command).
 test: $(STAMP) browser
 	$(PY) -m ruff check src tests benchmarks && $(PY) -m pytest -n 2 -q
+
+# The fast tier while you work: everything but the long statistical tests and the browser.
+test-fast: $(STAMP)
+	$(PY) -m pytest -n 2 -q -m "not slow and not browser"
 
 # Benchmarks against sep, photutils and simple floors; writes benchmarks/results/*.md
 bench: $(STAMP)
