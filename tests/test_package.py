@@ -186,12 +186,17 @@ def test_find_loads_no_plotting_web_or_dask(sample_path, tmp_path):
 
 
 def test_python_m_psfkit_runs(sample_path, tmp_path):
-    """The real command line end to end: ``python -m psfkit find`` writes the list, bad input exits 2."""
+    """The real command line end to end: ``python -m psfkit find`` writes the list, ``info`` runs (its
+    module alone imported), bad input exits 2."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC.parent), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-m", "psfkit", "find", str(sample_path), "-o", str(tmp_path / "s.csv")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "stars from" in out.stdout and len(psfkit.read_star_list(tmp_path / "s.csv")) > 5
+    # a command whose module registers one command alone (typer would make it the whole program)
+    info = subprocess.run([sys.executable, "-m", "psfkit", "info", str(sample_path)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert info.returncode == 0 and "format" in info.stdout, info.stderr
     bad = subprocess.run([sys.executable, "-m", "psfkit", "find", str(tmp_path / "missing.fits")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert bad.returncode == 2 and bad.stderr.startswith("psfkit: error:") and "Traceback" not in bad.stderr

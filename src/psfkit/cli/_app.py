@@ -48,6 +48,13 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _psfkit() -> None:
+    """Find stars, fit their PSF, and measure them with honest uncertainties."""
+    # a callback keeps the app a group of commands when only one command module is imported
+    # (typer runs a lone command as the whole program: `psfkit view x.fits` would break)
+
+
 def fail(message: str) -> typer.Exit:
     """Print a one-line error and return the exit to raise (code 2)."""
     typer.echo(f"psfkit: error: {message}", err=True)
