@@ -10,8 +10,6 @@ on stderr, exit code 2 and no traceback.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,15 +18,15 @@ from scipy.spatial import cKDTree
 
 import psfkit
 from psfkit.datasets.simulate import simulate_field
+from _helpers import CliResult, run_cli
 
 FOCALLEN, XPIXSZ = 800.0, 3.76  # 206.265 * 3.76 / 800 = 0.9694 "/px
 SCALE = 206.265 * XPIXSZ / FOCALLEN
 FWHM = 3.4
 
 
-def run(*args, timeout=180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "psfkit", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+def run(*args) -> CliResult:
+    return run_cli(*args)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,6 @@ no traceback.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ from astropy.io import fits
 
 from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF
 from psfkit.datasets.simulate import add_noise, render_stars, star_params
+from _helpers import CliResult, run_cli
 
 TRUE_X, TRUE_Y, TRUE_FLUX, TRUE_FWHM = 40.3, 30.7, 60000.0, 3.2
 
@@ -29,9 +28,8 @@ JSON_KEYS = {
 }
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "psfkit", *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
+def run(*args: str) -> CliResult:
+    return run_cli(*args)
 
 
 @pytest.fixture(scope="module")
@@ -174,12 +172,8 @@ def test_fit_bad_input_one_line_exit_2(star_file, tmp_path, case):
 
 @pytest.mark.parametrize("args", [["--model", "moffat", "--beta", "0.5"], ["--at", "100,100", "--search-radius", "-3"]])
 def test_bad_model_options_are_one_line_errors(args):
-    import subprocess
-    import sys
-
     import psfkit
 
-    out = subprocess.run([sys.executable, "-m", "psfkit", "fit", str(psfkit.sample_image_path()), *args],
-                         capture_output=True, text=True)
+    out = run_cli("fit", str(psfkit.sample_image_path()), *args)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1

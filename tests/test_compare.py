@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ from astropy.io import fits
 
 from psfkit.analysis.compare import compare_models
 from psfkit.datasets.simulate import add_noise, render_stars, star_params
+from _helpers import run_cli
 
 GAIN, RN = 1.5, 5.0
 
@@ -37,9 +36,7 @@ def test_compare_cli_json_and_psf_image(tmp_path):
     yy, xx = np.mgrid[0:31, 0:31]
     psf = np.exp(-((xx - 15) ** 2 + (yy - 15) ** 2) / (2 * 1.6**2))  # unit peak
     fits.writeto(tmp_path / "psf.fits", psf)
-    out = subprocess.run([sys.executable, "-m", "psfkit", "compare", str(tmp_path / "img.fits"), "--at", "41,38",
-                          "--psf", str(tmp_path / "psf.fits"), "--json", "--gain", str(GAIN)],
-                         capture_output=True, text=True, check=True)
+    out = run_cli("compare", str(tmp_path / "img.fits"), "--at", "41,38", "--psf", str(tmp_path / "psf.fits"), "--json", "--gain", str(GAIN), check=True)
     rows = json.loads(out.stdout)
     assert {r["model"] for r in rows} >= {"gaussian", "moffat", "psf_image"}
     assert sum(r["preferred"] for r in rows) == 1
@@ -47,8 +44,7 @@ def test_compare_cli_json_and_psf_image(tmp_path):
     # the aperture flux comes last; a point source: not the preferred one
     assert rows[-1]["model"] == "aperture" and not rows[-1]["preferred"] and rows[-1]["flux_fit"] > 0
     assert abs(rows[-1]["flux_fit"] - 3e4) < 3 * rows[-1]["flux_err"]
-    bad = subprocess.run([sys.executable, "-m", "psfkit", "compare", str(tmp_path / "img.fits"), "--at", "500,5"],
-                         capture_output=True, text=True)
+    bad = run_cli("compare", str(tmp_path / "img.fits"), "--at", "500,5")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
@@ -84,6 +80,7 @@ TRUTHS = [("gaussian", 6000.0, {"gaussian"}), ("moffat2.5", 10000.0, {"moffat2.5
           ("lorentzian", 15000.0, {"lorentzian"}), ("psf_image", 6000.0, {"psf_image"})]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("truth,flux,wins_if", TRUTHS)
 def test_true_model_preferred_at_snr_50(truth, flux, wins_if):
     # the acceptance: at SNR ~50 (the threshold), with every model in the race (Gaussian, free-beta Moffat,
@@ -107,6 +104,7 @@ def test_true_model_preferred_at_snr_50(truth, flux, wins_if):
         assert abs(np.mean(pulls)) < 0.6 and 0.6 < np.std(pulls) < 1.4
 
 
+@pytest.mark.slow
 def test_neighbouring_betas_need_more_signal():
     # Moffat beta = 4 against its PixInsight neighbours 2.5 and 6: at SNR ~60 the data hold too little of
     # the wings (beta 4 won 32 of 40 draws, beta 6 seven), at SNR ~130 beta = 4 is preferred >= 90% (30 of 30)
@@ -169,11 +167,9 @@ def test_extended_source_among_stars_without_frame_fwhm(tmp_path):
     assert not star.meta["extended"]
     # the CLI says so, in words and in --json (the aperture entry becomes the preferred one)
     fits.writeto(tmp_path / "ext.fits", img.astype(np.float32))
-    text = subprocess.run([sys.executable, "-m", "psfkit", "compare", str(tmp_path / "ext.fits"), "--at", "100,100",
-                           "--gain", str(GAIN)], capture_output=True, text=True, check=True).stdout
+    text = run_cli("compare", str(tmp_path / "ext.fits"), "--at", "100,100", "--gain", str(GAIN), check=True).stdout
     assert "looks extended" in text and "trust the aperture flux" in text
-    js = subprocess.run([sys.executable, "-m", "psfkit", "compare", str(tmp_path / "ext.fits"), "--at", "100,100",
-                         "--gain", str(GAIN), "--json"], capture_output=True, text=True, check=True)
+    js = run_cli("compare", str(tmp_path / "ext.fits"), "--at", "100,100", "--gain", str(GAIN), "--json", check=True)
     rows = json.loads(js.stdout)
     assert [r["model"] for r in rows if r["preferred"]] == ["aperture"]
     assert "trust the aperture flux" in js.stderr
@@ -182,9 +178,7 @@ def test_extended_source_among_stars_without_frame_fwhm(tmp_path):
 def test_compare_cli_text_and_residuals(tmp_path):
     img = _frame("moffat", 2.5, 3e4, 3)
     fits.writeto(tmp_path / "img.fits", img.astype(np.float32))
-    out = subprocess.run([sys.executable, "-m", "psfkit", "compare", str(tmp_path / "img.fits"), "--at", "40,40",
-                          "--gain", str(GAIN), "--residuals", str(tmp_path / "r.png")],
-                         capture_output=True, text=True, check=True)
+    out = run_cli("compare", str(tmp_path / "img.fits"), "--at", "40,40", "--gain", str(GAIN), "--residuals", str(tmp_path / "r.png"), check=True)
     assert "lorentzian" in out.stdout and "preferred" in out.stdout and "aperture (r =" in out.stdout
     assert (tmp_path / "r.png").stat().st_size > 1000
 
@@ -192,8 +186,7 @@ def test_compare_cli_text_and_residuals(tmp_path):
 def test_compare_residuals_wants_a_png(tmp_path):
     img = _frame("gaussian", None, 3e4, 5)
     fits.writeto(tmp_path / "img.fits", img.astype(np.float32))
-    out = subprocess.run([sys.executable, "-m", "psfkit", "compare", str(tmp_path / "img.fits"), "--at", "40,40",
-                          "--residuals", str(tmp_path / "r.txt")], capture_output=True, text=True)
+    out = run_cli("compare", str(tmp_path / "img.fits"), "--at", "40,40", "--residuals", str(tmp_path / "r.txt"))
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         f"psfkit: error: {tmp_path / 'r.txt'}: the residual picture is a PNG; the suffix must be .png"]
     assert not (tmp_path / "r.txt").exists()

@@ -9,6 +9,7 @@ from scipy.spatial import cKDTree
 import psfkit
 from psfkit import flags as F
 from psfkit.datasets.simulate import simulate_field
+from _helpers import run_cli
 
 
 def _match(table, truth, radius=1.5):
@@ -149,12 +150,9 @@ def test_pure_noise_gives_an_empty_list_not_an_error(tmp_path):
     assert len(table) == 0 and {"x_fit", "fwhm", "accepted", "reject_reason"} <= set(table.colnames)
     assert table.meta["summary"]["n_stars"] == 0
     from astropy.io import fits
-    import subprocess
-    import sys
 
     fits.writeto(tmp_path / "noise.fits", noise.astype(np.float32))
-    out = subprocess.run([sys.executable, "-m", "psfkit", "find", str(tmp_path / "noise.fits"), "-o",
-                          str(tmp_path / "s.csv")], capture_output=True, text=True)
+    out = run_cli("find", str(tmp_path / "noise.fits"), "-o", str(tmp_path / "s.csv"))
     assert out.returncode == 0, out.stderr
     assert "0 stars" in out.stdout
     assert len(psfkit.read_star_list(tmp_path / "s.csv")) == 0

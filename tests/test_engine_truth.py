@@ -121,6 +121,7 @@ def test_gaussian_fits_all_converge(gaussian_result):
     assert np.mean(res["reduced_chi2"]) == pytest.approx(1.0, abs=0.03)
 
 
+@pytest.mark.slow
 def test_gaussian_pulls_and_bias(gaussian_result):
     res = gaussian_result
     check_pulls(pulls(res), "gaussian")
@@ -128,6 +129,7 @@ def test_gaussian_pulls_and_bias(gaussian_result):
     assert np.all(np.isfinite(res["angle_err"][res["roundness_true"] < 0.9]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("snr_band", [(10, 100), (100, 1e4)])
 def test_gaussian_pulls_hold_at_low_and_high_snr(gaussian_result, snr_band):
     res = gaussian_result
@@ -139,6 +141,7 @@ def test_gaussian_pulls_hold_at_low_and_high_snr(gaussian_result, snr_band):
         assert abs(np.mean(v)) < 4.5 / np.sqrt(v.size), f"SNR {snr_band} {name}: mean {np.mean(v):+.3f}"
 
 
+@pytest.mark.slow
 def test_gaussian_relative_accuracy_at_high_snr(gaussian_result):
     """At SNR > 1000 the FWHM and flux are right to a fraction of a percent (no model bias)."""
     res = gaussian_result
@@ -158,6 +161,7 @@ def moffat_fixed_beta_result():
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+@pytest.mark.slow
 def test_moffat_fixed_beta_pulls_and_bias(moffat_fixed_beta_result):
     res = moffat_fixed_beta_result
     assert res["flags"].size == 4 * len(FWHM_GROUPS) * 20
@@ -175,6 +179,7 @@ def moffat_free_beta_result():
     return simulate_and_fit("moffat", seed=31, snr_range=(100.0, 1e4), per_group=60)
 
 
+@pytest.mark.slow
 def test_moffat_free_beta_pulls_and_bias(moffat_free_beta_result):
     res = moffat_free_beta_result
     ok = res["flags"] == 0

@@ -11,6 +11,7 @@ from psfkit.detect.channels import find_stars_by_channel
 from psfkit.io.colour import table_to_frame
 from psfkit.io.image import load_image, load_planes
 from psfkit.datasets.simulate import simulate_field
+from _helpers import write_dng, write_png16_rgb
 
 
 @pytest.fixture(scope="module")
@@ -19,30 +20,11 @@ def field():
     return img, truth
 
 
-def _write_dng(path, mosaic, *, black=256, white=4000, pattern=(0, 1, 1, 2)):
-    """A minimal DNG (a TIFF with the CFA tags) that LibRaw reads like a camera's raw file."""
-    import tifffile
-
-    extratags = [
-        (50706, "B", 4, (1, 4, 0, 0), True),  # DNGVersion
-        (50707, "B", 4, (1, 1, 0, 0), True),  # DNGBackwardVersion
-        (50708, "s", 0, "psfkit test camera", True),  # UniqueCameraModel
-        (33421, "H", 2, (2, 2), True),  # CFARepeatPatternDim
-        (33422, "B", 4, pattern, True),  # CFAPattern (0 = R, 1 = G, 2 = B)
-        (50710, "B", 3, (0, 1, 2), True),  # CFAPlaneColor
-        (50711, "H", 1, (1,), True),  # CFALayout
-        (50714, "H", 1, (black,), True),  # BlackLevel
-        (50717, "H", 1, (white,), True),  # WhiteLevel
-        (50721, "2i", 9, (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1), True),  # ColorMatrix1
-    ]
-    tifffile.imwrite(path, mosaic, photometric=32803, extratags=extratags, subfiletype=0)
-
-
 def test_raw_dng_black_level_subtracted_white_level_is_saturation(tmp_path, field):
     img, _ = field
     mosaic = (np.clip(img, 0, 3600) + 256).astype(np.uint16)
     mosaic[10, 10] = 4000
-    _write_dng(tmp_path / "frame.dng", mosaic)
+    write_dng(tmp_path / "frame.dng", mosaic)
     raw = load_image(tmp_path / "frame.dng", channel="mosaic")
     assert raw.meta["format"] == "RAW" and raw.meta["bayer_pattern"] == "RGGB"
     np.testing.assert_array_equal(raw.data, mosaic.astype(np.float32) - 256)
@@ -56,7 +38,7 @@ def test_raw_dng_black_level_subtracted_white_level_is_saturation(tmp_path, fiel
 def test_raw_dng_other_patterns(tmp_path, field):
     img, _ = field
     mosaic = (np.clip(img, 0, 3600) + 100).astype(np.uint16)
-    _write_dng(tmp_path / "bggr.dng", mosaic, black=100, pattern=(2, 1, 1, 0))
+    write_dng(tmp_path / "bggr.dng", mosaic, black=100, pattern=(2, 1, 1, 0))
     red = load_image(tmp_path / "bggr.dng", channel="R")
     assert red.meta["bayer_pattern"] == "BGGR"
     np.testing.assert_array_equal(red.data, mosaic[1::2, 1::2].astype(np.float32) - 100)
@@ -162,7 +144,7 @@ def test_raw_exif_exposure_focal_length_and_date(tmp_path, field):
 
     img, _ = field
     mosaic = (np.clip(img, 0, 3600) + 256).astype(np.uint16)
-    _write_dng(tmp_path / "exif.dng", mosaic)
+    write_dng(tmp_path / "exif.dng", mosaic)
     # the same DNG with EXIF tags in IFD0 (DNG allows them there)
     data = tifffile.imread(tmp_path / "exif.dng")
     extratags = [
@@ -209,26 +191,11 @@ def test_rgb_tiff_contiguous_and_planar(tmp_path, field, planar):
         np.testing.assert_array_equal(load_image(tmp_path / "rgb.tif", channel=name).data, rgb[..., i])
 
 
-def _write_png16_rgb(path, rgb):
-    """A 16-bit RGB PNG written byte by byte (Pillow cannot write one)."""
-    import struct
-    import zlib
-
-    h, w, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[y].astype(">u2").tobytes() for y in range(h))
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-
-
 def test_16bit_colour_png_keeps_all_16_bits(tmp_path, field):
     img, _ = field
     grey = np.clip(img, 0, 65535).astype(np.uint16)
     rgb = np.stack([grey // 2, grey, grey // 4], axis=-1)
-    _write_png16_rgb(tmp_path / "rgb16.png", rgb)
+    write_png16_rgb(tmp_path / "rgb16.png", rgb)
     for i, name in enumerate("RGB"):
         loaded = load_image(tmp_path / "rgb16.png", channel=name)
         np.testing.assert_array_equal(loaded.data, rgb[..., i])

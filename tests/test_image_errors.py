@@ -134,10 +134,10 @@ def seeds(tmp_path_factory, request):
     hdul = fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(crop16, compression_type="RICE_1")])
     hdul.writeto(out / "crop.fits.fz")
     fits.PrimaryHDU(crop16).writeto(out / "crop.fits.gz")
-    from test_image_colour import _write_dng, _write_png16_rgb
+    from _helpers import write_dng, write_png16_rgb
 
-    _write_dng(out / "crop.dng", crop16)  # a camera RAW file LibRaw reads
-    _write_png16_rgb(out / "rgb16.png", np.stack([crop16, crop16 // 2, crop16 // 3], axis=-1))
+    write_dng(out / "crop.dng", crop16)  # a camera RAW file LibRaw reads
+    write_png16_rgb(out / "rgb16.png", np.stack([crop16, crop16 // 2, crop16 // 3], axis=-1))
     shared = Path(request.config.rootpath).parent / "shared" / "data"
     for name in ("iraf_devpix_m51.fits", "siril_qhy268m_rasa11_crop.fit.fz",
                  "panoptes_canon_bayer/PAN001_20160909T081434_solved.fits"):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from psfkit.aperture.photometry import aperture_photometry
 from psfkit.aperture.stars import star_photometry
 from psfkit.aperture.sums import aperture_sums
 from psfkit.datasets.simulate import add_noise, render_stars, star_params
+from _helpers import run_cli
 
 GAIN, RN, SKY = 2.0, 6.0, 300.0
 
@@ -117,6 +116,7 @@ def _grid_frame(model, seed, n_side=7, spacing=40, fwhm=4.0):
     return add_noise(img, gain=GAIN, read_noise=RN, rng=rng), x, y, flux
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["gaussian", "moffat"])
 def test_psf_and_corrected_aperture_flux_pulls(model):
     psf_pull, aper_pull, ratio = [], [], []
@@ -155,6 +155,7 @@ def _model_frame(mdl, params, x, y, seed, size, half, **kw):
     return add_noise(img, gain=GAIN, read_noise=RN, rng=np.random.default_rng(seed))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["lorentzian", "image"])
 def test_lorentzian_and_image_psf_flux_pulls(model):
     # the same acceptance for the two other models, each the true one. The Lorentzian's flux is its light
@@ -242,8 +243,7 @@ def test_real_frame_every_star_of_find(sample_path):
 
 def test_phot_cli_positions_and_star_list(tmp_path, shared_data):
     frame = shared_data / "stellarphot_feder_cutout_fwhm.fits"
-    out = subprocess.run([sys.executable, "-m", "psfkit", "phot", str(frame), "--at", "49,49", "--json"],
-                         capture_output=True, text=True, check=True)
+    out = run_cli("phot", str(frame), "--at", "49,49", "--json", check=True)
     rows = json.loads(out.stdout)
     assert len(rows) == 1 and abs(rows[0]["x_fit"] - 49.3) < 1 and rows[0]["flux_aper"] > 0
     assert 0.7 < rows[0]["flux_ratio"] < 1.3
@@ -251,18 +251,14 @@ def test_phot_cli_positions_and_star_list(tmp_path, shared_data):
     img = psfkit.load_image(frame)
     t = psfkit.fit_stars(img, [49], [49])
     psfkit.write_star_list(t, tmp_path / "stars.ecsv")
-    out2 = subprocess.run([sys.executable, "-m", "psfkit", "phot", str(frame), "--stars", str(tmp_path / "stars.ecsv"),
-                           "--radius", "6", "--annulus", "25,35", "-o", str(tmp_path / "phot.ecsv")],
-                          capture_output=True, text=True, check=True)
+    out2 = run_cli("phot", str(frame), "--stars", str(tmp_path / "stars.ecsv"), "--radius", "6", "--annulus", "25,35", "-o", str(tmp_path / "phot.ecsv"), check=True)
     assert "aperture r = 6.00 px" in out2.stdout
     back = psfkit.read_star_list(tmp_path / "phot.ecsv")
     assert "flux_aper" in back.colnames and back["aperture_radius"][0] == pytest.approx(6.0)
     # a PSF image as the model: its light beyond the largest aperture comes from that image
     yy, xx = np.mgrid[0:41, 0:41] - 20.0
     fits.writeto(tmp_path / "psf.fits", np.exp(-(xx**2 + yy**2) / (2 * 2.6**2)))
-    out3 = subprocess.run([sys.executable, "-m", "psfkit", "phot", str(frame), "--at", "49,49", "--model",
-                           str(tmp_path / "psf.fits")], capture_output=True, text=True, check=True)
+    out3 = run_cli("phot", str(frame), "--at", "49,49", "--model", str(tmp_path / "psf.fits"), check=True)
     assert "fitted image model" in out3.stdout and "PSF/aper" in out3.stdout
-    bad = subprocess.run([sys.executable, "-m", "psfkit", "phot", str(frame), "--at", "49,49", "--annulus", "3"],
-                         capture_output=True, text=True)
+    bad = run_cli("phot", str(frame), "--at", "49,49", "--annulus", "3")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

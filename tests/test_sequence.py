@@ -12,8 +12,6 @@ import math
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from psfkit.errors import PsfkitError
 from psfkit.analysis.lightcurve import estimate_shift
 from psfkit.analysis.sequence import QUIET_SCHEDULER, WORKER_ENV, list_frames, run_sequence
 from psfkit.datasets.simulate import add_noise, render_stars, star_params
+from _helpers import run_cli
 
 N_FRAMES = 20
 SHAPE = (256, 256)
@@ -179,6 +178,7 @@ def test_estimate_shift_recovers_offset_among_spurious_stars():
 # ---------------------------------------------------------------- the simulated night on the cluster
 
 
+@pytest.mark.slow
 def test_night_summary_matches_truth(night, night_cluster_run):
     _, t = night
     r = night_cluster_run
@@ -219,6 +219,7 @@ def test_night_summary_matches_truth(night, night_cluster_run):
         assert (r.outdir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_night_light_curve_matches_truth(night, night_cluster_run):
     _, t = night
     curve = night_cluster_run.lightcurve
@@ -242,10 +243,12 @@ def test_night_light_curve_matches_truth(night, night_cluster_run):
     np.testing.assert_allclose(back["dmag"][back["star"] == 0], target["dmag"])
 
 
+@pytest.mark.slow
 def test_cluster_equals_plain_loop(night_cluster_run, night_serial_run):
     _assert_same(night_cluster_run, night_serial_run)
 
 
+@pytest.mark.slow
 def test_interrupted_run_redoes_only_missing_frames(night, client, night_serial_run, tmp_path):
     folder, t = night
     target, comps = _track(t)
@@ -272,6 +275,7 @@ def test_interrupted_run_redoes_only_missing_frames(night, client, night_serial_
     assert r2.skipped == [] and len(r2.computed) == 2
 
 
+@pytest.mark.slow
 def test_unreadable_frame_is_reported_and_skipped(night, client, tmp_path):
     folder, _ = night
     src = tmp_path / "in"
@@ -291,6 +295,7 @@ def test_unreadable_frame_is_reported_and_skipped(night, client, tmp_path):
     assert list(again.failed) == ["broken"] and len(again.skipped) == 3 and again.computed == []
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_run_leaves_each_frame_once(night, client, night_serial_run, tmp_path):
     folder, t = night
     target, comps = _track(t)
@@ -318,6 +323,7 @@ def test_worker_killed_mid_run_leaves_each_frame_once(night, client, night_seria
 # ---------------------------------------------------------------- the real NITES frames
 
 
+@pytest.mark.slow
 def test_nites_sequence_on_cluster(shared_data, client, tmp_path):
     seq = shared_data / "nites_j17490840_seq"
     plain = run_sequence(seq, tmp_path / "plain", workers=0)
@@ -354,26 +360,24 @@ def test_cli_seq(night, tmp_path):
     folder, t = night
     target, comps = _track(t)
     frames = [str(folder / _name_of(i)) for i in range(4)]
-    cmd = [sys.executable, "-m", "psfkit", "seq", *frames, "-o", str(tmp_path / "o"), "--workers", "0", "-q",
+    cmd = ["seq", *frames, "-o", str(tmp_path / "o"), "--workers", "0", "-q",
            "--track", f"{target[0][0]},{target[0][1]}", "--compare", f"{comps[0][0]},{comps[0][1]}"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    run = run_cli(*cmd)
     assert run.returncode == 0, run.stderr
     assert "4 frames measured" in run.stdout
     back = Table.read(tmp_path / "o" / "lightcurve.ecsv")
     assert len(back) == 8 and np.all(np.isfinite(back["dmag"][back["star"] == 0]))
     # --deblend changes the frames' settings: every frame is measured again, with find_stars(deblend=True)
     first = Table.read(tmp_path / "o" / "stars" / "night_00.ecsv").meta["psfkit_sequence"]["fingerprint"]
-    run = subprocess.run(cmd + ["--deblend"], capture_output=True, text=True, timeout=120)
+    run = run_cli(*cmd, "--deblend")
     assert run.returncode == 0, run.stderr
     assert "4 frames measured (4 now" in run.stdout
     again = Table.read(tmp_path / "o" / "stars" / "night_00.ecsv")
     assert again.meta["psfkit_sequence"]["fingerprint"] != first and "detection_pass" in again.colnames
-    bad = subprocess.run([sys.executable, "-m", "psfkit", "seq", str(tmp_path / "none*.fits"), "-o", str(tmp_path)],
-                         capture_output=True, text=True, timeout=60)
+    bad = run_cli("seq", str(tmp_path / "none*.fits"), "-o", str(tmp_path))
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [f"psfkit: error: {tmp_path / 'none*.fits'}: no such file, folder or matching file"]
-    bad = subprocess.run([sys.executable, "-m", "psfkit", "seq", frames[0], "-o", str(tmp_path), "--track", "3;4"],
-                         capture_output=True, text=True, timeout=60)
+    bad = run_cli("seq", frames[0], "-o", str(tmp_path), "--track", "3;4")
     assert bad.returncode == 2 and bad.stderr.strip().startswith("psfkit: error: --track wants X,Y")
 
 
@@ -409,8 +413,7 @@ def test_tiff_frames_and_load_options(night, tmp_path):
 def test_cli_seq_bad_options_are_one_line_before_any_work(night, tmp_path, args, needle):
     folder, _ = night
     out = tmp_path / "o"
-    run = subprocess.run([sys.executable, "-m", "psfkit", "seq", str(folder / _name_of(0)), "-o", str(out), "-q", *args],
-                         capture_output=True, text=True, timeout=120)
+    run = run_cli("seq", str(folder / _name_of(0)), "-o", str(out), "-q", *args)
     assert run.returncode == 2, run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("psfkit: error:") and needle in lines[0], run.stderr
