@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from psfkit.backend import HAVE_NUMBA, compiled_available
+from psfkit.backend import HAVE_NUMBA, compiled_available, numba_cache_dir
 
 __all__ = ["available", "interpolate"]
 
@@ -23,6 +23,7 @@ def available() -> bool:
 
 
 if HAVE_NUMBA:
+    numba_cache_dir()  # a user cache folder when the package folder is read-only (README)
     from numba import njit, prange
 
     @njit(cache=True, inline="always")
