@@ -1,4 +1,7 @@
-"""Shared fixtures: the real frames in ../shared/data and the bundled sample."""
+"""Shared fixtures: the real frames in ../shared/data, the bundled sample, the command line in-process.
+
+Helpers that are not fixtures live in tests/_helpers.py (test modules import them from there,
+never from one another)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from _helpers import CliResult, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PSFKIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -48,3 +52,13 @@ def pairs_fits(tmp_path) -> Path:
     path = tmp_path / "pairs.fits"
     fits.writeto(path, data.astype(np.float32), fits.Header({"GAIN": 1.5, "RDNOISE": 6.0}))
     return path
+
+
+@pytest.fixture
+def cli():
+    """``cli("find", path, "-o", out)``: the psfkit command in this process (:func:`_helpers.run_cli`),
+    returning exit code, stdout and stderr."""
+    def run(*args: object, check: bool = False) -> CliResult:
+        return run_cli(*args, check=check)
+
+    return run
