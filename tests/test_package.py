@@ -162,6 +162,18 @@ def test_no_private_names_across_subpackages():
     assert not bad, "\n".join(bad)
 
 
+def test_every_command_is_in_the_cli_table():
+    """psfkit.cli imports a command's module by name (cli._app.COMMANDS): a command missing from the
+    table would be 'No such command' at the shell while the in-process tests still find it."""
+    import re
+
+    from psfkit.cli._app import COMMANDS
+
+    found = {name: path.stem for path in (SRC / "cli").glob("*.py")
+             for name in re.findall(r'@app\.command\("([^"]+)"\)', path.read_text(encoding="utf-8"))}
+    assert found == COMMANDS
+
+
 def _fresh(code: str) -> dict:
     """Run ``code`` in a new interpreter (psfkit from this checkout) and return the JSON it prints."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC.parent), os.environ.get("PYTHONPATH", "")]))
