@@ -24,7 +24,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import psfkit
@@ -283,23 +282,3 @@ def test_a_real_read_only_check(tmp_path):
     assert backend._writable(tmp_path / "new" / "__pycache__")
     (tmp_path / "file").write_text("x")
     assert not backend._writable(tmp_path / "file" / "sub")
-
-
-# ---------------------------------------------------------------- one star-table schema
-
-@pytest.mark.parametrize("keep_rejected", [False, True])
-@pytest.mark.parametrize("model", ["gaussian", "moffat"])
-def test_empty_table_has_the_columns_of_a_full_one(keep_rejected, model):
-    """A blank frame gives an empty table with the same columns, dtypes and units as a frame with stars."""
-    from psfkit.datasets.simulate import simulate_field
-
-    img, truth = simulate_field((100, 120), 5, seed=1, min_separation=20, edge=12)
-    full = psfkit.find_stars(img, keep_rejected=keep_rejected, model=model)
-    blank = psfkit.find_stars(np.random.default_rng(0).normal(100.0, 5.0, (100, 120)), keep_rejected=keep_rejected,
-                              model=model)
-    assert len(full) >= 3 and len(blank) == 0
-    assert blank.colnames == full.colnames
-    for name in full.colnames:
-        a, b = full[name].dtype, blank[name].dtype
-        assert (a.kind == b.kind == "U") or a == b, (name, a, b)
-        assert full[name].unit == blank[name].unit, name
