@@ -24,7 +24,8 @@ __all__ = ["main", "app", "load_commands"]
 
 def load_commands(argv: list[str] | None = None) -> typer.Typer:
     """Import the module of the command named in ``argv`` (every command's when none is, or
-    for an unknown name, so that the help lists them all) and return the typer app."""
+    for an unknown name, so that the help lists them all) and return the typer app.
+    """
     from psfkit.cli._app import app
 
     name = next((a for a in (argv or []) if not a.startswith("-")), None)

@@ -117,7 +117,8 @@ def _spline_coefficients(values: np.ndarray) -> np.ndarray:
     not-a-knot cubic spline through ``values`` (g >= 4 samples along the first axis) at the
     unit-spaced knots 0 .. g - 1: the spline of ``scipy.interpolate.CubicSpline(...,
     bc_type="not-a-knot")``, its ``c`` array (same equations, solved here in numpy so that
-    the detection path does not import scipy.interpolate, about 0.2 s of start-up)."""
+    the detection path does not import scipy.interpolate, about 0.2 s of start-up).
+    """
     y = np.asarray(values, dtype=np.float64)
     g = y.shape[0]
     slope = np.diff(y, axis=0)
@@ -139,7 +140,8 @@ def _spline_coefficients(values: np.ndarray) -> np.ndarray:
 
 def _median3(values: np.ndarray) -> np.ndarray:
     """3 x 3 median filter with the edge repeated (``scipy.ndimage.median_filter(values, size=3,
-    mode="nearest")``; the cell map is small, so numpy's median over the nine shifts is enough)."""
+    mode="nearest")``; the cell map is small, so numpy's median over the nine shifts is enough).
+    """
     padded = np.pad(np.asarray(values, dtype=np.float64), 1, mode="edge")
     return np.median(np.lib.stride_tricks.sliding_window_view(padded, (3, 3)), axis=(-2, -1))
 
