@@ -23,7 +23,7 @@ The public API, importable from here (each name loads its module on first use, s
 - :func:`inspect_image` (:func:`inspect_stars`, :func:`fit_fwhm_surface`): tilt, field curvature
   and the elongation pattern as fitted numbers; :func:`focus_run` (:func:`fit_v_curve`): best
   focus from a focus run's V-curve.
-- :func:`decode_flags`: names of the bits in a ``flags`` column.
+- :func:`decode_flags`, :func:`decode_phot_flags`: names of the bits in a ``flags`` or ``phot_flags`` column.
 
 Examples
 --------
@@ -63,7 +63,7 @@ _PUBLIC = {
     "analysis.focus": ("focus_run", "fit_v_curve"),
     "viz.plots": ("plot_overlay", "plot_fwhm_map"),
     "datasets": ("sample_image_path",),
-    "flags": ("decode_flags",),
+    "flags": ("decode_flags", "decode_phot_flags"),
     "errors": ("PsfkitError",),
 }
 __getattr__, __dir__, __all__ = attach(__name__, {name: mod for mod, names in _PUBLIC.items() for name in names})

@@ -51,8 +51,9 @@ from psfkit.io.image import Image, as_image
 from psfkit.psf.engine import NoiseModel
 from psfkit.psf.models import LorentzianPSF
 from psfkit.psf.fit import StarFit, fit_stars, resolve_model
-from psfkit.psf.stamps import auto_box, cut_stamps, estimate_fwhm, refine_peak
+from psfkit.psf.stamps import auto_box, clip_box, cut_stamps, estimate_fwhm, refine_peak
 from psfkit.utils import json_value
+from psfkit.io.outputs import atomic_output
 
 __all__ = ["compare_models", "ModelComparison", "plot_model_residuals", "PIXINSIGHT_BETAS", "EXTENDED_FWHM_RATIO",
            "TIE_BIC"]
@@ -221,10 +222,7 @@ def compare_models(
         raise PsfkitError(f"the search radius must be a number >= 0, got {search_radius}")
     px, py = refine_peak(img.data, x, y, search_radius=search_radius) if search_radius > 0 else (float(x), float(y))
     fwhm0 = estimate_fwhm(img.data, px, py)
-    box = int(box) if box else auto_box(fwhm0)
-    if box < 5:
-        raise PsfkitError(f"the box must be at least 5 px, got {box}")
-    box += 1 - box % 2
+    box = clip_box(box if box else auto_box(fwhm0), img.shape, minimum=5)  # clipped to the image, MAX_BOX
     g = gain if gain is not None else img.gain
     rn = (read_noise if read_noise is not None else img.read_noise) or 0.0
     common: dict[str, Any] = dict(box=box, search_radius=None, angle=True, zero_point=zero_point)
@@ -346,7 +344,8 @@ def _aperture_flux(
     return out
 
 
-def plot_model_residuals(fits: dict[str, StarFit], path: str, *, models: list[str] | None = None) -> str:
+def plot_model_residuals(fits: dict[str, StarFit], path: str, *, models: list[str] | None = None,
+                         inputs: Any = ()) -> str:
     """A picture of data, model and residual (one row per model) from :func:`compare_models` fits.
 
     Parameters
@@ -357,6 +356,8 @@ def plot_model_residuals(fits: dict[str, StarFit], path: str, *, models: list[st
         PNG file to write.
     models : list of str, optional
         Which models (default: all).
+    inputs : sequence of path, optional
+        Files the picture must not replace (it never replaces a file this process read either).
 
     Returns
     -------
@@ -400,6 +401,9 @@ def plot_model_residuals(fits: dict[str, StarFit], path: str, *, models: list[st
             ax.set_yticks([])
             ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:
+        with atomic_output(path, inputs=inputs) as tmp:
+            fig.savefig(tmp, dpi=90)
+    finally:
+        plt.close(fig)
     return str(path)

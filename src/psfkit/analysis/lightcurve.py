@@ -18,6 +18,7 @@ from astropy.table import Table
 from scipy.spatial import cKDTree
 
 from psfkit.errors import PsfkitError
+from psfkit.io.outputs import atomic_output
 from psfkit.psf.measure import magnitude
 
 __all__ = ["FrameShift", "estimate_shift", "fit_tracked", "differential_photometry", "plot_light_curves"]
@@ -229,4 +230,5 @@ def plot_light_curves(curve: Table, path: Any, *, time_column: str = "time") -> 
         axes[1].set_ylabel("differential mag")
         axes[1].invert_yaxis()
     axes[-1].set_xlabel(curve.meta.get("time_label", time_column))
-    fig.savefig(path, dpi=100)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 
+from psfkit.io.outputs import atomic_output
 from psfkit.utils import robust_sigma
 
 __all__ = ["QualityLimits", "frame_summary", "rank_frames", "plot_frame_quality"]
@@ -276,4 +277,5 @@ def plot_frame_quality(summary: Table, path: Any, *, time_column: str = "time") 
         ax.set_ylabel(label)
     axes[0].legend(fontsize="small")
     axes[-1].set_xlabel(summary.meta.get("time_label", time_column))
-    fig.savefig(path, dpi=100)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100)

@@ -22,15 +22,17 @@ Output folder::
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
+import logging
 import math
 import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from astropy.table import Table
@@ -38,10 +40,12 @@ from astropy.table import Table
 from psfkit.errors import PsfkitError
 from psfkit._optional import require
 from psfkit.io.formats import FITS_SUFFIXES, IMAGE_SUFFIXES, is_image_name
+from psfkit.io.outputs import atomic_output, check_outputs
 from psfkit.analysis.lightcurve import FrameShift, differential_photometry, estimate_shift, fit_tracked, plot_light_curves
 from psfkit.analysis.quality import QualityLimits, frame_summary, plot_frame_quality, rank_frames
 
-__all__ = ["SequenceResult", "list_frames", "measure_frame", "run_sequence", "QUIET_SCHEDULER", "WORKER_ENV"]
+__all__ = ["SequenceResult", "list_frames", "measure_frame", "run_sequence", "max_workers", "QUIET_SCHEDULER",
+           "WORKER_ENV"]
 
 #: Environment of the worker processes psfkit starts: one thread each for numba and BLAS,
 #: so that N workers use N cores (Dask runs one task per worker thread).
@@ -76,6 +80,9 @@ class SequenceResult:
         Frames already complete (same settings) from an earlier run.
     failed : dict
         Frame -> reason, for frames that could not be measured.
+    not_written : dict
+        Output file -> reason, for the night's files that could not be written (a full or
+        read-only disk).
 
     Examples
     --------
@@ -92,6 +99,7 @@ class SequenceResult:
     computed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    not_written: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- frames and time order
@@ -210,20 +218,14 @@ def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-def _atomic_write_table(table: Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.ecsv")
-    try:
+def _atomic_write_table(table: Table, path: Path, inputs: Sequence[Path] = ()) -> None:
+    with atomic_output(path, inputs=inputs) as tmp:
         table.write(tmp, format="ascii.ecsv", overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _atomic_write_text(text: str, path: Path, inputs: Sequence[Path] = ()) -> None:
+    with atomic_output(path, inputs=inputs) as tmp:
+        tmp.write_text(text)
 
 
 def measure_frame(
@@ -260,11 +262,11 @@ def measure_frame(
 
     star_path = Path(star_path)
     try:
+        stat = _file_stat(path)  # before reading: a file changed while it is measured is measured again next time
         image = load_image(path, **settings.get("load", {}))
         stars = psfkit.find_stars(image, **settings.get("find", {}))
-    except (PsfkitError, OSError, ValueError) as exc:
-        text = str(exc) if Path(path).name in str(exc) else f"{Path(path).name}: {exc}"
-        return {"status": "failed", "reason": text.splitlines()[0]}
+    except (PsfkitError, OSError, ValueError, MemoryError) as exc:
+        return {"status": "failed", "reason": _reason(path, exc)}
     summary = frame_summary(stars, image)
     bright = np.column_stack([np.asarray(stars["x_fit"], float), np.asarray(stars["y_fit"], float)])[:N_BRIGHT] \
         if len(stars) else np.zeros((0, 2))
@@ -278,14 +280,41 @@ def measure_frame(
         except PsfkitError as exc:
             return {"status": "failed", "reason": f"{Path(path).name}: tracked stars: {exc}"}
     summary.update(shift_x=shift.dx, shift_y=shift.dy, n_matched=shift.n_matched)
-    meta = _plain({"frame_path": str(path), "fingerprint": settings.get("fingerprint", ""),
+    meta = _plain({"frame_path": str(path), "fingerprint": settings.get("fingerprint", ""), "frame_stat": stat,
                    "summary": summary, "tracked": tracked, "bright": bright.tolist(),
                    "find_summary": stars.meta.get("summary", {})})
     out = stars.copy(copy_data=False)
     out.meta.clear()
     out.meta["psfkit_sequence"] = meta
-    _atomic_write_table(out, star_path)
+    try:
+        _atomic_write_table(out, star_path, inputs=[Path(path)])
+    except (OSError, PsfkitError) as exc:  # a full or read-only disk: this frame fails, in words
+        return {"status": "failed", "reason": f"{Path(path).name}: cannot write {star_path.name}: {_os_words(exc)}"}
     return {"status": "done", "meta": meta}
+
+
+def _file_stat(path: str | os.PathLike) -> list[int]:
+    """[size in bytes, modification time in ns]: what tells a re-run that a frame's file changed."""
+    st = os.stat(path)
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def _os_words(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _reason(path: str | os.PathLike, exc: BaseException) -> str:
+    """One line saying why a frame failed, naming the frame once."""
+    name = Path(path).name
+    if isinstance(exc, MemoryError):
+        text = "the frame does not fit in memory"
+    elif isinstance(exc, OSError):
+        text = _os_words(exc)
+    else:
+        text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if name in text else f"{name}: {text}"
 
 
 def _read_meta(star_path: Path) -> dict | None:
@@ -318,7 +347,8 @@ class _Serial:
             try:
                 result = fn(*a, **k)
             except Exception as exc:  # as on Dask: an unexpected error fails the frame, not the night
-                result = {"status": "failed", "reason": f"{Path(a[0]).name}: {type(exc).__name__}: {exc}".splitlines()[0]}
+                result = {"status": "failed", "reason": f"{Path(a[0]).name}: an unexpected error "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})"}
             yield a, result
 
 
@@ -335,7 +365,10 @@ def _dask_map(client: Any, fn: Callable, args: list[tuple], kwargs: list[dict], 
         try:
             yield a, fut.result()
         except Exception as exc:  # KilledWorker after repeated losses, or an unexpected error
-            yield a, {"status": "failed", "reason": f"{Path(a[0]).name}: {type(exc).__name__}: {exc}".splitlines()[0]}
+            kind = type(exc).__name__
+            why = ("its worker process died repeatedly (out of memory?)" if kind == "KilledWorker" else
+                   f"an unexpected error ({kind}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})")
+            yield a, {"status": "failed", "reason": f"{Path(a[0]).name}: {why}"}
         finally:
             fut.release()
 
@@ -356,16 +389,49 @@ def _make_client(client: Any, scheduler: str | None, workers: int | None):
         return c, [c]
     if workers == 0:
         return None, []
-    import logging
+    import signal
+    import threading
 
     distributed = require("distributed", purpose="parallel sequences (workers=0 or --workers 0 run without Dask)")
     Client, LocalCluster = distributed.Client, distributed.LocalCluster
 
     n = workers or os.cpu_count() or 1
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                           scheduler_kwargs=QUIET_SCHEDULER, silence_logs=logging.ERROR, env=dict(WORKER_ENV))
+    # SIGINT ignored while the cluster starts: the worker processes inherit the ignored signal (a
+    # Python started with SIGINT ignored keeps ignoring it), so Ctrl+C reaches only this process,
+    # which stops the cluster: no worker tracebacks.  (A Ctrl+C during these seconds is lost.)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                               scheduler_kwargs=QUIET_SCHEDULER, silence_logs=logging.CRITICAL,
+                               env=dict(WORKER_ENV))
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
     c = Client(cluster)
     return c, [c, cluster]
+
+
+def max_workers() -> int:
+    """The most worker processes of a local cluster: 4 per core (each holds a frame, about 300 MB)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def _quiet_distributed() -> Iterator[None]:
+    """Silence the distributed loggers of this process (worker, nanny, scheduler, client) for our run:
+    a failing frame says why in one line of its own; closing the cluster says nothing."""
+    loggers = [logging.getLogger(name) for name in ("distributed", "distributed.worker", "distributed.nanny",
+                                                    "distributed.scheduler", "distributed.client",
+                                                    "distributed.core", "distributed.comm")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _summary_table(records: dict[str, dict], names: list[str], frames: list[Path], limits: QualityLimits) -> Table:
@@ -450,8 +516,8 @@ def run_sequence(
     scheduler : str, optional
         Address of a running Dask scheduler (``tcp://HOST:8786``).
     workers : int, optional
-        Worker processes of the local cluster (default: the cores); 0 runs a plain
-        in-process loop without Dask.
+        Worker processes of the local cluster (default: the cores, at most
+        :func:`max_workers`: 4 per core); 0 runs a plain in-process loop without Dask.
     threshold, fwhm, model : optional
         Passed to :func:`psfkit.find_stars`, with ``find_options``.
     load_options : dict, optional
@@ -502,41 +568,62 @@ def run_sequence(
         value = getattr(limits, name, None)
         if value is not None and not (value > 0):
             raise PsfkitError(f"the frame limit {name} must be positive, got {value}")
+    if workers is not None and not 0 <= workers <= max_workers():
+        raise PsfkitError(f"the number of workers must be 0 to {max_workers()} (4 per core; each holds a frame), "
+                          f"got {workers}")
     if plots:  # before any frame is measured, not after
         require("matplotlib", purpose="the sequence's plots (plots=False or --no-plots: none)")
     frames = list_frames(inputs)
     names = _frame_names(frames)
     outdir = Path(outdir)
     star_dir = outdir / "stars"
-    star_dir.mkdir(parents=True, exist_ok=True)
+    outputs = [star_dir / f"{n}.ecsv" for n in names] + [outdir / f for f in (
+        "summary.ecsv", "rejected.txt", "failed.txt", "quality.png", "lightcurve.ecsv", "lightcurve.png")]
+    check_outputs(outputs, frames)  # never a frame replaced by an output, before anything is written
+    try:
+        star_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PsfkitError(f"{star_dir}: cannot create the output folder ({_os_words(exc)})") from None
     all_track = [tuple(map(float, p)) for p in track] + [tuple(map(float, p)) for p in compare]
     if compare and not track:
         raise PsfkitError("comparison stars need at least one tracked star (--track)")
     find = {"threshold": threshold, "fwhm": fwhm, "model": model, **(find_options or {})}
     settings = {"find": find, "track": all_track, "fit": {"model": model, "zero_point": zero_point}}
-    load = {k: v for k, v in (load_options or {}).items() if v is not None}
+    load = {k: v for k, v in (load_options or {}).items() if v is not None and k != "max_pixels"}
     if load:  # only when given, so that earlier runs' outputs keep their fingerprint
         settings["load"] = load
     settings["fingerprint"] = hashlib.sha1(
         json.dumps({**settings, "reference": str(frames[0])}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if (load_options or {}).get("max_pixels") is not None:  # a limit, not a setting: not in the fingerprint
+        settings["load"] = {**load, "max_pixels": load_options["max_pixels"]}
     star_paths = {n: star_dir / f"{n}.ecsv" for n in names}
 
     records: dict[str, dict] = {}
     skipped: list[str] = []
-    for n in names:
+    for n, f in zip(names, frames):
         meta = _read_meta(star_paths[n])
-        if meta and meta.get("fingerprint") == settings["fingerprint"]:
-            records[n] = meta
+        if meta and meta.get("fingerprint") == settings["fingerprint"] and meta.get("frame_stat") == _file_stat(f):
+            records[n] = meta  # same settings, same file (size and modification time)
             skipped.append(n)
     computed: list[str] = []
     failed: dict[str, str] = {}
     total = len(names)
     by_path = dict(zip(map(str, frames), names))
 
+    not_written: dict[str, str] = {}
+
     def write_outputs() -> Table:
         summary = _summary_table(records, names, frames, limits)
-        _atomic_write_table(summary, outdir / "summary.ecsv")
+        written("summary.ecsv", _atomic_write_table, summary, outdir / "summary.ecsv", frames)
         return summary
+
+    def written(name: str, writer: Callable, *args: Any) -> None:
+        """Write one of the night's files; a full or read-only disk is noted (not_written), not raised."""
+        try:
+            writer(*args)
+            not_written.pop(name, None)
+        except OSError as exc:
+            not_written[name] = _os_words(exc)
 
     def take(path: str, result: dict) -> None:
         name = by_path[path]
@@ -551,7 +638,14 @@ def run_sequence(
 
     if progress is not None:
         progress(len(records), total)
-    runner, owned = _make_client(client, scheduler, workers)
+    quiet = contextlib.ExitStack()
+    if client is None and scheduler is None and workers != 0:
+        quiet.enter_context(_quiet_distributed())
+    try:
+        runner, owned = _make_client(client, scheduler, workers)
+    except BaseException:
+        quiet.close()
+        raise
     try:
         todo = [(str(f),) for f, n in zip(frames, names) if n not in records]
         reference = None
@@ -579,20 +673,26 @@ def run_sequence(
         for (p, _), res in stream:
             take(p, res)
     finally:
-        for obj in owned:
-            obj.close()
+        try:
+            for obj in owned:
+                with contextlib.suppress(Exception):
+                    obj.close()
+        finally:
+            quiet.close()
 
     summary = write_outputs()
     rej = summary[summary["rejected"]]
-    _atomic_write_text("".join(f"{r['frame']}\t{r['reject_reason']}\n" for r in rej), outdir / "rejected.txt")
-    _atomic_write_text("".join(f"{n}\t{why}\n" for n, why in failed.items()), outdir / "failed.txt")
+    written("rejected.txt", _atomic_write_text, "".join(f"{r['frame']}\t{r['reject_reason']}\n" for r in rej),
+            outdir / "rejected.txt", frames)
+    written("failed.txt", _atomic_write_text, "".join(f"{n}\t{why}\n" for n, why in failed.items()),
+            outdir / "failed.txt", frames)
     curve = None
     if all_track and len(summary):
         curve = _light_curve(records, summary, all_track, len(track))
-        _atomic_write_table(curve, outdir / "lightcurve.ecsv")
+        written("lightcurve.ecsv", _atomic_write_table, curve, outdir / "lightcurve.ecsv", frames)
         if plots and len(curve):
-            plot_light_curves(curve, outdir / "lightcurve.png")
+            written("lightcurve.png", plot_light_curves, curve, outdir / "lightcurve.png")
     if plots and len(summary):
-        plot_frame_quality(summary, outdir / "quality.png")
+        written("quality.png", plot_frame_quality, summary, outdir / "quality.png")
     return SequenceResult(outdir=outdir, summary=summary, lightcurve=curve, computed=computed,
-                          skipped=skipped, failed=failed)
+                          skipped=skipped, failed=failed, not_written=not_written)

@@ -25,6 +25,7 @@ from astropy.table import Table
 
 from psfkit.aperture.sky import sky_annulus
 from psfkit.aperture.sums import aperture_sums
+from psfkit import flags as _F
 from psfkit.errors import PsfkitError
 from psfkit.io.image import Image, as_image
 from psfkit.psf.measure import magnitude
@@ -50,12 +51,8 @@ def _bad_fit_bits() -> tuple[int, int]:
     return aperture, aperture | F.NOT_CONVERGED | F.SINGULAR_COVARIANCE
 
 
-#: bits of the ``phot_flags`` column
-PHOT_FLAGS = {
-    1: "aperture_off_image: part of the aperture lies outside the image",
-    2: "aperture_masked: NaN or masked pixels inside the aperture were left out",
-    4: "sky_few_pixels: fewer than 20 usable sky pixels (sky NaN below 5)",
-}
+#: bits of the ``phot_flags`` column (defined in :mod:`psfkit.flags`; ``decode_phot_flags`` names them)
+PHOT_FLAGS = dict(_F.PHOT_FLAG_DESCRIPTIONS)
 
 
 def _resolve_gain(img: Image, gain: float | None) -> float | None:
@@ -186,9 +183,10 @@ def aperture_photometry(
     ny, nx = img.shape
     ext = rad if ellipse is None else rad * np.sqrt(np.maximum(fx, fy) / np.minimum(fx, fy))
     off = (xs - ext < -0.5) | (xs + ext > nx - 0.5) | (ys - ext < -0.5) | (ys + ext > ny - 0.5)
-    flags[off] |= 1
-    flags[(area < full * (1 - 1e-9)) & ~off] |= 2
-    flags[n_sky < 20] |= 4
+    flags[off] |= _F.APERTURE_OFF_IMAGE
+    flags[(area < full * (1 - 1e-9)) & ~off] |= _F.APERTURE_MASKED
+    flags[n_sky < 20] |= _F.SKY_FEW_PIXELS
+    flags[np.isfinite(flux) & ~(flux > 0)] |= _F.APERTURE_FLUX_NOT_POSITIVE  # its magnitude is NaN
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(err > 0, flux / err, np.nan)
     t = Table(

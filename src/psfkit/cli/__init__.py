@@ -94,8 +94,13 @@ def main(argv: list[str] | None = None) -> None:
     except PsfkitError as exc:
         typer.echo(f"psfkit: error: {exc}", err=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("psfkit: interrupted", err=True)
+        sys.exit(130)
     except (OSError, MemoryError) as exc:
         typer.echo(f"psfkit: error: {exc}", err=True)
         sys.exit(2)
+    if code == 130:  # typer turns Ctrl+C into exit code 130, silently
+        typer.echo("psfkit: interrupted", err=True)
     if isinstance(code, int) and code:
         sys.exit(code)

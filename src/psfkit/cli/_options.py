@@ -12,7 +12,8 @@ import typer
 
 __all__ = ["hdu_option", "channel_option", "focal_length_option", "pixel_size_option", "binning_option", "image_options",
            "ImageOptions",
-           "scale_option", "load_from_options", "is_per_channel", "user_optics"]
+           "scale_option", "max_pixels_option", "load_from_options", "is_per_channel", "user_optics",
+           "check_output_paths"]
 
 CHANNEL_HELP = ("Plane to measure: luminance (RGB default), R, G, B, a plane number (stacks); Bayer mosaics: green "
                 "(default), luminance (2x2 binned), R, G, B or mosaic.")
@@ -44,6 +45,18 @@ def scale_option() -> Any:
     return typer.Option(None, "--scale", help="Image scale in arcsec/px (wins over everything else).")
 
 
+def max_pixels_option() -> Any:
+    return typer.Option(None, "--max-pixels", help="Largest image (pixel values, e.g. 4e8) to decode; default from the "
+                        "machine's memory or PSFKIT_MAX_PIXELS (docs/security.md).")
+
+
+def check_output_paths(outputs: list, inputs: list) -> None:
+    """Refuse, before any work, an output that is an input or two outputs on one file (one-line PsfkitError)."""
+    from psfkit.io.outputs import check_outputs
+
+    check_outputs(outputs, inputs)
+
+
 def user_optics(focal_length: Optional[float], pixel_size: Optional[float], binning: Optional[float],
                 scale: Optional[float]) -> dict:
     """The load_image keywords of the user's optics options."""
@@ -57,26 +70,28 @@ def is_per_channel(channel: Optional[str]) -> bool:
 
 def load_from_options(image: Path, *, hdu: Optional[str] = None, channel: Optional[str] = None,
                       focal_length: Optional[float] = None, pixel_size: Optional[float] = None,
-                      binning: Optional[float] = None, scale: Optional[float] = None) -> Any:
+                      binning: Optional[float] = None, scale: Optional[float] = None,
+                      max_pixels: Optional[str] = None) -> Any:
     """:func:`psfkit.load_image` with the command line's options."""
     from psfkit.errors import PsfkitError
     from psfkit.io.image import load_image
 
     if is_per_channel(channel):
         raise PsfkitError(f"--channel {channel}: this command measures one plane; choose one (R, G, B, luminance ...)")
-    return load_image(image, hdu=hdu, channel=channel,
+    return load_image(image, hdu=hdu, channel=channel, max_pixels=max_pixels,
                       **user_optics(focal_length, pixel_size, binning, scale))
 
 
 class ImageOptions:
     """The image-loading options of one command call (what :func:`image_options` hands the command)."""
 
-    __slots__ = ("hdu", "channel", "focal_length", "pixel_size", "binning", "scale")
+    __slots__ = ("hdu", "channel", "focal_length", "pixel_size", "binning", "scale", "max_pixels")
 
     def __init__(self, *, hdu: Optional[str] = None, channel: Optional[str] = None,
                  focal_length: Optional[float] = None, pixel_size: Optional[float] = None,
-                 binning: Optional[float] = None, scale: Optional[float] = None) -> None:
-        self.hdu, self.channel = hdu, channel
+                 binning: Optional[float] = None, scale: Optional[float] = None,
+                 max_pixels: Optional[str] = None) -> None:
+        self.hdu, self.channel, self.max_pixels = hdu, channel, max_pixels
         self.focal_length, self.pixel_size, self.binning, self.scale = focal_length, pixel_size, binning, scale
 
     def optics(self) -> dict:
@@ -87,11 +102,11 @@ class ImageOptions:
         """:func:`psfkit.load_image` of ``image`` with these options (``channel`` overrides --channel)."""
         return load_from_options(image, hdu=self.hdu, channel=self.channel if channel == "given" else channel,
                                  focal_length=self.focal_length, pixel_size=self.pixel_size, binning=self.binning,
-                                 scale=self.scale)
+                                 scale=self.scale, max_pixels=self.max_pixels)
 
 
 def image_options(*, per_channel: bool = False) -> Any:
-    """Decorator: give a command the six image-loading options, received as one ``opts: ImageOptions``.
+    """Decorator: give a command the image-loading options (and --max-pixels), received as one ``opts: ImageOptions``.
 
     The command declares a parameter ``opts`` (no default) where the options go in its help; the
     decorator puts --hdu, --channel, --focal-length, --pixel-size, --binning and --scale there in
@@ -109,7 +124,8 @@ def image_options(*, per_channel: bool = False) -> Any:
                       ("focal_length", Optional[float], focal_length_option()),
                       ("pixel_size", Optional[float], pixel_size_option()),
                       ("binning", Optional[float], binning_option()),
-                      ("scale", Optional[float], scale_option()))]
+                      ("scale", Optional[float], scale_option()),
+                      ("max_pixels", Optional[str], max_pixels_option()))]
         params = []
         for p in sig.parameters.values():
             params += shared if p.name == "opts" else [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)]

@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from psfkit.cli._app import app, fail
-from psfkit.cli._options import ImageOptions, image_options
+from psfkit.cli._options import ImageOptions, check_output_paths, image_options
 
 
 @app.command("compare")
@@ -38,6 +38,7 @@ def compare_command(
             raise fail(f"{residuals}: the residual picture is a PNG; the suffix must be .png")
         if not residuals.parent.exists():
             raise fail(f"{residuals.parent}: no such folder")
+    check_output_paths([residuals], [image, psf])
     img = opts.load(image)
     if img.pixel_map:  # a Bayer plane: --at is on the full frame; the fits are on the plane
         x, y = (float(v) for v in img.from_frame(x, y))
@@ -45,7 +46,7 @@ def compare_command(
                    err=as_json)
     result = compare_models(img, x, y, psf=str(psf) if psf else None, box=box, gain=gain, read_noise=read_noise)
     if residuals is not None:
-        plot_model_residuals(result.fits, str(residuals))
+        plot_model_residuals(result.fits, str(residuals), inputs=[image, psf])
     table = result.table
     m = table.meta
     ap = m["aperture"]
@@ -141,6 +142,12 @@ def phot_command(
     ann = None
     if annulus:
         ann = _parse_xy(annulus, "--annulus", "inner and outer radius in px")
+    if output is not None:
+        from psfkit.io.catalog import STAR_LIST_FORMATS
+
+        if output.suffix.lower() not in STAR_LIST_FORMATS:
+            raise fail(f"{output}: the suffix must be one of {', '.join(STAR_LIST_FORMATS)}")
+        check_output_paths([output], [image, stars, model if model and "." in model else None])
     img = opts.load(image)
     mdl = resolve_model(model)  # one instance for the fits and for the aperture correction's wings
     if at:
@@ -171,7 +178,7 @@ def phot_command(
                         "flux_aper_total_err", "flux_ratio", "flux_ratio_err", "flags", "phot_flags")
             if c in out.colnames]
     if output is not None:
-        write_star_list(out, output)
+        write_star_list(out, output, inputs=[image, stars])
     if as_json:
         typer.echo(json.dumps([{c: json_value(row[c]) for c in cols} for row in out]))
         return

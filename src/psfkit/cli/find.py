@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from psfkit.cli._app import app, fail
-from psfkit.cli._options import ImageOptions, image_options, is_per_channel
+from psfkit.cli._options import ImageOptions, check_output_paths, image_options, is_per_channel
 
 
 ANGLE_CHOICES = {"auto": "auto", "yes": True, "true": True, "no": False, "false": False}
@@ -93,12 +93,15 @@ def find_command(
                 raise fail(f"{p}: the suffix must be one of {', '.join(kinds)}")
             if not p.parent.exists():
                 raise fail(f"{p.parent}: no such folder")
+    check_output_paths([*outputs, overlay, fwhm_map],
+                       [image, photometry_psf if photometry_psf not in (None, "frame") else None])
     channel = opts.channel
     find_options = dict(threshold=threshold, fwhm=fwhm, model=model, angle=angle_mode, keep_rejected=True,
                         deblend=deblend, gain=gain, read_noise=read_noise, progress=True, max_stars=max_stars,
                         min_roundness=min_roundness if min_roundness else None, min_snr=min_snr if min_snr else None)
     if is_per_channel(channel):  # one table, a 'channel' column, every plane measured
-        table = find_stars_by_channel(image, channels=channel, hdu=opts.hdu, **opts.optics(), **find_options)
+        table = find_stars_by_channel(image, channels=channel, hdu=opts.hdu, max_pixels=opts.max_pixels,
+                                      **opts.optics(), **find_options)
         img = opts.load(image, channel=None)
         summaries = {name: c["summary"] for name, c in table.meta["channels"].items()}
     else:
@@ -140,7 +143,7 @@ def find_command(
         if not keep_rejected:
             out = out.copy()
             out.remove_columns(["accepted", "reject_reason"])
-        write_star_list(out, output)
+        write_star_list(out, output, inputs=[image])
         typer.echo(f"wrote {output}")
         if keep_rejected and output.suffix.lower() == ".lst" and len(stars) < len(table):
             typer.echo(f"note: {output.name} lists the {len(stars)} accepted stars only (Siril's .lst has no place "

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from psfkit.cli._app import app, fail
-from psfkit.cli._options import ImageOptions, image_options
+from psfkit.cli._options import ImageOptions, check_output_paths, image_options
 
 
 @app.command("psf")
@@ -35,9 +35,7 @@ def psf_command(
         raise fail(f"{png}: --png wants a .png name")
     if degree not in ("auto", "0", "1", "2"):
         raise fail(f"--degree must be 0, 1, 2 or auto, not {degree!r}")
-    for out in (output, png):
-        if out is not None and out.exists() and image.exists() and out.resolve() == image.resolve():
-            raise fail(f"{out} is the input image: choose another output name")
+    check_output_paths([output, png], [image])
     img = opts.load(image)
     psf = build_frame_psf(img, degree=degree if degree == "auto" else int(degree), oversampling=oversampling)
     psf.write(output, overwrite=True)

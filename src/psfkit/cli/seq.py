@@ -44,10 +44,10 @@ def seq_command(
     from rich.text import Text
 
     from psfkit.analysis.quality import QualityLimits
-    from psfkit.analysis.sequence import list_frames, run_sequence
+    from psfkit.analysis.sequence import list_frames, max_workers, run_sequence
 
-    if workers is not None and workers < 0:
-        raise fail(f"--workers must be 0 or more, got {workers}")
+    if workers is not None and not 0 <= workers <= max_workers():
+        raise fail(f"--workers must be 0 to {max_workers()} (4 per core; each worker holds a frame), got {workers}")
     if scheduler is not None and workers is not None:
         raise fail("--workers starts a local cluster; with --scheduler the cluster's own workers are used")
     targets = [_parse_xy(t, "--track") for t in (track or [])]
@@ -63,7 +63,7 @@ def seq_command(
     if is_per_channel(opts.channel):
         raise fail(f"--channel {opts.channel}: a sequence measures one plane per frame; choose one (R, G, B, "
                    "luminance ...)")
-    load_options = dict(hdu=opts.hdu, channel=opts.channel, **opts.optics())
+    load_options = dict(hdu=opts.hdu, channel=opts.channel, max_pixels=opts.max_pixels, **opts.optics())
     list_frames(inputs)  # bad inputs fail here, before the progress bar appears
     console = Console(stderr=True)
     columns = [TextColumn("frames"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn()]
@@ -83,6 +83,10 @@ def seq_command(
                f"{int(s['rejected'].sum()) if len(s) else 0} rejected, {len(result.failed)} failed -> {result.outdir}")
     for why in result.failed.values():
         typer.echo(f"failed: {why}", err=True)
+    for name, why in result.not_written.items():
+        typer.echo(f"psfkit: error: cannot write {result.outdir / name}: {why}", err=True)
+    if result.not_written:
+        raise typer.Exit(code=2)
     for row in s[s["rejected"]] if len(s) else []:
         typer.echo(f"rejected: {row['frame']} ({row['reject_reason']})")
     if result.failed:

@@ -5,6 +5,7 @@
 - :mod:`psfkit.detect.deblend`: the crowded-field pass (neighbours subtracted, companions found).
 - :mod:`psfkit.detect.channels`: every plane of a colour image.
 - :mod:`psfkit.detect._kernels`: compiled smoothing and spline kernels beside their numpy twins.
+- :mod:`psfkit.detect.scaling`: frames in extreme units measured in scaled units (power of two), results restored.
 """
 
 from psfkit._lazy import attach

@@ -175,6 +175,20 @@ def _interpolation_weights(n: int, g: int, cell: int) -> np.ndarray:
     return (value + (pos - inside)[:, None] * slope).astype(np.float32)
 
 
+def _interpolate_axis0(values: np.ndarray, n: int, cell: int) -> np.ndarray:
+    """``_interpolation_weights(n, g, cell) @ values`` without the (n, g) matrix: the same spline
+    evaluated directly (O(n x columns) memory; a 200000 x 1 strip has 12500 cells per column)."""
+    g = values.shape[0]
+    if g < 4:
+        return _interpolation_weights(n, g, cell).astype(np.float64) @ values
+    from scipy.interpolate import CubicSpline
+
+    pos = (np.arange(n) + 0.5) / cell - 0.5
+    spline = CubicSpline(np.arange(g, dtype=float), values, axis=0, bc_type="not-a-knot")
+    inside = np.clip(pos, 0.0, g - 1.0)
+    return spline(inside) + (pos - inside)[:, None] * spline(inside, 1)
+
+
 def _level_map(mode: np.ndarray, ny: int, nx: int, cy: int, cx: int) -> np.ndarray:
     """The cell map interpolated to every pixel (float32): rows by the weight matrix of
     :func:`_interpolation_weights`, then along each row the same cubic spline evaluated
@@ -182,7 +196,7 @@ def _level_map(mode: np.ndarray, ny: int, nx: int, cy: int, cx: int) -> np.ndarr
     costs four).
     """
     gy, gx = mode.shape
-    rows = _interpolation_weights(ny, gy, cy).astype(np.float64) @ mode.astype(np.float64)  # (ny, gx)
+    rows = _interpolate_axis0(mode.astype(np.float64), ny, cy)  # (ny, gx): memory follows the pixels, not gy x ny
     if gx < 4:
         return (rows @ _interpolation_weights(nx, gx, cx).T.astype(np.float64)).astype(np.float32)
     coef = _spline_coefficients(rows.T)  # (4, gx - 1, ny)

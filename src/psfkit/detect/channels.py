@@ -30,7 +30,7 @@ def find_stars_by_channel(
         Planes to measure (see :func:`psfkit.io.image.load_planes`); default all:
         R, G, B for colour images and Bayer mosaics.
     **options
-        ``hdu``, ``focal_length``, ``pixel_size``, ``binning``, ``pixel_scale``: as for
+        ``hdu``, ``focal_length``, ``pixel_size``, ``binning``, ``pixel_scale``, ``max_pixels``: as for
         :func:`psfkit.load_image`; every other keyword is passed to :func:`psfkit.find_stars`.
 
     Returns
@@ -60,7 +60,7 @@ def find_stars_by_channel(
 
     from psfkit.detect.find import find_stars
 
-    load_options = ("hdu", "focal_length", "pixel_size", "binning", "pixel_scale")
+    load_options = ("hdu", "focal_length", "pixel_size", "binning", "pixel_scale", "max_pixels")
     planes = load_planes(path, channels=channels, **{k: options[k] for k in load_options if k in options})
     find_options = {k: v for k, v in options.items() if k not in load_options}
     tables = []

@@ -19,6 +19,7 @@ from psfkit import flags as F
 from psfkit.errors import PsfkitError
 from psfkit.detect._kernels import gaussian_smooth
 from psfkit.detect.background import Background, estimate_background
+from psfkit.detect.scaling import restore_units, scaled_image, working_scale
 from psfkit.io.image import Image, as_image
 from psfkit.psf.columns import empty_star_table
 from psfkit.psf.fit import fit_stars
@@ -385,6 +386,15 @@ def find_stars(
     check_positive(gain, "the gain (e-/ADU)", allow_none=True)
     if read_noise is not None and not (np.isfinite(read_noise) and read_noise >= 0):
         raise PsfkitError(f"the read noise must be a number of e- >= 0, got {read_noise}")
+    scale = working_scale(img.data)
+    if scale != 1.0:  # values that over- or underflow float32: measured scaled by a power of two (detect.scaling)
+        sat = saturation / scale if isinstance(saturation, (int, float)) and not isinstance(saturation, bool) \
+            else saturation
+        return restore_units(find_stars(
+            scaled_image(img, scale), threshold=threshold, fwhm=fwhm, box=box, model=model, beta=beta, angle=angle,
+            keep_rejected=keep_rejected, min_separation=min_separation, gain=None if gain is None else gain * scale,
+            read_noise=read_noise, mask=mask, progress=progress, max_candidates=max_candidates,
+            mask_neighbours=mask_neighbours, saturation=sat, deblend=deblend, **criteria), scale)
     data = img.data
     if mask is not None and np.shape(mask) != data.shape:
         raise PsfkitError(f"the mask has shape {np.shape(mask)}, the image {data.shape}")

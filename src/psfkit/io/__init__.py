@@ -5,6 +5,8 @@
 - :mod:`psfkit.io.colour`: Bayer planes, luminance, plane <-> full-frame coordinates.
 - :mod:`psfkit.io.catalog`: star lists (CSV, ECSV, FITS, Siril .lst, DS9 .reg) and their averages.
 - :mod:`psfkit.io._readers`: the file-format readers behind :func:`load_image`.
+- :mod:`psfkit.io.limits`: the pixel limit every reader checks before decoding (``PSFKIT_MAX_PIXELS``).
+- :mod:`psfkit.io.outputs`: every file written atomically, never onto an input.
 """
 
 from psfkit._lazy import attach

@@ -10,6 +10,7 @@ becomes a one-line :class:`~psfkit.errors.PsfkitError` naming the file.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import warnings
@@ -22,6 +23,7 @@ import numpy as np
 
 from psfkit.errors import PsfkitError
 from psfkit.io.formats import FITS_SUFFIXES, RAW_SUFFIXES
+from psfkit.io.limits import check_pixel_count
 
 __all__ = ["Frame", "read_frame", "detect_format", "RAW_SUFFIXES"]
 
@@ -154,7 +156,8 @@ def _fits_image_hdu(path: Path, hdul: Any, hdu: int | str | None) -> tuple[Any, 
     raise PsfkitError(f"{path}: no HDU holds an image")
 
 
-def _read_fits(path: Path, hdu: int | str | None) -> Frame:
+def _read_fits(path: Path, hdu: int | str | None, max_pixels: int | None = None) -> Frame:
+    from astropy.io import fits
 
     compressed_file = path.name.lower().endswith(".gz")
     try:
@@ -162,7 +165,7 @@ def _read_fits(path: Path, hdu: int | str | None) -> Frame:
     except OSError as exc:
         raise PsfkitError(f"{path}: cannot be read ({exc.strerror or exc.__class__.__name__})") from None
     with fh:
-        return _read_fits_open(path, fh, hdu, compressed_file)
+        return _read_fits_open(path, fh, hdu, compressed_file, max_pixels)
 
 
 def _usable_header(header: Any) -> Any:
@@ -185,7 +188,8 @@ def _usable_header(header: Any) -> Any:
     return header
 
 
-def _read_fits_open(path: Path, fh: Any, hdu: int | str | None, compressed_file: bool) -> Frame:
+def _read_fits_open(path: Path, fh: Any, hdu: int | str | None, compressed_file: bool,
+                    max_pixels: int | None = None) -> Frame:
     from astropy.io import fits
 
     try:
@@ -202,6 +206,12 @@ def _read_fits_open(path: Path, fh: Any, hdu: int | str | None, compressed_file:
             chosen, index = _fits_image_hdu(path, hdul, hdu)
             header = _usable_header(chosen.header)
             is_tile = isinstance(chosen, fits.CompImageHDU)
+            prefix = "ZNAXIS" if is_tile else "NAXIS"
+            try:
+                dims = tuple(int(header.get(f"{prefix}{axis}", 0)) for axis in range(1, int(header.get(prefix, 0)) + 1))
+            except (TypeError, ValueError):
+                raise PsfkitError(f"{path}: the header's {prefix}n keywords are not integers") from None
+            check_pixel_count(path, dims[::-1], max_pixels)  # before .data: nothing decoded yet
             if not is_tile and not compressed_file:
                 info = chosen.fileinfo() or {}
                 bitpix = abs(int(header.get("BITPIX", 8)))
@@ -297,13 +307,101 @@ _XISF_PROPERTIES = {
 }
 
 
-def _read_xisf(path: Path) -> Frame:
+def _zlib_size_at_most(data: bytes, limit: int) -> bool:
+    """Whether a zlib stream inflates to at most ``limit`` bytes (inflated in bounded pieces, kept nowhere)."""
+    import zlib
+
+    inflater = zlib.decompressobj()
+    total = 0
+    chunk = data
+    while True:
+        out = inflater.decompress(chunk, 1 << 22)
+        total += len(out)
+        if total > limit:
+            return False
+        chunk = inflater.unconsumed_tail
+        if not chunk:
+            return total + len(inflater.flush()) <= limit
+
+
+def _check_xisf_header(path: Path, max_pixels: int | None) -> None:
+    """Declared sizes of an XISF file checked before the xisf library decodes anything.
+
+    The library inflates every compressed property when it opens the file and trusts the
+    declared uncompressed size only for some codecs; so here: the image geometry against the
+    pixel limit, every compressed block's declared size against the limit in bytes, and the
+    real inflated size of zlib blocks (and zstd frames' stated size) against the declared one.
+    """
+    import re
+    import xml.etree.ElementTree as ET
+
+    from psfkit.io.limits import max_pixels as resolve_limit
+
+    limit = resolve_limit(max_pixels)
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(8)
+            length = int.from_bytes(fh.read(4), "little")
+            fh.seek(16)
+            header = fh.read(length).rstrip(b"\0")
+        root = ET.fromstring(header)
+    except (OSError, ET.ParseError, ValueError) as exc:
+        raise PsfkitError(f"{path}: not a readable XISF file ({_short(exc)})") from None
+    size = path.stat().st_size
+    for elem in root.iter():
+        tag = elem.tag.rsplit("}", 1)[-1]
+        if tag == "Image" and "geometry" in elem.attrib:
+            try:
+                dims = tuple(int(v) for v in elem.attrib["geometry"].split(":"))
+            except ValueError:
+                raise PsfkitError(f"{path}: the XISF image geometry {elem.attrib['geometry']!r} is not numbers") from None
+            check_pixel_count(path, dims, limit, what="the XISF header declares")
+        compression = elem.attrib.get("compression")
+        if not compression:
+            continue
+        parts = compression.split(":")
+        try:
+            declared = int(parts[1])
+        except (IndexError, ValueError):
+            raise PsfkitError(f"{path}: a malformed XISF compression attribute {compression!r}") from None
+        if declared < 0 or declared > 8 * limit:
+            raise PsfkitError(f"{path}: a compressed XISF {tag.lower()} declares {declared} bytes, above the limit "
+                              f"of {8 * limit} (8 bytes x the pixel limit; raise it with --max-pixels)")
+        codec = parts[0].lower()
+        if not codec.startswith(("zlib", "zstd")):
+            continue
+        location = re.match(r"attachment:(\d+):(\d+)$", elem.attrib.get("location", ""))
+        if location is None:
+            continue  # inline or embedded blocks are part of the header, bounded by the file
+        pos, length = int(location.group(1)), int(location.group(2))
+        if pos + length > size:
+            raise PsfkitError(f"{path}: the file is truncated (a data block ends at byte {pos + length} of {size})")
+        with open(path, "rb") as fh:
+            fh.seek(pos)
+            data = fh.read(length)
+        if codec.startswith("zlib"):
+            ok = _zlib_size_at_most(data, declared)
+        else:
+            try:
+                import zstandard
+
+                stated = zstandard.frame_content_size(data)
+            except Exception:
+                stated = -1
+            ok = stated <= declared
+        if not ok:
+            raise PsfkitError(f"{path}: a compressed XISF {tag.lower()} inflates beyond its declared {declared} bytes; "
+                              "the file is corrupted or hostile")
+
+
+def _read_xisf(path: Path, max_pixels: int | None = None) -> Frame:
     try:
         from xisf import XISF
     except ImportError:  # pragma: no cover - the formats extra is installed in CI
         raise PsfkitError(f"{path}: reading XISF needs the 'xisf' package (pip install psfkit[formats])") from None
+    _check_xisf_header(path, max_pixels)  # the library decodes properties when it opens the file
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # it prints to stdout
             warnings.simplefilter("ignore")
             reader = XISF(str(path))
             metas = reader.get_images_metadata()
@@ -357,7 +455,7 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _read_tiff(path: Path) -> Frame:
+def _read_tiff(path: Path, max_pixels: int | None = None) -> Frame:
     try:
         import tifffile
     except ImportError:  # pragma: no cover
@@ -371,6 +469,7 @@ def _read_tiff(path: Path) -> Frame:
                 page = tif.pages[0]
                 photometric = str(getattr(page, "photometric", "")).upper()
                 axes = str(getattr(page, "axes", ""))
+                check_pixel_count(path, tuple(page.shape), max_pixels)
                 raw = page.asarray()
     except PsfkitError:
         raise
@@ -394,7 +493,7 @@ def _read_tiff(path: Path) -> Frame:
 _EXIF_KEYS = {33434: "EXPTIME", 37386: "FOCALLEN", 36867: "DATE-OBS", 34855: "ISOSPEED"}
 
 
-def _read_png_16bit_colour(path: Path) -> Frame | None:
+def _read_png_16bit_colour(path: Path, max_pixels: int | None = None) -> Frame | None:
     """A 16-bit colour PNG (IHDR bit depth 16, colour type 2, 4 or 6), which Pillow would cut to 8 bits.
 
     Decoded by imagecodecs (libpng); None when the file is not such a PNG.
@@ -403,6 +502,8 @@ def _read_png_16bit_colour(path: Path) -> Frame | None:
         head = fh.read(26)
     if len(head) < 26 or head[12:16] != b"IHDR" or head[24] != 16 or head[25] not in (2, 4, 6):
         return None
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    check_pixel_count(path, (height, width, {2: 3, 4: 2, 6: 4}[head[25]]), max_pixels)
     try:
         import imagecodecs
     except ImportError:  # pragma: no cover - in the formats extra
@@ -420,9 +521,9 @@ def _read_png_16bit_colour(path: Path) -> Frame | None:
                  meta={"roworder": "TOP-DOWN", "stored_type": f"{raw.dtype.name} (16-bit colour PNG)"})
 
 
-def _read_pillow(path: Path, kind: str) -> Frame:
+def _read_pillow(path: Path, kind: str, max_pixels: int | None = None) -> Frame:
     if kind == "PNG":
-        frame = _read_png_16bit_colour(path)
+        frame = _read_png_16bit_colour(path, max_pixels)
         if frame is not None:
             return frame
     try:
@@ -434,6 +535,8 @@ def _read_pillow(path: Path, kind: str) -> Frame:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with PILImage.open(path) as img:
+                width, height = img.size
+                check_pixel_count(path, (height, width, len(img.getbands())), max_pixels)  # before decoding
                 img.load()
                 mode = img.mode
                 if mode == "P":
@@ -534,13 +637,14 @@ def _raw_exif(path: Path) -> dict:
     return out
 
 
-def _read_raw(path: Path) -> Frame:
+def _read_raw(path: Path, max_pixels: int | None = None) -> Frame:
     try:
         import rawpy
     except ImportError:  # pragma: no cover
         raise PsfkitError(f"{path}: reading camera RAW files needs the 'rawpy' package (pip install psfkit[formats])") from None
     try:
         with _c_stderr() as messages, rawpy.imread(str(path)) as raw:
+            check_pixel_count(path, (raw.sizes.raw_height, raw.sizes.raw_width), max_pixels)  # before unpacking
             mosaic = np.array(raw.raw_image_visible, copy=True)
             colours = np.array(raw.raw_colors_visible, copy=True)
             pattern_idx = np.array(raw.raw_pattern) if raw.raw_pattern is not None else None
@@ -567,19 +671,25 @@ def _read_raw(path: Path) -> Frame:
                        "stored_type": f"{mosaic.dtype.name} (camera RAW, {desc.strip()})"})
 
 
-def read_frame(path: Path, *, hdu: int | str | None = None) -> Frame:
-    """Read any supported file into a :class:`Frame`."""
+def read_frame(path: Path, *, hdu: int | str | None = None, max_pixels: int | None = None) -> Frame:
+    """Read any supported file into a :class:`Frame`.
+
+    ``max_pixels`` bounds the pixel values the file may declare (:func:`psfkit.io.limits.max_pixels`);
+    each reader checks the declared size before decoding anything.
+    """
+    if not path.is_file():  # a named pipe or a device would block or never end
+        raise PsfkitError(f"{path}: not a regular file (a pipe, socket or device); give an image file")
     kind = detect_format(path)
     if hdu is not None and kind != "fits":
         raise PsfkitError(f"{path}: hdu= applies to FITS files only")
     if kind == "fits":
-        return _read_fits(path, hdu)
+        return _read_fits(path, hdu, max_pixels)
     if kind == "xisf":
-        return _read_xisf(path)
+        return _read_xisf(path, max_pixels)
     if kind == "tiff":
-        return _read_tiff(path)
+        return _read_tiff(path, max_pixels)
     if kind == "png":
-        return _read_pillow(path, "PNG")
+        return _read_pillow(path, "PNG", max_pixels)
     if kind == "jpeg":
-        return _read_pillow(path, "JPEG")
-    return _read_raw(path)
+        return _read_pillow(path, "JPEG", max_pixels)
+    return _read_raw(path, max_pixels)

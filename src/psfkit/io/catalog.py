@@ -17,6 +17,7 @@ import math
 import os
 import re
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -25,10 +26,52 @@ from astropy.table import Table
 from psfkit import flags as F
 from psfkit.errors import PsfkitError
 from psfkit.utils import robust_sigma
+from psfkit.io.outputs import atomic_output, remember_input
 
-__all__ = ["average", "write_star_list", "read_star_list", "siril_parameters", "STAR_LIST_FORMATS", "LST_DEFAULTS"]
+__all__ = ["average", "write_star_list", "read_star_list", "siril_parameters", "nan_meanings", "STAR_LIST_FORMATS",
+           "LST_DEFAULTS", "NAN_MEANS"]
 
 STAR_LIST_FORMATS = (".csv", ".ecsv", ".fits", ".fit", ".lst", ".reg")
+
+#: What a NaN means in each column (docs/columns.md); written into ECSV and FITS star lists
+#: (``meta["nan_means"]``; FITS keywords ``NAN_MEANS_<COLUMN>``).  Short: a FITS value holds 60 characters.
+NAN_MEANS = {
+    "beta": "not applicable: the model has no beta (not a Moffat)",
+    "beta_err": "not applicable: the model has no beta, or beta was fixed",
+    "angle_err": "not applicable: the angle was not fitted",
+    "mag": "not applicable: flux_fit <= 0 (flag flux_not_positive)",
+    "mag_err": "not applicable: flux_fit <= 0 (flag flux_not_positive)",
+    "snr": "undefined: flux_err is 0 or undefined",
+    "mag_aper": "not applicable: flux_aper <= 0 (phot_flags bit 8)",
+    "mag_aper_err": "not applicable: flux_aper <= 0 (phot_flags bit 8)",
+    "snr_aper": "undefined: flux_aper_err is 0 or undefined",
+    "flux_aper_err": "undefined: too few sky pixels (phot_flags bit 4)",
+    "sky": "undefined: fewer than 5 sky pixels (phot_flags bit 4)",
+    "flux_aper_total": "not applicable: no aperture correction could be made",
+    "flux_aper_total_err": "not applicable: no aperture correction could be made",
+    "flux_ratio": "not applicable: no PSF flux or no aperture correction",
+    "flux_ratio_err": "not applicable: no PSF flux or no aperture correction",
+}
+_ERR_NAN = "undefined: singular covariance (flag singular_covariance)"
+
+
+def nan_meanings(colnames: Any) -> dict[str, str]:
+    """What a NaN means in each of these columns (those where it can mean something particular).
+
+    Examples
+    --------
+    >>> nan_meanings(["x_fit", "x_err", "beta"])["beta"]
+    'not applicable: the model has no beta (not a Moffat)'
+    >>> nan_meanings(["x_fit", "x_err"])["x_err"]
+    'undefined: singular covariance (flag singular_covariance)'
+    """
+    out = {}
+    for name in colnames:
+        if name in NAN_MEANS:
+            out[name] = NAN_MEANS[name]
+        elif name.endswith("_err"):
+            out[name] = _ERR_NAN
+    return out
 
 _AVERAGE_COLUMNS = ["background", "amplitude", "fwhm_x", "fwhm_y", "fwhm", "fwhm_x_arcsec", "fwhm_y_arcsec",
                     "fwhm_arcsec", "roundness", "angle", "beta", "rmse", "snr", "flux_fit", "mag"]
@@ -105,10 +148,12 @@ def _ny(table: Table, image_shape: tuple[int, int] | None) -> int | None:
 
 
 def write_star_list(table: Table, path: str | os.PathLike, *, image_shape: tuple[int, int] | None = None,
-                    overwrite: bool = True) -> Path:
+                    overwrite: bool = True, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Write a star list; the format follows the suffix (.csv .ecsv .fits .lst .reg).
 
-    The file is written to a temporary name and renamed, so a failure leaves no half file.
+    The file is written to a temporary name and renamed, so a failure leaves no half file; a
+    path that is one of ``inputs`` (or any file this process read) is refused
+    (:func:`psfkit.io.outputs.atomic_output`).
 
     Examples
     --------
@@ -130,17 +175,16 @@ def write_star_list(table: Table, path: str | os.PathLike, *, image_shape: tuple
         raise PsfkitError(f"{p.parent}: no such folder")
     if p.exists() and not overwrite:
         raise PsfkitError(f"{p}: exists")
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}{suffix}")
-    try:
+    with atomic_output(p, inputs=inputs) as tmp:
         if suffix == ".csv":
             _plain(table).write(tmp, format="ascii.csv", overwrite=True)
         elif suffix == ".ecsv":
             t = table.copy()
-            t.meta = _yaml_safe(t.meta)
+            t.meta = _yaml_safe({**t.meta, "nan_means": nan_meanings(t.colnames)})
             t.write(tmp, format="ascii.ecsv", overwrite=True)
         elif suffix in (".fits", ".fit"):
             t = _plain(table)
-            for key, value in _flat_meta(table.meta).items():
+            for key, value in _flat_meta({**table.meta, "nan_means": nan_meanings(table.colnames)}).items():
                 t.meta[key[:60]] = value
             import warnings
 
@@ -153,10 +197,6 @@ def write_star_list(table: Table, path: str | os.PathLike, *, image_shape: tuple
             tmp.write_text(_siril_lst(table, _ny(table, image_shape)))
         elif suffix == ".reg":
             tmp.write_text(_ds9_regions(table))
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return p
 
 
@@ -359,6 +399,7 @@ def read_star_list(path: str | os.PathLike, *, image_shape: tuple[int, int] | No
     p = Path(path)
     if not p.exists():
         raise PsfkitError(f"{p}: no such file")
+    remember_input(p)
     suffix = p.suffix.lower()
     try:
         if suffix == ".csv":

@@ -27,6 +27,7 @@ import numpy as np
 
 from psfkit.errors import PsfkitError
 from psfkit.utils import check_positive
+from psfkit.io.outputs import remember_input
 
 __all__ = [
     "Image",
@@ -701,7 +702,7 @@ def _finish(path: Path, frame: Any, channel: Any, user: dict) -> Image:
     )
 
 
-def _read(path: str | os.PathLike, hdu: int | str | None) -> tuple[Path, Any]:
+def _read(path: str | os.PathLike, hdu: int | str | None, max_pixels: int | None = None) -> tuple[Path, Any]:
     from psfkit.io._readers import read_frame
 
     p = Path(path)
@@ -709,10 +710,13 @@ def _read(path: str | os.PathLike, hdu: int | str | None) -> tuple[Path, Any]:
         raise PsfkitError(f"{p}: no such file")
     if p.is_dir():
         raise PsfkitError(f"{p}: is a directory, not an image file")
+    if not p.is_file():  # a named pipe, a socket, a device: reading could block forever
+        raise PsfkitError(f"{p}: not a regular file (a pipe, socket or device); give an image file")
+    remember_input(p)
     if isinstance(hdu, str) and hdu.strip().lstrip("-").isdigit():
         hdu = int(hdu)
     try:
-        return p, read_frame(p, hdu=hdu)
+        return p, read_frame(p, hdu=hdu, max_pixels=max_pixels)
     except MemoryError:
         raise PsfkitError(f"{p}: the image does not fit in memory") from None
 
@@ -726,6 +730,7 @@ def load_image(
     pixel_size: float | None = None,
     binning: float | None = None,
     pixel_scale: float | None = None,
+    max_pixels: int | float | str | None = None,
 ) -> Image:
     """Read an image file into an :class:`Image`.
 
@@ -750,6 +755,10 @@ def load_image(
     focal_length, pixel_size, binning, pixel_scale : float, optional
         The user's optics (mm, um, binning factor, arcsec/px); they win over
         the header's (see :func:`image_scale_from_header`).
+    max_pixels : int, optional
+        The most pixel values (width x height x planes) the file may declare; checked from
+        the header before decoding.  Default: ``PSFKIT_MAX_PIXELS``, else a quarter of the
+        machine's memory (:func:`psfkit.io.limits.max_pixels`; docs/security.md).
 
     Returns
     -------
@@ -758,7 +767,8 @@ def load_image(
     Raises
     ------
     PsfkitError
-        For a missing, unreadable or unsuitable file, with a one-line message naming it.
+        For a missing, unreadable or unsuitable file (a pipe or device, an image larger than
+        ``max_pixels``), with a one-line message naming it.
 
     Examples
     --------
@@ -767,7 +777,7 @@ def load_image(
     >>> image.data.shape
     (256, 256)
     """
-    p, frame = _read(path, hdu)
+    p, frame = _read(path, hdu, max_pixels)
     user = dict(focal_length=focal_length, pixel_size=pixel_size, binning=binning, pixel_scale=pixel_scale)
     return _finish(p, frame, channel, user)
 
@@ -781,6 +791,7 @@ def load_planes(
     pixel_size: float | None = None,
     binning: float | None = None,
     pixel_scale: float | None = None,
+    max_pixels: int | float | str | None = None,
 ) -> list[Image]:
     """Every plane of a file as its own :class:`Image` (the file is read once).
 
@@ -792,7 +803,7 @@ def load_planes(
         The planes to return; ``None`` or ``"all"``: R, G, B for colour images
         and Bayer mosaics, every plane of a stack, the one plane of a grey image.
         A comma-separated string (``"R,G"``) is accepted.
-    hdu, focal_length, pixel_size, binning, pixel_scale
+    hdu, focal_length, pixel_size, binning, pixel_scale, max_pixels
         As for :func:`load_image`.
 
     Returns
@@ -809,7 +820,7 @@ def load_planes(
     >>> len(planes), planes[0].data.shape
     (1, (256, 256))
     """
-    p, frame = _read(path, hdu)
+    p, frame = _read(path, hdu, max_pixels)
     user = dict(focal_length=focal_length, pixel_size=pixel_size, binning=binning, pixel_scale=pixel_scale)
     if isinstance(channels, str):
         channels = None if channels.strip().lower() == "all" else [c for c in channels.split(",") if c.strip()]

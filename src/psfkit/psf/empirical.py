@@ -332,13 +332,24 @@ class FramePSF:
         v["POLYSCL"] = (self.scale[1], "y scale of the normalised position")
         v["OVERSAMP"] = (self.oversampling, "nodes per image pixel")
         v["PSFNORM"] = ("sum=OVERSAMP**2", "term 0 sum; others sum to 0")
-        fits.HDUList([primary, var]).writeto(path, overwrite=overwrite)
+        from pathlib import Path
+
+        from psfkit.errors import PsfkitError
+        from psfkit.io.outputs import atomic_output
+
+        if Path(path).exists() and not overwrite:
+            raise PsfkitError(f"{path}: exists")
+        with atomic_output(path) as tmp:  # never onto an input, never a half file
+            fits.HDUList([primary, var]).writeto(tmp)
 
     @classmethod
     def read(cls, path: Any) -> FramePSF:
         """Read a PSF written by :meth:`write` (a file with a ``PSFVAR`` HDU)."""
         from astropy.io import fits
 
+        from psfkit.io.outputs import remember_input
+
+        remember_input(path)
         with fits.open(path) as hdul:
             if "PSFVAR" not in hdul:
                 raise PsfkitError(f"{path}: no PSFVAR extension (not a frame PSF written by psfkit psf)")

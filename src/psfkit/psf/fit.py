@@ -22,7 +22,7 @@ from psfkit.psf.engine import NoiseModel, StampFit, fit_stamps
 from psfkit.io.image import Image, as_image
 from psfkit.psf.measure import measure
 from psfkit.psf.models import FWHM_PER_SIGMA, ImagePSF, PSFModel, _EllipticalModel, get_model
-from psfkit.psf.stamps import auto_box, brightest_source, cut_stamps, estimate_fwhm, initial_params, refine_peak, saturation_mask
+from psfkit.psf.stamps import auto_box, brightest_source, clip_box, cut_stamps, estimate_fwhm, initial_params, refine_peak, saturation_mask
 
 __all__ = ["fit_stars", "fit_star", "StarFit", "resolve_model", "COLUMN_ORDER"]
 
@@ -211,6 +211,11 @@ def fit_stars(
     if xs.shape != ys.shape:
         raise PsfkitError("x and y must have the same length")
     ny, nx = data.shape
+    if xs.size == 0:  # no star: the table of one fit at the centre, emptied (same columns, types and meta)
+        return fit_stars(img, [(nx - 1) / 2.0], [(ny - 1) / 2.0], box=box, model=model, beta=beta, angle=angle,
+                         sampling=sampling, search_radius=None, gain=gain, read_noise=read_noise, error=error,
+                         mask=mask, saturation=saturation, zero_point=zero_point, oversampling=oversampling,
+                         max_iter=max_iter)[:0]
     outside = (xs < -0.5) | (xs > nx - 0.5) | (ys < -0.5) | (ys > ny - 0.5) | ~np.isfinite(xs) | ~np.isfinite(ys)
     if np.any(outside):
         i = int(np.flatnonzero(outside)[0])
@@ -230,20 +235,18 @@ def fit_stars(
     mdl = resolve_model(model, beta=beta, angle=bool(angle), sampling=sampling, oversampling=oversampling)
 
     if search_radius:
-        pos = np.array([refine_peak(data, a, b, search_radius=search_radius) for a, b in zip(xs, ys)])
+        pos = np.array([refine_peak(data, a, b, search_radius=search_radius) for a, b in zip(xs, ys)]).reshape(-1, 2)
         rx, ry = pos[:, 0], pos[:, 1]
     else:
         rx, ry = xs.copy(), ys.copy()
     if box is None:
         if isinstance(mdl, ImagePSF):
             box = auto_box(mdl._fwhm)
-        else:
+        elif len(rx):
             box = auto_box(np.median([estimate_fwhm(data, a, b) for a, b in zip(rx[:50], ry[:50])]))
-    box = int(box)
-    if box < 3:
-        raise PsfkitError(f"the box must be at least 3 px, got {box}")
-    if box % 2 == 0:
-        box += 1
+        else:  # no star: an empty table (its box is never used)
+            box = auto_box(3.0)
+    box = clip_box(box, data.shape, minimum=3)  # odd, clipped to the image and to MAX_BOX
 
     stamps, inside, origin, cut = cut_stamps(data, rx, ry, box)
     usable = inside & np.isfinite(stamps)

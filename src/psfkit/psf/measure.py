@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from psfkit import flags as F
 from psfkit.psf.engine import StampFit
 from psfkit.psf.models import ImagePSF, PSFModel, _EllipticalModel
 
@@ -165,4 +166,5 @@ def measure(
             cols[f"{name}_arcsec"] = cols[name] * pixel_scale
             cols[f"{name}_arcsec_err"] = cols[f"{name}_err"] * pixel_scale
     cols["flags"] = fit.flags.astype(np.int64)
+    cols["flags"][np.isfinite(flux) & ~(flux > 0)] |= F.FLUX_NOT_POSITIVE  # mag and mag_err are NaN
     return cols

@@ -8,13 +8,17 @@ Pure array functions used by every caller of the engine.  Coordinates are
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
+from psfkit.errors import PsfkitError
 from psfkit.psf.models import FWHM_PER_SIGMA, ImagePSF, MoffatPSF, PSFModel
 from psfkit.utils import robust_sigma, subpixel_peak
 
 __all__ = [
+    "MAX_BOX",
+    "clip_box",
     "cut_stamps",
     "refine_peak",
     "brightest_source",
@@ -44,6 +48,55 @@ def fitting_box(fwhm: float, *, per_fwhm: float = 5.0, minimum: int = 11, maximu
 def auto_box(fwhm: float) -> int:
     """Odd box size covering about +-2.5 FWHM (at least 11 px, at most 151 px): :func:`fitting_box`'s default."""
     return fitting_box(fwhm)
+
+
+#: the largest fitting box (px): a star wider than 80 px FWHM is not a point source to fit
+MAX_BOX = 401
+
+
+def clip_box(box: Any, shape: tuple[int, ...], *, minimum: int = 3) -> int:
+    """A user's fitting box made odd and clipped to the image and to :data:`MAX_BOX`.
+
+    Parameters
+    ----------
+    box : int
+        The box asked for (px).
+    shape : (ny, nx)
+        The image's shape: a box never exceeds its larger side.
+    minimum : int
+        The smallest box the fit accepts.
+
+    Returns
+    -------
+    int
+        An odd box, ``minimum <= box <= min(MAX_BOX, larger side)`` (at least ``minimum``).
+
+    Raises
+    ------
+    PsfkitError
+        For a box below ``minimum``, beyond any image (over 2**31 - 1) or not a whole number (one line).
+
+    Examples
+    --------
+    >>> clip_box(10001, (256, 256))
+    255
+    >>> clip_box(16, (256, 256))
+    17
+    """
+    try:
+        size = int(box)
+        if not isinstance(box, (int, np.integer)) and size != float(box):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise PsfkitError(f"the box must be a whole number of pixels, got {box!r}") from None
+    if size < minimum:
+        raise PsfkitError(f"the box must be at least {minimum} px, got {size}")
+    if size > 2**31 - 1:
+        raise PsfkitError(f"a box of {size} px is beyond any image; boxes are clipped to the image and to {MAX_BOX} px")
+    side = max(int(v) for v in shape[-2:])
+    side -= 1 - side % 2  # the largest odd size inside the image
+    size = min(size, MAX_BOX, max(side, minimum))
+    return size + 1 - size % 2
 
 
 def saturation_mask(data: np.ndarray, saturation: float | None) -> np.ndarray:

@@ -8,6 +8,7 @@ import numpy as np
 from astropy.table import Table
 
 from psfkit.psf.models import FWHM_PER_SIGMA
+from psfkit.io.outputs import atomic_output
 
 __all__ = ["auto_stretch", "map_cells", "plot_overlay", "plot_fwhm_map"]
 
@@ -145,8 +146,11 @@ def plot_overlay(data: np.ndarray, table: Table, path: str | Path, *, show_rejec
         ax.set_ylim(-0.5, data.shape[0] - 0.5)
     ax.axis("off")
     out = Path(path)
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        with atomic_output(out) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -245,6 +249,9 @@ def plot_fwhm_map(table: Table, shape: tuple[int, int], path: str | Path, *, cel
         ax.set_ylabel("y (px)" + (", row 0 at the top" if top_down else ""))
     fig.tight_layout()
     out = Path(path)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_output(out) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
     return out

@@ -74,6 +74,11 @@ def plot_frame_psf(psf: Any, path: str | Path, *, shape: tuple[int, int], residu
                  f"{psf.degree} (log10 of the PSF over its peak)", fontsize=9)
     fig.tight_layout()
     out = Path(path)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    from psfkit.io.outputs import atomic_output
+
+    try:
+        with atomic_output(out) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
     return out
