@@ -51,8 +51,8 @@ def test_compare_box_is_clipped_to_the_image(small_fits):
 
     img = psfkit.load_image(small_fits)
     y, x = np.unravel_index(np.argmax(img.data), img.shape)
-    table = compare_models(img, float(x), float(y), box=4001)
-    assert table.meta["box"] == 63
+    result = compare_models(img, float(x), float(y), box=4001)
+    assert result.table.meta["box"] == 63
 
 
 def test_box_beyond_any_image_and_workers_beyond_the_machine(small_fits, tmp_path, capsys):
@@ -69,15 +69,15 @@ def test_box_beyond_any_image_and_workers_beyond_the_machine(small_fits, tmp_pat
 
 def test_fitting_box_rules():
     from psfkit.errors import PsfkitError
-    from psfkit.psf.stamps import MAX_BOX, fitting_box
+    from psfkit.psf.stamps import MAX_BOX, clip_box
 
-    assert fitting_box(16, (256, 256)) == 17
-    assert fitting_box(10001, (256, 256)) == 255
-    assert fitting_box(10001, (4000, 3000)) == MAX_BOX
+    assert clip_box(16, (256, 256)) == 17
+    assert clip_box(10001, (256, 256)) == 255
+    assert clip_box(10001, (4000, 3000)) == MAX_BOX
     with pytest.raises(PsfkitError, match="at least 5"):
-        fitting_box(3, (64, 64), minimum=5)
+        clip_box(3, (64, 64), minimum=5)
     with pytest.raises(PsfkitError, match="whole number"):
-        fitting_box(7.5, (64, 64))
+        clip_box(7.5, (64, 64))
 
 
 # ---------------------------------------------------------------- extreme values

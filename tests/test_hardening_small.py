@@ -77,7 +77,7 @@ def test_fwhm_map_without_a_full_cell_warns_nothing(tmp_path):
 
 def test_real_frames_raise_no_numpy_warning(shared_data, tmp_path):
     """find, phot and the pictures on real frames, with every RuntimeWarning an error."""
-    from psfkit.aperture.photometry import star_photometry
+    from psfkit.aperture.stars import star_photometry
     from psfkit.viz.plots import plot_fwhm_map, plot_overlay
 
     for name in ("iraf_devpix_m51.fits", "spitzer_glimpse_irac2_crowded.fits", "saao1m_ste3_raw_a8280271.fits"):
