@@ -148,3 +148,9 @@ def test_atomic_output_leaves_no_half_file(tmp_path):
             raise RuntimeError("the disk filled up")
     assert target.read_text() == "old, complete\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["list.csv"]
+
+
+def test_psf_outputs_naming_the_input(field, capsys):
+    img, png = field["fits"], field["png"]
+    _refused(capsys, ["psf", img, "-o", img], [img], field["dir"])
+    _refused(capsys, ["psf", png, "-o", field["dir"] / "psf.fits", "--png", png], [png], field["dir"])
