@@ -420,7 +420,8 @@ def max_workers() -> int:
 @contextlib.contextmanager
 def _quiet_distributed() -> Iterator[None]:
     """Silence the distributed loggers of this process (worker, nanny, scheduler, client) for our run:
-    a failing frame says why in one line of its own; closing the cluster says nothing."""
+    a failing frame says why in one line of its own; closing the cluster says nothing.
+    """
     loggers = [logging.getLogger(name) for name in ("distributed", "distributed.worker", "distributed.nanny",
                                                     "distributed.scheduler", "distributed.client",
                                                     "distributed.core", "distributed.comm")]

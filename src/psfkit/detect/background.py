@@ -177,7 +177,8 @@ def _interpolation_weights(n: int, g: int, cell: int) -> np.ndarray:
 
 def _interpolate_axis0(values: np.ndarray, n: int, cell: int) -> np.ndarray:
     """``_interpolation_weights(n, g, cell) @ values`` without the (n, g) matrix: the same spline
-    evaluated directly (O(n x columns) memory; a 200000 x 1 strip has 12500 cells per column)."""
+    evaluated directly (O(n x columns) memory; a 200000 x 1 strip has 12500 cells per column).
+    """
     g = values.shape[0]
     if g < 4:
         return _interpolation_weights(n, g, cell).astype(np.float64) @ values

@@ -157,7 +157,6 @@ def _fits_image_hdu(path: Path, hdul: Any, hdu: int | str | None) -> tuple[Any, 
 
 
 def _read_fits(path: Path, hdu: int | str | None, max_pixels: int | None = None) -> Frame:
-    from astropy.io import fits
 
     compressed_file = path.name.lower().endswith(".gz")
     try:

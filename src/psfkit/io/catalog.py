@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,8 +25,8 @@ from astropy.table import Table
 
 from psfkit import flags as F
 from psfkit.errors import PsfkitError
-from psfkit.utils import robust_sigma
 from psfkit.io.outputs import atomic_output, remember_input
+from psfkit.utils import robust_sigma
 
 __all__ = ["average", "write_star_list", "read_star_list", "siril_parameters", "nan_meanings", "STAR_LIST_FORMATS",
            "LST_DEFAULTS", "NAN_MEANS"]

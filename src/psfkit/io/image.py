@@ -26,8 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from psfkit.errors import PsfkitError
-from psfkit.utils import check_positive
 from psfkit.io.outputs import remember_input
+from psfkit.utils import check_positive
 
 __all__ = [
     "Image",

@@ -30,7 +30,7 @@ __all__ = ["remember_input", "same_file", "check_outputs", "atomic_output"]
 _MAX_REMEMBERED = 4096
 _lock = threading.Lock()
 # (st_dev, st_ino, size, mtime_ns) -> the path as read; size and mtime guard against a reused inode
-_read: "OrderedDict[tuple[int, int, int, int], str]" = OrderedDict()
+_read: OrderedDict[tuple[int, int, int, int], str] = OrderedDict()
 
 
 def _identity(path: str | os.PathLike) -> tuple[int, int, int, int] | None:

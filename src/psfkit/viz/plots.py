@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from psfkit.psf.models import FWHM_PER_SIGMA
 from psfkit.io.outputs import atomic_output
+from psfkit.psf.models import FWHM_PER_SIGMA
 
 __all__ = ["auto_stretch", "map_cells", "plot_overlay", "plot_fwhm_map"]
 
