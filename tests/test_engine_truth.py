@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from psfkit import fit_stars
-from psfkit.flags import NOT_CONVERGED
+from psfkit.flags import NO_SOURCE, NOT_CONVERGED
 from psfkit.psf.models import FWHM_PER_SIGMA
 from psfkit.datasets.simulate import simulate_stamps
 
@@ -116,7 +116,9 @@ def gaussian_result():
 def test_gaussian_fits_all_converge(gaussian_result):
     res = gaussian_result
     assert res["flags"].size == len(FWHM_GROUPS) * PER_GROUP
-    assert np.all(res["flags"] == 0), np.unique(res["flags"], return_counts=True)
+    # every fit converges; the faintest may read below S/N 3 and say so (no_source), nothing else
+    fit_bits = res["flags"] & ~NO_SOURCE
+    assert np.all(fit_bits == 0), np.unique(res["flags"], return_counts=True)
     # weighted by the right noise model: the reduced chi-square is 1 on average
     assert np.mean(res["reduced_chi2"]) == pytest.approx(1.0, abs=0.03)
 
@@ -166,8 +168,9 @@ def test_moffat_fixed_beta_pulls_and_bias(moffat_fixed_beta_result):
     res = moffat_fixed_beta_result
     assert res["flags"].size == 4 * len(FWHM_GROUPS) * 20
     # a faint star may end on a slow, curved valley of chi-square: flagged, never silently; rare and faint only
-    slow = res["flags"] == NOT_CONVERGED
-    assert np.all((res["flags"] == 0) | slow), np.unique(res["flags"], return_counts=True)
+    bits = res["flags"] & ~NO_SOURCE  # the faintest may read below S/N 3 (no_source): not a fit failure
+    slow = bits == NOT_CONVERGED
+    assert np.all((bits == 0) | slow), np.unique(res["flags"], return_counts=True)
     assert slow.mean() <= 0.01 and np.all(res["snr"][slow] < 30)
     assert np.mean(res["reduced_chi2"]) == pytest.approx(1.0, abs=0.03)
     check_pulls(pulls(res), "moffat beta fixed")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["STAR_COLUMNS", "COLUMN_ORDER", "FIND_COLUMNS", "REJECTION_COLUMNS", "empty_star_table", "set_units"]
+__all__ = ["STAR_COLUMNS", "COLUMN_ORDER", "FIND_COLUMNS", "REJECTION_COLUMNS", "HFR_COLUMNS", "empty_star_table", "set_units"]
 
 _I, _F = np.int64, np.float64
 _PX, _AS = "pix", "arcsec"
@@ -47,6 +47,8 @@ COLUMN_ORDER = list(STAR_COLUMNS)
 FIND_COLUMNS: dict[str, tuple[Any, str | None]] = {"peak_significance": (_F, None), "detection_pass": (_I, None)}
 #: what ``find_stars(..., keep_rejected=True)`` adds
 REJECTION_COLUMNS: dict[str, tuple[Any, str | None]] = {"accepted": (bool, None), "reject_reason": ("U16", None)}
+#: the half-flux radius find_stars measures last (``hfr_arcsec`` where the image scale is known)
+HFR_COLUMNS: dict[str, tuple[Any, str | None]] = {"hfr": (_F, _PX), "hfr_arcsec": (_F, "arcsec")}
 _ARCSEC = tuple(k for k in STAR_COLUMNS if "arcsec" in k)
 
 
@@ -82,8 +84,13 @@ def empty_star_table(*, arcsec: bool = False, radec: bool = False, find: bool = 
         schema.update(FIND_COLUMNS)
     if rejection:
         schema.update(REJECTION_COLUMNS)
+    if find:
+        schema.update({k: v for k, v in HFR_COLUMNS.items() if arcsec or k != "hfr_arcsec"})
     table = Table({k: np.zeros(0, dtype=dtype) for k, (dtype, _) in schema.items()})
     set_units(table)
+    for k, (_, unit) in schema.items():
+        if unit is not None and table[k].unit is None:
+            table[k].unit = unit
     return table
 
 
