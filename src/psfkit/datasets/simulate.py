@@ -17,7 +17,7 @@ from astropy.table import Table
 from psfkit.psf.engine import NoiseModel
 from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF, MoffatPSF, get_model
 
-__all__ = ["render_stars", "add_noise", "simulate_field", "simulate_stamps", "star_params"]
+__all__ = ["random_positions", "render_stars", "add_noise", "simulate_field", "simulate_stamps", "star_params"]
 
 
 def star_params(
@@ -150,6 +150,33 @@ def simulate_stamps(
     return stamps, truth
 
 
+def random_positions(rng: np.random.Generator, n: int, shape: tuple[int, int], *, edge: float = 0.0,
+                     min_separation: float = 0.0) -> tuple[list[float], list[float]]:
+    """Up to ``n`` uniform random positions (x, y) at least ``edge`` from the frame's border and
+    ``min_separation`` apart (50 tries a position at most).
+
+    Examples
+    --------
+    >>> xs, ys = random_positions(np.random.default_rng(0), 10, (100, 100), edge=5, min_separation=3)
+    >>> len(xs), min(xs) >= 5
+    (10, True)
+    """
+    ny, nx = shape
+    xs: list[float] = []
+    ys: list[float] = []
+    tries = 0
+    while len(xs) < n and tries < n * 50:
+        tries += 1
+        x, y = rng.uniform(edge, nx - 1 - edge), rng.uniform(edge, ny - 1 - edge)
+        if min_separation > 0 and xs:
+            d2 = (np.asarray(xs) - x) ** 2 + (np.asarray(ys) - y) ** 2
+            if d2.min() < min_separation**2:
+                continue
+        xs.append(x)
+        ys.append(y)
+    return xs, ys
+
+
 def simulate_field(
     shape: tuple[int, int] = (1024, 1024),
     n_stars: int = 300,
@@ -190,18 +217,7 @@ def simulate_field(
     """
     rng = np.random.default_rng(seed)
     ny, nx = shape
-    xs: list[float] = []
-    ys: list[float] = []
-    tries = 0
-    while len(xs) < n_stars and tries < n_stars * 50:
-        tries += 1
-        x, y = rng.uniform(edge, nx - 1 - edge), rng.uniform(edge, ny - 1 - edge)
-        if min_separation > 0 and xs:
-            d2 = (np.asarray(xs) - x) ** 2 + (np.asarray(ys) - y) ** 2
-            if d2.min() < min_separation**2:
-                continue
-        xs.append(x)
-        ys.append(y)
+    xs, ys = random_positions(rng, n_stars, shape, edge=edge, min_separation=min_separation)
     n = len(xs)
     flux = np.exp(rng.uniform(np.log(flux_range[0]), np.log(flux_range[1]), n))
     fx = np.full(n, fwhm / math.sqrt(roundness))

@@ -18,7 +18,7 @@ import math
 import numpy as np
 from astropy.table import Table
 
-from psfkit.datasets.simulate import add_noise
+from psfkit.datasets.simulate import add_noise, random_positions
 from psfkit.psf.models import MoffatPSF
 
 __all__ = ["psf_shape_at", "render_varying_psf", "simulate_varying_field"]
@@ -111,17 +111,7 @@ def simulate_varying_field(
     ((200, 200), 20)
     """
     rng = np.random.default_rng(seed)
-    ny, nx = shape
-    xs: list[float] = []
-    ys: list[float] = []
-    tries = 0
-    while len(xs) < n_stars and tries < 50 * n_stars:
-        tries += 1
-        x, y = rng.uniform(edge, nx - 1 - edge), rng.uniform(edge, ny - 1 - edge)
-        if xs and np.min((np.asarray(xs) - x) ** 2 + (np.asarray(ys) - y) ** 2) < min_separation**2:
-            continue
-        xs.append(x)
-        ys.append(y)
+    xs, ys = random_positions(rng, n_stars, shape, edge=edge, min_separation=min_separation)
     x, y = np.asarray(xs), np.asarray(ys)
     flux = np.exp(rng.uniform(np.log(flux_range[0]), np.log(flux_range[1]), len(x)))
     stars = render_varying_psf(shape, x, y, flux, fwhm=fwhm, growth=growth, elongation=elongation,

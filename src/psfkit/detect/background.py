@@ -177,15 +177,7 @@ def _interpolation_weights(n: int, g: int, cell: int) -> np.ndarray:
         w[np.arange(n), lo] += 1 - frac
         w[np.arange(n), lo + 1] += frac
         return w
-    c = _spline_coefficients(np.eye(g))  # (4, g - 1, g): the spline through each unit vector
-    inside = np.clip(pos, 0.0, g - 1.0)
-    idx = np.clip(np.floor(inside).astype(np.intp), 0, g - 2)
-    t = (inside - idx)[:, None]
-    ci = c[:, idx]  # (4, n, g)
-    value = ((ci[0] * t + ci[1]) * t + ci[2]) * t + ci[3]
-    slope = (3.0 * ci[0] * t + 2.0 * ci[1]) * t + ci[2]
-    # linear beyond the end centres, along the spline's end slope (a cubic would overshoot)
-    return (value + (pos - inside)[:, None] * slope).astype(np.float32)
+    return _interpolate_axis0(np.eye(g), n, cell).astype(np.float32)  # the spline through each unit vector
 
 
 def _interpolate_axis0(values: np.ndarray, n: int, cell: int) -> np.ndarray:

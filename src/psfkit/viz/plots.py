@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.table import Table
@@ -10,7 +11,31 @@ from astropy.table import Table
 from psfkit.io.outputs import atomic_output
 from psfkit.psf.models import FWHM_PER_SIGMA
 
-__all__ = ["auto_stretch", "map_cells", "plot_overlay", "plot_fwhm_map"]
+__all__ = ["auto_stretch", "map_cells", "plot_overlay", "plot_fwhm_map", "save_figure"]
+
+
+def save_figure(fig: Any, path: str | Path, *, dpi: int | None = None) -> Path:
+    """Write a matplotlib figure atomically (never onto an input: :func:`psfkit.io.outputs.atomic_output`)
+    and close it.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import matplotlib.pyplot as plt
+    >>> save_figure(plt.figure(), os.path.join(tempfile.mkdtemp(), "f.png")).exists()
+    True
+    """
+    import matplotlib.pyplot as plt
+
+    out = Path(path)
+    try:
+        with atomic_output(out) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return out
 
 
 def auto_stretch(data: np.ndarray, *, low: float = 0.5, high: float = 99.8) -> np.ndarray:
@@ -145,13 +170,7 @@ def plot_overlay(data: np.ndarray, table: Table, path: str | Path, *, show_rejec
     else:
         ax.set_ylim(-0.5, data.shape[0] - 0.5)
     ax.axis("off")
-    out = Path(path)
-    try:
-        with atomic_output(out) as tmp:
-            fig.savefig(tmp)
-    finally:
-        plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def map_cells(n_stars: int, cells: int = 6, *, per_cell: int = 3) -> int:
@@ -248,10 +267,4 @@ def plot_fwhm_map(table: Table, shape: tuple[int, int], path: str | Path, *, cel
         ax.set_xlabel("x (px)")
         ax.set_ylabel("y (px)" + (", row 0 at the top" if top_down else ""))
     fig.tight_layout()
-    out = Path(path)
-    try:
-        with atomic_output(out) as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
-    return out
+    return save_figure(fig, path, dpi=100)

@@ -73,12 +73,6 @@ def plot_frame_psf(psf: Any, path: str | Path, *, shape: tuple[int, int], residu
     fig.suptitle(f"the frame's PSF: {psf.n_stars} stars, oversampled x{psf.oversampling}, variation of degree "
                  f"{psf.degree} (log10 of the PSF over its peak)", fontsize=9)
     fig.tight_layout()
-    out = Path(path)
-    from psfkit.io.outputs import atomic_output
+    from psfkit.viz.plots import save_figure
 
-    try:
-        with atomic_output(out) as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
-    return out
+    return save_figure(fig, path, dpi=100)
