@@ -282,3 +282,15 @@ def test_a_real_read_only_check(tmp_path):
     assert backend._writable(tmp_path / "new" / "__pycache__")
     (tmp_path / "file").write_text("x")
     assert not backend._writable(tmp_path / "file" / "sub")
+
+
+def test_demo_in_a_fresh_process(tmp_path):
+    """`psfkit demo` runs `find` through the app: in a real process only the invoked command's module
+    is loaded, so demo must load find's (the in-process tests load every command and cannot see it)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "psfkit", "demo", "--outdir", str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "d" / "stars.csv").stat().st_size > 1000 and (tmp_path / "d" / "overlay.png").exists()

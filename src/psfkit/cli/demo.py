@@ -20,6 +20,10 @@ def demo_command(
     outdir.mkdir(parents=True, exist_ok=True)
     typer.echo(f"Sample image: {path}")
     # `psfkit find` itself, once, with its own defaults: one run writes the CSV, Siril's .lst and the pictures
+    # (the command line loads only the invoked command's module: load find's too)
+    from psfkit.cli import load_commands
+
+    load_commands(["find"])
     app(["find", str(path), "--angle", "yes", "-o", str(outdir / "stars.csv"), "-o", str(outdir / "stars.lst"),
          "--overlay", str(outdir / "overlay.png"), "--fwhm-map", str(outdir / "fwhm_map.png")],
         standalone_mode=False)
