@@ -141,7 +141,9 @@ def test_two_stars_fitted_as_one_are_split():
     p = star_params("gaussian", x, y, flux, FWHM, FWHM, 0.0)
     img = add_noise(render_stars((100, 200), p) + 100.0, gain=1.5, read_noise=6.0, rng=rng)
     plain = psfkit.find_stars(img, gain=1.5, read_noise=6.0)
-    assert len(plain) == 3 and np.max(plain["reduced_chi2"]) > 50
+    # the first pass does not see both stars of a pair: it fits them as one (reduced chi-square in
+    # the hundreds) or rejects that blend as extended (wider than the frame's stars)
+    assert len(plain) <= 4 and not _matched(plain, x, y, radius=0.3)[0].all()
     deep = psfkit.find_stars(img, gain=1.5, read_noise=6.0, deblend=True)
     found, j = _matched(deep, x, y, radius=0.3)
     assert found.all() and len(deep) == 5

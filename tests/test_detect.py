@@ -99,7 +99,8 @@ def test_keep_rejected_gives_reasons():
     counts = table.meta["summary"]["rejected"]
     assert sum(counts.values()) == len(rej)
     # turning the FWHM test off keeps the hot pixels
-    loose = psfkit.find_stars(img, gain=1.5, read_noise=6.0, min_fwhm=None, min_snr=None, max_rmse_ratio=None)
+    loose = psfkit.find_stars(img, gain=1.5, read_noise=6.0, min_fwhm_ratio=None, min_fwhm=None, min_snr=None,
+                              max_rmse_ratio=None)
     assert len(loose) > table.meta["summary"]["n_stars"]
 
 

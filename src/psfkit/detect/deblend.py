@@ -277,7 +277,9 @@ def deblend_stars(
     # whose centre ended off the frame
     skip = ((np.asarray(stars["flags"]) & F.SATURATED) != 0) | ~_fitted(stars, shape)
     rows = np.flatnonzero(crowded & ~skip)
-    if len(rows):
+    # two rounds: a pair that the first pass found as two candidates took each other's light, and
+    # the first round subtracts that biased light (a companion 1.5 FWHM off: the star's flux 3 % low)
+    for _ in range(2 if len(rows) else 0):
         new = fit(xs[rows], ys[rows], (stars, rows), _neighbour_light(light, model, stars[rows]))
         _refit_rows(stars, rows, new, light, model, box)
     # 2. peaks of the residual around the stars (not the saturated ones: their masked cores leave a

@@ -18,20 +18,25 @@ from astropy.table import Table, vstack
 from psfkit import flags as F
 from psfkit.errors import PsfkitError
 from psfkit.detect._kernels import gaussian_smooth
-from psfkit.detect.background import Background, estimate_background
+from psfkit.detect.background import Background, estimate_background, noise_at, noise_cells
 from psfkit.detect.scaling import restore_units, scaled_image, working_scale
 from psfkit.io.image import Image, as_image
 from psfkit.psf.columns import empty_star_table
 from psfkit.psf.fit import fit_stars
 from psfkit.psf.models import FWHM_PER_SIGMA
 from psfkit.psf.stamps import fitting_box
-from psfkit.utils import check_positive, robust_sigma, subpixel_peak, thin_brighter_first
+from psfkit.utils import check_positive, subpixel_peak, thin_brighter_first
 
-__all__ = ["Background", "estimate_background", "find_candidates", "find_stars", "RejectionCriteria"]
+__all__ = ["Background", "estimate_background", "find_candidates", "find_stars", "frame_fwhm", "RejectionCriteria"]
 
 
 def _local_maxima(smooth: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The pixels (ys, xs) strictly greater than each of their 8 neighbours inside the frame."""
+    """The pixels (ys, xs) greater than each of their 8 neighbours inside the frame.
+
+    A plateau is a peak: a tie with a neighbour that comes later in raster order (the row below,
+    the pixel to the right) still counts, so a flat top (a saturated core wider than the smoothing
+    kernel) gives exactly one candidate, its first pixel, instead of none.
+    """
     ny, nx = smooth.shape
     values = smooth[ys, xs]
     ok = np.ones(len(ys), dtype=bool)
@@ -44,7 +49,9 @@ def _local_maxima(smooth: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> tuple[n
                 continue
             xx = xs + dx
             inside = inside_y & (xx >= 0) & (xx < nx)
-            ok &= ~inside | (values > smooth[yy, np.clip(xx, 0, nx - 1)])
+            other = smooth[yy, np.clip(xx, 0, nx - 1)]
+            later = dy > 0 or (dy == 0 and dx > 0)
+            ok &= ~inside | ((values >= other) if later else (values > other))
     return ys[ok], xs[ok]
 
 
@@ -119,15 +126,24 @@ def find_candidates(
     sharp_values = arr[sharp_y, sharp_x]
     arr[sharp_y, sharp_x] = sharp_fill
     smooth = gaussian_smooth(arr, smoothing, truncate=3.0, out=arr)
-    # noise of the smoothed frame, measured on a regular subsample
-    sample = smooth[:: max(1, smooth.shape[0] // 256), :: max(1, smooth.shape[1] // 256)]
-    sig_s = robust_sigma(sample)
-    if sig_s <= 0:
+    # noise of the smoothed frame per mesh cell (a galaxy or nebula raises it where it is,
+    # not over the whole frame); the frame's figure is the median of the cells
+    # (evaluated at the pixels above the lowest cell's level only: no frame-sized map)
+    cells, cy, cx = noise_cells(smooth, mesh=background.mesh)
+    sig_s = float(np.median(cells))
+    if not sig_s > 0:
         sig_s = background.noise / (2 * math.sqrt(math.pi) * smoothing)
-    level = threshold * sig_s
+        cells = np.full(cells.shape, sig_s, dtype=np.float32)
+    floor = 0.2 * float(np.min(cells))
+
+    def local(yy, xx):
+        return noise_at(cells, cy, cx, yy, xx)
+
     # Mighell's peak test (greater than its 8 neighbours), made only where the smoothed
     # frame is above the threshold: a few pixels per star instead of a full-frame filter
-    ys, xs = np.nonzero(smooth > level)
+    ys, xs = np.nonzero(smooth > threshold * max(floor, float(np.min(cells))))
+    above = smooth[ys, xs] > threshold * local(ys, xs)
+    ys, xs = ys[above], xs[above]
     if finite is not None:
         keep = finite[ys, xs]
         ys, xs = ys[keep], xs[keep]
@@ -145,7 +161,8 @@ def find_candidates(
         xs, ys, values = xs[keep], ys[keep], values[keep]
     x, y = subpixel_peak(smooth, ys, xs, edge="nearest")
     peak = values.astype(float)
-    sharp = np.zeros(len(x), dtype=bool)
+    noise_here = local(ys, xs)
+    sharp = _cosmic_like(data, background, xs, ys)
     if len(sharp_y):
         # a sharp pixel that is also a smoothed candidate (an undersampled star's core) is one
         if len(x):
@@ -161,12 +178,43 @@ def find_candidates(
         y = np.concatenate([y, sharp_y[new].astype(float)])
         peak = np.concatenate([peak, w0 * (sharp_values[new] - sharp_fill[new]).astype(float)])
         sharp = np.concatenate([sharp, np.ones(int(new.sum()), dtype=bool)])
+        noise_here = np.concatenate([noise_here, local(sharp_y[new], sharp_x[new])])
         order = np.argsort(-peak, kind="stable")
-        x, y, peak, sharp = x[order], y[order], peak[order], sharp[order]
+        x, y, peak, sharp, noise_here = x[order], y[order], peak[order], sharp[order], noise_here[order]
     return Table(
-        {"x": x, "y": y, "peak": peak, "significance": peak / sig_s, "sharp": sharp},
+        {"x": x, "y": y, "peak": peak, "significance": peak / noise_here, "sharp": sharp, "noise": noise_here},
         meta={"noise_smoothed": sig_s, "n_sharp": int(sharp.sum())},
     )
+
+
+def _cosmic_like(data: np.ndarray, background: Background, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Candidates sharper than any PSF: a cosmic-ray hit or a hot pixel of a few pixels.
+
+    The brightest pixel within 1 px of the candidate, ``p`` above the background, is compared
+    with the median of its 3 x 3 neighbourhood, ``m`` (L.A.Cosmic's idea: a 3 x 3 median erases
+    a track up to 4 pixels and keeps a star's core).  Even an undersampled star of FWHM 1 px
+    (pixel-integrated) keeps m > 0.15 p; a hit has m near 0.  The test is made where ``p`` is at
+    least 10 noise, so that the noise cannot make a faint star's core look sharp: a sharp
+    candidate has m < 0.1 p.
+    """
+    ny, nx = data.shape
+    n = len(xs)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    off = np.arange(-1, 2)
+    # the brightest pixel of the 3 x 3 around each candidate
+    yy, xx = np.broadcast_arrays(np.clip(ys[:, None, None] + off[None, :, None], 0, ny - 1),
+                                 np.clip(xs[:, None, None] + off[None, None, :], 0, nx - 1))
+    vals = (np.asarray(data[yy, xx], dtype=float) - background.level[yy, xx]).reshape(n, 9)
+    vals = np.nan_to_num(vals, nan=-np.inf)
+    k = np.argmax(vals, axis=1)
+    py, px = yy.reshape(n, 9)[np.arange(n), k], xx.reshape(n, 9)[np.arange(n), k]
+    p = vals[np.arange(n), k]
+    yy = np.clip(py[:, None, None] + off[None, :, None], 0, ny - 1)
+    xx = np.clip(px[:, None, None] + off[None, None, :], 0, nx - 1)
+    around = np.asarray(data[yy, xx], dtype=float) - background.level[yy, xx]
+    m = np.median(np.nan_to_num(around, nan=0.0).reshape(n, 9), axis=1)
+    return (p >= 10.0 * background.noise) & (m < 0.1 * p)
 
 
 @dataclass(frozen=True)
@@ -175,11 +223,21 @@ class RejectionCriteria:
 
     Attributes
     ----------
+    min_fwhm_ratio : float
+        FWHM (geometric mean) below this multiple of the frame's stellar FWHM is a hot pixel
+        or cosmic-ray hit: no star of the frame is that much sharper than its PSF. Default 0.5.
     min_fwhm : float
-        FWHM (geometric mean, px) below this is a hot pixel or cosmic ray. Default 0.8 px.
+        An absolute floor (px) under ``min_fwhm_ratio``: below 0.8 px (pixel-integrated model)
+        even an undersampled star tracker's stars are not found, hot pixels and noise spikes
+        are. Default 0.8 px.
     max_fwhm_ratio : float
-        FWHM above this multiple of the frame's median stellar FWHM is an extended
-        source (galaxy, nebula knot, blend). Default 2.5.
+        FWHM above this multiple of the frame's stellar FWHM is an extended source (galaxy,
+        nebula knot, blend). Default 2.5.
+    extended_spread : float
+        FWHM above the frame's by more than this many times the relative scatter of its stars'
+        FWHM (at least 20 %), and by more than twice its own error, is extended too: a knot of
+        a spiral arm is a little wider than the stars of a CCD frame (whose FWHM scatter by a
+        few %), while a photographic plate's stars scatter by 20 % and more. Default 5.
     min_roundness : float
         Roundness below this is rejected (Siril: 0.5). Default 0.3.
     min_snr : float
@@ -200,8 +258,10 @@ class RejectionCriteria:
     Each criterion is also a keyword of :func:`find_stars` (``min_roundness=0.5`` is Siril's default).
     """
 
+    min_fwhm_ratio: float | None = 0.5
     min_fwhm: float | None = 0.8
     max_fwhm_ratio: float | None = 2.5
+    extended_spread: float | None = 5.0
     min_roundness: float | None = 0.3
     min_snr: float | None = 3.0
     max_center_shift: float | None = 1.5
@@ -211,8 +271,8 @@ class RejectionCriteria:
 
 REASONS = {
     "fit_failed": "the fit failed or did not converge",
-    "too_narrow": "FWHM below min_fwhm: a hot pixel or cosmic-ray hit",
-    "too_wide": "FWHM far above the frame's stellar FWHM: an extended source",
+    "too_narrow": "FWHM below min_fwhm_ratio x the frame's FWHM: a hot pixel or cosmic-ray hit",
+    "extended": "FWHM far above the frame's stellar FWHM: a galaxy, nebula knot or blend",
     "not_round": "roundness below min_roundness",
     "low_snr": "SNR (flux / flux_err) below min_snr",
     "center_moved": "the fitted centre moved off the candidate peak",
@@ -326,7 +386,7 @@ def find_stars(
         ``meta["summary"]["beyond_max_stars"]`` (and listed after them with ``keep_rejected``,
         reason ``beyond_max_stars``).
     **criteria
-        Fields of :class:`RejectionCriteria` (``min_fwhm``, ``max_fwhm_ratio``,
+        Fields of :class:`RejectionCriteria` (``min_fwhm_ratio``, ``min_fwhm``, ``max_fwhm_ratio``,
         ``min_roundness``, ``min_snr``, ``max_center_shift``, ``edge``,
         ``max_rmse_ratio``); None turns a test off.
 
@@ -399,6 +459,7 @@ def find_stars(
     if mask is not None and np.shape(mask) != data.shape:
         raise PsfkitError(f"the mask has shape {np.shape(mask)}, the image {data.shape}")
     bkg = estimate_background(data, mask=mask)
+    ceiling = img.saturation if isinstance(saturation, str) else saturation
 
     def candidates(sigma: float) -> tuple[Table, int]:
         """The candidates at this smoothing (the brightest max_candidates), and how many were found."""
@@ -424,8 +485,10 @@ def find_stars(
                           roworder=img.meta.get("roworder", "BOTTOM-UP"))
         return table
     # the frame's FWHM from the brightest candidates (unsaturated, isolated)
-    fwhm_est = _probe_fwhm(img, cands, guess=fwhm, gain=gain, read_noise=read_noise, mask=mask,
-                           saturation=saturation)
+    flat, *_ = _flat_tops(data, bkg, np.asarray(cands["x"], float), np.asarray(cands["y"], float), box=31,
+                          ceiling=ceiling)
+    fwhm_est, fwhm_spread = _probe_fwhm(img, cands, guess=fwhm, exclude=flat, gain=gain, read_noise=read_noise,
+                                        mask=mask, saturation=saturation)
     if fwhm is None and fwhm_est > 4.0:
         # wide stars: detect again with the filter matched to them (sigma FWHM / 2.355); the
         # 1 px filter also picks the grain of the sky and the structure of bloated disks, which
@@ -445,24 +508,51 @@ def find_stars(
     xs = np.asarray(cands["x"], dtype=float)
     ys = np.asarray(cands["y"], dtype=float)
     peaks = np.asarray(cands["peak"], dtype=float)
+    # flat tops (saturated cores, bloated photographic disks): their plateau is left out of
+    # the fit (the wings are fitted) and they are flagged saturated
+    flat, flat_cut, flat_r, xs, ys = _flat_tops(data, bkg, xs, ys, box=max(box, 61), ceiling=ceiling,
+                                                fwhm=fwhm_est)
+    if flat.any():
+        # a plateau wider than the smoothing kernel has several maxima (its noise, a spike's
+        # root): one star, the candidate with the widest plateau
+        keep = _plateau_thin(xs, ys, flat, flat_r, 0.5 * fwhm_est)
+        cands = cands[keep]
+        xs, ys, peaks, flat, flat_cut, flat_r = (a[keep] for a in (xs, ys, peaks, flat, flat_cut, flat_r))
     masker = _neighbour_masker(xs, ys, peaks, 1.2 * fwhm_est) if mask_neighbours else None
+    if flat.any():
+        masker = _plateau_masker(data, xs, ys, flat, flat_cut, flat_r, masker)
     frame_beta = None
     if str(model).lower() == "moffat" and beta is None:
         # faint stars do not constrain beta, and a free beta makes their total flux (and SNR)
         # as uncertain as beta itself: the frame's beta from its bright stars, fixed for all
-        frame_beta = _probe_beta(img, cands, box=box, gain=gain, read_noise=read_noise, mask=mask,
+        frame_beta = _probe_beta(img, cands, box=box, exclude=flat, gain=gain, read_noise=read_noise, mask=mask,
                                  saturation=saturation)
     fit_beta = frame_beta if frame_beta is not None else (None if beta == "free" else beta)
     fit_kwargs = dict(box=box, model=model, beta=fit_beta, angle=angle, search_radius=None, gain=gain,
                       read_noise=read_noise, mask=mask, saturation=saturation)
     table = _fit_in_chunks(img, xs, ys, masker, fit_kwargs, progress)
+    if flat.any():
+        # flat tops are fitted again in a box that holds their wings around the plateau
+        sel = np.flatnonzero(flat)
+        big = int(math.ceil(2.0 * float(np.max(flat_r[sel])) + 4.0 * fwhm_est))
+        big = min(max(big, box), 151)
+        big += 1 - big % 2
+        if big > box:
+            sub = (lambda origin, b, idx: masker(origin, b, sel[idx])) if masker is not None else None
+            table[sel] = _fit_in_chunks(img, xs[sel], ys[sel], sub, {**fit_kwargs, "box": big}, False)[table.colnames]
+        table["flags"][flat] = np.asarray(table["flags"])[flat] | F.SATURATED
     table["peak_significance"] = np.asarray(cands["significance"], dtype=float)
     table["detection_pass"] = np.ones(len(table), dtype=np.int64)
-    reasons = _reject(table, crit, img.shape, fwhm_est)
+    reasons = _reject(table, crit, img.shape, fwhm_est, fwhm_spread)
     if deblend and (reasons == "").any():
+        # a blend of two stars is as wide as a knot: those rejected only by the scatter test of
+        # the extent go through the crowded-field pass too (split, they pass; a knot does not)
+        fw = np.asarray(table["fwhm"], dtype=float)
+        soft = (reasons == "extended") & (fw <= (crit.max_fwhm_ratio or np.inf) * fwhm_est)
         table, reasons = _deblend(img, bkg, table, reasons, fwhm_est=fwhm_est, smoothing=smoothing,
                                                 threshold=threshold, noise=float(cands.meta["noise_smoothed"]),
-                                                fit_kwargs=fit_kwargs, crit=crit, mask_neighbours=mask_neighbours)
+                                                fit_kwargs=fit_kwargs, crit=crit, mask_neighbours=mask_neighbours,
+                                                fwhm_spread=fwhm_spread, soft=soft)
     # duplicates: two candidates converging on one star
     order = np.argsort(-np.nan_to_num(table["flux_fit"], nan=-np.inf), kind="stable")
     accepted = reasons == ""
@@ -548,14 +638,15 @@ def _add_hfr(table: Table, data: np.ndarray, bkg: Background, fwhm_est: float, p
         table["hfr_arcsec"].unit = "arcsec"
 
 
-def _deblend(img, bkg, table, reasons, *, fwhm_est, smoothing, threshold, noise, fit_kwargs, crit, mask_neighbours):
-    """The crowded-field pass of :mod:`psfkit.detect.deblend` on the accepted stars: their rows refitted
-    with neighbours subtracted, companions appended with their own rejection tests.
-    Returns (table, reasons).
+def _deblend(img, bkg, table, reasons, *, fwhm_est, smoothing, threshold, noise, fit_kwargs, crit, mask_neighbours,
+             fwhm_spread=None, soft=None):
+    """The crowded-field pass of :mod:`psfkit.detect.deblend` on the accepted stars (and those in
+    ``soft``): their rows refitted with neighbours subtracted, companions appended with their own
+    rejection tests.  Returns (table, reasons).
     """
     from psfkit.detect.deblend import deblend_stars
 
-    acc = np.flatnonzero(reasons == "")
+    acc = np.flatnonzero((reasons == "") | (soft if soft is not None else False))
     s2 = (fwhm_est / FWHM_PER_SIGMA) ** 2
 
     def fit(x, y, neighbours, light):
@@ -577,11 +668,11 @@ def _deblend(img, bkg, table, reasons, *, fwhm_est, smoothing, threshold, noise,
     stars, comp, explains = deblend_stars(img.data, bkg.level, table[acc], fwhm=fwhm_est, smoothing=smoothing,
                                           threshold=threshold, noise=noise, fit=fit)
     table[acc] = stars
-    reasons[acc] = _reject(table[acc], crit, img.shape, fwhm_est)  # the refitted values pass the tests again
+    reasons[acc] = _reject(table[acc], crit, img.shape, fwhm_est, fwhm_spread)  # the refitted values: tests again
     if len(comp) == 0:
         return table, reasons
     comp["detection_pass"] = np.full(len(comp), 2, dtype=np.int64)
-    comp_reasons = _reject(comp, crit, img.shape, fwhm_est)
+    comp_reasons = _reject(comp, crit, img.shape, fwhm_est, fwhm_spread)
     comp_reasons[(comp_reasons == "") & ~explains] = "misfit"
     table = vstack([table, comp[table.colnames]], metadata_conflicts="silent")
     return table, np.concatenate([reasons, comp_reasons])
@@ -602,46 +693,263 @@ def _probe_indices(significance: np.ndarray, n: int = 60) -> np.ndarray:
     return pool
 
 
-def _probe_positions(cands: Table) -> tuple[np.ndarray, np.ndarray]:
-    """x, y of the probe (:func:`_probe_indices`), single-pixel outliers left out."""
-    idx = _probe_indices(np.asarray(cands["significance"], dtype=float))
+def _probe_positions(cands: Table, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """x, y of the probe (:func:`_probe_indices`) among the candidates that are neither sharp
+    (hot pixels, cosmic-ray hits) nor in ``exclude`` (flat tops: saturated stars, bloated disks).
+    """
+    keep = np.ones(len(cands), dtype=bool)
     if "sharp" in cands.colnames:
-        smooth = ~np.asarray(cands["sharp"], dtype=bool)[idx]
-        idx = idx[smooth] if smooth.any() else idx
+        keep &= ~np.asarray(cands["sharp"], dtype=bool)
+    if exclude is not None:
+        keep &= ~np.asarray(exclude, dtype=bool)
+    pool = np.flatnonzero(keep) if keep.any() else np.arange(len(cands))
+    idx = pool[_probe_indices(np.asarray(cands["significance"], dtype=float)[pool])]
     return np.asarray(cands["x"], dtype=float)[idx], np.asarray(cands["y"], dtype=float)[idx]
 
 
-def _probe_fwhm(img: Image, cands: Table, *, guess: float | None = None, **fit_kwargs: Any) -> float:
-    """The frame's stellar FWHM (px): the median over a probe of candidates fitted without the
-    angle, in a box of 15 px (or 4 x the guess), again in a box of 4 FWHM when that is larger;
-    the guess (default 3 px) when fewer than 3 candidates measure it.
+def frame_fwhm(fwhm: np.ndarray, snr: np.ndarray) -> float:
+    """The frame's stellar FWHM from the fitted FWHM of a set of point sources: the mode of
+    their distribution, each weighted by its SNR (capped at 100).
+
+    The mode, not the median: the stars of a frame share one FWHM, while what else is in the
+    probe (a galaxy's knots, blends, tracks of cosmic rays that escaped the sharpness test)
+    spreads over many.  The weighted histogram is taken in log FWHM (bins of 0.05 dex,
+    smoothed by a 3-bin window); of its peaks at least 0.3 times the highest and holding at
+    least a fifth of the weight, the narrowest is the stars' (on M51 the HII knots outnumber
+    the field stars, but are all wider; a few grains or specks do not make a peak).  The
+    estimate is the SNR-weighted median of the values within 0.1 dex of that peak.  NaN when
+    empty.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> f = np.r_[np.full(12, 3.0) + np.linspace(-0.1, 0.1, 12), [9.0, 12.0, 15.0, 20.0, 30.0, 40.0]]
+    >>> round(frame_fwhm(f, np.full(f.size, 50.0)), 1)
+    3.0
     """
-    px, py = _probe_positions(cands)
+    f = np.asarray(fwhm, dtype=float)
+    w = np.clip(np.nan_to_num(np.asarray(snr, dtype=float), nan=0.0), 0.0, 100.0)
+    ok = np.isfinite(f) & (f > 0) & (w > 0)
+    if not ok.any():
+        return float("nan")
+    f, w = f[ok], w[ok]
+    lf = np.log10(f)
+    edges = np.arange(lf.min() - 0.075, lf.max() + 0.1, 0.05)
+    hist, _ = np.histogram(lf, bins=edges, weights=w)
+    hist = np.convolve(hist, np.ones(3), mode="same")
+    # the narrowest strong mode: point sources are the sharpest population left (hits and hot
+    # pixels are out), everything else (knots, blends, galaxies) is only wider
+    padded = np.r_[-np.inf, hist, -np.inf]
+    strong = (hist >= 0.3 * hist.max()) & (hist >= 0.2 * w.sum())
+    peaks = np.flatnonzero((hist >= padded[:-2]) & (hist >= padded[2:]) & strong)
+    centre = 0.5 * (edges[:-1] + edges[1:])[int(peaks[0]) if len(peaks) else int(np.argmax(hist))]
+    near = np.abs(lf - centre) <= 0.1
+    order = np.argsort(f[near])
+    cum = np.cumsum(w[near][order])
+    return float(f[near][order][np.searchsorted(cum, 0.5 * cum[-1])])
+
+
+def _fwhm_spread(fwhm: np.ndarray, est: float) -> float:
+    """Relative scatter of the stars' FWHM about the frame's (1.4826 MAD of ln(fwhm / est) over
+    the values within 0.15 dex of it): a few % on a CCD frame, 20 % on a photographic plate,
+    whose brighter stars are wider.
+    """
+    f = np.asarray(fwhm, dtype=float)
+    f = f[np.isfinite(f) & (f > 0)]
+    if not (np.isfinite(est) and est > 0) or f.size < 3:
+        return 0.1
+    r = np.log(f / est)
+    r = r[np.abs(r) <= 0.15 * math.log(10)]
+    if r.size < 3:
+        return 0.1
+    return float(1.4826 * np.median(np.abs(r)))
+
+
+def _probe_fwhm(img: Image, cands: Table, *, guess: float | None = None, exclude: np.ndarray | None = None,
+                **fit_kwargs: Any) -> tuple[float, float]:
+    """The frame's stellar FWHM (px) and the stars' relative FWHM scatter: :func:`frame_fwhm` over
+    a probe of candidates (not sharp, no flat top) fitted without the angle, in a box of 15 px (or
+    4 x the guess), again in a box of 4 FWHM when that is larger; fits that are saturated, failed
+    or elongated (roundness < 0.5: a cosmic-ray track) are left out; the guess (default 3 px) when
+    none measures it.
+    """
+    px, py = _probe_positions(cands, exclude)
     first = 3.0 if guess is None else float(guess)
-    est, box = first, max(15, fitting_box(first, per_fwhm=4.0, minimum=1, maximum=101))
+    est, box, spread = first, max(15, fitting_box(first, per_fwhm=4.0, minimum=1, maximum=101)), 0.1
     for _ in range(2):
         t0 = fit_stars(img, px, py, box=box, angle=False, search_radius=None, **fit_kwargs)
         ok = (t0["flags"] & (F.SATURATED | F.FIT_FAILED | F.NOT_CONVERGED)) == 0
-        ok &= np.isfinite(t0["fwhm"]) & (t0["fwhm"] > 0.8)
-        est = float(np.median(t0["fwhm"][ok])) if ok.sum() >= 3 else first
+        ok &= np.isfinite(t0["fwhm"]) & (t0["fwhm"] > 0.5) & (np.asarray(t0["roundness"]) >= 0.5)
+        est = frame_fwhm(np.asarray(t0["fwhm"])[ok], np.asarray(t0["snr"])[ok]) if ok.sum() >= 1 else first
+        est = first if not np.isfinite(est) else est
+        spread = _fwhm_spread(np.asarray(t0["fwhm"])[ok], est)
         wanted = fitting_box(est, per_fwhm=4.0, minimum=1, maximum=101)
         if wanted <= box:
             break
         box = wanted
-    return min(max(est, 1.0), 30.0)
+    return min(max(est, 1.0), 30.0), spread
 
 
-def _probe_beta(img: Image, cands: Table, *, box: int, **fit_kwargs: Any) -> float | None:
+def _flat_tops(data: np.ndarray, background: Background, x: np.ndarray, y: np.ndarray, *,
+               box: int, ceiling: float | None = None, fwhm: float | None = None) -> tuple[np.ndarray, ...]:
+    """Candidates whose top is a plateau: a saturated star (above the level the header or data
+    type gives, or below it: a photographic plate's bloated disk, a camera whose saturation is
+    not written), their top level and the plateau's radius (px).
+
+    A point source's profile is rounded at its peak: the pixels within 3 % of a Gaussian's
+    peak cover 3 % of the area above its half maximum (less for a Moffat).  A saturated core is
+    flat: the pixels within 3 % (or 3 noise, whichever is more) of the top cover a large part of
+    that area.  A flat top has a peak at least 20 noise above the background and at least 5
+    such pixels (connected to the peak), covering at least 15 % of the half-maximum area and
+    2.5 times what a Gaussian's top would cover at that tolerance (ln(t / (t - tol)) / ln 2 of
+    it: at 20 noise, 3 noise is 15 % of the peak, and a Gaussian's top covers 23 %).
+
+    With the frame's saturation level known (``ceiling``: the header's, or the data type's
+    largest value), a top within 5 % of it (above the background) over at least 5 connected
+    pixels is a flat top too, its plateau the pixels above that 95 % level: the response's
+    shoulder is not linear, and a photographic plate's bloated disk is rounded there (the 1910
+    M44 plate's brightest stars rise smoothly to 250 of 255).
+
+    With the frame's FWHM known, a plateau below that shoulder whose edge is soft (from the
+    plateau to half its level over more than 14 FWHM) is a galaxy's flat core, not a star: it is
+    no flat top (and so not exempt from the ``extended`` test).
+
+    Returns (flat, cut, radius, x, y): the plateau's pixels are those at or above
+    ``cut`` (data units), within about ``radius`` px of the peak; (x, y) is the plateau's
+    centroid for a flat top (the candidate's position otherwise), where its fit starts.
+    """
+    from psfkit.psf.stamps import cut_stamps
+
+    n = len(x)
+    flat = np.zeros(n, dtype=bool)
+    top = np.full(n, np.nan)
+    radius = np.zeros(n)
+    cx, cy = np.array(x, dtype=float), np.array(y, dtype=float)
+    if n == 0:
+        return flat, top, radius, cx, cy
+    ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
+    ny, nx = data.shape
+    lvl = background.level[np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)].astype(float)
+    # only bright candidates can have a measurable flat top: look at those
+    raw = np.asarray(data, dtype=float)[np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)] - lvl
+    look = np.flatnonzero(np.nan_to_num(raw, nan=0.0) >= 30.0 * background.noise)
+    for start in range(0, len(look), 512):
+        idx = look[start:start + 512]
+        st, _, origin, _ = cut_stamps(data, x[idx], y[idx], box)
+        st = st - lvl[idx, None, None]
+        c = box // 2
+        core = np.nan_to_num(st[:, c - 1:c + 2, c - 1:c + 2], nan=-np.inf).reshape(len(idx), -1)
+        t = core.max(axis=1)
+        tol = np.maximum(0.03 * t, 3.0 * background.noise)
+        with np.errstate(invalid="ignore"):
+            n_top = np.sum(st >= (t - tol)[:, None, None], axis=(1, 2))
+            n_half = np.sum(st >= 0.5 * t[:, None, None], axis=(1, 2))
+        # what a Gaussian's top would cover at this tolerance, and the plateau's share needed
+        with np.errstate(divide="ignore", invalid="ignore"):
+            need = np.maximum(0.15, 2.5 * np.log(t / np.maximum(t - tol, 1e-30)) / math.log(2.0))
+        shoulder = np.zeros(len(idx), dtype=bool)
+        if ceiling is not None and np.isfinite(ceiling):
+            # the shoulder of the detector's (or the plate's) response: a top within 5 % of the
+            # ceiling is not linear, whatever its shape (a plate's bloated disk is rounded there)
+            shoulder = t >= 0.95 * (ceiling - lvl[idx])
+            tol = np.where(shoulder, t - 0.95 * (ceiling - lvl[idx]), tol)
+            need = np.where(shoulder, 0.0, need)
+            with np.errstate(invalid="ignore"):
+                n_top = np.where(shoulder, np.sum(st >= (t - tol)[:, None, None], axis=(1, 2)), n_top)
+        ok = (t >= 20.0 * background.noise) & (n_top >= 5) & (n_top >= need * np.maximum(n_half, 1))
+        # counted again on the pixels connected to the peak (not a neighbour's light in the box)
+        from scipy import ndimage
+
+        for k in np.flatnonzero(ok):
+            img_k = np.nan_to_num(st[k], nan=-np.inf)
+            iy0, ix0 = np.unravel_index(int(np.argmax(np.where(np.abs(np.arange(box) - c)[:, None] <= 1,
+                                                                 np.where(np.abs(np.arange(box) - c)[None, :] <= 1,
+                                                                          img_k, -np.inf), -np.inf))), img_k.shape)
+            lab, _ = ndimage.label(img_k >= t[k] - tol[k])
+            plateau = lab == lab[iy0, ix0]
+            n_top[k] = np.count_nonzero(plateau)
+            if img_k[plateau].max() > t[k] + tol[k]:
+                # the candidate is on the flank of something brighter (a galaxy's core, whose
+                # background the mesh has partly taken): not the top of a plateau
+                n_top[k] = 0
+            py_, px_ = np.nonzero(plateau)
+            cx[idx[k]] = origin[k, 0] + px_.mean()
+            cy[idx[k]] = origin[k, 1] + py_.mean()
+            lab, _ = ndimage.label(img_k >= 0.5 * t[k])
+            n_half[k] = np.count_nonzero(lab == lab[iy0, ix0])
+        ok &= (n_top >= 5) & (n_top >= need * np.maximum(n_half, 1))
+        if fwhm is not None:
+            # a saturated star falls from its plateau's edge to half the plateau's level within
+            # about the PSF's FWHM (2 sqrt(r_half^2 - r_plateau^2) = FWHM for a Gaussian; 2-3 FWHM
+            # on the DSS plate, 11 for its brightest star's photographic halo); a galaxy's flat
+            # core falls slowly (M51's nucleus: 18 FWHM)
+            edge = 2.0 * np.sqrt(np.maximum(n_half - n_top, 0) / np.pi)
+            ok &= shoulder | (edge <= 14.0 * fwhm)
+        flat[idx] = ok
+        top[idx] = t - tol + lvl[idx]
+        radius[idx] = np.sqrt(n_top / np.pi)
+    cx, cy = np.where(flat, cx, x), np.where(flat, cy, y)
+    return flat, top, radius, cx, cy
+
+
+def _probe_beta(img: Image, cands: Table, *, box: int, exclude: np.ndarray | None = None,
+                **fit_kwargs: Any) -> float | None:
     """The frame's Moffat beta: the median over the FWHM probe's candidates fitted with beta
     free (not saturated, converged, beta off its bounds); None (beta free) with fewer than 3.
     """
-    px, py = _probe_positions(cands)
+    px, py = _probe_positions(cands, exclude)
     t0 = fit_stars(img, px, py, box=box, model="moffat", angle=False, search_radius=None, **fit_kwargs)
     bad = F.SATURATED | F.FIT_FAILED | F.NOT_CONVERGED | F.AT_BOUND
     ok = ((t0["flags"] & bad) == 0) & np.isfinite(t0["beta"])
     if ok.sum() < 3:
         return None
     return float(np.clip(np.median(t0["beta"][ok]), 1.1, 15.0))
+
+
+def _plateau_thin(xs: np.ndarray, ys: np.ndarray, flat: np.ndarray, radius: np.ndarray, margin: float) -> np.ndarray:
+    """Which candidates to keep: of the candidates on a flat top's plateau (within its radius +
+    ``margin``), only the flat-topped candidate with the widest plateau.
+    """
+    from scipy.spatial import cKDTree
+
+    keep = np.ones(len(xs), dtype=bool)
+    tree = cKDTree(np.stack([xs, ys], axis=1))
+    for i in np.flatnonzero(flat)[np.argsort(-radius[flat], kind="stable")]:
+        if not keep[i]:
+            continue
+        for j in tree.query_ball_point([xs[i], ys[i]], radius[i] + margin):
+            if j != i:
+                keep[j] = False
+    return keep
+
+
+def _plateau_masker(data, xs, ys, flat, cut, radius, inner=None):
+    """Per-stamp masks (as :func:`_neighbour_masker`'s) that also leave out the flat top of each
+    flat-topped candidate: its pixels at or above ``cut`` (see :func:`_flat_tops`) within its
+    plateau's radius + 2 px of the candidate.
+    """
+
+    def masker(origin: np.ndarray, box: int, idx: np.ndarray) -> np.ndarray:
+        out = inner(origin, box, idx) if inner is not None else np.zeros((len(idx), box, box), dtype=bool)
+        ny, nx = data.shape
+        yy, xx = np.mgrid[0:box, 0:box]
+        for k, i in enumerate(idx):
+            if not flat[i]:
+                continue
+            ox, oy = int(origin[k, 0]), int(origin[k, 1])
+            y0, x0 = max(oy, 0), max(ox, 0)
+            y1, x1 = min(oy + box, ny), min(ox + box, nx)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            patch = np.full((box, box), -np.inf)
+            patch[y0 - oy:y1 - oy, x0 - ox:x1 - ox] = data[y0:y1, x0:x1]
+            r = radius[i] + 2.0
+            near = (xx + ox - xs[i]) ** 2 + (yy + oy - ys[i]) ** 2 <= r * r
+            with np.errstate(invalid="ignore"):
+                out[k] |= near & (patch >= cut[i])
+        return out
+
+    return masker
 
 
 def _thin(cands: Table, sep: float) -> Table:
@@ -679,8 +987,11 @@ def _fit_in_chunks(img, xs, ys, masker, fit_kwargs, progress):
     return table
 
 
-def _reject(table: Table, crit: RejectionCriteria, shape: tuple[int, int], fwhm_est: float) -> np.ndarray:
-    """The first failed test per candidate ('' when accepted)."""
+def _reject(table: Table, crit: RejectionCriteria, shape: tuple[int, int], fwhm_est: float,
+            fwhm_spread: float | None = None) -> np.ndarray:
+    """The first failed test per candidate ('' when accepted); ``fwhm_spread``: the relative
+    scatter of the frame's stellar FWHM (see ``extended_spread``; None: that test is off).
+    """
     n = len(table)
     reasons = np.array([""] * n, dtype=object)
 
@@ -697,22 +1008,35 @@ def _reject(table: Table, crit: RejectionCriteria, shape: tuple[int, int], fwhm_
         x, y = np.asarray(table["x_fit"]), np.asarray(table["y_fit"])
         e = crit.edge
         mark((x < e - 0.5) | (y < e - 0.5) | (x > nx - 0.5 - e) | (y > ny - 0.5 - e), "edge")
+    # a saturated star (or a photographic disk's flat top) is fitted on its wings: its FWHM, shape
+    # and misfit are those of the wings (spikes, halo), wider and rougher than the PSF's core, and
+    # its flux error is large (the core is masked); it is listed with its flag whatever these
+    # tests say (its fit starts on the plateau's centroid, so the centre test still applies)
+    sat = (fl & F.SATURATED) != 0
+    narrow = -np.inf
+    if crit.min_fwhm_ratio is not None:
+        narrow = crit.min_fwhm_ratio * fwhm_est
     if crit.min_fwhm is not None:
-        mark(fwhm < crit.min_fwhm, "too_narrow")
+        narrow = max(narrow, crit.min_fwhm)
+    mark((fwhm < narrow) & ~sat, "too_narrow")
+    if crit.max_fwhm_ratio is not None:
+        mark((fwhm > crit.max_fwhm_ratio * fwhm_est) & ~sat, "extended")
+    if crit.extended_spread is not None and fwhm_spread is not None:
+        err = np.nan_to_num(np.asarray(table["fwhm_err"], dtype=float), nan=np.inf)
+        wide = fwhm_est * (1.0 + max(0.2, crit.extended_spread * fwhm_spread))
+        mark((fwhm - wide > 2.0 * err) & ~sat, "extended")
+    # (after the extent: a galaxy's fit wanders off its first peak, and "extended" says why)
     if crit.max_center_shift is not None:
         shift = np.hypot(np.asarray(table["x_fit"]) - np.asarray(table["x_init"]),
                          np.asarray(table["y_fit"]) - np.asarray(table["y_init"]))
         mark(shift > crit.max_center_shift * max(fwhm_est, 1.0), "center_moved")
-    if crit.max_fwhm_ratio is not None:
-        sat = (fl & F.SATURATED) != 0
-        mark((fwhm > crit.max_fwhm_ratio * fwhm_est) & ~sat, "too_wide")
     if crit.min_roundness is not None:
-        mark(np.asarray(table["roundness"]) < crit.min_roundness, "not_round")
+        mark((np.asarray(table["roundness"]) < crit.min_roundness) & ~sat, "not_round")
     if crit.min_snr is not None:
-        mark(np.nan_to_num(np.asarray(table["snr"], dtype=float), nan=0.0) < crit.min_snr, "low_snr")
+        # (a saturated star's light is not in doubt; only its flux is, the core being masked)
+        mark((np.nan_to_num(np.asarray(table["snr"], dtype=float), nan=0.0) < crit.min_snr) & ~sat, "low_snr")
     if crit.max_rmse_ratio is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.asarray(table["rmse"]) / np.asarray(table["amplitude"])
-        sat = (fl & F.SATURATED) != 0
         mark((np.nan_to_num(ratio, nan=np.inf) > crit.max_rmse_ratio) & ~sat, "poor_fit")
     return reasons

@@ -333,6 +333,23 @@ def initial_params(
     ) ** 2
     area = np.count_nonzero(above & near, axis=(1, 2))
     fwhm = np.maximum(2.0 * np.sqrt(np.maximum(area, 1) / np.pi), 1.0)
+    # a saturated core (no usable pixel at the centre): the peak's value is only the plateau's
+    # level.  For a Gaussian, the plateau's radius r_p (level L) and the radius r_h where the
+    # profile falls to L / 2 give sigma^2 = (r_h^2 - r_p^2) / (2 ln 2) and the hidden
+    # amplitude L exp(r_p^2 / 2 sigma^2): a first guess on the wings' scale, not the plateau's
+    # (started from the plateau the fit of a star saturated over tens of pixels can collapse
+    # onto a needle)
+    core_lost = ~np.isfinite(np.where(usable, stamps, np.nan)[np.arange(n), cy, cx])
+    if core_lost.any():
+        with np.errstate(invalid="ignore"):
+            flat = np.where(np.isfinite(stamps) & ~usable,
+                            stamps - bkg[:, None, None] >= 0.97 * amp[:, None, None], False)
+        n_flat = np.count_nonzero(flat & near, axis=(1, 2))
+        r_p2, r_h2 = n_flat / np.pi, area / np.pi
+        ok = core_lost & (n_flat >= 3) & (r_h2 > r_p2 + 0.5)
+        sig2 = np.where(ok, (r_h2 - r_p2) / (2.0 * math.log(2.0)), 1.0)
+        fwhm = np.where(ok, np.sqrt(sig2) * FWHM_PER_SIGMA, fwhm)
+        amp = np.where(ok, amp * np.exp(np.minimum(r_p2 / (2.0 * sig2), math.log(1e4))), amp)
     p = np.zeros((n, model.n_params))
     p[:, 0] = bkg
     p[:, 2] = centre[:, 0]
