@@ -112,6 +112,20 @@ def test_star_count(shared_data, name):
     assert lo <= int(t["accepted"].sum()) <= hi
 
 
+@pytest.mark.parametrize("name", FRAMES)
+def test_every_candidate_is_fitted(shared_data, name):
+    """No row, accepted or rejected, keeps the zeros of a fit the engine never ran (rmse and chi-square
+    0, no errors).  On the DSS plate a runaway angle-free fit (centre at its bound, a width of 10^5 px)
+    once went on to the angle stage and broke the compiled batch there: 261 candidates after it,
+    the star at (801.1, 629.2) among them, came back unfitted and were rejected as low_snr."""
+    _, t = _found(shared_data, name)
+    rmse = np.asarray(t["rmse"], dtype=float)
+    chi2 = np.asarray(t["reduced_chi2"], dtype=float)
+    fitted = np.isfinite(np.asarray(t["x_fit"], dtype=float)) & (np.asarray(t["n_pixels_fit"]) > 10)
+    unfitted = fitted & (rmse == 0) & (chi2 == 0)
+    assert not unfitted.any(), f"{int(unfitted.sum())} rows unfitted, e.g. {list(zip(t['x_init'][unfitted][:3], t['y_init'][unfitted][:3]))}"
+
+
 @pytest.mark.parametrize("name", [n for n in FRAMES if FRAMES[n].get("stars")])
 def test_real_stars_are_accepted(shared_data, name):
     _, t = _found(shared_data, name)

@@ -318,7 +318,16 @@ def fit_stars(
         differ |= ((1.0 - ratio) > 3.0 * np.nan_to_num(rel, nan=np.inf)) | (fit1.chi2 > dof1 + 3.0 * np.sqrt(2.0 * dof1))
         if angle is True:
             differ[:] = True
-        todo = np.flatnonzero(differ & np.all(np.isfinite(p1), axis=1))
+        # only stars that stage 1 fitted: a fit that ran away (its centre at the box's bound, a width
+        # beyond the box) measures no elongation, and its values as the start of stage 2 broke the
+        # compiled engine's batch (an exception in one star left the stars after it unfitted)
+        sane = (
+            np.all(np.isfinite(p1), axis=1)
+            & (p1[:, mdl.i_x0] >= -0.5) & (p1[:, mdl.i_x0] <= box - 0.5)
+            & (p1[:, mdl.i_y0] >= -0.5) & (p1[:, mdl.i_y0] <= box - 0.5)
+            & (wx > 0) & (wx < box) & (wy > 0) & (wy < box)
+        )
+        todo = np.flatnonzero(differ & sane)
         stage = "two-stage"
         if todo.size:
             p2 = p1[todo].copy()
