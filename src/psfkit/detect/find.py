@@ -25,7 +25,7 @@ from psfkit.psf.columns import empty_star_table
 from psfkit.psf.fit import fit_stars
 from psfkit.psf.models import FWHM_PER_SIGMA
 from psfkit.psf.stamps import fitting_box
-from psfkit.utils import check_positive, subpixel_peak, thin_brighter_first
+from psfkit.utils import check_positive, subpixel_peak, thin_brighter_first, weighted_median
 
 __all__ = ["Background", "estimate_background", "find_candidates", "find_stars", "frame_fwhm", "RejectionCriteria"]
 
@@ -744,9 +744,7 @@ def frame_fwhm(fwhm: np.ndarray, snr: np.ndarray) -> float:
     peaks = np.flatnonzero((hist >= padded[:-2]) & (hist >= padded[2:]) & strong)
     centre = 0.5 * (edges[:-1] + edges[1:])[int(peaks[0]) if len(peaks) else int(np.argmax(hist))]
     near = np.abs(lf - centre) <= 0.1
-    order = np.argsort(f[near])
-    cum = np.cumsum(w[near][order])
-    return float(f[near][order][np.searchsorted(cum, 0.5 * cum[-1])])
+    return weighted_median(f[near], w[near])
 
 
 def _fwhm_spread(fwhm: np.ndarray, est: float) -> float:
@@ -894,8 +892,10 @@ def _flat_tops(data: np.ndarray, background: Background, x: np.ndarray, y: np.nd
 
 def _probe_beta(img: Image, cands: Table, *, box: int, exclude: np.ndarray | None = None,
                 **fit_kwargs: Any) -> float | None:
-    """The frame's Moffat beta: the median over the FWHM probe's candidates fitted with beta
-    free (not saturated, converged, beta off its bounds); None (beta free) with fewer than 3.
+    """The frame's Moffat beta: the inverse-variance weighted median over the FWHM probe's
+    candidates fitted with beta free (not saturated, converged, beta off its bounds); None (beta
+    free) with fewer than 3.  Weighted, because the faint candidates' beta scatters over 1-20
+    (on a beta 1.4 field the plain median of 27 stars gave 1.53, the weighted one 1.36-1.43).
     """
     px, py = _probe_positions(cands, exclude)
     t0 = fit_stars(img, px, py, box=box, model="moffat", angle=False, search_radius=None, **fit_kwargs)
@@ -903,7 +903,11 @@ def _probe_beta(img: Image, cands: Table, *, box: int, exclude: np.ndarray | Non
     ok = ((t0["flags"] & bad) == 0) & np.isfinite(t0["beta"])
     if ok.sum() < 3:
         return None
-    return float(np.clip(np.median(t0["beta"][ok]), 1.1, 15.0))
+    err = np.asarray(t0["beta_err"], dtype=float)[ok]
+    value = weighted_median(np.asarray(t0["beta"], dtype=float)[ok], 1.0 / err**2)
+    if not np.isfinite(value):
+        value = float(np.median(t0["beta"][ok]))
+    return float(np.clip(value, 1.1, 15.0))
 
 
 def _plateau_thin(xs: np.ndarray, ys: np.ndarray, flat: np.ndarray, radius: np.ndarray, margin: float) -> np.ndarray:
