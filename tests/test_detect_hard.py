@@ -95,3 +95,18 @@ def test_heavily_saturated_stars(known_level):
     assert ((np.asarray(acc["flags"])[i] & F.SATURATED) != 0).all()
     assert not np.isin(stars["reject_reason"][~stars["accepted"]], ["too_narrow"]).any() or \
         (_match(stars[stars["reject_reason"] == "too_narrow"], bx, by, 5.0) < 0).all()
+
+
+def test_plateau_region_matches_scipy_label():
+    """find's flat-top test grows the plateau from the peak (4-connected) without scipy.ndimage: the
+    same region as ``ndimage.label``'s component under the peak."""
+    from scipy import ndimage
+
+    from psfkit.detect.find import _connected
+
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        m = rng.random((21, 21)) > 0.45
+        iy, ix = rng.integers(0, 21, 2)
+        lab, _ = ndimage.label(m)
+        assert np.array_equal((lab == lab[iy, ix]) & m[iy, ix], _connected(m, iy, ix))

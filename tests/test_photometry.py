@@ -231,14 +231,19 @@ def test_elliptical_apertures_from_fitted_shape():
 # ---------------------------------------------------------------- real frames and the CLI
 def test_real_frame_every_star_of_find(sample_path):
     img = psfkit.load_image(sample_path)
-    stars = psfkit.find_stars(img)
-    out = star_photometry(img, stars)
-    assert len(out) == len(stars) and "flux_ratio" in out.colnames
-    assert np.isfinite(out.meta["aperture_correction"]["correction"])
-    # isolated, well-measured stars: PSF flux and corrected aperture flux agree within ~15 per cent
-    ok = (out["snr_aper"] > 50) & (out["phot_flags"] == 0) & (out["flags"] == 0)
-    assert ok.sum() >= 3
-    assert abs(np.median(out["flux_ratio"][ok]) - 1.0) < 0.15
+    ratios = {}
+    for model in ("gaussian", "moffat"):
+        stars = psfkit.find_stars(img, model=model)
+        out = star_photometry(img, stars)
+        assert len(out) == len(stars) and "flux_ratio" in out.colnames
+        assert np.isfinite(out.meta["aperture_correction"]["correction"])
+        ok = (out["snr_aper"] > 50) & (out["phot_flags"] == 0) & (out["flags"] == 0)
+        assert ok.sum() >= 3
+        ratios[model] = float(np.median(out["flux_ratio"][ok]))
+    # real stars have wings a Gaussian lacks: its flux to infinity falls short of the corrected
+    # aperture flux (0.84 on the sample), a Moffat's holds them (0.95; docs/flux.md)
+    assert abs(ratios["moffat"] - 1.0) < 0.10
+    assert ratios["gaussian"] < ratios["moffat"] and ratios["gaussian"] < 1.0
 
 
 def test_phot_cli_positions_and_star_list(tmp_path, shared_data):

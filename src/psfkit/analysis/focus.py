@@ -174,14 +174,22 @@ def _donut_hfr(img: Any) -> tuple[np.ndarray, int]:
         if not math.isfinite(h) or h <= 1.5 * sigma:
             break
         sigma = h  # smooth at the donut's scale: one candidate per donut
-    # candidates on one donut converge on its centroid: keep one per position
+    # candidates on one donut (its ring can hold several peaks) converge near its centroid: keep
+    # one per donut; two separate donuts of HFR h are at least 2.6 h apart (outer radius ~1.3 h)
     x, y = np.asarray(t["x"], float), np.asarray(t["y"], float)
     keep = np.ones(len(x), dtype=bool)
+    h = float(np.nanmedian(hfr)) if np.isfinite(hfr).any() else 1.0
     for j in range(len(x)):
         if keep[j]:
-            close = np.hypot(x - x[j], y - y[j]) < max(2.0, np.nan_to_num(hfr[j], nan=2.0))
+            close = np.hypot(x - x[j], y - y[j]) < max(2.0, 2.0 * h, np.nan_to_num(hfr[j], nan=2.0))
             close[: j + 1] = False
             keep &= ~close
+    # every donut of a frame has the defocus's size (within the field's curvature, tens of %): a
+    # noise peak or a fragment of a ring (HFR 0.5 or 16 times the others' here) is not one
+    if keep.sum() >= 3:
+        med = float(np.nanmedian(hfr[keep]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            keep &= np.abs(np.log(hfr / med)) < math.log(1.5)
     return hfr[keep], int(keep.sum())
 
 
