@@ -29,6 +29,30 @@ def test_export_roundtrip(tmp_path, table, suffix):
     assert np.allclose(back["fwhm_x"], np.asarray(table["fwhm_x"])[order] if suffix == ".lst" else table["fwhm_x"], atol=tol)
 
 
+def test_csv_is_astropys_text(tmp_path, table):
+    """The CSV writer (the csv module, for speed) writes byte for byte what astropy's ascii.csv
+    writer does: a find list with the rejected candidates (text column), and every dtype's edge cases.
+    """
+    from astropy.table import Table
+
+    rng = np.random.default_rng(0)
+    n = 400
+    values = np.concatenate([rng.normal(0, 1, 200) * 10.0 ** rng.integers(-30, 30, 200),
+                             [np.nan, np.inf, -np.inf, -0.0, 0.0, 1e16, 1e-5, 1e-4, 0.1, 2.0 ** 60],
+                             rng.integers(-5, 5, n - 210).astype(float)])
+    odd = Table({"f": values, "f32": values.astype(np.float32), "i": rng.integers(-10**12, 10**12, n),
+                 "u8": rng.integers(0, 255, n).astype(np.uint8), "ok": rng.random(n) > 0.5,
+                 "s": rng.choice(["", " ", "poor_fit", "a,b", 'q"x', " lead", "tail ", "two words", "\u00e9"], n)})
+    rejected = table.copy()
+    rejected["reject_reason"] = np.where(np.arange(len(rejected)) % 3 == 0, "", "low_snr")
+    rejected["accepted"] = rejected["reject_reason"] == ""
+    for k, t in enumerate([table, rejected, odd, odd[:0], Table({"s": [""]})]):
+        ours = psfkit.write_star_list(t, tmp_path / f"ours{k}.csv")
+        plain = Table({name: np.asarray(t[name]) for name in t.colnames})
+        plain.write(tmp_path / f"astropy{k}.csv", format="ascii.csv")
+        assert ours.read_bytes() == (tmp_path / f"astropy{k}.csv").read_bytes()
+
+
 def test_file_conventions(tmp_path, table):
     reg = psfkit.write_star_list(table, tmp_path / "s.reg").read_text()
     first = next(l for l in reg.splitlines() if l.startswith("ellipse("))

@@ -1,21 +1,41 @@
 """Which engine runs: the compiled (numba) kernels or their pure-numpy references.
 
 The environment variable ``PSFKIT_BACKEND`` chooses: ``auto`` (the default: compiled where numba
-is installed), ``numba`` or ``numpy``.  Every compiled kernel keeps a numpy twin that tests compare
-against, so ``PSFKIT_BACKEND=numpy`` gives the same answers, only slower.
+is installed, except for small jobs, below), ``numba`` or ``numpy``.  Every compiled kernel keeps a
+numpy twin that tests compare against, so ``PSFKIT_BACKEND=numpy`` gives the same answers, only
+slower on large frames.
+
+Small jobs.  Importing numba and loading its cached kernels costs a process about 0.6 s, more than
+the numpy twins take to measure a small frame.  Inside :func:`job` (``psfkit find`` and
+:func:`psfkit.find_stars` declare their frame's pixels, then the number of stars to fit), ``auto``
+runs the numpy twins while the job is at most :data:`SMALL_PIXELS` pixels and :data:`SMALL_STARS`
+stars and numba is not loaded yet; once numba is loaded in the process (a large job ran), every
+job runs compiled.  Outside :func:`job` (a direct call of a kernel, :func:`psfkit.fit_stars`),
+``auto`` is compiled.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib.util
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from psfkit.errors import PsfkitError
 
-__all__ = ["HAVE_NUMBA", "backend", "compiled_available", "numba_cache_dir"]
+__all__ = ["HAVE_NUMBA", "SMALL_PIXELS", "SMALL_STARS", "backend", "compiled_available", "job", "numba_cache_dir"]
+
+#: "auto" runs the numpy twins for frames up to this many pixels (while numba is not loaded) ...
+SMALL_PIXELS = 2_500_000
+#: ... and fits up to this many stars
+SMALL_STARS = 400
+
+#: the size of the job running in this context (pixels, stars), or None (no job declared)
+_JOB: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("psfkit_job", default=None)
 
 #: the folders whose ``__pycache__`` holds numba's cache of psfkit's compiled kernels by default
 _KERNEL_DIRS = tuple(Path(__file__).resolve().parent / name for name in ("detect", "psf", "aperture"))
@@ -44,14 +64,51 @@ def backend() -> str:
 
 
 def compiled_available() -> bool:
-    """True when the compiled kernels are used: numba is installed and ``PSFKIT_BACKEND`` is not numpy.
+    """True when the compiled kernels are used: numba is installed, ``PSFKIT_BACKEND`` is not numpy,
+    and (with ``auto``) the job running is not a small one (:func:`job`).
 
     Examples
     --------
     >>> isinstance(compiled_available(), bool)
     True
     """
-    return HAVE_NUMBA and backend() != "numpy"
+    if not HAVE_NUMBA:
+        return False
+    name = backend()
+    if name != "auto":
+        return name == "numba"
+    size = _JOB.get()
+    if size is None or "numba" in sys.modules:
+        return True
+    return not (size[0] <= SMALL_PIXELS and size[1] <= SMALL_STARS)
+
+
+@contextlib.contextmanager
+def job(*, pixels: int = 0, stars: int = 0) -> Iterator[None]:
+    """Declare the size of the work done inside the block: with ``PSFKIT_BACKEND=auto``, a small job
+    (at most :data:`SMALL_PIXELS` pixels and :data:`SMALL_STARS` stars, numba not loaded yet) runs
+    the numpy twins and never imports numba (see the module's docstring).  Blocks nest: the
+    innermost size holds.
+
+    Parameters
+    ----------
+    pixels : int
+        Pixels of the frame measured.
+    stars : int
+        Stars fitted.
+
+    Examples
+    --------
+    >>> with job(pixels=512 * 512, stars=50):
+    ...     small = "numba" not in sys.modules and backend() == "auto"
+    ...     compiled_available() == (HAVE_NUMBA and not small and backend() != "numpy")
+    True
+    """
+    token = _JOB.set((int(pixels), int(stars)))
+    try:
+        yield
+    finally:
+        _JOB.reset(token)
 
 
 def _writable(folder: Path) -> bool:

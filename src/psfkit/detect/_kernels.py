@@ -1,22 +1,15 @@
-"""Compiled kernels of the detection stage (numba), each beside its numpy reference.
+"""Kernels of the detection stage: numpy references, and their numba twins where numba runs.
 
-``PSFKIT_BACKEND=numpy`` (or numba missing) selects the numpy path; tests compare the two.
+The compiled twins live in :mod:`psfkit.detect._kernels_compiled`, imported only when they
+run: ``PSFKIT_BACKEND=numpy`` (or numba missing, or a frame too small to repay numba's start-up,
+see :func:`psfkit.backend.compiled_available`) selects the numpy path; tests compare the two.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from psfkit.backend import compiled_available, numba_cache_dir
-
-numba_cache_dir()  # a user cache folder when the package folder is read-only (README)
-
-try:  # numba is a dependency, but the numpy path works without it
-    from numba import njit, prange
-
-    _HAVE_NUMBA = True
-except ImportError:  # pragma: no cover
-    _HAVE_NUMBA = False
+from psfkit.backend import compiled_available
 
 __all__ = ["gaussian_smooth", "spline_rows"]
 
@@ -31,18 +24,6 @@ def _spline_rows_numpy(coef: np.ndarray, idx: np.ndarray, basis: np.ndarray, out
         for k in range(coef.shape[2]):
             acc += basis[k][None, :] * coef[y0:y1, :, k][:, idx]
         out[y0:y1] = acc
-
-
-if _HAVE_NUMBA:
-
-    @njit(parallel=True, cache=True)
-    def _spline_rows_numba(coef, idx, basis, out):  # pragma: no cover - compiled
-        ny, nx = out.shape
-        for y in prange(ny):
-            for x in range(nx):
-                i = idx[x]
-                out[y, x] = (basis[0, x] * coef[y, i, 0] + basis[1, x] * coef[y, i, 1]
-                             + basis[2, x] * coef[y, i, 2] + basis[3, x] * coef[y, i, 3])
 
 
 def spline_rows(coef: np.ndarray, idx: np.ndarray, basis: np.ndarray, *, dtype=np.float32) -> np.ndarray:
@@ -64,8 +45,10 @@ def spline_rows(coef: np.ndarray, idx: np.ndarray, basis: np.ndarray, *, dtype=n
     ndarray, shape (ny, nx)
     """
     out = np.empty((coef.shape[0], len(idx)), dtype=dtype)
-    if _HAVE_NUMBA and compiled_available():
-        _spline_rows_numba(np.ascontiguousarray(coef, dtype=np.float64), np.ascontiguousarray(idx, dtype=np.intp),
+    if compiled_available():
+        from psfkit.detect import _kernels_compiled
+
+        _kernels_compiled.spline_rows(np.ascontiguousarray(coef, dtype=np.float64), np.ascontiguousarray(idx, dtype=np.intp),
                            np.ascontiguousarray(basis, dtype=np.float64), out)
     else:
         _spline_rows_numpy(coef, idx, basis, out)
@@ -80,39 +63,26 @@ def _gaussian_weights(sigma: float, truncate: float) -> np.ndarray:
     return w / w.sum()
 
 
-if _HAVE_NUMBA:
-
-    @njit(parallel=True, cache=True)
-    def _smooth_rows_numba(src, w, out):  # pragma: no cover - compiled
-        ny, nx = src.shape
-        r = (len(w) - 1) // 2
-        for y in prange(ny):
-            row = src[y]
-            # the row padded with its edge pixels (mode "nearest"), then taps outer and pixels
-            # inner into a private buffer: the inner loop vectorises (7-12x a per-pixel loop)
-            pad = np.empty(nx + 2 * r, dtype=np.float32)
-            pad[r:r + nx] = row
-            pad[:r] = row[0]
-            pad[r + nx:] = row[nx - 1]
-            acc = np.zeros(nx, dtype=np.float32)
-            for t in range(len(w)):
-                wt = w[t]
-                for x in range(nx):
-                    acc[x] += wt * pad[x + t]
-            out[y] = acc
-
-    @njit(parallel=True, cache=True)
-    def _smooth_cols_numba(src, w, out):  # pragma: no cover - compiled
-        ny, nx = src.shape
-        r = (len(w) - 1) // 2
-        for y in prange(ny):
-            acc = np.zeros(nx, dtype=np.float32)
-            for k in range(-r, r + 1):
-                yy = min(max(y + k, 0), ny - 1)
-                wk = w[k + r]
-                for x in range(nx):
-                    acc[x] += wk * src[yy, x]
-            out[y] = acc
+def _smooth_axis_numpy(src: np.ndarray, w: np.ndarray, axis: int, out: np.ndarray) -> None:
+    """``src`` correlated with ``w`` along ``axis``, edges by the nearest pixel, summed in float64
+    and stored in ``out`` (scipy.ndimage.correlate1d's result, in blocks of about a million pixels).
+    """
+    r = (len(w) - 1) // 2
+    n = src.shape[axis]
+    other = src.shape[1 - axis]
+    step = max(1, 1_000_000 // max(n + 2 * r, 1))
+    for b0 in range(0, other, step):
+        b1 = min(other, b0 + step)
+        block = src[b0:b1] if axis == 1 else src[:, b0:b1].T
+        pad = np.concatenate([np.repeat(block[:, :1], r, axis=1), block, np.repeat(block[:, -1:], r, axis=1)],
+                             axis=1).astype(np.float64)
+        acc = w[0] * pad[:, :n]
+        for t in range(1, len(w)):
+            acc += w[t] * pad[:, t:t + n]
+        if axis == 1:
+            out[b0:b1] = acc
+        else:
+            out[:, b0:b1] = acc.T
 
 
 def gaussian_smooth(arr: np.ndarray, sigma: float, *, truncate: float = 3.0,
@@ -120,8 +90,9 @@ def gaussian_smooth(arr: np.ndarray, sigma: float, *, truncate: float = 3.0,
     """Gaussian smoothing of a 2-D float32 frame, edges by the nearest pixel.
 
     The same filter as ``scipy.ndimage.gaussian_filter(arr, sigma, mode="nearest",
-    truncate=truncate)`` (the numpy reference path calls it), compiled and run on
-    every core: the smoothing is the detection stage's largest cost.
+    truncate=truncate)``: in numpy (each axis summed in float64, as scipy does), or compiled
+    and run on every core, the smoothing being the detection stage's largest cost on a large
+    frame.
 
     Parameters
     ----------
@@ -139,15 +110,22 @@ def gaussian_smooth(arr: np.ndarray, sigma: float, *, truncate: float = 3.0,
     -------
     ndarray (float32)
     """
-    if not (_HAVE_NUMBA and compiled_available()) or arr.ndim != 2:
+    if arr.ndim != 2:
         from scipy import ndimage
 
         return ndimage.gaussian_filter(arr, sigma, mode="nearest", truncate=truncate, output=out)
-    w = _gaussian_weights(sigma, truncate).astype(np.float32)
+    w = _gaussian_weights(sigma, truncate)
     src = np.ascontiguousarray(arr, dtype=np.float32)
     tmp = np.empty_like(src)
-    _smooth_rows_numba(src, w, tmp)
     if out is None:
         out = np.empty_like(src)
-    _smooth_cols_numba(tmp, w, out)
+    if compiled_available():
+        from psfkit.detect import _kernels_compiled
+
+        w32 = w.astype(np.float32)
+        _kernels_compiled.smooth_rows(src, w32, tmp)
+        _kernels_compiled.smooth_cols(tmp, w32, out)
+    else:
+        _smooth_axis_numpy(src, w, 1, tmp)
+        _smooth_axis_numpy(tmp, w, 0, out)
     return out

@@ -8,6 +8,7 @@ candidate that is not accepted says why (``reject_reason``), and the summary in
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 from astropy.table import Table, vstack
 
 from psfkit import flags as F
+from psfkit.backend import job
 from psfkit.errors import PsfkitError
 from psfkit.detect._kernels import gaussian_smooth
 from psfkit.detect.background import Background, estimate_background, noise_at, noise_cells
@@ -25,7 +27,7 @@ from psfkit.psf.columns import empty_star_table
 from psfkit.psf.fit import fit_stars
 from psfkit.psf.models import FWHM_PER_SIGMA
 from psfkit.psf.stamps import fitting_box
-from psfkit.utils import check_positive, subpixel_peak, thin_brighter_first, weighted_median
+from psfkit.utils import check_positive, pairs_within, subpixel_peak, thin_brighter_first, weighted_median
 
 __all__ = ["Background", "estimate_background", "find_candidates", "find_stars", "frame_fwhm", "RejectionCriteria"]
 
@@ -165,13 +167,9 @@ def find_candidates(
     sharp = _cosmic_like(data, background, xs, ys)
     if len(sharp_y):
         # a sharp pixel that is also a smoothed candidate (an undersampled star's core) is one
+        new = np.ones(len(sharp_y), dtype=bool)
         if len(x):
-            from scipy.spatial import cKDTree
-
-            d, _ = cKDTree(np.stack([x, y], axis=1)).query(np.stack([sharp_x, sharp_y], axis=1))
-            new = d > 1.0
-        else:
-            new = np.ones(len(sharp_y), dtype=bool)
+            new[pairs_within(sharp_x, sharp_y, 1.0, other=(x, y))[0]] = False
         # on the smoothed scale: the kernel's central weight times the pixel's excess
         w0 = 1.0 / (2.0 * math.pi * smoothing**2)
         x = np.concatenate([x, sharp_x[new].astype(float)])
@@ -286,25 +284,22 @@ REASONS = {
 
 def _neighbour_masker(xs: np.ndarray, ys: np.ndarray, peaks: np.ndarray, radius: float):
     """Per-stamp masks: pixels within ``radius`` of a brighter (higher peak) other candidate."""
-    from scipy.spatial import cKDTree
-
-    pts = np.stack([xs, ys], axis=1)
-    tree = cKDTree(pts)
 
     def masker(origin: np.ndarray, box: int, idx: np.ndarray) -> np.ndarray:
         out = np.zeros((len(idx), box, box), dtype=bool)
         reach = box / math.sqrt(2) + radius
         yy, xx = np.mgrid[0:box, 0:box]
-        for k, (i, others) in enumerate(zip(idx, tree.query_ball_point(pts[idx], reach))):
-            for j in others:
-                if j == i or peaks[j] < 0.2 * peaks[i]:
-                    continue
-                # mask the neighbour's core and wings, not this star's own pixels
-                d_own = math.hypot(xs[j] - xs[i], ys[j] - ys[i])
-                r = min(radius * (1.0 + math.log10(max(peaks[j] / max(peaks[i], 1e-30), 1.0)) * 0.5), 0.7 * d_own)
-                if r <= 0.5:
-                    continue
-                out[k] |= (xx + origin[k, 0] - xs[j]) ** 2 + (yy + origin[k, 1] - ys[j]) ** 2 <= r * r
+        rows, js = pairs_within(xs[idx], ys[idx], reach, other=(xs, ys))
+        for k, j in zip(rows.tolist(), js.tolist()):
+            i = int(idx[k])
+            if j == i or peaks[j] < 0.2 * peaks[i]:
+                continue
+            # mask the neighbour's core and wings, not this star's own pixels
+            d_own = math.hypot(xs[j] - xs[i], ys[j] - ys[i])
+            r = min(radius * (1.0 + math.log10(max(peaks[j] / max(peaks[i], 1e-30), 1.0)) * 0.5), 0.7 * d_own)
+            if r <= 0.5:
+                continue
+            out[k] |= (xx + origin[k, 0] - xs[j]) ** 2 + (yy + origin[k, 1] - ys[j]) ** 2 <= r * r
         return out
 
     return masker
@@ -456,156 +451,160 @@ def find_stars(
             read_noise=read_noise, mask=mask, progress=progress, max_candidates=max_candidates,
             mask_neighbours=mask_neighbours, saturation=sat, deblend=deblend, **criteria), scale)
     data = img.data
-    if mask is not None and np.shape(mask) != data.shape:
-        raise PsfkitError(f"the mask has shape {np.shape(mask)}, the image {data.shape}")
-    bkg = estimate_background(data, mask=mask)
-    ceiling = img.saturation if isinstance(saturation, str) else saturation
+    # numba's start-up (~0.6 s) is not paid for a small frame with few stars (psfkit.backend.job)
+    with contextlib.ExitStack() as engine:
+        engine.enter_context(job(pixels=data.size))
+        if mask is not None and np.shape(mask) != data.shape:
+            raise PsfkitError(f"the mask has shape {np.shape(mask)}, the image {data.shape}")
+        bkg = estimate_background(data, mask=mask)
+        ceiling = img.saturation if isinstance(saturation, str) else saturation
 
-    def candidates(sigma: float) -> tuple[Table, int]:
-        """The candidates at this smoothing (the brightest max_candidates), and how many were found."""
-        found = find_candidates(data, bkg, threshold=threshold, smoothing=sigma,
-                                min_separation=min_separation if min_separation else 2.0)
-        return (found[:max_candidates] if max_candidates is not None else found), len(found)
+        def candidates(sigma: float) -> tuple[Table, int]:
+            """The candidates at this smoothing (the brightest max_candidates), and how many were found."""
+            found = find_candidates(data, bkg, threshold=threshold, smoothing=sigma,
+                                    min_separation=min_separation if min_separation else 2.0)
+            return (found[:max_candidates] if max_candidates is not None else found), len(found)
 
-    smoothing = 1.0 if fwhm is None else max(0.7, fwhm / FWHM_PER_SIGMA)
-    cands, n_cand_all = candidates(smoothing)
-    settings = dict(threshold=threshold, model=model, beta=beta, angle=angle, box=box, fwhm=fwhm,
-                    min_separation=min_separation, mask_neighbours=mask_neighbours, deblend=deblend,
-                    max_stars=max_stars,
-                    **{f.name: getattr(crit, f.name) for f in fields(RejectionCriteria)})
-    if len(cands) == 0:
-        # the columns a frame with stars would have (one schema: psfkit.psf.columns)
-        table = empty_star_table(arcsec=img.pixel_scale is not None, radec=img.wcs is not None, find=True,
-                                 rejection=keep_rejected)
-        table.meta.update(settings=settings, summary={"n_peaks": 0, "n_candidates": 0, "n_stars": 0, "rejected": {},
-                                                      "candidates_fitted": 0, "companion_candidates": 0,
-                                                      "companions_found": 0, "beyond_max_stars": 0},
-                          background=bkg.median, noise=bkg.noise, reject_reasons=REASONS,
-                          pixel_scale=img.pixel_scale, image=img.path, image_shape=list(img.shape),
-                          roworder=img.meta.get("roworder", "BOTTOM-UP"))
-        return table
-    # the frame's FWHM from the brightest candidates (unsaturated, isolated)
-    flat, *_ = _flat_tops(data, bkg, np.asarray(cands["x"], float), np.asarray(cands["y"], float), box=31,
-                          ceiling=ceiling)
-    fwhm_est, fwhm_spread = _probe_fwhm(img, cands, guess=fwhm, exclude=flat, gain=gain, read_noise=read_noise,
-                                        mask=mask, saturation=saturation)
-    if fwhm is None and fwhm_est > 4.0:
-        # wide stars: detect again with the filter matched to them (sigma FWHM / 2.355); the
-        # 1 px filter also picks the grain of the sky and the structure of bloated disks, which
-        # would all be fitted (the 1910 M44 plate: 2,594 candidates -> ~700)
-        smoothing = fwhm_est / FWHM_PER_SIGMA
+        smoothing = 1.0 if fwhm is None else max(0.7, fwhm / FWHM_PER_SIGMA)
         cands, n_cand_all = candidates(smoothing)
-    elif fwhm is not None and abs(max(0.7, fwhm_est / FWHM_PER_SIGMA) / smoothing - 1.0) > 0.25:
-        # the guess was off: detect again with the filter matched to the measured FWHM
-        smoothing = max(0.7, fwhm_est / FWHM_PER_SIGMA)
-        cands, n_cand_all = candidates(smoothing)
-    if min_separation is None:
-        sep = max(2.0, 0.8 * fwhm_est)
-        if sep > 2.0:
-            cands = _thin(cands, sep)
-    if box is None:
-        box = fitting_box(fwhm_est, per_fwhm=4.0, minimum=9, maximum=101)
-    xs = np.asarray(cands["x"], dtype=float)
-    ys = np.asarray(cands["y"], dtype=float)
-    peaks = np.asarray(cands["peak"], dtype=float)
-    # flat tops (saturated cores, bloated photographic disks): their plateau is left out of
-    # the fit (the wings are fitted) and they are flagged saturated
-    flat, flat_cut, flat_r, xs, ys = _flat_tops(data, bkg, xs, ys, box=max(box, 61), ceiling=ceiling,
-                                                fwhm=fwhm_est)
-    if flat.any():
-        # a plateau wider than the smoothing kernel has several maxima (its noise, a spike's
-        # root): one star, the candidate with the widest plateau
-        keep = _plateau_thin(xs, ys, flat, flat_r, 0.5 * fwhm_est)
-        cands = cands[keep]
-        xs, ys, peaks, flat, flat_cut, flat_r = (a[keep] for a in (xs, ys, peaks, flat, flat_cut, flat_r))
-    masker = _neighbour_masker(xs, ys, peaks, 1.2 * fwhm_est) if mask_neighbours else None
-    if flat.any():
-        masker = _plateau_masker(data, xs, ys, flat, flat_cut, flat_r, masker)
-    frame_beta = None
-    if str(model).lower() == "moffat" and beta is None:
-        # faint stars do not constrain beta, and a free beta makes their total flux (and SNR)
-        # as uncertain as beta itself: the frame's beta from its bright stars, fixed for all
-        frame_beta = _probe_beta(img, cands, box=box, exclude=flat, gain=gain, read_noise=read_noise, mask=mask,
-                                 saturation=saturation)
-    fit_beta = frame_beta if frame_beta is not None else (None if beta == "free" else beta)
-    fit_kwargs = dict(box=box, model=model, beta=fit_beta, angle=angle, search_radius=None, gain=gain,
-                      read_noise=read_noise, mask=mask, saturation=saturation)
-    table = _fit_in_chunks(img, xs, ys, masker, fit_kwargs, progress)
-    if flat.any():
-        # flat tops are fitted again in a box that holds their wings around the plateau
-        sel = np.flatnonzero(flat)
-        big = int(math.ceil(2.0 * float(np.max(flat_r[sel])) + 4.0 * fwhm_est))
-        big = min(max(big, box), 151)
-        big += 1 - big % 2
-        if big > box:
-            sub = (lambda origin, b, idx: masker(origin, b, sel[idx])) if masker is not None else None
-            table[sel] = _fit_in_chunks(img, xs[sel], ys[sel], sub, {**fit_kwargs, "box": big}, False)[table.colnames]
-        table["flags"][flat] = np.asarray(table["flags"])[flat] | F.SATURATED
-    table["peak_significance"] = np.asarray(cands["significance"], dtype=float)
-    table["detection_pass"] = np.ones(len(table), dtype=np.int64)
-    reasons = _reject(table, crit, img.shape, fwhm_est, fwhm_spread)
-    if deblend and (reasons == "").any():
-        # a blend of two stars is as wide as a knot: those rejected only by the scatter test of
-        # the extent go through the crowded-field pass too (split, they pass; a knot does not)
-        fw = np.asarray(table["fwhm"], dtype=float)
-        soft = (reasons == "extended") & (fw <= (crit.max_fwhm_ratio or np.inf) * fwhm_est)
-        table, reasons = _deblend(img, bkg, table, reasons, fwhm_est=fwhm_est, smoothing=smoothing,
-                                                threshold=threshold, noise=float(cands.meta["noise_smoothed"]),
-                                                fit_kwargs=fit_kwargs, crit=crit, mask_neighbours=mask_neighbours,
-                                                fwhm_spread=fwhm_spread, soft=soft)
-    # duplicates: two candidates converging on one star
-    order = np.argsort(-np.nan_to_num(table["flux_fit"], nan=-np.inf), kind="stable")
-    accepted = reasons == ""
-    if accepted.sum() > 1:
-        acc_idx = order[accepted[order]]
-        keep = thin_brighter_first(table["x_fit"][acc_idx], table["y_fit"][acc_idx], 0.5 * fwhm_est)
-        reasons[acc_idx[~keep]] = "duplicate"
-    table["accepted"] = reasons == ""
-    table["reject_reason"] = reasons.astype(str)
-    counts: dict[str, int] = {}
-    for r in reasons:
-        if r:
-            counts[r] = counts.get(r, 0) + 1
-    stars = table[table["accepted"]]
-    stars = stars[np.argsort(-np.nan_to_num(stars["flux_fit"], nan=-np.inf), kind="stable")]
-    n_beyond = 0
-    if max_stars is not None and len(stars) > max_stars:
-        n_beyond = len(stars) - int(max_stars)
-        beyond = stars[int(max_stars):]
-        beyond["accepted"] = np.zeros(len(beyond), dtype=bool)
-        beyond["reject_reason"] = np.full(len(beyond), "beyond_max_stars")
-        stars = stars[: int(max_stars)]
-        table = vstack([stars, beyond, table[~table["accepted"]]], metadata_conflicts="silent")
-    if keep_rejected:
-        rej = table[~table["accepted"]]
-        out = vstack([stars, rej], metadata_conflicts="silent") if len(rej) else stars
-    else:
-        out = stars
-        out.remove_columns(["accepted", "reject_reason"])
-    out["id"] = np.arange(1, len(out) + 1)
-    _add_hfr(out, data, bkg, fwhm_est, img.pixel_scale)
-    out.meta = dict(table.meta)
-    n_companion_candidates = int(np.sum(np.asarray(table["detection_pass"]) == 2))
-    out.meta.update(
-        settings=settings,
-        # every fitted candidate is a star or has one reason: n_stars + beyond_max_stars + sum(rejected) ==
-        # n_candidates + companion_candidates; n_peaks also counts the peaks merged into a brighter
-        # one closer than min_separation and those beyond max_candidates (never fitted)
-        summary={"n_peaks": int(n_cand_all), "n_candidates": int(len(table)) - n_companion_candidates,
-                 "n_stars": int(len(stars)), "rejected": counts,
-                 "candidates_fitted": int(len(table)), "companion_candidates": n_companion_candidates,
-                 "companions_found": int(np.sum(np.asarray(stars["detection_pass"]) == 2)),
-                 "beyond_max_stars": n_beyond},
-        frame_fwhm=fwhm_est,
-        frame_beta=frame_beta,
-        detection_smoothing=smoothing,
-        image_shape=list(img.shape),
-        roworder=img.meta.get("roworder", "BOTTOM-UP"),
-        background=bkg.median,
-        noise=bkg.noise,
-        reject_reasons=REASONS,
-    )
-    return out
+        settings = dict(threshold=threshold, model=model, beta=beta, angle=angle, box=box, fwhm=fwhm,
+                        min_separation=min_separation, mask_neighbours=mask_neighbours, deblend=deblend,
+                        max_stars=max_stars,
+                        **{f.name: getattr(crit, f.name) for f in fields(RejectionCriteria)})
+        if len(cands) == 0:
+            # the columns a frame with stars would have (one schema: psfkit.psf.columns)
+            table = empty_star_table(arcsec=img.pixel_scale is not None, radec=img.wcs is not None, find=True,
+                                     rejection=keep_rejected)
+            table.meta.update(settings=settings, summary={"n_peaks": 0, "n_candidates": 0, "n_stars": 0, "rejected": {},
+                                                          "candidates_fitted": 0, "companion_candidates": 0,
+                                                          "companions_found": 0, "beyond_max_stars": 0},
+                              background=bkg.median, noise=bkg.noise, reject_reasons=REASONS,
+                              pixel_scale=img.pixel_scale, image=img.path, image_shape=list(img.shape),
+                              roworder=img.meta.get("roworder", "BOTTOM-UP"))
+            return table
+        # the frame's FWHM from the brightest candidates (unsaturated, isolated)
+        flat, *_ = _flat_tops(data, bkg, np.asarray(cands["x"], float), np.asarray(cands["y"], float), box=31,
+                              ceiling=ceiling)
+        fwhm_est, fwhm_spread = _probe_fwhm(img, cands, guess=fwhm, exclude=flat, gain=gain, read_noise=read_noise,
+                                            mask=mask, saturation=saturation)
+        if fwhm is None and fwhm_est > 4.0:
+            # wide stars: detect again with the filter matched to them (sigma FWHM / 2.355); the
+            # 1 px filter also picks the grain of the sky and the structure of bloated disks, which
+            # would all be fitted (the 1910 M44 plate: 2,594 candidates -> ~700)
+            smoothing = fwhm_est / FWHM_PER_SIGMA
+            cands, n_cand_all = candidates(smoothing)
+        elif fwhm is not None and abs(max(0.7, fwhm_est / FWHM_PER_SIGMA) / smoothing - 1.0) > 0.25:
+            # the guess was off: detect again with the filter matched to the measured FWHM
+            smoothing = max(0.7, fwhm_est / FWHM_PER_SIGMA)
+            cands, n_cand_all = candidates(smoothing)
+        if min_separation is None:
+            sep = max(2.0, 0.8 * fwhm_est)
+            if sep > 2.0:
+                cands = _thin(cands, sep)
+        if box is None:
+            box = fitting_box(fwhm_est, per_fwhm=4.0, minimum=9, maximum=101)
+        xs = np.asarray(cands["x"], dtype=float)
+        ys = np.asarray(cands["y"], dtype=float)
+        peaks = np.asarray(cands["peak"], dtype=float)
+        # flat tops (saturated cores, bloated photographic disks): their plateau is left out of
+        # the fit (the wings are fitted) and they are flagged saturated
+        flat, flat_cut, flat_r, xs, ys = _flat_tops(data, bkg, xs, ys, box=max(box, 61), ceiling=ceiling,
+                                                    fwhm=fwhm_est)
+        if flat.any():
+            # a plateau wider than the smoothing kernel has several maxima (its noise, a spike's
+            # root): one star, the candidate with the widest plateau
+            keep = _plateau_thin(xs, ys, flat, flat_r, 0.5 * fwhm_est)
+            cands = cands[keep]
+            xs, ys, peaks, flat, flat_cut, flat_r = (a[keep] for a in (xs, ys, peaks, flat, flat_cut, flat_r))
+        masker = _neighbour_masker(xs, ys, peaks, 1.2 * fwhm_est) if mask_neighbours else None
+        if flat.any():
+            masker = _plateau_masker(data, xs, ys, flat, flat_cut, flat_r, masker)
+        frame_beta = None
+        if str(model).lower() == "moffat" and beta is None:
+            # faint stars do not constrain beta, and a free beta makes their total flux (and SNR)
+            # as uncertain as beta itself: the frame's beta from its bright stars, fixed for all
+            frame_beta = _probe_beta(img, cands, box=box, exclude=flat, gain=gain, read_noise=read_noise, mask=mask,
+                                     saturation=saturation)
+        fit_beta = frame_beta if frame_beta is not None else (None if beta == "free" else beta)
+        fit_kwargs = dict(box=box, model=model, beta=fit_beta, angle=angle, search_radius=None, gain=gain,
+                          read_noise=read_noise, mask=mask, saturation=saturation)
+        engine.enter_context(job(pixels=data.size, stars=len(xs)))
+        table = _fit_in_chunks(img, xs, ys, masker, fit_kwargs, progress)
+        if flat.any():
+            # flat tops are fitted again in a box that holds their wings around the plateau
+            sel = np.flatnonzero(flat)
+            big = int(math.ceil(2.0 * float(np.max(flat_r[sel])) + 4.0 * fwhm_est))
+            big = min(max(big, box), 151)
+            big += 1 - big % 2
+            if big > box:
+                sub = (lambda origin, b, idx: masker(origin, b, sel[idx])) if masker is not None else None
+                table[sel] = _fit_in_chunks(img, xs[sel], ys[sel], sub, {**fit_kwargs, "box": big}, False)[table.colnames]
+            table["flags"][flat] = np.asarray(table["flags"])[flat] | F.SATURATED
+        table["peak_significance"] = np.asarray(cands["significance"], dtype=float)
+        table["detection_pass"] = np.ones(len(table), dtype=np.int64)
+        reasons = _reject(table, crit, img.shape, fwhm_est, fwhm_spread)
+        if deblend and (reasons == "").any():
+            # a blend of two stars is as wide as a knot: those rejected only by the scatter test of
+            # the extent go through the crowded-field pass too (split, they pass; a knot does not)
+            fw = np.asarray(table["fwhm"], dtype=float)
+            soft = (reasons == "extended") & (fw <= (crit.max_fwhm_ratio or np.inf) * fwhm_est)
+            table, reasons = _deblend(img, bkg, table, reasons, fwhm_est=fwhm_est, smoothing=smoothing,
+                                                    threshold=threshold, noise=float(cands.meta["noise_smoothed"]),
+                                                    fit_kwargs=fit_kwargs, crit=crit, mask_neighbours=mask_neighbours,
+                                                    fwhm_spread=fwhm_spread, soft=soft)
+        # duplicates: two candidates converging on one star
+        order = np.argsort(-np.nan_to_num(table["flux_fit"], nan=-np.inf), kind="stable")
+        accepted = reasons == ""
+        if accepted.sum() > 1:
+            acc_idx = order[accepted[order]]
+            keep = thin_brighter_first(table["x_fit"][acc_idx], table["y_fit"][acc_idx], 0.5 * fwhm_est)
+            reasons[acc_idx[~keep]] = "duplicate"
+        table["accepted"] = reasons == ""
+        table["reject_reason"] = reasons.astype(str)
+        counts: dict[str, int] = {}
+        for r in reasons:
+            if r:
+                counts[r] = counts.get(r, 0) + 1
+        stars = table[table["accepted"]]
+        stars = stars[np.argsort(-np.nan_to_num(stars["flux_fit"], nan=-np.inf), kind="stable")]
+        n_beyond = 0
+        if max_stars is not None and len(stars) > max_stars:
+            n_beyond = len(stars) - int(max_stars)
+            beyond = stars[int(max_stars):]
+            beyond["accepted"] = np.zeros(len(beyond), dtype=bool)
+            beyond["reject_reason"] = np.full(len(beyond), "beyond_max_stars")
+            stars = stars[: int(max_stars)]
+            table = vstack([stars, beyond, table[~table["accepted"]]], metadata_conflicts="silent")
+        if keep_rejected:
+            rej = table[~table["accepted"]]
+            out = vstack([stars, rej], metadata_conflicts="silent") if len(rej) else stars
+        else:
+            out = stars
+            out.remove_columns(["accepted", "reject_reason"])
+        out["id"] = np.arange(1, len(out) + 1)
+        _add_hfr(out, data, bkg, fwhm_est, img.pixel_scale)
+        out.meta = dict(table.meta)
+        n_companion_candidates = int(np.sum(np.asarray(table["detection_pass"]) == 2))
+        out.meta.update(
+            settings=settings,
+            # every fitted candidate is a star or has one reason: n_stars + beyond_max_stars + sum(rejected) ==
+            # n_candidates + companion_candidates; n_peaks also counts the peaks merged into a brighter
+            # one closer than min_separation and those beyond max_candidates (never fitted)
+            summary={"n_peaks": int(n_cand_all), "n_candidates": int(len(table)) - n_companion_candidates,
+                     "n_stars": int(len(stars)), "rejected": counts,
+                     "candidates_fitted": int(len(table)), "companion_candidates": n_companion_candidates,
+                     "companions_found": int(np.sum(np.asarray(stars["detection_pass"]) == 2)),
+                     "beyond_max_stars": n_beyond},
+            frame_fwhm=fwhm_est,
+            frame_beta=frame_beta,
+            detection_smoothing=smoothing,
+            image_shape=list(img.shape),
+            roworder=img.meta.get("roworder", "BOTTOM-UP"),
+            background=bkg.median,
+            noise=bkg.noise,
+            reject_reasons=REASONS,
+        )
+        return out
 
 
 def _add_hfr(table: Table, data: np.ndarray, bkg: Background, fwhm_est: float, pixel_scale: float | None) -> None:
@@ -829,7 +828,7 @@ def _flat_tops(data: np.ndarray, background: Background, x: np.ndarray, y: np.nd
     ny, nx = data.shape
     lvl = background.level[np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)].astype(float)
     # only bright candidates can have a measurable flat top: look at those
-    raw = np.asarray(data, dtype=float)[np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)] - lvl
+    raw = np.asarray(data[np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)], dtype=float) - lvl
     look = np.flatnonzero(np.nan_to_num(raw, nan=0.0) >= 30.0 * background.noise)
     for start in range(0, len(look), 512):
         idx = look[start:start + 512]
@@ -856,12 +855,13 @@ def _flat_tops(data: np.ndarray, background: Background, x: np.ndarray, y: np.nd
                 n_top = np.where(shoulder, np.sum(st >= (t - tol)[:, None, None], axis=(1, 2)), n_top)
         ok = (t >= 20.0 * background.noise) & (n_top >= 5) & (n_top >= need * np.maximum(n_half, 1))
         # counted again on the pixels connected to the peak (not a neighbour's light in the box)
+        connected = _connected if np.count_nonzero(ok) <= 32 else _connected_by_labels
         for k in np.flatnonzero(ok):
             img_k = np.nan_to_num(st[k], nan=-np.inf)
             iy0, ix0 = np.unravel_index(int(np.argmax(np.where(np.abs(np.arange(box) - c)[:, None] <= 1,
                                                                  np.where(np.abs(np.arange(box) - c)[None, :] <= 1,
                                                                           img_k, -np.inf), -np.inf))), img_k.shape)
-            plateau = _connected(img_k >= t[k] - tol[k], iy0, ix0)
+            plateau = connected(img_k >= t[k] - tol[k], iy0, ix0)
             n_top[k] = np.count_nonzero(plateau)
             if img_k[plateau].max() > t[k] + tol[k]:
                 # the candidate is on the flank of something brighter (a galaxy's core, whose
@@ -870,7 +870,7 @@ def _flat_tops(data: np.ndarray, background: Background, x: np.ndarray, y: np.nd
             py_, px_ = np.nonzero(plateau)
             cx[idx[k]] = origin[k, 0] + px_.mean()
             cy[idx[k]] = origin[k, 1] + py_.mean()
-            n_half[k] = np.count_nonzero(_connected(img_k >= 0.5 * t[k], iy0, ix0))
+            n_half[k] = np.count_nonzero(connected(img_k >= 0.5 * t[k], iy0, ix0))
         ok &= (n_top >= 5) & (n_top >= need * np.maximum(n_half, 1))
         if fwhm is not None:
             # a saturated star falls from its plateau's edge to half the plateau's level within
@@ -886,25 +886,39 @@ def _flat_tops(data: np.ndarray, background: Background, x: np.ndarray, y: np.nd
     return flat, top, radius, cx, cy
 
 
-def _connected(mask: np.ndarray, iy: int, ix: int) -> np.ndarray:
-    """The pixels of ``mask`` 4-connected to (iy, ix) (``scipy.ndimage.label``'s default
-    structure; grown by shifts, which for a stamp is as quick and keeps scipy.ndimage out of
-    ``find``'s start-up).
+def _connected(mask: np.ndarray, y0: int, x0: int) -> np.ndarray:
+    """The pixels of ``mask`` connected to (y0, x0) through their 4 neighbours (scipy.ndimage.label's
+    component of that pixel, by growing it: plateaus are small, and find imports no scipy.ndimage).
     """
-    region = np.zeros_like(mask, dtype=bool)
-    if not mask[iy, ix]:
+    region = np.zeros(mask.shape, dtype=bool)
+    if not mask[y0, x0]:
         return region
-    region[iy, ix] = True
+    region[y0, x0] = True
+    # grow inside the bounding box of what has been reached, one pixel further each round
+    y_lo, y_hi, x_lo, x_hi = y0, y0 + 1, x0, x0 + 1
+    ny, nx = mask.shape
     while True:
-        grown = region.copy()
-        grown[1:] |= region[:-1]
-        grown[:-1] |= region[1:]
-        grown[:, 1:] |= region[:, :-1]
-        grown[:, :-1] |= region[:, 1:]
-        grown &= mask
-        if np.array_equal(grown, region):
+        y_lo, y_hi, x_lo, x_hi = max(y_lo - 1, 0), min(y_hi + 1, ny), max(x_lo - 1, 0), min(x_hi + 1, nx)
+        sub = region[y_lo:y_hi, x_lo:x_hi]
+        grown = sub.copy()
+        grown[1:] |= sub[:-1]
+        grown[:-1] |= sub[1:]
+        grown[:, 1:] |= sub[:, :-1]
+        grown[:, :-1] |= sub[:, 1:]
+        grown &= mask[y_lo:y_hi, x_lo:x_hi]
+        if np.array_equal(grown, sub):
             return region
-        region = grown
+        region[y_lo:y_hi, x_lo:x_hi] = grown
+
+
+def _connected_by_labels(mask: np.ndarray, y0: int, x0: int) -> np.ndarray:
+    """:func:`_connected` by scipy.ndimage.label (the same pixels; faster where many candidates are
+    looked at, worth its import then).
+    """
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(mask)
+    return (labels == labels[y0, x0]) & mask
 
 
 def _probe_beta(img: Image, cands: Table, *, box: int, exclude: np.ndarray | None = None,
@@ -934,14 +948,11 @@ def _plateau_thin(xs: np.ndarray, ys: np.ndarray, flat: np.ndarray, radius: np.n
     """Which candidates to keep: of the candidates on a flat top's plateau (within its radius +
     ``margin``), only the flat-topped candidate with the widest plateau.
     """
-    from scipy.spatial import cKDTree
-
     keep = np.ones(len(xs), dtype=bool)
-    tree = cKDTree(np.stack([xs, ys], axis=1))
     for i in np.flatnonzero(flat)[np.argsort(-radius[flat], kind="stable")]:
         if not keep[i]:
             continue
-        for j in tree.query_ball_point([xs[i], ys[i]], radius[i] + margin):
+        for j in pairs_within(xs[i:i + 1], ys[i:i + 1], radius[i] + margin, other=(xs, ys))[1]:
             if j != i:
                 keep[j] = False
     return keep

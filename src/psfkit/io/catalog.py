@@ -177,7 +177,7 @@ def write_star_list(table: Table, path: str | os.PathLike, *, image_shape: tuple
         raise PsfkitError(f"{p}: exists")
     with atomic_output(p, inputs=inputs) as tmp:
         if suffix == ".csv":
-            _plain(table).write(tmp, format="ascii.csv", overwrite=True)
+            _write_csv(table, tmp)
         elif suffix == ".ecsv":
             t = table.copy()
             t.meta = _yaml_safe({**t.meta, "nan_means": nan_meanings(t.colnames)})
@@ -198,6 +198,42 @@ def write_star_list(table: Table, path: str | os.PathLike, *, image_shape: tuple
         elif suffix == ".reg":
             tmp.write_text(_ds9_regions(table))
     return p
+
+
+def _csv_fields(column: Any) -> list[str] | None:
+    """One column's CSV fields as astropy's ``ascii.csv`` writer gives them (floats as Python's
+    repr of their double value, integers, True/False, text stripped), or None for a column it
+    does not cover (several values per row, bytes, objects).
+    """
+    values = np.asarray(column)
+    kind = values.dtype.kind
+    if values.ndim != 1:
+        return None
+    if kind == "f" and values.dtype.itemsize <= 8:
+        return [repr(v) for v in values.astype(float).tolist()]
+    if kind in "iu":
+        return [str(v) for v in values.tolist()]
+    if kind == "b":
+        return ["True" if v else "False" for v in values.tolist()]
+    if kind == "U":
+        return [v.strip() for v in values.tolist()]
+    return None
+
+
+def _write_csv(table: Table, path: Path) -> None:
+    """The star list as CSV: the text astropy's ``ascii.csv`` writer gives (tests compare the two),
+    written with the csv module (several times faster on a frame's thousands of stars).
+    """
+    import csv
+
+    columns = [_csv_fields(table[name]) for name in table.colnames]
+    if any(c is None for c in columns):
+        _plain(table).write(path, format="ascii.csv", overwrite=True)
+        return
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f, lineterminator="\n")
+        out.writerow(table.colnames)
+        out.writerows(zip(*columns))
 
 
 def _plain(table: Table) -> Table:

@@ -155,8 +155,12 @@ def _solve_batch(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _compiled_kind(model, p, free) -> int | None:
     """The compiled engine's model code for this batch, or None (numpy path)."""
-    from psfkit.psf import _compiled
+    from psfkit.backend import compiled_available
     from psfkit.psf.models import GaussianPSF, MoffatPSF
+
+    if not compiled_available() or type(model) not in (GaussianPSF, MoffatPSF):
+        return None  # (before importing the compiled engine: it imports numba)
+    from psfkit.psf import _compiled
 
     if not _compiled.available():
         return None
@@ -171,12 +175,12 @@ def model_values(model: PSFModel, p: np.ndarray, shape: tuple[int, int]) -> np.n
     """Values (N, h*w) of the model with parameters p on stamps of this shape, as the fits see
     them (the same pixel integration), on the compiled engine where it covers the model.
     """
-    from psfkit.psf import _compiled
-
     p = np.asarray(p, dtype=float)
     kind = _compiled_kind(model, p, model.default_free()) if len(p) else None
     if kind is None:
         return model.evaluate(p, shape)[0]
+    from psfkit.psf import _compiled
+
     ks = np.ones(len(p), dtype=int) if kind == _compiled.GAUSSIAN_ERF else model.subsampling(p)
     return _compiled.values(kind, p, shape, ks)
 

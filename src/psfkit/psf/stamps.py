@@ -151,10 +151,19 @@ def cut_stamps(
     col_ok = (cols >= 0) & (cols < nx)
     row_ok = (rows >= 0) & (rows < ny)
     inside = row_ok[:, :, None] & col_ok[:, None, :]
-    stamps = data[np.clip(rows, 0, ny - 1)[:, :, None], np.clip(cols, 0, nx - 1)[:, None, :]].astype(float)
-    stamps = np.where(inside, stamps, np.nan)
+    cut = ~(row_ok.all(axis=1) & col_ok.all(axis=1))
+    stamps = np.empty((len(cx), h, w), dtype=float)
+    whole = np.flatnonzero(~cut)
+    if len(whole) and h <= ny and w <= nx:
+        # boxes inside the frame: gathered from a strided view of all its boxes (no index arrays
+        # of N x h x w elements)
+        windows = np.lib.stride_tricks.sliding_window_view(data, (h, w))
+        stamps[whole] = windows[y_start[whole], x_start[whole]]
+    part = np.flatnonzero(cut)
+    if len(part):
+        r, c = np.clip(rows[part], 0, ny - 1), np.clip(cols[part], 0, nx - 1)
+        stamps[part] = np.where(inside[part], data[r[:, :, None], c[:, None, :]], np.nan)
     origin = np.stack([x_start, y_start], axis=1).astype(float)
-    cut = ~np.all(inside, axis=(1, 2))
     return stamps, inside, origin, cut
 
 
