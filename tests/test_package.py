@@ -24,6 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import psfkit
@@ -212,6 +213,64 @@ def test_find_loads_no_plotting_web_or_dask(sample_path, tmp_path):
     assert csv.exists()
     assert not {m.split(".")[0] for m in loaded} & {"matplotlib", "fastapi", "uvicorn", "dask", "distributed", "rich"}
     assert not [m for m in loaded if m.startswith(("scipy.interpolate", "scipy.ndimage"))], loaded
+
+
+def test_find_on_a_small_frame_loads_neither_numba_nor_scipy(sample_path, tmp_path):
+    """A small frame (the 256 x 256 sample) is measured by the numpy twins of the compiled kernels:
+    numba's start-up (~0.6 s) and scipy's are not paid (psfkit.backend.job)."""
+    csv = tmp_path / "s.csv"
+    env = {k: v for k, v in os.environ.items() if k != "PSFKIT_BACKEND"}
+    loaded = _fresh("import io, contextlib, os\nos.environ.pop('PSFKIT_BACKEND', None)\n"
+                    "from psfkit.cli import main\n"
+                    "with contextlib.redirect_stdout(io.StringIO()):\n"
+                    f"    try:\n        main(['find', {str(sample_path)!r}, '-o', {str(csv)!r}])\n"
+                    "    except SystemExit as exc:\n        assert not exc.code, exc.code\n" + _LOADED)
+    assert env is not None and csv.exists()
+    assert not [m for m in loaded if m.split(".")[0] in ("numba", "llvmlite", "scipy")], loaded
+
+
+def test_small_jobs_run_numpy_until_numba_is_loaded():
+    """backend.job: inside a small job "auto" is the numpy path, inside a large one (or outside any
+    job) the compiled one; once numba is loaded every job is compiled; PSFKIT_BACKEND overrides."""
+    got = _fresh(
+        "import json, os, sys\nos.environ['PSFKIT_BACKEND'] = 'auto'\n"
+        "from psfkit.backend import HAVE_NUMBA, compiled_available, job\n"
+        "out = {'outside': compiled_available()}\n"
+        "with job(pixels=512 * 512):\n"
+        "    out['small'] = compiled_available()\n"
+        "    with job(pixels=512 * 512, stars=5000):\n"
+        "        out['many_stars'] = compiled_available()\n"
+        "    out['small_again'] = compiled_available()\n"
+        "with job(pixels=6000 * 4000):\n    out['large'] = compiled_available()\n"
+        "out['numba_before'] = 'numba' in sys.modules\n"
+        "os.environ['PSFKIT_BACKEND'] = 'numba'\n"
+        "with job(pixels=100):\n    out['forced'] = compiled_available()\n"
+        "os.environ['PSFKIT_BACKEND'] = 'auto'\n"
+        "if HAVE_NUMBA:\n    import numba  # noqa\n"
+        "with job(pixels=100):\n    out['after_numba'] = compiled_available()\n"
+        "out['have'] = HAVE_NUMBA\nprint(json.dumps(out))")
+    have = got.pop("have")
+    assert got == {"outside": have, "small": False, "many_stars": have, "small_again": False, "large": have,
+                   "numba_before": False, "forced": have, "after_numba": have}
+
+
+def test_small_frame_numpy_and_compiled_agree(sample_path, monkeypatch):
+    """The small-job path (numpy twins) and the compiled one find the same stars with the same values."""
+    from psfkit.detect.find import find_stars
+
+    if not backend.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    tables = {}
+    for name in ("numpy", "numba"):
+        monkeypatch.setenv("PSFKIT_BACKEND", name)
+        tables[name] = find_stars(sample_path, keep_rejected=True)
+    a, b = tables["numpy"], tables["numba"]
+    assert len(a) == len(b) > 50 and list(a["reject_reason"]) == list(b["reject_reason"])
+    assert np.array_equal(a["flags"], b["flags"])
+    # the stars (a rejected candidate's fit may stop at the iteration limit one step apart)
+    ok = np.asarray(a["accepted"])
+    for name in ("x_fit", "y_fit", "fwhm", "roundness", "flux_fit", "flux_err", "snr", "hfr"):
+        np.testing.assert_allclose(a[name][ok], b[name][ok], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_python_m_psfkit_runs(sample_path, tmp_path):
