@@ -22,17 +22,22 @@ import importlib.util
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from psfkit.errors import PsfkitError
 
-__all__ = ["HAVE_NUMBA", "SMALL_PIXELS", "SMALL_STARS", "backend", "compiled_available", "job", "numba_cache_dir"]
+__all__ = ["HAVE_NUMBA", "SMALL_PIXELS", "SMALL_STARS", "backend", "compiled_available", "job", "numba_cache_dir",
+           "warm_up"]
 
 #: "auto" runs the numpy twins for frames up to this many pixels (while numba is not loaded) ...
 SMALL_PIXELS = 2_500_000
 #: ... and fits up to this many stars
 SMALL_STARS = 400
+
+#: the thread loading numba and the compiled kernels ahead of a large job (:func:`warm_up`), once per process
+_WARM_UP: threading.Thread | None = None
 
 #: the size of the job running in this context (pixels, stars), or None (no job declared)
 _JOB: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("psfkit_job", default=None)
@@ -158,3 +163,54 @@ def numba_cache_dir() -> str | None:
     if config is not None:  # numba already imported (by the caller): its config read the environment then
         config.CACHE_DIR = str(chosen)
     return str(chosen)
+
+
+def _load_compiled() -> None:
+    """Import numba and the compiled kernels and load one from numba's cache (the first load sets up
+    numba's compiler for the process: ~0.4 s, more than the import itself).
+    """
+    try:
+        import numpy as np
+
+        from psfkit.detect import _kernels_compiled
+        from psfkit.psf import _compiled  # noqa: F401
+
+        a = np.zeros((1, 1), dtype=np.float32)
+        _kernels_compiled.smooth_rows(a, np.ones(1, dtype=np.float32), np.empty_like(a))
+    except Exception:  # pragma: no cover - the job itself loads them again and reports the problem
+        pass
+
+
+def warm_up(*, pixels: int) -> bool:
+    """Start loading numba and the compiled kernels in a background thread, ahead of a job of this
+    many pixels that will run compiled (not a small job, see :func:`job`).
+
+    numba's start-up (~0.6 s of a process, mostly holding Python's lock) then overlaps the work
+    that releases it: reading the frame, converting its pixels, sorting the background cells.  The
+    job's first compiled call waits for the thread (numba's own locks) and finds everything loaded.
+    Nothing is started when numba is missing or already loaded, ``PSFKIT_BACKEND`` is numpy, or
+    the job is small.
+
+    Parameters
+    ----------
+    pixels : int
+        The job's pixels (an estimate will do: a wrong guess only starts or skips the warm-up).
+
+    Returns
+    -------
+    bool
+        Whether a warm-up thread runs (or ran) in this process.
+
+    Examples
+    --------
+    >>> warm_up(pixels=100)  # a small job: numba is not loaded for it
+    False
+    """
+    global _WARM_UP
+    if _WARM_UP is not None:
+        return True
+    if not HAVE_NUMBA or "numba" in sys.modules or backend() == "numpy" or pixels <= SMALL_PIXELS:
+        return False
+    _WARM_UP = threading.Thread(target=_load_compiled, name="psfkit-numba-warm-up", daemon=True)
+    _WARM_UP.start()
+    return True
