@@ -217,16 +217,60 @@ def test_find_loads_no_plotting_web_or_dask(sample_path, tmp_path):
 
 def test_find_on_a_small_frame_loads_neither_numba_nor_scipy(sample_path, tmp_path):
     """A small frame (the 256 x 256 sample) is measured by the numpy twins of the compiled kernels:
-    numba's start-up (~0.6 s) and scipy's are not paid (psfkit.backend.job)."""
+    numba's start-up (~0.6 s) and scipy's are not paid (psfkit.backend.job); the options are
+    converted without pydantic (psfkit.cli._coercion)."""
     csv = tmp_path / "s.csv"
-    env = {k: v for k, v in os.environ.items() if k != "PSFKIT_BACKEND"}
     loaded = _fresh("import io, contextlib, os\nos.environ.pop('PSFKIT_BACKEND', None)\n"
                     "from psfkit.cli import main\n"
                     "with contextlib.redirect_stdout(io.StringIO()):\n"
-                    f"    try:\n        main(['find', {str(sample_path)!r}, '-o', {str(csv)!r}])\n"
+                    f"    try:\n        main(['find', {str(sample_path)!r}, '-o', {str(csv)!r}, '--threshold', '5',"
+                    "              '--max-stars', '500', '--min-snr', '3'])\n"
                     "    except SystemExit as exc:\n        assert not exc.code, exc.code\n" + _LOADED)
-    assert env is not None and csv.exists()
-    assert not [m for m in loaded if m.split(".")[0] in ("numba", "llvmlite", "scipy")], loaded
+    assert csv.exists()
+    assert not [m for m in loaded if m.split(".")[0] in ("numba", "llvmlite", "scipy", "pydantic")], loaded
+
+
+@pytest.mark.parametrize("annotation,value,expected", [
+    (float, "6", 6.0), (float, "-2.5e-3", -2.5e-3), (float, ".5", 0.5), (float, 3, 3.0), (float, "1_0", 10.0),
+    (float, " 7", 7.0), (int, "12", 12), (int, "-3", -3), (int, 4, 4), ("Optional[float]", "2", 2.0),
+    (str, "auto", "auto"), (Path, "x.fits", Path("x.fits")), ("List[Path]", ("a.csv", "b.reg"), [Path("a.csv"), Path("b.reg")]),
+    (float, "abc", "Input should be a valid number"), (int, "2.5", "Input should be a valid integer"),
+])
+def test_plain_options_convert_as_typer_does(annotation, value, expected):
+    """psfkit.cli._coercion converts plain options without pydantic and gives what typer's own
+    adapter gives (the same value, or the same refusal, by typer itself)."""
+    from typing import List, Optional  # noqa: F401 (the annotations above)
+
+    from types import SimpleNamespace
+
+    from typer._coercion import resolve_type_descriptor
+    from typer.models import OptionInfo
+
+    from psfkit.cli import _app  # noqa: F401 (installs the converter)
+    from typer import core
+
+    annotation = eval(annotation) if isinstance(annotation, str) else annotation
+    descriptor = resolve_type_descriptor(annotation, OptionInfo())
+    ours = core.build_runtime_param(descriptor)
+    theirs = _typer_build(descriptor)
+    assert getattr(core.build_runtime_param, "psfkit_plain", False)
+    param = SimpleNamespace(multiple=isinstance(value, tuple), nargs=1)
+    results = []
+    for runtime in (ours, theirs):
+        try:
+            results.append(runtime.coerce(value, param=param, ctx=None))
+        except Exception as exc:  # typer's BadParameter (its own copy of click's)
+            results.append(getattr(exc, "message", str(exc)))
+    if isinstance(expected, str) and expected.startswith("Input"):
+        assert expected in results[0] and results[0] == results[1]
+    else:
+        assert results[0] == results[1] == expected and type(results[0]) is type(results[1])
+
+
+def _typer_build(descriptor):
+    from typer._coercion import build_runtime_param
+
+    return build_runtime_param(descriptor)
 
 
 def test_small_jobs_run_numpy_until_numba_is_loaded():

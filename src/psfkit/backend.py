@@ -23,7 +23,7 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from psfkit.errors import PsfkitError
@@ -165,25 +165,9 @@ def numba_cache_dir() -> str | None:
     return str(chosen)
 
 
-def _load_compiled() -> None:
-    """Import numba and the compiled kernels and load one from numba's cache (the first load sets up
-    numba's compiler for the process: ~0.4 s, more than the import itself).
-    """
-    try:
-        import numpy as np
-
-        from psfkit.detect import _kernels_compiled
-        from psfkit.psf import _compiled  # noqa: F401
-
-        a = np.zeros((1, 1), dtype=np.float32)
-        _kernels_compiled.smooth_rows(a, np.ones(1, dtype=np.float32), np.empty_like(a))
-    except Exception:  # pragma: no cover - the job itself loads them again and reports the problem
-        pass
-
-
-def warm_up(*, pixels: int) -> bool:
-    """Start loading numba and the compiled kernels in a background thread, ahead of a job of this
-    many pixels that will run compiled (not a small job, see :func:`job`).
+def warm_up(*, pixels: int, load: Callable[[], None]) -> bool:
+    """Run ``load`` (import numba and load compiled kernels) in a background thread, ahead of a job
+    of this many pixels that will run compiled (not a small job, see :func:`job`).
 
     numba's start-up (~0.6 s of a process, mostly holding Python's lock) then overlaps the work
     that releases it: reading the frame, converting its pixels, sorting the background cells.  The
@@ -195,6 +179,8 @@ def warm_up(*, pixels: int) -> bool:
     ----------
     pixels : int
         The job's pixels (an estimate will do: a wrong guess only starts or skips the warm-up).
+    load : callable
+        What the thread runs; its errors are ignored (the job loads the kernels again and reports them).
 
     Returns
     -------
@@ -203,14 +189,23 @@ def warm_up(*, pixels: int) -> bool:
 
     Examples
     --------
-    >>> warm_up(pixels=100)  # a small job: numba is not loaded for it
+    >>> warm_up(pixels=100, load=lambda: None)  # a small job: numba is not loaded for it
     False
     """
     global _WARM_UP
+    if pixels <= SMALL_PIXELS or not HAVE_NUMBA or backend() == "numpy":
+        return False
     if _WARM_UP is not None:
         return True
-    if not HAVE_NUMBA or "numba" in sys.modules or backend() == "numpy" or pixels <= SMALL_PIXELS:
+    if "numba" in sys.modules:
         return False
-    _WARM_UP = threading.Thread(target=_load_compiled, name="psfkit-numba-warm-up", daemon=True)
+
+    def run() -> None:
+        try:
+            load()
+        except Exception:  # pragma: no cover - the job loads them again and reports the problem
+            pass
+
+    _WARM_UP = threading.Thread(target=run, name="psfkit-numba-warm-up", daemon=True)
     _WARM_UP.start()
     return True

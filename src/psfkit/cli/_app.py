@@ -3,13 +3,18 @@
 Start-up matters for a command line: ``psfkit --help`` must answer at once.  So the help
 is typer's plain one (``rich_markup_mode=None``: typer would otherwise import rich and
 markdown-it to draw boxes, a few hundred milliseconds), and :func:`psfkit.cli.main`
-imports only the module of the command it runs (:data:`COMMANDS`).
+imports only the module of the command it runs (:data:`COMMANDS`), and options of plain types
+are converted without pydantic (:mod:`psfkit.cli._coercion`).
 """
 
 from __future__ import annotations
 
 import typer
 from typer.core import TyperGroup
+
+from psfkit.cli._coercion import install
+
+install()  # options of plain types converted without pydantic (start-up, see cli._coercion)
 
 #: command name -> the module of psfkit.cli that defines it, in the order ``psfkit --help`` lists them
 COMMANDS = {

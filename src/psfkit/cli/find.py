@@ -61,10 +61,10 @@ def find_command(
     min_roundness: Optional[float] = typer.Option(0.3, "--min-roundness", help="Reject stars whose roundness (FWHMy / FWHMx) is below this; 0 turns the test off."),
 ) -> None:
     """Find, fit and measure every star of a frame; print a summary and write the list."""
-    from psfkit.backend import warm_up
+    from psfkit.detect import warm_up_kernels
 
     try:  # a large file: numba loads in a thread while the modules are imported and the frame is read
-        warm_up(pixels=image.stat().st_size // 4)
+        warm_up_kernels(pixels=image.stat().st_size // 4)
     except OSError:
         pass
     from psfkit.io.catalog import STAR_LIST_FORMATS, write_star_list

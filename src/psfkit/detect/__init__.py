@@ -13,5 +13,5 @@ from psfkit._lazy import attach
 __getattr__, __dir__, __all__ = attach(__name__, {
     "Background": "background", "estimate_background": "background",
     "find_stars": "find", "find_candidates": "find", "RejectionCriteria": "find",
-    "deblend_stars": "deblend", "find_stars_by_channel": "channels",
+    "deblend_stars": "deblend", "find_stars_by_channel": "channels", "warm_up_kernels": "_kernels",
 })

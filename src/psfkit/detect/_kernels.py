@@ -9,9 +9,31 @@ from __future__ import annotations
 
 import numpy as np
 
-from psfkit.backend import compiled_available
+from psfkit.backend import compiled_available, warm_up
 
-__all__ = ["gaussian_smooth", "spline_rows"]
+__all__ = ["gaussian_smooth", "spline_rows", "warm_up_kernels"]
+
+
+def _load_compiled() -> None:
+    """Import numba and the compiled kernels, and load one from numba's cache: the first load sets
+    up numba's compiler for the process (~0.4 s, more than the import itself).
+    """
+    from psfkit.detect import _kernels_compiled
+
+    a = np.zeros((1, 1), dtype=np.float32)
+    _kernels_compiled.smooth_rows(a, np.ones(1, dtype=np.float32), np.empty_like(a))
+
+
+def warm_up_kernels(*, pixels: int) -> bool:
+    """Start loading numba and the compiled kernels in a background thread ahead of a frame of
+    this many pixels that will be measured compiled (:func:`psfkit.backend.warm_up`).
+
+    Examples
+    --------
+    >>> warm_up_kernels(pixels=512 * 512)  # small: measured by the numpy twins, nothing to load
+    False
+    """
+    return warm_up(pixels=pixels, load=_load_compiled)
 
 
 def _spline_rows_numpy(coef: np.ndarray, idx: np.ndarray, basis: np.ndarray, out: np.ndarray) -> None:

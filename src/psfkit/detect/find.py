@@ -17,9 +17,9 @@ import numpy as np
 from astropy.table import Table, vstack
 
 from psfkit import flags as F
-from psfkit.backend import job, warm_up
+from psfkit.backend import job
 from psfkit.errors import PsfkitError
-from psfkit.detect._kernels import gaussian_smooth
+from psfkit.detect._kernels import gaussian_smooth, warm_up_kernels
 from psfkit.detect.background import Background, estimate_background, noise_at, noise_cells
 from psfkit.detect.scaling import restore_units, scaled_image, working_scale
 from psfkit.io.image import Image, as_image
@@ -452,7 +452,7 @@ def find_stars(
             mask_neighbours=mask_neighbours, saturation=sat, deblend=deblend, **criteria), scale)
     data = img.data
     # numba's start-up (~0.6 s) is not paid for a small frame with few stars (psfkit.backend.job)
-    warm_up(pixels=data.size)  # a large frame: numba loads in a thread while the background is measured
+    warm_up_kernels(pixels=data.size)  # a large frame: numba loads in a thread while the background is measured
     with contextlib.ExitStack() as engine:
         engine.enter_context(job(pixels=data.size))
         if mask is not None and np.shape(mask) != data.shape:
