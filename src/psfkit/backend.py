@@ -32,9 +32,9 @@ __all__ = ["HAVE_NUMBA", "SMALL_PIXELS", "SMALL_STARS", "backend", "compiled_ava
            "warm_up"]
 
 #: "auto" runs the numpy twins for frames up to this many pixels (while numba is not loaded) ...
-SMALL_PIXELS = 2_500_000
+SMALL_PIXELS = 2_000_000
 #: ... and fits up to this many stars
-SMALL_STARS = 400
+SMALL_STARS = 300
 
 #: the thread loading numba and the compiled kernels ahead of a large job (:func:`warm_up`), once per process
 _WARM_UP: threading.Thread | None = None
