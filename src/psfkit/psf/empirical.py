@@ -282,14 +282,21 @@ class FramePSF:
         """The PSF grids (N, S, S) at frame positions (unit flux)."""
         return np.einsum("nk,kij->nij", self.terms(x, y), self.coefficients)
 
-    def spline_at(self, x: Any, y: Any) -> np.ndarray:
-        """The PSF's B-spline coefficients (N, S, S) at frame positions, for :func:`cubic_interpolate`
-        ((1, S, S) for a PSF that does not vary).
+    def spline_terms(self) -> np.ndarray:
+        """The B-spline coefficients (n_terms, S, S) of each polynomial term (the spline is linear:
+        the PSF's at a position is ``terms(x, y) @ spline_terms()``).
         """
         cached = self.__dict__.get("_spline")
         if cached is None:
             cached = spline_coefficients(self.coefficients)
             object.__setattr__(self, "_spline", cached)
+        return cached
+
+    def spline_at(self, x: Any, y: Any) -> np.ndarray:
+        """The PSF's B-spline coefficients (N, S, S) at frame positions, for :func:`cubic_interpolate`
+        ((1, S, S) for a PSF that does not vary).
+        """
+        cached = self.spline_terms()
         if self.degree == 0:
             return cached[:1]  # one grid serves every row
         return np.einsum("nk,kij->nij", self.terms(x, y), cached)

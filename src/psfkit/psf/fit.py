@@ -344,6 +344,11 @@ def fit_stars(
                 noise=noise, max_iter=max_iter, bounds=(lo[todo], hi[todo]),
             )
             fit = _merge(fit1, fit2, todo, mdl.n_params)
+    elif getattr(mdl, "frame_psf", None) is not None and (noise is not None or variance is not None):
+        # the frame's own PSF: its own batched engine (flux, x, y and background per star)
+        from psfkit.psf.frame_fit import fit_frame_stamps
+
+        fit = fit_frame_stamps(mdl, stamps, p0, **common)
     else:
         fit = fit_stamps(mdl, stamps, p0, **common)
 
