@@ -191,3 +191,52 @@ def test_find_with_the_frame_psf_gives_total_fluxes(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["find", str(image), "--model", "nonsense.fits"])
     assert exc.value.code == 2
+
+
+def _pulls(img, truth, psf):
+    """Pulls (fitted - truth) / error of flux, x and y, the flux ratios and S/N of the stars that
+    measure_with_frame_psf gives without a flag, matched to the truth."""
+    from scipy.spatial import cKDTree
+
+    table = E.measure_with_frame_psf(img, psfkit.find_stars(img, keep_rejected=True), psf)
+    table = table[np.asarray(table["accepted"], bool) & (np.asarray(table["flags"]) == 0)]
+    d, i = cKDTree(np.column_stack([truth["x"], truth["y"]])).query(np.column_stack([table["x_fit"],
+                                                                                     table["y_fit"]]))
+    ok = d < 1
+    table, match = table[ok], truth[i[ok]]
+    pulls = {name: (np.asarray(table[f"{name}_fit"], float) - np.asarray(match[name], float))
+             / np.asarray(table[f"{name}_err"], float) for name in ("flux", "x", "y")}
+    ratio = np.asarray(table["flux_fit"], float) / np.asarray(match["flux"], float)
+    return pulls, ratio, np.asarray(match["snr"], float)
+
+
+@pytest.mark.slow
+def test_errors_with_the_frame_psf_are_honest(constant_field):
+    """Pull std 0.9-1.1 for flux, x and y (the PSF's own uncertainty included), total fluxes."""
+    model, img, truth, psf = constant_field
+    pulls, ratio, snr = _pulls(img, truth, psf)
+    assert len(ratio) > 200 and np.count_nonzero(snr > 300) > 50  # bright stars, where the PSF's error counts
+    for name, pull in pulls.items():
+        assert 0.9 <= np.std(pull) <= 1.1, (name, np.std(pull))
+        assert abs(np.mean(pull)) < 0.2, (name, np.mean(pull))
+    assert np.median(ratio[snr > 20]) == pytest.approx(1.0, abs=0.005)
+
+
+@pytest.fixture(scope="module")
+def halo_field():
+    from psfkit.datasets.varying_psf import simulate_varying_field
+
+    data, truth = simulate_varying_field((800, 800), 400, seed=1)
+    img = psfkit.Image(data=data, gain=1.5, read_noise=6.0)
+    return img, truth, E.build_frame_psf(img, psfkit.find_stars(img, keep_rejected=True))
+
+
+@pytest.mark.slow
+def test_errors_with_a_varying_psf_with_a_halo_are_honest(halo_field):
+    img, truth, psf = halo_field
+    assert psf.degree >= 1
+    pulls, ratio, snr = _pulls(img, truth, psf)
+    assert len(ratio) > 300
+    for name, pull in pulls.items():
+        assert 0.9 <= np.std(pull) <= 1.1, (name, np.std(pull))
+    assert np.median(ratio[snr > 20]) == pytest.approx(1.0, abs=0.01)

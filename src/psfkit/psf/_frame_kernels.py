@@ -73,7 +73,9 @@ if HAVE_NUMBA:
     @njit(cache=True)
     def _evaluate(patch, pu0, pv0, s, o, c, x0, y0, h, w, rows, rowsd, wu, dwu, wv, dwv, prof, du, dv,
                   want):  # pragma: no cover - compiled
-        """The unit-flux PSF (and d/du, d/dv in node units) at the stamp's pixels for a centre (x0, y0)."""
+        """The unit-flux PSF (and d/du, d/dv in node units) at the stamp's pixels for a centre (x0, y0);
+        zero where a pixel's node position is off the grid.  No branch in the inner loops.
+        """
         ux0 = c - x0 * o
         vy0 = c - y0 * o
         fu = math.floor(ux0)
@@ -82,42 +84,51 @@ if HAVE_NUMBA:
         iv0 = int(fv)
         _weights(ux0 - fu, wu, dwu)
         _weights(vy0 - fv, wv, dwv)
+        w0, w1, w2, w3 = wu[0], wu[1], wu[2], wu[3]
+        d0, d1, d2, d3 = dwu[0], dwu[1], dwu[2], dwu[3]
         nr = o * (h - 1) + 4
-        # the pass along the rows: each needed node row convolved with the column weights
-        for rr in range(nr):
-            pr = iv0 - 1 + rr - pv0
-            for j in range(w):
-                base = iu0 + j * o - 1 - pu0
-                a0 = patch[pr, base]
-                a1 = patch[pr, base + 1]
-                a2 = patch[pr, base + 2]
-                a3 = patch[pr, base + 3]
-                rows[rr, j] = wu[0] * a0 + wu[1] * a1 + wu[2] * a2 + wu[3] * a3
-                if want:
-                    rowsd[rr, j] = dwu[0] * a0 + dwu[1] * a1 + dwu[2] * a2 + dwu[3] * a3
         smax = s - 1.0
+        b0 = iu0 - 1 - pu0
+        # the pass along the rows: each needed node row convolved with the column weights (and their
+        # derivatives); columns whose node position is off the grid get zero weights
+        for rr in range(nr):
+            prow = patch[iv0 - 1 + rr - pv0]
+            for j in range(w):
+                base = b0 + j * o
+                a0 = prow[base]
+                a1 = prow[base + 1]
+                a2 = prow[base + 2]
+                a3 = prow[base + 3]
+                rows[rr, j] = w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3
+            if want:
+                for j in range(w):
+                    base = b0 + j * o
+                    rowsd[rr, j] = d0 * prow[base] + d1 * prow[base + 1] + d2 * prow[base + 2] + d3 * prow[base + 3]
+        v0, v1, v2, v3 = wv[0], wv[1], wv[2], wv[3]
+        e0, e1, e2, e3 = dwv[0], dwv[1], dwv[2], dwv[3]
         for i in range(h):
             vv = vy0 + i * o
-            row_in = vv >= 0.0 and vv <= smax
+            rm = 1.0 if (vv >= 0.0 and vv <= smax) else 0.0
             rr = o * i
+            ra = rows[rr]
+            rb = rows[rr + 1]
+            rc = rows[rr + 2]
+            rd = rows[rr + 3]
+            m0 = i * w
             for j in range(w):
                 uu = ux0 + j * o
-                m = i * w + j
-                if row_in and uu >= 0.0 and uu <= smax:
-                    r0 = rows[rr, j]
-                    r1 = rows[rr + 1, j]
-                    r2 = rows[rr + 2, j]
-                    r3 = rows[rr + 3, j]
-                    prof[m] = wv[0] * r0 + wv[1] * r1 + wv[2] * r2 + wv[3] * r3
-                    if want:
-                        du[m] = (wv[0] * rowsd[rr, j] + wv[1] * rowsd[rr + 1, j] + wv[2] * rowsd[rr + 2, j]
-                                 + wv[3] * rowsd[rr + 3, j])
-                        dv[m] = dwv[0] * r0 + dwv[1] * r1 + dwv[2] * r2 + dwv[3] * r3
-                else:
-                    prof[m] = 0.0
-                    if want:
-                        du[m] = 0.0
-                        dv[m] = 0.0
+                f = rm if (uu >= 0.0 and uu <= smax) else 0.0
+                prof[m0 + j] = f * (v0 * ra[j] + v1 * rb[j] + v2 * rc[j] + v3 * rd[j])
+            if want:
+                sa = rowsd[rr]
+                sb = rowsd[rr + 1]
+                sc = rowsd[rr + 2]
+                sd = rowsd[rr + 3]
+                for j in range(w):
+                    uu = ux0 + j * o
+                    f = rm if (uu >= 0.0 and uu <= smax) else 0.0
+                    du[m0 + j] = f * (v0 * sa[j] + v1 * sb[j] + v2 * sc[j] + v3 * sd[j])
+                    dv[m0 + j] = f * (e0 * ra[j] + e1 * rb[j] + e2 * rc[j] + e3 * rd[j])
 
     @njit(cache=True)
     def _ensure_patch(coef, terms, o, c, x0, y0, h, w, margin, patch, corner):  # pragma: no cover - compiled
@@ -132,8 +143,8 @@ if HAVE_NUMBA:
             _build_patch(coef, terms, corner[0], corner[1], patch)
 
     @njit(cache=True)
-    def _normal(p, prof, du, dv, data, mask, var_fixed, has_fixed, psf_var, gain, rn2, o, old_wgt, wgt, jtj,
-                jtr):  # pragma: no cover - compiled
+    def _normal(p, prof, du, dv, data, mask, var_fixed, has_fixed, psf_var, gain, rn2, perr2, o, old_wgt, wgt,
+                jtj, jtr):  # pragma: no cover - compiled
         """One pass over the pixels at parameters p: the chi-square with the weights ``old_wgt`` (those of
         the point a step leaves), then the weights of this point's model (``wgt``), the chi-square,
         J^T W J (upper triangle, row by row) and J^T W r with them.
@@ -159,7 +170,7 @@ if HAVE_NUMBA:
                 var += val / gain
             if has_fixed:
                 var += var_fixed[k]
-            var += ff * psf_var[k]
+            var += ff * (psf_var[k] + perr2 * prof[k] * prof[k])
             wk = 1.0 / var if var > 0.0 else 0.0
             wgt[k] = wk
             r = data[k] - val
@@ -261,7 +272,7 @@ if HAVE_NUMBA:
 
     @njit(cache=True)
     def _fit_one(i, coef, terms, data, mask, var_fixed, has_fixed, psf_var_coef, has_psf_var, psf_var_terms, gain,
-                 rn2, o, c, s, h, w, lo, hi, max_iter, rtol, step_tol, params, cov, out_chi2, out_rss, out_iter,
+                 rn2, perr2, o, c, s, h, w, lo, hi, max_iter, rtol, step_tol, params, cov, out_chi2, out_rss, out_iter,
                  out_conv, out_ok, ws):  # pragma: no cover - compiled
         (patch, vpatch, corner, vcorner, rows, rowsd, wu, dwu, wv, dwv, prof, du, dv, tprof, tdu, tdv, pvar, tpvar,
          wgt, twgt, jtj, tjtj, jtr, tjtr, a, sysm, rhs, step, low, p, trial, margin) = ws
@@ -285,7 +296,8 @@ if HAVE_NUMBA:
         datai = data[i]
         maski = mask[i]
         vfi = var_fixed[i] if has_fixed else var_fixed[0]
-        _, chi2 = _normal(p, prof, du, dv, datai, maski, vfi, has_fixed, pvar, gain, rn2, o, wgt, wgt, jtj, jtr)
+        _, chi2 = _normal(p, prof, du, dv, datai, maski, vfi, has_fixed, pvar, gain, rn2, perr2, o, wgt, wgt, jtj,
+                          jtr)
         lam = 1e-3
         it = 0
         converged = False
@@ -306,8 +318,8 @@ if HAVE_NUMBA:
                     _psf_var(psf_var_coef, psf_var_terms[i], o, c, trial, h, w, margin, vpatch, vcorner, s, rows,
                              rowsd, wu, dwu, wv, dwv, tpvar, twgt)
                 # the trial's chi-square with the current weights, and its own normal equations
-                t_chi2, t_new = _normal(trial, tprof, tdu, tdv, datai, maski, vfi, has_fixed, tpvar, gain, rn2, o,
-                                        wgt, twgt, tjtj, tjtr)
+                t_chi2, t_new = _normal(trial, tprof, tdu, tdv, datai, maski, vfi, has_fixed, tpvar, gain, rn2, perr2,
+                                        o, wgt, twgt, tjtj, tjtr)
                 better = math.isfinite(t_chi2) and t_chi2 <= chi2
             if better:
                 # the step's length in the metric of J^T W J (before the weights move)
@@ -391,7 +403,7 @@ if HAVE_NUMBA:
 
     @njit(parallel=True, cache=True)
     def _fit_batch(coef, terms, data, mask, var_fixed, has_fixed, psf_var_coef, has_psf_var, psf_var_terms, gain,
-                   rn2, o, h, w, lo, hi, max_iter, rtol, step_tol, params, cov, out_chi2, out_rss, out_iter, out_conv,
+                   rn2, perr2, o, h, w, lo, hi, max_iter, rtol, step_tol, params, cov, out_chi2, out_rss, out_iter, out_conv,
                    out_ok, nblocks):  # pragma: no cover - compiled
         n = params.shape[0]
         s = coef.shape[1]
@@ -402,12 +414,12 @@ if HAVE_NUMBA:
             ws = _workspace(h, w, o, ps)
             for i in range(b * per, min(n, (b + 1) * per)):
                 _fit_one(i, coef, terms, data, mask, var_fixed, has_fixed, psf_var_coef, has_psf_var, psf_var_terms,
-                         gain, rn2, o, c, s, h, w, lo, hi, max_iter, rtol, step_tol, params, cov, out_chi2, out_rss,
+                         gain, rn2, perr2, o, c, s, h, w, lo, hi, max_iter, rtol, step_tol, params, cov, out_chi2, out_rss,
                          out_iter, out_conv, out_ok, ws)
 
 
 def fit_batch(coef, terms, data, mask, lo, hi, params, *, oversampling, shape, var_fixed=None, psf_var_coef=None,
-              psf_var_terms=None, gain=0.0, read_noise=0.0, max_iter=50, rtol=1e-5, step_factor=0.01):
+              psf_var_terms=None, profile_error=0.0, gain=0.0, read_noise=0.0, max_iter=50, rtol=1e-5, step_factor=0.01):
     """Fit (background, flux, x0, y0) of every stamp; the compiled twin of
     :func:`psfkit.psf.frame_fit.fit_batch_numpy` (same arguments and results).
 
@@ -434,7 +446,7 @@ def fit_batch(coef, terms, data, mask, lo, hi, params, *, oversampling, shape, v
     nblocks = min(n, 8 * numba.get_num_threads()) if n else 1
     _fit_batch(np.ascontiguousarray(coef, dtype=np.float64), np.ascontiguousarray(terms, dtype=np.float64),
                np.ascontiguousarray(data, dtype=np.float64), np.ascontiguousarray(mask, dtype=np.bool_), vf, has_fixed,
-               pvc, has_pv, pvt, float(gain or 0.0), float(read_noise) ** 2, int(oversampling), int(h), int(w),
+               pvc, has_pv, pvt, float(gain or 0.0), float(read_noise) ** 2, float(profile_error) ** 2, int(oversampling), int(h), int(w),
                np.ascontiguousarray(lo, dtype=np.float64), np.ascontiguousarray(hi, dtype=np.float64), int(max_iter),
                float(rtol), float(rtol * step_factor), params, cov, out_chi2, out_rss, out_iter, out_conv, out_ok,
                max(nblocks, 1))

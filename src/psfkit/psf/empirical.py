@@ -252,6 +252,12 @@ class FramePSF:
         Stars it was built from.
     info : dict
         How it was built (selection counts, the degree choice, the stars' chi-square).
+    variance : ndarray, shape (S, S), optional
+        The variance of each node's value (unit flux): the PSF's own uncertainty, from the number of
+        stars stacked and their scatter.  A fit adds ``flux**2`` times it to each pixel's variance.
+    profile_error : float
+        The stars' own departures from the PSF, as a fraction of its value (DAOPHOT's profile error):
+        a fit adds ``(profile_error * flux * psf)**2`` to each pixel's variance.
     """
 
     coefficients: np.ndarray
@@ -261,6 +267,8 @@ class FramePSF:
     scale: tuple[float, float]
     n_stars: int = 0
     info: dict = field(default_factory=dict)
+    variance: np.ndarray | None = None
+    profile_error: float = 0.0
 
     @property
     def size(self) -> int:
@@ -346,8 +354,15 @@ class FramePSF:
 
         if Path(path).exists() and not overwrite:
             raise PsfkitError(f"{path}: exists")
+        hdus = [primary, var]
+        if self.variance is not None:
+            nv = fits.ImageHDU(np.asarray(self.variance, dtype=np.float64), name="PSFNVAR")
+            nv.header["OVERSAMP"] = (self.oversampling, "nodes per image pixel")
+            nv.header["COMMENT"] = "variance of each node of PSFVAR's term 0 (unit flux): the PSF's own uncertainty"
+            nv.header["PSFPERR"] = (float(self.profile_error), "profile error, fraction of the PSF value")
+            hdus.append(nv)
         with atomic_output(path) as tmp:  # never onto an input, never a half file
-            fits.HDUList([primary, var]).writeto(tmp)
+            fits.HDUList(hdus).writeto(tmp)
 
     @classmethod
     def read(cls, path: Any) -> FramePSF:
@@ -367,8 +382,14 @@ class FramePSF:
             degree = int(hd["POLYDEG"])
             if coef.ndim != 3 or coef.shape[0] != _n_terms(degree) or coef.shape[1] != coef.shape[2]:
                 raise PsfkitError(f"{path}: PSFVAR has shape {coef.shape}, not ({_n_terms(degree)}, S, S)")
+            variance, perr = None, 0.0
+            if "PSFNVAR" in hdul:
+                variance = np.asarray(hdul["PSFNVAR"].data, dtype=float)
+                perr = float(hdul["PSFNVAR"].header.get("PSFPERR", 0.0))
+                if variance.shape != coef.shape[1:]:
+                    raise PsfkitError(f"{path}: PSFNVAR has shape {variance.shape}, not {coef.shape[1:]}")
             return cls(coef, int(hd["OVERSAMP"]), degree, (float(hd["POLXCEN"]), float(hd["POLYCEN"])),
-                       (float(hd["POLXSCL"]), float(hd["POLYSCL"])), nstars, {"file": str(path)})
+                       (float(hd["POLXSCL"]), float(hd["POLYSCL"])), nstars, {"file": str(path)}, variance, perr)
 
 
 class FramePSFModel(ImagePSF):
@@ -449,11 +470,33 @@ class FramePSFModel(ImagePSF):
         if self.frame_psf.degree > 0 and n:
             x = params[:, 2] + params[:, 4]
             y = params[:, 3] + params[:, 5]
-            for i in range(n):
-                s = self.frame_psf.shape_at(float(x[i]), float(y[i]))
-                fx[i], fy[i] = s["fwhm_x"], s["fwhm_y"]
+            if n <= 25:
+                for i in range(n):
+                    s = self.frame_psf.shape_at(float(x[i]), float(y[i]))
+                    fx[i], fy[i] = s["fwhm_x"], s["fwhm_y"]
+            else:  # read on a 5 x 5 grid over the frame, a cubic surface through it (the PSF is quadratic)
+                fx, fy = self._shape_surface(x, y)
         z = np.zeros_like(params)
         return fx, fy, z, z.copy()
+
+    def _shape_surface(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """fwhm_x, fwhm_y at frame positions from a cubic surface through a 5 x 5 grid of contour readings."""
+        p = self.frame_psf
+
+        def design(a, b):
+            return np.column_stack([a**i * b**j for i in range(4) for j in range(4 - i)])
+
+        surface = self.__dict__.get("_surface")
+        if surface is None:  # read once per model
+            g = np.linspace(-1.0, 1.0, 5)
+            gx, gy = (a.ravel() for a in np.meshgrid(g, g))
+            shapes = [p.shape_at(p.centre[0] + a * p.scale[0], p.centre[1] + b * p.scale[1]) for a, b in zip(gx, gy)]
+            surface = [np.linalg.lstsq(design(gx, gy), np.array([sh[key] for sh in shapes]), rcond=None)[0]
+                       for key in ("fwhm_x", "fwhm_y")]
+            self._surface = surface
+        xn = np.nan_to_num(np.clip((np.asarray(x, float) - p.centre[0]) / p.scale[0], -1.0, 1.0))
+        yn = np.nan_to_num(np.clip((np.asarray(y, float) - p.centre[1]) / p.scale[1], -1.0, 1.0))
+        return design(xn, yn) @ surface[0], design(xn, yn) @ surface[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -700,10 +743,40 @@ def _smooth_correction(corr: np.ndarray) -> np.ndarray:
     return ndimage.correlate1d(out, kern, axis=-2, mode="constant")
 
 
-def _normalise_and_centre(coef: np.ndarray, o: int, fwhm: float) -> np.ndarray:
-    """Term 0 to unit flux (sum o^2), the others to zero sum, and the whole grid recentred on its centroid."""
+def _remove_pixel_frequency(coef: np.ndarray, o: int) -> np.ndarray:
+    """Grids with their content at the grid's highest frequency (one cycle per 2 nodes) taken out,
+    along x and along y, where that frequency is a whole number of cycles per pixel (even ``o``).
+
+    An effective PSF is the PSF convolved with the pixel box, whose transfer is zero at every whole
+    number of cycles per pixel: the true grid holds nothing there.  The stack does: the nodes of
+    alternate rows (or columns) are set by different stars (those whose centres fall near a pixel's
+    centre or near its edge), and their fluxes' and centres' errors leave a checkerboard ("dotted"
+    ePSFs) that moved the centres of bright stars by several of their errors.  The band is taken out
+    by demodulating with (-1)^j, smoothing the envelope (Gaussian, 2 nodes) and subtracting it
+    remodulated: the true PSF changes by less than 1e-4 of its peak.
+    """
+    if o % 2:
+        return coef
     from scipy import ndimage
 
+    out = coef
+    for ax in (-1, -2):
+        n = out.shape[ax]
+        shape = [1] * out.ndim
+        shape[ax] = n
+        alt = ((-1.0) ** np.arange(n)).reshape(shape)
+        envelope = ndimage.gaussian_filter1d(out * alt, 2.0, axis=ax, mode="constant")
+        out = out - envelope * alt
+    return out
+
+
+def _normalise_and_centre(coef: np.ndarray, o: int, fwhm: float) -> np.ndarray:
+    """Term 0 to unit flux (sum o^2), the others to zero sum, and the whole grid recentred on its centroid
+    (the checkerboard at the pixel's frequency taken out first, :func:`_remove_pixel_frequency`).
+    """
+    from scipy import ndimage
+
+    coef = _remove_pixel_frequency(coef, o)
     s = coef.shape[-1]
     c = (s - 1) / 2.0
     yy, xx = np.mgrid[0:s, 0:s]
@@ -722,6 +795,17 @@ def _normalise_and_centre(coef: np.ndarray, o: int, fwhm: float) -> np.ndarray:
     coef[0] *= (o * o) / coef[0].sum()
     if coef.shape[0] > 1:
         coef[1:] -= coef[1:].sum(axis=(1, 2), keepdims=True) * (coef[0] / coef[0].sum())[None]
+        # every term centred too (zero first moments in the core), so that the PSF is centred at every
+        # place of the field: a term with a first moment would move the stars' centres with their
+        # position.  Adding m / o^2 x dP0/dx to a term takes its moment m away (sum x dP0/dx = -o^2).
+        gy, gx = np.gradient(coef[0])
+        for k in range(1, coef.shape[0]):
+            mx = float((np.where(near, coef[k], 0.0) * (xx - c)).sum())
+            my = float((np.where(near, coef[k], 0.0) * (yy - c)).sum())
+            ax = float((np.where(near, gx, 0.0) * (xx - c)).sum())
+            ay = float((np.where(near, gy, 0.0) * (yy - c)).sum())
+            if ax < 0 and ay < 0:
+                coef[k] = coef[k] - mx / ax * gx - my / ay * gy
     return coef
 
 
@@ -1037,7 +1121,65 @@ def build_frame_psf(
                            o, s, ridge=1e-3)
     info = {"selection": counts, "stars": n, "degree_chi2": {str(k): v for k, v in cv.items()}, "reach": reach,
             "fwhm_first_pass": fwhm, "residual": resid[0] / max(float(psf.coefficients[0].max()), 1e-300)}
-    return FramePSF(psf.coefficients, o, chosen, psf.centre, psf.scale, n, info)
+    node_var, perr = _psf_uncertainty(psf, samples)
+    info["profile_error"] = perr
+    return FramePSF(psf.coefficients, o, chosen, psf.centre, psf.scale, n, info, node_var, perr)
+
+
+def _psf_uncertainty(psf: FramePSF, samples: _Samples, clip: float = 5.0) -> tuple[np.ndarray, float]:
+    """The PSF's own uncertainty: the variance of each node (S, S) and the profile error (a fraction).
+
+    **Node variance.**
+
+    A node is the weighted mean of the samples that fall on it (weights ``w`` as in the stacking), so
+    its variance is ``sum(w**2 r**2) / sum(w)**2`` with ``r`` each sample's residual from the PSF: it
+    falls as more stars are stacked and holds their scatter, whether from photon noise or from the
+    stars' real differences that the PSF does not follow.  Samples off by more than ``clip`` sigma
+    (left out of the stack) are left out here too; a light (1 2 1) smoothing steadies the estimate.
+
+    **Profile error.**  What each star departs from the PSF beyond its photon noise and the nodes'
+    variance (a PSF variation the polynomial does not follow, a halo that differs), as a fraction
+    ``a`` of the PSF's value: the squared residuals of the stars' cores (where the PSF is above 5 %
+    of its peak) are fitted as ``v + F**2 node_var + a**2 (F psf)**2`` by weighted least squares
+    (weights ``1 / E[r**2]**2``, three rounds), ``a >= 0``.
+    """
+    o, s = psf.oversampling, psf.size
+    n, b, _ = samples.stamps.shape
+    c = (s - 1) / 2.0
+    yy, xx = np.mgrid[0:b, 0:b]
+    u = (xx[None] + samples.origin[:, 0, None, None] - samples.x[:, None, None]) * o + c
+    v = (yy[None] + samples.origin[:, 1, None, None] - samples.y[:, None, None]) * o + c
+    model = cubic_interpolate(psf.spline_at(samples.x, samples.y), u.reshape(n, -1), v.reshape(n, -1))
+    model = model.reshape(n, b, b)
+    with np.errstate(invalid="ignore", over="ignore"):  # unusable pixels (inf variance) are left out below
+        resid = (samples.stamps - samples.background[:, None, None]) / samples.flux[:, None, None] - model
+        expected = samples.background[:, None, None] + samples.flux[:, None, None] * model
+        var = samples.variance(expected)
+        var = np.maximum(var, (np.abs(expected - samples.background[:, None, None]) / MAX_PIXEL_SNR) ** 2)
+        w = samples.flux[:, None, None] ** 2 / var
+        z = resid * np.sqrt(w)
+    good = np.isfinite(z) & np.isfinite(var) & (w > 0) & (u > -0.5) & (u < s - 0.5) & (v > -0.5) & (v < s - 0.5)
+    scale = max(1.4826 * float(np.median(np.abs(z[good]))) if good.any() else 1.0, 1.0)
+    good &= np.abs(np.where(good, z, 0.0)) < clip * scale
+    nodes = (np.clip(np.rint(v), 0, s - 1).astype(np.intp) * s + np.clip(np.rint(u), 0, s - 1).astype(np.intp))[good]
+    sw = np.bincount(nodes, weights=w[good], minlength=s * s)
+    sw2r2 = np.bincount(nodes, weights=(w[good] * resid[good]) ** 2, minlength=s * s)
+    node_var = np.where(sw > 0, sw2r2 / np.where(sw > 0, sw, 1.0) ** 2, 0.0).reshape(s, s)
+    node_var = np.maximum(_smooth_correction(node_var[None])[0], 0.0)
+    # the profile error, from the cores of the stars in data units
+    flux = samples.flux[:, None, None]
+    core = good & (model > 0.05 * float(np.nanmax(model)))
+    at_node = np.clip(np.rint(v), 0, s - 1).astype(np.intp) * s + np.clip(np.rint(u), 0, s - 1).astype(np.intp)
+    noise_var = samples.variance(expected)[core]  # photon and read noise, no cap
+    signal2 = (flux * model)[core] ** 2
+    excess = (flux * resid)[core] ** 2 - noise_var - (flux**2 * node_var.ravel()[at_node])[core]
+    a2 = 0.0
+    if signal2.size:
+        for _ in range(3):
+            om = 1.0 / (noise_var + a2 * signal2) ** 2
+            a2 = float((om * signal2 * excess).sum() / max((om * signal2 * signal2).sum(), 1e-300))
+            a2 = a2 if np.isfinite(a2) and a2 > 0 else 0.0
+    return node_var, math.sqrt(a2)
 
 
 def measure_with_frame_psf(image: Any, stars: Any, psf: FramePSF | str | Any = "frame", *,
@@ -1088,9 +1230,32 @@ def measure_with_frame_psf(image: Any, stars: Any, psf: FramePSF | str | Any = "
     rows = np.flatnonzero(acc & np.isfinite(np.asarray(out["x_fit"], float)))
     out["flux_fit_analytic"] = np.asarray(out["flux_fit"], dtype=float)
     if len(rows):
-        fit = fit_stars(img, np.asarray(out["x_fit"], float)[rows], np.asarray(out["y_fit"], float)[rows],
-                        model=model, gain=gain, read_noise=read_noise, box=int(out.meta.get("settings", {}).get("box")
-                                                                                or 0) or None)
+        box = int(out.meta.get("settings", {}).get("box") or 0) or None
+        x0, y0 = np.asarray(out["x_fit"], float)[rows], np.asarray(out["y_fit"], float)[rows]
+        # find's positions are fitted already: the fit starts there (no peak search)
+        fit = fit_stars(img, x0, y0, model=model, gain=gain, read_noise=read_noise, box=box, search_radius=None)
+        if isinstance(psf, FramePSF):
+            # again with every other star's light taken out of each stamp (its photon noise kept in the
+            # weights): a neighbour's wing in the box would otherwise raise the background and lower the flux
+            fx, fy, ff = (np.asarray(fit[c], float) for c in ("x_fit", "y_fit", "flux_fit"))
+            # a faint star beside a bright one (find masked the bright one) may have run onto its wing:
+            # where the first fit moved over a pixel or stopped at a bound, find's values are drawn
+            strayed = ~(np.hypot(fx - x0, fy - y0) <= 1.0) | ((np.asarray(fit["flags"]) & F.AT_BOUND) != 0)
+            fx, fy = np.where(strayed, x0, fx), np.where(strayed, y0, fy)
+            ff = np.where(strayed, np.asarray(out["flux_fit_analytic"], float)[rows], ff)
+            drawn = np.isfinite(fx) & np.isfinite(fy) & np.isfinite(ff) & (ff > 0)
+            light = render_stars(psf, img.data.shape, fx[drawn], fy[drawn], ff[drawn])
+
+            def neighbour_light(origin: np.ndarray, size: int) -> np.ndarray:
+                from psfkit.psf.stamps import cut_stamps
+
+                centre = origin + (size - 1) / 2.0
+                stamps, inside, _, _ = cut_stamps(light, centre[:, 0], centre[:, 1], size)
+                own = _own_light(psf, stamps.shape, origin.astype(float), fx, fy, np.where(drawn, ff, np.nan))
+                return np.where(inside, stamps - own, 0.0)
+
+            fit = fit_stars(img, x0, y0, model=model, gain=gain, read_noise=read_noise, box=box, search_radius=None,
+                            neighbour_light=neighbour_light)
         for col in ("x_fit", "y_fit", "x_err", "y_err", "flux_fit", "flux_err", "mag", "mag_err", "background",
                     "background_err", "reduced_chi2", "rmse", "snr", "n_pixels_fit", "iterations"):
             if col in out.colnames and col in fit.colnames:

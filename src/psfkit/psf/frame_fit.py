@@ -50,15 +50,15 @@ def _normal(p, prof, du, dv, data, mask, wgt, o):
     return chi2, jtj, jtr
 
 
-def _weights(p, prof, mask, var_fixed, psf_var, gain, rn2):
+def _weights(p, prof, mask, var_fixed, psf_var, gain, rn2, perr2):
     val = p[:, :1] + p[:, 1:2] * prof
     var = np.full(val.shape, rn2)
     if gain > 0:
         var = var + np.where(val > 0, val, 0.0) / gain
     if var_fixed is not None:
         var = var + var_fixed
-    if psf_var is not None:
-        var = var + p[:, 1:2] ** 2 * psf_var
+    own = perr2 * prof * prof if psf_var is None else psf_var + perr2 * prof * prof
+    var = var + p[:, 1:2] ** 2 * own
     return np.where(mask & (var > 0), 1.0 / np.where(var > 0, var, 1.0), 0.0)
 
 
@@ -90,8 +90,8 @@ def _solve(system, rhs):
 
 
 def fit_batch_numpy(coef, terms, data, mask, lo, hi, params, *, oversampling, shape, var_fixed=None,
-                    psf_var_coef=None, psf_var_terms=None, gain=0.0, read_noise=0.0, max_iter=50, rtol=1e-5,
-                    step_factor=0.01, chunk=256):
+                    psf_var_coef=None, psf_var_terms=None, profile_error=0.0, gain=0.0, read_noise=0.0, max_iter=50,
+                    rtol=1e-5, step_factor=0.01, chunk=256):
     """The numpy reference of :func:`psfkit.psf._frame_kernels.fit_batch`: same arguments, same results.
 
     Returns ``(params, cov, chi2, rss, iterations, converged, ok)``.
@@ -103,7 +103,8 @@ def fit_batch_numpy(coef, terms, data, mask, lo, hi, params, *, oversampling, sh
                                  var_fixed=None if var_fixed is None else var_fixed[i:i + chunk],
                                  psf_var_coef=psf_var_coef,
                                  psf_var_terms=None if psf_var_terms is None else psf_var_terms[i:i + chunk],
-                                 gain=gain, read_noise=read_noise, max_iter=max_iter, rtol=rtol,
+                                 profile_error=profile_error, gain=gain, read_noise=read_noise,
+                                 max_iter=max_iter, rtol=rtol,
                                  step_factor=step_factor, chunk=chunk)
                  for i in range(0, n, chunk)]
         return tuple(np.concatenate([q[k] for q in parts]) for k in range(7))
@@ -111,6 +112,7 @@ def fit_batch_numpy(coef, terms, data, mask, lo, hi, params, *, oversampling, sh
     s = coef.shape[-1]
     c = (s - 1) / 2.0
     rn2 = float(read_noise) ** 2
+    perr2 = float(profile_error) ** 2
     gain = float(gain or 0.0)
     step_tol = rtol * step_factor
     data = np.where(mask, data, 0.0)
@@ -130,7 +132,7 @@ def fit_batch_numpy(coef, terms, data, mask, lo, hi, params, *, oversampling, sh
 
     allrows = np.arange(n)
     prof, du, dv = _evaluate(grids, p, o, c, shape)
-    wgt = _weights(p, prof, mask, vf(allrows), psf_var_at(p, allrows), gain, rn2)
+    wgt = _weights(p, prof, mask, vf(allrows), psf_var_at(p, allrows), gain, rn2, perr2)
     chi2, jtj, jtr = _normal(p, prof, du, dv, data, mask, wgt, o)
     lam = np.full(n, 1e-3)
     iters = np.zeros(n, dtype=np.int64)
@@ -155,7 +157,7 @@ def fit_batch_numpy(coef, terms, data, mask, lo, hi, params, *, oversampling, sh
         acc = active[better]
         p[acc] = trial[better]
         prof[acc], du[acc], dv[acc] = tprof[better], tdu[better], tdv[better]
-        wgt[acc] = _weights(p[acc], prof[acc], mask[acc], vf(acc), psf_var_at(p[acc], acc), gain, rn2)
+        wgt[acc] = _weights(p[acc], prof[acc], mask[acc], vf(acc), psf_var_at(p[acc], acc), gain, rn2, perr2)
         chi2[acc], jtj[acc], jtr[acc] = _normal(p[acc], prof[acc], du[acc], dv[acc], data[acc], mask[acc], wgt[acc], o)
         lam[acc] = np.maximum(lam[acc] / 5.0, 1e-12)
         rej = active[~better]
@@ -225,8 +227,10 @@ def fit_frame_stamps(
         Convergence when the Gauss-Newton step is below ``rtol`` standard errors (as
         :func:`psfkit.psf.engine.fit_stamps`).
     psf_uncertainty : bool
-        Add the PSF's own variance (:attr:`FramePSF.variance`, times the flux squared) to each pixel's
-        variance, so that the weights and the errors hold the PSF's uncertainty (see docs/psf.md).
+        Add the PSF's own uncertainty to each pixel's variance, so that the weights and the errors hold
+        it: the variance of its nodes (:attr:`FramePSF.variance`) and its profile error (the stars'
+        own departures from it, :attr:`FramePSF.profile_error` times the model), both times the flux
+        squared (see docs/psf.md).
     backend : {"auto", "numpy"}
         ``"numpy"`` forces the numpy reference.
 
@@ -275,7 +279,7 @@ def fit_frame_stamps(
         hi = np.tile([np.inf, np.inf, float(w), float(h)], (n, 1))
     else:
         lo, hi = (np.asarray(b, dtype=float)[:, :4] for b in bounds)
-    flat = np.where(mask, data, 0.0).reshape(n, h * w)
+    flat = data.reshape(n, h * w)  # masked pixels are never read
     m = mask.reshape(n, h * w)
     var_fixed = None
     gain, rn = 0.0, 0.0
@@ -303,6 +307,8 @@ def fit_frame_stamps(
         # a smoothing that keeps it positive), times flux**2 in each pixel's variance
         kw["psf_var_coef"] = np.asarray(node_variance, dtype=float)[None]
         kw["psf_var_terms"] = np.ones((n, 1))
+    if psf_uncertainty:
+        kw["profile_error"] = float(getattr(frame_psf, "profile_error", 0.0) or 0.0)
     if backend != "numpy" and _frame_kernels.available() and n:
         p, cov4, chi2, rss, iters, conv, ok = _frame_kernels.fit_batch(*args, **kw)
     else:
