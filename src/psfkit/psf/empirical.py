@@ -258,6 +258,10 @@ class FramePSF:
     profile_error : float
         The stars' own departures from the PSF, as a fraction of its value (DAOPHOT's profile error):
         a fit adds ``(profile_error * flux * psf)**2`` to each pixel's variance.
+    flux_error : float
+        The scatter of the stars' PSF fluxes about their wide-aperture fluxes beyond the noise, as a
+        fraction of the flux: the light a PSF that is not each star's own misplaces.  A fit adds
+        ``(flux_error * flux)**2`` to the flux's variance.
     """
 
     coefficients: np.ndarray
@@ -269,6 +273,7 @@ class FramePSF:
     info: dict = field(default_factory=dict)
     variance: np.ndarray | None = None
     profile_error: float = 0.0
+    flux_error: float = 0.0
 
     @property
     def size(self) -> int:
@@ -360,6 +365,7 @@ class FramePSF:
             nv.header["OVERSAMP"] = (self.oversampling, "nodes per image pixel")
             nv.header["COMMENT"] = "variance of each node of PSFVAR's term 0 (unit flux): the PSF's own uncertainty"
             nv.header["PSFPERR"] = (float(self.profile_error), "profile error, fraction of the PSF value")
+            nv.header["PSFFERR"] = (float(self.flux_error), "flux error from the PSF, fraction of the flux")
             hdus.append(nv)
         with atomic_output(path) as tmp:  # never onto an input, never a half file
             fits.HDUList(hdus).writeto(tmp)
@@ -382,14 +388,16 @@ class FramePSF:
             degree = int(hd["POLYDEG"])
             if coef.ndim != 3 or coef.shape[0] != _n_terms(degree) or coef.shape[1] != coef.shape[2]:
                 raise PsfkitError(f"{path}: PSFVAR has shape {coef.shape}, not ({_n_terms(degree)}, S, S)")
-            variance, perr = None, 0.0
+            variance, perr, ferr = None, 0.0, 0.0
             if "PSFNVAR" in hdul:
                 variance = np.asarray(hdul["PSFNVAR"].data, dtype=float)
                 perr = float(hdul["PSFNVAR"].header.get("PSFPERR", 0.0))
+                ferr = float(hdul["PSFNVAR"].header.get("PSFFERR", 0.0))
                 if variance.shape != coef.shape[1:]:
                     raise PsfkitError(f"{path}: PSFNVAR has shape {variance.shape}, not {coef.shape[1:]}")
             return cls(coef, int(hd["OVERSAMP"]), degree, (float(hd["POLXCEN"]), float(hd["POLYCEN"])),
-                       (float(hd["POLXSCL"]), float(hd["POLYSCL"])), nstars, {"file": str(path)}, variance, perr)
+                       (float(hd["POLXSCL"]), float(hd["POLYSCL"])), nstars, {"file": str(path)}, variance, perr,
+                       ferr)
 
 
 class FramePSFModel(ImagePSF):
@@ -1121,13 +1129,14 @@ def build_frame_psf(
                            o, s, ridge=1e-3)
     info = {"selection": counts, "stars": n, "degree_chi2": {str(k): v for k, v in cv.items()}, "reach": reach,
             "fwhm_first_pass": fwhm, "residual": resid[0] / max(float(psf.coefficients[0].max()), 1e-300)}
-    node_var, perr = _psf_uncertainty(psf, samples)
-    info["profile_error"] = perr
-    return FramePSF(psf.coefficients, o, chosen, psf.centre, psf.scale, n, info, node_var, perr)
+    node_var, perr, ferr = _psf_uncertainty(psf, samples)
+    info["profile_error"], info["flux_error"] = perr, ferr
+    return FramePSF(psf.coefficients, o, chosen, psf.centre, psf.scale, n, info, node_var, perr, ferr)
 
 
-def _psf_uncertainty(psf: FramePSF, samples: _Samples, clip: float = 5.0) -> tuple[np.ndarray, float]:
-    """The PSF's own uncertainty: the variance of each node (S, S) and the profile error (a fraction).
+def _psf_uncertainty(psf: FramePSF, samples: _Samples, clip: float = 5.0) -> tuple[np.ndarray, float, float]:
+    """The PSF's own uncertainty: the variance of each node (S, S), the profile error and the flux error
+    (fractions).
 
     **Node variance.**
 
@@ -1142,6 +1151,13 @@ def _psf_uncertainty(psf: FramePSF, samples: _Samples, clip: float = 5.0) -> tup
     ``a`` of the PSF's value: the squared residuals of the stars' cores (where the PSF is above 5 %
     of its peak) are fitted as ``v + F**2 node_var + a**2 (F psf)**2`` by weighted least squares
     (weights ``1 / E[r**2]**2``, three rounds), ``a >= 0``.
+
+    **Flux error.**  A PSF that is not a star's own (a variation the polynomial does not follow)
+    misplaces some of its light coherently over the pixels: no pixel's variance holds that.  Each
+    star's PSF flux is compared with its flux in the whole stamp (the light over the PSF's share of
+    the same pixels, neighbours masked), which does not depend on the PSF's shape; the scatter of
+    their ratio beyond the stamp's noise, over the stars where that noise is below 0.5 %, is the
+    flux error (0 with fewer than 10 such stars).
     """
     o, s = psf.oversampling, psf.size
     n, b, _ = samples.stamps.shape
@@ -1179,7 +1195,27 @@ def _psf_uncertainty(psf: FramePSF, samples: _Samples, clip: float = 5.0) -> tup
             om = 1.0 / (noise_var + a2 * signal2) ** 2
             a2 = float((om * signal2 * excess).sum() / max((om * signal2 * signal2).sum(), 1e-300))
             a2 = a2 if np.isfinite(a2) and a2 > 0 else 0.0
-    return node_var, math.sqrt(a2)
+    # the flux error: PSF fluxes against the stamps' whole light
+    usable = np.isfinite(samples.stamps) & np.isfinite(samples.var) & np.isfinite(model)
+    usable &= np.hypot(u - c, v - c) <= min(c, (b - 1) / 2.0 * o)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(usable, model, 0.0).sum(axis=(1, 2))
+        light = np.where(usable, samples.stamps - samples.background[:, None, None], 0.0).sum(axis=(1, 2))
+        noise = np.where(usable, samples.variance(expected), 0.0).sum(axis=(1, 2))
+        whole = light / share
+        rel = samples.flux / whole - 1.0
+        rel_var = noise / share**2 / samples.flux**2
+    ok = np.isfinite(rel) & np.isfinite(rel_var) & (share > 0.9) & (rel_var < 0.005**2)
+    f2 = 0.0
+    if np.count_nonzero(ok) >= 10:
+        r2, e2 = rel[ok] ** 2, rel_var[ok]
+        keep = r2 < 25.0 * np.median(r2 + e2)  # a neighbour's light in a stamp is not the PSF's error
+        r2, e2 = r2[keep], e2[keep]
+        for _ in range(3):
+            om = 1.0 / (e2 + f2) ** 2
+            f2 = float((om * (r2 - e2)).sum() / om.sum())
+            f2 = f2 if np.isfinite(f2) and f2 > 0 else 0.0
+    return node_var, math.sqrt(a2), math.sqrt(f2)
 
 
 def measure_with_frame_psf(image: Any, stars: Any, psf: FramePSF | str | Any = "frame", *,
@@ -1190,6 +1226,11 @@ def measure_with_frame_psf(image: Any, stars: Any, psf: FramePSF | str | Any = "
     analytic model's, as Siril's Dynamic PSF reports them) stay those of ``find_stars``; the
     position, total flux, magnitude, background, their errors and the goodness of fit come from
     the frame's PSF.  The analytic model's flux is kept as ``flux_fit_analytic``.
+
+    The stars are fitted twice (:func:`psfkit.psf.frame_fit.fit_frame_stamps`, from find's
+    positions): the second time with every other star's light, drawn with the PSF from the first
+    fit, taken out of each stamp (its photon noise kept in the weights).  The errors hold the
+    PSF's own uncertainty (docs/psf.md).
 
     Parameters
     ----------

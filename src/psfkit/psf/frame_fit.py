@@ -230,7 +230,7 @@ def fit_frame_stamps(
         Add the PSF's own uncertainty to each pixel's variance, so that the weights and the errors hold
         it: the variance of its nodes (:attr:`FramePSF.variance`) and its profile error (the stars'
         own departures from it, :attr:`FramePSF.profile_error` times the model), both times the flux
-        squared (see docs/psf.md).
+        squared; and to the flux's variance ``(FramePSF.flux_error * flux)**2`` (see docs/psf.md).
     backend : {"auto", "numpy"}
         ``"numpy"`` forces the numpy reference.
 
@@ -317,6 +317,9 @@ def fit_frame_stamps(
     params[:, :4] = p
     cov = np.zeros((n, 6, 6))
     cov[:, :4, :4] = cov4
+    flux_error = float(getattr(frame_psf, "flux_error", 0.0) or 0.0) if psf_uncertainty else 0.0
+    if flux_error > 0:  # the light the PSF misplaces coherently over the pixels (FramePSF.flux_error)
+        cov[:, 1, 1] += (flux_error * p[:, 1]) ** 2
     flags = np.zeros(n, dtype=np.int64)
     flags[~conv] |= F.NOT_CONVERGED
     diag_ok = np.all(np.diagonal(cov4, axis1=1, axis2=2) > 0, axis=1)
