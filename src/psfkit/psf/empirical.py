@@ -1156,7 +1156,7 @@ def _psf_uncertainty(psf: FramePSF, samples: _Samples, clip: float = 5.0) -> tup
     misplaces some of its light coherently over the pixels: no pixel's variance holds that.  Each
     star's PSF flux is compared with its flux in the whole stamp (the light over the PSF's share of
     the same pixels, neighbours masked), which does not depend on the PSF's shape; the scatter of
-    their ratio beyond the stamp's noise, over the stars where that noise is below 0.5 %, is the
+    their ratio beyond the stamp's noise, over the stars where that noise is below 2 %, is the
     flux error (0 with fewer than 10 such stars).
     """
     o, s = psf.oversampling, psf.size
@@ -1205,7 +1205,7 @@ def _psf_uncertainty(psf: FramePSF, samples: _Samples, clip: float = 5.0) -> tup
         whole = light / share
         rel = samples.flux / whole - 1.0
         rel_var = noise / share**2 / samples.flux**2
-    ok = np.isfinite(rel) & np.isfinite(rel_var) & (share > 0.9) & (rel_var < 0.005**2)
+    ok = np.isfinite(rel) & np.isfinite(rel_var) & (share > 0.9) & (rel_var < 0.02**2)
     f2 = 0.0
     if np.count_nonzero(ok) >= 10:
         r2, e2 = rel[ok] ** 2, rel_var[ok]
