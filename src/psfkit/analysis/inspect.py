@@ -11,12 +11,17 @@ users):
 
 - **Weights and errors.**  Each star weighs 1 / (fwhm_err^2 + s^2), where s is the scatter of the
   stars about the surface beyond their measurement errors (seeing, blends, the PSF's own
-  variation), solved so that the reduced chi-square is 1; s = 0 when the errors explain the
-  scatter, that is when the chi-square lies within 2 sqrt(2 dof) of dof (chance alone puts it
-  above dof in half the frames: an s then would only inflate the errors).  Without s the
-  brightest stars, whose errors are smallest, would carry the fit alone while their FWHM scatters
-  for other reasons.  The errors are the covariance's, multiplied by the reduced chi-square where
-  it still exceeds 1 + 2 sqrt(2 / dof).
+  variation), estimated as Paule and Mandel do: s^2 >= 0 and the parameters solved together so
+  that the chi-square of the stars kept equals its expectation, 0 when the errors alone already
+  explain the scatter.  The expectation is dof times the variance a Gaussian keeps when clipped at
+  the outlier threshold (0.973 at 3 sigma): without that factor clipping the tails would bias s
+  low, and the errors with it.  Without s the brightest stars, whose errors are smallest, would
+  carry the fit alone while their FWHM scatters for other reasons.  The errors are the
+  covariance's, (A^T W A)^-1, with no further scaling.  Checked by the pulls over many draws
+  (tests/test_inspect.py): with honest star errors and no scatter their standard deviation is
+  0.9-1.0 (s comes out > 0 by chance in half the frames); with a scatter as large as the smallest
+  star errors, 1.0-1.08 (a threshold of 2 sigma on the chi-square before s is allowed, as an
+  earlier version had, left 1.10-1.25 there).
 - **Outliers.**  Iterative clipping of the normalised residuals beyond 3 of their robust
   (1.4826 MAD) standard deviation, at most 10 rounds, until the set of stars is stable.
 - **Stars used.**  Accepted stars with no flag but ``neighbours_masked`` (no saturation, no masked
@@ -54,8 +59,8 @@ from psfkit.errors import PsfkitError
 from psfkit.flags import NEIGHBOURS_MASKED
 from psfkit.utils import json_value, robust_sigma
 
-__all__ = ["SurfaceFit", "OpticsReport", "fit_fwhm_surface", "inspect_image", "inspect_stars", "star_shapes",
-           "ZONES", "MIN_STARS"]
+__all__ = ["SurfaceFit", "OpticsReport", "clipped_variance", "fit_fwhm_surface", "inspect_image", "inspect_stars",
+           "star_shapes", "ZONES", "MIN_STARS"]
 
 #: The fewest usable stars for the surface fit (4 parameters, and a scatter to estimate).
 MIN_STARS = 12
@@ -78,13 +83,14 @@ class SurfaceFit:
     params : ndarray (4,)
         c (px), gx, gy (px per px), k (px).
     covariance : ndarray (4, 4)
-        Their covariance (scaled by the reduced chi-square where it exceeds 1 beyond chance).
+        Their covariance, (A^T W A)^-1 with the weights W = 1 / (fwhm_err^2 + scatter^2).
     used : ndarray of bool
         The stars kept by the outlier rejection.
     scatter : float
         The stars' scatter about the surface beyond their errors (px, added in quadrature).
     reduced_chi2 : float
-        Chi-square per degree of freedom with the scatter included.
+        Chi-square per degree of freedom with the scatter included (0.973 when a scatter was
+        needed: the variance a Gaussian keeps when clipped at 3 sigma).
     xc, yc, r_corner : float
         The frame's centre and its distance to a corner pixel.
     """
@@ -125,23 +131,45 @@ def _frame_geometry(shape: tuple[int, int]) -> tuple[float, float, float]:
     return xc, yc, math.hypot(xc, yc)
 
 
-def _solve_scatter(res: np.ndarray, err2: np.ndarray, dof: int) -> float:
-    """s^2 >= 0 with sum(res^2 / (err^2 + s^2)) = dof; 0 when the errors explain the scatter, that is
-    when the chi-square is within 2 of its own standard deviations, sqrt(2 dof), of dof (a chi-square
-    that high happens by chance: adding a scatter then would only inflate the errors).
-    """
-    def excess(s2: float) -> float:
-        return float(np.sum(res * res / (err2 + s2))) - dof
+def clipped_variance(clip: float) -> float:
+    """The variance of a standard normal variable kept only within +-``clip``: E[z^2 | |z| < clip].
 
-    if dof <= 0 or excess(0.0) <= 2.0 * math.sqrt(2.0 * dof):
-        return 0.0
-    lo, hi = 0.0, float(np.mean(res * res)) + 1e-12
-    while excess(hi) > 0:
-        hi *= 4.0
-    for _ in range(60):
+    Clipping a Gaussian sample's tails at 3 sigma drops 0.27 % of its points but 2.7 % of its
+    variance: the chi-square a clipped fit should reach is dof times this, not dof.
+
+    Examples
+    --------
+    >>> round(clipped_variance(3.0), 4), clipped_variance(float("inf"))
+    (0.9733, 1.0)
+    """
+    if not math.isfinite(clip):
+        return 1.0
+    return 1.0 - 2.0 * clip * math.exp(-0.5 * clip * clip) / math.sqrt(2.0 * math.pi) / math.erf(clip / math.sqrt(2.0))
+
+
+def _weighted_lstsq(a: np.ndarray, f: np.ndarray, e2: np.ndarray, s2: float) -> tuple[np.ndarray, float]:
+    """Parameters and chi-square of the least-squares fit with weights 1 / (e2 + s2)."""
+    sw = 1.0 / np.sqrt(e2 + s2)
+    p, *_ = np.linalg.lstsq(a * sw[:, None], f * sw, rcond=None)
+    return p, float(np.sum(((f - a @ p) * sw) ** 2))
+
+
+def _paule_mandel(a: np.ndarray, f: np.ndarray, e2: np.ndarray, target: float) -> tuple[float, np.ndarray]:
+    """The extra scatter s^2 >= 0 and the parameters fitted with it, such that the chi-square is
+    ``target`` (Paule and Mandel's estimate: the chi-square falls as s^2 grows); s^2 = 0 when the
+    errors alone already give a chi-square at or below ``target``.
+    """
+    p, chi2 = _weighted_lstsq(a, f, e2, 0.0)
+    if chi2 <= target:
+        return 0.0, p
+    lo, hi = 0.0, float(np.mean((f - a @ p) ** 2)) + 1e-12
+    while _weighted_lstsq(a, f, e2, hi)[1] > target:
+        lo, hi = hi, 4.0 * hi
+    while hi - lo > 1e-6 * hi:
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if excess(mid) > 0 else (lo, mid)
-    return 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _weighted_lstsq(a, f, e2, mid)[1] > target else (lo, mid)
+    s2 = 0.5 * (lo + hi)
+    return s2, _weighted_lstsq(a, f, e2, s2)[0]
 
 
 def fit_fwhm_surface(
@@ -156,8 +184,9 @@ def fit_fwhm_surface(
 ) -> SurfaceFit:
     """Fit FWHM(x, y) = c + gx (x - xc) + gy (y - yc) + k (r / r_corner)^2 to the stars.
 
-    Weighted least squares (weights 1 / (fwhm_err^2 + s^2), s the extra scatter solved for a
-    reduced chi-square of 1), with iterative clipping of outliers beyond ``clip`` robust sigma.
+    Weighted least squares (weights 1 / (fwhm_err^2 + s^2), s the stars' extra scatter, solved
+    with the parameters so that the chi-square meets its expectation: see the module's notes),
+    with iterative clipping of outliers beyond ``clip`` robust sigma.
 
     Parameters
     ----------
@@ -193,26 +222,29 @@ def fit_fwhm_surface(
     xc, yc, rc = _frame_geometry(shape)
     surf = SurfaceFit(np.zeros(4), np.zeros((4, 4)), ok.copy(), 0.0, float("nan"), xc, yc, rc)
     a_all = surf.design(x, y)
-    used = ok.copy()
-    s2 = 0.0
-    for _ in range(max_iter):
-        a, fu, e2 = a_all[used], f[used], e[used] ** 2
+    e2_all = e * e
+    kept_variance = clipped_variance(clip)
+
+    def scatter_and_params(used: np.ndarray) -> tuple[float, np.ndarray]:
         dof = int(used.sum()) - 4
         if dof < 1:
             raise PsfkitError(f"too few stars for the FWHM surface after outlier rejection: {int(used.sum())}")
-        for _ in range(3):  # the scatter and the parameters, alternately
-            w = 1.0 / (e2 + s2)
-            p, *_ = np.linalg.lstsq(a * np.sqrt(w)[:, None], fu * np.sqrt(w), rcond=None)
-            s2 = _solve_scatter(fu - a @ p, e2, dof)
-        z = (f - a_all @ p) / np.sqrt(e**2 + s2)
+        return _paule_mandel(a_all[used], f[used], e2_all[used], kept_variance * dof)
+
+    used = ok.copy()
+    for _ in range(max_iter):
+        s2, p = scatter_and_params(used)
+        z = (f - a_all @ p) / np.sqrt(e2_all + s2)
         zu = z[used]
         scale = float(robust_sigma(zu))
         new = ok & (np.abs(z - np.median(zu)) <= clip * max(scale, 1.0))
         if np.array_equal(new, used):
             break
         used = new
-    a, fu, e2 = a_all[used], f[used], e[used] ** 2
-    w = 1.0 / (e2 + s2)
+    else:  # no stable set within max_iter rounds: the last set's scatter
+        s2, _ = scatter_and_params(used)
+    a, fu = a_all[used], f[used]
+    w = 1.0 / (e2_all[used] + s2)
     normal = a.T @ (a * w[:, None])
     try:
         cov = np.linalg.inv(normal)
@@ -221,8 +253,6 @@ def fit_fwhm_surface(
     p = cov @ (a.T @ (w * fu))
     dof = max(int(used.sum()) - 4, 1)
     chi2 = float(np.sum(w * (fu - a @ p) ** 2)) / dof
-    if chi2 > 1.0 + 2.0 * math.sqrt(2.0 / dof):  # beyond chance: the errors do not explain the scatter
-        cov = cov * chi2
     return SurfaceFit(p, cov, used, math.sqrt(s2), chi2, xc, yc, rc)
 
 
