@@ -42,13 +42,14 @@ def test_gaussian_hfr_is_half_the_fwhm(snr, fwhm):
     t = half_flux_radius(data, x, y, radius=2 * fwhm, recentre=False)
     ratio = np.median(t["hfr"]) / (fwhm / 2)
     assert abs(ratio - 1) < 0.03, ratio
-    # the automatic radius and centroid find the same
+    # the automatic radius and centroid find the same from positions 0.9 px off (at SNR 20 the plain
+    # centroid's noise, pulled towards the start, widens a 2.5 px star's HFR by 5-14 %: not yet met)
     auto = half_flux_radius(data, x + 0.7, y - 0.6)
     if snr >= 50:
         assert abs(np.median(auto["hfr"]) / (fwhm / 2) - 1) < 0.03
 
 
-@pytest.mark.parametrize("snr", [20, 1000])
+@pytest.mark.parametrize("snr", [20, 50, 200, 1000])
 def test_find_stars_hfr_column(snr):
     fwhm = 3.5
     data, x, y = grid_field(fwhm, flux_for_snr(snr, fwhm), seed=snr)
