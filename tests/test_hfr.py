@@ -23,7 +23,7 @@ def flux_for_snr(snr: float, fwhm: float) -> float:
     return (-b + math.sqrt(b * b - 4 * a * c)) / 2
 
 
-def grid_field(fwhm: float, flux: float, *, n_side: int = 8, step: int = 40, seed: int = 0):
+def grid_field(fwhm: float, flux: float, *, n_side: int = 10, step: int = 40, seed: int = 0):
     rng = np.random.default_rng(seed)
     g = (np.arange(n_side) + 0.5) * step
     x, y = np.meshgrid(g, g)
@@ -42,11 +42,11 @@ def test_gaussian_hfr_is_half_the_fwhm(snr, fwhm):
     t = half_flux_radius(data, x, y, radius=2 * fwhm, recentre=False)
     ratio = np.median(t["hfr"]) / (fwhm / 2)
     assert abs(ratio - 1) < 0.03, ratio
-    # the automatic radius and centroid find the same from positions 0.9 px off (at SNR 20 the plain
-    # centroid's noise, pulled towards the start, widens a 2.5 px star's HFR by 5-14 %: not yet met)
+    # the automatic radius and centre, from positions 0.9 px off, find the same (a plain centroid of
+    # the pixels above the sky, pulled towards the start by the noise, read 5-14 % large at SNR 20)
     auto = half_flux_radius(data, x + 0.7, y - 0.6)
-    if snr >= 50:
-        assert abs(np.median(auto["hfr"]) / (fwhm / 2) - 1) < 0.03
+    assert abs(np.median(auto["hfr"]) / (fwhm / 2) - 1) < 0.03, np.median(auto["hfr"]) / (fwhm / 2)
+    assert np.median(np.hypot(auto["x"] - x, auto["y"] - y)) < 0.05 + 3.0 * fwhm / snr  # the start was 0.92 px off
 
 
 @pytest.mark.parametrize("snr", [20, 50, 200, 1000])

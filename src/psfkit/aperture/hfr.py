@@ -149,6 +149,68 @@ def _local_sky(data: np.ndarray, x: np.ndarray, y: np.ndarray, r_in: np.ndarray,
         return np.nanmedian(vals, axis=(1, 2))
 
 
+def _centroid(data: np.ndarray, xs: np.ndarray, ys: np.ndarray, sky: np.ndarray,
+              rad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The light's centroid inside R (pixels above the sky only): a first centre, near the light."""
+    ny, nx = data.shape
+    box = 2 * int(np.ceil(rad.max())) + 3
+    stamps, inside, origin, _ = cut_stamps(data, xs, ys, box)
+    xc, yc = xs - origin[:, 0], ys - origin[:, 1]
+    yy, xx = np.mgrid[0:box, 0:box]
+    within = inside & np.isfinite(stamps) & (np.hypot(xx[None] - xc[:, None, None], yy[None] - yc[:, None, None])
+                                             <= rad[:, None, None])
+    v = np.clip(np.where(within, stamps - sky[:, None, None], 0.0), 0.0, None)
+    tot = v.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cx = (v * xx[None]).sum(axis=(1, 2)) / tot
+        cy = (v * yy[None]).sum(axis=(1, 2)) / tot
+    ok = (tot > 0) & np.isfinite(cx) & np.isfinite(cy) & (np.hypot(cx - xc, cy - yc) <= rad)
+    xs = np.where(ok, cx + origin[:, 0], xs)
+    ys = np.where(ok, cy + origin[:, 1], ys)
+    return np.clip(xs, -0.5, nx - 0.5), np.clip(ys, -0.5, ny - 0.5)
+
+
+def _windowed_centroid(data: np.ndarray, xs: np.ndarray, ys: np.ndarray, sky: np.ndarray, hfr: np.ndarray,
+                       rad: np.ndarray, *, n_iter: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Centres from Gaussian-windowed first moments (as SExtractor's XWIN_IMAGE), iterated.
+
+    The window's sigma is twice the star's (2 HFR / 1.1774 for a Gaussian): on a donut a window
+    narrower than the ring would push the centre off it (the nearer side of the ring weighs
+    more), and on a Gaussian star of sigma s a window of 2 s moves the windowed moment by 4/5 of
+    the centre's offset, so each step is 5/4 of the moment.  Unlike the plain centroid of the
+    pixels above the sky, the window keeps the sky's noise from pulling the centre towards the
+    starting point: that pull, and the HFR a misplaced centre adds, made faint stars' HFR read
+    5-14 % large at SNR 20.  Stars whose HFR is unknown, or whose windowed light is not
+    positive, keep their centre; no step is larger than the window.
+    """
+    ny, nx = data.shape
+    sigma = np.maximum(2.0 * np.asarray(hfr, dtype=float) / 1.1774, 1.0)
+    active = np.isfinite(sigma)
+    if not active.any():
+        return xs, ys
+    xs, ys = xs.copy(), ys.copy()
+    box = 2 * int(np.ceil(rad.max())) + 3
+    yy, xx = np.mgrid[0:box, 0:box]
+    s2 = np.where(active, sigma, 1.0) ** 2
+    for _ in range(n_iter):
+        stamps, inside, origin, _ = cut_stamps(data, xs, ys, box)
+        dx = xx[None] - (xs - origin[:, 0])[:, None, None]
+        dy = yy[None] - (ys - origin[:, 1])[:, None, None]
+        r2 = dx * dx + dy * dy
+        use = inside & np.isfinite(stamps) & (r2 <= (rad * rad)[:, None, None])
+        v = np.where(use, stamps - sky[:, None, None], 0.0) * np.exp(-0.5 * r2 / s2[:, None, None])
+        tot = v.sum(axis=(1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mx = 1.25 * (v * dx).sum(axis=(1, 2)) / tot
+            my = 1.25 * (v * dy).sum(axis=(1, 2)) / tot
+        ok = active & (tot > 0) & np.isfinite(mx) & np.isfinite(my) & (np.hypot(mx, my) <= np.sqrt(s2))
+        xs = np.clip(np.where(ok, xs + mx, xs), -0.5, nx - 0.5)
+        ys = np.clip(np.where(ok, ys + my, ys), -0.5, ny - 0.5)
+        if not np.any(ok & (np.hypot(mx, my) > 1e-3)):
+            break
+    return xs, ys
+
+
 def half_flux_radius(
     image: Image | np.ndarray | str,
     x: Sequence[float] | np.ndarray | float,
@@ -226,39 +288,28 @@ def half_flux_radius(
         else:
             bvals = np.broadcast_to(b, (n,)).astype(float)
 
-    hfr = np.full(n, np.nan)
-    flux = np.full(n, np.nan)
-    sky = np.full(n, np.nan)
-    for _ in range(8):
+    def local_sky(xs: np.ndarray, ys: np.ndarray, rad: np.ndarray) -> np.ndarray:
         if bmap is not None:
-            sky = bmap[np.clip(np.rint(ys).astype(int), 0, ny - 1), np.clip(np.rint(xs).astype(int), 0, nx - 1)]
-        elif bvals is not None:
-            sky = bvals
-        else:
-            sky = _local_sky(data, xs, ys, rad + 2.0, np.maximum(6.0, rad / 2.0))
+            return bmap[np.clip(np.rint(ys).astype(int), 0, ny - 1), np.clip(np.rint(xs).astype(int), 0, nx - 1)]
+        if bvals is not None:
+            return bvals
+        return _local_sky(data, xs, ys, rad + 2.0, np.maximum(6.0, rad / 2.0))
+
+    def measure(xs: np.ndarray, ys: np.ndarray, rad: np.ndarray, sky: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         box = 2 * int(np.ceil(rad.max())) + 3
         stamps, inside, origin, _ = cut_stamps(data, xs, ys, box)
-        usable = inside & np.isfinite(stamps)
-        xc, yc = xs - origin[:, 0], ys - origin[:, 1]
+        return hfr_from_stamps(stamps, inside & np.isfinite(stamps), xs - origin[:, 0], ys - origin[:, 1], sky, rad)
+
+    sky = local_sky(xs, ys, rad)
+    if recentre:  # near the light first (a donut has no peak), then a windowed centroid
+        xs, ys = _centroid(data, xs, ys, sky, rad)
+        sky = local_sky(xs, ys, rad)
+    hfr, flux = measure(xs, ys, rad, sky)
+    for _ in range(8):
         if recentre:
-            yy, xx = np.mgrid[0:box, 0:box]
-            within = usable & (np.hypot(xx[None] - xc[:, None, None], yy[None] - yc[:, None, None]) <= rad[:, None, None])
-            v = np.where(within, stamps - sky[:, None, None], 0.0)
-            v = np.clip(v, 0.0, None)
-            tot = v.sum(axis=(1, 2))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                cx = (v * xx[None]).sum(axis=(1, 2)) / tot
-                cy = (v * yy[None]).sum(axis=(1, 2)) / tot
-            ok = (tot > 0) & np.isfinite(cx) & np.isfinite(cy)
-            shift = np.hypot(cx - xc, cy - yc)
-            ok &= shift <= rad  # a centroid may not leave the aperture
-            xs = np.where(ok, cx + origin[:, 0], xs)
-            ys = np.where(ok, cy + origin[:, 1], ys)
-            xs, ys = np.clip(xs, -0.5, nx - 0.5), np.clip(ys, -0.5, ny - 0.5)
-            stamps, inside, origin, _ = cut_stamps(data, xs, ys, box)
-            usable = inside & np.isfinite(stamps)
-            xc, yc = xs - origin[:, 0], ys - origin[:, 1]
-        hfr, flux = hfr_from_stamps(stamps, usable, xc, yc, sky, rad)
+            xs, ys = _windowed_centroid(data, xs, ys, sky, hfr, rad)
+            sky = local_sky(xs, ys, rad)
+            hfr, flux = measure(xs, ys, rad, sky)
         if not auto:
             break
         want = np.clip(3.0 * np.nan_to_num(hfr, nan=rad), 3.0, max_radius)
@@ -266,6 +317,8 @@ def half_flux_radius(
         if not grow.any():
             break
         rad = np.where(grow, want, rad)
+        sky = local_sky(xs, ys, rad)
+        hfr, flux = measure(xs, ys, rad, sky)
     table = Table({"x": xs, "y": ys, "hfr": hfr, "hfd": 2.0 * hfr, "flux": flux, "radius": rad,
                    "background": np.asarray(sky, dtype=float)})
     if img.pixel_scale:
