@@ -186,6 +186,9 @@ def _donut_hfr(img: Any) -> tuple[np.ndarray, int]:
             keep &= ~close
     # every donut of a frame has the defocus's size (within the field's curvature, tens of %): a
     # noise peak or a fragment of a ring (HFR 0.5 or 16 times the others' here) is not one
+    # nor is an object whose light inside its radius is not 5 sigma above the sky's noise
+    flux, radius = np.asarray(t["flux"], float), np.asarray(t["radius"], float)
+    keep &= np.isfinite(hfr) & (flux > 5.0 * float(np.median(bkg.noise)) * math.sqrt(math.pi) * radius)
     if keep.sum() >= 3:
         med = float(np.nanmedian(hfr[keep]))
         with np.errstate(invalid="ignore", divide="ignore"):
