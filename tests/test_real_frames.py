@@ -71,8 +71,11 @@ FRAMES = {
     "stellarphot_feder_cutout_fwhm.fits": dict(count=(1, 1), stars=[(49.3, 49.5)]),
     "tetra3_blackfly_2019-07-29T204726_Alt40_Azi-135.fits": dict(
         count=(75, 130), stars=[(255.6, 297.8), (139.8, 115.2), (470.1, 159.9), (243.4, 182.8), (473.8, 37.0)]),
+    # IRAC: the brightest stars' saturated cores read low (a crater under a ring of high pixels)
     "spitzer_glimpse_irac2_crowded.fits": dict(
-        count=(2800, 4300), stars=[(1010.5, 346.4), (120.6, 62.4), (336.4, 498.3), (26.9, 361.5)]),
+        count=(2800, 4300), stars=[(1010.5, 346.4), (120.6, 62.4), (336.4, 498.3), (26.9, 361.5)],
+        saturated=[(974.0, 255.7), (709.9, 302.3), (694.4, 208.9), (532.8, 191.4), (318.7, 47.3), (262.8, 50.5),
+                   (941.0, 100.8)]),
     # Bayer mosaics, measured on the green plane (positions in the plane's pixels)
     "panoptes_canon_bayer/PAN001_20160909T081434_solved.fits": dict(count=(650, 1000)),
     "panoptes_canon_bayer/PAN001_20160909T081226_unsolved.fits": dict(count=(650, 1000)),

@@ -812,6 +812,10 @@ def _flat_tops(data: np.ndarray, background: Background, x: np.ndarray, y: np.nd
     plateau to half its level over more than 14 FWHM) is a galaxy's flat core, not a star: it is
     no flat top (and so not exempt from the ``extended`` test).
 
+    A crater (a saturated core read low, its centre pixel 5 % and 5 noise below both pixels of an
+    opposite pair of its neighbours) is a flat top too, its core the pixels at or above 90 % of the
+    centre's.
+
     Returns (flat, cut, radius, x, y): the plateau's pixels are those at or above
     ``cut`` (data units), within about ``radius`` px of the peak; (x, y) is the plateau's
     centroid for a flat top (the candidate's position otherwise), where its fit starts.
@@ -880,6 +884,27 @@ def _flat_tops(data: np.ndarray, background: Background, x: np.ndarray, y: np.nd
             # core falls slowly (M51's nucleus: 18 FWHM)
             edge = 2.0 * np.sqrt(np.maximum(n_half - n_top, 0) / np.pi)
             ok &= shoulder | (edge <= 14.0 * fwhm)
+        # a crater: a saturated core that reads low (Spitzer IRAC, some CMOS cameras), its centre
+        # pixel below both pixels of an opposite pair of its neighbours (by 5 % and 5 noise),
+        # which no star's profile does (a peak one pixel off has one higher neighbour, not two); its core (the pixels at or above 90 % of the centre's) is masked like a
+        # plateau (on the IRAC GLIMPSE frame the seven brightest stars were rejected as extended)
+        cen = st[:, c, c]
+        above = np.maximum(1.05 * cen, cen + 5.0 * background.noise)
+        crater = np.zeros(len(idx), dtype=bool)
+        with np.errstate(invalid="ignore"):
+            for ya, xa, yb, xb in ((c - 1, c, c + 1, c), (c, c - 1, c, c + 1), (c - 1, c - 1, c + 1, c + 1),
+                                   (c - 1, c + 1, c + 1, c - 1)):
+                crater |= (st[:, ya, xa] > above) & (st[:, yb, xb] > above)
+            # and wings: the 5 x 5 box's outer ring at 10 % of the top or more (a saturated
+            # star's; a pair of cosmic-ray hits or a hot-pixel pair has none)
+            ring = st[:, c - 2:c + 3, c - 2:c + 3].copy()
+            ring[:, 1:4, 1:4] = np.nan
+            wings = np.nanmean(ring.reshape(len(idx), -1), axis=1)
+            crater &= ~ok & (cen > 0) & (t >= 20.0 * background.noise) & (wings >= 0.1 * t)
+            tol = np.where(crater, t - 0.9 * cen, tol)
+            n_top = np.where(crater, np.sum(st[:, c - 2:c + 3, c - 2:c + 3] >= 0.9 * cen[:, None, None], axis=(1, 2)),
+                             n_top)
+        ok |= crater
         flat[idx] = ok
         top[idx] = t - tol + lvl[idx]
         radius[idx] = np.sqrt(n_top / np.pi)
