@@ -516,3 +516,50 @@ def test_inspector_panel(browser, tmp_path):
         page.screenshot(path=str(ARTIFACTS / "inspector.png"))
         assert errors == []
         page.close()
+
+
+def test_residual_toggle_shows_the_frame_minus_every_star(browser, tmp_path):
+    """Detect with deblend (the frame's own PSF): the Residual button appears, and toggling it swaps the
+    tiles for the frame minus every fitted star (the stars' light gone from the screen), and back."""
+    from PIL import Image as PILImage
+
+    from psfkit.datasets.simulate import simulate_field
+
+    data, truth = simulate_field((256, 256), 120, model="moffat", fwhm=3.2, beta=3.0, flux_range=(2e3, 1e5),
+                                 min_separation=6, edge=10, seed=6)
+    fits.writeto(tmp_path / "crowd.fits", data.astype(np.float32), fits.Header({"GAIN": 1.5, "RDNOISE": 6.0}))
+    with serve_in_thread(create_app(tmp_path)) as server:
+        page, errors = _open(browser, server.url, "crowd.fits")
+        assert page.locator("#residual-toggle").is_hidden()
+
+        def screen():
+            page.evaluate("document.querySelector('#overlay').style.visibility = 'hidden'")
+            page.wait_for_function("() => psfkitStats.settled()")
+            vb = page.locator("#viewer").bounding_box()
+            shot = np.asarray(PILImage.open(io.BytesIO(page.screenshot(clip=vb))).convert("L"), dtype=float)
+            page.evaluate("document.querySelector('#overlay').style.visibility = ''")
+            return shot
+
+        page.check("#deblend")
+        _detect(page)
+        assert page.locator("#residual-toggle").is_visible()
+        frame = screen()
+        page.click("#residual-toggle")
+        page.wait_for_selector("body[data-layer='residual']")
+        residual = screen()
+        page.screenshot(path=str(ARTIFACTS / "residual.png"))
+        # the stars' light is gone: the brightest screen pixels of the frame are sky on the residual
+        bright = frame > np.percentile(frame, 99.5)
+        assert np.median(residual[bright]) < np.median(frame[bright]) - 50
+        assert abs(np.median(residual) - np.median(frame)) < 10  # the same sky, the same stretch
+        page.focus("#viewer")
+        page.keyboard.press("r")  # and back (R)
+        page.wait_for_selector("body[data-layer='frame']")
+        again = screen()
+        assert np.median(np.abs(again - frame)) < 2
+        # a detection without deblend leaves no residual to show
+        page.uncheck("#deblend")
+        _detect(page)
+        assert page.locator("#residual-toggle").is_hidden()
+        assert errors == []
+        page.close()

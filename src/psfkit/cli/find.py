@@ -43,8 +43,9 @@ def find_command(
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="PNG with an ellipse on every star."),
     fwhm_map: Optional[Path] = typer.Option(None, "--fwhm-map", help="PNG map of FWHM and roundness across the frame."),
     threshold: float = typer.Option(5.0, "--threshold", help="Detection threshold in sigma of the smoothed frame."),
-    model: str = typer.Option("gaussian", "--model", help="gaussian or moffat; or frame (the frame's own PSF) or a "
-                              "PSF file from `psfkit psf` for positions and total fluxes."),
+    model: Optional[str] = typer.Option(None, "--model", help="gaussian (default) or moffat; or frame (the frame's own "
+                                        "PSF) or a PSF file from `psfkit psf` for positions and total fluxes. With "
+                                        "--deblend the default is frame."),
     fwhm: Optional[float] = typer.Option(None, "--fwhm", help="First guess of the stars' FWHM in px (detection filter "
                                          "and first fitting box); the frame's FWHM is still measured."),
     angle: str = typer.Option("auto", "--angle", help="auto (Siril: angle fitted where the first fit says the star is "
@@ -53,8 +54,10 @@ def find_command(
                                             "this; 0 turns the test off."),
     max_stars: Optional[int] = typer.Option(None, "--max-stars", help="List only the N brightest stars (by flux)."),
     keep_rejected: bool = typer.Option(False, "--keep-rejected", help="Also list the rejected candidates, with reasons."),
-    deblend: bool = typer.Option(False, "--deblend", help="Crowded fields: refit stars with their neighbours "
-                                 "subtracted and find companions hidden in brighter stars' light (slower)."),
+    deblend: bool = typer.Option(False, "--deblend", help="Crowded fields (slower): every star fitted with the frame's "
+                                 "PSF and its neighbours subtracted, stars looked for on the residual until none is "
+                                 "left (with --model gaussian|moffat: the analytic model's pass)."),
+    residual: Optional[Path] = typer.Option(None, "--residual", help="FITS of the frame minus every fitted star."),
     opts: Optional[ImageOptions] = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
     gain: Optional[float] = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
     read_noise: Optional[float] = typer.Option(None, "--read-noise", help="e- (default: header)."),
@@ -76,12 +79,17 @@ def find_command(
 
     outputs = list(output or [])
     photometry_psf = None
+    crowded_psf = None
+    if model is None:
+        model = "frame" if deblend and not is_per_channel(opts.channel) else "gaussian"
     if model not in ("gaussian", "moffat"):  # the frame's own PSF measures what the Gaussian found
         if model != "frame" and not Path(model).is_file():
             raise fail(f"--model must be gaussian, moffat, frame or a PSF file, not {model!r}")
         if is_per_channel(opts.channel):
             raise fail("--model frame or a PSF file measures one plane at a time: choose --channel")
         photometry_psf, model = model, "gaussian"
+        if deblend:  # the crowded pass measures with it (and finds the stars it leaves in the residual)
+            crowded_psf, photometry_psf = photometry_psf, None
     if threshold <= 0:
         raise fail(f"--threshold must be positive, got {threshold}")
     angle_mode = ANGLE_CHOICES.get(angle.strip().lower())
@@ -93,17 +101,20 @@ def find_command(
         raise fail(f"--min-snr must be >= 0, got {min_snr}")
     if max_stars is not None and max_stars < 1:
         raise fail(f"--max-stars must be at least 1, got {max_stars}")
-    for p, kinds in [(o, STAR_LIST_FORMATS) for o in outputs] + [(overlay, (".png",)), (fwhm_map, (".png",))]:
+    if residual is not None and is_per_channel(opts.channel):
+        raise fail("--residual is the frame of one plane: choose --channel")
+    for p, kinds in [(o, STAR_LIST_FORMATS) for o in outputs] + [(overlay, (".png",)), (fwhm_map, (".png",)),
+                                                                  (residual, (".fits", ".fit", ".fts"))]:
         if p is not None:
             if p.suffix.lower() not in kinds:
                 raise fail(f"{p}: the suffix must be one of {', '.join(kinds)}")
             if not p.parent.exists():
                 raise fail(f"{p.parent}: no such folder")
-    check_output_paths([*outputs, overlay, fwhm_map],
-                       [image, photometry_psf if photometry_psf not in (None, "frame") else None])
+    psf_file = next((p for p in (photometry_psf, crowded_psf) if p not in (None, "frame")), None)
+    check_output_paths([*outputs, overlay, fwhm_map, residual], [image, psf_file])
     channel = opts.channel
     find_options = dict(threshold=threshold, fwhm=fwhm, model=model, angle=angle_mode, keep_rejected=True,
-                        deblend=deblend, gain=gain, read_noise=read_noise, progress=True, max_stars=max_stars,
+                        deblend=deblend, psf=crowded_psf, gain=gain, read_noise=read_noise, progress=True, max_stars=max_stars,
                         min_roundness=min_roundness if min_roundness else None, min_snr=min_snr if min_snr else None)
     if is_per_channel(channel):  # one table, a 'channel' column, every plane measured
         table = find_stars_by_channel(image, channels=channel, hdu=opts.hdu, max_pixels=opts.max_pixels,
@@ -118,6 +129,12 @@ def find_command(
 
             found = measure_with_frame_psf(img, found, photometry_psf, gain=gain, read_noise=read_noise)
             typer.echo(f"{image}: positions and fluxes from {found.meta['photometry_psf']}")
+        if residual is not None:
+            from psfkit.detect.crowded import subtract_stars, write_residual
+
+            write_residual(residual, subtract_stars(img.data, found, found.meta.get("frame_psf")), img, found)
+        if deblend and found.meta.get("crowded"):
+            _echo_crowded(image, found.meta)
         table = table_to_frame(found, img)  # Bayer planes: back on the full frame
         summaries = {img.meta.get("channel"): table.meta["summary"]}
     if is_per_channel(channel):
@@ -157,6 +174,8 @@ def find_command(
     if overlay is not None:
         plot_overlay(frame_view(img), table if keep_rejected else stars, overlay)
         typer.echo(f"wrote {overlay}")
+    if residual is not None:
+        typer.echo(f"wrote {residual} (the frame minus every fitted star)")
     if fwhm_map is not None:
         if len(stars) < 3:
             typer.echo(f"not writing {fwhm_map}: a field map needs at least 3 stars, found {len(stars)}")
@@ -165,6 +184,16 @@ def find_command(
             cells = map_cells(len(stars))
             typer.echo(f"wrote {fwhm_map}" + (f" ({cells}x{cells} cells: {len(stars)} stars are too few for 6x6)"
                                               if cells < 6 else ""))
+
+
+def _echo_crowded(image: Path, meta: dict) -> None:
+    """What the crowded pass did, in a line."""
+    info = meta["crowded"]
+    if "fallback" in info:
+        typer.echo(f"{image}: {info['fallback']}")
+        return
+    typer.echo(f"{image}: crowded pass with {meta.get('photometry_psf')}: {info['n_found']} stars found on the residual "
+               f"in {info['passes']} pass(es); residual noise {info['residual_noise']:.4g}")
 
 
 @app.command("average")

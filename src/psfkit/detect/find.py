@@ -324,6 +324,7 @@ def find_stars(
     mask_neighbours: bool = True,
     saturation: float | None | str = "auto",
     deblend: bool = False,
+    psf: Any = None,
     max_stars: int | None = None,
     **criteria: Any,
 ) -> Table:
@@ -376,6 +377,15 @@ def find_stars(
         fitted again with the neighbours' models subtracted, and companions hidden in a
         brighter star's light (within 0.8-3 FWHM, no peak of their own in the smoothed frame)
         are found on the residual frame and fitted; they have ``detection_pass`` 2.
+    psf : "frame", FramePSF or path, optional
+        With ``deblend``: the crowded-field pass with the frame's own PSF
+        (:mod:`psfkit.detect.crowded`, DAOPHOT's way): every star fitted with it and its neighbours
+        subtracted, stars looked for on the residual until it holds none.  ``"frame"`` builds the
+        PSF from the first pass's stars (:func:`psfkit.psf.empirical.build_frame_psf`; with too few
+        stars the analytic pass runs instead, ``meta["crowded"]["fallback"]`` says why); a
+        :class:`~psfkit.psf.empirical.FramePSF` or a file of ``psfkit psf`` is used as it is.  The
+        PSF used is ``meta["frame_psf"]`` (:func:`psfkit.detect.crowded.subtract_stars` draws the
+        residual frame with it).  Without ``deblend`` it is ignored.
     max_stars : int, optional
         List only the N brightest accepted stars (by fitted flux); the others are counted in
         ``meta["summary"]["beyond_max_stars"]`` (and listed after them with ``keep_rejected``,
@@ -449,7 +459,7 @@ def find_stars(
             scaled_image(img, scale), threshold=threshold, fwhm=fwhm, box=box, model=model, beta=beta, angle=angle,
             keep_rejected=keep_rejected, min_separation=min_separation, gain=None if gain is None else gain * scale,
             read_noise=read_noise, mask=mask, progress=progress, max_candidates=max_candidates,
-            mask_neighbours=mask_neighbours, saturation=sat, deblend=deblend, **criteria), scale)
+            mask_neighbours=mask_neighbours, saturation=sat, deblend=deblend, psf=psf, **criteria), scale)
     data = img.data
     # numba's start-up (~0.6 s) is not paid for a small frame with few stars (psfkit.backend.job)
     warm_up_kernels(pixels=data.size)  # a large frame: numba loads in a thread while the background is measured
@@ -470,7 +480,7 @@ def find_stars(
         cands, n_cand_all = candidates(smoothing)
         settings = dict(threshold=threshold, model=model, beta=beta, angle=angle, box=box, fwhm=fwhm,
                         min_separation=min_separation, mask_neighbours=mask_neighbours, deblend=deblend,
-                        max_stars=max_stars,
+                        max_stars=max_stars, **({"psf": _psf_name(psf)} if deblend and psf is not None else {}),
                         **{f.name: getattr(crit, f.name) for f in fields(RejectionCriteria)})
         if len(cands) == 0:
             # the columns a frame with stars would have (one schema: psfkit.psf.columns)
@@ -552,7 +562,7 @@ def find_stars(
             table, reasons = _deblend(img, bkg, table, reasons, fwhm_est=fwhm_est, smoothing=smoothing,
                                                     threshold=threshold, noise=float(cands.meta["noise_smoothed"]),
                                                     fit_kwargs=fit_kwargs, crit=crit, mask_neighbours=mask_neighbours,
-                                                    fwhm_spread=fwhm_spread, soft=soft)
+                                                    fwhm_spread=fwhm_spread, soft=soft, psf=psf)
         # duplicates: two candidates converging on one star
         order = np.argsort(-np.nan_to_num(table["flux_fit"], nan=-np.inf), kind="stable")
         accepted = reasons == ""
@@ -608,6 +618,12 @@ def find_stars(
         return out
 
 
+def _psf_name(psf: Any) -> str:
+    """How the settings name the crowded pass's PSF: "frame", the file, or the object's summary."""
+    return psf if isinstance(psf, str) else str(getattr(psf, "n_stars", None) and f"FramePSF ({psf.n_stars} stars)"
+                                                 or psf)
+
+
 def _add_hfr(table: Table, data: np.ndarray, bkg: Background, fwhm_est: float, pixel_scale: float | None) -> None:
     """The ``hfr`` column (and ``hfr_arcsec``): each star's half-flux radius inside 2 of its FWHM
     (at least 3 px, at most 2.5 times the stars' median FWHM), on the pixels less the background
@@ -639,14 +655,27 @@ def _add_hfr(table: Table, data: np.ndarray, bkg: Background, fwhm_est: float, p
 
 
 def _deblend(img, bkg, table, reasons, *, fwhm_est, smoothing, threshold, noise, fit_kwargs, crit, mask_neighbours,
-             fwhm_spread=None, soft=None):
-    """The crowded-field pass of :mod:`psfkit.detect.deblend` on the accepted stars (and those in
-    ``soft``): their rows refitted with neighbours subtracted, companions appended with their own
-    rejection tests.  Returns (table, reasons).
+             fwhm_spread=None, soft=None, psf=None):
+    """The crowded-field pass of :mod:`psfkit.detect.deblend` (or, with ``psf``, of
+    :mod:`psfkit.detect.crowded`) on the accepted stars (and those in ``soft``): their rows
+    refitted with neighbours subtracted, companions appended with their own rejection tests.
+    Returns (table, reasons).
     """
     from psfkit.detect.deblend import deblend_stars
 
     acc = np.flatnonzero((reasons == "") | (soft if soft is not None else False))
+    fallback = None
+    if psf is not None:
+        frame_psf, fallback = _crowded_psf(img, table, reasons, psf)
+        if frame_psf is not None:
+            # blends the first pass fitted as one star are as wide as two stars (up to twice the
+            # frame's FWHM): they go in too, and come out as two stars or rejected again
+            fw = np.asarray(table["fwhm"], dtype=float)
+            blend = (reasons == "extended") & (fw <= BLEND_FWHM_RATIO * fwhm_est)
+            acc = np.flatnonzero((reasons == "") | blend | (soft if soft is not None else False))
+            return _deblend_frame_psf(img, bkg, table, reasons, acc, frame_psf, fwhm_est=fwhm_est,
+                                      smoothing=smoothing, threshold=threshold, fit_kwargs=fit_kwargs, crit=crit,
+                                      fwhm_spread=fwhm_spread)
     s2 = (fwhm_est / FWHM_PER_SIGMA) ** 2
 
     def fit(x, y, neighbours, light):
@@ -667,6 +696,8 @@ def _deblend(img, bkg, table, reasons, *, fwhm_est, smoothing, threshold, noise,
 
     stars, comp, explains = deblend_stars(img.data, bkg.level, table[acc], fwhm=fwhm_est, smoothing=smoothing,
                                           threshold=threshold, noise=noise, fit=fit)
+    if fallback is not None:
+        table.meta["crowded"] = {"fallback": fallback}
     table[acc] = stars
     reasons[acc] = _reject(table[acc], crit, img.shape, fwhm_est, fwhm_spread)  # the refitted values: tests again
     if len(comp) == 0:
@@ -676,6 +707,85 @@ def _deblend(img, bkg, table, reasons, *, fwhm_est, smoothing, threshold, noise,
     comp_reasons[(comp_reasons == "") & ~explains] = "misfit"
     table = vstack([table, comp[table.colnames]], metadata_conflicts="silent")
     return table, np.concatenate([reasons, comp_reasons])
+
+
+#: with the frame's PSF, candidates rejected as extended up to this many frame FWHM are fitted in the
+#: crowded pass (two stars fitted as one)
+BLEND_FWHM_RATIO = 2.0
+
+
+def _crowded_psf(img, table, reasons, psf):
+    """The frame's PSF for the crowded pass and, when there is none, why (the analytic pass runs)."""
+    from psfkit.psf.empirical import FramePSF, build_frame_psf
+
+    if isinstance(psf, FramePSF):
+        return psf, None
+    if isinstance(psf, str) and psf == "frame":
+        first = table.copy(copy_data=False)
+        first["accepted"] = reasons == ""
+        try:
+            return build_frame_psf(img, first), None
+        except PsfkitError as exc:
+            return None, f"no frame PSF ({exc}): the analytic model's crowded pass instead"
+    return FramePSF.read(psf), None
+
+
+def _deblend_frame_psf(img, bkg, table, reasons, acc, psf, *, fwhm_est, smoothing, threshold, fit_kwargs, crit,
+                       fwhm_spread):
+    """The crowded pass of :mod:`psfkit.detect.crowded` on the rows ``acc``: they are measured
+    again with the frame's PSF, the stars it finds on the residual appended (``detection_pass``
+    2); rejection tests on both.  Returns (table, reasons).
+    """
+    from psfkit.detect.crowded import crowded_pass
+
+    model = psf.model()
+    psf_kwargs = {**fit_kwargs, "model": model, "beta": None, "angle": False}
+
+    def fit_psf(x, y, light):
+        return _fit_in_chunks(img, x, y, None, {**psf_kwargs, "neighbour_light": light}, False)
+
+    def fit_shape(x, y, light):
+        return _fit_in_chunks(img, x, y, None, {**fit_kwargs, "neighbour_light": light}, False)
+
+    # what is not subtracted and is no star: no star is looked for beside it (the others, a failed
+    # fit, a star too near the edge, are looked for again on the residual)
+    rej = np.isin(reasons, ("too_narrow", "extended"))
+    rej[acc] = False
+    rejected_xy = (np.asarray(table["x_init"], float)[rej], np.asarray(table["y_init"], float)[rej])
+    ok = np.isfinite(rejected_xy[0]) & np.isfinite(rejected_xy[1])
+    refit, found, _, info = crowded_pass(
+        img.data, bkg.level, table[acc], psf, fwhm=fwhm_est, smoothing=smoothing, threshold=threshold,
+        gain=_gain_of(img, fit_kwargs), fit_psf=fit_psf, fit_shape=fit_shape,
+        avoid=(rejected_xy[0][ok], rejected_xy[1][ok]), min_snr=crit.min_snr or 0.0, box=int(fit_kwargs["box"]))
+    unchanged = info.pop("unchanged")
+    merged = info.pop("merged")
+    table["flux_fit_analytic"] = np.asarray(table["flux_fit"], dtype=float)
+    rows = acc[~unchanged]
+    keep_cols = ("id", "x_init", "y_init", "peak_significance", "detection_pass")
+    for name in refit.colnames:
+        if name in table.colnames and name not in keep_cols:
+            table[name][rows] = refit[name][~unchanged]
+    reasons[acc] = _reject(table[acc], crit, img.shape, fwhm_est, fwhm_spread)
+    reasons[acc[merged]] = "duplicate"  # its fit converged onto a brighter star's
+    meta = {"frame_psf": psf, "crowded": info,
+            "photometry_psf": f"the frame's PSF ({psf.n_stars} stars, variation of degree {psf.degree})"}
+    if len(found) == 0:
+        table.meta.update(meta)
+        return table, reasons
+    found["detection_pass"] = np.full(len(found), 2, dtype=np.int64)
+    found_reasons = _reject(found, crit, img.shape, fwhm_est, fwhm_spread)
+    for name in table.colnames:
+        if name not in found.colnames:
+            found[name] = np.zeros(len(found), dtype=table[name].dtype)
+    table = vstack([table, found[table.colnames]], metadata_conflicts="silent")
+    table.meta.update(meta)
+    return table, np.concatenate([reasons, found_reasons])
+
+
+def _gain_of(img, fit_kwargs):
+    """The gain the fits weigh with (the option, else the image's), or None."""
+    gain = fit_kwargs.get("gain")
+    return gain if gain is not None else getattr(img, "gain", None)
 
 
 def _probe_indices(significance: np.ndarray, n: int = 60) -> np.ndarray:

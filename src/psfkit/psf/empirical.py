@@ -275,6 +275,10 @@ class FramePSF:
     profile_error: float = 0.0
     flux_error: float = 0.0
 
+    def __repr__(self) -> str:  # short: tables carry it in their metadata (find_stars(psf=...))
+        return (f"FramePSF(size={self.size}, oversampling={self.oversampling}, degree={self.degree}, "
+                f"n_stars={self.n_stars})")
+
     @property
     def size(self) -> int:
         """Nodes along each side of the grid."""

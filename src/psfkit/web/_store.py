@@ -102,6 +102,8 @@ class LoadedImage:
     stats: dict[str, float]
     levels: list[np.ndarray] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: the frame minus every fitted star of the last crowded detection (layer "residual"), its pyramid
+    residual_levels: list[np.ndarray] = field(default_factory=list, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -116,8 +118,30 @@ class LoadedImage:
             n += 1
         return n
 
-    def level(self, k: int) -> np.ndarray:
-        """Display array at binning 2**k (display orientation, NaN replaced by the median)."""
+    def set_residual(self, residual: np.ndarray | None) -> None:
+        """Keep the residual frame of a detection (image orientation; None forgets it)."""
+        with self.lock:
+            self.residual_levels = []
+            if residual is not None:
+                d = residual if self.top_down else residual[::-1]
+                d = np.where(np.isfinite(d), d, np.float32(self.stats["median"])).astype(np.float32)
+                self.residual_levels.append(d)
+
+    @property
+    def has_residual(self) -> bool:
+        return bool(self.residual_levels)
+
+    def level(self, k: int, layer: str = "frame") -> np.ndarray:
+        """Display array at binning 2**k (display orientation, NaN replaced by the median) of the
+        frame or (``layer="residual"``) of its residual.
+        """
+        if layer == "residual":
+            with self.lock:
+                if not self.residual_levels:
+                    raise PsfkitError("no residual for this image: detect with deblend first")
+                while len(self.residual_levels) <= k:
+                    self.residual_levels.append(_bin2(self.residual_levels[-1]))
+                return self.residual_levels[k]
         with self.lock:
             if not self.levels:
                 d = self.image.data
@@ -128,11 +152,13 @@ class LoadedImage:
                 self.levels.append(_bin2(self.levels[-1]))
             return self.levels[k]
 
-    def tile_png(self, k: int, tx: int, ty: int, **stretch: Any) -> bytes:
-        """PNG of tile (tx, ty) of level k; tile rows counted from the top of the display."""
+    def tile_png(self, k: int, tx: int, ty: int, *, layer: str = "frame", **stretch: Any) -> bytes:
+        """PNG of tile (tx, ty) of level k (of the frame or its residual); tile rows counted from the
+        top of the display.
+        """
         from PIL import Image as PILImage
 
-        arr = self.level(k)
+        arr = self.level(k, layer)
         ny, nx = arr.shape
         if tx * TILE >= nx or ty * TILE >= ny:
             raise PsfkitError(f"tile ({tx}, {ty}) is outside level {k} ({nx} x {ny} px)")

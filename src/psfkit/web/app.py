@@ -11,9 +11,12 @@ bad input gives a 4xx with ``{"detail": "<one line>"}``):
 - ``GET /api/config``: root name, initial image, export folder.
 - ``GET /api/files``: image files under the root.
 - ``GET /api/image?path=``: size, orientation, header facts, stretch statistics.
-- ``GET /api/tile?path=&level=&tx=&ty=&mode=&black=&white=&mid=&soft=``: a 256 px PNG
-  tile of the display pyramid (binning 2**level), stretched.
-- ``POST /api/detect``: every star of the frame (``find_stars``).
+- ``GET /api/tile?path=&level=&tx=&ty=&mode=&black=&white=&mid=&soft=&layer=``: a 256 px PNG
+  tile of the display pyramid (binning 2**level), stretched; ``layer=residual``: of the frame minus
+  every fitted star, kept by the last detection with ``deblend`` (400 before one).
+- ``POST /api/detect``: every star of the frame (``find_stars``); with ``deblend`` the crowded pass
+  with the frame's own PSF (``psf="frame"``), and the residual frame is kept for the tiles
+  (``"residual": true`` in the answer).
 - ``POST /api/fit``: one star in a box or near a point (``fit_star`` with the angle),
   its report text and radial profile.
 - ``POST /api/average``: averages of the listed stars (``average``).
@@ -238,13 +241,14 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
         white: float = Query(..., allow_inf_nan=False),
         mid: float = Query(0.25, gt=0, lt=1, allow_inf_nan=False),
         soft: float = Query(10.0, gt=0, le=1e6, allow_inf_nan=False),
+        layer: Literal["frame", "residual"] = Query("frame"),
     ) -> Response:
         item = loaded(path)
         if level >= item.n_levels:
             raise HTTPException(400, f"level: {level} is beyond this image's {item.n_levels} levels")
         if not white > black:
             raise HTTPException(400, "white must be above black")
-        png = item.tile_png(level, tx, ty, mode=mode, black=black, white=white, mid=mid, soft=soft)
+        png = item.tile_png(level, tx, ty, layer=layer, mode=mode, black=black, white=white, mid=mid, soft=soft)
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.post("/api/detect")
@@ -262,10 +266,18 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
         criteria = {} if req.min_roundness is None else {"min_roundness": req.min_roundness or None}
         t1 = time.perf_counter()
         table = find_stars(item.image, threshold=req.threshold, model=req.model, angle=req.angle,
-                           fwhm=req.fwhm, keep_rejected=False, deblend=req.deblend, **criteria)
+                           fwhm=req.fwhm, keep_rejected=False, deblend=req.deblend,
+                           psf="frame" if req.deblend else None, **criteria)
+        residual = None
+        if req.deblend and item.image.data.ndim == 2:
+            from psfkit.detect.crowded import subtract_stars
+
+            residual = subtract_stars(item.image.data, table, table.meta.get("frame_psf"))
+        item.set_residual(residual)
         t2 = time.perf_counter()
         meta = table.meta
         out = table_to_rows(table)
+        out["residual"] = residual is not None
         out.update(summary=meta.get("summary"), frame_fwhm=meta.get("frame_fwhm"),
                    reject_reasons=meta.get("reject_reasons"),
                    settings={"threshold": req.threshold, "model": req.model, "angle": req.angle, "fwhm": req.fwhm,

@@ -78,7 +78,7 @@ function eventPos(ev) { const r = $("#viewer").getBoundingClientRect(); return [
 const tileCache = new Map();
 function stretchKey(s) {
   const st = s || S.stretch;
-  return `mode=${st.mode}&black=${st.black}&white=${st.white}&mid=${st.mid}&soft=${st.soft}`;
+  return `mode=${st.mode}&black=${st.black}&white=${st.white}&mid=${st.mid}&soft=${st.soft}&layer=${S.layer || "frame"}`;
 }
 function tileUrl(level, tx, ty, key) {
   return `/api/tile?path=${encodeURIComponent(S.path)}&level=${level}&tx=${tx}&ty=${ty}&${key}`;
@@ -495,6 +495,7 @@ async function detect() {
     psfkitStats.detect.received = performance.now();
     psfkitStats.detect.summary = r.summary;
     S.settings = r.settings;
+    setResidual(!!r.residual);
     S.columns = orderColumns(r.columns);
     S.nextId = 1;
     S.stars = setStars(r.columns, r.rows, false);
@@ -643,6 +644,7 @@ async function openImage(rel) {
     facts.push(info.top_down ? "row 0 at top" : "row 0 at bottom (y up)");
     $("#image-facts").textContent = facts.join(" · ");
     document.title = `${info.name} · psfkit`;
+    setResidual(false); S.layer = "frame"; document.body.dataset.layer = "frame";
     S.prevStretchKey = null;
     autoStretch();
     fitView();
@@ -730,6 +732,7 @@ function wire() {
     else if (ev.key === "+" || ev.key === "=") { const [w, h] = viewerSize(); zoomAt(w / 2, h / 2, 1.5); }
     else if (ev.key === "-") { const [w, h] = viewerSize(); zoomAt(w / 2, h / 2, 1 / 1.5); }
     else if (ev.key === "b" || ev.key === "B") toggleBox();
+    else if (ev.key === "r" || ev.key === "R") toggleResidual();
     else if (ev.key === "Escape") { S.selected.clear(); markSelection(); }
   });
   window.addEventListener("resize", scheduleRender);
@@ -751,6 +754,7 @@ function wire() {
   $("#inspect-img").addEventListener("click", () => $("#inspect-img").classList.toggle("enlarged"));
   $("#remove").addEventListener("click", removeSelected);
   $("#box-mode").addEventListener("click", toggleBox);
+  $("#residual-toggle").addEventListener("click", toggleResidual);
   const zoomCentre = (f) => { const [w, h] = viewerSize(); zoomAt(w / 2, h / 2, f); };
   $("#zoom-in").addEventListener("click", () => zoomCentre(1.5));
   $("#zoom-out").addEventListener("click", () => zoomCentre(1 / 1.5));
@@ -768,6 +772,25 @@ function wire() {
   for (const id of ["#stretch-black", "#stretch-white", "#stretch-strength"]) $(id).addEventListener("input", stretchFromSliders);
   $("#stretch-mode").addEventListener("change", autoStretch);
   $("#stretch-auto").addEventListener("click", autoStretch);
+}
+/* the residual layer: the frame minus every fitted star, after a detection with deblend */
+function setResidual(available) {
+  const b = $("#residual-toggle");
+  S.residualAvailable = available;
+  b.hidden = !available;
+  if (!available && S.layer === "residual") showLayer("frame");
+  else if (available && S.layer === "residual") { tileCache.clear(); scheduleRender(); }  // a new residual
+}
+function showLayer(layer) {
+  if (S.info && S.stretch) S.prevStretchKey = stretchKey();
+  S.layer = layer;
+  $("#residual-toggle").classList.toggle("on", layer === "residual");
+  document.body.dataset.layer = layer;
+  scheduleRender();
+}
+function toggleResidual() {
+  if (!S.residualAvailable) return;
+  showLayer(S.layer === "residual" ? "frame" : "residual");
 }
 function toggleBox() {
   S.boxMode = !S.boxMode;
