@@ -193,7 +193,11 @@ def _echo_crowded(image: Path, meta: dict) -> None:
         typer.echo(f"{image}: {info['fallback']}")
         return
     typer.echo(f"{image}: crowded pass with {meta.get('photometry_psf')}: {info['n_found']} stars found on the residual "
-               f"in {info['passes']} pass(es); residual noise {info['residual_noise']:.4g}")
+               f"in {info['passes']} pass(es); residual noise {info['residual_noise']:.4g}, the PSF's error "
+               f"{100 * info['profile_error']:.1f} % of the light")
+    if info["profile_error"] > 0.05:
+        typer.echo("note: the PSF misses the bright stars by more than 5 % of their light (too few isolated stars "
+                   "to build it?): faint stars beside bright ones may be false; look at the residual (--residual)")
 
 
 @app.command("average")
