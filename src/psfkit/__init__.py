@@ -13,7 +13,7 @@ The public API, importable from here (each name loads its module on first use, s
   every plane of a colour image, :func:`describe_image` for what its header says).
 - :func:`find_stars`: every star of a frame (:func:`find_stars_by_channel` per colour plane),
   :func:`average`, :func:`write_star_list`, :func:`read_star_list`, :func:`plot_overlay`,
-  :func:`plot_fwhm_map`.
+  :func:`plot_fwhm_map`; :func:`subtract_stars`: the residual frame (the frame minus every star).
 - :func:`fit_star`, :func:`fit_stars`: fit one star or many at given positions.
 - :class:`GaussianPSF`, :class:`MoffatPSF`, :class:`LorentzianPSF`, :class:`ImagePSF`: the PSF models.
 - :func:`fit_stamps`: the batched Levenberg-Marquardt engine itself.
@@ -46,6 +46,7 @@ _PUBLIC = {
     "detect.background": ("estimate_background",),
     "detect.find": ("find_stars",),
     "detect.channels": ("find_stars_by_channel",),
+    "detect.crowded": ("subtract_stars",),
     "psf.models": ("PSFModel", "GaussianPSF", "MoffatPSF", "LorentzianPSF", "ImagePSF"),
     "psf.engine": ("NoiseModel", "StampFit", "fit_stamps"),
     "psf.fit": ("StarFit", "fit_star", "fit_stars"),
