@@ -17,8 +17,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ORDER = ["bench_startup", "bench_speed", "bench_framepsf", "bench_accuracy", "bench_frame", "bench_crowded",
-         "bench_aperture", "bench_io", "bench_sequence", "bench_web"]
+ORDER = ["bench_startup", "bench_speed", "bench_framepsf", "bench_accuracy", "bench_frame", "bench_framepsf_build",
+         "bench_crowded", "bench_aperture", "bench_io", "bench_sequence", "bench_web"]
 
 
 def machine() -> str:

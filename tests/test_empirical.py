@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 
 import numpy as np
 import pytest
@@ -69,12 +71,18 @@ def test_contour_fwhm_of_a_moffat_effective_psf():
     assert fx == pytest.approx(3.0, rel=0.005) and fy == pytest.approx(3.0, rel=0.005)
 
 
-@pytest.fixture(scope="module", params=["gaussian", "moffat"])
-def constant_field(request):
-    data, truth = simulate_field((600, 600), 300, model=request.param, fwhm=3.0, roundness=0.85, angle_deg=30.0,
+@functools.lru_cache(maxsize=2)
+def _constant_field_stars(model):
+    """A 600 x 600 field of 300 stars (FWHM 3, roundness 0.85, angle 30), its truth and find_stars' table."""
+    data, truth = simulate_field((600, 600), 300, model=model, fwhm=3.0, roundness=0.85, angle_deg=30.0,
                                  beta=3.0, seed=1, min_separation=8)
     img = psfkit.Image(data=data, gain=1.5, read_noise=6.0)
-    stars = psfkit.find_stars(img, keep_rejected=True)
+    return img, truth, psfkit.find_stars(img, keep_rejected=True)
+
+
+@pytest.fixture(scope="module", params=["gaussian", "moffat"])
+def constant_field(request):
+    img, truth, stars = _constant_field_stars(request.param)
     psf = E.build_frame_psf(img, stars)
     return request.param, img, truth, psf
 
@@ -94,6 +102,66 @@ def test_frame_psf_of_a_constant_field(constant_field):
         # stacked (2.46 px from S/N 20-60 stars alone).  Being fixed in the builder.
         pytest.xfail(f"frame PSF width {shape['fwhm']:.3f} px depends on the stars stacked (builder)")
     assert shape["fwhm"] == pytest.approx(3.0, rel=0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("subset", ["snr 20-60", "snr 60-150", "all but the brightest"])
+def test_frame_psf_shape_does_not_depend_on_the_stars_it_is_built_from(subset):
+    # faint stars' grids are noisy at the peak: the half-maximum contour must not follow that noise
+    # (a deconvolution of the grid read FWHM 2.46 from the S/N 20-60 stars, 2.56 from 60-150)
+    img, truth, stars = _constant_field_stars("moffat")
+    acc = stars[np.asarray(stars["accepted"], bool)]
+    snr = np.asarray(acc["snr"], float)
+    lo, hi = {"snr 20-60": (20, 60), "snr 60-150": (60, 150), "all but the brightest": (20, np.inf)}[subset]
+    use = acc[(snr >= lo) & (snr < hi)]
+    if subset == "all but the brightest":
+        use = use[np.argsort(-np.asarray(use["snr"], float))[1:]]
+    psf = E.build_frame_psf(img, use, degree=0)
+    assert psf.n_stars >= 25
+    shape = psf.shape_at(300, 300)
+    assert shape["fwhm"] == pytest.approx(3.0, rel=0.01)
+    assert shape["roundness"] == pytest.approx(0.85, abs=0.03)
+    assert shape["angle"] == pytest.approx(30.0, abs=8.0)
+
+
+def _true_half_max_fwhm(x, y, shape, meta, step=0.01):
+    """The half-maximum FWHM (circle of the contour's area) of the varying field's PSF, pixel not included.
+
+    Its core and halo (psfkit.datasets.varying_psf) summed on a fine grid, independently of the builder.
+    """
+    from psfkit.datasets.varying_psf import psf_shape_at
+
+    f, q, a = (float(v) for v in psf_shape_at(x, y, shape, fwhm=meta["core_fwhm"], growth=meta["growth"],
+                                               elongation=meta["elongation"]))
+    t = np.arange(-2.0 * f, 2.0 * f + step / 2, step)
+    xx, yy = np.meshgrid(t, t)
+    c, s = math.cos(math.radians(a)), math.sin(math.radians(a))
+    xr, yr = xx * c + yy * s, -xx * s + yy * c
+    total = np.zeros_like(xx)
+    beta = 3.0
+    k = 2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0)
+    for flux, fx, fy in ((1.0 - meta["halo_fraction"], f / math.sqrt(q), f * math.sqrt(q)),
+                         (meta["halo_fraction"], f * meta["halo_width"], f * meta["halo_width"])):
+        ax, ay = fx / k, fy / k
+        total += flux * (beta - 1) / (math.pi * ax * ay) * (1.0 + (xr / ax) ** 2 + (yr / ay) ** 2) ** -beta
+    area = np.count_nonzero(total >= 0.5 * total.max()) * step * step
+    return 2.0 * math.sqrt(area / math.pi)
+
+
+@pytest.mark.slow
+def test_frame_psf_follows_a_varying_psf_with_a_halo():
+    from psfkit.datasets.varying_psf import simulate_varying_field
+
+    data, truth = simulate_varying_field(seed=0)
+    img = psfkit.Image(data=data, gain=1.5, read_noise=6.0)
+    psf = E.build_frame_psf(img, psfkit.find_stars(img, keep_rejected=True))
+    assert psf.degree == 2  # the field's FWHM grows with r^2: the cross-validation keeps the quadratic
+    errors = []
+    for x in (100.0, 400.0, 700.0):
+        for y in (100.0, 400.0, 700.0):
+            want = _true_half_max_fwhm(x, y, data.shape, truth.meta)
+            errors.append(psf.shape_at(x, y)["fwhm"] / want - 1.0)
+    assert np.max(np.abs(errors)) < 0.015, np.round(errors, 4)
 
 
 @pytest.mark.slow

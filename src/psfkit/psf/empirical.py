@@ -730,7 +730,7 @@ def _mask_neighbours(var: np.ndarray, origin: np.ndarray, x: np.ndarray, y: np.n
 
 def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: int, s: int,
                 ridge: float, clip: float | None = 5.0,
-                core_radius: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                core_radius: float | None = None, freeze_outer: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One stacking step: the grid correction per node and term, and each sample's normalised residual.
 
     Samples off the current model by more than ``clip`` sigma (cosmic rays, a neighbour's light) are
@@ -758,21 +758,19 @@ def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: 
     iv = np.clip(np.rint(v), 0, s - 1).astype(np.intp)
     nodes = iv * s + iu
     if clip is not None:
-        # outliers against the residuals' own robust scatter at their node (the model may still be
-        # off by more than the noise, e.g. a constant PSF on a varying field: those are not outliers)
+        # outliers against the residuals' own scatter at their node (the model may still be off by
+        # more than the noise, e.g. a constant PSF on a varying field: those are not outliers): the
+        # node's mean and RMS of the samples within 10 sigma (a cosmic ray or a neighbour's core is
+        # farther off), then a cut at ``clip`` times that RMS (at least 1) around the mean
         sel = np.flatnonzero(good)
         zs, ns = z.ravel()[sel], nodes.ravel()[sel]
-        order = np.lexsort((zs, ns))
-        zs, ns = zs[order], ns[order]
-        start = np.searchsorted(ns, np.arange(s * s))
-        count = np.bincount(ns, minlength=s * s)
-        med = zs[np.minimum(start + count // 2, len(zs) - 1)] if len(zs) else np.zeros(s * s)
-        dev = np.abs(zs - med[ns])
-        order2 = np.lexsort((dev, ns))
-        mad = dev[order2][np.minimum(start + count // 2, len(zs) - 1)] if len(zs) else np.zeros(s * s)
-        scale = np.maximum(1.4826 * mad, 1.0)
-        keep = np.abs(zs - med[ns]) < clip * scale[ns]
-        good.ravel()[sel[order]] = keep
+        tame = np.abs(zs) < 10.0
+        cnt = np.bincount(ns[tame], minlength=s * s)
+        mean = np.bincount(ns[tame], weights=zs[tame], minlength=s * s) / np.maximum(cnt, 1)
+        rms = np.sqrt(np.bincount(ns[tame], weights=(zs[tame] - mean[ns[tame]]) ** 2, minlength=s * s)
+                      / np.maximum(cnt - 1, 1))
+        scale = np.maximum(rms, 1.0)
+        good.ravel()[sel] = np.abs(zs - mean[ns]) < clip * scale[ns]
     node = nodes[good]
     wg = w[good]
     rg = resid[good]  # the grid holds the PSF's value per image pixel at each offset
@@ -797,6 +795,8 @@ def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: 
         inner = (xx - (s - 1) / 2.0) ** 2 + (yy - (s - 1) / 2.0) ** 2 <= core_radius**2
         outer = okn & ~inner
         sol[outer, 0] = atb[outer, 0] / ata[outer, 0, 0]
+        if freeze_outer:  # the wings stay those of the constant PSF (their samples were cropped)
+            sol[outer, 0] = 0.0
         okn &= inner
     sol[okn] = np.linalg.solve(ata[okn], atb[okn][..., None])[..., 0]
     return sol.T.reshape(k, s, s), z
@@ -890,7 +890,7 @@ def _refit(frame_psf: FramePSF, samples: _Samples, data: np.ndarray, gain: float
                           origin[:, 0].astype(float), origin[:, 1].astype(float)])
     noise = NoiseModel(gain=gain, read_noise=read_noise) if gain else None
     free = np.array([False, True, True, True, False, False])  # the sky is the stamp edge's (fixed)
-    fit = fit_stamps(model, stamps, p0, noise=noise, free=free, max_iter=30)
+    fit = fit_stamps(model, stamps, p0, noise=noise, free=free, max_iter=15, rtol=1e-4, reweight=1)
     p = fit.params
     ok = ((fit.flags & (F.NOT_CONVERGED | F.FIT_FAILED)) == 0) & np.isfinite(p).all(axis=1) & (p[:, 1] > 0)
     ok &= (np.abs(p[:, 2] - p0[:, 2]) < 1.0) & (np.abs(p[:, 3] - p0[:, 3]) < 1.0)
@@ -905,6 +905,17 @@ def _stack(samples: _Samples, degree: int, o: int, s: int, fwhm: float, frame: t
            start: np.ndarray | None = None, refit: bool = True) -> tuple[FramePSF, _Samples]:
     centre, scale = frame
     k = _n_terms(degree)
+    full = samples
+    crop = degree > 0 and start is not None
+    if crop:
+        # only the core varies (VARIATION_FWHM): its pixels are all the stacking of the variation
+        # needs, the wings stay those of the constant PSF it starts from (6 x fewer samples)
+        b = samples.stamps.shape[1]
+        h = min(int(math.ceil(VARIATION_FWHM * fwhm + 2.0)), (b - 1) // 2)
+        a = (b - 1) // 2 - h
+        sl = (slice(None), slice(a, a + 2 * h + 1), slice(a, a + 2 * h + 1))
+        samples = _Samples(samples.stamps[sl], samples.var[sl], samples.origin + a, samples.x, samples.y,
+                           samples.flux, samples.background, samples.gain, samples.read_noise, samples.noise)
     psf = FramePSF(np.zeros((k, s, s)), o, degree, centre, scale, len(samples.x))
     if start is not None:
         coef = np.zeros((k, s, s))
@@ -916,13 +927,16 @@ def _stack(samples: _Samples, degree: int, o: int, s: int, fwhm: float, frame: t
             grids = psf.spline_at(samples.x, samples.y)
             first = it == 0 and step == 0 and start is None
             corr, _ = _accumulate(terms, samples, grids, o, s, ridge=1e-3, clip=None if first else 5.0,
-                                  core_radius=VARIATION_FWHM * fwhm * o)
+                                  core_radius=VARIATION_FWHM * fwhm * o, freeze_outer=crop)
             if it > 0:
                 corr = _smooth_correction(corr) if it < iterations - 1 else corr
             psf = FramePSF(_normalise_and_centre(psf.coefficients + corr, o, fwhm), o, degree, centre, scale,
                            len(samples.x))
         if refit:
             samples = _refit(psf, samples, data, gain, read_noise, box)
+    if crop:  # the full stamps back, with the refitted centres and fluxes
+        samples = _Samples(full.stamps, full.var, full.origin, samples.x, samples.y, samples.flux, full.background,
+                           full.gain, full.read_noise, full.noise)
     return psf, samples
 
 
