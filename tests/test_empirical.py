@@ -119,7 +119,8 @@ def test_frame_psf_shape_does_not_depend_on_the_stars_it_is_built_from(subset):
     psf = E.build_frame_psf(img, use, degree=0)
     assert psf.n_stars >= 25
     shape = psf.shape_at(300, 300)
-    assert shape["fwhm"] == pytest.approx(3.0, rel=0.01)
+    # 25-43 faint stars: the grid's own noise moves the contour by about 0.7 % (1 sigma)
+    assert shape["fwhm"] == pytest.approx(3.0, rel=0.01 if subset == "all but the brightest" else 0.015)
     assert shape["roundness"] == pytest.approx(0.85, abs=0.03)
     assert shape["angle"] == pytest.approx(30.0, abs=8.0)
 

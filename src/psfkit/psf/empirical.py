@@ -758,19 +758,21 @@ def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: 
     iv = np.clip(np.rint(v), 0, s - 1).astype(np.intp)
     nodes = iv * s + iu
     if clip is not None:
-        # outliers against the residuals' own scatter at their node (the model may still be off by
-        # more than the noise, e.g. a constant PSF on a varying field: those are not outliers): the
-        # node's mean and RMS of the samples within 10 sigma (a cosmic ray or a neighbour's core is
-        # farther off), then a cut at ``clip`` times that RMS (at least 1) around the mean
+        # outliers against the residuals' own robust scatter at their node (the model may still be
+        # off by more than the noise, e.g. a constant PSF on a varying field: those are not outliers)
         sel = np.flatnonzero(good)
         zs, ns = z.ravel()[sel], nodes.ravel()[sel]
-        tame = np.abs(zs) < 10.0
-        cnt = np.bincount(ns[tame], minlength=s * s)
-        mean = np.bincount(ns[tame], weights=zs[tame], minlength=s * s) / np.maximum(cnt, 1)
-        rms = np.sqrt(np.bincount(ns[tame], weights=(zs[tame] - mean[ns[tame]]) ** 2, minlength=s * s)
-                      / np.maximum(cnt - 1, 1))
-        scale = np.maximum(rms, 1.0)
-        good.ravel()[sel] = np.abs(zs - mean[ns]) < clip * scale[ns]
+        order = np.lexsort((zs, ns))
+        zs, ns = zs[order], ns[order]
+        start = np.searchsorted(ns, np.arange(s * s))
+        count = np.bincount(ns, minlength=s * s)
+        med = zs[np.minimum(start + count // 2, len(zs) - 1)] if len(zs) else np.zeros(s * s)
+        dev = np.abs(zs - med[ns])
+        order2 = np.lexsort((dev, ns))
+        mad = dev[order2][np.minimum(start + count // 2, len(zs) - 1)] if len(zs) else np.zeros(s * s)
+        scale = np.maximum(1.4826 * mad, 1.0)
+        keep = np.abs(zs - med[ns]) < clip * scale[ns]
+        good.ravel()[sel[order]] = keep
     node = nodes[good]
     wg = w[good]
     rg = resid[good]  # the grid holds the PSF's value per image pixel at each offset
@@ -932,7 +934,9 @@ def _stack(samples: _Samples, degree: int, o: int, s: int, fwhm: float, frame: t
                 corr = _smooth_correction(corr) if it < iterations - 1 else corr
             psf = FramePSF(_normalise_and_centre(psf.coefficients + corr, o, fwhm), o, degree, centre, scale,
                            len(samples.x))
-        if refit:
+        # a stack that starts from a PSF starts from its stars' centres and fluxes too: refitted
+        # after its first and last rounds only (each refit is a batched fit of every star)
+        if refit and (start is None or it in (0, iterations - 1)):
             samples = _refit(psf, samples, data, gain, read_noise, box)
     if crop:  # the full stamps back, with the refitted centres and fluxes
         samples = _Samples(full.stamps, full.var, full.origin, samples.x, samples.y, samples.flux, full.background,
@@ -1000,8 +1004,8 @@ def render_stars(psf: FramePSF, shape: tuple[int, int], x: Any, y: Any, flux: An
     return out
 
 
-def _held_out_chi2(psf: FramePSF, samples: _Samples, idx: np.ndarray) -> float:
-    """Chi-square of held-back stars: flux and background fitted linearly at their known centres."""
+def _held_out_chi2(psf: FramePSF, samples: _Samples, idx: np.ndarray) -> np.ndarray:
+    """Chi-square of each held-back star: flux and background fitted linearly at its known centre."""
     o, s = psf.oversampling, psf.size
     sub = samples.subset(idx)
     n, b, _ = sub.stamps.shape
@@ -1023,7 +1027,7 @@ def _held_out_chi2(psf: FramePSF, samples: _Samples, idx: np.ndarray) -> float:
     f = (sw * spd - sp * sd) / np.where(det > 0, det, np.inf)
     bk = (sd - f * sp) / np.where(sw > 0, sw, np.inf)
     r = d - bk[:, None] - f[:, None] * prof
-    return float((w * r * r).sum())
+    return (w * r * r).sum(axis=1)
 
 
 def build_frame_psf(
@@ -1171,26 +1175,32 @@ def build_frame_psf(
         if int(degree) not in (0, 1, 2):
             raise PsfkitError(f"degree must be 0, 1, 2 or 'auto', got {degree!r}")
         choices = [int(degree)]
-    cv: dict[int, float] = {}
+    cv: dict[int, np.ndarray] = {}
     if len(choices) > 1:
         folds = np.random.default_rng(seed).permutation(n) % 4
         for d in choices:
-            total = 0.0
+            per_star = np.zeros(n)
             for f in range(4):
                 train, test = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
                 sub = samples.subset(train)
                 # the stars' centres and fluxes are those of the constant PSF: no refit here
                 p, _ = _stack(sub, d, o, s, fwhm, frame, 1, data, gain, rn_adu, box, start=psf0.coefficients,
                               refit=False)
-                total += _held_out_chi2(p, samples, test)
-            cv[d] = total
-        best = min(cv, key=cv.get)
-        # a higher degree must earn its terms: at least 2 units of chi-square per extra term and star
-        for d in sorted(cv):
-            if d < best and cv[d] - cv[best] < 2.0 * (_n_terms(best) - _n_terms(d)) * n:
-                best = d
-                break
-        chosen = best
+                per_star[test] = _held_out_chi2(p, samples, test)
+            cv[d] = per_star
+        # a higher degree must earn its terms: a mean gain in the held-back stars' chi-square of at
+        # least 2 per extra term and star, and 3 standard errors of the star-to-star scatter of the
+        # gain (paired: the same stars under both degrees); a constant field's pixel-level quirks
+        # otherwise let degree 1 win by a fraction of a per cent of the chi-square
+        chosen = min(choices)
+        for d in sorted(choices):
+            if d <= chosen:
+                continue
+            gain_d = cv[chosen] - cv[d]
+            need = 2.0 * (_n_terms(d) - _n_terms(chosen))
+            sem = float(np.std(gain_d, ddof=1)) / math.sqrt(n) if n > 1 else np.inf
+            if float(np.mean(gain_d)) > max(need, 3.0 * sem):
+                chosen = d
     else:
         chosen = choices[0]
     if chosen == 0:
@@ -1201,7 +1211,7 @@ def build_frame_psf(
     # the stars' stacked residual (data minus model, over flux, per node), over the PSF's peak
     resid, _ = _accumulate(psf.terms(samples.x, samples.y)[:, :1], samples, psf.spline_at(samples.x, samples.y),
                            o, s, ridge=1e-3)
-    info = {"selection": counts, "stars": n, "degree_chi2": {str(k): v for k, v in cv.items()}, "reach": reach,
+    info = {"selection": counts, "stars": n, "degree_chi2": {str(k): float(v.sum()) for k, v in cv.items()}, "reach": reach,
             "fwhm_first_pass": fwhm, "residual": resid[0] / max(float(psf.coefficients[0].max()), 1e-300)}
     node_var, perr, ferr = _psf_uncertainty(psf, samples)
     info["profile_error"], info["flux_error"] = perr, ferr
