@@ -251,10 +251,22 @@ def _contour_shape(grid: np.ndarray, oversampling: int) -> tuple[float, float, f
     core = r <= 2.0 * hw0 + 1.0
     box = _gl_box(6)
     dx, dy, val = xx[core], yy[core], g[core]
-    p0 = np.array([peak0 * 1.1, xx[jy, jx], yy[jy, jx], math.log(hw0 * 1.3), math.log(hw0 * 1.3), 0.0, math.log(2.0)])
-    lo = [0.0, p0[1] - 1.0, p0[2] - 1.0, math.log(0.1), math.log(0.1), -np.inf, math.log(0.2)]
-    hi = [np.inf, p0[1] + 1.0, p0[2] + 1.0, math.log(100.0), math.log(100.0), np.inf, math.log(500.0)]
-    fit = least_squares(lambda p: _moffat_core(p, dx, dy, box) - val, p0, bounds=(lo, hi), x_scale="jac")
+    # the start: the half-maximum region's moments (axes and angle) for a Moffat of beta 3
+    top = (sm >= 0.5 * peak0) & (r <= 2.0 * hw0 + 1.0)
+    mxx = float(((xx[top] - xx[jy, jx]) ** 2).mean())
+    myy = float(((yy[top] - yy[jy, jx]) ** 2).mean())
+    mxy = float(((xx[top] - xx[jy, jx]) * (yy[top] - yy[jy, jx])).mean())
+    th0 = 0.5 * math.atan2(2.0 * mxy, mxx - myy)
+    fa0, fb0 = _axes(mxx, myy, mxy)
+    k3 = 2.0 * math.sqrt(2.0 ** (1.0 / 3.0) - 1.0)
+    p0 = np.array([peak0 * 1.05, xx[jy, jx], yy[jy, jx], math.log(max(fa0, 0.3) / k3), math.log(max(fb0, 0.3) / k3),
+                   th0, math.log(2.0)])
+    lo = [0.0, p0[1] - 1.0, p0[2] - 1.0, math.log(0.05), math.log(0.05), th0 - math.pi / 2, math.log(0.2)]
+    hi = [np.inf, p0[1] + 1.0, p0[2] + 1.0, math.log(100.0), math.log(100.0), th0 + math.pi / 2, math.log(500.0)]
+    p0 = np.clip(p0, np.array(lo) + 1e-9, np.array(hi) - 1e-9)
+    scale = np.array([peak0, 0.05, 0.05, 0.05, 0.05, 0.1, 0.3])
+    fit = least_squares(lambda p: _moffat_core(p, dx, dy, box) - val, p0, bounds=(lo, hi), x_scale=scale,
+                        xtol=1e-10, ftol=1e-12, gtol=1e-12, max_nfev=400)
     p = fit.x
     beta = 1.0 + math.exp(p[6])
     k = math.sqrt(2.0 ** (1.0 / beta) - 1.0)
