@@ -96,11 +96,6 @@ def test_frame_psf_of_a_constant_field(constant_field):
     assert shape["roundness"] == pytest.approx(0.85, abs=0.015)
     assert shape["angle"] == pytest.approx(30.0, abs=3.0)
     assert psf.coefficients[0].sum() == pytest.approx(psf.oversampling**2)
-    if model == "moffat" and abs(shape["fwhm"] / 3.0 - 1) > 0.01:
-        # 3.047 px since find keeps a faint neighbour's failed fit beside the brightest star,
-        # which the builder then leaves out: the stacked width depends on which stars are
-        # stacked (2.46 px from S/N 20-60 stars alone).  Being fixed in the builder.
-        pytest.xfail(f"frame PSF width {shape['fwhm']:.3f} px depends on the stars stacked (builder)")
     assert shape["fwhm"] == pytest.approx(3.0, rel=0.01)
 
 
