@@ -304,3 +304,20 @@ def test_errors_with_a_varying_psf_with_a_halo_are_honest(halo_field):
     for name, pull in pulls.items():
         assert 0.9 <= np.std(pull) <= 1.1, (name, np.std(pull))
     assert np.median(ratio[snr > 20]) == pytest.approx(1.0, abs=0.01)
+
+
+def test_compiled_node_median_matches_numpy():
+    rng = np.random.default_rng(5)
+    z = rng.standard_t(3, 20_000)
+    nodes = rng.integers(0, 900, 20_000)
+    nodes[nodes == 7] = 8  # a node with no sample
+    ref = E.node_median_mad(z, nodes, 900, backend="numpy")
+    got = E.node_median_mad(z, nodes, 900)
+    for a, b in zip(ref, got):
+        np.testing.assert_array_equal(b, a)
+    # against numpy's own median where a node has an odd count
+    k = np.bincount(nodes, minlength=900)
+    odd = np.flatnonzero(k % 2 == 1)[:5]
+    for j in odd:
+        assert ref[0][j] == np.median(z[nodes == j])
+        assert ref[1][j] == np.median(np.abs(z[nodes == j] - ref[0][j]))

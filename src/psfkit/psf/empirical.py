@@ -44,7 +44,7 @@ from psfkit.errors import PsfkitError
 from psfkit.psf.models import ImagePSF, PSFModel, PSFNormalisation
 
 __all__ = ["FramePSF", "FramePSFModel", "build_frame_psf", "measure_with_frame_psf", "render_stars", "MIN_STARS", "cubic_interpolate",
-           "spline_coefficients"]
+           "node_median_mad", "spline_coefficients"]
 
 #: fewer usable stars than this and no frame PSF is built (the analytic model is used instead)
 MIN_STARS = 8
@@ -775,17 +775,9 @@ def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: 
         # off by more than the noise, e.g. a constant PSF on a varying field: those are not outliers)
         sel = np.flatnonzero(good)
         zs, ns = z.ravel()[sel], nodes.ravel()[sel]
-        order = np.lexsort((zs, ns))
-        zs, ns = zs[order], ns[order]
-        start = np.searchsorted(ns, np.arange(s * s))
-        count = np.bincount(ns, minlength=s * s)
-        med = zs[np.minimum(start + count // 2, len(zs) - 1)] if len(zs) else np.zeros(s * s)
-        dev = np.abs(zs - med[ns])
-        order2 = np.lexsort((dev, ns))
-        mad = dev[order2][np.minimum(start + count // 2, len(zs) - 1)] if len(zs) else np.zeros(s * s)
+        med, mad = node_median_mad(zs, ns, s * s)
         scale = np.maximum(1.4826 * mad, 1.0)
-        keep = np.abs(zs - med[ns]) < clip * scale[ns]
-        good.ravel()[sel[order]] = keep
+        good.ravel()[sel] = np.abs(zs - med[ns]) < clip * scale[ns]
     node = nodes[good]
     wg = w[good]
     rg = resid[good]  # the grid holds the PSF's value per image pixel at each offset
@@ -815,6 +807,43 @@ def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: 
         okn &= inner
     sol[okn] = np.linalg.solve(ata[okn], atb[okn][..., None])[..., 0]
     return sol.T.reshape(k, s, s), z
+
+
+def node_median_mad(z: np.ndarray, nodes: np.ndarray, n_nodes: int, *,
+                    backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Per node, the median of the samples ``z`` at it and their median absolute deviation from it.
+
+    The median of ``m`` samples is the sorted sample ``m // 2`` (the upper one of an even count);
+    nodes with no sample get 0.  ``backend="numpy"`` forces the numpy reference (two sorts of all
+    the samples); ``"auto"`` uses the compiled kernel where available (one sort of small groups).
+
+    Examples
+    --------
+    >>> med, mad = node_median_mad(np.array([1.0, 5.0, 2.0, 7.0]), np.array([0, 0, 0, 2]), 3, backend="numpy")
+    >>> med.tolist(), mad.tolist()
+    ([2.0, 0.0, 7.0], [1.0, 0.0, 0.0])
+    """
+    z = np.asarray(z, dtype=float)
+    nodes = np.asarray(nodes, dtype=np.intp)
+    if backend != "numpy" and z.size:
+        from psfkit.psf import _empirical_kernels
+
+        if _empirical_kernels.available():
+            return _empirical_kernels.node_median_mad(z, nodes, n_nodes)
+    med = np.zeros(n_nodes)
+    mad = np.zeros(n_nodes)
+    if not z.size:
+        return med, mad
+    order = np.lexsort((z, nodes))
+    zs, ns = z[order], nodes[order]
+    start = np.searchsorted(ns, np.arange(n_nodes))
+    count = np.bincount(ns, minlength=n_nodes)
+    has = count > 0
+    med[has] = zs[(start + count // 2)[has]]
+    dev = np.abs(zs - med[ns])
+    dev = dev[np.lexsort((dev, ns))]
+    mad[has] = dev[(start + count // 2)[has]]
+    return med, mad
 
 
 def _smooth_correction(corr: np.ndarray) -> np.ndarray:
