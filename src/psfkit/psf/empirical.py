@@ -218,15 +218,15 @@ def _axes(cxx: float, cyy: float, cxy: float) -> tuple[float, float]:
 def _contour_shape(grid: np.ndarray, oversampling: int) -> tuple[float, float, float, float]:
     """(fwhm, fwhm_x, fwhm_y, angle_deg) of an effective PSF grid from its half-maximum contour, pixel removed.
 
-    The grid is the PSF convolved with the pixel; its half-maximum contour is read on it directly
-    (the grid's core resampled 4 times finer by its cubic spline; each sample counted by the
-    fraction of it inside the contour), and the pixel's widening is taken out by the ratio of the
-    same reading on an elliptical Moffat fitted to the grid's core: the Moffat's own contour is
-    known exactly and its pixel-integrated twin is read as the grid is.  The ratio is a smooth
-    function of the fitted shape, so the grid's noise does not enter it (a deconvolution of the
-    grid itself amplifies its node-to-node noise: grids stacked from faint stars read 18 % narrow);
-    and the half-maximum level is the fitted Moffat's peak plus the grid's mean residual from it
-    within 0.4 HWHM of the centre, never the single noisiest node.
+    The grid is the PSF convolved with the pixel.  An elliptical Moffat (free beta), integrated over
+    the pixel, is fitted to the grid's core; the contour is read on that Moffat plus the grid's
+    departure from it smoothed (Gaussian, sigma 0.5 px), resampled 4 times finer per node, each
+    sample counted by the fraction of it inside the contour, at half the peak of the same surface.
+    The pixel's widening is then taken out by the ratio of the Moffat's own FWHM (exact) to the
+    same reading on its pixel-integrated twin.  The ratio is a smooth function of the fitted shape,
+    so the grid's noise does not enter it (a deconvolution of the grid itself amplifies its
+    node-to-node noise: grids stacked from faint stars read 18 % narrow), and no single noisy node
+    sets the half-maximum level.
     """
     from scipy.optimize import least_squares
 
