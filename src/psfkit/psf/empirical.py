@@ -921,27 +921,40 @@ def _normalise_and_centre(coef: np.ndarray, o: int, fwhm: float) -> np.ndarray:
     return coef
 
 
-def _refit(frame_psf: FramePSF, samples: _Samples, data: np.ndarray, gain: float | None, read_noise: float,
-           box: int) -> _Samples:
-    """The stars' centres, fluxes and backgrounds fitted again with the PSF (the batched engine)."""
+def _fit_positions(frame_psf: FramePSF, data: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarray,
+                   background: np.ndarray, gain: float | None, read_noise: float, box: int, *,
+                   free_background: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centres and fluxes of stars at known places fitted with the PSF in one batch of the engine.
+
+    No peak refinement (the places are fitted centres already): for every star of a 24 MP frame
+    this is about twice as fast as :func:`psfkit.fit_stars`.  Returns (x, y, flux, ok); a star
+    whose fit failed or moved by a pixel or more keeps its inputs and ``ok`` False.
+    """
     from psfkit.psf.engine import NoiseModel, fit_stamps
     from psfkit.psf.stamps import cut_stamps
 
     model = frame_psf.model()
-    stamps, inside, origin, _ = cut_stamps(data, samples.x, samples.y, box)
+    stamps, inside, origin, _ = cut_stamps(data, x, y, box)
     stamps = np.where(inside, stamps, np.nan)
-    p0 = np.column_stack([samples.background, samples.flux, samples.x - origin[:, 0], samples.y - origin[:, 1],
-                          origin[:, 0].astype(float), origin[:, 1].astype(float)])
+    p0 = np.column_stack([background, flux, x - origin[:, 0], y - origin[:, 1], origin[:, 0].astype(float),
+                          origin[:, 1].astype(float)])
     noise = NoiseModel(gain=gain, read_noise=read_noise) if gain else None
-    free = np.array([False, True, True, True, False, False])  # the sky is the stamp edge's (fixed)
+    free = np.array([free_background, True, True, True, False, False])
     fit = fit_stamps(model, stamps, p0, noise=noise, free=free, max_iter=15, rtol=1e-4, reweight=1)
     p = fit.params
     ok = ((fit.flags & (F.NOT_CONVERGED | F.FIT_FAILED)) == 0) & np.isfinite(p).all(axis=1) & (p[:, 1] > 0)
     ok &= (np.abs(p[:, 2] - p0[:, 2]) < 1.0) & (np.abs(p[:, 3] - p0[:, 3]) < 1.0)
-    x = np.where(ok, p[:, 2] + origin[:, 0], samples.x)
-    y = np.where(ok, p[:, 3] + origin[:, 1], samples.y)
-    return _Samples(samples.stamps, samples.var, samples.origin, x, y, np.where(ok, p[:, 1], samples.flux),
-                    samples.background, samples.gain, samples.read_noise, samples.noise)
+    return (np.where(ok, p[:, 2] + origin[:, 0], x), np.where(ok, p[:, 3] + origin[:, 1], y),
+            np.where(ok, p[:, 1], flux), ok)
+
+
+def _refit(frame_psf: FramePSF, samples: _Samples, data: np.ndarray, gain: float | None, read_noise: float,
+           box: int) -> _Samples:
+    """The stars' centres and fluxes fitted again with the PSF, the sky fixed at the stamp's."""
+    x, y, flux, _ = _fit_positions(frame_psf, data, samples.x, samples.y, samples.flux, samples.background, gain,
+                                   read_noise, box)
+    return _Samples(samples.stamps, samples.var, samples.origin, x, y, flux, samples.background, samples.gain,
+                    samples.read_noise, samples.noise)
 
 
 def _stack(samples: _Samples, degree: int, o: int, s: int, fwhm: float, frame: tuple, iterations: int,
@@ -1187,17 +1200,17 @@ def build_frame_psf(
     # halos, which would then be missing from the PSF and from every flux.  Measure it again on the
     # frame minus every star's model, then measure the reach and stack again (DAOPHOT's way).
     use = np.isfinite(all_x) & np.isfinite(all_y) & np.isfinite(flux_all) & (flux_all > 0) & acc0
-    from psfkit.psf.fit import fit_stars
-
-    first = fit_stars(img, all_x[use], all_y[use], model=psf0.model(), gain=gain, read_noise=img.read_noise)
-    ok = np.isfinite(np.asarray(first["flux_fit"], dtype=float))
-    light = render_stars(psf0, data.shape, np.asarray(first["x_fit"], float)[ok],
-                         np.asarray(first["y_fit"], float)[ok], np.asarray(first["flux_fit"], float)[ok])
+    ux, uy, uf = all_x[use], all_y[use], flux_all[use]
+    ix = np.clip(np.rint(ux).astype(int), 0, data.shape[1] - 1)
+    iy = np.clip(np.rint(uy).astype(int), 0, data.shape[0] - 1)
+    fx_, fy_, ff_, ok = _fit_positions(psf0, data, ux, uy, uf, sky.level[iy, ix].astype(float), gain, rn_adu, box,
+                                       free_background=True)
+    light = render_stars(psf0, data.shape, fx_[ok], fy_[ok], ff_[ok])
     clean = data - light
     sky = estimate_background(clean)
     # the stars' stamps now come from the frame with their neighbours' light taken out
     fitted_flux = np.full(len(all_x), np.nan)
-    fitted_flux[np.flatnonzero(use)[ok]] = np.asarray(first["flux_fit"], float)[ok]
+    fitted_flux[np.flatnonzero(use)[ok]] = ff_[ok]
     flux_all = np.where(np.isfinite(fitted_flux), fitted_flux, flux_all)
     reach2 = _choose_reach(samples_for(idx, hi, sky.level, clean, psf0), fwhm, hi)
     s2 = 2 * reach2 * o + 1
