@@ -53,6 +53,47 @@ def _click_errors() -> tuple[type, ...]:
     return tuple(found)
 
 
+class _Interrupts:
+    """Whether SIGINT came during the run: the handler records it, then raises KeyboardInterrupt
+    as Python's default does (main thread only); a KeyboardInterrupt Python had to swallow is
+    recorded too, silently.
+    """
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.seen = False
+        self._previous = None
+        # a KeyboardInterrupt Python cannot raise (inside a garbage-collector callback) is not
+        # printed as "Exception ignored in ...": it is recorded, and the run ends as interrupted
+        self._hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def _unraisable(self, info) -> None:
+        if isinstance(info.exc_value, KeyboardInterrupt):
+            self.seen = True
+        else:
+            self._hook(info)
+
+    def __call__(self) -> bool:
+        return self.seen
+
+    def restore(self) -> None:
+        import signal
+
+        sys.unraisablehook = self._hook
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``psfkit`` command (``argv``: the arguments, default ``sys.argv[1:]``).
 
@@ -73,9 +114,14 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     app = load_commands(argv)
     errors = _click_errors()
+    interrupted = _Interrupts()
     try:
         # not standalone: click's usage errors come here and print as one line, not a framed box
         code = app(args=argv, prog_name="psfkit", standalone_mode=False)
+        if interrupted():
+            # Ctrl+C whose KeyboardInterrupt Python swallowed (raised inside a garbage-collector
+            # callback, as Dask's has: "Exception ignored in ...") still ends the run as one
+            raise KeyboardInterrupt
     except errors as exc:
         kinds = {cls.__name__ for cls in type(exc).__mro__}
         ctx = getattr(exc, "ctx", None)
@@ -100,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, MemoryError) as exc:
         typer.echo(f"psfkit: error: {exc}", err=True)
         sys.exit(2)
+    finally:
+        interrupted.restore()
     if code == 130:  # typer turns Ctrl+C into exit code 130, silently
         typer.echo("psfkit: interrupted", err=True)
     if isinstance(code, int) and code:
