@@ -13,12 +13,12 @@ import re
 
 import numpy as np
 import pytest
+from _helpers import CliResult, run_cli
 from astropy.io import fits
 from scipy.spatial import cKDTree
 
 import psfkit
 from psfkit.datasets.simulate import simulate_field
-from _helpers import CliResult, run_cli
 
 FOCALLEN, XPIXSZ = 800.0, 3.76  # 206.265 * 3.76 / 800 = 0.9694 "/px
 SCALE = 206.265 * XPIXSZ / FOCALLEN

@@ -13,11 +13,11 @@ import json
 
 import numpy as np
 import pytest
+from _helpers import CliResult, run_cli
 from astropy.io import fits
 
-from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF
 from psfkit.datasets.simulate import add_noise, render_stars, star_params
-from _helpers import CliResult, run_cli
+from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF
 
 TRUE_X, TRUE_Y, TRUE_FLUX, TRUE_FWHM = 40.3, 30.7, 60000.0, 3.2
 

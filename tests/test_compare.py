@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from _helpers import run_cli
 from astropy.io import fits
 
 from psfkit.analysis.compare import compare_models
 from psfkit.datasets.simulate import add_noise, render_stars, star_params
-from _helpers import run_cli
 
 GAIN, RN = 1.5, 5.0
 

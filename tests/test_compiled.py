@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from psfkit.datasets.simulate import simulate_stamps
 from psfkit.psf import _compiled
 from psfkit.psf.engine import NoiseModel, _normal_equations, fit_stamps
 from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF, MoffatPSF
-from psfkit.datasets.simulate import simulate_stamps
 from psfkit.psf.stamps import initial_params
 
 pytestmark = pytest.mark.skipif(not _compiled.available(), reason="the compiled engine is turned off")
@@ -208,8 +208,8 @@ def test_compiled_row_exponentials_survive_far_wings():
 
 
 def test_unknown_backend_is_a_clean_error(monkeypatch):
-    from psfkit.psf import _compiled
     from psfkit.errors import PsfkitError
+    from psfkit.psf import _compiled
 
     monkeypatch.setenv("PSFKIT_BACKEND", "fortran")
     with pytest.raises(PsfkitError, match="PSFKIT_BACKEND must be auto, numba or numpy"):

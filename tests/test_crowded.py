@@ -8,14 +8,13 @@ import warnings
 
 import numpy as np
 import pytest
+from _helpers import run_cli
 from astropy.io import fits
 from scipy.spatial import cKDTree
 
 import psfkit
 from psfkit.datasets.simulate import simulate_field
 from psfkit.detect.crowded import colour_classes, subtract_stars
-
-from _helpers import run_cli
 
 GAIN, READ_NOISE, FWHM = 1.5, 6.0, 3.2
 #: the density of the acceptance field (5,000 stars on 1024 x 1024 px)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _helpers import run_cli
 from scipy.spatial import cKDTree
 
 import psfkit
 from psfkit import flags as F
 from psfkit.datasets.simulate import simulate_field
-from _helpers import run_cli
 
 
 def _match(table, truth, radius=1.5):

@@ -7,8 +7,8 @@ import pytest
 from astropy.stats import sigma_clipped_stats
 
 from psfkit import estimate_background
-from psfkit.detect.find import find_candidates
 from psfkit.datasets.simulate import simulate_field
+from psfkit.detect.find import find_candidates
 
 
 def _sky(shape=(600, 900), vignetting=0.4):

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from astropy.io import fits
 import numpy as np
+from astropy.io import fits
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 

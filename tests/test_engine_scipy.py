@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from scipy.optimize import least_squares
 
+from psfkit.datasets.simulate import simulate_stamps
 from psfkit.psf.engine import NoiseModel, fit_stamps
 from psfkit.psf.models import GaussianPSF, MoffatPSF
-from psfkit.datasets.simulate import simulate_stamps
 from psfkit.psf.stamps import initial_params
 
 GAIN, READ_NOISE = 1.5, 6.0

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from psfkit import fit_stars
+from psfkit.datasets.simulate import simulate_stamps
 from psfkit.flags import NO_SOURCE, NOT_CONVERGED
 from psfkit.psf.models import FWHM_PER_SIGMA
-from psfkit.datasets.simulate import simulate_stamps
 
 GAIN = 2.0  # e-/ADU
 READ_NOISE = 5.0  # e-

@@ -21,8 +21,8 @@ from scipy import ndimage
 
 from psfkit import fit_star, fit_stars, load_image
 from psfkit import flags as F
-from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF
 from psfkit.datasets.simulate import add_noise, render_stars, star_params
+from psfkit.psf.models import FWHM_PER_SIGMA, GaussianPSF
 
 # ---------------------------------------------------------------- the seed question's frame
 TRUE_X, TRUE_Y = 300.37, 299.58

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _helpers import write_dng, write_png16_rgb
 
 import psfkit
+from psfkit.datasets.simulate import simulate_field
 from psfkit.detect.channels import find_stars_by_channel
 from psfkit.io.colour import table_to_frame
 from psfkit.io.image import load_image, load_planes
-from psfkit.datasets.simulate import simulate_field
-from _helpers import write_dng, write_png16_rgb
 
 
 @pytest.fixture(scope="module")

@@ -116,8 +116,8 @@ def _sound(img: Image) -> None:
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory, request):
     """Small real files of every format (read from ../shared/data where it exists)."""
-    from PIL import Image as PILImage
     import tifffile
+    from PIL import Image as PILImage
     from xisf import XISF
 
     from psfkit.datasets import sample_image_path

@@ -8,8 +8,8 @@ import pytest
 from astropy.io import fits
 
 import psfkit
-from psfkit.io.image import load_image
 from psfkit.datasets.simulate import simulate_field
+from psfkit.io.image import load_image
 
 
 @pytest.fixture(scope="module")

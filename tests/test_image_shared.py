@@ -6,7 +6,6 @@ from each format's own library (astropy, tifffile, pillow).
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

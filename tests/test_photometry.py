@@ -6,19 +6,19 @@ import json
 
 import numpy as np
 import pytest
+from _helpers import run_cli
 from astropy.io import fits
 from photutils.aperture import CircularAperture, EllipticalAperture
 from photutils.aperture import aperture_photometry as pu_aperture_photometry
 
 import psfkit
-from psfkit.errors import PsfkitError
 from psfkit.aperture.growth import curve_of_growth, optimal_radius
 from psfkit.aperture.overlap import circular_overlap, elliptical_overlap
 from psfkit.aperture.photometry import aperture_photometry
 from psfkit.aperture.stars import star_photometry
 from psfkit.aperture.sums import aperture_sums
 from psfkit.datasets.simulate import add_noise, render_stars, star_params
-from _helpers import run_cli
+from psfkit.errors import PsfkitError
 
 GAIN, RN, SKY = 2.0, 6.0, 300.0
 

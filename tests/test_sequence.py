@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import run_cli
 from astropy.io import fits
 from astropy.table import Table
 
-from psfkit.errors import PsfkitError
 from psfkit.analysis.lightcurve import estimate_shift
 from psfkit.analysis.sequence import QUIET_SCHEDULER, WORKER_ENV, list_frames, run_sequence
 from psfkit.datasets.simulate import add_noise, render_stars, star_params
-from _helpers import run_cli
+from psfkit.errors import PsfkitError
 
 N_FRAMES = 20
 SHAPE = (256, 256)

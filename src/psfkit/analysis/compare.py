@@ -48,12 +48,12 @@ from astropy.table import Table
 
 from psfkit.errors import PsfkitError
 from psfkit.io.image import Image, as_image
+from psfkit.io.outputs import atomic_output
 from psfkit.psf.engine import NoiseModel
-from psfkit.psf.models import LorentzianPSF
 from psfkit.psf.fit import StarFit, fit_stars, resolve_model
+from psfkit.psf.models import LorentzianPSF
 from psfkit.psf.stamps import auto_box, clip_box, cut_stamps, estimate_fwhm, refine_peak
 from psfkit.utils import json_value
-from psfkit.io.outputs import atomic_output
 
 __all__ = ["compare_models", "ModelComparison", "plot_model_residuals", "PIXINSIGHT_BETAS", "EXTENDED_FWHM_RATIO",
            "TIE_BIC"]

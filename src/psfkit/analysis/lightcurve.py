@@ -10,8 +10,9 @@ and a fixed camera give over a night.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from astropy.table import Table

@@ -30,19 +30,26 @@ import logging
 import math
 import os
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from astropy.table import Table
 
-from psfkit.errors import PsfkitError
 from psfkit._optional import require
+from psfkit.analysis.lightcurve import (
+    FrameShift,
+    differential_photometry,
+    estimate_shift,
+    fit_tracked,
+    plot_light_curves,
+)
+from psfkit.analysis.quality import QualityLimits, frame_summary, plot_frame_quality, rank_frames
+from psfkit.errors import PsfkitError
 from psfkit.io.formats import FITS_SUFFIXES, IMAGE_SUFFIXES, is_image_name
 from psfkit.io.outputs import atomic_output, check_outputs
-from psfkit.analysis.lightcurve import FrameShift, differential_photometry, estimate_shift, fit_tracked, plot_light_curves
-from psfkit.analysis.quality import QualityLimits, frame_summary, plot_frame_quality, rank_frames
 
 __all__ = ["SequenceResult", "list_frames", "measure_frame", "run_sequence", "max_workers", "QUIET_SCHEDULER",
            "WORKER_ENV"]

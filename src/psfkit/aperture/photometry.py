@@ -18,14 +18,14 @@ and ``meta["gain"]`` is None.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from astropy.table import Table
 
+from psfkit import flags as _F
 from psfkit.aperture.sky import sky_annulus
 from psfkit.aperture.sums import aperture_sums
-from psfkit import flags as _F
 from psfkit.errors import PsfkitError
 from psfkit.io.image import Image, as_image
 from psfkit.psf.measure import magnitude

@@ -9,7 +9,7 @@ SExtractor's mode ``2.5 median - 1.5 mean``.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import re
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["install"]
 

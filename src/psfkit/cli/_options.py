@@ -6,7 +6,7 @@ live in :mod:`psfkit.io.image` (see docs/formats.md).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -57,21 +57,21 @@ def check_output_paths(outputs: list, inputs: list) -> None:
     check_outputs(outputs, inputs)
 
 
-def user_optics(focal_length: Optional[float], pixel_size: Optional[float], binning: Optional[float],
-                scale: Optional[float]) -> dict:
+def user_optics(focal_length: float | None, pixel_size: float | None, binning: float | None,
+                scale: float | None) -> dict:
     """The load_image keywords of the user's optics options."""
     return dict(focal_length=focal_length, pixel_size=pixel_size, binning=binning, pixel_scale=scale)
 
 
-def is_per_channel(channel: Optional[str]) -> bool:
+def is_per_channel(channel: str | None) -> bool:
     """Whether --channel asks for every plane ('all') or a list (R,G,B)."""
     return channel is not None and (channel.strip().lower() == "all" or "," in channel)
 
 
-def load_from_options(image: Path, *, hdu: Optional[str] = None, channel: Optional[str] = None,
-                      focal_length: Optional[float] = None, pixel_size: Optional[float] = None,
-                      binning: Optional[float] = None, scale: Optional[float] = None,
-                      max_pixels: Optional[str] = None) -> Any:
+def load_from_options(image: Path, *, hdu: str | None = None, channel: str | None = None,
+                      focal_length: float | None = None, pixel_size: float | None = None,
+                      binning: float | None = None, scale: float | None = None,
+                      max_pixels: str | None = None) -> Any:
     """:func:`psfkit.load_image` with the command line's options."""
     from psfkit.errors import PsfkitError
     from psfkit.io.image import load_image
@@ -87,10 +87,10 @@ class ImageOptions:
 
     __slots__ = ("hdu", "channel", "focal_length", "pixel_size", "binning", "scale", "max_pixels")
 
-    def __init__(self, *, hdu: Optional[str] = None, channel: Optional[str] = None,
-                 focal_length: Optional[float] = None, pixel_size: Optional[float] = None,
-                 binning: Optional[float] = None, scale: Optional[float] = None,
-                 max_pixels: Optional[str] = None) -> None:
+    def __init__(self, *, hdu: str | None = None, channel: str | None = None,
+                 focal_length: float | None = None, pixel_size: float | None = None,
+                 binning: float | None = None, scale: float | None = None,
+                 max_pixels: str | None = None) -> None:
         self.hdu, self.channel, self.max_pixels = hdu, channel, max_pixels
         self.focal_length, self.pixel_size, self.binning, self.scale = focal_length, pixel_size, binning, scale
 
@@ -119,13 +119,13 @@ def image_options(*, per_channel: bool = False) -> Any:
         sig = inspect.signature(func, eval_str=True)
         shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
                   for name, kind, default in (
-                      ("hdu", Optional[str], hdu_option()),
-                      ("channel", Optional[str], channel_option(per_channel=per_channel)),
-                      ("focal_length", Optional[float], focal_length_option()),
-                      ("pixel_size", Optional[float], pixel_size_option()),
-                      ("binning", Optional[float], binning_option()),
-                      ("scale", Optional[float], scale_option()),
-                      ("max_pixels", Optional[str], max_pixels_option()))]
+                      ("hdu", str | None, hdu_option()),
+                      ("channel", str | None, channel_option(per_channel=per_channel)),
+                      ("focal_length", float | None, focal_length_option()),
+                      ("pixel_size", float | None, pixel_size_option()),
+                      ("binning", float | None, binning_option()),
+                      ("scale", float | None, scale_option()),
+                      ("max_pixels", str | None, max_pixels_option()))]
         params = []
         for p in sig.parameters.values():
             params += shared if p.name == "opts" else [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)]

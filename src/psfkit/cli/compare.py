@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -18,12 +17,12 @@ from psfkit.cli._options import ImageOptions, check_output_paths, image_options
 def compare_command(
     image: Path = typer.Argument(..., help="Image file."),
     at: str = typer.Option(..., "--at", help="X,Y: 0-based pixel position near the source."),
-    psf: Optional[Path] = typer.Option(None, "--psf", help="A PSF image (FITS), any normalisation."),
-    box: Optional[int] = typer.Option(None, "--box", help="Common fitting box (odd, px)."),
-    gain: Optional[float] = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
-    read_noise: Optional[float] = typer.Option(None, "--read-noise", help="e- (default: header)."),
-    opts: Optional[ImageOptions] = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
-    residuals: Optional[Path] = typer.Option(None, "--residuals", help="PNG of data, model and residual per model."),
+    psf: Path | None = typer.Option(None, "--psf", help="A PSF image (FITS), any normalisation."),
+    box: int | None = typer.Option(None, "--box", help="Common fitting box (odd, px)."),
+    gain: float | None = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
+    read_noise: float | None = typer.Option(None, "--read-noise", help="e- (default: header)."),
+    opts: ImageOptions | None = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
+    residuals: Path | None = typer.Option(None, "--residuals", help="PNG of data, model and residual per model."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per model."),
 ) -> None:
     """Fit the source with the Gaussian, Moffats, Lorentzian and your PSF; total flux, FWHM, chi2, AIC/BIC per model."""
@@ -109,33 +108,33 @@ def _flag_names(row) -> str:
 @image_options()
 def phot_command(
     image: Path = typer.Argument(..., help="Image file."),
-    at: Optional[List[str]] = typer.Option(None, "--at", help="X,Y (0-based); repeat for several sources."),
-    stars: Optional[Path] = typer.Option(None, "--stars", help="A saved star list (.csv .ecsv .fits .lst) to measure."),
-    radius: Optional[float] = typer.Option(None, "--radius", help="Aperture radius in px (default 1.5 FWHM)."),
+    at: list[str] | None = typer.Option(None, "--at", help="X,Y (0-based); repeat for several sources."),
+    stars: Path | None = typer.Option(None, "--stars", help="A saved star list (.csv .ecsv .fits .lst) to measure."),
+    radius: float | None = typer.Option(None, "--radius", help="Aperture radius in px (default 1.5 FWHM)."),
     radius_fwhm: float = typer.Option(1.5, "--radius-fwhm", help="Aperture radius in FWHM units."),
-    annulus: Optional[str] = typer.Option(None, "--annulus", help="IN,OUT sky annulus in px (default 4,6 FWHM)."),
+    annulus: str | None = typer.Option(None, "--annulus", help="IN,OUT sky annulus in px (default 4,6 FWHM)."),
     elliptical: bool = typer.Option(False, "--elliptical", help="Elliptical apertures of each star's fitted shape."),
     model: str = typer.Option("gaussian", "--model",
                               help="PSF model for the PSF flux: gaussian, moffat, lorentzian, or a PSF image (FITS)."),
-    gain: Optional[float] = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
-    read_noise: Optional[float] = typer.Option(None, "--read-noise", help="e- (default: header)."),
+    gain: float | None = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
+    read_noise: float | None = typer.Option(None, "--read-noise", help="e- (default: header)."),
     zero_point: float = typer.Option(0.0, "--zero-point", help="Magnitude zero point."),
     growth: bool = typer.Option(False, "--growth", help="Also print each star's curve of growth and best-SNR radius."),
-    opts: Optional[ImageOptions] = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the table: .csv .ecsv .fits"),
+    opts: ImageOptions | None = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write the table: .csv .ecsv .fits"),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per star."),
 ) -> None:
     """Aperture photometry (exact overlap, local sky, CCD errors) and the PSF flux, for positions, a list, or every star."""
     import numpy as np
 
-    from psfkit.io.catalog import read_star_list, write_star_list
-    from psfkit.errors import PsfkitError
-    from psfkit.io.colour import table_to_frame, table_to_plane
     from psfkit.aperture.growth import curve_of_growth, optimal_radius
     from psfkit.aperture.stars import star_photometry
-    from psfkit.utils import json_value
-    from psfkit.psf.fit import fit_stars, resolve_model
     from psfkit.cli.fit import _parse_xy
+    from psfkit.errors import PsfkitError
+    from psfkit.io.catalog import read_star_list, write_star_list
+    from psfkit.io.colour import table_to_frame, table_to_plane
+    from psfkit.psf.fit import fit_stars, resolve_model
+    from psfkit.utils import json_value
 
     if at and stars:
         raise fail("give --at positions or --stars, not both")

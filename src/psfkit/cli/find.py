@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from psfkit.cli._app import app, fail
 from psfkit.cli._options import ImageOptions, check_output_paths, image_options, is_per_channel
-
 
 ANGLE_CHOICES = {"auto": "auto", "yes": True, "true": True, "no": False, "false": False}
 
@@ -38,30 +36,30 @@ def summary_lines(summary: dict, reasons: dict) -> list[str]:
 @image_options(per_channel=True)
 def find_command(
     image: Path = typer.Argument(..., help="Image file."),
-    output: Optional[List[Path]] = typer.Option(None, "-o", "--output", metavar="<path>",
+    output: list[Path] | None = typer.Option(None, "-o", "--output", metavar="<path>",
                                                 help="Star list: .csv .ecsv .fits .lst .reg (repeat for several)."),
-    overlay: Optional[Path] = typer.Option(None, "--overlay", help="PNG with an ellipse on every star."),
-    fwhm_map: Optional[Path] = typer.Option(None, "--fwhm-map", help="PNG map of FWHM and roundness across the frame."),
+    overlay: Path | None = typer.Option(None, "--overlay", help="PNG with an ellipse on every star."),
+    fwhm_map: Path | None = typer.Option(None, "--fwhm-map", help="PNG map of FWHM and roundness across the frame."),
     threshold: float = typer.Option(5.0, "--threshold", help="Detection threshold in sigma of the smoothed frame."),
-    model: Optional[str] = typer.Option(None, "--model", help="gaussian (default) or moffat; or frame (the frame's own "
+    model: str | None = typer.Option(None, "--model", help="gaussian (default) or moffat; or frame (the frame's own "
                                         "PSF) or a PSF file from `psfkit psf` for positions and total fluxes. With "
                                         "--deblend the default is frame."),
-    fwhm: Optional[float] = typer.Option(None, "--fwhm", help="First guess of the stars' FWHM in px (detection filter "
+    fwhm: float | None = typer.Option(None, "--fwhm", help="First guess of the stars' FWHM in px (detection filter "
                                          "and first fitting box); the frame's FWHM is still measured."),
     angle: str = typer.Option("auto", "--angle", help="auto (Siril: angle fitted where the first fit says the star is "
                               "elliptic), yes (every star) or no (none: faster, roundness biased)."),
-    min_snr: Optional[float] = typer.Option(3.0, "--min-snr", help="Reject stars whose SNR (flux / flux_err) is below "
+    min_snr: float | None = typer.Option(3.0, "--min-snr", help="Reject stars whose SNR (flux / flux_err) is below "
                                             "this; 0 turns the test off."),
-    max_stars: Optional[int] = typer.Option(None, "--max-stars", help="List only the N brightest stars (by flux)."),
+    max_stars: int | None = typer.Option(None, "--max-stars", help="List only the N brightest stars (by flux)."),
     keep_rejected: bool = typer.Option(False, "--keep-rejected", help="Also list the rejected candidates, with reasons."),
     deblend: bool = typer.Option(False, "--deblend", help="Crowded fields (slower): every star fitted with the frame's "
                                  "PSF and its neighbours subtracted, stars looked for on the residual until none is "
                                  "left (with --model gaussian|moffat: the analytic model's pass)."),
-    residual: Optional[Path] = typer.Option(None, "--residual", help="FITS of the frame minus every fitted star."),
-    opts: Optional[ImageOptions] = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
-    gain: Optional[float] = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
-    read_noise: Optional[float] = typer.Option(None, "--read-noise", help="e- (default: header)."),
-    min_roundness: Optional[float] = typer.Option(0.3, "--min-roundness", help="Reject stars whose roundness (FWHMy / FWHMx) is below this; 0 turns the test off."),
+    residual: Path | None = typer.Option(None, "--residual", help="FITS of the frame minus every fitted star."),
+    opts: ImageOptions | None = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
+    gain: float | None = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
+    read_noise: float | None = typer.Option(None, "--read-noise", help="e- (default: header)."),
+    min_roundness: float | None = typer.Option(0.3, "--min-roundness", help="Reject stars whose roundness (FWHMy / FWHMx) is below this; 0 turns the test off."),
 ) -> None:
     """Find, fit and measure every star of a frame; print a summary and write the list."""
     from psfkit.detect import warm_up_kernels
@@ -70,11 +68,11 @@ def find_command(
         warm_up_kernels(pixels=image.stat().st_size // 4)
     except OSError:
         pass
-    from psfkit.io.catalog import STAR_LIST_FORMATS, write_star_list
-    from psfkit.detect.find import find_stars
     from psfkit.detect.channels import find_stars_by_channel
-    from psfkit.io.colour import frame_view, table_to_frame
+    from psfkit.detect.find import find_stars
     from psfkit.flags import SATURATED
+    from psfkit.io.catalog import STAR_LIST_FORMATS, write_star_list
+    from psfkit.io.colour import frame_view, table_to_frame
     from psfkit.viz.plots import map_cells, plot_fwhm_map, plot_overlay
 
     outputs = list(output or [])

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -31,16 +30,16 @@ def _parse_xy(text: str, option: str = "--at", what: str = "0-based pixels") -> 
 @image_options()
 def fit_command(
     image: Path = typer.Argument(..., help="Image file (FITS, XISF, TIFF, PNG, JPEG, camera RAW)."),
-    at: Optional[str] = typer.Option(None, "--at", help="X,Y: 0-based pixel position near the star; default: the brightest source."),
-    box: Optional[int] = typer.Option(None, "--box", help="Fitting box in pixels (odd); default about 5 FWHM."),
+    at: str | None = typer.Option(None, "--at", help="X,Y: 0-based pixel position near the star; default: the brightest source."),
+    box: int | None = typer.Option(None, "--box", help="Fitting box in pixels (odd); default about 5 FWHM."),
     model: str = typer.Option("gaussian", "--model", help="gaussian, moffat, or a PSF image file (FITS)."),
-    beta: Optional[float] = typer.Option(None, "--beta", help="Fix the Moffat beta."),
+    beta: float | None = typer.Option(None, "--beta", help="Fix the Moffat beta."),
     angle: str = typer.Option("auto", "--angle", help="auto (Siril: angle fitted when the widths differ), yes or no."),
     search_radius: float = typer.Option(10.0, "--search-radius", help="How far from X,Y the real peak may be (px)."),
-    gain: Optional[float] = typer.Option(None, "--gain", help="e-/ADU (default: GAIN/EGAIN from the header)."),
-    read_noise: Optional[float] = typer.Option(None, "--read-noise", help="Read noise in e- (default: RDNOISE)."),
+    gain: float | None = typer.Option(None, "--gain", help="e-/ADU (default: GAIN/EGAIN from the header)."),
+    read_noise: float | None = typer.Option(None, "--read-noise", help="Read noise in e- (default: RDNOISE)."),
     zero_point: float = typer.Option(0.0, "--zero-point", help="Magnitude zero point."),
-    opts: Optional[ImageOptions] = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
+    opts: ImageOptions | None = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the star table's column names."),
 ) -> None:
     """Fit the PSF of one star and print the result (copyable), or JSON."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,7 +15,7 @@ from psfkit.cli._options import ImageOptions, image_options
 @image_options()
 def info_command(
     image: Path = typer.Argument(..., help="Image file (FITS, XISF, TIFF, PNG, JPEG, camera RAW)."),
-    opts: Optional[ImageOptions] = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
+    opts: ImageOptions | None = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Print shape, type, image scale and its rule, gain, read noise, saturation, exposure, date, row order, WCS, Bayer pattern."""

@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from psfkit.cli._app import app, fail
-from psfkit.cli._options import (binning_option, channel_option, focal_length_option, hdu_option,
-                                 load_from_options, pixel_size_option, scale_option)
+from psfkit.cli._options import (
+    binning_option,
+    channel_option,
+    focal_length_option,
+    hdu_option,
+    load_from_options,
+    pixel_size_option,
+    scale_option,
+)
 
 
-def _png_target(path: Optional[Path]) -> None:
+def _png_target(path: Path | None) -> None:
     if path is None:
         return
     if path.suffix.lower() != ".png":
@@ -35,17 +41,17 @@ def _show(value, err=None, digits: int = 2, unit: str = "") -> str:
 def inspect_command(
     image: Path = typer.Argument(..., help="Image file."),
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="PNG report: mosaic, FWHM map, elongation, numbers."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="PNG report: mosaic, FWHM map, elongation, numbers."),
     threshold: float = typer.Option(5.0, "--threshold", help="Detection threshold in sigma of the smoothed frame."),
     min_snr: float = typer.Option(10.0, "--min-snr", help="Stars below this SNR are left out of the fit."),
-    hdu: Optional[str] = hdu_option(),
-    channel: Optional[str] = channel_option(per_channel=False),
-    focal_length: Optional[float] = focal_length_option(),
-    pixel_size: Optional[float] = pixel_size_option(),
-    binning: Optional[float] = binning_option(),
-    scale: Optional[float] = scale_option(),
-    gain: Optional[float] = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
-    read_noise: Optional[float] = typer.Option(None, "--read-noise", help="e- (default: header)."),
+    hdu: str | None = hdu_option(),
+    channel: str | None = channel_option(per_channel=False),
+    focal_length: float | None = focal_length_option(),
+    pixel_size: float | None = pixel_size_option(),
+    binning: float | None = binning_option(),
+    scale: float | None = scale_option(),
+    gain: float | None = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
+    read_noise: float | None = typer.Option(None, "--read-noise", help="e- (default: header)."),
 ) -> None:
     """Tilt and field curvature as fitted numbers with errors, the corners' FWHM, the elongation pattern."""
     from psfkit.analysis.inspect import inspect_image
@@ -83,10 +89,10 @@ def inspect_command(
 
 @app.command("focus")
 def focus_command(
-    frames: List[Path] = typer.Argument(..., help="The focus run's frames (one or more per focuser position)."),
+    frames: list[Path] = typer.Argument(..., help="The focus run's frames (one or more per focuser position)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="PNG of the V-curve."),
-    position_key: Optional[str] = typer.Option(None, "--position-key", help="Header keyword of the focuser position (default FOCUSPOS, then FOCPOS)."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="PNG of the V-curve."),
+    position_key: str | None = typer.Option(None, "--position-key", help="Header keyword of the focuser position (default FOCUSPOS, then FOCPOS)."),
     threshold: float = typer.Option(5.0, "--threshold", help="Detection threshold in sigma of the smoothed frame."),
 ) -> None:
     """Best focus from a focus run: median HFR and FWHM per position, the V-curve's hyperbola."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,11 +15,11 @@ from psfkit.cli._options import ImageOptions, check_output_paths, image_options
 def psf_command(
     image: Path = typer.Argument(..., help="Image file (FITS, XISF, TIFF, PNG, JPEG, camera RAW)."),
     output: Path = typer.Option(..., "-o", "--output", help="The PSF's FITS file (.fits)."),
-    png: Optional[Path] = typer.Option(None, "--png", help="Also draw the PSF across the field (.png)."),
+    png: Path | None = typer.Option(None, "--png", help="Also draw the PSF across the field (.png)."),
     degree: str = typer.Option("auto", "--degree", help="Variation across the field: 0, 1, 2 or auto."),
-    oversampling: Optional[int] = typer.Option(None, "--oversampling", help="Grid nodes per pixel (default 2; 4 "
+    oversampling: int | None = typer.Option(None, "--oversampling", help="Grid nodes per pixel (default 2; 4 "
                                                "for stars under 2 px FWHM)."),
-    opts: Optional[ImageOptions] = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
+    opts: ImageOptions | None = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
 ) -> None:
     """Build the frame's own PSF from its bright, isolated, unsaturated stars and write it.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -19,14 +18,14 @@ def _parse_xy(text: str, option: str) -> tuple[float, float]:
 @app.command("seq")
 @image_options()
 def seq_command(
-    inputs: List[str] = typer.Argument(..., help="Frames: files, glob patterns or a folder (time order from DATE-OBS, else by name)."),
+    inputs: list[str] = typer.Argument(..., help="Frames: files, glob patterns or a folder (time order from DATE-OBS, else by name)."),
     outdir: Path = typer.Option(..., "-o", "--outdir", help="Output folder (complete frames already there are skipped)."),
-    track: Optional[List[str]] = typer.Option(None, "--track", help="X,Y of a star to follow (0-based, first frame); repeatable."),
-    compare: Optional[List[str]] = typer.Option(None, "--compare", help="X,Y of a comparison star for differential magnitudes; repeatable."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes of the local Dask cluster (default: the cores; 0: no Dask)."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run on an existing Dask cluster: tcp://HOST:PORT."),
+    track: list[str] | None = typer.Option(None, "--track", help="X,Y of a star to follow (0-based, first frame); repeatable."),
+    compare: list[str] | None = typer.Option(None, "--compare", help="X,Y of a comparison star for differential magnitudes; repeatable."),
+    workers: int | None = typer.Option(None, "--workers", help="Worker processes of the local Dask cluster (default: the cores; 0: no Dask)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Run on an existing Dask cluster: tcp://HOST:PORT."),
     threshold: float = typer.Option(5.0, "--threshold", help="Detection threshold in noise sigmas."),
-    fwhm: Optional[float] = typer.Option(None, "--fwhm", help="Expected FWHM in px (default: estimated per frame)."),
+    fwhm: float | None = typer.Option(None, "--fwhm", help="Expected FWHM in px (default: estimated per frame)."),
     model: str = typer.Option("gaussian", "--model", help="gaussian or moffat."),
     deblend: bool = typer.Option(False, "--deblend", help="Crowded fields: the deblend pass of psfkit find on every frame (slower)."),
     zero_point: float = typer.Option(0.0, "--zero-point", help="Magnitude zero point of the tracked stars."),
@@ -36,7 +35,7 @@ def seq_command(
     background_sigma: float = typer.Option(5.0, "--max-background-sigma", help="Reject frames whose background is this many robust sigmas from the night's median."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Do not write the PNG plots."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    opts: Optional[ImageOptions] = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
+    opts: ImageOptions | None = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
 ) -> None:
     """Measure every frame of a sequence: star lists, a summary, frame rejection, light curves."""
     from rich.console import Console

@@ -7,7 +7,6 @@ import ipaddress
 import re
 import socket
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -76,12 +75,12 @@ def _machine_names() -> list[str]:
 
 @app.command("view")
 def view_command(
-    image: Optional[Path] = typer.Argument(None, help="Image to open first (its folder is the default root)."),
-    root: Optional[Path] = typer.Option(None, "--root", help="Folder the page may read images from (default: the image's folder, or the current folder)."),
-    export_dir: Optional[Path] = typer.Option(None, "--export-dir", help="Folder the export buttons write into (default: psfkit-exports inside the root, made at the first export). Existing files are never overwritten."),
+    image: Path | None = typer.Argument(None, help="Image to open first (its folder is the default root)."),
+    root: Path | None = typer.Option(None, "--root", help="Folder the page may read images from (default: the image's folder, or the current folder)."),
+    export_dir: Path | None = typer.Option(None, "--export-dir", help="Folder the export buttons write into (default: psfkit-exports inside the root, made at the first export). Existing files are never overwritten."),
     port: int = typer.Option(8765, "--port", help="Port (0: any free port; a busy default port falls back to a free one)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; keep the loopback unless you mean to share the page."),
-    allow_host: Optional[List[str]] = typer.Option(None, "--allow-host", help="A host name the page may be opened by, besides localhost, 127.0.0.1, [::1] and --host (repeatable)."),
+    allow_host: list[str] | None = typer.Option(None, "--allow-host", help="A host name the page may be opened by, besides localhost, 127.0.0.1, [::1] and --host (repeatable)."),
     max_body: float = typer.Option(32.0, "--max-body", help="Largest request body in MB (a star list sent for export or averaging)."),
     detect_queue: int = typer.Option(4, "--detect-queue", help="Detections that may wait while one runs; more are refused (503, retry later)."),
     no_browser: bool = typer.Option(False, "--no-browser", help="Do not open a browser window."),

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from psfkit.io.colour import table_to_frame
 from psfkit.io.image import load_planes

@@ -49,7 +49,8 @@ the PSF and the stars are right; what it shows is what the fit missed (see docs/
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from astropy.table import Table, vstack

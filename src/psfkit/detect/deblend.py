@@ -26,7 +26,8 @@ the centre and small against the star's light there; a companion is neither.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from astropy.table import Table

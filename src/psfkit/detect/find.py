@@ -18,10 +18,10 @@ from astropy.table import Table, vstack
 
 from psfkit import flags as F
 from psfkit.backend import job
-from psfkit.errors import PsfkitError
 from psfkit.detect._kernels import gaussian_smooth, warm_up_kernels
 from psfkit.detect.background import Background, estimate_background, noise_at, noise_cells
 from psfkit.detect.scaling import restore_units, scaled_image, working_scale
+from psfkit.errors import PsfkitError
 from psfkit.io.image import Image, as_image
 from psfkit.psf.columns import empty_star_table
 from psfkit.psf.fit import fit_stars

@@ -9,20 +9,30 @@ stars whose widths differ (``angle="auto"``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from astropy.table import Table
 
 from psfkit import flags as F
 from psfkit.errors import PsfkitError
+from psfkit.io.image import Image, as_image
 from psfkit.psf.columns import COLUMN_ORDER, set_units
 from psfkit.psf.engine import NoiseModel, StampFit, fit_stamps
-from psfkit.io.image import Image, as_image
 from psfkit.psf.measure import measure
 from psfkit.psf.models import FWHM_PER_SIGMA, ImagePSF, PSFModel, _EllipticalModel, get_model
-from psfkit.psf.stamps import auto_box, brightest_source, clip_box, cut_stamps, estimate_fwhm, initial_params, refine_peak, saturation_mask
+from psfkit.psf.stamps import (
+    auto_box,
+    brightest_source,
+    clip_box,
+    cut_stamps,
+    estimate_fwhm,
+    initial_params,
+    refine_peak,
+    saturation_mask,
+)
 
 __all__ = ["fit_stars", "fit_star", "StarFit", "resolve_model", "COLUMN_ORDER"]
 

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import Any, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = ["RequestGuard", "LOOPBACK_NAMES", "SECURITY_HEADERS", "DEFAULT_MAX_BODY", "host_name"]

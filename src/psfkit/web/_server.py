@@ -17,9 +17,9 @@ def warm_up() -> None:
     """
     import numpy as np
 
+    from psfkit.datasets.simulate import simulate_field
     from psfkit.detect.find import find_stars
     from psfkit.psf.fit import fit_star
-    from psfkit.datasets.simulate import simulate_field
 
     try:
         data, truth = simulate_field((96, 96), 3, fwhm=3.0, seed=0, edge=16, min_separation=20)

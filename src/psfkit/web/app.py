@@ -45,13 +45,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from psfkit.errors import PsfkitError
+from psfkit.utils import json_value
 from psfkit.web._guard import DEFAULT_MAX_BODY, RequestGuard
-from psfkit.web._paths import (DEFAULT_EXPORT_FOLDER, EXPORT_FORMATS, ExportExists, export_target, list_images,
-                               resolve_in_root, write_new)
+from psfkit.web._paths import (
+    DEFAULT_EXPORT_FOLDER,
+    EXPORT_FORMATS,
+    ExportExists,
+    export_target,
+    list_images,
+    resolve_in_root,
+    write_new,
+)
 from psfkit.web._queue import WorkQueue
 from psfkit.web._store import ImageStore
 from psfkit.web._tables import missing_for_format, rows_to_table, table_to_rows
-from psfkit.utils import json_value
 
 __all__ = ["create_app"]
 
