@@ -91,7 +91,8 @@ def psfkit_rows(img: np.ndarray, truth, label: str, *, frame_psf: bool = True) -
     psfkit.find_stars(image.data[:200, :200], gain=GAIN, read_noise=READ_NOISE)  # warm up (compilation)
     rows = []
     t, s = timed(lambda: psfkit.find_stars(image))
-    rows.append((f"psfkit find_stars, first pass only ({label})", t, *score(s["x_fit"], s["y_fit"], s["flux_fit"], truth)))
+    rows.append((f"psfkit find_stars, first pass only ({label})", t,
+                 *score(s["x_fit"], s["y_fit"], s["flux_fit"], truth)))
     t, s = timed(lambda: psfkit.find_stars(image, deblend=True))
     rows.append((f"psfkit find_stars(deblend=True), analytic model ({label})", t,
                  *score(s["x_fit"], s["y_fit"], s["flux_fit"], truth)))

@@ -67,7 +67,8 @@ def siril_findstar(img: np.ndarray) -> tuple:
     version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
     m = re.search(r"(\d+)\.(\d+)", version)
     if m is None or (int(m.group(1)), int(m.group(2))) < (1, 2):
-        return (f"Siril findstar: {version} cannot run findstar in a script (needs 1.2; Debian 12 ships 1.0.6), not timed",
+        return (f"Siril findstar: {version} cannot run findstar in a script "
+                "(needs 1.2; Debian 12 ships 1.0.6), not timed",
                 np.nan, None, None, None, None)
     from astropy.io import fits
 
@@ -136,7 +137,8 @@ def main() -> None:
     dx = np.hypot(table["x_fit"][i[ok]] - truth["x"][ok], table["y_fit"][i[ok]] - truth["y"][ok])
     fwhm_true = np.sqrt(truth["fwhm_x"] * truth["fwhm_y"])[ok]
     ferr = np.asarray(table["fwhm"][i[ok]]) / fwhm_true - 1
-    rows.append(("psfkit find_stars (all stars PSF-fitted)", t_psf, comp, np.median(dx), np.median(np.abs(ferr)), peak / 1e6))
+    rows.append(("psfkit find_stars (all stars PSF-fitted)", t_psf, comp, np.median(dx), np.median(np.abs(ferr)),
+                 peak / 1e6))
     # the crowded-field pass (off by default): neighbours subtracted, companions from the residual
     t_deb, deb = timed(lambda: psfkit.find_stars(img, gain=1.5, read_noise=6.0, deblend=True))
     d, i = match(deb["x_fit"], deb["y_fit"], truth)
@@ -165,7 +167,8 @@ def main() -> None:
     dx = np.hypot(objs["x"][i[ok]] - truth["x"][ok], objs["y"][i[ok]] - truth["y"][ok])
     fw = 2.0 * np.sqrt(np.log(2) * (objs["a"] ** 2 + objs["b"] ** 2))[i[ok]]
     ferr = fw / np.sqrt(truth["fwhm_x"] * truth["fwhm_y"])[ok] - 1
-    rows.append(("sep background + extract (no fit)", t_sep, ok.sum() / bright.sum(), np.median(dx), np.median(np.abs(ferr)), None))
+    rows.append(("sep background + extract (no fit)", t_sep, ok.sum() / bright.sum(), np.median(dx),
+                 np.median(np.abs(ferr)), None))
 
     # photutils: DAOStarFinder on the whole frame + PSFPhotometry on a subset, scaled
     try:
@@ -203,7 +206,8 @@ def main() -> None:
     lines = [
         "## Whole frame: find and fit every star",
         "",
-        f"Simulated {shape[1]}x{shape[0]} float32 frame ({frame_mb:.0f} MB), {len(truth)} stars, Gaussian FWHM {FWHM} px "
+        f"Simulated {shape[1]}x{shape[0]} float32 frame ({frame_mb:.0f} MB), {len(truth)} stars, "
+        f"Gaussian FWHM {FWHM} px "
         f"(roundness 0.9), gradient, gain 1.5, read noise 6 e-. Completeness: fraction of stars with SNR >= 10 found "
         f"within 1.5 px; centroid error: median distance to the truth; FWHM error: median |FWHM/true - 1| "
         f"(sep: 2 sqrt(ln2 (a^2 + b^2)) from its moments). {dt.date.today()}, {os.cpu_count()} cores.",

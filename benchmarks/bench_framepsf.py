@@ -140,7 +140,8 @@ def main() -> None:
         "",
         f"{n} simulated 15x15 stamps (Moffat FWHM {FWHM} px, beta {BETA}, flux 20,000, background 100, gain {GAIN}, "
         f"read noise {RN} e-), {dt.date.today()}, {os.cpu_count()} cores. Backend: **{backend}**. The PSF: the "
-        f"pixel-integrated Moffat oversampled {OVERSAMPLING}x on a cubic B-spline grid (as `build_frame_psf` makes it), "
+        f"pixel-integrated Moffat oversampled {OVERSAMPLING}x on a cubic B-spline grid "
+        "(as `build_frame_psf` makes it), "
         "constant, or varying as a degree-2 polynomial across a 4000 x 4000 frame. Fitted: background, flux, x, y "
         "per star, Poisson weights reweighted to their fixed point, covariance; started from `initial_params` "
         f"(not timed). psfkit rows: best of {rounds} calls. Median fitted flux / truth {ratio:.4f}.",

@@ -126,7 +126,8 @@ def main() -> None:
     lines = [
         "## Speed: loading an image (`psfkit.load_image`)",
         "",
-        f"Best of {REPEAT} (up to 51 for fast reads) interleaved runs, files in the page cache, {dt.date.today():%Y-%m-%d}, {os.cpu_count()} cores "
+        f"Best of {REPEAT} (up to 51 for fast reads) interleaved runs, files in the page cache, "
+        f"{dt.date.today():%Y-%m-%d}, {os.cpu_count()} cores "
         "(shared machine). Plain read = the format library's read converted to float32 "
         "(`np.asarray(fits.getdata(p), dtype=np.float32)`, `tifffile.imread(p).astype(np.float32)`); "
         "native = the library's read without the conversion. psfkit also interprets the header (scale, gain, "

@@ -178,11 +178,12 @@ def main() -> None:
                  rnp, n_np, itnp))
     n_sc = 100 if small else 500
     rs = scipy_rate(stamps, n_sc)
-    rows.append((f"scipy least_squares per star (7-param point-sampled, analytic Jacobian; {n_sc} stars, scaled)", rs, n_sc,
-                 float("nan")))
+    rows.append((f"scipy least_squares per star (7-param point-sampled, analytic Jacobian; {n_sc} stars, scaled)",
+                 rs, n_sc, float("nan")))
     n_ph = 50 if small else 150
     rp = photutils_rate(stamps, n_ph)
-    rows.append((f"photutils PSFPhotometry, round Gaussian PRF, per stamp ({n_ph} stars, scaled)", rp, n_ph, float("nan")))
+    rows.append((f"photutils PSFPhotometry, round Gaussian PRF, per stamp ({n_ph} stars, scaled)", rp, n_ph,
+                 float("nan")))
     t = time.perf_counter()
     ndimage.gaussian_filter(stamps, (0, 1.0, 1.0))
     rfloor = n / (time.perf_counter() - t)
@@ -196,9 +197,11 @@ def main() -> None:
         f"read noise {RN} e-), {dt.date.today()}, {os.cpu_count()} cores. Backend: **{backend}**. psfkit fits every "
         "stamp in one call of `fit_stamps`: with the compiled engine the whole Levenberg-Marquardt of each star "
         "(model, Jacobian, normal equations, Cholesky step, bounds, convergence, 2 Poisson reweighting passes, "
-        "covariance) runs in numba, stars in parallel; psfkit rows are the best of 12 calls, the four cases taking turns. Start: `initial_params` (border median, peak, half-maximum "
+        "covariance) runs in numba, stars in parallel; psfkit rows are the best of 12 calls, the four cases taking "
+        "turns. Start: `initial_params` (border median, peak, half-maximum "
         "area) with the angle at 0.2 rad (truth 30 deg) and sigma_y 10 % low. The default pixel integration of "
-        f"these stars is the analytic one (moment-matched Gaussian with the box's 4th and 6th cumulants, k = 0). Median fitted FWHMx {np.median(fwhm_x):.3f} px (truth 3.6).",
+        "these stars is the analytic one (moment-matched Gaussian with the box's 4th and 6th cumulants, k = 0). "
+        f"Median fitted FWHMx {np.median(fwhm_x):.3f} px (truth 3.6).",
         "",
         "| method | stars/s | mean LM iterations | psfkit (default) / method |",
         "|---|---:|---:|---:|",
@@ -209,7 +212,8 @@ def main() -> None:
     lines += [
         "",
         f"Targets: >= 50,000 seven-parameter Gaussian fits/s (default mode: {r7i:,.0f}/s; point-sampled: {r7p:,.0f}/s) "
-        f"and >= 100x photutils (default: {r7i / rp:.0f}x, point-sampled: {r7p / rp:.0f}x, 6-parameter: {r6 / rp:.0f}x). "
+        f"and >= 100x photutils (default: {r7i / rp:.0f}x, point-sampled: {r7p / rp:.0f}x, "
+        f"6-parameter: {r6 / rp:.0f}x). "
         f"Compiled / numpy reference engine: {r7i / rnp:.0f}x.",
     ]
     text = "\n".join(lines)

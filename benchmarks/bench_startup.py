@@ -177,7 +177,8 @@ def main() -> None:
     lines.append("")
     if not only_find:
         help_over = best["psfkit --help"][0] - floor
-        lines.append(f"`psfkit --help`: {help_over:.2f} s above the interpreter (target <= {TARGETS['psfkit --help']}).")
+        target = TARGETS["psfkit --help"]
+        lines.append(f"`psfkit --help`: {help_over:.2f} s above the interpreter (target <= {target}).")
     lines.append(verdict() + ".")
     if before_src is not None:
         lines.append(f"Before (`{before_ref}`): " + verdict(" before") + ".")

@@ -102,7 +102,8 @@ def measure(browser, url: str, rel: str, *, detect_repeats: int = 2, fwhm: float
         total = d["drawn"] - d["clicked"]
         server = srv.get("load", 0) + srv.get("find", 0) + srv.get("encode", 0)
         runs.append({
-            "total": total / 1e3, "find": srv.get("find", float("nan")) / 1e3, "encode": srv.get("encode", float("nan")) / 1e3,
+            "total": total / 1e3, "find": srv.get("find", float("nan")) / 1e3,
+            "encode": srv.get("encode", float("nan")) / 1e3,
             "transfer": (d["parsed"] - d["clicked"] - server) / 1e3, "build": (d["built"] - d["parsed"]) / 1e3,
             "paint": (d["drawn"] - d["built"]) / 1e3, "n": d["n"],
             "fitted": (d.get("summary") or {}).get("candidates_fitted"),
@@ -187,7 +188,8 @@ def main() -> int:
         sim_name = f"sim_{shape[1]}x{shape[0]}.fits"
         fits.writeto(Path(tmp) / sim_name, data.astype(np.float32))
         del data
-        print(f"simulated {shape[1]}x{shape[0]} frame, {len(truth)} stars, in {time.perf_counter() - t:.1f} s", flush=True)
+        print(f"simulated {shape[1]}x{shape[0]} frame, {len(truth)} stars, in {time.perf_counter() - t:.1f} s",
+              flush=True)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             try:
@@ -220,12 +222,16 @@ def report(results: list[dict], lib_plate_s: float, lib_plate_n: int, small: boo
     lines = [
         "## The Dynamic PSF window in the browser (psfkit view)",
         "",
-        f"Debian's Chromium (headless, --disable-gpu) driven by Playwright, page {VIEWPORT['width']}x{VIEWPORT['height']}, "
-        "server in the same process (uvicorn thread). Detect: click on \"Detect stars\" to the ellipses drawn and painted "
-        "(the table has a row per ellipse), best of 2 (1 for the plate with the automatic FWHM); its parts: the server's find_stars and JSON encoding "
+        "Debian's Chromium (headless, --disable-gpu) driven by Playwright, "
+        f"page {VIEWPORT['width']}x{VIEWPORT['height']}, "
+        "server in the same process (uvicorn thread). "
+        "Detect: click on \"Detect stars\" to the ellipses drawn and painted "
+        "(the table has a row per ellipse), best of 2 (1 for the plate with the automatic FWHM); "
+        "its parts: the server's find_stars and JSON encoding "
         "(Server-Timing), transfer and parsing, building the table and the ellipses, paint. Zoom: mouse-wheel from the "
         "whole frame to 1:1, time from the last wheel event until every tile of the view is drawn. Pan: 700 px drag at "
-        "1:1, longest gap between two animation frames during the drag (and the zoom) and time from release until the view is complete. "
+        "1:1, longest gap between two animation frames during the drag (and the zoom) "
+        "and time from release until the view is complete. "
         f"{dt.date.today().isoformat()}, {os.cpu_count()} cores{' (--small run)' if small else ''}.",
         "",
         "| frame | stars | open (s) | detect -> drawn (s) | find_stars (s) | encode (s) | transfer+parse (s) "

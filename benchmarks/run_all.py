@@ -36,7 +36,8 @@ def machine() -> str:
         mem = f", {kb / 1024**2:.0f} GiB RAM"
     except Exception:
         pass
-    return f"{os.cpu_count()} cores, {cpu}{mem}, Python {platform.python_version()}, {platform.system()} {platform.machine()}"
+    return (f"{os.cpu_count()} cores, {cpu}{mem}, Python {platform.python_version()}, "
+            f"{platform.system()} {platform.machine()}")
 
 
 def main(argv: list[str]) -> int:

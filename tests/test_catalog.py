@@ -24,9 +24,9 @@ def test_export_roundtrip(tmp_path, table, suffix):
     assert len(back) == len(table)
     order = np.argsort(-np.asarray(table["flux_fit"]))  # .lst is brightest first too
     tol = 1e-4 if suffix in (".reg", ".lst") else 0
-    assert np.allclose(back["x_fit"], np.asarray(table["x_fit"])[order] if suffix == ".lst" else table["x_fit"], atol=tol)
-    assert np.allclose(back["y_fit"], np.asarray(table["y_fit"])[order] if suffix == ".lst" else table["y_fit"], atol=tol)
-    assert np.allclose(back["fwhm_x"], np.asarray(table["fwhm_x"])[order] if suffix == ".lst" else table["fwhm_x"], atol=tol)
+    for name in ("x_fit", "y_fit", "fwhm_x"):
+        expected = np.asarray(table[name])[order] if suffix == ".lst" else table[name]
+        assert np.allclose(back[name], expected, atol=tol), name
 
 
 def test_csv_is_astropys_text(tmp_path, table):
@@ -107,7 +107,8 @@ def test_siril_lst_layout(tmp_path, table):
 
 def test_read_a_list_written_by_siril(tmp_path):
     """A list in Siril's own layout (no psfkit line): the image height comes from the caller."""
-    fmt = "%d\t%d\t%10.6f\t%10.6f\t%10.2f\t%10.2f\t%10.2f\t%10.2f\t%10.2f\t%10.2f\t%10.2f\t%3.2f\t%10.3e\t%10.2f\t%d\t%s\t%f\t%f"
+    fmt = ("%d\t%d\t%10.6f\t%10.6f\t%10.2f\t%10.2f\t%10.2f\t%10.2f\t%10.2f\t%10.2f\t%10.2f"
+           "\t%3.2f\t%10.3e\t%10.2f\t%d\t%s\t%f\t%f")
     text = ("# 2 stars found using the following parameters:\n"
             "# sigma=1.00 roundness=0.50 radius=5 relax=0 profile=0 minbeta=1.5 max_stars=0 layer=0 minA=0.00 "
             "maxA=0.00 maxR=1.00\n"

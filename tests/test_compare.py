@@ -36,7 +36,8 @@ def test_compare_cli_json_and_psf_image(tmp_path):
     yy, xx = np.mgrid[0:31, 0:31]
     psf = np.exp(-((xx - 15) ** 2 + (yy - 15) ** 2) / (2 * 1.6**2))  # unit peak
     fits.writeto(tmp_path / "psf.fits", psf)
-    out = run_cli("compare", str(tmp_path / "img.fits"), "--at", "41,38", "--psf", str(tmp_path / "psf.fits"), "--json", "--gain", str(GAIN), check=True)
+    out = run_cli("compare", str(tmp_path / "img.fits"), "--at", "41,38", "--psf", str(tmp_path / "psf.fits"),
+                  "--json", "--gain", str(GAIN), check=True)
     rows = json.loads(out.stdout)
     assert {r["model"] for r in rows} >= {"gaussian", "moffat", "psf_image"}
     assert sum(r["preferred"] for r in rows) == 1
@@ -178,7 +179,8 @@ def test_extended_source_among_stars_without_frame_fwhm(tmp_path):
 def test_compare_cli_text_and_residuals(tmp_path):
     img = _frame("moffat", 2.5, 3e4, 3)
     fits.writeto(tmp_path / "img.fits", img.astype(np.float32))
-    out = run_cli("compare", str(tmp_path / "img.fits"), "--at", "40,40", "--gain", str(GAIN), "--residuals", str(tmp_path / "r.png"), check=True)
+    out = run_cli("compare", str(tmp_path / "img.fits"), "--at", "40,40", "--gain", str(GAIN),
+                  "--residuals", str(tmp_path / "r.png"), check=True)
     assert "lorentzian" in out.stdout and "preferred" in out.stdout and "aperture (r =" in out.stdout
     assert (tmp_path / "r.png").stat().st_size > 1000
 

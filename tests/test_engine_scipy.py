@@ -35,8 +35,8 @@ def _stamps(model_name, seed, n=8, size=19, angle=None):
     r = rng.uniform(0.6, 0.95, n)
     stamps, truth = simulate_stamps(
         n, size=size, model=model_name, flux=flux, fwhm_x=fwhm / np.sqrt(r), fwhm_y=fwhm * np.sqrt(r),
-        angle_deg=rng.uniform(-90, 90, n) if angle is None else angle, beta=rng.uniform(2.0, 5.0, n), background=120.0, gain=GAIN,
-        read_noise=READ_NOISE, seed=seed,
+        angle_deg=rng.uniform(-90, 90, n) if angle is None else angle, beta=rng.uniform(2.0, 5.0, n),
+        background=120.0, gain=GAIN, read_noise=READ_NOISE, seed=seed,
     )
     return stamps, truth
 

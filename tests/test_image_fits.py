@@ -75,7 +75,8 @@ def test_multi_extension_file_and_hdu_choice(tmp_path, frame):
     err = np.sqrt(frame.astype(np.float32))
     mask = (frame > 1000).astype(np.uint8)
     hdul = fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(frame, name="SCI"), fits.ImageHDU(err, name="ERR"),
-                         fits.ImageHDU(mask, name="DQ"), fits.BinTableHDU.from_columns([fits.Column("a", "E", array=[1.0])])])
+                         fits.ImageHDU(mask, name="DQ"),
+                         fits.BinTableHDU.from_columns([fits.Column("a", "E", array=[1.0])])])
     hdul["SCI"].header["GAIN"] = (2.0, "e-/ADU")
     hdul.writeto(tmp_path / "mef.fits")
     first = load_image(tmp_path / "mef.fits")

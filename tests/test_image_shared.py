@@ -14,7 +14,8 @@ from psfkit.io.image import load_image
 
 pytestmark = pytest.mark.shared_data
 
-# name: (shape, scale arcsec/px or None, scale rule starts with, gain, read noise, saturation, exptime, date, roworder, wcs)
+# name: (shape, scale arcsec/px or None, scale rule starts with, gain, read noise, saturation, exptime, date,
+#        roworder, wcs)
 EXPECTED = {
     "siril_qhy268m_rasa11_crop.fit.fz": ((568, 931), 206.264806 * 3.75999999046326 / 626.855, "206.265 x XPIXSZ",
                                          None, None, 65534.0, 6.0, "2024-09-13T01:05:23.124000", "TOP-DOWN", True),

@@ -76,7 +76,8 @@ def tilted_mosaic(seed: int, *, n_stars: int = 160, tiles=(2, 2)):
     each field's (rows, columns) slices."""
     rng = np.random.default_rng(seed)
     ny, nx = SHAPE
-    slices = [(slice(j * ny, (j + 1) * ny), slice(i * nx, (i + 1) * nx)) for j in range(tiles[0]) for i in range(tiles[1])]
+    slices = [(slice(j * ny, (j + 1) * ny), slice(i * nx, (i + 1) * nx))
+              for j in range(tiles[0]) for i in range(tiles[1])]
     p = np.concatenate([field_stars(rng, n_stars, origin=(sx.start, sy.start)) for sy, sx in slices])
     shape = (tiles[0] * ny, tiles[1] * nx)
     return add_noise(render_round(shape, p) + 200.0, gain=1.5, read_noise=6.0, rng=rng), slices

@@ -130,7 +130,8 @@ def xisf_property_bomb(path: Path) -> Path:
     """A String property declaring 10 bytes whose zlib block inflates to 200 MB (the library ignores the size)."""
     image = np.zeros(64 * 64, np.float32).tobytes()
     bomb = zlib.compress(b"a" * 200_000_000, 9)
-    return _xisf(path, 'geometry="64:64:1" sampleFormat="Float32" colorSpace="Gray" location="attachment:{POS0}:{SIZE0}"',
+    return _xisf(path,
+                 'geometry="64:64:1" sampleFormat="Float32" colorSpace="Gray" location="attachment:{POS0}:{SIZE0}"',
                  '<Property id="Bomb" type="String" location="attachment:{POS1}:{SIZE1}" compression="zlib:10"/>',
                  [image, bomb])
 
@@ -172,7 +173,8 @@ def test_crafted_files_in_bounded_memory(tmp_path):
         "        out.append('read')\n"
         "    except PsfkitError as exc:\n"
         "        out.append(str(exc))\n"
-        "print(json.dumps({'peak_mb': int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024, 'out': out}))\n"
+        "peak = next(line for line in open('/proc/self/status') if line.startswith('VmHWM'))\n"
+        "print(json.dumps({'peak_mb': int(peak.split()[1]) / 1024, 'out': out}))\n"
     )
     env = {"PYTHONPATH": str(SRC), ENV_MAX_PIXELS: str(LIMIT), "PATH": "/usr/bin:/bin"}
     res = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, env=env, timeout=600)
@@ -225,7 +227,8 @@ def test_a_strip_is_measured_in_memory_that_follows_its_pixels(tmp_path, shape):
     fits.writeto(path, (100 + rng.normal(0, 5, shape)).astype(np.float32))
     code = ("import json, resource, sys, psfkit\n"
             "t = psfkit.find_stars(sys.argv[1])\n"
-            "print(json.dumps({'n': len(t), 'peak_mb': int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024}))\n")
+            "peak = next(line for line in open('/proc/self/status') if line.startswith('VmHWM'))\n"
+            "print(json.dumps({'n': len(t), 'peak_mb': int(peak.split()[1]) / 1024}))\n")
     res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
                          env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}, timeout=600)
     assert res.returncode == 0, res.stderr

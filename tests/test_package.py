@@ -233,7 +233,8 @@ def test_find_on_a_small_frame_loads_neither_numba_nor_scipy(sample_path, tmp_pa
 @pytest.mark.parametrize("annotation,value,expected", [
     (float, "6", 6.0), (float, "-2.5e-3", -2.5e-3), (float, ".5", 0.5), (float, 3, 3.0), (float, "1_0", 10.0),
     (float, " 7", 7.0), (int, "12", 12), (int, "-3", -3), (int, 4, 4), ("float | None", "2", 2.0),
-    (str, "auto", "auto"), (Path, "x.fits", Path("x.fits")), ("list[Path]", ("a.csv", "b.reg"), [Path("a.csv"), Path("b.reg")]),
+    (str, "auto", "auto"), (Path, "x.fits", Path("x.fits")),
+    ("list[Path]", ("a.csv", "b.reg"), [Path("a.csv"), Path("b.reg")]),
     (float, "abc", "Input should be a valid number"), (int, "2.5", "Input should be a valid integer"),
 ])
 def test_plain_options_convert_as_typer_does(annotation, value, expected):

@@ -256,7 +256,8 @@ def test_phot_cli_positions_and_star_list(tmp_path, shared_data):
     img = psfkit.load_image(frame)
     t = psfkit.fit_stars(img, [49], [49])
     psfkit.write_star_list(t, tmp_path / "stars.ecsv")
-    out2 = run_cli("phot", str(frame), "--stars", str(tmp_path / "stars.ecsv"), "--radius", "6", "--annulus", "25,35", "-o", str(tmp_path / "phot.ecsv"), check=True)
+    out2 = run_cli("phot", str(frame), "--stars", str(tmp_path / "stars.ecsv"), "--radius", "6", "--annulus", "25,35",
+                   "-o", str(tmp_path / "phot.ecsv"), check=True)
     assert "aperture r = 6.00 px" in out2.stdout
     back = psfkit.read_star_list(tmp_path / "phot.ecsv")
     assert "flux_aper" in back.colnames and back["aperture_radius"][0] == pytest.approx(6.0)

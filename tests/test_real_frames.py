@@ -126,7 +126,8 @@ def test_every_candidate_is_fitted(shared_data, name):
     chi2 = np.asarray(t["reduced_chi2"], dtype=float)
     fitted = np.isfinite(np.asarray(t["x_fit"], dtype=float)) & (np.asarray(t["n_pixels_fit"]) > 10)
     unfitted = fitted & (rmse == 0) & (chi2 == 0)
-    assert not unfitted.any(), f"{int(unfitted.sum())} rows unfitted, e.g. {list(zip(t['x_init'][unfitted][:3], t['y_init'][unfitted][:3]))}"
+    examples = list(zip(t["x_init"][unfitted][:3], t["y_init"][unfitted][:3]))
+    assert not unfitted.any(), f"{int(unfitted.sum())} rows unfitted, e.g. {examples}"
 
 
 @pytest.mark.parametrize("name", [n for n in FRAMES if FRAMES[n].get("stars")])
@@ -209,7 +210,8 @@ def test_fwhm_agrees_with_an_independent_fit(shared_data, name):
     acc = t[t["accepted"]]
     frame = float(t.meta["frame_fwhm"])
     tree = cKDTree(np.c_[t["x_fit"], t["y_fit"]])
-    crowded = np.array([len(tree.query_ball_point([x, y], 2.5 * frame)) > 1 for x, y in zip(acc["x_fit"], acc["y_fit"])])
+    crowded = np.array([len(tree.query_ball_point([x, y], 2.5 * frame)) > 1
+                        for x, y in zip(acc["x_fit"], acc["y_fit"])])
     ok = ((np.asarray(acc["flags"]) & F.SATURATED) == 0) & (np.asarray(acc["snr"]) >= 20) & ~crowded
     sample = acc[ok]
     if len(sample) == 0:
@@ -222,7 +224,8 @@ def test_fwhm_agrees_with_an_independent_fit(shared_data, name):
         ix, iy = int(round(row["x_fit"])), int(round(row["y_fit"]))
         if ix - half < 0 or iy - half < 0 or ix + half >= nx or iy + half >= ny:
             continue
-        theirs.append(_gaussian_fwhm(np.asarray(img.data[iy - half:iy + half + 1, ix - half:ix + half + 1], float), frame))
+        cutout = np.asarray(img.data[iy - half:iy + half + 1, ix - half:ix + half + 1], float)
+        theirs.append(_gaussian_fwhm(cutout, frame))
         ours.append(float(row["fwhm"]))
     assert len(ours) >= 1
     ratio = np.median(ours) / np.nanmedian(theirs)

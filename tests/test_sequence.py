@@ -376,7 +376,8 @@ def test_cli_seq(night, tmp_path):
     assert again.meta["psfkit_sequence"]["fingerprint"] != first and "detection_pass" in again.colnames
     bad = run_cli("seq", str(tmp_path / "none*.fits"), "-o", str(tmp_path))
     assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines() == [f"psfkit: error: {tmp_path / 'none*.fits'}: no such file, folder or matching file"]
+    missing = tmp_path / "none*.fits"
+    assert bad.stderr.strip().splitlines() == [f"psfkit: error: {missing}: no such file, folder or matching file"]
     bad = run_cli("seq", frames[0], "-o", str(tmp_path), "--track", "3;4")
     assert bad.returncode == 2 and bad.stderr.strip().startswith("psfkit: error: --track wants X,Y")
 

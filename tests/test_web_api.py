@@ -98,7 +98,8 @@ def test_detect_matches_find_stars_and_truth(detected, tree):
     np.testing.assert_allclose(t["fwhm"].astype(float), lib["fwhm"], atol=1e-9)
     truth = tree["truth"]
     bright = truth[truth["snr"] > 30]
-    d = np.hypot(t["x_fit"].astype(float)[:, None] - bright["x"][None], t["y_fit"].astype(float)[:, None] - bright["y"][None])
+    d = np.hypot(t["x_fit"].astype(float)[:, None] - bright["x"][None],
+                 t["y_fit"].astype(float)[:, None] - bright["y"][None])
     assert np.all(d.min(axis=0) < 0.5), "every bright simulated star is found within 0.5 px"
     assert "flag_names" in detected["columns"] and detected["summary"]["n_stars"] == len(detected["rows"])
 
@@ -196,7 +197,8 @@ def test_tile_is_display_oriented_png(client, tree):
     assert (ny - 1 - row_img, ix) == (dy, dx) or tile[ny - 1 - row_img, ix] == 255
     # the coarsest level covers the whole frame in one tile
     top = info["levels"] - 1
-    r = client.get("/api/tile", params={"path": SIM, "level": top, "tx": 0, "ty": 0, "black": a["black"], "white": a["white"]})
+    r = client.get("/api/tile", params={"path": SIM, "level": top, "tx": 0, "ty": 0,
+                                        "black": a["black"], "white": a["white"]})
     small = np.asarray(PILImage.open(io.BytesIO(r.content)))
     assert small.shape == (-(-300 // 2 ** top), -(-400 // 2 ** top))
 
@@ -251,7 +253,8 @@ def test_traversal_refused_everywhere(client, tree, no_reads):
             ("post", "/api/detect", {"json": {"path": p}}),
             ("post", "/api/fit", {"json": {"path": p, "x": 10, "y": 10}}),
             ("post", "/api/average", {"json": {"path": p, "columns": ["x_fit", "y_fit"], "rows": [[1, 2]]}}),
-            ("post", "/api/export", {"json": {"path": p, "columns": ["x_fit", "y_fit"], "rows": [[1, 2]], "format": "csv"}}),
+            ("post", "/api/export",
+             {"json": {"path": p, "columns": ["x_fit", "y_fit"], "rows": [[1, 2]], "format": "csv"}}),
         ):
             r = getattr(client, method)(url, **kw)
             assert 400 <= r.status_code < 500, (p, url, r.status_code)
@@ -259,8 +262,9 @@ def test_traversal_refused_everywhere(client, tree, no_reads):
     assert no_reads == [], "nothing outside the root is read"
 
 
-@pytest.mark.parametrize("raw", ["..%2Foutside%2Fsecret.fits", "%2e%2e/outside/secret.fits", "%2E%2E%2Foutside%2Fsecret.fits",
-                                 "%2Fetc%2Fpasswd", "sub%2F..%2F..%2Foutside%2Fsecret.txt", "%252e%252e%252foutside%252fsecret.fits"])
+@pytest.mark.parametrize("raw", ["..%2Foutside%2Fsecret.fits", "%2e%2e/outside/secret.fits",
+                                 "%2E%2E%2Foutside%2Fsecret.fits", "%2Fetc%2Fpasswd",
+                                 "sub%2F..%2F..%2Foutside%2Fsecret.txt", "%252e%252e%252foutside%252fsecret.fits"])
 def test_encoded_traversal_refused(client, raw, no_reads):
     r = client.get(f"/api/image?path={raw}")
     assert 400 <= r.status_code < 500 and "detail" in r.json()
@@ -327,8 +331,9 @@ def test_bad_bodies(client, url, body):
     assert isinstance(r.json()["detail"], str) and "Traceback" not in r.text
 
 
-@pytest.mark.parametrize("raw", [b'{"path": "sim.fits", "x": NaN, "y": 1}', b'{"path": "sim.fits", "x": Infinity, "y": 1}',
-                                 b"{not json", b"", b'{"path": "sim.fits", "x": 1e999, "y": 1}'])
+@pytest.mark.parametrize("raw", [b'{"path": "sim.fits", "x": NaN, "y": 1}',
+                                 b'{"path": "sim.fits", "x": Infinity, "y": 1}', b"{not json", b"",
+                                 b'{"path": "sim.fits", "x": 1e999, "y": 1}'])
 def test_non_finite_and_broken_json(client, raw):
     r = client.post("/api/fit", content=raw, headers={"Content-Type": "application/json"})
     assert 400 <= r.status_code < 500 and isinstance(r.json()["detail"], str)
@@ -426,7 +431,8 @@ def test_view_command_errors(tree):
 def test_view_command_serves_and_prints_its_address(tree):
     import httpx
 
-    with subprocess.Popen([sys.executable, "-m", "psfkit", "view", str(tree["root"] / SIM), "--port", "0", "--no-browser"],
+    command = [sys.executable, "-m", "psfkit", "view", str(tree["root"] / SIM), "--port", "0", "--no-browser"]
+    with subprocess.Popen(command,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
         try:
             line = proc.stdout.readline()
@@ -435,7 +441,8 @@ def test_view_command_serves_and_prints_its_address(tree):
             assert line.split()[2].endswith("#image=sim.fits")
             cfg = httpx.get(url + "api/config", timeout=10).json()
             assert cfg["image"] == SIM
-            assert httpx.get(url + "api/image", params={"path": "../outside/secret.fits"}, timeout=10).status_code == 403
+            outside = httpx.get(url + "api/image", params={"path": "../outside/secret.fits"}, timeout=10)
+            assert outside.status_code == 403
         finally:
             proc.terminate()
             proc.wait(timeout=10)
@@ -469,8 +476,9 @@ def _rows_body(rows=((10.0, 20.0),)):
     return {"path": SIM, "columns": ["x_fit", "y_fit"], "rows": [list(r) for r in rows]}
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:8765", "127.0.0.1.nip.io:8765", "localhost.evil.example",
-                                  "192.168.1.20:8765", "0.0.0.0:8765", "[::ffff:7f00:1]x", ""])
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8765", "127.0.0.1.nip.io:8765",
+                                  "localhost.evil.example", "192.168.1.20:8765", "0.0.0.0:8765", "[::ffff:7f00:1]x",
+                                  ""])
 def test_foreign_host_headers_are_refused(tree, host, no_reads):
     """DNS rebinding: a page of another site re-pointed at 127.0.0.1 still sends its own name; nothing is served."""
     app = create_app(tree["root"], export_dir=tree["exports"])
@@ -486,7 +494,8 @@ def test_foreign_host_headers_are_refused(tree, host, no_reads):
     assert sorted(tree["exports"].iterdir()) == before and no_reads == []
 
 
-@pytest.mark.parametrize("host", ["localhost:8765", "LOCALHOST", "127.0.0.1", "127.0.0.1:8765", "[::1]:8765", "127.0.0.2:80"])
+@pytest.mark.parametrize("host", ["localhost:8765", "LOCALHOST", "127.0.0.1", "127.0.0.1:8765", "[::1]:8765",
+                                  "127.0.0.2:80"])
 def test_loopback_host_headers_are_served(tree, host):
     with _client(create_app(tree["root"])) as c:
         r = c.get("/api/files", headers={"Host": host})
@@ -538,7 +547,8 @@ def test_security_headers_on_every_response(client):
               client.get("/api/files", headers={"Host": "evil.example"}),
               client.post("/api/fit", json={"path": SIM, "x": "ten", "y": 1})):
         csp = r.headers["content-security-policy"]
-        assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp, r.request.url
+        assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp, r.request.url
+        assert "unsafe-inline" not in csp, r.request.url
         assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff"
 
 
@@ -625,7 +635,8 @@ def test_body_limit_is_an_option(tree):
 
 
 def test_real_server_refuses_foreign_hosts_and_large_bodies_unread(tree):
-    """The same through uvicorn on 127.0.0.1: a rebound Host gets 400; a declared 150 MB body gets 413 before it is sent."""
+    """The same through uvicorn on 127.0.0.1: a rebound Host gets 400; a declared 150 MB body gets 413
+    before it is sent."""
     import socket
 
     import httpx
@@ -667,7 +678,8 @@ def test_the_viewed_image_is_never_an_export_target(tmp_path):
     data, _ = simulate_field((64, 64), 3, fwhm=3.0, seed=1, edge=10)
     fits.writeto(tmp_path / "img.fits", data.astype(np.float32))
     image_bytes = (tmp_path / "img.fits").read_bytes()
-    body = {"path": "img.fits", "columns": ["x_fit", "y_fit"], "rows": [[10.0, 20.0]], "format": "fits", "name": "img.fits"}
+    body = {"path": "img.fits", "columns": ["x_fit", "y_fit"], "rows": [[10.0, 20.0]], "format": "fits",
+            "name": "img.fits"}
     with _client(create_app(tmp_path, export_dir=tmp_path)) as c:  # even with the image's own folder as export folder
         r = c.post("/api/export", json=body)
         assert r.status_code == 409 and r.json()["suggested_name"] == "img-1.fits"
@@ -799,8 +811,10 @@ def _view(args, monkeypatch):
     return CliRunner().invoke(app, ["view", *args, "--no-browser"]), served
 
 
-@pytest.mark.parametrize("host,words", [("999.1.1.1", "not a valid IP address"), ("1.2.3", "not a valid IP address"),
-                                        ("::zz", "not a valid IP address"), ("no-such-host.invalid", "not a valid address")])
+@pytest.mark.parametrize("host,words", [("999.1.1.1", "not a valid IP address"),
+                                        ("1.2.3", "not a valid IP address"),
+                                        ("::zz", "not a valid IP address"),
+                                        ("no-such-host.invalid", "not a valid address")])
 def test_view_refuses_an_invalid_host_in_one_line(tree, monkeypatch, host, words):
     r, served = _view(["--root", str(tree["root"]), "--host", host, "--port", "0"], monkeypatch)
     assert r.exit_code == 2 and words in r.output and "in use" not in r.output

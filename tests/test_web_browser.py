@@ -71,7 +71,8 @@ def browser():
 
 # every Content-Security-Policy violation of the page (an inline style or script the policy blocked)
 CSP_WATCH = """window.__csp = [];
-document.addEventListener('securitypolicyviolation', (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"""
+document.addEventListener('securitypolicyviolation',
+                          (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"""
 
 
 # (wait_for_function gets functions, not bare expressions: Playwright evaluates a bare expression with eval(),
@@ -98,7 +99,8 @@ def _rows(page) -> int:
 
 def _detect(page):
     page.click("#detect")
-    page.wait_for_function("() => psfkitStats.detect && (psfkitStats.detect.drawn || psfkitStats.detect.error)", timeout=180_000)
+    page.wait_for_function("() => psfkitStats.detect && (psfkitStats.detect.drawn || psfkitStats.detect.error)",
+                           timeout=180_000)
     assert page.evaluate("psfkitStats.detect.error") is None
     return page.locator("#overlay ellipse.star").count(), _rows(page)
 
@@ -148,7 +150,8 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
         assert page.locator("#star-count").text_content() == f"{n_rows} stars"
         ids = _all_row_ids(page)  # every row is reachable by scrolling, once, in the list's order
         assert ids == page.evaluate("S.stars.map(s => s.id)") and len(set(ids)) == n_rows
-        assert set(ids) == {int(e) for e in page.eval_on_selector_all("#overlay ellipse.star", "es => es.map(e => e.dataset.id)")}
+        drawn = page.eval_on_selector_all("#overlay ellipse.star", "es => es.map(e => e.dataset.id)")
+        assert set(ids) == {int(e) for e in drawn}
         page.screenshot(path=ARTIFACTS / "web_02_detected.png")
 
         # sort by FWHM, both ways; missing values last
@@ -178,7 +181,8 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
 
         # clicking a star on the image selects its row
         other = page.locator(ROWS).nth(5).get_attribute("data-id")
-        page.evaluate(f"centreOn(S.stars.find(s => s.id === {other}).x_fit, S.stars.find(s => s.id === {other}).y_fit, 1)")
+        page.evaluate(f"centreOn(S.stars.find(s => s.id === {other}).x_fit, "
+                      f"S.stars.find(s => s.id === {other}).y_fit, 1)")
         page.mouse.click(*_centre(page, f"#overlay ellipse.star[data-id='{other}']"))
         assert "sel" in page.get_attribute(f"#stars tbody tr[data-id='{other}']", "class").split()
         assert "sel" not in (page.get_attribute(f"#stars tbody tr[data-id='{sid}']", "class") or "").split()
@@ -199,8 +203,10 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
         target = page.evaluate("""() => {
             // the brightest unsaturated star with no other listed star within 25 px (a box fit
             // looks for the brightest peak inside the box: a brighter neighbour would win)
-            const isolated = (s) => S.stars.every(o => o === s || Math.hypot(o.x_fit - s.x_fit, o.y_fit - s.y_fit) > 25);
-            const ok = S.stars.filter(s => !(s.flag_names || '').includes('saturated') && s.amplitude > 0 && isolated(s));
+            const isolated = (s) => S.stars.every(o => o === s
+                                                  || Math.hypot(o.x_fit - s.x_fit, o.y_fit - s.y_fit) > 25);
+            const ok = S.stars.filter(s => !(s.flag_names || '').includes('saturated') && s.amplitude > 0
+                                      && isolated(s));
             ok.sort((a, b) => b.amplitude - a.amplitude); return {id: ok[0].id, x: ok[0].x_fit, y: ok[0].y_fit};
         }""")
         page.evaluate(f"showRow({target['id']})")  # scroll the table to its row, then click the row
@@ -231,8 +237,10 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
 
         # double-click a second isolated star: fitted with the angle, added and selected
         second = page.evaluate(f"""() => {{
-            const isolated = (s) => S.stars.every(o => o === s || Math.hypot(o.x_fit - s.x_fit, o.y_fit - s.y_fit) > 25);
-            const ok = S.stars.filter(s => !s._manual && s.id !== {target['id']} && !(s.flag_names || '').includes('saturated')
+            const isolated = (s) => S.stars.every(o => o === s
+                                                  || Math.hypot(o.x_fit - s.x_fit, o.y_fit - s.y_fit) > 25);
+            const ok = S.stars.filter(s => !s._manual && s.id !== {target['id']}
+                                      && !(s.flag_names || '').includes('saturated')
                                       && s.amplitude > 0 && isolated(s));
             ok.sort((a, b) => b.amplitude - a.amplitude); return {{id: ok[0].id, x: ok[0].x_fit, y: ok[0].y_fit}};
         }}""")
@@ -296,13 +304,15 @@ def test_dynamic_psf_workflow_on_a_real_frame(browser, shared_data, tmp_path):
         assert "not overwritten" in page.evaluate("psfkitStats.lastExport.error")
         suggested = page.evaluate("psfkitStats.lastExport.suggested")
         assert suggested == name.removesuffix(".lst") + "-1.lst"
-        assert page.locator("#export-rename").is_visible() and suggested in page.locator("#export-rename").text_content()
+        rename = page.locator("#export-rename")
+        assert rename.is_visible() and suggested in rename.text_content()
         assert "not overwritten" in page.locator("#message").text_content()
         page.screenshot(path=ARTIFACTS / "web_05b_name_taken.png")
         assert (exports / name).read_bytes() == first and sorted(exports.iterdir()) == [exports / name]
         page.click("#export-rename")
         page.wait_for_function("() => psfkitStats.lastExport && psfkitStats.lastExport.written")
-        assert page.evaluate("psfkitStats.lastExport.written") == suggested and not page.locator("#export-rename").is_visible()
+        assert page.evaluate("psfkitStats.lastExport.written") == suggested
+        assert not page.locator("#export-rename").is_visible()
         assert len(psfkit.read_star_list(exports / suggested, image_shape=(568, 931))) == n_now
         assert (exports / name).read_bytes() == first
 
@@ -353,7 +363,8 @@ def test_image_y_axis_and_angle_on_screen(browser, tmp_path, top_down):
         sel = f"#overlay ellipse.star[data-id='{sid}']"
         ex, ey = _centre(page, sel)
         vb = page.locator("#viewer").bounding_box()
-        # the star is in the lower-left part of the display in both cases (row 50 of a bottom-up frame, row 150 of a top-down one)
+        # the star is in the lower-left part of the display in both cases (row 50 of a bottom-up frame,
+        # row 150 of a top-down one)
         assert ex < vb["x"] + vb["width"] / 2 and ey > vb["y"] + vb["height"] / 2
         # the ellipse's on-screen rotation (SVG: clockwise positive, y down)
         ctm = page.evaluate(f"(() => {{ const m = document.querySelector(\"{sel}\").getCTM(); return [m.a, m.b]; }})()")
@@ -428,7 +439,8 @@ def test_other_sites_cannot_use_the_server(browser, tmp_path):
     for d in (root, exports):
         d.mkdir()
     _elongated_frame(root / "img.fits", top_down=False)
-    body = '{"path": "img.fits", "columns": ["x_fit", "y_fit"], "rows": [[10, 20]], "format": "csv", "name": "evil.csv"}'
+    body = ('{"path": "img.fits", "columns": ["x_fit", "y_fit"], "rows": [[10, 20]], "format": "csv", '
+            '"name": "evil.csv"}')
     target = _Recorder(create_app(root, export_dir=exports))
 
     async def another_site(scope, receive, send):  # a plain page of another origin (another port), no policy
@@ -441,22 +453,27 @@ def test_other_sites_cannot_use_the_server(browser, tmp_path):
         page.goto(elsewhere.url + "/")
         outcome = page.evaluate("""async ([url, body]) => {
             const out = {};
-            try { const r = await fetch(url + '/api/export', {method: 'POST', headers: {'Content-Type': 'application/json'}, body});
+            try { const r = await fetch(url + '/api/export',
+                                        {method: 'POST', headers: {'Content-Type': 'application/json'}, body});
                   out.cors = r.status; } catch (e) { out.cors = 'blocked'; }
-            try { await fetch(url + '/api/export', {method: 'POST', mode: 'no-cors', headers: {'Content-Type': 'text/plain'}, body});
+            try { await fetch(url + '/api/export',
+                              {method: 'POST', mode: 'no-cors', headers: {'Content-Type': 'text/plain'}, body});
                   out.simple = 'sent'; } catch (e) { out.simple = 'blocked'; }
-            try { const r = await fetch(url + '/api/files'); out.files = await r.text(); } catch (e) { out.files = 'blocked'; }
+            try { const r = await fetch(url + '/api/files'); out.files = await r.text(); }
+            catch (e) { out.files = 'blocked'; }
             return out;
         }""", [server.url, body])
         page.close()
     assert outcome["cors"] == "blocked" and outcome["files"] == "blocked", outcome
     assert list(exports.iterdir()) == [], "no export written by another site"
     posts = [(m, st, o) for m, path, st, o in target.seen if path == "/api/export"]
-    assert ("POST", 403, elsewhere.url) in posts, target.seen  # the simple request arrived and was refused by its Origin
+    # the simple request arrived and was refused by its Origin
+    assert ("POST", 403, elsewhere.url) in posts, target.seen
     assert all(st == 403 for _, st, _ in posts)
 
     # DNS rebinding: a second Chromium resolves rebound.test to 127.0.0.1 and sends Host: rebound.test
-    b = browser.browser_type.launch(executable_path=CHROMIUM, args=ARGS + ["--host-resolver-rules=MAP rebound.test 127.0.0.1"])
+    b = browser.browser_type.launch(executable_path=CHROMIUM,
+                                    args=ARGS + ["--host-resolver-rules=MAP rebound.test 127.0.0.1"])
     try:
         with serve_in_thread(create_app(root, export_dir=exports)) as server:
             port = server.url.rsplit(":", 1)[1]
@@ -464,12 +481,15 @@ def test_other_sites_cannot_use_the_server(browser, tmp_path):
             r = page.goto(f"http://rebound.test:{port}/api/files")
             assert r.status == 400 and "img.fits" not in page.content() and "is not served" in page.content()
             assert page.goto(f"http://rebound.test:{port}/").status == 400
-            status = page.evaluate("""async () => (await fetch('/api/export', {method: 'POST', headers: {'Content-Type': 'application/json'},
-                body: JSON.stringify({path: 'img.fits', columns: ['x_fit', 'y_fit'], rows: [[1, 2]], format: 'csv'})})).status""")
+            status = page.evaluate("""async () => (await fetch('/api/export', {
+                method: 'POST', headers: {'Content-Type': 'application/json'},
+                body: JSON.stringify({path: 'img.fits', columns: ['x_fit', 'y_fit'], rows: [[1, 2]], format: 'csv'}),
+            })).status""")
             assert status == 400 and list(exports.iterdir()) == []
             # the real page may not be framed by another page
             r = page.goto(f"http://127.0.0.1:{port}/")
-            assert "frame-ancestors 'none'" in r.headers["content-security-policy"] and r.headers["x-frame-options"] == "DENY"
+            assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+            assert r.headers["x-frame-options"] == "DENY"
     finally:
         b.close()
 
@@ -490,18 +510,21 @@ def test_sorting_starts_at_the_top_and_a_box_fit_of_a_listed_star_replaces_its_r
         page.evaluate(f"fitAt({star['x'] + 1.0}, {star['y'] - 1.0}, 15)")
         page.wait_for_function(f"() => S.stars.find(s => s.id === {star['id']})._report !== undefined", timeout=60_000)
         assert _rows(page) == n_rows
-        assert page.evaluate(f"S.stars.filter(s => Math.hypot(s.x_fit - {star['x']}, s.y_fit - {star['y']}) < 1).length") == 1
+        near = f"S.stars.filter(s => Math.hypot(s.x_fit - {star['x']}, s.y_fit - {star['y']}) < 1).length"
+        assert page.evaluate(near) == 1
         assert not errors
 def test_inspector_panel(browser, tmp_path):
     """The Inspector panel: a frame with a known tilt and curvature shows the fitted numbers and the report."""
     from tests.test_inspect import TRUTH, tilted_field
 
-    fits.writeto(tmp_path / "tilted.fits", tilted_field(7).astype(np.float32), fits.Header({"GAIN": 1.5, "RDNOISE": 6.0}))
+    fits.writeto(tmp_path / "tilted.fits", tilted_field(7).astype(np.float32),
+                 fits.Header({"GAIN": 1.5, "RDNOISE": 6.0}))
     with serve_in_thread(create_app(tmp_path)) as server:
         page, errors = _open(browser, server.url, "tilted.fits")
         assert page.locator("#inspect-img").is_hidden()
         page.click("#inspect")
-        page.wait_for_function("() => psfkitStats.inspect !== null && psfkitStats.inspect !== undefined", timeout=180_000)
+        page.wait_for_function("() => psfkitStats.inspect !== null && psfkitStats.inspect !== undefined",
+                               timeout=180_000)
         stats = page.evaluate("psfkitStats.inspect")
         assert stats["error"] is None
         assert stats["curvature"] == pytest.approx(TRUTH["curvature"], rel=0.15)

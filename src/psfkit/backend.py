@@ -154,7 +154,8 @@ def numba_cache_dir() -> str | None:
     if all(_writable(folder / "__pycache__") for folder in _KERNEL_DIRS):
         return None
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    choices = [base / "psfkit" / "numba", Path(tempfile.gettempdir()) / f"psfkit-numba-{os.getuid() if hasattr(os, 'getuid') else 'user'}"]
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    choices = [base / "psfkit" / "numba", Path(tempfile.gettempdir()) / f"psfkit-numba-{user}"]
     chosen = next((folder for folder in choices if _writable(folder)), None)
     if chosen is None:
         return None

@@ -131,7 +131,8 @@ def weighted_median(values: Any, weights: Any) -> float:
     return float(v[order][np.searchsorted(cum, 0.5 * cum[-1])])
 
 
-def pairs_within(x: Any, y: Any, radius: float, *, other: tuple[Any, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pairs_within(x: Any, y: Any, radius: float, *,
+                 other: tuple[Any, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs of points at most ``radius`` px apart (a grid of cells of that size, numpy only).
 
     The neighbour search of the star finder: each point is compared only with the points of its

@@ -10,7 +10,8 @@ from typing import Any
 
 import typer
 
-__all__ = ["hdu_option", "channel_option", "focal_length_option", "pixel_size_option", "binning_option", "image_options",
+__all__ = ["hdu_option", "channel_option", "focal_length_option", "pixel_size_option", "binning_option",
+           "image_options",
            "ImageOptions",
            "scale_option", "max_pixels_option", "load_from_options", "is_per_channel", "user_optics",
            "check_output_paths"]

@@ -80,7 +80,8 @@ def compare_command(
         typer.echo(f"PSF image: {n}")
     typer.echo(f"centroid ({best['model']}): x = {best['x_fit']:.3f}, y = {best['y_fit']:.3f} (0-based pixel centres)")
     if math.isfinite(ap.get("flux", float("nan"))):
-        line = f"aperture (r = {ap['radius']:.1f} px = 2.5 FWHM, sky 4-6 FWHM): {ap['flux']:.6g} +- {ap['flux_err']:.3g}"
+        line = (f"aperture (r = {ap['radius']:.1f} px = 2.5 FWHM, sky 4-6 FWHM): "
+                f"{ap['flux']:.6g} +- {ap['flux_err']:.3g}")
         if "flux_total" in ap:
             to = "total" if ap.get("corrected_to", "the total flux") == "the total flux" else "the Lorentzian's flux"
             line += (f"; / enclosed fraction {ap['enclosed_fraction']:.4f} of the {m['preferred']} -> {to} "
@@ -124,7 +125,7 @@ def phot_command(
     output: Path | None = typer.Option(None, "-o", "--output", help="Write the table: .csv .ecsv .fits"),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per star."),
 ) -> None:
-    """Aperture photometry (exact overlap, local sky, CCD errors) and the PSF flux, for positions, a list, or every star."""
+    """Aperture photometry (exact overlap, local sky, CCD errors) and PSF flux, for positions, a list, or every star."""
     import numpy as np
 
     from psfkit.aperture.growth import curve_of_growth, optimal_radius
@@ -203,7 +204,8 @@ def phot_command(
         fit_e = row["flux_err"] if "flux_err" in out.colnames else float("nan")
         ratio = row["flux_ratio"] if "flux_ratio" in out.colnames else float("nan")
         typer.echo(f"{ident:4d} {row['x_fit']:8.2f} {row['y_fit']:8.2f} {fit_f:11.6g} {fit_e:8.3g} "
-                   f"{row['flux_aper']:11.6g} {row['flux_aper_err']:8.3g} {row['snr_aper']:6.1f} {row['mag_aper']:7.3f} "
+                   f"{row['flux_aper']:11.6g} {row['flux_aper_err']:8.3g} "
+                   f"{row['snr_aper']:6.1f} {row['mag_aper']:7.3f} "
                    f"{row['flux_aper_total']:11.6g} {row['flux_aper_total_err']:8.3g} {ratio:8.3f}  {_flag_names(row)}")
     rb = out.meta.get("flux_ratio_bright")
     if rb:

@@ -51,7 +51,8 @@ def find_command(
     min_snr: float | None = typer.Option(3.0, "--min-snr", help="Reject stars whose SNR (flux / flux_err) is below "
                                             "this; 0 turns the test off."),
     max_stars: int | None = typer.Option(None, "--max-stars", help="List only the N brightest stars (by flux)."),
-    keep_rejected: bool = typer.Option(False, "--keep-rejected", help="Also list the rejected candidates, with reasons."),
+    keep_rejected: bool = typer.Option(False, "--keep-rejected",
+                                       help="Also list the rejected candidates, with reasons."),
     deblend: bool = typer.Option(False, "--deblend", help="Crowded fields (slower): every star fitted with the frame's "
                                  "PSF and its neighbours subtracted, stars looked for on the residual until none is "
                                  "left (with --model gaussian|moffat: the analytic model's pass)."),
@@ -59,7 +60,9 @@ def find_command(
     opts: ImageOptions | None = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
     gain: float | None = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
     read_noise: float | None = typer.Option(None, "--read-noise", help="e- (default: header)."),
-    min_roundness: float | None = typer.Option(0.3, "--min-roundness", help="Reject stars whose roundness (FWHMy / FWHMx) is below this; 0 turns the test off."),
+    min_roundness: float | None = typer.Option(
+        0.3, "--min-roundness",
+        help="Reject stars whose roundness (FWHMy / FWHMx) is below this; 0 turns the test off."),
 ) -> None:
     """Find, fit and measure every star of a frame; print a summary and write the list."""
     from psfkit.detect import warm_up_kernels
@@ -112,7 +115,8 @@ def find_command(
     check_output_paths([*outputs, overlay, fwhm_map, residual], [image, psf_file])
     channel = opts.channel
     find_options = dict(threshold=threshold, fwhm=fwhm, model=model, angle=angle_mode, keep_rejected=True,
-                        deblend=deblend, psf=crowded_psf, gain=gain, read_noise=read_noise, progress=True, max_stars=max_stars,
+                        deblend=deblend, psf=crowded_psf, gain=gain, read_noise=read_noise, progress=True,
+                        max_stars=max_stars,
                         min_roundness=min_roundness if min_roundness else None, min_snr=min_snr if min_snr else None)
     if is_per_channel(channel):  # one table, a 'channel' column, every plane measured
         table = find_stars_by_channel(image, channels=channel, hdu=opts.hdu, max_pixels=opts.max_pixels,
@@ -190,7 +194,8 @@ def _echo_crowded(image: Path, meta: dict) -> None:
     if "fallback" in info:
         typer.echo(f"{image}: {info['fallback']}")
         return
-    typer.echo(f"{image}: crowded pass with {meta.get('photometry_psf')}: {info['n_found']} stars found on the residual "
+    typer.echo(f"{image}: crowded pass with {meta.get('photometry_psf')}: "
+               f"{info['n_found']} stars found on the residual "
                f"in {info['passes']} pass(es); residual noise {info['residual_noise']:.4g}, the PSF's error "
                f"{100 * info['profile_error']:.1f} % of the light")
     if info["profile_error"] > 0.05:

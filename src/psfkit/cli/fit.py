@@ -30,7 +30,8 @@ def _parse_xy(text: str, option: str = "--at", what: str = "0-based pixels") -> 
 @image_options()
 def fit_command(
     image: Path = typer.Argument(..., help="Image file (FITS, XISF, TIFF, PNG, JPEG, camera RAW)."),
-    at: str | None = typer.Option(None, "--at", help="X,Y: 0-based pixel position near the star; default: the brightest source."),
+    at: str | None = typer.Option(
+        None, "--at", help="X,Y: 0-based pixel position near the star; default: the brightest source."),
     box: int | None = typer.Option(None, "--box", help="Fitting box in pixels (odd); default about 5 FWHM."),
     model: str = typer.Option("gaussian", "--model", help="gaussian, moffat, or a PSF image file (FITS)."),
     beta: float | None = typer.Option(None, "--beta", help="Fix the Moffat beta."),

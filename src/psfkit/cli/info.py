@@ -18,7 +18,7 @@ def info_command(
     opts: ImageOptions | None = None,  # --hdu --channel --focal-length --pixel-size --binning --scale
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Print shape, type, image scale and its rule, gain, read noise, saturation, exposure, date, row order, WCS, Bayer pattern."""
+    """Print shape, type, image scale and rule, gain, read noise, saturation, exposure, date, row order, WCS, Bayer."""
     from psfkit.io.image import describe_image
 
     img = opts.load(image)

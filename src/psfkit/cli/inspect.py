@@ -41,7 +41,8 @@ def _show(value, err=None, digits: int = 2, unit: str = "") -> str:
 def inspect_command(
     image: Path = typer.Argument(..., help="Image file."),
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
-    output: Path | None = typer.Option(None, "-o", "--output", help="PNG report: mosaic, FWHM map, elongation, numbers."),
+    output: Path | None = typer.Option(None, "-o", "--output",
+                                       help="PNG report: mosaic, FWHM map, elongation, numbers."),
     threshold: float = typer.Option(5.0, "--threshold", help="Detection threshold in sigma of the smoothed frame."),
     min_snr: float = typer.Option(10.0, "--min-snr", help="Stars below this SNR are left out of the fit."),
     hdu: str | None = hdu_option(),
@@ -92,7 +93,8 @@ def focus_command(
     frames: list[Path] = typer.Argument(..., help="The focus run's frames (one or more per focuser position)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     output: Path | None = typer.Option(None, "-o", "--output", help="PNG of the V-curve."),
-    position_key: str | None = typer.Option(None, "--position-key", help="Header keyword of the focuser position (default FOCUSPOS, then FOCPOS)."),
+    position_key: str | None = typer.Option(
+        None, "--position-key", help="Header keyword of the focuser position (default FOCUSPOS, then FOCPOS)."),
     threshold: float = typer.Option(5.0, "--threshold", help="Detection threshold in sigma of the smoothed frame."),
 ) -> None:
     """Best focus from a focus run: median HFR and FWHM per position, the V-curve's hyperbola."""
@@ -116,7 +118,8 @@ def focus_command(
     for r in d["frames"]:
         typer.echo(f"{r['frame'][:28]:<28} {r['position']:>9.0f} {r['n_stars']:>5} "
                    f"{_show(r['hfr'], r['hfr_err']):>14} {_show(r['fwhm'], r['fwhm_err']):>14}  {r['method']}")
-    typer.echo(f"best focus  {_show(d['best_position'], d['best_position_err'], 0)} steps ({d['position_key']}, HFR curve)")
+    best = _show(d["best_position"], d["best_position_err"], 0)
+    typer.echo(f"best focus  {best} steps ({d['position_key']}, HFR curve)")
     typer.echo(f"HFR min     {_show(d['hfr_min'], d['hfr_min_err'], unit=' px')}")
     typer.echo(f"FWHM min    {_show(d['fwhm_min'], d['fwhm_min_err'], unit=' px')}")
     if d.get("temperature") is not None:

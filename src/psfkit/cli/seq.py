@@ -18,21 +18,32 @@ def _parse_xy(text: str, option: str) -> tuple[float, float]:
 @app.command("seq")
 @image_options()
 def seq_command(
-    inputs: list[str] = typer.Argument(..., help="Frames: files, glob patterns or a folder (time order from DATE-OBS, else by name)."),
-    outdir: Path = typer.Option(..., "-o", "--outdir", help="Output folder (complete frames already there are skipped)."),
-    track: list[str] | None = typer.Option(None, "--track", help="X,Y of a star to follow (0-based, first frame); repeatable."),
-    compare: list[str] | None = typer.Option(None, "--compare", help="X,Y of a comparison star for differential magnitudes; repeatable."),
-    workers: int | None = typer.Option(None, "--workers", help="Worker processes of the local Dask cluster (default: the cores; 0: no Dask)."),
+    inputs: list[str] = typer.Argument(
+        ..., help="Frames: files, glob patterns or a folder (time order from DATE-OBS, else by name)."),
+    outdir: Path = typer.Option(..., "-o", "--outdir",
+                                help="Output folder (complete frames already there are skipped)."),
+    track: list[str] | None = typer.Option(None, "--track",
+                                           help="X,Y of a star to follow (0-based, first frame); repeatable."),
+    compare: list[str] | None = typer.Option(None, "--compare",
+                                             help="X,Y of a comparison star for differential magnitudes; repeatable."),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Worker processes of the local Dask cluster (default: the cores; 0: no Dask)."),
     scheduler: str | None = typer.Option(None, "--scheduler", help="Run on an existing Dask cluster: tcp://HOST:PORT."),
     threshold: float = typer.Option(5.0, "--threshold", help="Detection threshold in noise sigmas."),
     fwhm: float | None = typer.Option(None, "--fwhm", help="Expected FWHM in px (default: estimated per frame)."),
     model: str = typer.Option("gaussian", "--model", help="gaussian or moffat."),
-    deblend: bool = typer.Option(False, "--deblend", help="Crowded fields: the deblend pass of psfkit find on every frame (slower)."),
+    deblend: bool = typer.Option(False, "--deblend",
+                                 help="Crowded fields: the deblend pass of psfkit find on every frame (slower)."),
     zero_point: float = typer.Option(0.0, "--zero-point", help="Magnitude zero point of the tracked stars."),
-    fwhm_ratio: float = typer.Option(1.3, "--max-fwhm-ratio", help="Reject frames with FWHM above this times the night's median."),
-    roundness_drop: float = typer.Option(0.15, "--max-roundness-drop", help="Reject frames whose roundness is this far below the night's median."),
-    star_ratio: float = typer.Option(0.5, "--min-star-ratio", help="Reject frames with fewer stars than this fraction of the night's median."),
-    background_sigma: float = typer.Option(5.0, "--max-background-sigma", help="Reject frames whose background is this many robust sigmas from the night's median."),
+    fwhm_ratio: float = typer.Option(1.3, "--max-fwhm-ratio",
+                                     help="Reject frames with FWHM above this times the night's median."),
+    roundness_drop: float = typer.Option(0.15, "--max-roundness-drop",
+                                         help="Reject frames whose roundness is this far below the night's median."),
+    star_ratio: float = typer.Option(0.5, "--min-star-ratio",
+                                     help="Reject frames with fewer stars than this fraction of the night's median."),
+    background_sigma: float = typer.Option(
+        5.0, "--max-background-sigma",
+        help="Reject frames whose background is this many robust sigmas from the night's median."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Do not write the PNG plots."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     opts: ImageOptions | None = None,  # --hdu --channel --focal-length --pixel-size --binning --scale

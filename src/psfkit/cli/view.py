@@ -76,13 +76,24 @@ def _machine_names() -> list[str]:
 @app.command("view")
 def view_command(
     image: Path | None = typer.Argument(None, help="Image to open first (its folder is the default root)."),
-    root: Path | None = typer.Option(None, "--root", help="Folder the page may read images from (default: the image's folder, or the current folder)."),
-    export_dir: Path | None = typer.Option(None, "--export-dir", help="Folder the export buttons write into (default: psfkit-exports inside the root, made at the first export). Existing files are never overwritten."),
-    port: int = typer.Option(8765, "--port", help="Port (0: any free port; a busy default port falls back to a free one)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; keep the loopback unless you mean to share the page."),
-    allow_host: list[str] | None = typer.Option(None, "--allow-host", help="A host name the page may be opened by, besides localhost, 127.0.0.1, [::1] and --host (repeatable)."),
-    max_body: float = typer.Option(32.0, "--max-body", help="Largest request body in MB (a star list sent for export or averaging)."),
-    detect_queue: int = typer.Option(4, "--detect-queue", help="Detections that may wait while one runs; more are refused (503, retry later)."),
+    root: Path | None = typer.Option(
+        None, "--root",
+        help="Folder the page may read images from (default: the image's folder, or the current folder)."),
+    export_dir: Path | None = typer.Option(
+        None, "--export-dir",
+        help="Folder the export buttons write into (default: psfkit-exports inside the root, made at the first "
+             "export). Existing files are never overwritten."),
+    port: int = typer.Option(8765, "--port",
+                             help="Port (0: any free port; a busy default port falls back to a free one)."),
+    host: str = typer.Option("127.0.0.1", "--host",
+                             help="Address to bind; keep the loopback unless you mean to share the page."),
+    allow_host: list[str] | None = typer.Option(
+        None, "--allow-host",
+        help="A host name the page may be opened by, besides localhost, 127.0.0.1, [::1] and --host (repeatable)."),
+    max_body: float = typer.Option(32.0, "--max-body",
+                                   help="Largest request body in MB (a star list sent for export or averaging)."),
+    detect_queue: int = typer.Option(
+        4, "--detect-queue", help="Detections that may wait while one runs; more are refused (503, retry later)."),
     no_browser: bool = typer.Option(False, "--no-browser", help="Do not open a browser window."),
 ) -> None:
     """Open the Dynamic PSF window: image, star detection, fits, averages and exports in the browser.
@@ -103,7 +114,8 @@ def view_command(
         from psfkit.io.image import load_image
 
         load_image(image)  # an unreadable image is a one-line error now, not a page that cannot open it
-    root_dir = (root if root is not None else (image.parent if image is not None else Path.cwd())).expanduser().resolve()
+    default_root = image.parent if image is not None else Path.cwd()
+    root_dir = (root if root is not None else default_root).expanduser().resolve()
     if not root_dir.is_dir():
         raise fail(f"{root_dir}: the root folder does not exist")
     rel = None
@@ -124,7 +136,8 @@ def view_command(
     problem = _bind_error(bind, port)
     if problem is not None:
         if getattr(problem, "errno", None) != errno.EADDRINUSE:
-            raise fail(f"--host {host}: cannot listen on this address ({getattr(problem, 'strerror', None) or problem}); "
+            reason = getattr(problem, "strerror", None) or problem
+            raise fail(f"--host {host}: cannot listen on this address ({reason}); "
                        "give one of this machine's addresses")
         if port == 8765:
             port = 0
@@ -135,7 +148,8 @@ def view_command(
     if not _is_loopback(bind):
         if _is_unspecified(bind):  # every interface: other machines open the page by this machine's names
             extra_hosts += _machine_names()
-        typer.echo(f"psfkit: warning: serving on {host}, not only this machine: whoever reaches {f'port {port}' if port else 'its port'} "
+        reach = f"port {port}" if port else "its port"
+        typer.echo(f"psfkit: warning: serving on {host}, not only this machine: whoever reaches {reach} "
                    f"can list and view the images under {root_dir}, run detections and write exports "
                    f"into {exports_shown}", err=True)
 

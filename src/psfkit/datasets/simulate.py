@@ -47,7 +47,8 @@ def _model(name: str):
     return GaussianPSF(angle=True) if name == "gaussian" else MoffatPSF(angle=True)
 
 
-def render_stars(shape: tuple[int, int], params: np.ndarray, *, model: str = "gaussian", radius: int | None = None) -> np.ndarray:
+def render_stars(shape: tuple[int, int], params: np.ndarray, *, model: str = "gaussian",
+                 radius: int | None = None) -> np.ndarray:
     """Noise-free image of the stars (background column ignored), pixel-integrated.
 
     Each star is rendered in a box of half-size ``radius`` (default: enough to
@@ -91,7 +92,8 @@ def render_stars(shape: tuple[int, int], params: np.ndarray, *, model: str = "ga
     return img
 
 
-def add_noise(expected: np.ndarray, *, gain: float, read_noise: float = 0.0, rng: np.random.Generator | None = None) -> np.ndarray:
+def add_noise(expected: np.ndarray, *, gain: float, read_noise: float = 0.0,
+              rng: np.random.Generator | None = None) -> np.ndarray:
     """Poisson noise in electrons plus Gaussian read noise (e-), returned in data units (ADU).
 
     Examples
@@ -144,10 +146,14 @@ def simulate_stamps(
     x0 = c + rng.uniform(-jitter, jitter, n)
     y0 = c + rng.uniform(-jitter, jitter, n)
     fwhm_y = fwhm_x if fwhm_y is None else fwhm_y
-    flux, fwhm_x, fwhm_y, angle_deg, beta = (np.broadcast_to(np.asarray(v, float), (n,)) for v in (flux, fwhm_x, fwhm_y, angle_deg, beta))
+    flux, fwhm_x, fwhm_y, angle_deg, beta = (np.broadcast_to(np.asarray(v, float), (n,))
+                                             for v in (flux, fwhm_x, fwhm_y, angle_deg, beta))
     p = star_params(model, x0, y0, flux, fwhm_x, fwhm_y, angle_deg, beta, background)
     mdl = _model(model)
-    vals = np.concatenate([mdl.evaluate(p[i : i + 256], (size, size), k=8)[0] for i in range(0, n, 256)]) if n else np.zeros((0, size * size))
+    if n:
+        vals = np.concatenate([mdl.evaluate(p[i : i + 256], (size, size), k=8)[0] for i in range(0, n, 256)])
+    else:
+        vals = np.zeros((0, size * size))
     expected = vals.reshape(n, size, size)
     stamps = add_noise(expected, gain=gain, read_noise=read_noise, rng=rng)
     truth = Table(

@@ -7,8 +7,9 @@ The PSF at frame position (x, y), with r the distance to the frame's centre over
   its long axis radial (the field's own astigmatism);
 - halo: Moffat beta = 3, ``halo_width`` times the core's FWHM, holding ``halo_fraction`` of the flux.
 
-Every star is pixel-integrated (8 x 8 Gauss-Legendre nodes per pixel for the core, 2 x 2 for the halo) out to where the halo holds
-less than 1e-4 of the flux; Poisson and read noise are drawn from the integrated image.
+Every star is pixel-integrated (8 x 8 Gauss-Legendre nodes per pixel for the core, 2 x 2 for the halo)
+out to where the halo holds less than 1e-4 of the flux; Poisson and read noise are drawn from the
+integrated image.
 """
 
 from __future__ import annotations

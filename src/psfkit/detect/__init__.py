@@ -2,7 +2,8 @@
 
 - :mod:`psfkit.detect.background`: the background map and the noise.
 - :mod:`psfkit.detect.find`: :func:`find_stars`, the whole-frame driver, and its rejection criteria.
-- :mod:`psfkit.detect.deblend`: the crowded-field pass with the analytic model (neighbours subtracted, companions found).
+- :mod:`psfkit.detect.deblend`: the crowded-field pass with the analytic model (neighbours subtracted,
+  companions found).
 - :mod:`psfkit.detect.crowded`: the crowded-field pass with the frame's own PSF (fit, subtract, look
   again on the residual until nothing is left) and the residual frame.
 - :mod:`psfkit.detect.channels`: every plane of a colour image.

@@ -70,8 +70,9 @@ def spline_rows(coef: np.ndarray, idx: np.ndarray, basis: np.ndarray, *, dtype=n
     if compiled_available():
         from psfkit.detect import _kernels_compiled
 
-        _kernels_compiled.spline_rows(np.ascontiguousarray(coef, dtype=np.float64), np.ascontiguousarray(idx, dtype=np.intp),
-                           np.ascontiguousarray(basis, dtype=np.float64), out)
+        _kernels_compiled.spline_rows(np.ascontiguousarray(coef, dtype=np.float64),
+                                      np.ascontiguousarray(idx, dtype=np.intp),
+                                      np.ascontiguousarray(basis, dtype=np.float64), out)
     else:
         _spline_rows_numpy(coef, idx, basis, out)
     return out

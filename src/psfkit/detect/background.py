@@ -102,7 +102,8 @@ def _clipped_stats(cells: np.ndarray, n_iter: int = 5, nsigma: float = 3.0) -> t
         lo, hi = new_lo, new_hi
     med = _quantile_sorted(s, lo, hi, 0.5)
     sig = (_quantile_sorted(s, lo, hi, 0.75) - _quantile_sorted(s, lo, hi, 0.25)) / 1.349
-    csum = np.concatenate([np.zeros(s.shape[:-1] + (1,), dtype=np.float32), np.cumsum(np.nan_to_num(s, nan=0.0), axis=-1, dtype=np.float32)], -1)
+    csum = np.concatenate([np.zeros(s.shape[:-1] + (1,), dtype=np.float32),
+                           np.cumsum(np.nan_to_num(s, nan=0.0), axis=-1, dtype=np.float32)], -1)
     n = np.maximum(hi - lo, 1)
     mean = (np.take_along_axis(csum, hi[..., None], -1) - np.take_along_axis(csum, lo[..., None], -1))[..., 0] / n
     mode = np.where(np.abs(mean - med) < 0.3 * sig, 2.5 * med - 1.5 * mean, med)

@@ -61,8 +61,8 @@ from psfkit import flags as F
 from psfkit.psf.empirical import FramePSF, cubic_interpolate
 from psfkit.utils import robust_sigma, thin_brighter_first
 
-__all__ = ["crowded_pass", "subtract_stars", "write_residual", "residual_peaks", "add_light", "PROFILE_ERROR", "MAX_PASSES",
-           "ROUNDS", "MIN_SEPARATION_FWHM", "colour_classes"]
+__all__ = ["crowded_pass", "subtract_stars", "write_residual", "residual_peaks", "add_light", "PROFILE_ERROR",
+           "MAX_PASSES", "ROUNDS", "MIN_SEPARATION_FWHM", "colour_classes"]
 
 #: the PSF's own error, a fraction of each pixel's light, counted in the residual's noise (a PSF
 #: stacked from a few hundred stars leaves about 1 % of a bright star's peak in its residual)
@@ -277,7 +277,10 @@ def write_residual(path: Any, residual: np.ndarray, image: Any = None, stars: Ta
         meta = stars.meta
         acc = np.asarray(stars["accepted"], bool) if "accepted" in stars.colnames else np.ones(len(stars), bool)
         header["NSTARS"] = (int(acc.sum()), "stars subtracted")
-        psf = meta.get("photometry_psf") if meta.get("frame_psf") is not None else f"{meta.get('model', 'gaussian')} model"
+        if meta.get("frame_psf") is not None:
+            psf = meta.get("photometry_psf")
+        else:
+            psf = f"{meta.get('model', 'gaussian')} model"
         header["STARPSF"] = (str(psf)[:60], "how the stars were drawn")
     if image is not None and getattr(image, "path", None):
         header["SRCIMAGE"] = (Path(str(image.path)).name[:60], "the frame")

@@ -549,7 +549,8 @@ def find_stars(
             big += 1 - big % 2
             if big > box:
                 sub = (lambda origin, b, idx: masker(origin, b, sel[idx])) if masker is not None else None
-                table[sel] = _fit_in_chunks(img, xs[sel], ys[sel], sub, {**fit_kwargs, "box": big}, False)[table.colnames]
+                refit = _fit_in_chunks(img, xs[sel], ys[sel], sub, {**fit_kwargs, "box": big}, False)
+                table[sel] = refit[table.colnames]
             table["flags"][flat] = np.asarray(table["flags"])[flat] | F.SATURATED
         table["peak_significance"] = np.asarray(cands["significance"], dtype=float)
         table["detection_pass"] = np.ones(len(table), dtype=np.int64)
@@ -996,8 +997,9 @@ def _flat_tops(data: np.ndarray, background: Background, x: np.ndarray, y: np.nd
             ok &= shoulder | (edge <= 14.0 * fwhm)
         # a crater: a saturated core that reads low (Spitzer IRAC, some CMOS cameras), its centre
         # pixel below both pixels of an opposite pair of its neighbours (by 5 % and 5 noise),
-        # which no star's profile does (a peak one pixel off has one higher neighbour, not two); its core (the pixels at or above 90 % of the centre's) is masked like a
-        # plateau (on the IRAC GLIMPSE frame the seven brightest stars were rejected as extended)
+        # which no star's profile does (a peak one pixel off has one higher neighbour, not two); its
+        # core (the pixels at or above 90 % of the centre's) is masked like a plateau (on the IRAC
+        # GLIMPSE frame the seven brightest stars were rejected as extended)
         cen = st[:, c, c]
         above = np.maximum(1.05 * cen, cen + 5.0 * background.noise)
         crater = np.zeros(len(idx), dtype=bool)

@@ -107,7 +107,8 @@ def _shape_to_layout(path: Path, data: np.ndarray, *, channels_last: bool) -> tu
     if data.ndim < 2:
         raise PsfkitError(f"{path}: the data are {data.ndim}-D with shape {data.shape}; an image needs 2 dimensions")
     if data.ndim > 3:
-        raise PsfkitError(f"{path}: the data are {data.ndim}-D with shape {data.shape}; psfkit reads 2-D images, colour cubes and stacks")
+        raise PsfkitError(f"{path}: the data are {data.ndim}-D with shape {data.shape}; "
+                          "psfkit reads 2-D images, colour cubes and stacks")
     if data.size == 0:
         raise PsfkitError(f"{path}: the image has no pixels (shape {data.shape})")
     if data.ndim == 2:
@@ -126,7 +127,8 @@ def _to_float(path: Path, raw: np.ndarray) -> tuple[np.ndarray, float | None]:
     """Native-endian float pixels (float32 up to 16-bit integers, float64 above) and the type's maximum."""
     kind = raw.dtype.kind
     if kind == "b" or kind not in "uif":
-        raise PsfkitError(f"{path}: unsupported pixel type {raw.dtype} (psfkit reads 8/16/32-bit integer and float images)")
+        raise PsfkitError(f"{path}: unsupported pixel type {raw.dtype} "
+                          "(psfkit reads 8/16/32-bit integer and float images)")
     if kind == "f":
         if raw.dtype.itemsize < 4:
             return raw.astype(np.float32), None
@@ -151,7 +153,8 @@ def _fits_image_hdu(path: Path, hdul: Any, hdu: int | str | None) -> tuple[Any, 
             raise PsfkitError(f"{path}: HDU {hdu!r} holds no data (NAXIS = 0)")
         return chosen, hdu
     for index, candidate in enumerate(hdul):
-        if getattr(candidate, "is_image", False) and candidate.header.get("ZNAXIS", candidate.header.get("NAXIS", 0)) >= 1:
+        naxis = candidate.header.get("ZNAXIS", candidate.header.get("NAXIS", 0))
+        if getattr(candidate, "is_image", False) and naxis >= 1:
             return candidate, index
     raise PsfkitError(f"{path}: no HDU holds an image")
 
@@ -219,7 +222,8 @@ def _read_fits_open(path: Path, fh: Any, hdu: int | str | None, compressed_file:
                     n *= int(header.get(f"NAXIS{axis}", 0))
                 need = info.get("datLoc", 0) + n * bitpix // 8
                 if need > path.stat().st_size:
-                    raise PsfkitError(f"{path}: the file is truncated ({path.stat().st_size} bytes, the header needs {need})")
+                    raise PsfkitError(f"{path}: the file is truncated ({path.stat().st_size} bytes, "
+                                      f"the header needs {need})")
             if is_tile:
                 size = abs(int(header.get("ZBITPIX", 8))) // 8
                 for axis in range(1, int(header.get("ZNAXIS", 0)) + 1):
@@ -252,9 +256,10 @@ def _read_fits_open(path: Path, fh: Any, hdu: int | str | None, compressed_file:
             else:
                 data, type_max = _to_float(path, raw)
                 scaled = False
-            stored_type = f"{raw.dtype.name} (BITPIX={header.get('ZBITPIX', header.get('BITPIX'))})"
+            bitpix = header.get("ZBITPIX", header.get("BITPIX"))
+            stored_type = f"{raw.dtype.name} (BITPIX={bitpix})"
             if raw.dtype.kind in "iu" and bscale == 1.0 and bzero == 2.0 ** (8 * raw.dtype.itemsize - 1):
-                stored_type = f"uint{8 * raw.dtype.itemsize} (BITPIX={header.get('ZBITPIX', header.get('BITPIX'))}, BZERO={bzero:g})"
+                stored_type = f"uint{8 * raw.dtype.itemsize} (BITPIX={bitpix}, BZERO={bzero:g})"
             elif raw.dtype.kind in "iu" and (bscale != 1.0 or bzero != 0.0):
                 stored_type += f" scaled by BSCALE={bscale:g}, BZERO={bzero:g}"
             if raw.dtype.kind in "iu":
@@ -353,7 +358,8 @@ def _check_xisf_header(path: Path, max_pixels: int | None) -> None:
             try:
                 dims = tuple(int(v) for v in elem.attrib["geometry"].split(":"))
             except ValueError:
-                raise PsfkitError(f"{path}: the XISF image geometry {elem.attrib['geometry']!r} is not numbers") from None
+                geometry = elem.attrib["geometry"]
+                raise PsfkitError(f"{path}: the XISF image geometry {geometry!r} is not numbers") from None
             check_pixel_count(path, dims, limit, what="the XISF header declares")
         compression = elem.attrib.get("compression")
         if not compression:
@@ -541,14 +547,18 @@ def _read_pillow(path: Path, kind: str, max_pixels: int | None = None) -> Frame:
                 if mode == "P":
                     img = img.convert("RGBA" if "transparency" in img.info else "RGB")
                 elif mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
-                    raise PsfkitError(f"{path}: unsupported {kind} mode {mode!r} (psfkit reads grey and RGB, 8 or 16 bit)")
+                    raise PsfkitError(f"{path}: unsupported {kind} mode {mode!r} "
+                                      "(psfkit reads grey and RGB, 8 or 16 bit)")
                 raw = np.asarray(img)
                 try:
                     exif = img.getexif().get_ifd(0x8769)
                     for tag, key in _EXIF_KEYS.items():
                         if tag in exif:
                             value = exif[tag]
-                            header[key] = str(value).replace(":", "-", 2).replace(" ", "T") if key == "DATE-OBS" else float(value)
+                            if key == "DATE-OBS":
+                                header[key] = str(value).replace(":", "-", 2).replace(" ", "T")
+                            else:
+                                header[key] = float(value)
                 except Exception:
                     pass
     except PsfkitError:
@@ -640,7 +650,8 @@ def _read_raw(path: Path, max_pixels: int | None = None) -> Frame:
     try:
         import rawpy
     except ImportError:  # pragma: no cover
-        raise PsfkitError(f"{path}: reading camera RAW files needs the 'rawpy' package (pip install psfkit[formats])") from None
+        raise PsfkitError(f"{path}: reading camera RAW files needs the 'rawpy' package "
+                          "(pip install psfkit[formats])") from None
     try:
         with _c_stderr() as messages, rawpy.imread(str(path)) as raw:
             check_pixel_count(path, (raw.sizes.raw_height, raw.sizes.raw_width), max_pixels)  # before unpacking
@@ -656,7 +667,8 @@ def _read_raw(path: Path, max_pixels: int | None = None) -> Frame:
     if complaint:  # LibRaw reads on past a truncated or corrupt file and only says so on stderr
         raise PsfkitError(f"{path}: a truncated or corrupted camera RAW file (LibRaw: {complaint[:120]})")
     if mosaic.ndim != 2 or pattern_idx is None or pattern_idx.shape != (2, 2):
-        raise PsfkitError(f"{path}: unsupported RAW sensor layout (psfkit reads 2x2 Bayer sensors, not X-Trans or linear DNG)")
+        raise PsfkitError(f"{path}: unsupported RAW sensor layout "
+                          "(psfkit reads 2x2 Bayer sensors, not X-Trans or linear DNG)")
     pattern = "".join(desc[i] for i in pattern_idx.ravel()).upper().replace("G", "G")
     if sorted(pattern) != ["B", "G", "G", "R"]:
         raise PsfkitError(f"{path}: unsupported colour filter array {pattern!r}")

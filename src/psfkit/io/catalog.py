@@ -386,12 +386,16 @@ def _siril_lst(table: Table, ny: int | None) -> str:
         y_siril = (ny - 1 - y) + 0.5
     angle = col("angle") * (-1.0 if top_down else 1.0)
     beta = col("beta", -1.0) if moffat else np.full(n, -1.0)
-    sat = ((np.asarray(table["flags"]) & F.SATURATED) != 0).astype(int) if "flags" in table.colnames else np.zeros(n, int)
+    if "flags" in table.colnames:
+        sat = ((np.asarray(table["flags"]) & F.SATURATED) != 0).astype(int)
+    else:
+        sat = np.zeros(n, int)
     layer = _siril_layers(table["channel"]) if "channel" in table.colnames else np.zeros(n, int)
     cols = [layer, col("background"), col("amplitude"), beta, x, y_siril, col("fwhm_x"), col("fwhm_y"),
             col("fwhm_x_arcsec"), col("fwhm_y_arcsec"), angle, col("rmse"), col("mag"), sat]
     order = np.argsort(-np.nan_to_num(np.asarray(table["flux_fit"], dtype=float), nan=-np.inf), kind="stable")
-    fmt = "%d\t%d\t%10.6f\t%10.6f\t%10.2f\t%10.4f\t%10.4f\t%10.4f\t%10.4f\t%10.4f\t%10.4f\t%3.2f\t%10.3e\t%10.2f\t%d\t%s\t%f\t%f"
+    fmt = ("%d\t%d\t%10.6f\t%10.6f\t%10.2f\t%10.4f\t%10.4f\t%10.4f\t%10.4f\t%10.4f\t%10.4f"
+           "\t%3.2f\t%10.3e\t%10.2f\t%d\t%s\t%f\t%f")
     ra, dec = col("ra"), col("dec")
     for k, i in enumerate(order, start=1):
         lines.append(fmt % ((k,) + tuple(c[i] for c in cols) + (profile, ra[i], dec[i])))

@@ -224,7 +224,8 @@ def describe_plane(pattern: str, which: str) -> str:
     """
     key = which.lower()
     if key == "green":
-        return f"{pattern} Bayer mosaic: green plane, the mean of the two green pixels of each 2x2 cell (half resolution)"
+        return (f"{pattern} Bayer mosaic: green plane, the mean of the two green pixels of each 2x2 cell "
+                "(half resolution)")
     if key == "luminance":
         return f"{pattern} Bayer mosaic: 2x2-binned luminance, the mean (R + 2G + B) / 4 of each cell (half resolution)"
     colour = {"r": "red", "g": "green", "b": "blue", "red": "red", "blue": "blue"}[key]
@@ -234,7 +235,8 @@ def describe_plane(pattern: str, which: str) -> str:
 
 
 # columns of a star table that are lengths in pixels (scaled by the plane's pixel size when mapped)
-_LENGTH_COLUMNS = ("x_err", "y_err", "fwhm_x", "fwhm_y", "fwhm", "fwhm_x_err", "fwhm_y_err", "fwhm_err", "aperture_radius")
+_LENGTH_COLUMNS = ("x_err", "y_err", "fwhm_x", "fwhm_y", "fwhm", "fwhm_x_err", "fwhm_y_err", "fwhm_err",
+                   "aperture_radius")
 _POSITION_COLUMNS = (("x_fit", "y_fit"), ("x_init", "y_init"), ("x_peak", "y_peak"), ("xcentroid", "ycentroid"))
 
 

@@ -315,7 +315,12 @@ def image_scale_from_header(
         missing.append("focal length")
     if pix is None:
         missing.append("pixel size")
-    return None, "unknown (no " + " and no ".join(missing or ["usable scale"]) + "; give --scale or --focal-length/--pixel-size)"
+    absent = " and no ".join(missing or ["usable scale"])
+    return None, f"unknown (no {absent}; give --scale or --focal-length/--pixel-size)"
+
+
+# header keywords of a celestial WCS (and its SIP distortion), copied from an XISF header into FITS cards
+_WCS_KEYS = r"^(CTYPE|CRPIX|CRVAL|CDELT|CUNIT|CD\d_|PC\d_|A_|B_|AP_|BP_|LONPOLE|LATPOLE|EQUINOX|RADESYS)"
 
 
 def _celestial_wcs(header: Any) -> Any:
@@ -325,10 +330,11 @@ def _celestial_wcs(header: Any) -> Any:
 
         cards = fits.Header()
         for key, value in header.items():
-            if re.match(r"^(CTYPE|CRPIX|CRVAL|CDELT|CUNIT|CD\d_|PC\d_|A_|B_|AP_|BP_|LONPOLE|LATPOLE|EQUINOX|RADESYS)", str(key)):
+            if re.match(_WCS_KEYS, str(key)):
                 number = _number(value)
+                is_text = str(key).startswith(("CTYPE", "CUNIT", "RADESYS"))
                 try:
-                    cards[key] = number if number is not None and not str(key).startswith(("CTYPE", "CUNIT", "RADESYS")) else value
+                    cards[key] = number if number is not None and not is_text else value
                 except Exception:
                     continue
         header = cards
@@ -513,7 +519,8 @@ def _normalise_channel(path: Path, channel: Any, layout: str, n_planes: int) -> 
         if layout == "bayer":
             raise PsfkitError(f"{path}: a Bayer mosaic has no numbered planes; use green, luminance, R, G, B or mosaic")
         if not 0 <= index < n_planes:
-            raise PsfkitError(f"{path}: channel {index} does not exist (the image has {n_planes} planes, 0 to {n_planes - 1})")
+            raise PsfkitError(f"{path}: channel {index} does not exist "
+                              f"(the image has {n_planes} planes, 0 to {n_planes - 1})")
         return index
     key = str(channel).strip().lower()
     name = _CHANNEL_NAMES.get(key)
@@ -527,7 +534,8 @@ def _normalise_channel(path: Path, channel: Any, layout: str, n_planes: int) -> 
             return None
         raise PsfkitError(f"{path}: a grey image has no {name} channel")
     if layout == "stack":
-        raise PsfkitError(f"{path}: a stack of {n_planes} planes has no colour channels; choose a plane number 0 to {n_planes - 1}")
+        raise PsfkitError(f"{path}: a stack of {n_planes} planes has no colour channels; "
+                          f"choose a plane number 0 to {n_planes - 1}")
     if layout == "rgb" and name == "mosaic":
         raise PsfkitError(f"{path}: an RGB image is not a Bayer mosaic")
     return name
@@ -593,11 +601,13 @@ def _finish(path: Path, frame: Any, channel: Any, user: dict) -> Image:
     read_noise, rkey = _header_float(header, "RDNOISE", "READNOIS", "RON", "READNOISE")
     if read_noise is not None and read_noise < 0:
         read_noise = None
-    if split is not None and scale is not None and scale_rule.startswith("206.265") and split["x_step"] * split["y_step"] > 1:
+    binned_plane = split is not None and split["x_step"] * split["y_step"] > 1
+    if binned_plane and scale is not None and scale_rule.startswith("206.265"):
         # the pixel size is the sensor's; a pixel of the plane spans x_step x y_step of them
         step = math.sqrt(split["x_step"] * split["y_step"])
         scale *= step
-        scale_rule += f"; x {step:g} for a plane of every {split['x_step']}x{split['y_step']} sensor pixels ({split['keywords']})"
+        scale_rule += (f"; x {step:g} for a plane of every {split['x_step']}x{split['y_step']} sensor pixels "
+                       f"({split['keywords']})")
     exptime = _exposure(header)
     date_obs = _iso_date(header.get("DATE-OBS", header.get("DATE_OBS")))
 
@@ -617,11 +627,15 @@ def _finish(path: Path, frame: Any, channel: Any, user: dict) -> Image:
                 level = _plateau(data, top, low, row_max)
                 if level is not None:
                     saturation = level
-                    saturation_rule = f"plateau of the brightest pixels at {level:g} (below the type's maximum {frame.type_max:g})"
+                    saturation_rule = (f"plateau of the brightest pixels at {level:g} "
+                                       f"(below the type's maximum {frame.type_max:g})")
     else:
         saturation_rule = "unknown (float data without SATURATE or DATAMAX)"
 
-    roworder = str(header.get("ROWORDER", "")).strip().upper() if frame.format == "FITS" else frame.meta.get("roworder", "TOP-DOWN")
+    if frame.format == "FITS":
+        roworder = str(header.get("ROWORDER", "")).strip().upper()
+    else:
+        roworder = frame.meta.get("roworder", "TOP-DOWN")
     if roworder not in ("TOP-DOWN", "BOTTOM-UP"):
         roworder = "BOTTOM-UP"
     meta: dict = {
@@ -880,7 +894,8 @@ def describe_image(image: Image) -> dict:
         "planes": meta.get("n_planes"),
         "frame shape (ny, nx)": list(meta.get("frame_shape", image.shape)),
         "bayer pattern": meta.get("bayer_pattern"),
-        "measured plane": meta.get("channel_rule") or ("the image itself" if meta.get("channel") is None else str(meta.get("channel"))),
+        "measured plane": (meta.get("channel_rule")
+                           or ("the image itself" if meta.get("channel") is None else str(meta.get("channel")))),
         "shape (ny, nx)": list(image.shape),
         "dtype": image.data.dtype.name,
         "pixel map": meta.get("pixel_map"),

@@ -116,7 +116,8 @@ def check_pixel_count(path: object, dims: tuple[int, ...], limit: int | float | 
     if count > cap:
         shape = " x ".join(str(int(d)) for d in dims)
         raise PsfkitError(f"{path}: {what} a {shape} image ({_count(count)} pixel values), above the limit of "
-                          f"{_count(cap)}; raise it with --max-pixels or {ENV_MAX_PIXELS} if the machine has the memory")
+                          f"{_count(cap)}; raise it with --max-pixels or {ENV_MAX_PIXELS} "
+                          "if the machine has the memory")
 
 
 def _count(n: int) -> str:

@@ -165,7 +165,8 @@ if _HAVE_NUMBA:
         with per-star coefficients (Horner form, :func:`_box_coefficients` for x then y); ``q`` the
         derivatives of (pxx, pxy, pyy, log scale) with respect to sx, sy and the angle (12 values).
         """
-        ax3, ax2, ax1, ax0, bx2, bx1, bx0, cx2, cx1, cx0 = cf[0], cf[1], cf[2], cf[3], cf[4], cf[5], cf[6], cf[7], cf[8], cf[9]
+        ax3, ax2, ax1, ax0, bx2, bx1, bx0, cx2, cx1, cx0 = (cf[0], cf[1], cf[2], cf[3], cf[4], cf[5], cf[6],
+                                                            cf[7], cf[8], cf[9])
         ay3, ay2, ay1, ay0, by2, by1, by0, cy2, cy1, cy0 = (cf[10], cf[11], cf[12], cf[13], cf[14], cf[15], cf[16],
                                                             cf[17], cf[18], cf[19])
         u = pxx * dx + pxy * dy
@@ -905,6 +906,7 @@ def fit_batch(kind, params, data, mask, shape, free, lo, hi, ks, *, variance=Non
     offs, offw = _tables()
     _fit_batch(kind, _ks(ks, n), p, data, mask, var, kind_w, g, rn2, h, w, fidx,
                np.ascontiguousarray(lo, dtype=np.float64), np.ascontiguousarray(hi, dtype=np.float64), offs, offw,
-               int(max_iter), float(rtol), float(pass_rtol), float(step_factor), int(passes), out_chi2, out_jtj, out_jtr, out_rss, out_iters, out_conv,
+               int(max_iter), float(rtol), float(pass_rtol), float(step_factor), int(passes),
+               out_chi2, out_jtj, out_jtr, out_rss, out_iters, out_conv,
                out_cov, out_cov_ok, *_grid(h, w), 16)
     return p, out_chi2, out_jtj, out_jtr, out_rss, out_iters, out_conv, out_cov, out_cov_ok

@@ -398,13 +398,14 @@ if HAVE_NUMBA:
         return (np.zeros((ps, ps)), np.zeros((ps, ps)), np.zeros(2, np.int64), np.zeros(2, np.int64),
                 np.zeros((nr, w)), np.zeros((nr, w)), np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(4),
                 np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m),
-                np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(10), np.zeros(10), np.zeros(4), np.zeros(4), np.zeros((4, 4)),
-                np.zeros((4, 4)), np.zeros(4), np.zeros(4), np.zeros((4, 4)), np.zeros(4), np.zeros(4), o)
+                np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(10), np.zeros(10), np.zeros(4), np.zeros(4),
+                np.zeros((4, 4)), np.zeros((4, 4)), np.zeros(4), np.zeros(4), np.zeros((4, 4)), np.zeros(4),
+                np.zeros(4), o)
 
     @njit(parallel=True, cache=True)
     def _fit_batch(coef, terms, data, mask, var_fixed, has_fixed, psf_var_coef, has_psf_var, psf_var_terms, gain,
-                   rn2, perr2, o, h, w, lo, hi, max_iter, rtol, step_tol, params, cov, out_chi2, out_rss, out_iter, out_conv,
-                   out_ok, nblocks):  # pragma: no cover - compiled
+                   rn2, perr2, o, h, w, lo, hi, max_iter, rtol, step_tol, params, cov, out_chi2, out_rss, out_iter,
+                   out_conv, out_ok, nblocks):  # pragma: no cover - compiled
         n = params.shape[0]
         s = coef.shape[1]
         c = (s - 1) / 2.0
@@ -414,12 +415,13 @@ if HAVE_NUMBA:
             ws = _workspace(h, w, o, ps)
             for i in range(b * per, min(n, (b + 1) * per)):
                 _fit_one(i, coef, terms, data, mask, var_fixed, has_fixed, psf_var_coef, has_psf_var, psf_var_terms,
-                         gain, rn2, perr2, o, c, s, h, w, lo, hi, max_iter, rtol, step_tol, params, cov, out_chi2, out_rss,
-                         out_iter, out_conv, out_ok, ws)
+                         gain, rn2, perr2, o, c, s, h, w, lo, hi, max_iter, rtol, step_tol, params, cov, out_chi2,
+                         out_rss, out_iter, out_conv, out_ok, ws)
 
 
 def fit_batch(coef, terms, data, mask, lo, hi, params, *, oversampling, shape, var_fixed=None, psf_var_coef=None,
-              psf_var_terms=None, profile_error=0.0, gain=0.0, read_noise=0.0, max_iter=50, rtol=1e-5, step_factor=0.01):
+              psf_var_terms=None, profile_error=0.0, gain=0.0, read_noise=0.0, max_iter=50, rtol=1e-5,
+              step_factor=0.01):
     """Fit (background, flux, x0, y0) of every stamp; the compiled twin of
     :func:`psfkit.psf.frame_fit.fit_batch_numpy` (same arguments and results).
 
@@ -446,7 +448,8 @@ def fit_batch(coef, terms, data, mask, lo, hi, params, *, oversampling, shape, v
     nblocks = min(n, 8 * numba.get_num_threads()) if n else 1
     _fit_batch(np.ascontiguousarray(coef, dtype=np.float64), np.ascontiguousarray(terms, dtype=np.float64),
                np.ascontiguousarray(data, dtype=np.float64), np.ascontiguousarray(mask, dtype=np.bool_), vf, has_fixed,
-               pvc, has_pv, pvt, float(gain or 0.0), float(read_noise) ** 2, float(profile_error) ** 2, int(oversampling), int(h), int(w),
+               pvc, has_pv, pvt, float(gain or 0.0), float(read_noise) ** 2, float(profile_error) ** 2,
+               int(oversampling), int(h), int(w),
                np.ascontiguousarray(lo, dtype=np.float64), np.ascontiguousarray(hi, dtype=np.float64), int(max_iter),
                float(rtol), float(rtol * step_factor), params, cov, out_chi2, out_rss, out_iter, out_conv, out_ok,
                max(nblocks, 1))

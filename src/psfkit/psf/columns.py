@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["STAR_COLUMNS", "COLUMN_ORDER", "FIND_COLUMNS", "REJECTION_COLUMNS", "HFR_COLUMNS", "empty_star_table", "set_units"]
+__all__ = ["STAR_COLUMNS", "COLUMN_ORDER", "FIND_COLUMNS", "REJECTION_COLUMNS", "HFR_COLUMNS", "empty_star_table",
+           "set_units"]
 
 _I, _F = np.int64, np.float64
 _PX, _AS = "pix", "arcsec"

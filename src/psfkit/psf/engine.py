@@ -257,7 +257,8 @@ def _lm(model, p0, data, weight, shape, free, lo, hi, k, max_iter, rtol):
         a_jtj = jtj[active]
         a_jtr = jtr[active]
         diag = np.diagonal(a_jtj, axis1=1, axis2=2)
-        damp = lam[active, None, None] * (eye * np.maximum(diag, 1e-12 * diag.max(axis=1, keepdims=True) + 1e-300)[:, None, :])
+        floor = 1e-12 * diag.max(axis=1, keepdims=True) + 1e-300
+        damp = lam[active, None, None] * (eye * np.maximum(diag, floor)[:, None, :])
         # a parameter on its bound that the gradient pushes outwards stays there for this step
         # (projected LM); without this the clipped step is not a descent step and the fit crawls
         pf = p[active][:, fidx]

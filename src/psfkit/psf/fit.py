@@ -325,7 +325,8 @@ def fit_stars(
         with np.errstate(invalid="ignore", divide="ignore"):
             rel = np.hypot(e1[:, mdl.i_width_x], e1[:, mdl.i_width_y]) / np.sqrt(wx * wy)
         dof1 = np.maximum(fit1.n_pixels - fit1.n_free, 1)
-        differ |= ((1.0 - ratio) > 3.0 * np.nan_to_num(rel, nan=np.inf)) | (fit1.chi2 > dof1 + 3.0 * np.sqrt(2.0 * dof1))
+        differ |= (((1.0 - ratio) > 3.0 * np.nan_to_num(rel, nan=np.inf))
+                   | (fit1.chi2 > dof1 + 3.0 * np.sqrt(2.0 * dof1)))
         if angle is True:
             differ[:] = True
         # only stars that stage 1 fitted: a fit that ran away (its centre at the box's bound, a width
@@ -552,8 +553,8 @@ def fit_star(
     if unknown:
         import difflib
 
-        hints = [f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, FIT_STAR_OPTIONS, 1)) else ""
-                 for k in unknown]
+        closest = [difflib.get_close_matches(k, FIT_STAR_OPTIONS, 1) for k in unknown]
+        hints = [f" (did you mean {close[0]!r}?)" if close else "" for close in closest]
         raise PsfkitError("fit_star got an unknown keyword: " + ", ".join(f"{k!r}{h}" for k, h in zip(unknown, hints))
                           + f"; it takes box, model, search_radius, {', '.join(FIT_STAR_OPTIONS)}")
     img = as_image(image)
@@ -607,7 +608,8 @@ def _other_sources_mask(data: np.ndarray, x: float, y: float, *, radius: int = 4
     # bright neighbour's
     fw = estimate_fwhm(data, x, y)
     if 0 < ty < smooth.shape[0] - 1 and 0 < tx < smooth.shape[1] - 1:
-        d2 = 0.5 * (smooth[ty, tx - 1] + smooth[ty, tx + 1] + smooth[ty - 1, tx] + smooth[ty + 1, tx]) - 2 * smooth[ty, tx]
+        d2 = (0.5 * (smooth[ty, tx - 1] + smooth[ty, tx + 1] + smooth[ty - 1, tx] + smooth[ty + 1, tx])
+              - 2 * smooth[ty, tx])
         if d2 < 0:
             fw = min(fw, FWHM_PER_SIGMA * math.sqrt(max((smooth[ty, tx] - level) / -d2 - 1.0, 0.25)))
     peaks = (smooth >= ndimage.maximum_filter(smooth, size=3, mode="nearest")) & (smooth - level > 5.0 * noise)

@@ -426,7 +426,8 @@ class GaussianPSF(_EllipticalModel):
         k4, k6 = cls.BOX_K4, cls.BOX_K6
         u2 = u * u
         p2 = p * p
-        corr = k4 * (u2 * u2 - 6.0 * p * u2 + 3.0 * p2) + k6 * (u2 * u2 * u2 - 15.0 * p * u2 * u2 + 45.0 * p2 * u2 - 15.0 * p2 * p)
+        corr = (k4 * (u2 * u2 - 6.0 * p * u2 + 3.0 * p2)
+                + k6 * (u2 * u2 * u2 - 15.0 * p * u2 * u2 + 45.0 * p2 * u2 - 15.0 * p2 * p))
         d_u = k4 * (4.0 * u2 * u - 12.0 * p * u) + k6 * (6.0 * u2 * u2 * u - 60.0 * p * u2 * u + 90.0 * p2 * u)
         d_p = k4 * (6.0 * p - 6.0 * u2) + k6 * (-15.0 * u2 * u2 + 90.0 * p * u2 - 45.0 * p2)
         return corr, d_u, d_p
@@ -481,7 +482,8 @@ class GaussianPSF(_EllipticalModel):
             lambda: g * (v * corr - (cx_u * pxy + cy_u * pyy)),
             lambda: shape_column(2.0 * sx * c * c, 2.0 * sx * c * s, 2.0 * sx * s * s, 1.0 / sx),
             lambda: shape_column(2.0 * sy * s * s, -2.0 * sy * c * s, 2.0 * sy * c * c, 1.0 / sy),
-            lambda: shape_column(2.0 * c * s * (sy2 - sx2), (sx2 - sy2) * (c * c - s * s), 2.0 * c * s * (sx2 - sy2), 0.0),
+            lambda: shape_column(2.0 * c * s * (sy2 - sx2), (sx2 - sy2) * (c * c - s * s),
+                                 2.0 * c * s * (sx2 - sy2), 0.0),
         ))
 
     def _integrated_axis_aligned(self, params, shape, free, jacobian):
@@ -850,7 +852,8 @@ class ImagePSF(PSFModel):
         return np.stack([bkg, level, x0, y0], axis=1)
 
 
-def get_model(name: str | PSFModel, *, angle: bool = True, beta: float | None = None, sampling: str = "integrated") -> PSFModel:
+def get_model(name: str | PSFModel, *, angle: bool = True, beta: float | None = None,
+              sampling: str = "integrated") -> PSFModel:
     """A model from its name: ``"gaussian"`` or ``"moffat"`` (``beta`` fixes beta), or a model instance.
 
     Examples

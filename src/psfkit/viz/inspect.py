@@ -128,9 +128,11 @@ def plot_inspection(report: Any, data: np.ndarray, path: str | Path | None = Non
     ax.set_title(f"elongation (major axis; length ∝ e - 1): {d['elongation_pattern']}", fontsize=9)
     text = (
         f"FWHM centre {_fmt(d['fwhm_center'], d['fwhm_center_err'])} px    "
-        f"gradient x {_fmt(d['gradient_x'], d['gradient_x_err'], 3)}, y {_fmt(d['gradient_y'], d['gradient_y_err'], 3)} px/1000 px    "
+        f"gradient x {_fmt(d['gradient_x'], d['gradient_x_err'], 3)}, "
+        f"y {_fmt(d['gradient_y'], d['gradient_y_err'], 3)} px/1000 px    "
         f"curvature {_fmt(d['curvature'], d['curvature_err'])} px\n"
-        f"tilt {_fmt(d['tilt_percent'], d['tilt_percent_err'], 1)} % towards {_fmt(d['tilt_direction_deg'], None, 0)}°    "
+        f"tilt {_fmt(d['tilt_percent'], d['tilt_percent_err'], 1)} % "
+        f"towards {_fmt(d['tilt_direction_deg'], None, 0)}°    "
         f"curvature {_fmt(d['curvature_percent'], d['curvature_percent_err'], 1)} %    "
         f"stars {d['n_used']}/{d['n_stars']}, scatter {_fmt(d['scatter'], None, 3)} px    "
         f"elongation: {d['elongation_pattern']} ({d['elongation_pattern_meaning']})"

@@ -99,8 +99,8 @@ def plot_overlay(data: np.ndarray, table: Table, path: str | Path, *, show_rejec
     """Auto-stretched frame with an ellipse (FWHM axes and angle) on every star; rejected ones in red.
 
     A rejected candidate whose fit has no usable shape (failed, or a drawn minor axis under 4 px or
-    under 0.15 of the major: a wild fit's 54 x 0.1 px sliver) is marked by a dashed circle of 3 frame FWHM (at least 9 px)
-    at its position instead.
+    under 0.15 of the major: a wild fit's 54 x 0.1 px sliver) is marked by a dashed circle of 3 frame
+    FWHM (at least 9 px) at its position instead.
 
     Parameters
     ----------

@@ -62,7 +62,8 @@ def auto_stretch_params(stats: dict[str, float], *, target: float = 0.2) -> dict
     return {"black": float(black), "white": float(white), "mid": mid, "soft": float(k)}
 
 
-def stretch_to_uint8(values: np.ndarray, *, mode: str, black: float, white: float, mid: float, soft: float) -> np.ndarray:
+def stretch_to_uint8(values: np.ndarray, *, mode: str, black: float, white: float, mid: float,
+                     soft: float) -> np.ndarray:
     """Display values 0..255 of data values (NaN shows black)."""
     span = white - black if white > black else 1.0
     x = (np.asarray(values, dtype=np.float32) - np.float32(black)) / np.float32(span)

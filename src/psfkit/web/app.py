@@ -107,7 +107,7 @@ class ExportRequest(RowsRequest):
 
 
 def _json_bytes(value: dict[str, Any]) -> bytes:
-    """Compact JSON of a star-table payload: ``rows`` are JSON-ready already (``table_to_rows``), the rest is cleaned."""
+    """Compact JSON of a star-table payload: ``rows`` are JSON-ready (``table_to_rows``), the rest is cleaned."""
     rest = json_value({k: v for k, v in value.items() if k != "rows"})
     rest["rows"] = value.get("rows", [])
     return json.dumps(rest, separators=(",", ":"), allow_nan=False).encode()
@@ -307,7 +307,8 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
         item = loaded(req.path)
         ny, nx = item.shape
         if not (-0.5 <= req.x <= nx - 0.5 and -0.5 <= req.y <= ny - 0.5):
-            raise HTTPException(400, f"position ({req.x:g}, {req.y:g}) is outside the image (x 0..{nx - 1}, y 0..{ny - 1})")
+            raise HTTPException(400, f"position ({req.x:g}, {req.y:g}) is outside the image "
+                                     f"(x 0..{nx - 1}, y 0..{ny - 1})")
         radius = req.search_radius
         if radius is None:
             radius = min(req.box / 2.0, 50.0) if req.box else 10.0
