@@ -55,11 +55,11 @@ def test_csv_is_astropys_text(tmp_path, table):
 
 def test_file_conventions(tmp_path, table):
     reg = psfkit.write_star_list(table, tmp_path / "s.reg").read_text()
-    first = next(l for l in reg.splitlines() if l.startswith("ellipse("))
+    first = next(line for line in reg.splitlines() if line.startswith("ellipse("))
     x, y = (float(v) for v in first[8:].split(",")[:2])
     assert x == pytest.approx(table["x_fit"][0] + 1, abs=1e-3)  # DS9 is 1-based
     lst = psfkit.write_star_list(table, tmp_path / "s.lst").read_text().splitlines()
-    row = next(l for l in lst if not l.startswith("#")).split("\t")
+    row = next(line for line in lst if not line.startswith("#")).split("\t")
     ny = table.meta["image_shape"][0]
     brightest = int(np.argmax(table["flux_fit"]))
     assert float(row[5]) == pytest.approx(table["x_fit"][brightest] + 0.5, abs=1e-4)
@@ -90,10 +90,10 @@ def test_siril_lst_layout(tmp_path, table):
     lines = psfkit.write_star_list(table, tmp_path / "s.lst").read_text().splitlines()
     assert lines[0] == f"# {len(table)} stars found using the following parameters:"
     assert lines[1].startswith("# sigma=5.00 roundness=0.30 radius=")
-    header = next(l for l in lines if l.startswith("# star#")).lstrip("# ").split("\t")
+    header = next(line for line in lines if line.startswith("# star#")).lstrip("# ").split("\t")
     assert header == ["star#", "layer", "B", "A", "beta", "X", "Y", "FWHMx [px]", "FWHMy [px]", 'FWHMx ["]',
                       'FWHMy ["]', "angle", "RMSE", "mag", "Sat", "Profile", "RA", "Dec"]
-    rows = [l.split("\t") for l in lines if not l.startswith("#")]
+    rows = [line.split("\t") for line in lines if not line.startswith("#")]
     assert len(rows) == len(table) and all(len(r) == 18 for r in rows)
     assert [int(r[0]) for r in rows] == list(range(1, len(table) + 1))
     for r in rows:
@@ -134,7 +134,7 @@ def test_lst_of_colour_planes_has_siril_layers(tmp_path, table):
     t = table.copy()
     t["channel"] = np.array(["R", "G", "B", "luminance"] * len(t))[: len(t)]
     path = psfkit.write_star_list(t, tmp_path / "rgb.lst")
-    rows = [l.split("\t") for l in path.read_text().splitlines() if l and not l.startswith("#")]
+    rows = [line.split("\t") for line in path.read_text().splitlines() if line and not line.startswith("#")]
     want = {"R": 0, "G": 1, "B": 2, "luminance": 0}
     order = np.argsort(-np.asarray(t["flux_fit"]), kind="stable")
     assert [int(r[1]) for r in rows] == [want[c] for c in np.asarray(t["channel"])[order]]
@@ -186,7 +186,7 @@ def test_moffat_lst_header_minbeta_is_below_every_row(tmp_path):
     stars = psfkit.find_stars(img, gain=1.5, read_noise=6.0, model="moffat")
     lines = psfkit.write_star_list(stars, tmp_path / "m.lst").read_text().splitlines()
     minbeta = float(lines[1].split("minbeta=")[1].split()[0])
-    betas = [float(l.split("\t")[4]) for l in lines if not l.startswith("#")]
+    betas = [float(line.split("\t")[4]) for line in lines if not line.startswith("#")]
     assert min(betas) < 1.5 and minbeta <= min(betas)
 
 
@@ -203,5 +203,5 @@ def test_average_of_a_list_without_snr_has_no_snr_weighted_mean(tmp_path, table,
         assert not exc.code
     out = capsys.readouterr().out
     assert "no snr column" in out
-    row = next(l for l in out.splitlines() if l.startswith("fwhm_x "))
+    row = next(line for line in out.splitlines() if line.startswith("fwhm_x "))
     assert row.split()[-1] == "nan"

@@ -106,7 +106,7 @@ def test_average_command(field, tmp_path):
     assert out.returncode == 0, out.stderr
     n = len(psfkit.read_star_list(tmp_path / "s.csv"))
     assert f"{n} stars" in out.stdout
-    line = next(l for l in out.stdout.splitlines() if l.startswith("fwhm "))
+    line = next(text for text in out.stdout.splitlines() if text.startswith("fwhm "))
     mean, median = (float(v) for v in line.split()[1:3])
     assert median == pytest.approx(FWHM, rel=0.05)
 
@@ -115,7 +115,7 @@ def test_lst_with_keep_rejected_says_it_keeps_the_stars_only(field, tmp_path):
     path, _ = field
     out = run("find", path, "-o", tmp_path / "s.lst", "--keep-rejected")
     assert out.returncode == 0, out.stderr
-    note = next(l for l in out.stdout.splitlines() if l.startswith("note: s.lst"))
+    note = next(line for line in out.stdout.splitlines() if line.startswith("note: s.lst"))
     n = len(psfkit.read_star_list(tmp_path / "s.lst"))
     assert f"the {n} accepted stars only" in note
     # the same list as .csv keeps the rejected candidates, and says nothing

@@ -37,7 +37,7 @@ def frame(tmp_path_factory):
 
 def test_phot_prints_the_fit_flags_by_name(frame, capsys):
     out = run_cli(capsys, "phot", frame, "--at", "60,50", "--at", "140,60")
-    rows = [l for l in out.splitlines() if re.match(r"^ +\d+ ", l)]
+    rows = [line for line in out.splitlines() if re.match(r"^ +\d+ ", line)]
     assert len(rows) == 2
     assert "saturated" in rows[0] and rows[1].rstrip().endswith("-")
     data = json.loads(run_cli(capsys, "phot", frame, "--at", "60,50", "--json"))
