@@ -43,8 +43,8 @@ from psfkit import flags as F
 from psfkit.errors import PsfkitError
 from psfkit.psf.models import ImagePSF, PSFModel, PSFNormalisation
 
-__all__ = ["FramePSF", "FramePSFModel", "build_frame_psf", "measure_with_frame_psf", "render_stars", "MIN_STARS", "cubic_interpolate",
-           "node_median_mad", "spline_coefficients"]
+__all__ = ["FramePSF", "FramePSFModel", "build_frame_psf", "measure_with_frame_psf", "render_stars", "MIN_STARS",
+           "cubic_interpolate", "node_median_mad", "spline_coefficients"]
 
 #: fewer usable stars than this and no frame PSF is built (the analytic model is used instead)
 MIN_STARS = 8
@@ -1266,8 +1266,9 @@ def build_frame_psf(
     # the stars' stacked residual (data minus model, over flux, per node), over the PSF's peak
     resid, _ = _accumulate(psf.terms(samples.x, samples.y)[:, :1], samples, psf.spline_at(samples.x, samples.y),
                            o, s, ridge=1e-3)
-    info = {"selection": counts, "stars": n, "degree_chi2": {str(k): float(v.sum()) for k, v in cv.items()}, "reach": reach,
-            "fwhm_first_pass": fwhm, "residual": resid[0] / max(float(psf.coefficients[0].max()), 1e-300)}
+    info = {"selection": counts, "stars": n, "degree_chi2": {str(k): float(v.sum()) for k, v in cv.items()},
+            "reach": reach, "fwhm_first_pass": fwhm,
+            "residual": resid[0] / max(float(psf.coefficients[0].max()), 1e-300)}
     node_var, perr, ferr = _psf_uncertainty(psf, samples)
     info["profile_error"], info["flux_error"] = perr, ferr
     return FramePSF(psf.coefficients, o, chosen, psf.centre, psf.scale, n, info, node_var, perr, ferr)
