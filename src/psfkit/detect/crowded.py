@@ -58,7 +58,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from psfkit import flags as F
-from psfkit.psf.empirical import FramePSF, cubic_interpolate
+from psfkit.psf.empirical import FramePSF, add_stars, cubic_interpolate
 from psfkit.utils import robust_sigma, thin_brighter_first
 
 __all__ = ["crowded_pass", "subtract_stars", "write_residual", "residual_peaks", "add_light", "PROFILE_ERROR",
@@ -103,29 +103,7 @@ def add_light(frame: np.ndarray, psf: FramePSF, x: Any, y: Any, flux: Any, *, si
     >>> round(float(frame.sum()), 3)
     100.0
     """
-    x, y, flux = (np.atleast_1d(np.asarray(v, dtype=float)) for v in (x, y, flux))
-    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
-    x, y, flux = x[ok], y[ok], flux[ok]
-    ny, nx = frame.shape
-    o, s = psf.oversampling, psf.size
-    half = int(math.ceil(psf.half_size))
-    c = (s - 1) / 2.0
-    b = 2 * half + 1
-    yy, xx = np.mgrid[0:b, 0:b]
-    step = max(1, 2_000_000 // (b * b * 16))
-    for i0 in range(0, len(x), step):
-        sl = slice(i0, i0 + step)
-        m = len(x[sl])
-        cx = np.rint(x[sl]).astype(int) - half
-        cy = np.rint(y[sl]).astype(int) - half
-        px = xx[None] + cx[:, None, None]
-        py = yy[None] + cy[:, None, None]
-        u = ((px - x[sl, None, None]) * o + c).reshape(m, -1)
-        v = ((py - y[sl, None, None]) * o + c).reshape(m, -1)
-        vals = cubic_interpolate(psf.spline_at(x[sl], y[sl]), u, v) * (sign * flux[sl, None])
-        inside = ((px >= 0) & (px < nx) & (py >= 0) & (py < ny)).reshape(m, -1)
-        np.add.at(frame, (py.reshape(m, -1)[inside], px.reshape(m, -1)[inside]), vals[inside])
-    return frame
+    return add_stars(frame, psf, x, y, flux, sign=sign)
 
 
 def _own_light(psf: FramePSF, origin: np.ndarray, box: int, x: np.ndarray, y: np.ndarray,

@@ -41,19 +41,8 @@ if HAVE_NUMBA:
     numba_cache_dir()  # a user cache folder when the package folder is read-only (README)
     from numba import njit, prange
 
-    @njit(cache=True, inline="always")
-    def _weights(t, w, dw):  # pragma: no cover - compiled
-        s = 1.0 - t
-        t2 = t * t
-        t3 = t2 * t
-        w[0] = s * s * s / 6.0
-        w[1] = (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0
-        w[2] = (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0
-        w[3] = t3 / 6.0
-        dw[0] = -0.5 * s * s
-        dw[1] = 1.5 * t2 - 2.0 * t
-        dw[2] = -1.5 * t2 + t + 0.5
-        dw[3] = 0.5 * t2
+    # the cubic B-spline's weights and their derivatives: the stacking kernels' (one formula)
+    from psfkit.psf._empirical_kernels import _weights
 
     @njit(cache=True)
     def _build_patch(coef, terms, u0, v0, patch):  # pragma: no cover - compiled

@@ -43,7 +43,8 @@ from psfkit import flags as F
 from psfkit.errors import PsfkitError
 from psfkit.psf.models import ImagePSF, PSFModel, PSFNormalisation
 
-__all__ = ["FramePSF", "FramePSFModel", "build_frame_psf", "measure_with_frame_psf", "render_stars", "MIN_STARS",
+__all__ = ["FramePSF", "FramePSFModel", "build_frame_psf", "measure_with_frame_psf", "render_stars", "add_stars",
+           "MIN_STARS",
            "cubic_interpolate", "node_median_mad", "spline_coefficients"]
 
 #: fewer usable stars than this and no frame PSF is built (the analytic model is used instead)
@@ -1036,9 +1037,28 @@ def render_stars(psf: FramePSF, shape: tuple[int, int], x: Any, y: Any, flux: An
     >>> round(float(render_stars(psf, (41, 41), [20.3], [19.6], [100.0]).sum()), 3)
     100.0
     """
-    ny, nx = shape
+    return add_stars(np.zeros(shape), psf, x, y, flux)
+
+
+def add_stars(frame: np.ndarray, psf: FramePSF, x: Any, y: Any, flux: Any, *, sign: float = 1.0) -> np.ndarray:
+    """Add (``sign=-1``: take away) stars drawn with the frame's PSF to ``frame``, in place; returns it.
+
+    Each star is drawn on the square of the PSF's reach around its nearest pixel, with the PSF
+    of its own place; rows with a non-finite value are skipped.
+
+    Examples
+    --------
+    >>> r2 = ((np.arange(41) - 20.0) ** 2)[:, None] + ((np.arange(41) - 20.0) ** 2)[None, :]
+    >>> grid = np.exp(-r2 / (2 * 2.5**2)); grid *= 4.0 / grid.sum()
+    >>> psf = FramePSF(grid[None], 2, 0, (20.0, 20.0), (20.0, 20.0))
+    >>> frame = add_stars(np.zeros((41, 41)), psf, [20.3], [19.6], [100.0])
+    >>> round(float(frame.sum()), 3)
+    100.0
+    """
     x, y, flux = (np.atleast_1d(np.asarray(v, dtype=float)) for v in (x, y, flux))
-    out = np.zeros(shape)
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
+    x, y, flux = x[ok], y[ok], flux[ok]
+    ny, nx = frame.shape
     o, s = psf.oversampling, psf.size
     half = int(math.ceil(psf.half_size))
     c = (s - 1) / 2.0
@@ -1047,16 +1067,17 @@ def render_stars(psf: FramePSF, shape: tuple[int, int], x: Any, y: Any, flux: An
     step = max(1, 2_000_000 // (b * b * 16))
     for i0 in range(0, len(x), step):
         sl = slice(i0, i0 + step)
+        m = len(x[sl])
         cx = np.rint(x[sl]).astype(int) - half
         cy = np.rint(y[sl]).astype(int) - half
         px = xx[None] + cx[:, None, None]
         py = yy[None] + cy[:, None, None]
-        u = ((px - x[sl, None, None]) * o + c).reshape(len(cx), -1)
-        v = ((py - y[sl, None, None]) * o + c).reshape(len(cx), -1)
-        vals = cubic_interpolate(psf.spline_at(x[sl], y[sl]), u, v) * flux[sl, None]
-        inside = ((px >= 0) & (px < nx) & (py >= 0) & (py < ny)).reshape(len(cx), -1)
-        np.add.at(out, (py.reshape(len(cx), -1)[inside], px.reshape(len(cx), -1)[inside]), vals[inside])
-    return out
+        u = ((px - x[sl, None, None]) * o + c).reshape(m, -1)
+        v = ((py - y[sl, None, None]) * o + c).reshape(m, -1)
+        vals = cubic_interpolate(psf.spline_at(x[sl], y[sl]), u, v) * (sign * flux[sl, None])
+        inside = ((px >= 0) & (px < nx) & (py >= 0) & (py < ny)).reshape(m, -1)
+        np.add.at(frame, (py.reshape(m, -1)[inside], px.reshape(m, -1)[inside]), vals[inside])
+    return frame
 
 
 def _held_out_chi2(psf: FramePSF, samples: _Samples, idx: np.ndarray) -> np.ndarray:
