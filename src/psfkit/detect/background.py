@@ -279,17 +279,8 @@ def estimate_background(data: np.ndarray, *, mesh: int | None = None, mask: np.n
         mesh = int(min(64, max(16, min(ny, nx) // 8)))
     if mask is not None:
         arr = np.where(mask, np.nan, arr)
-    gy, gx = max(1, ny // mesh), max(1, nx // mesh)
-    cy, cx = ny // gy, nx // gx
-    # subsample large cells (a regular grid of ~1000 pixels per cell is enough for a median),
-    # taken as a strided view of the frame so that only the subsample is copied (a reshape
-    # of the cropped frame would copy all of it)
-    step = max(1, int(math.sqrt(cy * cx / 1024)))
-    s0, s1 = arr.strides
-    view = np.lib.stride_tricks.as_strided(
-        arr, shape=(gy, gx, -(-cy // step), -(-cx // step)),
-        strides=(cy * s0, cx * s1, step * s0, step * s1), writeable=False)
-    cells = view.reshape(gy, gx, -1)
+    cells, cy, cx = _cell_samples(arr, mesh)
+    gy, gx = cells.shape[:2]
     mode, sig = _clipped_stats(cells)
     good = np.isfinite(mode)
     if not good.any():
@@ -347,12 +338,12 @@ def noise_map(data: np.ndarray, *, mesh: int) -> np.ndarray:
     return np.maximum(out, 0.2 * float(np.min(sig)), out=out)
 
 
-def noise_cells(data: np.ndarray, *, mesh: int) -> tuple[np.ndarray, int, int]:
-    """The cell map of :func:`noise_map` (clipped sigma per cell, 3 x 3 median-filtered) and the
-    cells' size (rows, columns) in pixels; :func:`noise_at` evaluates it anywhere without making
-    a frame-sized map.
+def _cell_samples(arr: np.ndarray, mesh: int) -> tuple[np.ndarray, int, int]:
+    """The frame cut into cells of about ``mesh`` px: (gy, gx, n) samples of each cell and the
+    cells' size (rows, columns) in pixels.  Large cells are subsampled on a regular grid (~1000
+    pixels per cell are enough for a median), taken as a strided view of the frame so that only
+    the subsample is copied (a reshape of the cropped frame would copy all of it).
     """
-    arr = np.asarray(data, dtype=np.float32)
     ny, nx = arr.shape
     gy, gx = max(1, ny // mesh), max(1, nx // mesh)
     cy, cx = ny // gy, nx // gx
@@ -361,7 +352,17 @@ def noise_cells(data: np.ndarray, *, mesh: int) -> tuple[np.ndarray, int, int]:
     view = np.lib.stride_tricks.as_strided(
         arr, shape=(gy, gx, -(-cy // step), -(-cx // step)),
         strides=(cy * s0, cx * s1, step * s0, step * s1), writeable=False)
-    _, sig = _clipped_stats(view.reshape(gy, gx, -1))
+    return view.reshape(gy, gx, -1), cy, cx
+
+
+def noise_cells(data: np.ndarray, *, mesh: int) -> tuple[np.ndarray, int, int]:
+    """The cell map of :func:`noise_map` (clipped sigma per cell, 3 x 3 median-filtered) and the
+    cells' size (rows, columns) in pixels; :func:`noise_at` evaluates it anywhere without making
+    a frame-sized map.
+    """
+    cells, cy, cx = _cell_samples(np.asarray(data, dtype=np.float32), mesh)
+    gy, gx = cells.shape[:2]
+    _, sig = _clipped_stats(cells)
     good = np.isfinite(sig) & (sig > 0)
     if not good.any():
         return np.ones((gy, gx), dtype=np.float32), cy, cx
