@@ -1380,13 +1380,16 @@ def _psf_uncertainty(psf: FramePSF, samples: _Samples, clip: float = 5.0) -> tup
 
 
 def measure_with_frame_psf(image: Any, stars: Any, psf: FramePSF | str | Any = "frame", *,
-                           gain: float | None = None, read_noise: float | None = None) -> Any:
+                           gain: float | None = None, read_noise: float | None = None, shapes: bool = True) -> Any:
     """The stars of :func:`psfkit.find_stars` measured again with the frame's own PSF.
 
-    Detection, rejection and each star's own shape (``fwhm``, ``roundness``, ``angle``: the
-    analytic model's, as Siril's Dynamic PSF reports them) stay those of ``find_stars``; the
-    position, total flux, magnitude, background, their errors and the goodness of fit come from
-    the frame's PSF.  The analytic model's flux is kept as ``flux_fit_analytic``.
+    Detection and rejection stay those of ``find_stars``; the position, total flux, magnitude,
+    background, their errors and the goodness of fit come from the frame's PSF.  The analytic
+    model's flux is kept as ``flux_fit_analytic``.  Each star's own shape (``fwhm``, ``fwhm_x``,
+    ``fwhm_y``, ``roundness``, ``angle`` and their errors) comes from a second fit of the frame's
+    PSF stretched by a per-star linear map (:mod:`psfkit.psf.frame_shape`), from the first fit's
+    solution and with the same neighbours' light taken out; the analytic model's are kept as
+    ``fwhm_analytic``, ``roundness_analytic`` and ``angle_analytic``.
 
     The stars are fitted twice (:func:`psfkit.psf.frame_fit.fit_frame_stamps`, from find's
     positions): the second time with every other star's light, drawn with the PSF from the first
@@ -1404,11 +1407,15 @@ def measure_with_frame_psf(image: Any, stars: Any, psf: FramePSF | str | Any = "
         The PSF: built from ``stars`` when ``"frame"``, or read from a file by ``psfkit psf``.
     gain, read_noise : float, optional
         As for :func:`psfkit.fit_stars`.
+    shapes : bool
+        Fit each star's own shape (the default).  False keeps ``find_stars``' shape columns (the
+        analytic model's) and saves the shape fit's time.
 
     Returns
     -------
     astropy.table.Table
-        A new table; ``meta["photometry_psf"]`` says which PSF measured it.
+        A new table; ``meta["photometry_psf"]`` says which PSF measured it, ``meta["shape_model"]``
+        what the shape columns are.
 
     Examples
     --------
@@ -1468,7 +1475,60 @@ def measure_with_frame_psf(image: Any, stars: Any, psf: FramePSF | str | Any = "
             flags = np.asarray(out["flags"]).copy()
             flags[rows] |= np.asarray(fit["flags"])
             out["flags"] = flags
+        if shapes and isinstance(psf, FramePSF):
+            _measure_own_shapes(out, rows, fit, img, psf, gain, read_noise)
     desc = (f"the frame's PSF ({psf.n_stars} stars, variation of degree {psf.degree})" if isinstance(psf, FramePSF)
             else repr(model))
     out.meta["photometry_psf"] = desc
     return out
+
+
+def _measure_own_shapes(out: Any, rows: np.ndarray, fit: Any, img: Any, psf: FramePSF, gain: float | None,
+                        read_noise: float | None) -> None:
+    """Each star's own shape columns in ``out[rows]`` (:mod:`psfkit.psf.frame_shape`) from the
+    4-parameter ``fit``: the frame's PSF stretched by a per-star linear map, every other star's light
+    (drawn from ``fit``) taken out of each stamp.  The analytic model's are kept as ``*_analytic``.
+    """
+    from psfkit.psf.fit import _weights_and_noise
+    from psfkit.psf.frame_shape import SHAPE_COLUMNS, measure_shapes
+
+    fx, fy, ff = (np.asarray(fit[c], float) for c in ("x_fit", "y_fit", "flux_fit"))
+    bg = np.asarray(fit["background"], float)
+    box = int(fit.meta["box"])
+    drawn = np.isfinite(fx) & np.isfinite(fy) & np.isfinite(ff) & (ff > 0)
+    light = render_stars(psf, img.data.shape, fx[drawn], fy[drawn], ff[drawn])
+
+    def neighbour_light(origin: np.ndarray, size: int) -> np.ndarray:
+        from psfkit.psf.stamps import cut_stamps
+
+        centre = origin + (size - 1) / 2.0
+        stamps, inside, _, _ = cut_stamps(light, centre[:, 0], centre[:, 1], size)
+        own = _own_light(psf, stamps.shape, origin.astype(float), fx, fy, np.where(drawn, ff, np.nan))
+        return np.where(inside, stamps - own, 0.0)
+
+    noise = _weights_and_noise(img, gain, read_noise, None, box)
+    # without a gain, each star's pixel noise from its 4-parameter fit's residuals
+    rmse = None if noise is not None else np.asarray(fit["rmse"], float)
+    cols = measure_shapes(psf, img.data, fx, fy, ff, bg, box=box, gain=noise.gain if noise else 0.0,
+                          read_noise=noise.read_noise if noise else 0.0, neighbour_light=neighbour_light,
+                          saturation=fit.meta.get("saturation"), noise=rmse)
+    for name in ("fwhm", "roundness", "angle"):
+        if name in out.colnames and f"{name}_analytic" not in out.colnames:
+            out[f"{name}_analytic"] = np.asarray(out[name], dtype=float)
+    scale = img.pixel_scale
+    for name in SHAPE_COLUMNS:
+        for col in (name, f"{name}_err"):
+            pairs = [(col, cols[col])]
+            arcsec = col.replace(name, f"{name}_arcsec", 1)
+            if name.startswith("fwhm") and scale and arcsec in out.colnames:
+                pairs.append((arcsec, cols[col] * scale))
+            for target, values in pairs:
+                if target in out.colnames:  # in place: the column keeps its unit
+                    column = out[target]
+                    column[rows] = values
+                else:
+                    vals = np.full(len(out), np.nan)
+                    vals[rows] = values
+                    out[target] = vals
+    out.meta["shape_model"] = ("each star's own: the frame's PSF stretched by a per-star linear map, read on "
+                               "its half-maximum contour (docs/psf.md)")
