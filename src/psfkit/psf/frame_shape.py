@@ -60,6 +60,8 @@ SHAPE_COLUMNS = ("fwhm", "fwhm_x", "fwhm_y", "roundness", "angle")
 #: the accuracy of the PSF's own FWHM read on its contour (a fraction; docs/psf.md): a floor under
 #: every star's FWHM errors, since every star's FWHM is the PSF's times its map
 FWHM_READING = 0.002
+#: the fit stops when its step is below this many standard errors
+STEP_TOL = 0.01
 #: the linear map's eigenvalues are kept within these (narrower: no star; wider: no point source)
 MIN_STRETCH, MAX_STRETCH = 0.5, 3.0
 
@@ -339,14 +341,16 @@ def fit_shapes(psf: FramePSF, stamps: np.ndarray, start: np.ndarray, origin: np.
         t_old, t_chi2, t_jtj, t_jtr, t_wgt = normal(active, np.where(valid[:, None], trial, p[active]),
                                                     wgt[active])
         better = valid & np.isfinite(t_old) & (t_old <= chi2[active])
-        small = np.einsum("ni,nij,nj->n", step, a, step) <= 1e-6
+        # a step below STEP_TOL standard errors (in the metric of J^T W J) ends the fit, taken or not: the
+        # Jacobian leaves out the pixel term's change through q, so the last tiny steps need not lower chi2
+        small = np.einsum("ni,nij,nj->n", step, a, step) <= STEP_TOL**2
         tiny = (chi2[active] - t_old) <= 1e-10 * np.maximum(chi2[active], 1e-300)
         acc = active[better]
         p[acc], chi2[acc], jtj[acc], jtr[acc], wgt[acc] = (trial[better], t_chi2[better], t_jtj[better],
                                                            t_jtr[better], t_wgt[better])
         lam[acc] = np.maximum(lam[acc] / 5.0, 1e-12)
         lam[active[~better]] *= 10.0
-        done = np.where(better, small | tiny, lam[active] > 1e10)
+        done = np.where(better, small | tiny, (small & solved) | (lam[active] > 1e10))
         converged[active[done]] = True
         active = active[~done]
     cov = np.full((n, 7, 7), np.nan)
@@ -364,12 +368,20 @@ def fit_shapes(psf: FramePSF, stamps: np.ndarray, start: np.ndarray, origin: np.
 
 
 def _solve(system: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Batched solves (rhs (N, 7) or (N, 7, K)); ok where the system is positive definite and the answer finite."""
+    """Batched solves (rhs (N, 7) or (N, 7, K)); ok where the system is positive definite and the answer finite.
+
+    A batched Cholesky factorisation says which systems are positive definite; only when one is not
+    (rare: the factorisation of the whole batch fails) are they sorted by their eigenvalues.
+    """
     n = len(system)
     out = np.zeros(rhs.shape)
     if n == 0:
         return out, np.zeros(0, dtype=bool)
-    pd = np.all(np.linalg.eigvalsh(system) > 0, axis=1)
+    try:
+        np.linalg.cholesky(system)
+        pd = np.ones(n, dtype=bool)
+    except np.linalg.LinAlgError:
+        pd = np.all(np.linalg.eigvalsh(system) > 0, axis=1)
     idx = np.flatnonzero(pd)
     if idx.size:
         b = rhs[idx]
@@ -413,27 +425,35 @@ def psf_moments(grid: np.ndarray, oversampling: int) -> np.ndarray:
 
 def _psf_moments_at(psf: FramePSF, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """:func:`psf_moments` of the PSF at frame positions (N, 4): read once for a constant PSF, at each
-    star for up to 9 stars, else on a 5 x 5 grid over the frame with a cubic surface through it (the
-    PSF's nodes are quadratic in the position; its shape a smooth function of them).
+    star for up to 9 stars, else on a 5 x 5 grid over the stars' extent with a bicubic spline through
+    the readings (exact at the grid's nodes).  A global cubic surface through a 5 x 5 grid over the
+    frame was tried first: with no x^2 y^2 term it read the varying field's PSF 3 % narrow at the
+    centre, to meet its corners.
     """
+    from scipy.interpolate import RectBivariateSpline
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     n = len(x)
     if psf.degree == 0 or n == 0:
         return np.tile(psf_moments(psf.at(*psf.centre)[0], psf.oversampling), (n, 1))
     if n <= 9:
         return np.array([psf_moments(psf.at(a, b)[0], psf.oversampling) for a, b in zip(x, y)])
-
-    def design(a, b):
-        return np.column_stack([a**i * b**j for i in range(4) for j in range(4 - i)])
-
-    g = np.linspace(-1.0, 1.0, 5)
-    gx, gy = (v.ravel() for v in np.meshgrid(g, g))
-    grids = psf.at(psf.centre[0] + gx * psf.scale[0], psf.centre[1] + gy * psf.scale[1])
-    values = np.array([psf_moments(grid, psf.oversampling) for grid in grids])
-    good = np.all(np.isfinite(values), axis=1)
-    coef = np.linalg.lstsq(design(gx[good], gy[good]), values[good], rcond=None)[0]
-    xn = np.nan_to_num(np.clip((np.asarray(x, float) - psf.centre[0]) / psf.scale[0], -1.0, 1.0))
-    yn = np.nan_to_num(np.clip((np.asarray(y, float) - psf.centre[1]) / psf.scale[1], -1.0, 1.0))
-    return design(xn, yn) @ coef
+    fin = np.isfinite(x) & np.isfinite(y)
+    if not fin.any():
+        return np.full((n, 4), np.nan)
+    gx = np.linspace(x[fin].min() - 1.0, x[fin].max() + 1.0, 5)
+    gy = np.linspace(y[fin].min() - 1.0, y[fin].max() + 1.0, 5)
+    xx, yy = np.meshgrid(gx, gy)
+    grids = psf.at(xx.ravel(), yy.ravel())
+    values = np.array([psf_moments(grid, psf.oversampling) for grid in grids]).reshape(5, 5, 4)
+    out = np.full((n, 4), np.nan)
+    for k in range(4):
+        v = values[:, :, k]
+        if not np.all(np.isfinite(v)):  # a reading failed: the median of the others there
+            v = np.where(np.isfinite(v), v, np.nanmedian(v))
+        spline = RectBivariateSpline(gy, gx, v, kx=3, ky=3, s=0)
+        out[fin, k] = spline.ev(y[fin], x[fin])
+    return out
 
 
 def _shape_of_map(abc: np.ndarray, moments: np.ndarray) -> np.ndarray:
