@@ -29,7 +29,8 @@ def moffat_psf():
 
 def _matched(table, x, y):
     """The accepted rows of a table within 1 px of a true star, and the true stars' indices."""
-    table = table[np.asarray(table["accepted"], bool)]
+    if "accepted" in table.colnames:
+        table = table[np.asarray(table["accepted"], bool)]
     d, i = cKDTree(np.column_stack([x, y])).query(np.column_stack([table["x_fit"], table["y_fit"]]))
     return table[d < 1], i[d < 1]
 
@@ -92,15 +93,37 @@ def test_stars_exactly_the_psf_give_the_psf_shape(moffat_psf):
     table, i = _matched(E.measure_with_frame_psf(img, stars, psf), np.asarray(truth["x"]), np.asarray(truth["y"]))
     table = table[np.asarray(table["flags"]) == 0]
     assert len(table) > 200
+    # fwhm (the contour's area) about the PSF's own; fwhm_x and fwhm_y of round stars are not compared:
+    # noise makes a round star's larger axis larger (an eigenvalue's bias), whatever the fit
     own = psf.shape_at(*psf.centre)
-    for name in ("fwhm", "fwhm_x", "fwhm_y"):
-        pull = (np.asarray(table[name], float) - own[name]) / np.asarray(table[f"{name}_err"], float)
-        assert 0.8 <= np.nanstd(pull) <= 1.2, (name, np.nanstd(pull))
-        assert abs(np.nanmean(pull)) < 0.2, (name, np.nanmean(pull))
-    # the stars' own FWHM scatter about the truth by their errors (fit and the PSF's reading)
+    pull = (np.asarray(table["fwhm"], float) - own["fwhm"]) / np.asarray(table["fwhm_err"], float)
+    assert 0.8 <= np.nanstd(pull) <= 1.2, np.nanstd(pull)
+    assert abs(np.nanmean(pull)) < 0.2, np.nanmean(pull)
+    # and about the truth, with its errors (the fit's and the PSF's reading)
     fwhm_pull = (np.asarray(table["fwhm"], float) - 3.0) / np.asarray(table["fwhm_err"], float)
     assert 0.8 <= np.nanstd(fwhm_pull) <= 1.2
     assert np.nanmedian(np.asarray(table["fwhm"], float)) == pytest.approx(3.0, rel=0.005)
+
+
+@pytest.mark.slow
+def test_the_map_of_stars_exactly_the_psf_is_the_identity(moffat_psf):
+    from psfkit.psf.stamps import cut_stamps
+
+    psf, img, truth, _ = moffat_psf
+    xy = np.column_stack([truth["x"], truth["y"]])
+    alone = (cKDTree(xy).query(xy, k=2)[0][:, 1] > 16.0) & (np.asarray(truth["snr"]) > 20)
+    x, y, flux = (np.asarray(truth[k], float)[alone] for k in ("x", "y", "flux"))
+    assert len(x) > 60
+    stamps, inside, origin, _ = cut_stamps(img.data, x, y, 15)
+    start = np.column_stack([np.full(len(x), 200.0), flux, x - origin[:, 0], y - origin[:, 1]])
+    fit = S.fit_shapes(psf, stamps, start, origin.astype(float), weight_mask=inside, gain=GAIN,
+                       read_noise=READ_NOISE / GAIN)
+    assert fit.ok.mean() > 0.95
+    err = np.sqrt(np.diagonal(fit.covariance, axis1=1, axis2=2))
+    z = fit.params[fit.ok, 4:] / err[fit.ok, 4:]
+    assert len(z) > 100
+    assert np.all(0.8 <= np.std(z, axis=0)) and np.all(np.std(z, axis=0) <= 1.2), np.std(z, axis=0)  # 0.90-0.97
+    assert np.all(np.abs(np.mean(z, axis=0)) < 0.25), np.mean(z, axis=0)
 
 
 def test_shapes_off_keeps_find_columns(moffat_psf):
@@ -193,9 +216,7 @@ def test_the_whole_fit_compiled_and_numpy_agree(moffat_psf):
     assert ref.ok.sum() >= 25 and np.array_equal(ref.ok, got.ok)
     err = np.sqrt(np.diagonal(ref.covariance, axis1=1, axis2=2))
     assert np.all(np.abs(got.params - ref.params)[ref.ok] <= 1e-6 * err[ref.ok])
-    # these stars are the PSF: the map is the identity within its errors
-    z = ref.params[ref.ok, 4:] / err[ref.ok, 4:]
-    assert np.all(np.abs(z) < 4.0) and np.std(z) < 1.5
+    assert np.allclose(got.covariance[ref.ok], ref.covariance[ref.ok], rtol=1e-6)
 
 
 def test_the_fitted_model_keeps_the_flux(moffat_psf):
