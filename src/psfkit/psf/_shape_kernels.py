@@ -45,7 +45,7 @@ if HAVE_NUMBA:
 
     @njit(cache=True)
     def _spline(grid, uu, vv, wu, dwu, d2wu, wv, dwv, d2wv, out, second):  # pragma: no cover - compiled
-        """out = value, d/du, d/dv (and d2/du2, d2/dudv, d2/dv2 when ``second``) of a spline grid at a
+        """Out = value, d/du, d/dv (and d2/du2, d2/dudv, d2/dv2 when ``second``) of a spline grid at a
         node position; zero off the grid.
         """
         sy, sx = grid.shape
@@ -102,7 +102,6 @@ if HAVE_NUMBA:
             dwv = np.empty(4)
             d2wv = np.empty(4)
             sp = np.empty(6)
-            sv = np.empty(6)
             jac = np.empty(7)
             dg = np.empty((3, 3))
             if nk == 1:
@@ -159,10 +158,13 @@ if HAVE_NUMBA:
                 if has_fixed:
                     var += var_fixed[i, k]
                 own = perr2 * prof * prof
-                if has_var:
-                    _spline(vcoef, qx * o + c0, qy * o + c0, wu, dwu, d2wu, wv, dwv, d2wv, sv, False)
-                    if sv[0] > 0.0:
-                        own += sv[0] / (det * det)
+                if has_var:  # the node variance at the nearest node (a weight: no spline needed)
+                    iu = int(math.floor(qx * o + c0 + 0.5))
+                    iv = int(math.floor(qy * o + c0 + 0.5))
+                    if iu >= 0 and iu < s and iv >= 0 and iv < s:
+                        nv = vcoef[iv, iu]
+                        if nv > 0.0:
+                            own += nv / (det * det)
                 var += F * F * own
                 wk = 1.0 / var if var > 0.0 else 0.0
                 wgt[i, k] = wk
