@@ -236,7 +236,7 @@ def describe_plane(pattern: str, which: str) -> str:
 
 # columns of a star table that are lengths in pixels (scaled by the plane's pixel size when mapped)
 _LENGTH_COLUMNS = ("x_err", "y_err", "fwhm_x", "fwhm_y", "fwhm", "fwhm_x_err", "fwhm_y_err", "fwhm_err",
-                   "aperture_radius")
+                   "fwhm_analytic", "aperture_radius")
 _POSITION_COLUMNS = (("x_fit", "y_fit"), ("x_init", "y_init"), ("x_peak", "y_peak"), ("xcentroid", "ycentroid"))
 
 

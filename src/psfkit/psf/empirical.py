@@ -1386,10 +1386,11 @@ def measure_with_frame_psf(image: Any, stars: Any, psf: FramePSF | str | Any = "
     Detection and rejection stay those of ``find_stars``; the position, total flux, magnitude,
     background, their errors and the goodness of fit come from the frame's PSF.  The analytic
     model's flux is kept as ``flux_fit_analytic``.  Each star's own shape (``fwhm``, ``fwhm_x``,
-    ``fwhm_y``, ``roundness``, ``angle`` and their errors) comes from a second fit of the frame's
-    PSF stretched by a per-star linear map (:mod:`psfkit.psf.frame_shape`), from the first fit's
-    solution and with the same neighbours' light taken out; the analytic model's are kept as
-    ``fwhm_analytic``, ``roundness_analytic`` and ``angle_analytic``.
+    ``fwhm_y``, ``roundness``, ``angle`` and their errors) comes from one more fit of the frame's
+    PSF stretched by a per-star linear map (:mod:`psfkit.psf.frame_shape`), from the flux fit's
+    solution and with every other star's light taken out; the analytic model's are kept as
+    ``fwhm_analytic``, ``roundness_analytic`` and ``angle_analytic``.  (With a plain PSF image,
+    not a :class:`FramePSF`, the shape columns stay ``find_stars``'.)
 
     The stars are fitted twice (:func:`psfkit.psf.frame_fit.fit_frame_stamps`, from find's
     positions): the second time with every other star's light, drawn with the PSF from the first
