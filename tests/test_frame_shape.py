@@ -133,6 +133,19 @@ def test_shapes_off_keeps_find_columns(moffat_psf):
     assert "fwhm_analytic" not in table.colnames and "shape_model" not in table.meta
 
 
+def test_arcsec_columns_and_units_follow_the_own_shape(moffat_psf):
+    psf, img, _, _ = moffat_psf
+    scaled = psfkit.Image(data=img.data, gain=GAIN, read_noise=READ_NOISE, pixel_scale=2.0)
+    table = E.measure_with_frame_psf(scaled, psfkit.find_stars(scaled, keep_rejected=True), psf)
+    acc = np.asarray(table["accepted"], bool)
+    for name in ("fwhm", "fwhm_x", "fwhm_y"):
+        for suffix in ("", "_err"):
+            own = np.asarray(table[f"{name}{suffix}"], float)[acc]
+            assert np.allclose(np.asarray(table[f"{name}_arcsec{suffix}"], float)[acc], 2.0 * own, equal_nan=True)
+    assert str(table["fwhm"].unit) == "pix" and str(table["angle"].unit) == "deg"
+    assert np.isfinite(np.asarray(table["fwhm"], float)[acc]).mean() > 0.9
+
+
 def test_the_map_gives_exact_columns():
     """A = R diag(s1, s2) R^T on an elliptical PSF contour: the axes, angle and area of the mapped ellipse."""
     fx, fy, ang = 3.4, 2.6, 20.0
