@@ -37,7 +37,8 @@ PSF's ``fwhm_x``, ``fwhm_y`` and ``angle``:
 
 At ``A = I`` every column is the PSF's own at the star's place.  The errors are propagated from
 the fit's covariance of ``(a, b, c)`` (flux, centre and background marginalised), with the PSF's
-own FWHM reading (0.2 %, docs/psf.md) added in quadrature to the three FWHM columns.
+own FWHM reading (0.2 %, docs/psf.md) added in quadrature to the three FWHM columns (and 0.28 %,
+the ratio of two axes read so, to ``roundness``).
 
 Flux, centre and background stay those of the 4-parameter fit (:mod:`psfkit.psf.frame_fit`), at
 the Cramer-Rao limit when the PSF is the star's: three more free parameters would only widen them.
@@ -533,6 +534,8 @@ def shape_columns(fit: ShapeFit, moments: np.ndarray) -> dict[str, np.ndarray]:
         cols[name] = np.where(ok, values[name], np.nan)
         if name.startswith("fwhm"):  # the PSF's own FWHM is read to FWHM_READING (docs/psf.md)
             var = var + (FWHM_READING * values[name]) ** 2
+        elif name == "roundness":  # ... and so each of its axes: their ratio to sqrt(2) times that
+            var = var + (math.sqrt(2.0) * FWHM_READING * values[name]) ** 2
         cols[f"{name}_err"] = np.where(ok, np.sqrt(np.clip(var, 0.0, None)), np.nan)
     return cols
 
