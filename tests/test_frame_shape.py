@@ -172,7 +172,8 @@ def test_the_map_gives_exact_columns():
     fit.covariance[0, 4:, 4:] = np.array([[1, 0, 1], [0, 0, 0], [1, 0, 1]]) * 1e-8
     cols = S.shape_columns(fit, moments)
     assert cols["fwhm_err"][0] == pytest.approx(math.hypot(1e-4, S.FWHM_READING) * math.sqrt(fx * fy), rel=1e-4)
-    assert cols["roundness_err"][0] == pytest.approx(0.0, abs=1e-9)
+    # a uniform scale leaves the roundness: only the PSF's reading of its two axes is left
+    assert cols["roundness_err"][0] == pytest.approx(math.sqrt(2) * S.FWHM_READING * fy / fx, rel=1e-6)
 
 
 def _varying_psf(moffat_psf):
