@@ -587,7 +587,11 @@ def measure_shapes(psf: FramePSF, data: np.ndarray, x: np.ndarray, y: np.ndarray
     from psfkit.psf.stamps import cut_stamps, saturation_mask
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    flux, background = np.asarray(flux, dtype=float), np.asarray(background, dtype=float)
+    lost = ~(np.isfinite(x) & np.isfinite(y))  # no centre: no stamp, NaN columns
+    x, y = np.where(lost, 0.0, x), np.where(lost, 0.0, y)
     stamps, inside, origin, _ = cut_stamps(data, x, y, box)
+    inside = inside & ~lost[:, None, None]
     usable = inside & np.isfinite(stamps)
     if saturation is not None:
         usable &= ~(saturation_mask(stamps, saturation) & inside)
