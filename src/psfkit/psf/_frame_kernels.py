@@ -4,21 +4,32 @@
 available (``PSFKIT_BACKEND``); its numpy twin in that module runs the same algorithm, step for
 step, and ``tests/test_frame_fit.py`` compares the two.
 
-Per star (no Python per iteration, no (pixels x nodes) array):
+Per star (no Python per iteration, no (pixels x nodes) array, nothing written that another star
+reads, so that each star's result is the same whatever the threads and their order):
 
-- **The PSF of the star's place.**  The B-spline coefficients of the PSF's polynomial terms are
-  combined with the terms at the star's starting position, on a patch of nodes just larger than
-  the stamp (rebuilt if the star moves off it).
-- **Values and derivatives.**  The stamp's pixels lie on a lattice ``oversampling`` nodes apart,
-  so every column shares one fractional node position, and every row another: the four cubic
-  B-spline weights (and their derivatives) are computed once per evaluation, and the 4 x 4 sums
-  separate into a pass along the rows and one along the columns.
+- **The PSF's nodes, as phase planes.**  The stamp's pixels lie ``o = oversampling`` nodes apart,
+  so the B-spline coefficients are split once per batch into ``o`` planes (plane ``f`` holds the
+  node columns ``f, f + o, f + 2 o, ...``), padded with zero nodes: each of the four cubic taps of
+  a row of pixels then reads consecutive values of one plane, and every loop over pixels runs
+  over contiguous memory (vectorised).  A PSF that does not vary is read where it lies; a varying
+  one is combined with the star's polynomial terms (evaluated once per star, by the caller) on
+  the node rows the stamp needs, again only if the star moves off them.
+- **Values and derivatives.**  Every column shares one fractional node position, and every row
+  another: the four cubic B-spline weights (and their derivatives) are computed once per
+  evaluation, and the 4 x 4 sums separate into a pass along the rows and one along the columns,
+  over the pixels whose node position is on the grid (the others are zero).
 - **Levenberg-Marquardt with Poisson reweighting.**  The weights are the inverse of the model's
   variance (``max(model, 0) / gain + read_noise**2``, plus a fixed per-pixel variance, plus the
   PSF's own variance times the flux squared); a trial step is judged with the weights of the point
   it leaves, and once accepted the weights are recomputed at the new point, so that the fit
   converges on the fixed point that the analytic engine's reweighting passes approach.  It stops
-  when the projected Gauss-Newton step from the new point is below ``rtol`` standard errors.
+  when the projected Gauss-Newton step from the new point is below ``rtol`` standard errors.  The
+  trial's chi-square (old weights) and its own normal equations (new weights) come from one pass
+  over the pixels, the sums held in registers.  The 4 x 4 systems are solved with the analytic
+  engine's Cholesky (:mod:`psfkit.psf._compiled`).
+
+Pixel rows are held ``wp`` apart (the stamp's width rounded up to whole vectors; the extra
+columns are left out like masked pixels).
 """
 
 from __future__ import annotations
@@ -29,7 +40,10 @@ import numpy as np
 
 from psfkit.backend import HAVE_NUMBA, compiled_available, numba_cache_dir
 
-__all__ = ["available", "fit_batch"]
+__all__ = ["available", "fit_batch", "phase_planes"]
+
+#: zero nodes around the grid: two rows above and below, two plane columns (2 o nodes) each side
+_PAD = 2
 
 
 def available() -> bool:
@@ -37,36 +51,107 @@ def available() -> bool:
     return HAVE_NUMBA and compiled_available()
 
 
+def phase_planes(coef: np.ndarray, o: int) -> np.ndarray:
+    """The B-spline coefficients (K, S, S) as ``o`` phase planes with zero nodes around them:
+    ``(K, o, S + 4, ceil(S / o) + 4)``, node ``(r, n)`` at ``[:, n % o, r + 2, n // o + 2]``.
+
+    Examples
+    --------
+    >>> planes = phase_planes(np.arange(50.0).reshape(2, 5, 5), 2)
+    >>> planes.shape
+    (2, 2, 9, 7)
+    >>> float(planes[0, 1, 2 + 4, 3 // 2 + 2])  # node (4, 3) of term 0
+    23.0
+    """
+    k, s, _ = coef.shape
+    out = np.zeros((k, o, s + 2 * _PAD, -(-s // o) + 2 * _PAD))
+    for f in range(o):
+        cols = coef[:, :, f::o]
+        out[:, f, _PAD:_PAD + s, _PAD:_PAD + cols.shape[2]] = cols
+    return out
+
+
 if HAVE_NUMBA:
     numba_cache_dir()  # a user cache folder when the package folder is read-only (README)
     from numba import njit, prange
 
     # the cubic B-spline's weights and their derivatives: the stacking kernels' (one formula)
+    from psfkit.psf._compiled import _cho_inverse, _cho_solve, _cholesky
     from psfkit.psf._empirical_kernels import _weights
 
-    @njit(cache=True)
-    def _build_patch(coef, terms, u0, v0, patch):  # pragma: no cover - compiled
-        """patch[r, q] = sum_k terms[k] coef[k, v0 + r, u0 + q] (zero off the grid)."""
-        nk, s = coef.shape[0], coef.shape[1]
-        ps = patch.shape[0]
-        patch[:, :] = 0.0
-        r0, r1 = max(0, -v0), min(ps, s - v0)
-        q0, q1 = max(0, -u0), min(ps, s - u0)
-        for k in range(nk):
-            t = terms[k]
-            for r in range(r0, r1):
-                gy = v0 + r
-                for q in range(q0, q1):
-                    patch[r, q] += t * coef[k, gy, u0 + q]
+    # sums over pixels may be reordered (vectorised); each star's result stays the same from run to run
+    _FM = {"reassoc", "contract"}
+
+    #: unsigned offsets: numba leaves out the wrap of negative indices, and the loops vectorise
+    _U = np.uint64
+
+    @njit(cache=True, inline="always")
+    def _on_grid(z0, n, o, smax):  # pragma: no cover - compiled
+        """First and end of the pixels i < n whose node position ``z0 + i * o`` is on the grid [0, smax]."""
+        first = n
+        end = 0
+        for i in range(n):
+            z = z0 + i * o
+            if z >= 0.0 and z <= smax:
+                if i < first:
+                    first = i
+                end = i + 1
+        return first, end
+
+    @njit(cache=True, fastmath=_FM)
+    def _build_rows(coefp, terms, r0, planes):  # pragma: no cover - compiled
+        """planes[f, r, :] = sum_k terms[k] coefp[k, f, r0 + r, :] (the rows the grid has from r0 on)."""
+        nk, o, nrow, sq = coefp.shape
+        cnt = _U(min(planes.shape[1], nrow - r0) * sq)
+        off = _U(r0 * sq)
+        for f in range(o):
+            dst = planes[f].ravel()
+            t = terms[0]
+            src = coefp[0, f].ravel()
+            for e in range(cnt):
+                dst[e] = t * src[off + e]
+            for k in range(1, nk):
+                t = terms[k]
+                src = coefp[k, f].ravel()
+                for e in range(cnt):
+                    dst[e] += t * src[off + e]
 
     @njit(cache=True)
-    def _evaluate(patch, pu0, pv0, s, o, c, x0, y0, h, w, rows, rowsd, wu, dwu, wv, dwv, prof, du, dv,
+    def _ensure_rows(coefp, terms, o, c, smax, y0, h, margin, planes, row0):  # pragma: no cover - compiled
+        """Combine the terms on the node rows a centre y0 needs, unless ``planes`` (from the padded grid's
+        row ``row0[0]`` on; -1: none yet) holds them already."""
+        vy0 = c - y0 * o
+        ia, ib = _on_grid(vy0, h, o, smax)
+        if ia >= ib:
+            return
+        iv0 = int(math.floor(vy0))
+        first = iv0 - 1 + _PAD + o * ia
+        end = iv0 - 1 + _PAD + o * (ib - 1) + 4
+        if row0[0] < 0 or first < row0[0] or end > row0[0] + planes.shape[1]:
+            row0[0] = max(0, first - margin)
+            _build_rows(coefp, terms, row0[0], planes)
+
+    @njit(cache=True, fastmath=_FM)
+    def _evaluate(planes, row0, o, c, smax, x0, y0, h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv, prof, du, dv,
                   want):  # pragma: no cover - compiled
         """The unit-flux PSF (and d/du, d/dv in node units) at the stamp's pixels for a centre (x0, y0);
-        zero where a pixel's node position is off the grid.  No branch in the inner loops.
+        zero where a pixel's node position is off the grid (and in the columns from ``w`` to ``wp``).
+        ``planes`` holds the padded grid's node rows from ``row0`` on.  No branch in the inner loops,
+        one output per loop (so that they vectorise).
         """
         ux0 = c - x0 * o
         vy0 = c - y0 * o
+        ja, jb = _on_grid(ux0, w, o, smax)
+        ia, ib = _on_grid(vy0, h, o, smax)
+        for j in range(wp):
+            cm[j] = 1.0 if (j >= ja and j < jb) else 0.0
+        if ja >= jb or ia >= ib:
+            for k in range(h * wp):
+                prof[k] = 0.0
+                if want:
+                    du[k] = 0.0
+                    dv[k] = 0.0
+            return
         fu = math.floor(ux0)
         fv = math.floor(vy0)
         iu0 = int(fu)
@@ -75,153 +160,113 @@ if HAVE_NUMBA:
         _weights(vy0 - fv, wv, dwv)
         w0, w1, w2, w3 = wu[0], wu[1], wu[2], wu[3]
         d0, d1, d2, d3 = dwu[0], dwu[1], dwu[2], dwu[3]
-        nr = o * (h - 1) + 4
-        smax = s - 1.0
-        b0 = iu0 - 1 - pu0
-        # the pass along the rows: each needed node row convolved with the column weights (and their
-        # derivatives); columns whose node position is off the grid get zero weights
-        for rr in range(nr):
-            prow = patch[iv0 - 1 + rr - pv0]
-            for j in range(w):
-                base = b0 + j * o
-                a0 = prow[base]
-                a1 = prow[base + 1]
-                a2 = prow[base + 2]
-                a3 = prow[base + 3]
-                rows[rr, j] = w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3
+        pr, sq = planes.shape[1], planes.shape[2]
+        fl = planes.ravel()
+        ro = rows.ravel()
+        rd = rowsd.ravel()
+        # the four taps of pixel ja: padded node column cb + b, in plane (cb + b) % o from column (cb + b) // o
+        cb = iu0 - 1 + _PAD * o + o * ja
+        t0 = (cb % o) * pr * sq + cb // o
+        t1 = ((cb + 1) % o) * pr * sq + (cb + 1) // o
+        t2 = ((cb + 2) % o) * pr * sq + (cb + 2) // o
+        t3 = ((cb + 3) % o) * pr * sq + (cb + 3) // o
+        nj = _U(jb - ja)
+        # the pass along the rows (row rr of the buffer: node row iv0 - 1 + rr), the rows and columns
+        # on the grid only: each node row convolved with the column weights (and their derivatives)
+        top = iv0 - 1 + _PAD - row0
+        for rr in range(o * ia, o * (ib - 1) + 4):
+            roff = (top + rr) * sq
+            b0 = _U(t0 + roff)
+            b1 = _U(t1 + roff)
+            b2 = _U(t2 + roff)
+            b3 = _U(t3 + roff)
+            bo = _U(rr * wp + ja)
+            for j in range(nj):
+                ro[bo + j] = w0 * fl[b0 + j] + w1 * fl[b1 + j] + w2 * fl[b2 + j] + w3 * fl[b3 + j]
             if want:
-                for j in range(w):
-                    base = b0 + j * o
-                    rowsd[rr, j] = d0 * prow[base] + d1 * prow[base + 1] + d2 * prow[base + 2] + d3 * prow[base + 3]
+                for j in range(nj):
+                    rd[bo + j] = d0 * fl[b0 + j] + d1 * fl[b1 + j] + d2 * fl[b2 + j] + d3 * fl[b3 + j]
+        # the pass along the columns, every pixel (the buffers' other entries are finite: zero weights)
         v0, v1, v2, v3 = wv[0], wv[1], wv[2], wv[3]
         e0, e1, e2, e3 = dwv[0], dwv[1], dwv[2], dwv[3]
+        uwp = _U(wp)
         for i in range(h):
-            vv = vy0 + i * o
-            rm = 1.0 if (vv >= 0.0 and vv <= smax) else 0.0
-            rr = o * i
-            ra = rows[rr]
-            rb = rows[rr + 1]
-            rc = rows[rr + 2]
-            rd = rows[rr + 3]
-            m0 = i * w
-            for j in range(w):
-                uu = ux0 + j * o
-                f = rm if (uu >= 0.0 and uu <= smax) else 0.0
-                prof[m0 + j] = f * (v0 * ra[j] + v1 * rb[j] + v2 * rc[j] + v3 * rd[j])
+            rm = 1.0 if (i >= ia and i < ib) else 0.0
+            ra = _U(o * i * wp)
+            rb = ra + uwp
+            rc = rb + uwp
+            rdd = rc + uwp
+            po = _U(i * wp)
+            for j in range(uwp):
+                prof[po + j] = rm * cm[j] * (v0 * ro[ra + j] + v1 * ro[rb + j] + v2 * ro[rc + j] + v3 * ro[rdd + j])
             if want:
-                sa = rowsd[rr]
-                sb = rowsd[rr + 1]
-                sc = rowsd[rr + 2]
-                sd = rowsd[rr + 3]
-                for j in range(w):
-                    uu = ux0 + j * o
-                    f = rm if (uu >= 0.0 and uu <= smax) else 0.0
-                    du[m0 + j] = f * (v0 * sa[j] + v1 * sb[j] + v2 * sc[j] + v3 * sd[j])
-                    dv[m0 + j] = f * (e0 * ra[j] + e1 * rb[j] + e2 * rc[j] + e3 * rd[j])
+                for j in range(uwp):
+                    du[po + j] = rm * cm[j] * (v0 * rd[ra + j] + v1 * rd[rb + j] + v2 * rd[rc + j] + v3 * rd[rdd + j])
+                for j in range(uwp):
+                    dv[po + j] = rm * cm[j] * (e0 * ro[ra + j] + e1 * ro[rb + j] + e2 * ro[rc + j] + e3 * ro[rdd + j])
 
-    @njit(cache=True)
-    def _ensure_patch(coef, terms, o, c, x0, y0, h, w, margin, patch, corner):  # pragma: no cover - compiled
-        """Rebuild the patch when the nodes of a centre (x0, y0) are not all on it."""
-        iu0 = int(math.floor(c - x0 * o))
-        iv0 = int(math.floor(c - y0 * o))
-        ps = patch.shape[0]
-        if (iu0 - 1 < corner[0] or iu0 + o * (w - 1) + 2 >= corner[0] + ps
-                or iv0 - 1 < corner[1] or iv0 + o * (h - 1) + 2 >= corner[1] + ps):
-            corner[0] = iu0 - 1 - margin
-            corner[1] = iv0 - 1 - margin
-            _build_patch(coef, terms, corner[0], corner[1], patch)
-
-    @njit(cache=True)
-    def _normal(p, prof, du, dv, data, mask, var_fixed, has_fixed, psf_var, gain, rn2, perr2, o, old_wgt, wgt,
-                jtj, jtr):  # pragma: no cover - compiled
+    @njit(cache=True, fastmath=_FM)
+    def _normal(p, prof, du, dv, data, mk, var_fixed, psf_var, gdiv, rn2, perr2, o, old_wgt, wgt, jtj,
+                jtr):  # pragma: no cover - compiled
         """One pass over the pixels at parameters p: the chi-square with the weights ``old_wgt`` (those of
         the point a step leaves), then the weights of this point's model (``wgt``), the chi-square,
-        J^T W J (upper triangle, row by row) and J^T W r with them.
+        J^T W J (upper triangle, row by row) and J^T W r with them.  ``mk``: 1 for a pixel used, else 0
+        (its data 0); ``gdiv``: the gain (inf without a Poisson term).
         """
         m = prof.shape[0]
         B = p[0]
         F = p[1]
-        for q in range(10):
-            jtj[q] = 0.0
-        for q in range(4):
-            jtr[q] = 0.0
-        chi2_old = 0.0
-        chi2 = 0.0
         fo = -F * o
         ff = F * F
+        chi2_old = 0.0
+        chi2 = 0.0
+        g0 = g1 = g2 = g3 = 0.0
+        a00 = a01 = a02 = a03 = a11 = a12 = a13 = a22 = a23 = a33 = 0.0
         for k in range(m):
-            if not mask[k]:
-                wgt[k] = 0.0
-                continue
-            val = B + F * prof[k]
-            var = rn2
-            if gain > 0.0 and val > 0.0:
-                var += val / gain
-            if has_fixed:
-                var += var_fixed[k]
-            var += ff * (psf_var[k] + perr2 * prof[k] * prof[k])
-            wk = 1.0 / var if var > 0.0 else 0.0
+            pk = prof[k]
+            val = B + F * pk
+            var = rn2 + max(val, 0.0) / gdiv + var_fixed[k] + ff * (psf_var[k] + perr2 * pk * pk)
+            wk = mk[k] / var if var > 0.0 else 0.0
             wgt[k] = wk
             r = data[k] - val
             chi2_old += old_wgt[k] * r * r
             wr = wk * r
             chi2 += wr * r
-            j1 = prof[k]
             j2 = fo * du[k]
             j3 = fo * dv[k]
-            jtr[0] += wr
-            jtr[1] += wr * j1
-            jtr[2] += wr * j2
-            jtr[3] += wr * j3
-            jtj[0] += wk
-            jtj[1] += wk * j1
-            jtj[2] += wk * j2
-            jtj[3] += wk * j3
-            wj1 = wk * j1
-            jtj[4] += wj1 * j1
-            jtj[5] += wj1 * j2
-            jtj[6] += wj1 * j3
+            g0 += wr
+            g1 += wr * pk
+            g2 += wr * j2
+            g3 += wr * j3
+            a00 += wk
+            wj1 = wk * pk
+            a01 += wj1
+            a02 += wk * j2
+            a03 += wk * j3
+            a11 += wj1 * pk
+            a12 += wj1 * j2
+            a13 += wj1 * j3
             wj2 = wk * j2
-            jtj[7] += wj2 * j2
-            jtj[8] += wj2 * j3
-            jtj[9] += wk * j3 * j3
+            a22 += wj2 * j2
+            a23 += wj2 * j3
+            a33 += wk * j3 * j3
+        jtr[0], jtr[1], jtr[2], jtr[3] = g0, g1, g2, g3
+        jtj[0, 0], jtj[0, 1], jtj[0, 2], jtj[0, 3] = a00, a01, a02, a03
+        jtj[1, 1], jtj[1, 2], jtj[1, 3] = a11, a12, a13
+        jtj[2, 2], jtj[2, 3] = a22, a23
+        jtj[3, 3] = a33
+        for i in range(4):
+            for j in range(i):
+                jtj[i, j] = jtj[j, i]
         return chi2_old, chi2
 
     @njit(cache=True)
-    def _unpack(jtj, a):  # pragma: no cover - compiled
-        idx = 0
-        for i in range(4):
-            for j in range(i, 4):
-                a[i, j] = jtj[idx]
-                a[j, i] = jtj[idx]
-                idx += 1
-
-    @njit(cache=True)
     def _solve(a, b, x, low):  # pragma: no cover - compiled
-        """Cholesky solve of a 4x4 system; False when not positive definite."""
-        n = 4
-        for i in range(n):
-            for j in range(i + 1):
-                s = a[i, j]
-                for k in range(j):
-                    s -= low[i, k] * low[j, k]
-                if i == j:
-                    if not (s > 0.0):
-                        return False
-                    low[i, i] = math.sqrt(s)
-                else:
-                    low[i, j] = s / low[j, j]
-        for i in range(n):
-            s = b[i]
-            for k in range(i):
-                s -= low[i, k] * x[k]
-            x[i] = s / low[i, i]
-        for i in range(n - 1, -1, -1):
-            s = x[i]
-            for k in range(i + 1, n):
-                s -= low[k, i] * x[k]
-            x[i] = s / low[i, i]
-        for i in range(n):
+        """x = a^-1 b by the engine's Cholesky; False when a is not positive definite or x not finite."""
+        if not _cholesky(a, low):
+            return False
+        _cho_solve(low, b, x)
+        for i in range(x.shape[0]):
             if not math.isfinite(x[i]):
                 return False
         return True
@@ -249,99 +294,122 @@ if HAVE_NUMBA:
                 rhs[i] = 0.0
 
     @njit(cache=True)
-    def _psf_var(coef, terms, o, c, p, h, w, margin, vpatch, vcorner, s, rows, rowsd, wu, dwu, wv, dwv, out,
-                 scratch):  # pragma: no cover - compiled
-        """The PSF's own variance (unit flux) at the stamp's pixels, >= 0."""
-        _ensure_patch(coef, terms, o, c, p[2], p[3], h, w, margin, vpatch, vcorner)
-        _evaluate(vpatch, vcorner[0], vcorner[1], s, o, c, p[2], p[3], h, w, rows, rowsd, wu, dwu, wv, dwv, out,
-                  scratch, scratch, False)
-        for k in range(out.shape[0]):
-            if out[k] < 0.0:
-                out[k] = 0.0
+    def _workspace(h, wp, o, margin, sq, sqv):  # pragma: no cover - compiled
+        """One thread's buffers for stamps of h rows held ``wp`` pixels apart."""
+        m = h * wp
+        nr = o * (h - 1) + 4
+        pr = nr + 2 * margin
+        grids = (np.zeros((o, pr, sq)), np.zeros((o, pr, sqv)), np.zeros((nr, wp)), np.zeros((nr, wp)))
+        v = (np.zeros(wp), np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(4))
+        pix = (np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m),
+               np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m))
+        small = (np.zeros((4, 4)), np.zeros((4, 4)), np.zeros((4, 4)), np.zeros((4, 4)), np.zeros(4), np.zeros(4),
+                 np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(1, np.int64), np.zeros(1, np.int64))
+        return grids, v, pix, small
 
     @njit(cache=True)
-    def _fit_one(i, coef, terms, data, mask, var_fixed, has_fixed, psf_var_coef, has_psf_var, psf_var_terms, gain,
-                 rn2, perr2, o, c, s, h, w, lo, hi, max_iter, rtol, step_tol, params, cov, out_chi2, out_rss, out_iter,
-                 out_conv, out_ok, ws):  # pragma: no cover - compiled
-        (patch, vpatch, corner, vcorner, rows, rowsd, wu, dwu, wv, dwv, prof, du, dv, tprof, tdu, tdv, pvar, tpvar,
-         wgt, twgt, jtj, tjtj, jtr, tjtr, a, sysm, rhs, step, low, p, trial, margin) = ws
-        m = h * w
+    def _fit_one(i, coefp, terms, glob, data, mask, var_fixed, has_fixed, pv_coefp, has_psf_var, pv_terms, pv_glob,
+                 gdiv, rn2, perr2, o, c, smax, h, w, margin, lo, hi, max_iter, rtol, step_tol, params, cov, out_chi2,
+                 out_rss, out_iter, out_conv, out_ok, ws):  # pragma: no cover - compiled
+        (own, vown, rows, rowsd), (cm, wu, dwu, wv, dwv), pix, small = ws
+        (prof, du, dv, tprof, tdu, tdv, pvar, tpvar, wgt, twgt, dat, mk, vfix, zero) = pix
+        (jtj, tjtj, sysm, low, jtr, tjtr, rhs, step, p, trial, row0, vrow0) = small
+        wp = rows.shape[1]
+        m = h * wp
+        lo_i = lo[i]
+        hi_i = hi[i]
         for q in range(4):
-            p[q] = min(max(params[i, q], lo[i, q]), hi[i, q])
+            p[q] = min(max(params[i, q], lo_i[q]), hi_i[q])
             if not math.isfinite(p[q]):
                 out_ok[i] = False
                 return
-        corner[0] = -(10**9)
-        corner[1] = -(10**9)
-        vcorner[0] = -(10**9)
-        vcorner[1] = -(10**9)
+        # the used pixels' data (others 0, never NaN) and the fixed variance, rows wp apart
+        di = data[i]
+        mi = mask[i]
+        for k in range(m):
+            mk[k] = 0.0
+            dat[k] = 0.0
+            vfix[k] = 0.0
+            zero[k] = 0.0
+            pvar[k] = 0.0
+            tpvar[k] = 0.0
+        for y in range(h):
+            for x in range(w):
+                k = y * wp + x
+                use = mi[y * w + x]
+                mk[k] = 1.0 if use else 0.0
+                dat[k] = di[y * w + x] if use else 0.0
+                if has_fixed:
+                    vfix[k] = var_fixed[i, y * w + x]
+        # the PSF (and its variance) of the star's place: the grid itself when it does not vary
         tm = terms[i]
-        _ensure_patch(coef, tm, o, c, p[2], p[3], h, w, margin, patch, corner)
-        _evaluate(patch, corner[0], corner[1], s, o, c, p[2], p[3], h, w, rows, rowsd, wu, dwu, wv, dwv, prof, du, dv,
+        planes = coefp[0] if glob else own
+        row0[0] = 0 if glob else -1
+        vplanes = pv_coefp[0] if pv_glob else vown
+        vrow0[0] = 0 if pv_glob else -1
+        if not glob:
+            _ensure_rows(coefp, tm, o, c, smax, p[3], h, margin, planes, row0)
+        _evaluate(planes, row0[0], o, c, smax, p[2], p[3], h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv, prof, du, dv,
                   True)
         if has_psf_var:
-            _psf_var(psf_var_coef, psf_var_terms[i], o, c, p, h, w, margin, vpatch, vcorner, s, rows, rowsd, wu, dwu,
-                     wv, dwv, pvar, tdu)
-        datai = data[i]
-        maski = mask[i]
-        vfi = var_fixed[i] if has_fixed else var_fixed[0]
-        _, chi2 = _normal(p, prof, du, dv, datai, maski, vfi, has_fixed, pvar, gain, rn2, perr2, o, wgt, wgt, jtj,
-                          jtr)
+            if not pv_glob:
+                _ensure_rows(pv_coefp, pv_terms[i], o, c, smax, p[3], h, margin, vplanes, vrow0)
+            _psf_var(vplanes, vrow0[0], o, c, smax, p, h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv, pvar)
+        _, chi2 = _normal(p, prof, du, dv, dat, mk, vfix, pvar, gdiv, rn2, perr2, o, zero, wgt, jtj, jtr)
         lam = 1e-3
         it = 0
         converged = False
         ok = math.isfinite(chi2)
         while ok and it < max_iter:
-            _unpack(jtj, a)
-            _projected(a, jtr, p, lo[i], hi[i], lam, sysm, rhs)
+            _projected(jtj, jtr, p, lo_i, hi_i, lam, sysm, rhs)
             solved = _solve(sysm, rhs, step, low)
             it += 1
             better = False
+            t_chi2 = np.inf
+            t_new = np.inf
             if solved:
                 for q in range(4):
-                    trial[q] = min(max(p[q] + step[q], lo[i, q]), hi[i, q])
-                _ensure_patch(coef, tm, o, c, trial[2], trial[3], h, w, margin, patch, corner)
-                _evaluate(patch, corner[0], corner[1], s, o, c, trial[2], trial[3], h, w, rows, rowsd, wu, dwu, wv,
-                          dwv, tprof, tdu, tdv, True)
+                    trial[q] = min(max(p[q] + step[q], lo_i[q]), hi_i[q])
+                if not glob:
+                    _ensure_rows(coefp, tm, o, c, smax, trial[3], h, margin, planes, row0)
+                _evaluate(planes, row0[0], o, c, smax, trial[2], trial[3], h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv,
+                          tprof, tdu, tdv, True)
                 if has_psf_var:
-                    _psf_var(psf_var_coef, psf_var_terms[i], o, c, trial, h, w, margin, vpatch, vcorner, s, rows,
-                             rowsd, wu, dwu, wv, dwv, tpvar, twgt)
+                    if not pv_glob:
+                        _ensure_rows(pv_coefp, pv_terms[i], o, c, smax, trial[3], h, margin, vplanes, vrow0)
+                    _psf_var(vplanes, vrow0[0], o, c, smax, trial, h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv, tpvar)
                 # the trial's chi-square with the current weights, and its own normal equations
-                t_chi2, t_new = _normal(trial, tprof, tdu, tdv, datai, maski, vfi, has_fixed, tpvar, gain, rn2, perr2,
-                                        o, wgt, twgt, tjtj, tjtr)
+                t_chi2, t_new = _normal(trial, tprof, tdu, tdv, dat, mk, vfix, tpvar, gdiv, rn2, perr2, o, wgt, twgt,
+                                        tjtj, tjtr)
                 better = math.isfinite(t_chi2) and t_chi2 <= chi2
             if better:
                 # the step's length in the metric of J^T W J (before the weights move)
-                small = 0.0
+                small_step = 0.0
                 for q in range(4):
                     dq = trial[q] - p[q]
                     for r in range(4):
-                        small += dq * a[q, r] * (trial[r] - p[r])
+                        small_step += dq * jtj[q, r] * (trial[r] - p[r])
                 tiny = chi2 - t_chi2 <= 1e-12 * max(chi2, 1e-300)
-                for q in range(4):
-                    p[q] = trial[q]
-                for k in range(m):
-                    prof[k] = tprof[k]
-                    du[k] = tdu[k]
-                    dv[k] = tdv[k]
-                    wgt[k] = twgt[k]
-                    pvar[k] = tpvar[k]
-                for q in range(10):
-                    jtj[q] = tjtj[q]
-                for q in range(4):
-                    jtr[q] = tjtr[q]
+                # the trial becomes the point: swap the buffers
+                p, trial = trial, p
+                prof, tprof = tprof, prof
+                du, tdu = tdu, du
+                dv, tdv = tdv, dv
+                wgt, twgt = twgt, wgt
+                pvar, tpvar = tpvar, pvar
+                jtj, tjtj = tjtj, jtj
+                jtr, tjtr = tjtr, jtr
                 chi2 = t_new
                 lam = max(lam / 5.0, 1e-12)
                 # the Gauss-Newton step from the new point, projected on the bounds
-                _unpack(jtj, a)
-                _projected(a, jtr, p, lo[i], hi[i], 0.0, sysm, rhs)
+                _projected(jtj, jtr, p, lo_i, hi_i, 0.0, sysm, rhs)
                 near = False
                 if _solve(sysm, rhs, step, low):
                     g = 0.0
                     for q in range(4):
                         g += step[q] * rhs[q]
                     near = g >= 0.0 and g <= rtol * rtol
-                if (small <= step_tol * step_tol) or tiny or near:
+                if (small_step <= step_tol * step_tol) or tiny or near:
                     converged = True
                     break
             else:
@@ -351,23 +419,15 @@ if HAVE_NUMBA:
                     break
         # final statistics: chi2, residual sum and J^T W J at the solution with its weights
         rss = 0.0
-        npix = 0
         for k in range(m):
-            if maski[k]:
-                r = datai[k] - p[0] - p[1] * prof[k]
-                rss += r * r
-                npix += 1
-        _unpack(jtj, a)
-        inv_ok = True
-        for col in range(4):
+            r = dat[k] - p[0] - p[1] * prof[k]
+            rss += mk[k] * r * r
+        if _cho_inverse(jtj, low, sysm):
             for q in range(4):
-                rhs[q] = 1.0 if q == col else 0.0
-            if not _solve(a, rhs, step, low):
-                inv_ok = False
-                break
-            for q in range(4):
-                cov[i, q, col] = step[q]
-        if not inv_ok:
+                for r in range(4):
+                    cov[i, q, r] = sysm[q, r]
+        else:
+            ok = False
             for q in range(4):
                 for r in range(4):
                     cov[i, q, r] = np.nan
@@ -377,35 +437,34 @@ if HAVE_NUMBA:
         out_rss[i] = rss
         out_iter[i] = it
         out_conv[i] = converged
-        out_ok[i] = inv_ok and ok
+        out_ok[i] = ok
 
     @njit(cache=True)
-    def _workspace(h, w, o, nodes_patch):  # pragma: no cover - compiled
-        m = h * w
-        nr = o * (h - 1) + 4
-        ps = nodes_patch
-        return (np.zeros((ps, ps)), np.zeros((ps, ps)), np.zeros(2, np.int64), np.zeros(2, np.int64),
-                np.zeros((nr, w)), np.zeros((nr, w)), np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(4),
-                np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m),
-                np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(10), np.zeros(10), np.zeros(4), np.zeros(4),
-                np.zeros((4, 4)), np.zeros((4, 4)), np.zeros(4), np.zeros(4), np.zeros((4, 4)), np.zeros(4),
-                np.zeros(4), o)
+    def _psf_var(vplanes, vrow0, o, c, smax, p, h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv,
+                 out):  # pragma: no cover - compiled
+        """The PSF's own variance (unit flux) at the stamp's pixels, >= 0."""
+        _evaluate(vplanes, vrow0, o, c, smax, p[2], p[3], h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv, out, out, out,
+                  False)
+        for k in range(out.shape[0]):
+            out[k] = max(out[k], 0.0)
 
     @njit(parallel=True, cache=True)
-    def _fit_batch(coef, terms, data, mask, var_fixed, has_fixed, psf_var_coef, has_psf_var, psf_var_terms, gain,
-                   rn2, perr2, o, h, w, lo, hi, max_iter, rtol, step_tol, params, cov, out_chi2, out_rss, out_iter,
-                   out_conv, out_ok, nblocks):  # pragma: no cover - compiled
+    def _fit_batch(coefp, terms, glob, data, mask, var_fixed, has_fixed, pv_coefp, has_psf_var, pv_terms, pv_glob,
+                   gdiv, rn2, perr2, s, h, w, lo, hi, max_iter, rtol, step_tol, params, cov, out_chi2, out_rss,
+                   out_iter, out_conv, out_ok, nblocks):  # pragma: no cover - compiled
         n = params.shape[0]
-        s = coef.shape[1]
+        o = coefp.shape[1]
         c = (s - 1) / 2.0
-        ps = o * (max(h, w) - 1) + 4 + 2 * o + 1
+        smax = s - 1.0
+        margin = o  # node rows held beyond the stamp's, so that a star moving by up to a pixel keeps them
+        wp = (w + 7) // 8 * 8  # rows of whole vectors
         per = (n + nblocks - 1) // nblocks
         for b in prange(nblocks):
-            ws = _workspace(h, w, o, ps)
+            ws = _workspace(h, wp, o, margin, coefp.shape[3], pv_coefp.shape[3])
             for i in range(b * per, min(n, (b + 1) * per)):
-                _fit_one(i, coef, terms, data, mask, var_fixed, has_fixed, psf_var_coef, has_psf_var, psf_var_terms,
-                         gain, rn2, perr2, o, c, s, h, w, lo, hi, max_iter, rtol, step_tol, params, cov, out_chi2,
-                         out_rss, out_iter, out_conv, out_ok, ws)
+                _fit_one(i, coefp, terms, glob, data, mask, var_fixed, has_fixed, pv_coefp, has_psf_var, pv_terms,
+                         pv_glob, gdiv, rn2, perr2, o, c, smax, h, w, margin, lo, hi, max_iter, rtol, step_tol, params,
+                         cov, out_chi2, out_rss, out_iter, out_conv, out_ok, ws)
 
 
 def fit_batch(coef, terms, data, mask, lo, hi, params, *, oversampling, shape, var_fixed=None, psf_var_coef=None,
@@ -422,7 +481,8 @@ def fit_batch(coef, terms, data, mask, lo, hi, params, *, oversampling, shape, v
 
     h, w = shape
     n = params.shape[0]
-    params = np.ascontiguousarray(params, dtype=np.float64).copy()
+    o = int(oversampling)
+    params = np.array(params, dtype=np.float64, order="C")
     cov = np.full((n, 4, 4), np.nan)
     out_chi2 = np.full(n, np.nan)
     out_rss = np.full(n, np.nan)
@@ -430,16 +490,26 @@ def fit_batch(coef, terms, data, mask, lo, hi, params, *, oversampling, shape, v
     out_conv = np.zeros(n, dtype=np.bool_)
     out_ok = np.zeros(n, dtype=np.bool_)
     has_fixed = var_fixed is not None
-    vf = np.ascontiguousarray(var_fixed, dtype=np.float64) if has_fixed else np.zeros((1, h * w))
+    vf = np.ascontiguousarray(var_fixed, dtype=np.float64) if has_fixed else np.zeros((1, 1))
+    coef = np.asarray(coef, dtype=np.float64)
+    terms = np.ascontiguousarray(terms, dtype=np.float64)
     has_pv = psf_var_coef is not None
-    pvc = np.ascontiguousarray(psf_var_coef, dtype=np.float64) if has_pv else np.zeros((1, 4, 4))
-    pvt = np.ascontiguousarray(psf_var_terms, dtype=np.float64) if has_pv else np.zeros((n, 1))
+    if has_pv:
+        pvc = phase_planes(np.asarray(psf_var_coef, dtype=np.float64), o)
+        pvt = np.ascontiguousarray(psf_var_terms, dtype=np.float64)
+    else:
+        pvc, pvt = np.zeros((1, o, 1, 1)), np.ones((1, 1))
     nblocks = min(n, 8 * numba.get_num_threads()) if n else 1
-    _fit_batch(np.ascontiguousarray(coef, dtype=np.float64), np.ascontiguousarray(terms, dtype=np.float64),
-               np.ascontiguousarray(data, dtype=np.float64), np.ascontiguousarray(mask, dtype=np.bool_), vf, has_fixed,
-               pvc, has_pv, pvt, float(gain or 0.0), float(read_noise) ** 2, float(profile_error) ** 2,
-               int(oversampling), int(h), int(w),
+    gdiv = float(gain) if gain and gain > 0 else np.inf  # max(model, 0) / gdiv: no Poisson term without a gain
+    _fit_batch(phase_planes(coef, o), terms, _constant(terms), np.ascontiguousarray(data, dtype=np.float64),
+               np.ascontiguousarray(mask, dtype=np.bool_), vf, has_fixed, pvc, has_pv, pvt, _constant(pvt),
+               gdiv, float(read_noise) ** 2, float(profile_error) ** 2, int(coef.shape[-1]), int(h), int(w),
                np.ascontiguousarray(lo, dtype=np.float64), np.ascontiguousarray(hi, dtype=np.float64), int(max_iter),
                float(rtol), float(rtol * step_factor), params, cov, out_chi2, out_rss, out_iter, out_conv, out_ok,
                max(nblocks, 1))
     return params, cov, out_chi2, out_rss, out_iter, out_conv, out_ok
+
+
+def _constant(terms: np.ndarray) -> bool:
+    """True when every star's PSF is the first term's grid itself (one term, valued 1)."""
+    return bool(terms.shape[1] == 1 and np.all(terms == 1.0))
