@@ -143,3 +143,88 @@ def test_fit_stars_uses_the_frame_engine():
     assert table["flux_fit"][0] == pytest.approx(5e4, rel=5 * table["flux_err"][0] / 5e4)
     assert table["x_fit"][0] == pytest.approx(truth["x0"][0], abs=5 * table["x_err"][0])
     assert table["flags"][0] == 0
+
+
+@pytest.mark.skipif(not _frame_kernels.available(), reason="the compiled kernel is off (PSFKIT_BACKEND=numpy)")
+@pytest.mark.parametrize("o", [1, 2, 3])
+def test_compiled_matches_numpy_off_the_grid(o):
+    """A PSF grid smaller than the stamps (pixels off it are zero), stars near the stamps' edges and a
+    varying PSF, at several oversamplings: the compiled fit reads the same nodes as the numpy twin."""
+    reach = 4
+    base = _effective_grid(3.0, o=o, reach=reach)
+    wide = _effective_grid(3.4, o=o, reach=reach)
+    coef = np.zeros((3, *base.shape))
+    coef[0] = base
+    coef[1] = 0.5 * (wide - base)
+    psf = FramePSF(coef, o, 1, (500.0, 500.0), (500.0, 500.0), 100)
+    rng = np.random.default_rng(7)
+    n, size = 60, 17
+    origin = rng.integers(0, 980, (n, 2)).astype(float)
+    x0 = rng.uniform(1.0, size - 2.0, n)  # up to 7 px off the stamp's centre: part of the star off the grid
+    y0 = rng.uniform(1.0, size - 2.0, n)
+    flux = rng.uniform(2e3, 5e4, n)
+    from psfkit.psf.empirical import render_stars
+
+    stamps = np.empty((n, size, size))
+    for i in range(n):
+        local = render_stars(_shifted(psf, origin[i]), (size, size), [x0[i]], [y0[i]], [flux[i]])
+        stamps[i] = rng.poisson((100.0 + local) * GAIN) / GAIN + rng.normal(0, RN / GAIN, (size, size))
+    p0 = np.column_stack([np.full(n, 90.0), 0.9 * flux, x0 + rng.uniform(-0.3, 0.3, n),
+                          y0 + rng.uniform(-0.3, 0.3, n), origin])
+    kw = dict(noise=NoiseModel(GAIN, RN / GAIN))
+    a = FF.fit_frame_stamps(psf.model(), stamps, p0, **kw)
+    b = FF.fit_frame_stamps(psf.model(), stamps, p0, backend="numpy", **kw)
+    np.testing.assert_array_equal(a.flags, b.flags)
+    np.testing.assert_array_equal(a.iterations, b.iterations)
+    ok = a.flags == 0
+    assert ok.sum() >= n - 5
+    err = b.errors[ok, :4]
+    assert np.max(np.abs(a.params[ok, :4] - b.params[ok, :4]) / err) < 1e-8
+    np.testing.assert_allclose(a.chi2[ok], b.chi2[ok], rtol=1e-9)
+
+
+@pytest.mark.skipif(not _frame_kernels.available(), reason="the compiled kernel is off (PSFKIT_BACKEND=numpy)")
+def test_compiled_fit_does_not_depend_on_the_threads(varying):
+    """Stars in parallel, nothing shared: one thread or all, bit for bit the same answers."""
+    import numba
+
+    psf, stamps, truth = varying
+    p0 = _start(truth)
+    kw = dict(noise=NoiseModel(GAIN, RN / GAIN))
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = FF.fit_frame_stamps(psf.model(), stamps, p0, **kw)
+    finally:
+        numba.set_num_threads(threads)
+    many = FF.fit_frame_stamps(psf.model(), stamps, p0, **kw)
+    np.testing.assert_array_equal(one.params, many.params)
+    np.testing.assert_array_equal(one.covariance, many.covariance)
+    np.testing.assert_array_equal(one.iterations, many.iterations)
+
+
+@pytest.mark.skipif(not _frame_kernels.available(), reason="the compiled kernel is off (PSFKIT_BACKEND=numpy)")
+def test_shared_cholesky_solves_like_numpy():
+    """The engine's compiled Cholesky (used by both compiled fits): solutions and inverses of random
+    symmetric positive definite systems as numpy.linalg gives them; False for a matrix that is not."""
+    from psfkit.psf._compiled import _cho_inverse, _cho_solve, _cholesky
+
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 4, 7):
+        for _ in range(20):
+            m = rng.normal(size=(n, n)) * rng.uniform(0.1, 1e3, n)  # badly scaled columns, as J^T W J has
+            a = m.T @ m + 1e-3 * np.eye(n)
+            b = rng.normal(size=n)
+            low = np.zeros((n, n))
+            x = np.zeros(n)
+            assert _cholesky(a, low)
+            _cho_solve(low, b, x)
+            ref = np.linalg.solve(a, b)
+            cond = np.linalg.cond(a)
+            assert np.max(np.abs(x - ref)) <= 1e-13 * cond * np.max(np.abs(ref))
+            inv = np.zeros((n, n))
+            assert _cho_inverse(a, low, inv)
+            np.testing.assert_allclose(inv @ a, np.eye(n), atol=1e-13 * cond)
+    not_pd = np.diag([1.0, -1.0, 2.0, 3.0])
+    assert not _cholesky(not_pd, np.zeros((4, 4)))
+    assert not _cholesky(np.full((4, 4), np.nan), np.zeros((4, 4)))

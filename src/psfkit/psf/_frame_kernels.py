@@ -51,9 +51,11 @@ def available() -> bool:
     return HAVE_NUMBA and compiled_available()
 
 
-def phase_planes(coef: np.ndarray, o: int) -> np.ndarray:
+def phase_planes(coef: np.ndarray, o: int, extra: int = 0) -> np.ndarray:
     """The B-spline coefficients (K, S, S) as ``o`` phase planes with zero nodes around them:
-    ``(K, o, S + 4, ceil(S / o) + 4)``, node ``(r, n)`` at ``[:, n % o, r + 2, n // o + 2]``.
+    ``(K, o, S + 4, ceil(S / o) + 4 + extra)``, node ``(r, n)`` at ``[:, n % o, r + 2, n // o + 2]``
+    (``extra`` zero plane columns more on the right, so that a row of ``extra`` pixels may be read
+    whole from any pixel on the grid).
 
     Examples
     --------
@@ -64,7 +66,7 @@ def phase_planes(coef: np.ndarray, o: int) -> np.ndarray:
     23.0
     """
     k, s, _ = coef.shape
-    out = np.zeros((k, o, s + 2 * _PAD, -(-s // o) + 2 * _PAD))
+    out = np.zeros((k, o, s + 2 * _PAD, -(-s // o) + 2 * _PAD + extra))
     for f in range(o):
         cols = coef[:, :, f::o]
         out[:, f, _PAD:_PAD + s, _PAD:_PAD + cols.shape[2]] = cols
@@ -99,45 +101,56 @@ if HAVE_NUMBA:
         return first, end
 
     @njit(cache=True, fastmath=_FM)
-    def _build_rows(coefp, terms, r0, planes):  # pragma: no cover - compiled
-        """planes[f, r, :] = sum_k terms[k] coefp[k, f, r0 + r, :] (the rows the grid has from r0 on)."""
+    def _build_window(coefp, terms, row0, col0, planes):  # pragma: no cover - compiled
+        """planes[f, r, q] = sum_k terms[k] coefp[k, f, row0 + r, col0 + q] (the rows the grid has)."""
         nk, o, nrow, sq = coefp.shape
-        cnt = _U(min(planes.shape[1], nrow - r0) * sq)
-        off = _U(r0 * sq)
+        nw = _U(planes.shape[2])
         for f in range(o):
-            dst = planes[f].ravel()
-            t = terms[0]
-            src = coefp[0, f].ravel()
-            for e in range(cnt):
-                dst[e] = t * src[off + e]
-            for k in range(1, nk):
-                t = terms[k]
-                src = coefp[k, f].ravel()
-                for e in range(cnt):
-                    dst[e] += t * src[off + e]
+            for r in range(min(planes.shape[1], nrow - row0)):
+                dst = planes[f, r]
+                off = _U(col0)
+                t = terms[0]
+                src = coefp[0, f, row0 + r]
+                for q in range(nw):
+                    dst[q] = t * src[off + q]
+                for k in range(1, nk):
+                    t = terms[k]
+                    src = coefp[k, f, row0 + r]
+                    for q in range(nw):
+                        dst[q] += t * src[off + q]
 
     @njit(cache=True)
-    def _ensure_rows(coefp, terms, o, c, smax, y0, h, margin, planes, row0):  # pragma: no cover - compiled
-        """Combine the terms on the node rows a centre y0 needs, unless ``planes`` (from the padded grid's
-        row ``row0[0]`` on; -1: none yet) holds them already."""
+    def _ensure_window(coefp, terms, o, c, smax, x0, y0, h, w, wp, margin, planes, corner):  # pragma: no cover
+        """Combine the terms on the nodes a centre (x0, y0) needs, unless ``planes`` holds them already:
+        the padded grid's node rows from ``corner[0]`` on (-1: none yet) and plane columns from
+        ``corner[1]`` on.  ``margin`` more node rows (and a plane column more) each side, so that a
+        star moving by up to a pixel keeps them."""
+        ux0 = c - x0 * o
         vy0 = c - y0 * o
+        ja, jb = _on_grid(ux0, w, o, smax)
         ia, ib = _on_grid(vy0, h, o, smax)
-        if ia >= ib:
+        if ja >= jb or ia >= ib:
             return
         iv0 = int(math.floor(vy0))
-        first = iv0 - 1 + _PAD + o * ia
-        end = iv0 - 1 + _PAD + o * (ib - 1) + 4
-        if row0[0] < 0 or first < row0[0] or end > row0[0] + planes.shape[1]:
-            row0[0] = max(0, first - margin)
-            _build_rows(coefp, terms, row0[0], planes)
+        r_first = iv0 - 1 + _PAD + o * ia
+        r_end = iv0 - 1 + _PAD + o * (ib - 1) + 4
+        cb = int(math.floor(ux0)) - 1 + _PAD * o + o * ja
+        q_first = cb // o
+        q_end = (cb + 3) // o + wp
+        pr, nw = planes.shape[1], planes.shape[2]
+        if (corner[0] < 0 or r_first < corner[0] or r_end > corner[0] + pr or q_first < corner[1]
+                or q_end > corner[1] + nw):
+            corner[0] = max(0, r_first - margin)
+            corner[1] = max(0, min(q_first - 1, coefp.shape[3] - nw))
+            _build_window(coefp, terms, corner[0], corner[1], planes)
 
     @njit(cache=True, fastmath=_FM)
-    def _evaluate(planes, row0, o, c, smax, x0, y0, h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv, prof, du, dv,
+    def _evaluate(planes, row0, col0, o, c, smax, x0, y0, h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv, prof, du, dv,
                   want):  # pragma: no cover - compiled
         """The unit-flux PSF (and d/du, d/dv in node units) at the stamp's pixels for a centre (x0, y0);
         zero where a pixel's node position is off the grid (and in the columns from ``w`` to ``wp``).
-        ``planes`` holds the padded grid's node rows from ``row0`` on.  No branch in the inner loops,
-        one output per loop (so that they vectorise).
+        ``planes`` holds the padded grid's node rows from ``row0`` on and plane columns from ``col0`` on.
+        No branch in the inner loops, one output per loop, whole rows of ``wp`` (so that they vectorise).
         """
         ux0 = c - x0 * o
         vy0 = c - y0 * o
@@ -166,11 +179,11 @@ if HAVE_NUMBA:
         rd = rowsd.ravel()
         # the four taps of pixel ja: padded node column cb + b, in plane (cb + b) % o from column (cb + b) // o
         cb = iu0 - 1 + _PAD * o + o * ja
-        t0 = (cb % o) * pr * sq + cb // o
-        t1 = ((cb + 1) % o) * pr * sq + (cb + 1) // o
-        t2 = ((cb + 2) % o) * pr * sq + (cb + 2) // o
-        t3 = ((cb + 3) % o) * pr * sq + (cb + 3) // o
-        nj = _U(jb - ja)
+        t0 = (cb % o) * pr * sq + cb // o - col0
+        t1 = ((cb + 1) % o) * pr * sq + (cb + 1) // o - col0
+        t2 = ((cb + 2) % o) * pr * sq + (cb + 2) // o - col0
+        t3 = ((cb + 3) % o) * pr * sq + (cb + 3) // o - col0
+        nj = _U(wp)  # from pixel ja on, wp of them (the padding's zeros past the grid; rows 2 wp long)
         # the pass along the rows (row rr of the buffer: node row iv0 - 1 + rr), the rows and columns
         # on the grid only: each node row convolved with the column weights (and their derivatives)
         top = iv0 - 1 + _PAD - row0
@@ -180,7 +193,7 @@ if HAVE_NUMBA:
             b1 = _U(t1 + roff)
             b2 = _U(t2 + roff)
             b3 = _U(t3 + roff)
-            bo = _U(rr * wp + ja)
+            bo = _U(rr * 2 * wp + ja)
             for j in range(nj):
                 ro[bo + j] = w0 * fl[b0 + j] + w1 * fl[b1 + j] + w2 * fl[b2 + j] + w3 * fl[b3 + j]
             if want:
@@ -190,12 +203,13 @@ if HAVE_NUMBA:
         v0, v1, v2, v3 = wv[0], wv[1], wv[2], wv[3]
         e0, e1, e2, e3 = dwv[0], dwv[1], dwv[2], dwv[3]
         uwp = _U(wp)
+        stride = _U(2 * wp)  # (an int times an unsigned int would be a float in numba)
         for i in range(h):
             rm = 1.0 if (i >= ia and i < ib) else 0.0
-            ra = _U(o * i * wp)
-            rb = ra + uwp
-            rc = rb + uwp
-            rdd = rc + uwp
+            ra = _U(o * i * 2 * wp)
+            rb = ra + stride
+            rc = rb + stride
+            rdd = rc + stride
             po = _U(i * wp)
             for j in range(uwp):
                 prof[po + j] = rm * cm[j] * (v0 * ro[ra + j] + v1 * ro[rb + j] + v2 * ro[rc + j] + v3 * ro[rdd + j])
@@ -294,17 +308,18 @@ if HAVE_NUMBA:
                 rhs[i] = 0.0
 
     @njit(cache=True)
-    def _workspace(h, wp, o, margin, sq, sqv):  # pragma: no cover - compiled
+    def _workspace(h, wp, o, margin):  # pragma: no cover - compiled
         """One thread's buffers for stamps of h rows held ``wp`` pixels apart."""
         m = h * wp
         nr = o * (h - 1) + 4
         pr = nr + 2 * margin
-        grids = (np.zeros((o, pr, sq)), np.zeros((o, pr, sqv)), np.zeros((nr, wp)), np.zeros((nr, wp)))
+        nw = (wp + 3 + 2 + 7) // 8 * 8  # plane columns of a window: a row of pixels, its taps, one more each side
+        grids = (np.zeros((o, pr, nw)), np.zeros((o, pr, nw)), np.zeros((nr, 2 * wp)), np.zeros((nr, 2 * wp)))
         v = (np.zeros(wp), np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(4))
         pix = (np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m),
                np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m))
         small = (np.zeros((4, 4)), np.zeros((4, 4)), np.zeros((4, 4)), np.zeros((4, 4)), np.zeros(4), np.zeros(4),
-                 np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(1, np.int64), np.zeros(1, np.int64))
+                 np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(2, np.int64), np.zeros(2, np.int64))
         return grids, v, pix, small
 
     @njit(cache=True)
@@ -313,8 +328,8 @@ if HAVE_NUMBA:
                  out_rss, out_iter, out_conv, out_ok, ws):  # pragma: no cover - compiled
         (own, vown, rows, rowsd), (cm, wu, dwu, wv, dwv), pix, small = ws
         (prof, du, dv, tprof, tdu, tdv, pvar, tpvar, wgt, twgt, dat, mk, vfix, zero) = pix
-        (jtj, tjtj, sysm, low, jtr, tjtr, rhs, step, p, trial, row0, vrow0) = small
-        wp = rows.shape[1]
+        (jtj, tjtj, sysm, low, jtr, tjtr, rhs, step, p, trial, corner, vcorner) = small
+        wp = cm.shape[0]
         m = h * wp
         lo_i = lo[i]
         hi_i = hi[i]
@@ -344,17 +359,19 @@ if HAVE_NUMBA:
         # the PSF (and its variance) of the star's place: the grid itself when it does not vary
         tm = terms[i]
         planes = coefp[0] if glob else own
-        row0[0] = 0 if glob else -1
+        corner[0] = 0 if glob else -1
+        corner[1] = 0
         vplanes = pv_coefp[0] if pv_glob else vown
-        vrow0[0] = 0 if pv_glob else -1
+        vcorner[0] = 0 if pv_glob else -1
+        vcorner[1] = 0
         if not glob:
-            _ensure_rows(coefp, tm, o, c, smax, p[3], h, margin, planes, row0)
-        _evaluate(planes, row0[0], o, c, smax, p[2], p[3], h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv, prof, du, dv,
-                  True)
+            _ensure_window(coefp, tm, o, c, smax, p[2], p[3], h, w, wp, margin, planes, corner)
+        _evaluate(planes, corner[0], corner[1], o, c, smax, p[2], p[3], h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv,
+                  prof, du, dv, True)
         if has_psf_var:
             if not pv_glob:
-                _ensure_rows(pv_coefp, pv_terms[i], o, c, smax, p[3], h, margin, vplanes, vrow0)
-            _psf_var(vplanes, vrow0[0], o, c, smax, p, h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv, pvar)
+                _ensure_window(pv_coefp, pv_terms[i], o, c, smax, p[2], p[3], h, w, wp, margin, vplanes, vcorner)
+            _psf_var(vplanes, vcorner, o, c, smax, p, h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv, pvar)
         _, chi2 = _normal(p, prof, du, dv, dat, mk, vfix, pvar, gdiv, rn2, perr2, o, zero, wgt, jtj, jtr)
         lam = 1e-3
         it = 0
@@ -371,13 +388,14 @@ if HAVE_NUMBA:
                 for q in range(4):
                     trial[q] = min(max(p[q] + step[q], lo_i[q]), hi_i[q])
                 if not glob:
-                    _ensure_rows(coefp, tm, o, c, smax, trial[3], h, margin, planes, row0)
-                _evaluate(planes, row0[0], o, c, smax, trial[2], trial[3], h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv,
-                          tprof, tdu, tdv, True)
+                    _ensure_window(coefp, tm, o, c, smax, trial[2], trial[3], h, w, wp, margin, planes, corner)
+                _evaluate(planes, corner[0], corner[1], o, c, smax, trial[2], trial[3], h, w, wp, rows, rowsd, cm, wu,
+                          dwu, wv, dwv, tprof, tdu, tdv, True)
                 if has_psf_var:
                     if not pv_glob:
-                        _ensure_rows(pv_coefp, pv_terms[i], o, c, smax, trial[3], h, margin, vplanes, vrow0)
-                    _psf_var(vplanes, vrow0[0], o, c, smax, trial, h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv, tpvar)
+                        _ensure_window(pv_coefp, pv_terms[i], o, c, smax, trial[2], trial[3], h, w, wp, margin,
+                                       vplanes, vcorner)
+                    _psf_var(vplanes, vcorner, o, c, smax, trial, h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv, tpvar)
                 # the trial's chi-square with the current weights, and its own normal equations
                 t_chi2, t_new = _normal(trial, tprof, tdu, tdv, dat, mk, vfix, tpvar, gdiv, rn2, perr2, o, wgt, twgt,
                                         tjtj, tjtr)
@@ -440,27 +458,26 @@ if HAVE_NUMBA:
         out_ok[i] = ok
 
     @njit(cache=True)
-    def _psf_var(vplanes, vrow0, o, c, smax, p, h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv,
+    def _psf_var(vplanes, vcorner, o, c, smax, p, h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv,
                  out):  # pragma: no cover - compiled
         """The PSF's own variance (unit flux) at the stamp's pixels, >= 0."""
-        _evaluate(vplanes, vrow0, o, c, smax, p[2], p[3], h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv, out, out, out,
+        _evaluate(vplanes, vcorner[0], vcorner[1], o, c, smax, p[2], p[3], h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv, out, out, out,
                   False)
         for k in range(out.shape[0]):
             out[k] = max(out[k], 0.0)
 
     @njit(parallel=True, cache=True)
     def _fit_batch(coefp, terms, glob, data, mask, var_fixed, has_fixed, pv_coefp, has_psf_var, pv_terms, pv_glob,
-                   gdiv, rn2, perr2, s, h, w, lo, hi, max_iter, rtol, step_tol, params, cov, out_chi2, out_rss,
+                   gdiv, rn2, perr2, s, h, w, wp, lo, hi, max_iter, rtol, step_tol, params, cov, out_chi2, out_rss,
                    out_iter, out_conv, out_ok, nblocks):  # pragma: no cover - compiled
         n = params.shape[0]
         o = coefp.shape[1]
         c = (s - 1) / 2.0
         smax = s - 1.0
         margin = o  # node rows held beyond the stamp's, so that a star moving by up to a pixel keeps them
-        wp = (w + 7) // 8 * 8  # rows of whole vectors
         per = (n + nblocks - 1) // nblocks
         for b in prange(nblocks):
-            ws = _workspace(h, wp, o, margin, coefp.shape[3], pv_coefp.shape[3])
+            ws = _workspace(h, wp, o, margin)
             for i in range(b * per, min(n, (b + 1) * per)):
                 _fit_one(i, coefp, terms, glob, data, mask, var_fixed, has_fixed, pv_coefp, has_psf_var, pv_terms,
                          pv_glob, gdiv, rn2, perr2, o, c, smax, h, w, margin, lo, hi, max_iter, rtol, step_tol, params,
@@ -482,6 +499,7 @@ def fit_batch(coef, terms, data, mask, lo, hi, params, *, oversampling, shape, v
     h, w = shape
     n = params.shape[0]
     o = int(oversampling)
+    wp = (int(w) + 7) // 8 * 8  # pixel rows of whole vectors; the planes padded for them and for a window
     params = np.array(params, dtype=np.float64, order="C")
     cov = np.full((n, 4, 4), np.nan)
     out_chi2 = np.full(n, np.nan)
@@ -495,15 +513,15 @@ def fit_batch(coef, terms, data, mask, lo, hi, params, *, oversampling, shape, v
     terms = np.ascontiguousarray(terms, dtype=np.float64)
     has_pv = psf_var_coef is not None
     if has_pv:
-        pvc = phase_planes(np.asarray(psf_var_coef, dtype=np.float64), o)
+        pvc = phase_planes(np.asarray(psf_var_coef, dtype=np.float64), o, wp + 8)
         pvt = np.ascontiguousarray(psf_var_terms, dtype=np.float64)
     else:
-        pvc, pvt = np.zeros((1, o, 1, 1)), np.ones((1, 1))
+        pvc, pvt = np.zeros((1, o, 1, 1)), np.ones((1, 1))  # never read
     nblocks = min(n, 8 * numba.get_num_threads()) if n else 1
     gdiv = float(gain) if gain and gain > 0 else np.inf  # max(model, 0) / gdiv: no Poisson term without a gain
-    _fit_batch(phase_planes(coef, o), terms, _constant(terms), np.ascontiguousarray(data, dtype=np.float64),
+    _fit_batch(phase_planes(coef, o, wp + 8), terms, _constant(terms), np.ascontiguousarray(data, dtype=np.float64),
                np.ascontiguousarray(mask, dtype=np.bool_), vf, has_fixed, pvc, has_pv, pvt, _constant(pvt),
-               gdiv, float(read_noise) ** 2, float(profile_error) ** 2, int(coef.shape[-1]), int(h), int(w),
+               gdiv, float(read_noise) ** 2, float(profile_error) ** 2, int(coef.shape[-1]), int(h), int(w), wp,
                np.ascontiguousarray(lo, dtype=np.float64), np.ascontiguousarray(hi, dtype=np.float64), int(max_iter),
                float(rtol), float(rtol * step_factor), params, cov, out_chi2, out_rss, out_iter, out_conv, out_ok,
                max(nblocks, 1))
