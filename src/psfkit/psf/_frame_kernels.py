@@ -338,16 +338,10 @@ if HAVE_NUMBA:
             if not math.isfinite(p[q]):
                 out_ok[i] = False
                 return
-        # the used pixels' data (others 0, never NaN) and the fixed variance, rows wp apart
+        # the used pixels' data (others 0, never NaN) and the fixed variance, rows wp apart (the columns
+        # from w on, the PSF's variance without one and ``zero`` stay as the workspace made them: 0)
         di = data[i]
         mi = mask[i]
-        for k in range(m):
-            mk[k] = 0.0
-            dat[k] = 0.0
-            vfix[k] = 0.0
-            zero[k] = 0.0
-            pvar[k] = 0.0
-            tpvar[k] = 0.0
         for y in range(h):
             for x in range(w):
                 k = y * wp + x
