@@ -100,7 +100,7 @@ if HAVE_NUMBA:
                 end = i + 1
         return first, end
 
-    @njit(cache=True, fastmath=_FM)
+    @njit(cache=True, fastmath=_FM, _nrt=False)
     def _build_window(coefp, terms, row0, col0, planes):  # pragma: no cover - compiled
         """planes[f, r, q] = sum_k terms[k] coefp[k, f, row0 + r, col0 + q] (the rows the grid has)."""
         nk, o, nrow, sq = coefp.shape
@@ -119,7 +119,7 @@ if HAVE_NUMBA:
                     for q in range(nw):
                         dst[q] += t * src[off + q]
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def _ensure_window(coefp, terms, o, c, smax, x0, y0, h, w, wp, margin, planes, corner):  # pragma: no cover
         """Combine the terms on the nodes a centre (x0, y0) needs, unless ``planes`` holds them already:
         the padded grid's node rows from ``corner[0]`` on (-1: none yet) and plane columns from
@@ -144,7 +144,7 @@ if HAVE_NUMBA:
             corner[1] = max(0, min(q_first - 1, coefp.shape[3] - nw))
             _build_window(coefp, terms, corner[0], corner[1], planes)
 
-    @njit(cache=True, fastmath=_FM)
+    @njit(cache=True, fastmath=_FM, _nrt=False)
     def _evaluate(planes, row0, col0, o, c, smax, x0, y0, h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv, prof, du, dv,
                   want):  # pragma: no cover - compiled
         """The unit-flux PSF (and d/du, d/dv in node units) at the stamp's pixels for a centre (x0, y0);
@@ -174,9 +174,9 @@ if HAVE_NUMBA:
         w0, w1, w2, w3 = wu[0], wu[1], wu[2], wu[3]
         d0, d1, d2, d3 = dwu[0], dwu[1], dwu[2], dwu[3]
         pr, sq = planes.shape[1], planes.shape[2]
-        fl = planes.ravel()
-        ro = rows.ravel()
-        rd = rowsd.ravel()
+        fl = planes.reshape(planes.size)
+        ro = rows.reshape(rows.size)
+        rd = rowsd.reshape(rowsd.size)
         # the four taps of pixel ja: padded node column cb + b, in plane (cb + b) % o from column (cb + b) // o
         cb = iu0 - 1 + _PAD * o + o * ja
         t0 = (cb % o) * pr * sq + cb // o - col0
@@ -219,7 +219,7 @@ if HAVE_NUMBA:
                 for j in range(uwp):
                     dv[po + j] = rm * cm[j] * (e0 * ro[ra + j] + e1 * ro[rb + j] + e2 * ro[rc + j] + e3 * ro[rdd + j])
 
-    @njit(cache=True, fastmath=_FM)
+    @njit(cache=True, fastmath=_FM, _nrt=False)
     def _normal(p, prof, du, dv, data, mk, var_fixed, psf_var, gdiv, rn2, perr2, o, old_wgt, wgt, jtj,
                 jtr):  # pragma: no cover - compiled
         """One pass over the pixels at parameters p: the chi-square with the weights ``old_wgt`` (those of
@@ -274,7 +274,7 @@ if HAVE_NUMBA:
                 jtj[i, j] = jtj[j, i]
         return chi2_old, chi2
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def _solve(a, b, x, low):  # pragma: no cover - compiled
         """x = a^-1 b by the engine's Cholesky; False when a is not positive definite or x not finite."""
         if not _cholesky(a, low):
@@ -285,7 +285,7 @@ if HAVE_NUMBA:
                 return False
         return True
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def _projected(a, g, p, lo, hi, lam, sys, rhs):  # pragma: no cover - compiled
         """The damped system with the parameters blocked at a bound (pushed outwards) held fixed."""
         dmax = 0.0
@@ -322,7 +322,7 @@ if HAVE_NUMBA:
                  np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(2, np.int64), np.zeros(2, np.int64))
         return grids, v, pix, small
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def _fit_one(i, coefp, terms, glob, data, mask, var_fixed, has_fixed, pv_coefp, has_psf_var, pv_terms, pv_glob,
                  gdiv, rn2, perr2, o, c, smax, h, w, margin, lo, hi, max_iter, rtol, step_tol, params, cov, out_chi2,
                  out_rss, out_iter, out_conv, out_ok, ws):  # pragma: no cover - compiled
@@ -451,7 +451,7 @@ if HAVE_NUMBA:
         out_conv[i] = converged
         out_ok[i] = ok
 
-    @njit(cache=True)
+    @njit(cache=True, _nrt=False)
     def _psf_var(vplanes, vcorner, o, c, smax, p, h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv,
                  out):  # pragma: no cover - compiled
         """The PSF's own variance (unit flux) at the stamp's pixels, >= 0."""
