@@ -146,10 +146,11 @@ def test_fit_stars_uses_the_frame_engine():
 
 
 @pytest.mark.skipif(not _frame_kernels.available(), reason="the compiled kernel is off (PSFKIT_BACKEND=numpy)")
-@pytest.mark.parametrize("o", [1, 2, 3])
-def test_compiled_matches_numpy_off_the_grid(o):
+@pytest.mark.parametrize(("o", "own_error"), [(1, False), (2, False), (3, False), (2, True)])
+def test_compiled_matches_numpy_off_the_grid(o, own_error):
     """A PSF grid smaller than the stamps (pixels off it are zero), stars near the stamps' edges and a
-    varying PSF, at several oversamplings: the compiled fit reads the same nodes as the numpy twin."""
+    varying PSF, at several oversamplings, with and without the PSF's own uncertainty (node variance
+    and profile error in the weights): the compiled fit reads the same nodes as the numpy twin."""
     reach = 4
     base = _effective_grid(3.0, o=o, reach=reach)
     wide = _effective_grid(3.4, o=o, reach=reach)
@@ -157,6 +158,10 @@ def test_compiled_matches_numpy_off_the_grid(o):
     coef[0] = base
     coef[1] = 0.5 * (wide - base)
     psf = FramePSF(coef, o, 1, (500.0, 500.0), (500.0, 500.0), 100)
+    if own_error:
+        node_var = (0.03 * base) ** 2 + 1e-10 * base.max() ** 2
+        psf = FramePSF(coef, o, 1, (500.0, 500.0), (500.0, 500.0), 100, variance=node_var, profile_error=0.02,
+                       flux_error=0.005)
     rng = np.random.default_rng(7)
     n, size = 60, 17
     origin = rng.integers(0, 980, (n, 2)).astype(float)
@@ -167,7 +172,8 @@ def test_compiled_matches_numpy_off_the_grid(o):
 
     stamps = np.empty((n, size, size))
     for i in range(n):
-        local = render_stars(_shifted(psf, origin[i]), (size, size), [x0[i]], [y0[i]], [flux[i]])
+        local = render_stars(_shifted(FramePSF(coef, o, 1, (500.0, 500.0), (500.0, 500.0), 100), origin[i]),
+                             (size, size), [x0[i]], [y0[i]], [flux[i]])
         stamps[i] = rng.poisson((100.0 + local) * GAIN) / GAIN + rng.normal(0, RN / GAIN, (size, size))
     p0 = np.column_stack([np.full(n, 90.0), 0.9 * flux, x0 + rng.uniform(-0.3, 0.3, n),
                           y0 + rng.uniform(-0.3, 0.3, n), origin])

@@ -124,7 +124,8 @@ if HAVE_NUMBA:
         """Combine the terms on the nodes a centre (x0, y0) needs, unless ``planes`` holds them already:
         the padded grid's node rows from ``corner[0]`` on (-1: none yet) and plane columns from
         ``corner[1]`` on.  ``margin`` more node rows (and a plane column more) each side, so that a
-        star moving by up to a pixel keeps them."""
+        star moving by up to a pixel keeps them.
+        """
         ux0 = c - x0 * o
         vy0 = c - y0 * o
         ja, jb = _on_grid(ux0, w, o, smax)
@@ -276,7 +277,7 @@ if HAVE_NUMBA:
 
     @njit(cache=True, _nrt=False)
     def _solve(a, b, x, low):  # pragma: no cover - compiled
-        """x = a^-1 b by the engine's Cholesky; False when a is not positive definite or x not finite."""
+        """Solve a x = b by the engine's Cholesky; False when a is not positive definite or x not finite."""
         if not _cholesky(a, low):
             return False
         _cho_solve(low, b, x)
@@ -455,8 +456,8 @@ if HAVE_NUMBA:
     def _psf_var(vplanes, vcorner, o, c, smax, p, h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv,
                  out):  # pragma: no cover - compiled
         """The PSF's own variance (unit flux) at the stamp's pixels, >= 0."""
-        _evaluate(vplanes, vcorner[0], vcorner[1], o, c, smax, p[2], p[3], h, w, wp, rows, rowsd, cm, wu, dwu, wv, dwv, out, out, out,
-                  False)
+        _evaluate(vplanes, vcorner[0], vcorner[1], o, c, smax, p[2], p[3], h, w, wp, rows, rowsd, cm, wu, dwu, wv,
+                  dwv, out, out, out, False)
         for k in range(out.shape[0]):
             out[k] = max(out[k], 0.0)
 
