@@ -14,7 +14,7 @@ import numpy as np
 
 from psfkit.backend import HAVE_NUMBA, compiled_available, numba_cache_dir
 
-__all__ = ["available", "interpolate", "node_median_mad"]
+__all__ = ["available", "interpolate", "node_median_mad", "stack_normal_equations"]
 
 
 def available() -> bool:
@@ -105,6 +105,191 @@ if HAVE_NUMBA:
             seg.sort()
             med[k] = c
             mad[k] = seg[m // 2]
+
+
+    @njit(parallel=True, cache=True)
+    def _stack_samples(coef, stamps, usable, origin, x, y, flux, bg, gain, rn2, noise2, o, s, max_snr,
+                       w_out, r_out, z_out, node_out):  # pragma: no cover - compiled
+        n, b, _ = stamps.shape
+        c = (s - 1) / 2.0
+        stride = 0 if coef.shape[0] == 1 else 1
+        for i in prange(n):
+            g = i * stride
+            wu = np.empty(4)
+            dwu = np.empty(4)
+            wv = np.empty(4)
+            dwv = np.empty(4)
+            f = flux[i]
+            bk = bg[i]
+            for py in range(b):
+                for px in range(b):
+                    uu = (px + origin[i, 0] - x[i]) * o + c
+                    vv = (py + origin[i, 1] - y[i]) * o + c
+                    mdl = 0.0
+                    if uu >= 0.0 and uu <= s - 1 and vv >= 0.0 and vv <= s - 1:
+                        iu = int(math.floor(uu))
+                        iv = int(math.floor(vv))
+                        _weights(uu - iu, wu, dwu)
+                        _weights(vv - iv, wv, dwv)
+                        for a in range(4):
+                            yy = iv + a - 1
+                            if yy < 0 or yy >= s:
+                                continue
+                            row = 0.0
+                            for bb in range(4):
+                                xx = iu + bb - 1
+                                if xx < 0 or xx >= s:
+                                    continue
+                                row += wu[bb] * coef[g, yy, xx]
+                            mdl += wv[a] * row
+                    r = (stamps[i, py, px] - bk) / f - mdl
+                    expected = bk + f * mdl
+                    if usable[i, py, px]:
+                        if gain > 0.0:
+                            var = max(expected, 0.0) / gain + rn2
+                        else:
+                            var = noise2
+                        var = max(var, 1e-30)
+                        cap = abs(expected - bk) / max_snr
+                        var = max(var, cap * cap)
+                        ww = f * f / var
+                    else:
+                        ww = 0.0
+                    zz = r * math.sqrt(ww)
+                    w_out[i, py, px] = ww
+                    r_out[i, py, px] = r
+                    z_out[i, py, px] = zz
+                    if math.isfinite(zz) and uu > -0.5 and uu < s - 0.5 and vv > -0.5 and vv < s - 0.5:
+                        ju = min(max(int(np.rint(uu)), 0), s - 1)
+                        jv = min(max(int(np.rint(vv)), 0), s - 1)
+                        node_out[i, py, px] = jv * s + ju
+                    else:
+                        node_out[i, py, px] = -1
+
+    @njit(cache=True, inline="always")
+    def _kth(a, n, k):  # pragma: no cover - compiled
+        """The k-th smallest of a[:n] (Wirth's selection; a is reordered)."""
+        lo = 0
+        hi = n - 1
+        while lo < hi:
+            x = a[k]
+            i = lo
+            j = hi
+            while True:
+                while a[i] < x:
+                    i += 1
+                while x < a[j]:
+                    j -= 1
+                if i <= j:
+                    t = a[i]
+                    a[i] = a[j]
+                    a[j] = t
+                    i += 1
+                    j -= 1
+                if i > j:
+                    break
+            if j < k:
+                lo = i
+            if k < i:
+                hi = j
+        return a[k]
+
+    @njit(cache=True)
+    def _clip_and_accumulate(z, r, w, node, terms, per_star, n_nodes, clip, keep_in, use_keep, keep_out,
+                             ata, atb, w_star, r_star, star_sums):  # pragma: no cover - compiled
+        m_all = z.shape[0]
+        k = terms.shape[1]
+        count = np.zeros(n_nodes, np.int64)
+        for q in range(m_all):
+            keep_out[q] = False
+            if node[q] >= 0:
+                count[node[q]] += 1
+        start = np.zeros(n_nodes + 1, np.int64)
+        for j in range(n_nodes):
+            start[j + 1] = start[j] + count[j]
+        fill = start[:-1].copy()
+        order = np.empty(start[n_nodes], np.int64)
+        zs = np.empty(start[n_nodes])
+        for q in range(m_all):
+            j = node[q]
+            if j >= 0:
+                order[fill[j]] = q
+                zs[fill[j]] = z[q]
+                fill[j] += 1
+        most = 1
+        for j in range(n_nodes):
+            most = max(most, count[j])
+        buf = np.empty(most)
+        clipping = clip > 0.0 and not use_keep
+        for j in range(n_nodes):
+            m = count[j]
+            if m == 0:
+                continue
+            lo = start[j]
+            med = 0.0
+            scale = 1.0
+            if clipping:
+                for t in range(m):
+                    buf[t] = zs[lo + t]
+                med = _kth(buf, m, m // 2)
+                for t in range(m):
+                    buf[t] = abs(zs[lo + t] - med)
+                scale = max(1.4826 * _kth(buf, m, m // 2), 1.0)
+            for t in range(m):
+                q = order[lo + t]
+                if use_keep:
+                    if not keep_in[q]:
+                        continue
+                elif clipping and not (abs(zs[lo + t] - med) < clip * scale):
+                    continue
+                keep_out[q] = True
+                i = q // per_star
+                wq = w[q]
+                rq = r[q]
+                if star_sums:
+                    w_star[i, j] += wq
+                    r_star[i, j] += wq * rq
+                    continue
+                for a in range(k):
+                    ta = wq * terms[i, a]
+                    atb[j, a] += ta * rq
+                    for bb in range(a, k):
+                        ata[j, a, bb] += ta * terms[i, bb]
+        for j in range(n_nodes):
+            for a in range(k):
+                for bb in range(a + 1, k):
+                    ata[j, bb, a] = ata[j, a, bb]
+
+
+def stack_normal_equations(coef, stamps, usable, origin, x, y, flux, background, gain, read_noise, noise, o, s,
+                           max_snr, terms, clip, keep=None, star_sums=False):
+    """The compiled twin of :func:`psfkit.psf.empirical._normal_equations_numpy` (same arguments and
+    results: each node's normal equations, or each star's sums per node, and the samples kept).
+    """
+    stamps = np.ascontiguousarray(stamps, dtype=np.float64)
+    n, b, _ = stamps.shape
+    w = np.empty(stamps.shape)
+    r = np.empty(stamps.shape)
+    z = np.empty(stamps.shape)
+    node = np.empty(stamps.shape, np.int64)
+    _stack_samples(np.ascontiguousarray(coef, dtype=np.float64), stamps, np.ascontiguousarray(usable),
+                   np.ascontiguousarray(origin, dtype=np.float64), np.ascontiguousarray(x, dtype=np.float64),
+                   np.ascontiguousarray(y, dtype=np.float64), np.ascontiguousarray(flux, dtype=np.float64),
+                   np.ascontiguousarray(background, dtype=np.float64), float(gain or 0.0), float(read_noise) ** 2,
+                   float(noise) ** 2, float(o), int(s), float(max_snr), w, r, z, node)
+    k = terms.shape[1]
+    ata = np.zeros((s * s, k, k))
+    atb = np.zeros((s * s, k))
+    shape = (n, s * s) if star_sums else (1, 1)
+    w_star, r_star = np.zeros(shape), np.zeros(shape)
+    keep_out = np.empty(n * b * b, np.bool_)
+    keep_in = np.ascontiguousarray(keep, dtype=np.bool_).ravel() if keep is not None else keep_out
+    _clip_and_accumulate(z.ravel(), r.ravel(), w.ravel(), node.ravel(), np.ascontiguousarray(terms, dtype=np.float64),
+                         b * b, s * s, float(clip) if clip is not None else 0.0, keep_in, keep is not None, keep_out,
+                         ata, atb, w_star, r_star, star_sums)
+    if star_sums:
+        return w_star, r_star, keep_out.reshape(n, b, b)
+    return ata, atb, keep_out.reshape(n, b, b)
 
 
 def node_median_mad(z: np.ndarray, nodes: np.ndarray, n_nodes: int):

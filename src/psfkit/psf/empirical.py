@@ -62,6 +62,8 @@ REACH_LEVEL = 2e-5
 VARIATION_FWHM = 3.0
 #: the stack weighs no pixel more than one with this signal-to-noise ratio
 MAX_PIXEL_SNR = 100.0
+#: pixels in each star's sky ring (beyond the PSF's widest reach), before its neighbours are masked
+SKY_RING_PIXELS = 2500
 _TERMS = ((0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2))
 
 
@@ -497,9 +499,21 @@ class FramePSFModel(ImagePSF):
         self._cy = self._cx = (s - 1) / 2.0
         self.half_size = psf.half_size
         self._peak = float(centre.max())
-        shape = psf.shape_at(*psf.centre)
-        self._fwhm = shape["fwhm"]
-        self._shape = shape
+
+    @property
+    def _shape(self) -> dict[str, float]:
+        """The PSF's shape at the frame's centre, read once on first use (a contour fit: tens of ms,
+        which the builder's refits never need).
+        """
+        shape = self.__dict__.get("_shape_cache")
+        if shape is None:
+            shape = self.frame_psf.shape_at(*self.frame_psf.centre)
+            self.__dict__["_shape_cache"] = shape
+        return shape
+
+    @property
+    def _fwhm(self) -> float:
+        return self._shape["fwhm"]
 
     def __repr__(self) -> str:
         p = self.frame_psf
@@ -712,6 +726,148 @@ def _cut(data: np.ndarray, x: np.ndarray, y: np.ndarray, half: int, gain: float 
     return stamps, var, origin
 
 
+def _stamp_variance(stamps: np.ndarray, gain: float | None, read_noise: float, noise: float) -> np.ndarray:
+    """Pixel variances of stamps from their data (Poisson and read noise, or the constant noise), inf where
+    a pixel is unusable (NaN).
+    """
+    if gain:
+        var = np.maximum(stamps, 0.0) / gain + read_noise**2
+    else:
+        var = np.full_like(stamps, noise**2)
+    return np.where(np.isfinite(stamps), np.maximum(var, 1e-12 * noise**2 + 1e-30), np.inf)
+
+
+def _cut_boxes(data: np.ndarray, x: np.ndarray, y: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """Square boxes (N, 2 half + 1, 2 half + 1) about the stars' nearest pixels, NaN off the frame, and
+    their first pixels (N, 2) (x, y).
+    """
+    from psfkit.psf.stamps import cut_stamps
+
+    stamps, inside, origin, _ = cut_stamps(data, x, y, 2 * half + 1)
+    return np.where(inside, stamps, np.nan), origin.astype(float)
+
+
+def _ring_offsets(half: int, r_in: float, r_out: float) -> np.ndarray:
+    """Flat indices of a box's pixels (2 half + 1 a side) between r_in and r_out of its centre pixel."""
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    r2 = (xx * xx + yy * yy).ravel()
+    return np.flatnonzero((r2 >= r_in * r_in) & (r2 <= r_out * r_out))
+
+
+def _source_pairs(x: np.ndarray, y: np.ndarray, src_x: np.ndarray, src_y: np.ndarray,
+                  radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j): every source j (finite position) within ``radius`` of point i."""
+    from scipy.spatial import cKDTree
+
+    ok = np.flatnonzero(np.isfinite(src_x) & np.isfinite(src_y))
+    if not len(ok) or not len(x):
+        return np.zeros(0, np.intp), np.zeros(0, np.intp)
+    tree = cKDTree(np.column_stack([src_x[ok], src_y[ok]]))
+    lists = tree.query_ball_point(np.column_stack([x, y]), r=radius)
+    i = np.repeat(np.arange(len(x)), [len(v) for v in lists])
+    j = ok[np.concatenate([np.asarray(v, dtype=np.intp) for v in lists])] if len(i) else np.zeros(0, np.intp)
+    return i, j
+
+
+def _ring_unmasked(ring: np.ndarray, origin: np.ndarray, half: int, owner: np.ndarray, all_x: np.ndarray,
+                   all_y: np.ndarray, all_flux: np.ndarray, fwhm: float) -> np.ndarray:
+    """(N, P) True where a ring pixel is clear of every other source: 2.5 FWHM around one fainter than
+    the ring's star, 4 FWHM around a brighter one (or one with no flux), as in the stamps.
+    """
+    n = len(owner)
+    size = 2 * half + 1
+    free = np.ones((n, len(ring)), dtype=bool)
+    cx, cy = origin[:, 0] + half, origin[:, 1] + half
+    i, j = _source_pairs(cx, cy, all_x, all_y, half * math.sqrt(2.0) + 4.0 * fwhm + 1.0)
+    keep = j != owner[i]
+    i, j = i[keep], j[keep]
+    if not len(i):
+        return free
+    own_flux = all_flux[owner]
+    faint = np.isfinite(all_flux[j]) & (all_flux[j] < own_flux[i])
+    r = np.where(faint, 2.5 * fwhm, 4.0 * fwhm)
+    rx = (ring % size).astype(float)
+    ry = (ring // size).astype(float)
+    near = ((rx[None] + origin[i, 0, None] - all_x[j, None]) ** 2
+            + (ry[None] + origin[i, 1, None] - all_y[j, None]) ** 2) <= (r * r)[:, None]
+    first = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])  # the pairs come grouped by star
+    free[i[first]] = ~np.logical_or.reduceat(near, first, axis=0)
+    return free
+
+
+def _ring_sky(values: np.ndarray, free: np.ndarray, rounds: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's sky (the median of its 3-sigma-clipped pixels) and noise (their interquartile sigma);
+    NaN for a row with fewer than 20 usable pixels.
+    """
+    n = values.shape[0]
+    srt = np.sort(np.where(free & np.isfinite(values), values, np.nan), axis=1)  # NaN last
+    rows = np.arange(n)
+    lo = np.zeros(n, dtype=np.intp)
+    hi = np.isfinite(srt).sum(axis=1)
+    last = max(srt.shape[1] - 1, 0)
+
+    def at(k):
+        return srt[rows, np.clip(k, 0, last)]
+
+    med = sig = np.full(n, np.nan)
+    for _ in range(rounds):
+        m = hi - lo
+        med = at(lo + m // 2)
+        sig = (at(lo + (3 * m) // 4) - at(lo + m // 4)) / 1.349
+        with np.errstate(invalid="ignore"):
+            new_lo = np.count_nonzero(srt < (med - 3.0 * sig)[:, None], axis=1)
+            new_hi = np.count_nonzero(srt <= (med + 3.0 * sig)[:, None], axis=1)
+        ok = (new_hi - new_lo) >= 20
+        new_lo, new_hi = np.where(ok, new_lo, lo), np.where(ok, new_hi, hi)
+        if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
+            break
+        lo, hi = new_lo, new_hi
+    m = hi - lo
+    med = np.where(m >= 20, at(lo + m // 2), np.nan)
+    sig = np.where(m >= 20, sig, np.nan)
+    if np.isfinite(med).any():  # a star whose ring is all masked or off the frame: the others' median
+        med = np.where(np.isfinite(med), med, np.nanmedian(med))
+    return med, sig
+
+
+def _light_in_boxes(psf: FramePSF, origin: np.ndarray, size: int, owner: np.ndarray, src_x: np.ndarray,
+                    src_y: np.ndarray, src_flux: np.ndarray) -> np.ndarray:
+    """(N, size, size): the light of the sources (drawn with ``psf``) on each box, leaving out source
+    ``owner[i]`` on box i; sources with no finite flux are not drawn.
+
+    Each source is drawn once per box it reaches, on the square of the PSF's reach about its
+    nearest pixel, and added to the box by a bincount (no frame-sized image).
+    """
+    n = len(origin)
+    out = np.zeros(n * size * size)
+    half = int(math.ceil(psf.half_size))
+    b = 2 * half + 1
+    drawable = np.isfinite(src_flux) & (src_flux > 0)
+    sx = np.where(drawable, src_x, np.nan)
+    cx, cy = origin[:, 0] + (size - 1) / 2.0, origin[:, 1] + (size - 1) / 2.0
+    i, j = _source_pairs(cx, cy, sx, src_y, (size - 1) / 2.0 * math.sqrt(2.0) + half + 1.0)
+    keep = j != owner[i]
+    i, j = i[keep], j[keep]
+    if not len(i):
+        return out.reshape(n, size, size)
+    o, s = psf.oversampling, psf.size
+    c = (s - 1) / 2.0
+    yy, xx = np.mgrid[0:b, 0:b]
+    # each source's footprint drawn once, then scattered onto every box it reaches
+    uj, inv = np.unique(j, return_inverse=True)
+    fx0 = np.rint(src_x[uj]).astype(int) - half
+    fy0 = np.rint(src_y[uj]).astype(int) - half
+    u = ((xx[None] + fx0[:, None, None] - src_x[uj, None, None]) * o + c).reshape(len(uj), -1)
+    v = ((yy[None] + fy0[:, None, None] - src_y[uj, None, None]) * o + c).reshape(len(uj), -1)
+    vals = cubic_interpolate(psf.spline_at(src_x[uj], src_y[uj]), u, v) * src_flux[uj, None]
+    lx = (xx.ravel()[None] + (fx0[inv] - origin[i, 0].astype(int))[:, None])
+    ly = (yy.ravel()[None] + (fy0[inv] - origin[i, 1].astype(int))[:, None])
+    inside = (lx >= 0) & (lx < size) & (ly >= 0) & (ly < size)
+    flat = (i[:, None] * size + ly) * size + lx
+    out += np.bincount(flat[inside], weights=vals[inv][inside], minlength=n * size * size)
+    return out.reshape(n, size, size)
+
+
 def _mask_neighbours(var: np.ndarray, origin: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarray,
                      all_x: np.ndarray, all_y: np.ndarray, all_flux: np.ndarray, fwhm: float) -> np.ndarray:
     """Pixel variances with every other source's pixels masked (inf): 2.5 FWHM around a fainter
@@ -744,12 +900,38 @@ def _mask_neighbours(var: np.ndarray, origin: np.ndarray, x: np.ndarray, y: np.n
 
 def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: int, s: int,
                 ridge: float, clip: float | None = 5.0,
-                core_radius: float | None = None, freeze_outer: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """One stacking step: the grid correction per node and term, and each sample's normalised residual.
+                core_radius: float | None = None, freeze_outer: bool = False, keep: np.ndarray | None = None,
+                backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """One stacking step: the grid correction per node and term, and the samples it kept (N, B, B).
 
     Samples off the current model by more than ``clip`` sigma (cosmic rays, a neighbour's light) are
-    left out; the first step, from an empty grid, clips nothing.
+    left out; the first step, from an empty grid, clips nothing; ``keep`` (the samples a previous
+    step kept) replaces the clipping.  ``backend="numpy"`` forces the numpy reference of the sample
+    pass; ``"auto"`` uses its compiled twin where available.
     """
+    ata, atb, kept = _normal_equations(psf_terms, samples, grids, o, s, clip, keep=keep, backend=backend)
+    return _solve_nodes(ata, atb, s, ridge, core_radius, freeze_outer), kept
+
+
+def _normal_equations(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: int, s: int,
+                      clip: float | None, *, keep: np.ndarray | None = None, star_sums: bool = False,
+                      backend: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stacking step's sample pass: each sample's residual from the model ``grids`` over the flux,
+    weighted, clipped and summed per node.
+
+    Returns each node's normal equations (ata (S*S, k, k), atb (S*S, k)), or with ``star_sums``
+    each star's sums per node (sum w (N, S*S), sum w r (N, S*S), for any terms and any subset of
+    the stars later), and the samples kept (N, B, B).  The compiled twin
+    (:func:`psfkit.psf._empirical_kernels.stack_normal_equations`) runs where available;
+    ``backend="numpy"`` forces this numpy reference.
+    """
+    from psfkit.psf import _empirical_kernels
+
+    if backend != "numpy" and _empirical_kernels.available() and samples.stamps.size:
+        return _empirical_kernels.stack_normal_equations(
+            grids, samples.stamps, np.isfinite(samples.var), samples.origin, samples.x, samples.y, samples.flux,
+            samples.background, samples.gain, samples.read_noise, samples.noise, o, s, MAX_PIXEL_SNR, psf_terms,
+            clip, keep, star_sums)
     n, b, _ = samples.stamps.shape
     c = (s - 1) / 2.0
     yy, xx = np.mgrid[0:b, 0:b]
@@ -757,7 +939,7 @@ def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: 
     py = yy[None].astype(float) + samples.origin[:, 1, None, None]
     u = (px - samples.x[:, None, None]) * o + c
     v = (py - samples.y[:, None, None]) * o + c
-    model = cubic_interpolate(grids, u.reshape(n, -1), v.reshape(n, -1)).reshape(n, b, b)
+    model = cubic_interpolate(grids, u.reshape(n, -1), v.reshape(n, -1), backend=backend).reshape(n, b, b)
     norm = (samples.stamps - samples.background[:, None, None]) / samples.flux[:, None, None]
     resid = norm - model
     expected = samples.background[:, None, None] + samples.flux[:, None, None] * model
@@ -771,14 +953,21 @@ def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: 
     iu = np.clip(np.rint(u), 0, s - 1).astype(np.intp)
     iv = np.clip(np.rint(v), 0, s - 1).astype(np.intp)
     nodes = iv * s + iu
-    if clip is not None:
+    if keep is not None:
+        good &= keep
+    elif clip is not None:
         # outliers against the residuals' own robust scatter at their node (the model may still be
         # off by more than the noise, e.g. a constant PSF on a varying field: those are not outliers)
         sel = np.flatnonzero(good)
         zs, ns = z.ravel()[sel], nodes.ravel()[sel]
-        med, mad = node_median_mad(zs, ns, s * s)
+        med, mad = node_median_mad(zs, ns, s * s, backend=backend)
         scale = np.maximum(1.4826 * mad, 1.0)
         good.ravel()[sel] = np.abs(zs - med[ns]) < clip * scale[ns]
+    if star_sums:
+        at = (np.arange(n)[:, None, None] * (s * s) + nodes)[good]
+        sums = [np.bincount(at, weights=wt, minlength=n * s * s).reshape(n, s * s)
+                for wt in (w[good], w[good] * resid[good])]
+        return sums[0], sums[1], good
     node = nodes[good]
     wg = w[good]
     rg = resid[good]  # the grid holds the PSF's value per image pixel at each offset
@@ -790,6 +979,13 @@ def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: 
         atb[:, i] = np.bincount(node, weights=wg * t[:, i] * rg, minlength=s * s)
         for j in range(i, k):
             ata[:, i, j] = ata[:, j, i] = np.bincount(node, weights=wg * t[:, i] * t[:, j], minlength=s * s)
+    return ata, atb, good
+
+
+def _solve_nodes(ata: np.ndarray, atb: np.ndarray, s: int, ridge: float, core_radius: float | None,
+                 freeze_outer: bool) -> np.ndarray:
+    """The grid correction (k, S, S) from each node's normal equations."""
+    k = ata.shape[-1]
     # a small ridge keeps nodes with few samples (and higher terms with little leverage) near zero
     scale = np.maximum(ata[:, 0, 0], 1e-300)
     ata = ata + ridge * scale[:, None, None] * np.eye(k)[None]
@@ -807,7 +1003,7 @@ def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: 
             sol[outer, 0] = 0.0
         okn &= inner
     sol[okn] = np.linalg.solve(ata[okn], atb[okn][..., None])[..., 0]
-    return sol.T.reshape(k, s, s), z
+    return sol.T.reshape(k, s, s)
 
 
 def node_median_mad(z: np.ndarray, nodes: np.ndarray, n_nodes: int, *,
@@ -925,23 +1121,33 @@ def _normalise_and_centre(coef: np.ndarray, o: int, fwhm: float) -> np.ndarray:
 def _fit_positions(frame_psf: FramePSF, data: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarray,
                    background: np.ndarray, gain: float | None, read_noise: float, box: int, *,
                    free_background: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Centres and fluxes of stars at known places fitted with the PSF in one batch of the engine.
+    """Centres and fluxes of stars at known places fitted with the PSF in one batch of the frame-fit
+    engine (:func:`psfkit.psf.frame_fit.fit_frame_stamps`, compiled; the PSF's own uncertainty left out).
 
-    No peak refinement (the places are fitted centres already): for every star of a 24 MP frame
-    this is about twice as fast as :func:`psfkit.fit_stars`.  Returns (x, y, flux, ok); a star
+    No peak refinement (the places are fitted centres already).  Returns (x, y, flux, ok); a star
     whose fit failed or moved by a pixel or more keeps its inputs and ``ok`` False.
     """
-    from psfkit.psf.engine import NoiseModel, fit_stamps
+    from psfkit.psf.engine import NoiseModel
+    from psfkit.psf.frame_fit import fit_frame_stamps
     from psfkit.psf.stamps import cut_stamps
 
-    model = frame_psf.model()
     stamps, inside, origin, _ = cut_stamps(data, x, y, box)
     stamps = np.where(inside, stamps, np.nan)
+    n = len(x)
     p0 = np.column_stack([background, flux, x - origin[:, 0], y - origin[:, 1], origin[:, 0].astype(float),
                           origin[:, 1].astype(float)])
-    noise = NoiseModel(gain=gain, read_noise=read_noise) if gain else None
-    free = np.array([free_background, True, True, True, False, False])
-    fit = fit_stamps(model, stamps, p0, noise=noise, free=free, max_iter=15, rtol=1e-4, reweight=1)
+    # the PSF's own frame-fit engine (compiled); a fixed background is a background bounded to its value
+    lo = np.tile([-np.inf, 0.0, -1.0, -1.0, -np.inf, -np.inf], (n, 1))
+    hi = np.tile([np.inf, np.inf, float(box), float(box), np.inf, np.inf], (n, 1))
+    if not free_background:
+        lo[:, 0] = hi[:, 0] = background
+    if gain:
+        fit = fit_frame_stamps(frame_psf, stamps, p0, weight_mask=inside, noise=NoiseModel(gain=gain,
+                               read_noise=read_noise), bounds=(lo, hi), max_iter=15, rtol=1e-4,
+                               psf_uncertainty=False)
+    else:
+        fit = fit_frame_stamps(frame_psf, stamps, p0, weight_mask=inside, variance=np.ones_like(stamps),
+                               bounds=(lo, hi), max_iter=15, rtol=1e-4, psf_uncertainty=False)
     p = fit.params
     ok = ((fit.flags & (F.NOT_CONVERGED | F.FIT_FAILED)) == 0) & np.isfinite(p).all(axis=1) & (p[:, 1] > 0)
     ok &= (np.abs(p[:, 2] - p0[:, 2]) < 1.0) & (np.abs(p[:, 3] - p0[:, 3]) < 1.0)
@@ -981,11 +1187,15 @@ def _stack(samples: _Samples, degree: int, o: int, s: int, fwhm: float, frame: t
         psf = FramePSF(coef, o, degree, centre, scale, len(samples.x))
     for it in range(iterations):
         terms = psf.terms(samples.x, samples.y)
+        keep = None
         for step in range(3):  # stacking steps between refits
             grids = psf.spline_at(samples.x, samples.y)
             first = it == 0 and step == 0 and start is None
-            corr, _ = _accumulate(terms, samples, grids, o, s, ridge=1e-3, clip=None if first else 5.0,
-                                  core_radius=VARIATION_FWHM * fwhm * o, freeze_outer=crop)
+            # the outliers clipped at an iteration's first step stay out for its other steps (they are
+            # cosmic rays and neighbours' light, which a step's small change of the grid does not move)
+            corr, kept = _accumulate(terms, samples, grids, o, s, ridge=1e-3, clip=None if first else 5.0,
+                                     core_radius=VARIATION_FWHM * fwhm * o, freeze_outer=crop, keep=keep)
+            keep = None if first else kept
             if it > 0:
                 corr = _smooth_correction(corr) if it < iterations - 1 else corr
             psf = FramePSF(_normalise_and_centre(psf.coefficients + corr, o, fwhm), o, degree, centre, scale,
@@ -1106,6 +1316,50 @@ def _held_out_chi2(psf: FramePSF, samples: _Samples, idx: np.ndarray) -> np.ndar
     return (w * r * r).sum(axis=1)
 
 
+def _cross_validate(psf0: FramePSF, samples: _Samples, degrees: list[int], folds: np.ndarray,
+                    fwhm: float) -> dict[int, np.ndarray]:
+    """Each star's chi-square under the PSF of each degree built without its fold (cross-validation).
+
+    The PSF of a degree and a fold is one stacking step from the constant PSF ``psf0`` on the other
+    folds' stars (their centres and fluxes those of ``psf0``: no refit).  One pass over the samples
+    gives each star's weighted residual sums per node; any degree's normal equations on any set of
+    stars are then sums of those over the stars, and the training set's are the whole set's minus
+    the fold's: no stacking is repeated per fold.
+    """
+    o, s = psf0.oversampling, psf0.size
+    n = len(samples.x)
+    w_star, r_star, _ = _normal_equations(np.ones((n, 1)), samples, psf0.spline_at(samples.x, samples.y), o, s,
+                                          clip=5.0, star_sums=True)
+    k_max = _n_terms(max(degrees))
+    full = FramePSF(np.zeros((k_max, s, s)), o, max(degrees), psf0.centre, psf0.scale)
+    t = full.terms(samples.x, samples.y)  # (N, k_max)
+    tt = (t[:, :, None] * t[:, None, :]).reshape(n, k_max * k_max)
+
+    def sums(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ata = (tt[rows].T @ w_star[rows]).T.reshape(s * s, k_max, k_max)
+        atb = (t[rows].T @ r_star[rows]).T
+        return ata, atb
+
+    ata_all, atb_all = sums(np.arange(n))
+    per_fold = [sums(np.flatnonzero(folds == f)) for f in range(4)]
+    cv: dict[int, np.ndarray] = {}
+    for d in degrees:
+        k = _n_terms(d)
+        per_star = np.zeros(n)
+        for f in range(4):
+            test = np.flatnonzero(folds == f)
+            ata = ata_all[:, :k, :k] - per_fold[f][0][:, :k, :k]
+            atb = atb_all[:, :k] - per_fold[f][1][:, :k]
+            # the variation is solved in the core only, the wings stay those of the constant PSF
+            corr = _solve_nodes(ata, atb, s, 1e-3, VARIATION_FWHM * fwhm * o, freeze_outer=k > 1)
+            coef = np.zeros((k, s, s))
+            coef[0] = psf0.coefficients[0]
+            p = FramePSF(_normalise_and_centre(coef + corr, o, fwhm), o, d, psf0.centre, psf0.scale, n)
+            per_star[test] = _held_out_chi2(p, samples, test)
+        cv[d] = per_star
+    return cv
+
+
 def build_frame_psf(
     image: Any,
     stars: Any = None,
@@ -1158,7 +1412,7 @@ def build_frame_psf(
     from psfkit.io.image import as_image
 
     img = as_image(image)
-    data = np.asarray(img.data, dtype=float)
+    data = np.asarray(img.data)  # stamps are cut as float64: no float copy of the whole frame
     if stars is None:
         from psfkit.detect.find import find_stars
 
@@ -1179,10 +1433,6 @@ def build_frame_psf(
         raise PsfkitError(f"oversampling must be 1 to 8, got {oversampling}")
     gain = img.gain
     rn_adu = float(img.read_noise or 0.0) / gain if gain else 0.0
-    from psfkit.detect.background import estimate_background
-
-    sky = estimate_background(data)
-    noise = float(sky.noise)
     # stars first chosen for the widest reach (edges: the smallest), then the reach measured on them
     hi = int(min(max(math.ceil(MAX_REACH_FWHM * fwhm), 6), 60))
     lo = min(int(math.ceil(MIN_REACH_FWHM * fwhm)), hi)
@@ -1197,46 +1447,53 @@ def build_frame_psf(
     all_x = np.asarray(stars["x_fit"], dtype=float)
     all_y = np.asarray(stars["y_fit"], dtype=float)
     flux_all = np.asarray(stars["flux_fit"], dtype=float)
+    # The sky under each star: the sigma-clipped median of a ring beyond the PSF's widest reach
+    # (DAOPHOT's sky annulus), the other sources' cores masked.  One cut of boxes holds the rings
+    # and the stamps; nothing is measured over the whole frame.
+    ring_in = hi + 1.0
+    ring_out = math.sqrt(ring_in**2 + SKY_RING_PIXELS / math.pi)
+    big = int(math.ceil(ring_out))
+    boxes, origin_big = _cut_boxes(data, all_x[idx], all_y[idx], big)
+    ring = _ring_offsets(big, ring_in, ring_out)
+    ring_free = _ring_unmasked(ring, origin_big, big, idx, all_x, all_y, flux_all, fwhm)
+    sky_level, sky_noise = _ring_sky(boxes.reshape(len(idx), -1)[:, ring], ring_free)
+    noise = float(np.nanmedian(sky_noise)) if np.isfinite(sky_noise).any() else 1.0
+    noise = noise if np.isfinite(noise) and noise > 0 else 1.0
 
-    def samples_for(sel: np.ndarray, half: int, sky_level: np.ndarray, frame_data: np.ndarray = data,
-                    own: FramePSF | None = None) -> _Samples:
-        x, y = all_x[sel], all_y[sel]
-        stamps, var, origin = _cut(frame_data, x, y, half, gain, rn_adu, noise)
-        if own is not None:  # the frame has every star taken out: put each star's own light back
-            stamps = stamps + _own_light(own, stamps.shape, origin, x, y, flux_all[sel])
-        var = _mask_neighbours(var, origin, x, y, flux_all[sel], all_x, all_y, flux_all, fwhm)
-        ix = np.clip(np.rint(x).astype(int), 0, data.shape[1] - 1)
-        iy = np.clip(np.rint(y).astype(int), 0, data.shape[0] - 1)
-        return _Samples(stamps, var, origin.astype(float), x, y, flux_all[sel], sky_level[iy, ix].astype(float),
-                        gain, rn_adu, noise)
+    def samples_for(half: int, frame_boxes: np.ndarray, background: np.ndarray) -> _Samples:
+        x, y = all_x[idx], all_y[idx]
+        a = big - half
+        stamps = frame_boxes[:, a : a + 2 * half + 1, a : a + 2 * half + 1]
+        var = _stamp_variance(stamps, gain, rn_adu, noise)
+        origin = origin_big + a
+        var = _mask_neighbours(var, origin, x, y, flux_all[idx], all_x, all_y, flux_all, fwhm)
+        return _Samples(stamps, var, origin, x, y, flux_all[idx], background, gain, rn_adu, noise)
 
-    reach = _choose_reach(samples_for(idx, hi, sky.level), fwhm, hi)
-    samples = samples_for(idx, reach, sky.level)  # pixels off the frame are left out (NaN)
+    reach = _choose_reach(samples_for(hi, boxes, sky_level), fwhm, hi)
+    samples = samples_for(reach, boxes, sky_level)  # pixels off the frame are left out (NaN)
     s = 2 * reach * o + 1
     ny, nx = data.shape
     frame = ((nx - 1) / 2.0, (ny - 1) / 2.0), (max((nx - 1) / 2.0, 1.0), max((ny - 1) / 2.0, 1.0))
     box = max(int(2 * math.ceil(2.0 * fwhm) + 1), 7)
     psf0, samples = _stack(samples, 0, o, s, fwhm, frame, iterations, data, gain, rn_adu, box)
-    # The sky under the stars: the mesh background holds the diffuse light of the stars' wings and
-    # halos, which would then be missing from the PSF and from every flux.  Measure it again on the
-    # frame minus every star's model, then measure the reach and stack again (DAOPHOT's way).
+    # The sky again, and the stamps, on the boxes with every other source's light drawn with the
+    # first PSF taken out: a neighbour's wings and halo beyond its mask raise the ring's median and
+    # the stamp's pixels (DAOPHOT's way).  The PSF stars are drawn with their fitted centres and
+    # fluxes, the others at find's places with find's fluxes scaled by the PSF stars' median ratio
+    # (the analytic model's share of the total flux).
     use = np.isfinite(all_x) & np.isfinite(all_y) & np.isfinite(flux_all) & (flux_all > 0) & acc0
-    ux, uy, uf = all_x[use], all_y[use], flux_all[use]
-    ix = np.clip(np.rint(ux).astype(int), 0, data.shape[1] - 1)
-    iy = np.clip(np.rint(uy).astype(int), 0, data.shape[0] - 1)
-    fx_, fy_, ff_, ok = _fit_positions(psf0, data, ux, uy, uf, sky.level[iy, ix].astype(float), gain, rn_adu, box,
-                                       free_background=True)
-    light = render_stars(psf0, data.shape, fx_[ok], fy_[ok], ff_[ok])
-    clean = data - light
-    sky = estimate_background(clean)
-    # the stars' stamps now come from the frame with their neighbours' light taken out
-    fitted_flux = np.full(len(all_x), np.nan)
-    fitted_flux[np.flatnonzero(use)[ok]] = ff_[ok]
-    flux_all = np.where(np.isfinite(fitted_flux), fitted_flux, flux_all)
-    reach2 = _choose_reach(samples_for(idx, hi, sky.level, clean, psf0), fwhm, hi)
+    ratio = samples.flux / flux_all[idx]
+    ratio = float(np.median(ratio[np.isfinite(ratio) & (ratio > 0)])) if np.any(ratio > 0) else 1.0
+    draw_x, draw_y, draw_f = all_x.copy(), all_y.copy(), np.where(use, flux_all * ratio, np.nan)
+    draw_x[idx], draw_y[idx], draw_f[idx] = samples.x, samples.y, samples.flux
+    light = _light_in_boxes(psf0, origin_big, 2 * big + 1, idx, draw_x, draw_y, draw_f)
+    clean = boxes - light
+    sky_level, _ = _ring_sky(clean.reshape(len(idx), -1)[:, ring], ring_free)
+    flux_all = np.where(np.isfinite(draw_f), draw_f, flux_all)
+    reach2 = _choose_reach(samples_for(hi, clean, sky_level), fwhm, hi)
     s2 = 2 * reach2 * o + 1
     start = _resize(psf0.coefficients, s2)
-    fresh = samples_for(idx, reach2, sky.level, clean, psf0)
+    fresh = samples_for(reach2, clean, sky_level)
     samples = _Samples(fresh.stamps, fresh.var, fresh.origin, samples.x, samples.y, samples.flux, fresh.background,
                        gain, rn_adu, noise)  # the centres and fluxes of the first stacking
     reach, s = reach2, s2
@@ -1254,16 +1511,7 @@ def build_frame_psf(
     cv: dict[int, np.ndarray] = {}
     if len(choices) > 1:
         folds = np.random.default_rng(seed).permutation(n) % 4
-        for d in choices:
-            per_star = np.zeros(n)
-            for f in range(4):
-                train, test = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
-                sub = samples.subset(train)
-                # the stars' centres and fluxes are those of the constant PSF: no refit here
-                p, _ = _stack(sub, d, o, s, fwhm, frame, 1, data, gain, rn_adu, box, start=psf0.coefficients,
-                              refit=False)
-                per_star[test] = _held_out_chi2(p, samples, test)
-            cv[d] = per_star
+        cv = _cross_validate(psf0, samples, choices, folds, fwhm)
         # a higher degree must earn its terms on the held-back stars, compared star by star (the same
         # stars under both degrees): the median star's chi-square gains at least 1 per extra term,
         # and more stars gain than lose by 3 sigma (a sign test).  The summed chi-square is no
