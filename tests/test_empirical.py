@@ -321,3 +321,50 @@ def test_compiled_node_median_matches_numpy():
     for j in odd:
         assert ref[0][j] == np.median(z[nodes == j])
         assert ref[1][j] == np.median(np.abs(z[nodes == j] - ref[0][j]))
+
+
+@pytest.mark.parametrize("gain", [1.5, None])
+def test_compiled_stacking_pass_matches_numpy(gain):
+    """The stacking step's sample pass (residuals, weights, clipping, normal equations per node and per
+    group of stars) compiled and in numpy: the same samples kept, the same sums."""
+    from psfkit.psf import _empirical_kernels
+
+    if not _empirical_kernels.available():
+        pytest.skip("no compiled backend")
+    rng = np.random.default_rng(3)
+    n, half, o = 40, 7, 2
+    b, s = 2 * half + 1, 2 * half * o + 1
+    x = rng.uniform(100, 900, n)
+    y = rng.uniform(100, 700, n)
+    origin = np.column_stack([np.rint(x) - half, np.rint(y) - half])
+    yy, xx = np.mgrid[0:b, 0:b]
+    dx = xx[None] + origin[:, 0, None, None] - x[:, None, None]
+    dy = yy[None] + origin[:, 1, None, None] - y[:, None, None]
+    flux = rng.uniform(2e3, 2e5, n)
+    sigma = 1.3 * (1 + 0.1 * (x[:, None, None] - 500) / 400)  # a PSF that varies across the field
+    stamps = 100.0 + flux[:, None, None] * np.exp(-(dx**2 + dy**2) / (2 * sigma**2)) / (2 * np.pi * sigma**2)
+    stamps = stamps + rng.normal(0.0, np.sqrt(stamps / 1.5 + 16.0))
+    stamps[3, 2, 2] += 5e4  # a cosmic ray for the clipping
+    stamps[5, 0, :] = np.nan  # off the frame
+    var = np.where(np.isfinite(stamps), 1.0, np.inf)
+    var[7, 10:, 10:] = np.inf  # a masked neighbour
+    samples = E._Samples(stamps, var, origin, x, y, flux, np.full(n, 100.0), gain, 4.0, 12.0)
+    r2 = ((np.arange(s) - (s - 1) / 2) / o) ** 2
+    grid = np.exp(-(r2[:, None] + r2[None, :]) / (2 * 1.3**2))
+    grid *= o * o / grid.sum()
+    psf = E.FramePSF(grid[None], o, 0, (500.0, 400.0), (500.0, 400.0))
+    grids = psf.spline_at(x, y)
+    terms = E.FramePSF(np.zeros((6, s, s)), o, 2, (500.0, 400.0), (500.0, 400.0)).terms(x, y)
+    groups = np.arange(n) % 4
+    keep = rng.random((n, b, b)) > 0.1
+    for kw in ({"clip": None}, {"clip": 5.0}, {"clip": 5.0, "keep": keep}, {"clip": 5.0, "groups": groups}):
+        t = terms[:, :1] if "groups" not in kw else terms
+        ref = E._normal_equations(t, samples, grids, o, s, backend="numpy", **kw)
+        got = E._normal_equations(t, samples, grids, o, s, **kw)
+        np.testing.assert_array_equal(got[2], ref[2])
+        assert ref[2].sum() > 0.8 * n * b * b
+        for a, c in zip(got[:2], ref[:2]):
+            np.testing.assert_allclose(a, c, rtol=1e-10, atol=1e-12 * np.abs(c).max())
+    # the cosmic ray is clipped, and nothing else of that star's core
+    ata, atb, kept = E._normal_equations(terms[:, :1], samples, grids, o, s, clip=5.0)
+    assert not kept[3, 2, 2] and kept[3, half, half]

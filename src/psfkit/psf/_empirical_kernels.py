@@ -194,77 +194,76 @@ if HAVE_NUMBA:
                 hi = j
         return a[k]
 
-    @njit(cache=True)
-    def _clip_and_accumulate(z, r, w, node, terms, per_star, n_nodes, clip, keep_in, use_keep, keep_out,
-                             ata, atb, w_star, r_star, star_sums):  # pragma: no cover - compiled
+    @njit(cache=True, inline="always")
+    def _add_sample(q, j, w, r, terms, group, per_star, ata, atb):  # pragma: no cover - compiled
+        i = q // per_star
+        gi = group[i]
+        wq = w[q]
+        rq = r[q]
+        for a in range(terms.shape[1]):
+            ta = wq * terms[i, a]
+            atb[gi, j, a] += ta * rq
+            for bb in range(a, terms.shape[1]):
+                ata[gi, j, a, bb] += ta * terms[i, bb]
+
+    @njit(parallel=True, cache=True)
+    def _clip_and_accumulate(z, r, w, node, terms, group, per_star, n_nodes, clip, keep_in, use_keep, keep_out,
+                             ata, atb):  # pragma: no cover - compiled
         m_all = z.shape[0]
         k = terms.shape[1]
-        count = np.zeros(n_nodes, np.int64)
-        for q in range(m_all):
-            keep_out[q] = False
-            if node[q] >= 0:
-                count[node[q]] += 1
-        start = np.zeros(n_nodes + 1, np.int64)
-        for j in range(n_nodes):
-            start[j + 1] = start[j] + count[j]
-        fill = start[:-1].copy()
-        order = np.empty(start[n_nodes], np.int64)
-        zs = np.empty(start[n_nodes])
-        for q in range(m_all):
-            j = node[q]
-            if j >= 0:
-                order[fill[j]] = q
-                zs[fill[j]] = z[q]
-                fill[j] += 1
-        most = 1
-        for j in range(n_nodes):
-            most = max(most, count[j])
-        buf = np.empty(most)
-        clipping = clip > 0.0 and not use_keep
-        for j in range(n_nodes):
-            m = count[j]
-            if m == 0:
-                continue
-            lo = start[j]
-            med = 0.0
-            scale = 1.0
-            if clipping:
+        if use_keep or not clip > 0.0:
+            # no clipping: every sample (or every one kept before) straight onto its node
+            for q in range(m_all):
+                j = node[q]
+                keep_out[q] = j >= 0 and (keep_in[q] or not use_keep)
+                if keep_out[q]:
+                    _add_sample(q, j, w, r, terms, group, per_star, ata, atb)
+        else:
+            count = np.zeros(n_nodes, np.int64)
+            for q in range(m_all):
+                keep_out[q] = False
+                if node[q] >= 0:
+                    count[node[q]] += 1
+            start = np.zeros(n_nodes + 1, np.int64)
+            for j in range(n_nodes):
+                start[j + 1] = start[j] + count[j]
+            fill = start[:-1].copy()
+            order = np.empty(start[n_nodes], np.int64)
+            zs = np.empty(start[n_nodes])
+            for q in range(m_all):
+                j = node[q]
+                if j >= 0:
+                    order[fill[j]] = q
+                    zs[fill[j]] = z[q]
+                    fill[j] += 1
+            for j in prange(n_nodes):  # nodes are independent: each writes its own rows
+                m = count[j]
+                if m == 0:
+                    continue
+                lo = start[j]
+                buf = np.empty(m)
                 for t in range(m):
                     buf[t] = zs[lo + t]
                 med = _kth(buf, m, m // 2)
                 for t in range(m):
                     buf[t] = abs(zs[lo + t] - med)
                 scale = max(1.4826 * _kth(buf, m, m // 2), 1.0)
-            for t in range(m):
-                q = order[lo + t]
-                if use_keep:
-                    if not keep_in[q]:
-                        continue
-                elif clipping and not (abs(zs[lo + t] - med) < clip * scale):
-                    continue
-                keep_out[q] = True
-                i = q // per_star
-                wq = w[q]
-                rq = r[q]
-                if star_sums:
-                    w_star[i, j] += wq
-                    r_star[i, j] += wq * rq
-                    continue
+                for t in range(m):
+                    q = order[lo + t]
+                    if abs(zs[lo + t] - med) < clip * scale:
+                        keep_out[q] = True
+                        _add_sample(q, j, w, r, terms, group, per_star, ata, atb)
+        for gi in range(ata.shape[0]):
+            for j in range(n_nodes):
                 for a in range(k):
-                    ta = wq * terms[i, a]
-                    atb[j, a] += ta * rq
-                    for bb in range(a, k):
-                        ata[j, a, bb] += ta * terms[i, bb]
-        for j in range(n_nodes):
-            for a in range(k):
-                for bb in range(a + 1, k):
-                    ata[j, bb, a] = ata[j, a, bb]
+                    for bb in range(a + 1, k):
+                        ata[gi, j, bb, a] = ata[gi, j, a, bb]
 
 
 def stack_normal_equations(coef, stamps, usable, origin, x, y, flux, background, gain, read_noise, noise, o, s,
-                           max_snr, terms, clip, keep=None, star_sums=False):
+                           max_snr, terms, clip, keep=None, groups=None):
     """The compiled twin of :func:`psfkit.psf.empirical._normal_equations_numpy` (same arguments and
-    results: each node's normal equations, or each star's sums per node, and the samples kept).
+    results: each node's normal equations, per group of stars when ``groups``, and the samples kept).
     """
     stamps = np.ascontiguousarray(stamps, dtype=np.float64)
     n, b, _ = stamps.shape
@@ -278,17 +277,17 @@ def stack_normal_equations(coef, stamps, usable, origin, x, y, flux, background,
                    np.ascontiguousarray(background, dtype=np.float64), float(gain or 0.0), float(read_noise) ** 2,
                    float(noise) ** 2, float(o), int(s), float(max_snr), w, r, z, node)
     k = terms.shape[1]
-    ata = np.zeros((s * s, k, k))
-    atb = np.zeros((s * s, k))
-    shape = (n, s * s) if star_sums else (1, 1)
-    w_star, r_star = np.zeros(shape), np.zeros(shape)
+    group = np.zeros(n, np.int64) if groups is None else np.ascontiguousarray(groups, dtype=np.int64)
+    n_groups = 1 if groups is None else int(group.max()) + 1 if n else 1
+    ata = np.zeros((n_groups, s * s, k, k))
+    atb = np.zeros((n_groups, s * s, k))
     keep_out = np.empty(n * b * b, np.bool_)
     keep_in = np.ascontiguousarray(keep, dtype=np.bool_).ravel() if keep is not None else keep_out
     _clip_and_accumulate(z.ravel(), r.ravel(), w.ravel(), node.ravel(), np.ascontiguousarray(terms, dtype=np.float64),
-                         b * b, s * s, float(clip) if clip is not None else 0.0, keep_in, keep is not None, keep_out,
-                         ata, atb, w_star, r_star, star_sums)
-    if star_sums:
-        return w_star, r_star, keep_out.reshape(n, b, b)
+                         group, b * b, s * s, float(clip) if clip is not None else 0.0, keep_in, keep is not None,
+                         keep_out, ata, atb)
+    if groups is None:
+        return ata[0], atb[0], keep_out.reshape(n, b, b)
     return ata, atb, keep_out.reshape(n, b, b)
 
 

@@ -657,16 +657,16 @@ def _select(table: Any, shape: tuple[int, int], reach: float, fwhm: float) -> tu
         counts[name] = int(np.count_nonzero(keep & bad))
         keep &= ~bad
     # isolated: no other source (accepted or not) within 3 FWHM brighter than 1 % of the star
-    pts = np.column_stack([np.where(np.isfinite(x), x, -1e9), np.where(np.isfinite(y), y, -1e9)])
-    tree = cKDTree(pts)
+    fin = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
     crowded = np.zeros(n, dtype=bool)
-    for i in np.flatnonzero(keep):
-        for j in tree.query_ball_point(pts[i], r=3.0 * fwhm):
-            d2 = (pts[j, 0] - pts[i, 0]) ** 2 + (pts[j, 1] - pts[i, 1]) ** 2
-            faint = np.isfinite(flux[j]) and flux[j] < 0.01 * flux[i]
-            if j != i and (not faint or d2 < (2.0 * fwhm) ** 2):
-                crowded[i] = True
-                break
+    if len(fin) > 1:
+        pairs = cKDTree(np.column_stack([x[fin], y[fin]])).query_pairs(3.0 * fwhm, output_type="ndarray")
+        i = np.concatenate([fin[pairs[:, 0]], fin[pairs[:, 1]]])  # both ways round
+        j = np.concatenate([fin[pairs[:, 1]], fin[pairs[:, 0]]])
+        d2 = (x[j] - x[i]) ** 2 + (y[j] - y[i]) ** 2
+        with np.errstate(invalid="ignore"):
+            faint = np.isfinite(flux[j]) & (flux[j] < 0.01 * flux[i])
+        crowded[i[~faint | (d2 < (2.0 * fwhm) ** 2)]] = True
     counts["a neighbour within 3 FWHM"] = int(np.count_nonzero(keep & crowded))
     keep &= ~crowded
     # the frame's typical shape: binaries, galaxies and cosmic rays are outliers in FWHM or roundness
@@ -778,7 +778,8 @@ def _ring_unmasked(ring: np.ndarray, origin: np.ndarray, half: int, owner: np.nd
     size = 2 * half + 1
     free = np.ones((n, len(ring)), dtype=bool)
     cx, cy = origin[:, 0] + half, origin[:, 1] + half
-    i, j = _source_pairs(cx, cy, all_x, all_y, half * math.sqrt(2.0) + 4.0 * fwhm + 1.0)
+    r_far = math.sqrt(float(np.max((ring % size - half) ** 2 + (ring // size - half) ** 2))) if len(ring) else 0.0
+    i, j = _source_pairs(cx, cy, all_x, all_y, r_far + 4.0 * fwhm + 1.5)
     keep = j != owner[i]
     i, j = i[keep], j[keep]
     if not len(i):
@@ -831,9 +832,10 @@ def _ring_sky(values: np.ndarray, free: np.ndarray, rounds: int = 5) -> tuple[np
 
 
 def _light_in_boxes(psf: FramePSF, origin: np.ndarray, size: int, owner: np.ndarray, src_x: np.ndarray,
-                    src_y: np.ndarray, src_flux: np.ndarray) -> np.ndarray:
+                    src_y: np.ndarray, src_flux: np.ndarray, radius: float | None = None) -> np.ndarray:
     """(N, size, size): the light of the sources (drawn with ``psf``) on each box, leaving out source
-    ``owner[i]`` on box i; sources with no finite flux are not drawn.
+    ``owner[i]`` on box i; sources with no finite flux are not drawn.  With ``radius``, only the
+    pixels within it of the box's centre are wanted (sources that reach no such pixel are skipped).
 
     Each source is drawn once per box it reaches, on the square of the PSF's reach about its
     nearest pixel, and added to the box by a bincount (no frame-sized image).
@@ -845,7 +847,8 @@ def _light_in_boxes(psf: FramePSF, origin: np.ndarray, size: int, owner: np.ndar
     drawable = np.isfinite(src_flux) & (src_flux > 0)
     sx = np.where(drawable, src_x, np.nan)
     cx, cy = origin[:, 0] + (size - 1) / 2.0, origin[:, 1] + (size - 1) / 2.0
-    i, j = _source_pairs(cx, cy, sx, src_y, (size - 1) / 2.0 * math.sqrt(2.0) + half + 1.0)
+    reach = (size - 1) / 2.0 * math.sqrt(2.0) if radius is None else radius
+    i, j = _source_pairs(cx, cy, sx, src_y, reach + half * math.sqrt(2.0) + 1.0)
     keep = j != owner[i]
     i, j = i[keep], j[keep]
     if not len(i):
@@ -914,14 +917,14 @@ def _accumulate(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: 
 
 
 def _normal_equations(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarray, o: int, s: int,
-                      clip: float | None, *, keep: np.ndarray | None = None, star_sums: bool = False,
+                      clip: float | None, *, keep: np.ndarray | None = None, groups: np.ndarray | None = None,
                       backend: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The stacking step's sample pass: each sample's residual from the model ``grids`` over the flux,
     weighted, clipped and summed per node.
 
-    Returns each node's normal equations (ata (S*S, k, k), atb (S*S, k)), or with ``star_sums``
-    each star's sums per node (sum w (N, S*S), sum w r (N, S*S), for any terms and any subset of
-    the stars later), and the samples kept (N, B, B).  The compiled twin
+    Returns each node's normal equations (ata (S*S, k, k), atb (S*S, k)), with ``groups`` (a group
+    number per star) one set per group (ata (G, S*S, k, k), atb (G, S*S, k)), and the samples kept
+    (N, B, B).  The compiled twin
     (:func:`psfkit.psf._empirical_kernels.stack_normal_equations`) runs where available;
     ``backend="numpy"`` forces this numpy reference.
     """
@@ -931,7 +934,7 @@ def _normal_equations(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarra
         return _empirical_kernels.stack_normal_equations(
             grids, samples.stamps, np.isfinite(samples.var), samples.origin, samples.x, samples.y, samples.flux,
             samples.background, samples.gain, samples.read_noise, samples.noise, o, s, MAX_PIXEL_SNR, psf_terms,
-            clip, keep, star_sums)
+            clip, keep, groups)
     n, b, _ = samples.stamps.shape
     c = (s - 1) / 2.0
     yy, xx = np.mgrid[0:b, 0:b]
@@ -963,22 +966,22 @@ def _normal_equations(psf_terms: np.ndarray, samples: _Samples, grids: np.ndarra
         med, mad = node_median_mad(zs, ns, s * s, backend=backend)
         scale = np.maximum(1.4826 * mad, 1.0)
         good.ravel()[sel] = np.abs(zs - med[ns]) < clip * scale[ns]
-    if star_sums:
-        at = (np.arange(n)[:, None, None] * (s * s) + nodes)[good]
-        sums = [np.bincount(at, weights=wt, minlength=n * s * s).reshape(n, s * s)
-                for wt in (w[good], w[good] * resid[good])]
-        return sums[0], sums[1], good
-    node = nodes[good]
+    n_groups = 1 if groups is None else int(np.max(groups)) + 1
+    group = np.zeros(n, np.intp) if groups is None else np.asarray(groups, dtype=np.intp)
+    node = (group[:, None, None] * (s * s) + nodes)[good]
     wg = w[good]
     rg = resid[good]  # the grid holds the PSF's value per image pixel at each offset
     t = np.broadcast_to(psf_terms[:, None, None, :], (n, b, b, psf_terms.shape[1]))[good]
     k = psf_terms.shape[1]
-    ata = np.empty((s * s, k, k))
-    atb = np.empty((s * s, k))
+    m = n_groups * s * s
+    ata = np.empty((m, k, k))
+    atb = np.empty((m, k))
     for i in range(k):
-        atb[:, i] = np.bincount(node, weights=wg * t[:, i] * rg, minlength=s * s)
+        atb[:, i] = np.bincount(node, weights=wg * t[:, i] * rg, minlength=m)
         for j in range(i, k):
-            ata[:, i, j] = ata[:, j, i] = np.bincount(node, weights=wg * t[:, i] * t[:, j], minlength=s * s)
+            ata[:, i, j] = ata[:, j, i] = np.bincount(node, weights=wg * t[:, i] * t[:, j], minlength=m)
+    if groups is not None:
+        return ata.reshape(n_groups, s * s, k, k), atb.reshape(n_groups, s * s, k), good
     return ata, atb, good
 
 
@@ -1322,26 +1325,18 @@ def _cross_validate(psf0: FramePSF, samples: _Samples, degrees: list[int], folds
 
     The PSF of a degree and a fold is one stacking step from the constant PSF ``psf0`` on the other
     folds' stars (their centres and fluxes those of ``psf0``: no refit).  One pass over the samples
-    gives each star's weighted residual sums per node; any degree's normal equations on any set of
-    stars are then sums of those over the stars, and the training set's are the whole set's minus
-    the fold's: no stacking is repeated per fold.
+    gives each fold's normal equations of the highest degree (a lower degree's are their leading
+    block); the training set's are the whole set's minus the fold's: no stacking is repeated per
+    fold or degree.
     """
     o, s = psf0.oversampling, psf0.size
     n = len(samples.x)
-    w_star, r_star, _ = _normal_equations(np.ones((n, 1)), samples, psf0.spline_at(samples.x, samples.y), o, s,
-                                          clip=5.0, star_sums=True)
     k_max = _n_terms(max(degrees))
     full = FramePSF(np.zeros((k_max, s, s)), o, max(degrees), psf0.centre, psf0.scale)
-    t = full.terms(samples.x, samples.y)  # (N, k_max)
-    tt = (t[:, :, None] * t[:, None, :]).reshape(n, k_max * k_max)
-
-    def sums(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ata = (tt[rows].T @ w_star[rows]).T.reshape(s * s, k_max, k_max)
-        atb = (t[rows].T @ r_star[rows]).T
-        return ata, atb
-
-    ata_all, atb_all = sums(np.arange(n))
-    per_fold = [sums(np.flatnonzero(folds == f)) for f in range(4)]
+    ata_f, atb_f, _ = _normal_equations(full.terms(samples.x, samples.y), samples,
+                                        psf0.spline_at(samples.x, samples.y), o, s, clip=5.0, groups=folds)
+    ata_all, atb_all = ata_f.sum(axis=0), atb_f.sum(axis=0)
+    per_fold = list(zip(ata_f, atb_f))
     cv: dict[int, np.ndarray] = {}
     for d in degrees:
         k = _n_terms(d)
@@ -1460,22 +1455,31 @@ def build_frame_psf(
     noise = float(np.nanmedian(sky_noise)) if np.isfinite(sky_noise).any() else 1.0
     noise = noise if np.isfinite(noise) and noise > 0 else 1.0
 
-    def samples_for(half: int, frame_boxes: np.ndarray, background: np.ndarray) -> _Samples:
+    def samples_for(frame_boxes: np.ndarray, background: np.ndarray) -> _Samples:
+        """The stars' samples out to the widest reach (``hi``), their neighbours masked."""
         x, y = all_x[idx], all_y[idx]
-        a = big - half
-        stamps = frame_boxes[:, a : a + 2 * half + 1, a : a + 2 * half + 1]
+        a = big - hi
+        stamps = frame_boxes[:, a : a + 2 * hi + 1, a : a + 2 * hi + 1]
         var = _stamp_variance(stamps, gain, rn_adu, noise)
         origin = origin_big + a
         var = _mask_neighbours(var, origin, x, y, flux_all[idx], all_x, all_y, flux_all, fwhm)
         return _Samples(stamps, var, origin, x, y, flux_all[idx], background, gain, rn_adu, noise)
 
-    reach = _choose_reach(samples_for(hi, boxes, sky_level), fwhm, hi)
-    samples = samples_for(reach, boxes, sky_level)  # pixels off the frame are left out (NaN)
+    def crop(smp: _Samples, half: int) -> _Samples:
+        a = hi - half
+        sl = (slice(None), slice(a, a + 2 * half + 1), slice(a, a + 2 * half + 1))
+        return _Samples(smp.stamps[sl], smp.var[sl], smp.origin + a, smp.x, smp.y, smp.flux, smp.background,
+                        smp.gain, smp.read_noise, smp.noise)
+
+    widest = samples_for(boxes, sky_level)
+    reach = _choose_reach(widest, fwhm, hi)
+    samples = crop(widest, reach)  # pixels off the frame are left out (NaN)
     s = 2 * reach * o + 1
     ny, nx = data.shape
     frame = ((nx - 1) / 2.0, (ny - 1) / 2.0), (max((nx - 1) / 2.0, 1.0), max((ny - 1) / 2.0, 1.0))
     box = max(int(2 * math.ceil(2.0 * fwhm) + 1), 7)
-    psf0, samples = _stack(samples, 0, o, s, fwhm, frame, iterations, data, gain, rn_adu, box)
+    # a first PSF to draw the neighbours with: half the rounds (the second stacking starts from it)
+    psf0, samples = _stack(samples, 0, o, s, fwhm, frame, max(iterations // 2, 2), data, gain, rn_adu, box)
     # The sky again, and the stamps, on the boxes with every other source's light drawn with the
     # first PSF taken out: a neighbour's wings and halo beyond its mask raise the ring's median and
     # the stamp's pixels (DAOPHOT's way).  The PSF stars are drawn with their fitted centres and
@@ -1486,14 +1490,15 @@ def build_frame_psf(
     ratio = float(np.median(ratio[np.isfinite(ratio) & (ratio > 0)])) if np.any(ratio > 0) else 1.0
     draw_x, draw_y, draw_f = all_x.copy(), all_y.copy(), np.where(use, flux_all * ratio, np.nan)
     draw_x[idx], draw_y[idx], draw_f[idx] = samples.x, samples.y, samples.flux
-    light = _light_in_boxes(psf0, origin_big, 2 * big + 1, idx, draw_x, draw_y, draw_f)
+    light = _light_in_boxes(psf0, origin_big, 2 * big + 1, idx, draw_x, draw_y, draw_f, radius=ring_out)
     clean = boxes - light
     sky_level, _ = _ring_sky(clean.reshape(len(idx), -1)[:, ring], ring_free)
     flux_all = np.where(np.isfinite(draw_f), draw_f, flux_all)
-    reach2 = _choose_reach(samples_for(hi, clean, sky_level), fwhm, hi)
+    widest = samples_for(clean, sky_level)
+    reach2 = _choose_reach(widest, fwhm, hi)
     s2 = 2 * reach2 * o + 1
     start = _resize(psf0.coefficients, s2)
-    fresh = samples_for(reach2, clean, sky_level)
+    fresh = crop(widest, reach2)
     samples = _Samples(fresh.stamps, fresh.var, fresh.origin, samples.x, samples.y, samples.flux, fresh.background,
                        gain, rn_adu, noise)  # the centres and fluxes of the first stacking
     reach, s = reach2, s2
