@@ -610,16 +610,13 @@ def _choose_reach(samples: _Samples, fwhm: float, hi: int) -> int:
                  yy[None] + samples.origin[:, 1, None, None] - samples.y[:, None, None])
     ring = np.minimum(np.floor(r).astype(int), hi + 1)
     ok = np.isfinite(samples.stamps) & np.isfinite(samples.var)
-    signal = np.where(ok, samples.stamps - samples.background[:, None, None], 0.0)
-    var = np.where(ok, samples.var, 0.0)
+    at = ring[ok]
     # per ring: sum over stars of the light, of the flux that lights it and of the variance
-    idx = (np.arange(n)[:, None, None] * (hi + 2) + ring).ravel()
-    light = np.bincount(idx, weights=signal.ravel(), minlength=n * (hi + 2)).reshape(n, hi + 2)
-    count = np.bincount(idx, weights=ok.ravel().astype(float), minlength=n * (hi + 2)).reshape(n, hi + 2)
-    v = np.bincount(idx, weights=var.ravel(), minlength=n * (hi + 2)).reshape(n, hi + 2)
-    flux = (samples.flux[:, None] * count).sum(axis=0)
-    profile = light.sum(axis=0) / np.where(flux > 0, flux, np.inf)  # per pixel, per unit flux
-    noise = np.sqrt(v.sum(axis=0)) / np.where(flux > 0, flux, np.inf)
+    light = np.bincount(at, weights=(samples.stamps - samples.background[:, None, None])[ok], minlength=hi + 2)
+    flux = np.bincount(at, weights=np.broadcast_to(samples.flux[:, None, None], ok.shape)[ok], minlength=hi + 2)
+    v = np.bincount(at, weights=samples.var[ok], minlength=hi + 2)
+    profile = light / np.where(flux > 0, flux, np.inf)  # per pixel, per unit flux
+    noise = np.sqrt(v) / np.where(flux > 0, flux, np.inf)
     peak = profile[0]
     if not np.isfinite(peak) or peak <= 0:
         return lo
@@ -1479,7 +1476,7 @@ def build_frame_psf(
     frame = ((nx - 1) / 2.0, (ny - 1) / 2.0), (max((nx - 1) / 2.0, 1.0), max((ny - 1) / 2.0, 1.0))
     box = max(int(2 * math.ceil(2.0 * fwhm) + 1), 7)
     # a first PSF to draw the neighbours with: half the rounds (the second stacking starts from it)
-    psf0, samples = _stack(samples, 0, o, s, fwhm, frame, max(iterations // 2, 2), data, gain, rn_adu, box)
+    psf0, samples = _stack(samples, 0, o, s, fwhm, frame, max(iterations // 4, 1), data, gain, rn_adu, box)
     # The sky again, and the stamps, on the boxes with every other source's light drawn with the
     # first PSF taken out: a neighbour's wings and halo beyond its mask raise the ring's median and
     # the stamp's pixels (DAOPHOT's way).  The PSF stars are drawn with their fitted centres and
@@ -1502,7 +1499,7 @@ def build_frame_psf(
     samples = _Samples(fresh.stamps, fresh.var, fresh.origin, samples.x, samples.y, samples.flux, fresh.background,
                        gain, rn_adu, noise)  # the centres and fluxes of the first stacking
     reach, s = reach2, s2
-    psf0, samples = _stack(samples, 0, o, s, fwhm, frame, max(iterations - 1, 2), data, gain, rn_adu, box,
+    psf0, samples = _stack(samples, 0, o, s, fwhm, frame, max(iterations // 2, 2), data, gain, rn_adu, box,
                            start=start)
     # the degree of the variation: cross-validated on held-back stars
     n = len(idx)
