@@ -6,7 +6,9 @@ photutils' ``EPSFBuilder`` (oversampling 2, its default 10 iterations) on the sa
 bright isolated stars.  Prints the built PSF's FWHM at the frame's centre against the truth and
 writes benchmarks/results/bench_framepsf_build.md.
 
-Usage: .venv/bin/python benchmarks/bench_framepsf_build.py [--small]
+``--profile`` also prints where the build's time goes (cProfile, cumulative, the builder's own steps).
+
+Usage: .venv/bin/python benchmarks/bench_framepsf_build.py [--small] [--profile]
 """
 
 from __future__ import annotations
@@ -77,7 +79,16 @@ def main() -> None:
     t_smooth, _ = timed(lambda: ndimage.gaussian_filter(img, 1.0), repeat=2)
     rows.append(("scipy gaussian_filter (floor, 1 pass)", t_smooth, None, None))
     build_frame_psf(psfkit.Image(data=img[:600, :600], gain=1.5, read_noise=6.0), degree=0)  # warm the kernels
-    t_build, psf = timed(lambda: build_frame_psf(image, stars), repeat=2)
+    t_build, psf = timed(lambda: build_frame_psf(image, stars), repeat=3)
+    if "--profile" in sys.argv:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        build_frame_psf(image, stars)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(r"empirical|frame_fit", 30)
     fwhm = psf.shape_at(*psf.centre)["fwhm"]
     rows.append((f"psfkit build_frame_psf ({psf.n_stars} stars, degree {psf.degree})", t_build, fwhm, "pixel removed"))
     try:

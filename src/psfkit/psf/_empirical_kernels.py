@@ -115,33 +115,40 @@ if HAVE_NUMBA:
         stride = 0 if coef.shape[0] == 1 else 1
         for i in prange(n):
             g = i * stride
-            wu = np.empty(4)
-            dwu = np.empty(4)
-            wv = np.empty(4)
-            dwv = np.empty(4)
+            dw = np.empty(4)
+            # u depends on the column only, v on the row only: their spline weights once per star
+            us = np.empty(b)
+            vs = np.empty(b)
+            iu = np.empty(b, np.int64)
+            iv = np.empty(b, np.int64)
+            wu = np.empty((b, 4))
+            wv = np.empty((b, 4))
+            for p in range(b):
+                us[p] = (p + origin[i, 0] - x[i]) * o + c
+                vs[p] = (p + origin[i, 1] - y[i]) * o + c
+                iu[p] = int(math.floor(us[p])) if math.isfinite(us[p]) else 0
+                iv[p] = int(math.floor(vs[p])) if math.isfinite(vs[p]) else 0
+                _weights(us[p] - iu[p], wu[p], dw)
+                _weights(vs[p] - iv[p], wv[p], dw)
             f = flux[i]
             bk = bg[i]
             for py in range(b):
+                vv = vs[py]
                 for px in range(b):
-                    uu = (px + origin[i, 0] - x[i]) * o + c
-                    vv = (py + origin[i, 1] - y[i]) * o + c
+                    uu = us[px]
                     mdl = 0.0
                     if uu >= 0.0 and uu <= s - 1 and vv >= 0.0 and vv <= s - 1:
-                        iu = int(math.floor(uu))
-                        iv = int(math.floor(vv))
-                        _weights(uu - iu, wu, dwu)
-                        _weights(vv - iv, wv, dwv)
                         for a in range(4):
-                            yy = iv + a - 1
+                            yy = iv[py] + a - 1
                             if yy < 0 or yy >= s:
                                 continue
                             row = 0.0
                             for bb in range(4):
-                                xx = iu + bb - 1
+                                xx = iu[px] + bb - 1
                                 if xx < 0 or xx >= s:
                                     continue
-                                row += wu[bb] * coef[g, yy, xx]
-                            mdl += wv[a] * row
+                                row += wu[px, bb] * coef[g, yy, xx]
+                            mdl += wv[py, a] * row
                     r = (stamps[i, py, px] - bk) / f - mdl
                     expected = bk + f * mdl
                     if usable[i, py, px]:

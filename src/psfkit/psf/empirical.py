@@ -599,22 +599,29 @@ class FramePSFModel(ImagePSF):
 # building
 
 
-def _choose_reach(samples: _Samples, fwhm: float, hi: int) -> int:
-    """The PSF's reach (px): where the stars' flux-weighted mean radial profile falls below
-    REACH_LEVEL of its peak or into its own noise (3 sigma), from MIN_REACH_FWHM out to ``hi``.
-    """
+def _reach_rings(samples: _Samples, hi: int) -> np.ndarray:
+    """Each sample's whole-pixel ring about its star's centre (N, B, B), ``hi + 1`` beyond ``hi``."""
     n, b, _ = samples.stamps.shape
-    lo = min(int(math.ceil(MIN_REACH_FWHM * fwhm)), hi)
     yy, xx = np.mgrid[0:b, 0:b]
     r = np.hypot(xx[None] + samples.origin[:, 0, None, None] - samples.x[:, None, None],
                  yy[None] + samples.origin[:, 1, None, None] - samples.y[:, None, None])
-    ring = np.minimum(np.floor(r).astype(int), hi + 1)
+    return np.minimum(np.floor(r).astype(np.intp), hi + 1)
+
+
+def _choose_reach(samples: _Samples, fwhm: float, hi: int, ring: np.ndarray | None = None) -> int:
+    """The PSF's reach (px): where the stars' flux-weighted mean radial profile falls below
+    REACH_LEVEL of its peak or into its own noise (3 sigma), from MIN_REACH_FWHM out to ``hi``
+    (``ring``: the samples' rings, :func:`_reach_rings`, when already known).
+    """
+    lo = min(int(math.ceil(MIN_REACH_FWHM * fwhm)), hi)
+    ring = (_reach_rings(samples, hi) if ring is None else ring).ravel()
     ok = np.isfinite(samples.stamps) & np.isfinite(samples.var)
-    at = ring[ok]
     # per ring: sum over stars of the light, of the flux that lights it and of the variance
-    light = np.bincount(at, weights=(samples.stamps - samples.background[:, None, None])[ok], minlength=hi + 2)
-    flux = np.bincount(at, weights=np.broadcast_to(samples.flux[:, None, None], ok.shape)[ok], minlength=hi + 2)
-    v = np.bincount(at, weights=samples.var[ok], minlength=hi + 2)
+    with np.errstate(invalid="ignore"):
+        signal = np.where(ok, samples.stamps - samples.background[:, None, None], 0.0)
+    light = np.bincount(ring, weights=signal.ravel(), minlength=hi + 2)
+    flux = np.bincount(ring, weights=(ok * samples.flux[:, None, None]).ravel(), minlength=hi + 2)
+    v = np.bincount(ring, weights=np.where(ok, samples.var, 0.0).ravel(), minlength=hi + 2)
     profile = light / np.where(flux > 0, flux, np.inf)  # per pixel, per unit flux
     noise = np.sqrt(v) / np.where(flux > 0, flux, np.inf)
     peak = profile[0]
@@ -874,27 +881,28 @@ def _mask_neighbours(var: np.ndarray, origin: np.ndarray, x: np.ndarray, y: np.n
     one, 4 FWHM around a brighter one (or one with no flux), never nearer than 1.5 FWHM to the
     star's centre (0.75 FWHM around the neighbour at least).
     """
-    from scipy.spatial import cKDTree
-
     n, b, _ = var.shape
     out = var.copy()
-    ok = np.isfinite(all_x) & np.isfinite(all_y)
-    tree = cKDTree(np.column_stack([all_x[ok], all_y[ok]]))
-    ax, ay, af = all_x[ok], all_y[ok], all_flux[ok]
+    i, j = _source_pairs(x, y, all_x, all_y, b / 2.0 * math.sqrt(2.0) + 4.0 * fwhm)
+    dx, dy = all_x[j] - x[i], all_y[j] - y[i]
+    other = dx * dx + dy * dy >= 0.25  # not the star itself
+    i, j, dx, dy = i[other], j[other], dx[other], dy[other]
+    if not len(i):
+        return out
+    with np.errstate(invalid="ignore"):
+        fainter = np.isfinite(all_flux[j]) & (all_flux[j] < flux[i])
+    r = np.where(fainter, 2.5 * fwhm, 4.0 * fwhm)
+    # never over the star's own core: a mask there biases its centre and flux, and with them the
+    # stacked PSF's width (a faint neighbour at 1.4 FWHM of a bright star made a Moffat field's PSF
+    # 1.5 % too wide)
+    r = np.minimum(r, np.maximum(np.hypot(dx, dy) - 1.5 * fwhm, 0.75 * fwhm))
     yy, xx = np.mgrid[0:b, 0:b]
-    reach = b / 2.0 * math.sqrt(2.0) + 4.0 * fwhm
-    for i in range(n):
-        for j in tree.query_ball_point([x[i], y[i]], r=reach):
-            if (ax[j] - x[i]) ** 2 + (ay[j] - y[i]) ** 2 < 0.25:
-                continue  # the star itself
-            r = 2.5 * fwhm if (np.isfinite(af[j]) and af[j] < flux[i]) else 4.0 * fwhm
-            # never over the star's own core: a mask there biases its centre and flux, and with
-            # them the stacked PSF's width (a faint neighbour at 1.4 FWHM of a bright star made
-            # a Moffat field's PSF 1.5 % too wide)
-            d = math.hypot(ax[j] - x[i], ay[j] - y[i])
-            r = min(r, max(d - 1.5 * fwhm, 0.75 * fwhm))
-            near = (xx + origin[i, 0] - ax[j]) ** 2 + (yy + origin[i, 1] - ay[j]) ** 2 <= r * r
-            out[i][near] = np.inf
+    near = ((xx[None] + (origin[i, 0] - all_x[j])[:, None, None]) ** 2
+            + (yy[None] + (origin[i, 1] - all_y[j])[:, None, None]) ** 2) <= (r * r)[:, None, None]
+    first = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])  # the pairs come grouped by star
+    masked = np.zeros((n, b, b), dtype=bool)
+    masked[i[first]] = np.logical_or.reduceat(near, first, axis=0)
+    out[masked] = np.inf
     return out
 
 
@@ -1379,7 +1387,8 @@ def build_frame_psf(
     max_stars : int
         The brightest usable stars taken at most.
     iterations : int
-        Stacking and refitting rounds.
+        Stacking and refitting rounds in all: a quarter of them (at least one) for the first PSF, on
+        the first sky, and half (at least two) for the PSF after the sky is measured again.
     seed : int
         Seed of the cross-validation folds.
 
@@ -1469,7 +1478,8 @@ def build_frame_psf(
                         smp.gain, smp.read_noise, smp.noise)
 
     widest = samples_for(boxes, sky_level)
-    reach = _choose_reach(widest, fwhm, hi)
+    rings = _reach_rings(widest, hi)  # the same stars and boxes in both sky passes
+    reach = _choose_reach(widest, fwhm, hi, rings)
     samples = crop(widest, reach)  # pixels off the frame are left out (NaN)
     s = 2 * reach * o + 1
     ny, nx = data.shape
@@ -1492,7 +1502,7 @@ def build_frame_psf(
     sky_level, _ = _ring_sky(clean.reshape(len(idx), -1)[:, ring], ring_free)
     flux_all = np.where(np.isfinite(draw_f), draw_f, flux_all)
     widest = samples_for(clean, sky_level)
-    reach2 = _choose_reach(widest, fwhm, hi)
+    reach2 = _choose_reach(widest, fwhm, hi, rings)
     s2 = 2 * reach2 * o + 1
     start = _resize(psf0.coefficients, s2)
     fresh = crop(widest, reach2)
