@@ -773,6 +773,26 @@ def _source_pairs(x: np.ndarray, y: np.ndarray, src_x: np.ndarray, src_y: np.nda
     return i, j
 
 
+def _discs(n: int, b: int, origin: np.ndarray, i: np.ndarray, cx: np.ndarray, cy: np.ndarray,
+           r: np.ndarray) -> np.ndarray:
+    """(n, b, b) True on the pixels of box ``i[k]`` (first pixel ``origin``) within ``r[k]`` of
+    (``cx[k]``, ``cy[k]``), for every k: each disc drawn on its own small window, not the whole box.
+    """
+    out = np.zeros(n * b * b, dtype=bool)
+    if not len(i):
+        return out.reshape(n, b, b)
+    h = int(math.ceil(float(np.max(r)))) + 1
+    ww = np.arange(-h, h + 1)
+    lx = np.rint(cx - origin[i, 0]).astype(np.intp)[:, None, None] + ww[None, None, :]  # (K, 1, W)
+    ly = np.rint(cy - origin[i, 1]).astype(np.intp)[:, None, None] + ww[None, :, None]  # (K, W, 1)
+    near = ((lx + origin[i, 0, None, None] - cx[:, None, None]) ** 2
+            + (ly + origin[i, 1, None, None] - cy[:, None, None]) ** 2) <= (r * r)[:, None, None]
+    near &= (lx >= 0) & (lx < b) & (ly >= 0) & (ly < b)
+    k, yy, xx = np.nonzero(near)
+    out[(i[k] * b + ly[k, yy, 0]) * b + lx[k, 0, xx]] = True
+    return out.reshape(n, b, b)
+
+
 def _ring_unmasked(ring: np.ndarray, origin: np.ndarray, half: int, owner: np.ndarray, all_x: np.ndarray,
                    all_y: np.ndarray, all_flux: np.ndarray, fwhm: float) -> np.ndarray:
     """(N, P) True where a ring pixel is clear of every other source: 2.5 FWHM around one fainter than
@@ -791,13 +811,7 @@ def _ring_unmasked(ring: np.ndarray, origin: np.ndarray, half: int, owner: np.nd
     own_flux = all_flux[owner]
     faint = np.isfinite(all_flux[j]) & (all_flux[j] < own_flux[i])
     r = np.where(faint, 2.5 * fwhm, 4.0 * fwhm)
-    rx = (ring % size).astype(float)
-    ry = (ring // size).astype(float)
-    near = ((rx[None] + origin[i, 0, None] - all_x[j, None]) ** 2
-            + (ry[None] + origin[i, 1, None] - all_y[j, None]) ** 2) <= (r * r)[:, None]
-    first = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])  # the pairs come grouped by star
-    free[i[first]] = ~np.logical_or.reduceat(near, first, axis=0)
-    return free
+    return ~_discs(n, size, origin, i, all_x[j], all_y[j], r).reshape(n, -1)[:, ring]
 
 
 def _ring_sky(values: np.ndarray, free: np.ndarray, rounds: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -896,13 +910,7 @@ def _mask_neighbours(var: np.ndarray, origin: np.ndarray, x: np.ndarray, y: np.n
     # stacked PSF's width (a faint neighbour at 1.4 FWHM of a bright star made a Moffat field's PSF
     # 1.5 % too wide)
     r = np.minimum(r, np.maximum(np.hypot(dx, dy) - 1.5 * fwhm, 0.75 * fwhm))
-    yy, xx = np.mgrid[0:b, 0:b]
-    near = ((xx[None] + (origin[i, 0] - all_x[j])[:, None, None]) ** 2
-            + (yy[None] + (origin[i, 1] - all_y[j])[:, None, None]) ** 2) <= (r * r)[:, None, None]
-    first = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])  # the pairs come grouped by star
-    masked = np.zeros((n, b, b), dtype=bool)
-    masked[i[first]] = np.logical_or.reduceat(near, first, axis=0)
-    out[masked] = np.inf
+    out[_discs(n, b, origin, i, all_x[j], all_y[j], r)] = np.inf
     return out
 
 
