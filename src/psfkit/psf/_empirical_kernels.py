@@ -1,4 +1,6 @@
-"""Compiled (numba) cubic B-spline evaluation for the frame's PSF, beside its numpy reference.
+"""Compiled (numba) kernels of the frame's PSF beside their numpy references: the cubic B-spline
+evaluation, the per-node median and MAD, and the stacking step's sample pass (residuals, weights,
+outlier cut and the normal equations per node).
 
 :func:`psfkit.psf.empirical.cubic_interpolate` calls :func:`interpolate` here when the compiled
 path is available (``PSFKIT_BACKEND``); the numpy code in that module is the reference that
@@ -269,7 +271,7 @@ if HAVE_NUMBA:
 
 def stack_normal_equations(coef, stamps, usable, origin, x, y, flux, background, gain, read_noise, noise, o, s,
                            max_snr, terms, clip, keep=None, groups=None):
-    """The compiled twin of :func:`psfkit.psf.empirical._normal_equations_numpy` (same arguments and
+    """The compiled twin of :func:`psfkit.psf.empirical._normal_equations`'s numpy path (same arguments and
     results: each node's normal equations, per group of stars when ``groups``, and the samples kept).
     """
     stamps = np.ascontiguousarray(stamps, dtype=np.float64)

@@ -716,20 +716,6 @@ class _Samples:
                         self.flux[idx], self.background[idx], self.gain, self.read_noise, self.noise)
 
 
-def _cut(data: np.ndarray, x: np.ndarray, y: np.ndarray, half: int, gain: float | None, read_noise: float,
-         noise: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from psfkit.psf.stamps import cut_stamps
-
-    stamps, inside, origin, _ = cut_stamps(data, x, y, 2 * half + 1)
-    stamps = np.where(inside, stamps, np.nan)
-    if gain:
-        var = np.maximum(stamps, 0.0) / gain + read_noise**2
-    else:
-        var = np.full_like(stamps, noise**2)
-    var = np.where(np.isfinite(stamps), np.maximum(var, 1e-12 * noise**2 + 1e-30), np.inf)
-    return stamps, var, origin
-
-
 def _stamp_variance(stamps: np.ndarray, gain: float | None, read_noise: float, noise: float) -> np.ndarray:
     """Pixel variances of stamps from their data (Poisson and read noise, or the constant noise), inf where
     a pixel is unusable (NaN).
