@@ -36,7 +36,6 @@ SRC = Path(psfkit.__file__).resolve().parent
 #: detection (or takes the stars and the background as arguments only)
 KNOWN_BACK_EDGES = {
     ("psfkit.psf.empirical", "psfkit.detect.find"),
-    ("psfkit.psf.empirical", "psfkit.detect.background"),
 }
 HEAVY = ("numba", "scipy", "dask", "distributed", "matplotlib", "fastapi", "uvicorn", "astropy.table", "rich",
          "pydantic")
