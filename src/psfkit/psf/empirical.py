@@ -1452,6 +1452,11 @@ def build_frame_psf(
     ring = _ring_offsets(big, ring_in, ring_out)
     ring_free = _ring_unmasked(ring, origin_big, big, idx, all_x, all_y, flux_all, fwhm)
     sky_level, sky_noise = _ring_sky(boxes.reshape(len(idx), -1)[:, ring], ring_free)
+    if not np.isfinite(sky_level).all():  # no ring measurable (a frame smaller than the rings): find's own
+        table_sky = (np.asarray(stars["background"], dtype=float)[idx] if "background" in stars.colnames
+                     else np.full(len(idx), np.nan))
+        fallback = np.where(np.isfinite(table_sky), table_sky, float(np.nanmedian(boxes)))
+        sky_level = np.where(np.isfinite(sky_level), sky_level, fallback)
     noise = float(np.nanmedian(sky_noise)) if np.isfinite(sky_noise).any() else 1.0
     noise = noise if np.isfinite(noise) and noise > 0 else 1.0
 
@@ -1493,7 +1498,8 @@ def build_frame_psf(
     draw_x[idx], draw_y[idx], draw_f[idx] = samples.x, samples.y, samples.flux
     light = _light_in_boxes(psf0, origin_big, 2 * big + 1, idx, draw_x, draw_y, draw_f, radius=ring_out)
     clean = boxes - light
-    sky_level, _ = _ring_sky(clean.reshape(len(idx), -1)[:, ring], ring_free)
+    sky_level = np.where(np.isfinite(sky_level), _ring_sky(clean.reshape(len(idx), -1)[:, ring], ring_free)[0],
+                         sky_level)
     flux_all = np.where(np.isfinite(draw_f), draw_f, flux_all)
     widest = samples_for(clean, sky_level)
     reach2 = _choose_reach(widest, fwhm, hi, rings)
