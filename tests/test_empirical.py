@@ -368,3 +368,22 @@ def test_compiled_stacking_pass_matches_numpy(gain):
     # the cosmic ray is clipped, and nothing else of that star's core
     ata, atb, kept = E._normal_equations(terms[:, :1], samples, grids, o, s, clip=5.0)
     assert not kept[3, 2, 2] and kept[3, half, half]
+
+
+def test_peak_of_a_varying_psf_is_its_grids_maximum():
+    """FramePSFModel.peak reads the nodes near the centre only: the same as each star's whole grid."""
+    s, o = 41, 2
+    r2 = ((np.arange(s) - 20.0) / o) ** 2
+    g0 = np.exp(-(r2[:, None] + r2[None, :]) / (2 * 1.3**2))
+    g1 = 0.3 * g0 * (r2[:, None] + r2[None, :] - 2 * 1.3**2) / 1.3**2  # the width changes across the field
+    coef = np.stack([g0, g1, 0.2 * g1])
+    coef *= o * o / g0.sum()
+    psf = E.FramePSF(coef, o, 1, (500.0, 400.0), (500.0, 400.0))
+    rng = np.random.default_rng(1)
+    n = 30
+    p = np.column_stack([np.zeros(n), rng.uniform(1e3, 1e5, n), rng.uniform(5, 10, n), rng.uniform(5, 10, n),
+                         rng.uniform(0, 990, n), rng.uniform(0, 790, n)])
+    want = p[:, 1] * psf.at(p[:, 2] + p[:, 4], p[:, 3] + p[:, 5]).max(axis=(1, 2))
+    np.testing.assert_allclose(psf.model().peak(p), want, rtol=1e-12)
+    peaks = want / p[:, 1]
+    assert np.ptp(peaks) > 0.02 * peaks.mean()  # the peak does vary across the field
