@@ -387,3 +387,27 @@ def test_peak_of_a_varying_psf_is_its_grids_maximum():
     np.testing.assert_allclose(psf.model().peak(p), want, rtol=1e-12)
     peaks = want / p[:, 1]
     assert np.ptp(peaks) > 0.02 * peaks.mean()  # the peak does vary across the field
+
+
+@pytest.mark.parametrize("degree", [0, 1])
+def test_compiled_drawing_of_stars_matches_numpy(degree):
+    """add_stars compiled and in numpy: the same image, stars cut by the frame's edges included."""
+    from psfkit.psf import _empirical_kernels
+
+    if not _empirical_kernels.available():
+        pytest.skip("no compiled backend")
+    s, o = 41, 2
+    r2 = ((np.arange(s) - 20.0) / o) ** 2
+    g0 = np.exp(-(r2[:, None] + r2[None, :]) / (2 * 1.3**2))
+    coef = np.stack([g0, 0.2 * g0 * (r2[:, None] + r2[None, :] - 2 * 1.3**2) / 1.3**2, 0.1 * g0])[: 1 + 2 * degree]
+    coef *= o * o / g0.sum()
+    psf = E.FramePSF(coef, o, degree, (60.0, 40.0), (60.0, 40.0))
+    rng = np.random.default_rng(2)
+    x, y = rng.uniform(-5, 125, 60), rng.uniform(-5, 85, 60)
+    flux = rng.uniform(1e2, 1e5, 60)
+    flux[3] = np.nan  # skipped
+    start = rng.normal(0.0, 1.0, (80, 120))
+    ref = E.add_stars(start.copy(), psf, x, y, flux, sign=-1.0, backend="numpy")
+    got = E.add_stars(start.copy(), psf, x, y, flux, sign=-1.0)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-9)
+    assert np.abs(ref - start).sum() > 1e5
