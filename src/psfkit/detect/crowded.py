@@ -10,8 +10,8 @@ to the noise, and this pass does what DAOPHOT's FIND / ALLSTAR loop does (Stetso
    frame's at the star's place) on its box with the light of every other star taken out (their
    photon noise kept in the weights), and the light frame follows the new fits.  A round fits
    every star at once; rounds repeat until no star's flux moves by a tenth of its error (at most
-   :data:`ROUNDS`).  Overlapping stars (a *group*: stars within each other's box) are so fitted
-   together by iterating the subtraction of each other's light; see "Groups" below.
+   :data:`ROUNDS`).  Then every *group* of overlapping stars is fitted again as one least-squares
+   problem (see "Groups" below).
 2. **Look for stars on the residual** (the frame less the background and the light frame): the
    peaks of the residual smoothed by the detection filter, where it exceeds ``threshold`` times
    its own noise.  That noise counts the sky, the photon noise of the subtracted light and the
@@ -21,7 +21,7 @@ to the noise, and this pass does what DAOPHOT's FIND / ALLSTAR loop does (Stetso
    candidate (a hot pixel, a galaxy: not subtracted) are left out.
 3. **Fit the new stars**, with every other star's light taken out; those that fit (finite, at
    S/N >= ``min_snr``, their centre within a FWHM of the peak and not onto another star) join, and
-   they and their neighbours are fitted again (step 1) with the new light.
+   they and their neighbours are fitted again (step 1, groups included) with the new light.
 4. **Repeat** 2-3 until the residual has no significant peak (at most :data:`MAX_PASSES` times).
 
 Each star's own FWHM, roundness and angle (the analytic model's, as Siril's Dynamic PSF gives them)
@@ -31,16 +31,24 @@ frame's PSF's.  The analytic flux stays as ``flux_fit_analytic``.
 
 Groups
 ------
-DAOPHOT's ALLSTAR solves a group of overlapping stars as one least-squares problem.  Here each star
-is fitted alone with its neighbours' current models subtracted, every star of the frame at once in
-the batched engine, and the rounds repeat: the iteration is the block-Jacobi solution of the same
-normal equations, and converges where the stars' overlap is below one (two stars of equal flux
-closer than ~0.8 FWHM are one peak for any method).  Measured on a 5,000-star Moffat field (FWHM
-3.2 px): after 3 rounds the largest change is below a tenth of a flux error for 99.9 % of the
-stars, and pairs 1-1.5 FWHM apart have flux pulls of standard deviation ~1 (see docs/crowded.md).
-A simultaneous small-group solve would converge in one step but fits a varying number of
-parameters per group, which the batched engine (one star per stamp) does not; the rounds cost a
-few batched fits instead.
+The rounds fit each star alone with its neighbours' current models subtracted (a Gauss-Seidel
+iteration of the normal equations, colour class by colour class: :func:`colour_classes`).  That
+converges where stars overlap little, but bright pairs 1-1.5 FWHM apart converge slowly (each takes
+part of the other's light in turn), and a one-star fit's error is its error *given* the
+neighbour, too small where the two fluxes are correlated.  So, as DAOPHOT's ALLSTAR does, stars
+whose PSFs overlap are fitted together: two stars are linked when they are closer than the
+PSF's :func:`critical_separation` (where the normalised overlap integral of the PSF with itself
+falls to :data:`GROUP_OVERLAP`, about 2 FWHM for a Moffat of beta 3), a *group* is a connected set
+of linked stars (:func:`star_groups`), and each group of 2 to :data:`MAX_GROUP` stars is fitted as
+one problem (:func:`psfkit.psf.group_fit.fit_groups`: flux, x, y per member and one shared
+background, on the pixels within half a fitting box of any member, with every other star's light
+subtracted and its photon noise in the weights), all groups of one size in one batch, starting
+from the rounds' values.  Their errors come from the joint covariance (a close pair's flux
+errors are larger, and anti-correlated).  Larger groups (a dense knot) keep the rounds' fits, as
+does a group whose joint fit fails (a flux at zero, a singular covariance, a member moving by more
+than half a box); ``meta["crowded"]["groups"]`` counts the group fits, their stars, the largest,
+the groups too large and the failures.  Without a gain the fits are unweighted and the groups are
+not fitted (the rounds stand).
 
 The residual frame (:func:`subtract_stars`) is the frame minus every fitted star: it is noise where
 the PSF and the stars are right; what it shows is what the fit missed (see docs/crowded.md).
@@ -62,7 +70,8 @@ from psfkit.psf.empirical import FramePSF, add_stars, cubic_interpolate
 from psfkit.utils import robust_sigma, thin_brighter_first
 
 __all__ = ["crowded_pass", "subtract_stars", "write_residual", "residual_peaks", "add_light", "PROFILE_ERROR",
-           "MAX_PASSES", "ROUNDS", "MIN_SEPARATION_FWHM", "colour_classes"]
+           "MAX_PASSES", "ROUNDS", "MIN_SEPARATION_FWHM", "colour_classes", "critical_separation", "star_groups",
+           "GROUP_OVERLAP", "MAX_GROUP"]
 
 #: the PSF's own error, a fraction of each pixel's light, counted in the residual's noise (a PSF
 #: stacked from a few hundred stars leaves about 1 % of a bright star's peak in its residual)
@@ -80,6 +89,11 @@ CONVERGED = 0.1
 
 #: stars closer than this (FWHM) are fitted one after the other in a round, not at once
 COUPLING_FWHM = 2.0
+#: stars whose PSFs overlap by more than this (the normalised overlap integral, the correlation of
+#: their fluxes on a sky-limited frame) are one group, fitted together (:func:`critical_separation`)
+GROUP_OVERLAP = 0.05
+#: groups of more stars than this are left to the iterated subtraction (the rounds)
+MAX_GROUP = 12
 
 #: ``fit(x, y, neighbour_light) -> Table``: the caller's fit of stars at (x, y) in one batch
 FitFunction = Callable[[np.ndarray, np.ndarray, Any], Table]
@@ -106,19 +120,22 @@ def add_light(frame: np.ndarray, psf: FramePSF, x: Any, y: Any, flux: Any, *, si
     return add_stars(frame, psf, x, y, flux, sign=sign)
 
 
-def _own_light(psf: FramePSF, origin: np.ndarray, box: int, x: np.ndarray, y: np.ndarray,
+def _own_light(psf: FramePSF, origin: np.ndarray, box: int | tuple[int, int], x: np.ndarray, y: np.ndarray,
                flux: np.ndarray) -> np.ndarray:
-    """Each star's own light on its ``box`` stamp (N, box, box), where :func:`add_light` drew it."""
+    """Each star's own light on its stamp (N, h, w) of first pixel ``origin`` (``box``: h = w, or
+    (h, w)), where :func:`add_light` drew it.
+    """
     n = len(x)
     o, s = psf.oversampling, psf.size
     c = (s - 1) / 2.0
     half = int(math.ceil(psf.half_size))
-    yy, xx = np.mgrid[0:box, 0:box]
+    h, w = (box, box) if np.isscalar(box) else box
+    yy, xx = np.mgrid[0:h, 0:w]
     px = xx[None] + origin[:, 0, None, None]
     py = yy[None] + origin[:, 1, None, None]
     u = ((px - x[:, None, None]) * o + c).reshape(n, -1)
     v = ((py - y[:, None, None]) * o + c).reshape(n, -1)
-    vals = cubic_interpolate(psf.spline_at(x, y), u, v).reshape(n, box, box) * flux[:, None, None]
+    vals = cubic_interpolate(psf.spline_at(x, y), u, v).reshape(n, h, w) * flux[:, None, None]
     rx, ry = np.rint(x)[:, None, None], np.rint(y)[:, None, None]
     drawn = (np.abs(px - rx) <= half) & (np.abs(py - ry) <= half) & np.isfinite(flux)[:, None, None]
     return np.where(drawn, vals, 0.0)
@@ -266,13 +283,74 @@ def write_residual(path: Any, residual: np.ndarray, image: Any = None, stars: Ta
         fits.PrimaryHDU(np.asarray(residual, dtype=np.float32), header=header).writeto(tmp)
 
 
+def critical_separation(psf: FramePSF, overlap: float = GROUP_OVERLAP) -> float:
+    """The separation (px) within which two stars' PSFs overlap by more than ``overlap``.
+
+    The overlap is the normalised overlap integral ``sum(P(r) P(r - d)) / sum(P**2)`` of the PSF at
+    the frame's centre with itself shifted by ``d``: on a sky-limited frame, the correlation of two
+    stars' fluxes fitted together at a separation ``d``, and the factor by which a one-star fit with
+    the other subtracted takes the other's error in flux.  The largest separation over all
+    directions where it exceeds ``overlap`` (an elongated PSF reaches further along its long axis).
+    DAOPHOT groups at a fixed "critical separation" in FWHM; this one follows the PSF's own wings
+    (about 2 FWHM for a Moffat of beta 3 at the default 0.05).
+
+    Examples
+    --------
+    >>> r2 = ((np.arange(41) - 20.0) ** 2)[:, None] + ((np.arange(41) - 20.0) ** 2)[None, :]
+    >>> grid = np.exp(-r2 / (2 * 2.0**2)); grid *= 4.0 / grid.sum()    # sigma 1 px, oversampled 2x
+    >>> psf = FramePSF(grid[None], 2, 0, (20.0, 20.0), (20.0, 20.0))
+    >>> round(critical_separation(psf), 1)     # exp(-d**2 / 4) = 0.05: d = 3.5 px
+    3.5
+    """
+    from scipy.signal import fftconvolve
+
+    grid = psf.at(*psf.centre)[0]
+    auto = fftconvolve(grid, grid[::-1, ::-1], mode="full")
+    auto = auto / auto.max()
+    c = grid.shape[0] - 1
+    yy, xx = np.mgrid[0:auto.shape[0], 0:auto.shape[1]]
+    r = np.hypot(xx - c, yy - c) / psf.oversampling
+    return float(r[auto >= overlap].max()) if np.any(auto >= overlap) else 0.0
+
+
+def star_groups(x: np.ndarray, y: np.ndarray, separation: float) -> np.ndarray:
+    """Group labels: stars linked by chains of neighbours closer than ``separation`` share a label
+    (the connected components of the neighbour graph; -1 for non-finite positions).
+
+    Examples
+    --------
+    >>> star_groups(np.array([0.0, 3.0, 6.0, 50.0]), np.zeros(4), 4.0).tolist()
+    [0, 0, 0, 1]
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    label = np.full(len(x), -1)
+    ok = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
+    if len(ok) == 0:
+        return label
+    pairs = cKDTree(np.c_[x[ok], y[ok]]).query_pairs(separation, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(ok), len(ok)))
+    _, label[ok] = connected_components(graph, directed=False)
+    return label
+
+
+#: flags of a star's own pixels (not of its fit), kept when its group's joint fit replaces its fit
+_PIXEL_FLAGS = F.NEAR_EDGE | F.MASKED_PIXELS | F.SATURATED | F.NEIGHBOURS_MASKED
+
+
 class _Members:
     """The stars of the pass: their frame-PSF fits (one table) and the light frame that draws them."""
 
-    def __init__(self, psf: FramePSF, fits: Table, light: np.ndarray, fit: FitFunction, movable: np.ndarray):
+    def __init__(self, psf: FramePSF, fits: Table, light: np.ndarray, fit: FitFunction, movable: np.ndarray,
+                 data: np.ndarray | None = None):
         self.psf, self.fits, self.light, self.fit = psf, fits, light, fit
         self.movable = movable
         self.merged = np.zeros(len(movable), dtype=bool)
+        self.data = data
+        self.group_stats = {"groups": 0, "stars": 0, "largest": 0, "too_large": 0, "failed": 0}
+        self._model = None
 
     def xyf(self, rows: np.ndarray | slice = slice(None)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         t = self.fits
@@ -307,6 +385,105 @@ class _Members:
                 self.fits[name][take] = new[name][ok]
         add_light(self.light, self.psf, *self.xyf(take))
         return np.nan_to_num(moved, nan=np.inf)
+
+    def fit_groups(self, rows: np.ndarray, separation: float, box: int) -> None:
+        """Every group of 2 to :data:`MAX_GROUP` movable stars that holds one of ``rows`` fitted as
+        one least-squares problem (:func:`psfkit.psf.group_fit.fit_groups`) with everything else's
+        light subtracted; larger groups keep the rounds' fits.  A group whose joint fit fails (a
+        flux at zero, a singular covariance, a member off by more than half a box) keeps them too.
+        """
+        meta = self.fits.meta
+        if self.data is None or not meta.get("gain") or MAX_GROUP < 2:
+            return  # unweighted fits have no variance to fit groups with: the rounds stand
+        x, y, f = self.xyf()
+        live = self.movable & np.isfinite(x) & np.isfinite(y) & np.isfinite(f)
+        idx = np.flatnonzero(live)
+        label = star_groups(x[idx], y[idx], separation)
+        sizes = np.bincount(label, minlength=1)
+        touched = np.zeros(len(sizes), bool)
+        touched[label[np.isin(idx, rows)]] = True
+        self.group_stats["too_large"] += int(np.sum(touched & (sizes > MAX_GROUP)))
+        chosen = touched & (sizes >= 2) & (sizes <= MAX_GROUP)
+        for k in np.unique(sizes[chosen]):
+            labels = np.flatnonzero(chosen & (sizes == k))
+            order = np.argsort(label, kind="stable")
+            members = idx[order][np.isin(label[order], labels)].reshape(len(labels), k)
+            self._fit_group_batch(members, box)
+
+    def _fit_group_batch(self, members: np.ndarray, box: int) -> None:
+        from psfkit.psf.engine import StampFit
+        from psfkit.psf.group_fit import fit_groups
+        from psfkit.psf.measure import measure
+        from psfkit.psf.stamps import cut_stamps, saturation_mask
+
+        meta = self.fits.meta
+        g_n, k = members.shape
+        half = box // 2
+        x, y, f = (a[members] for a in self.xyf())
+        cx, cy = np.rint(x).astype(int), np.rint(y).astype(int)
+        ox, oy = cx.min(axis=1) - half, cy.min(axis=1) - half
+        w = int((cx.max(axis=1) - ox).max()) + half + 1
+        h = int((cy.max(axis=1) - oy).max()) + half + 1
+        origin = np.c_[ox, oy].astype(float)
+        stamps, inside, _, _ = cut_stamps(self.data, ox + w // 2, oy + h // 2, (h, w))
+        light, _, _, _ = cut_stamps(self.light, ox + w // 2, oy + h // 2, (h, w))
+        own = _own_light(self.psf, np.repeat(origin, k, axis=0), (h, w), x.ravel(), y.ravel(), f.ravel())
+        other = np.where(inside, light, 0.0) - own.reshape(g_n, k, h, w).sum(axis=1)
+        # the group's pixels: within half a box of a member, on the frame, finite, not saturated
+        yy, xx = np.mgrid[0:h, 0:w]
+        near = np.zeros((g_n, h, w), bool)
+        for j in range(k):
+            near |= ((np.abs(xx[None] + ox[:, None, None] - cx[:, j, None, None]) <= half)
+                     & (np.abs(yy[None] + oy[:, None, None] - cy[:, j, None, None]) <= half))
+        mask = near & inside & np.isfinite(stamps) & ~saturation_mask(stamps, meta.get("saturation"))
+        gain = float(meta["gain"])
+        bkg = np.asarray(self.fits["background"], float)[members]
+        fin = np.isfinite(bkg)
+        b0 = np.where(fin, bkg, 0.0).sum(axis=1) / np.maximum(fin.sum(axis=1), 1)
+        start = np.empty((g_n, 1 + 3 * k))
+        start[:, 0] = b0
+        start[:, 1::3], start[:, 2::3], start[:, 3::3] = f, x - ox[:, None], y - oy[:, None]
+        fit = fit_groups(stamps - other, mask, origin, start, self.psf, gain=gain,
+                         read_noise=float(meta.get("read_noise_adu") or 0.0),
+                         variance=np.clip(other, 0.0, None) / gain)
+        q = fit.params
+        moved = np.hypot(q[:, 2::3] - start[:, 2::3], q[:, 3::3] - start[:, 3::3])
+        good = fit.ok & np.all(moved <= half, axis=1)
+        self.group_stats["groups"] += int(good.sum())
+        self.group_stats["stars"] += int(good.sum()) * k
+        self.group_stats["failed"] += int((~good).sum())
+        if good.any():
+            self.group_stats["largest"] = max(self.group_stats["largest"], int(k))
+        if not good.any():
+            return
+        gi = np.flatnonzero(good)
+        n = len(gi) * k
+        params = np.zeros((n, 6))
+        cov = np.zeros((n, 6, 6))
+        for j in range(k):
+            sel = [0, 1 + 3 * j, 2 + 3 * j, 3 + 3 * j]
+            params[j::k, :4] = q[gi][:, sel]
+            cov[j::k, :4, :4] = fit.covariance[gi][:, sel][:, :, sel]
+        params[:, 4:] = np.repeat(origin[gi], k, axis=0)
+        flags = np.where(np.repeat(fit.converged[gi], k), 0, F.NOT_CONVERGED).astype(np.int64)
+        stamp_fit = StampFit(params=params, covariance=cov, chi2=np.repeat(fit.chi2[gi], k),
+                             rss=np.repeat(fit.rss[gi], k), n_pixels=np.repeat(fit.n_pixels[gi], k),
+                             n_free=fit.n_free, iterations=np.repeat(fit.iterations[gi], k), flags=flags,
+                             free=np.array([True, True, True, True, False, False]), weighted=True)
+        if self._model is None:
+            self._model = self.psf.model()
+        cols = measure(self._model, stamp_fit, np.repeat(origin[gi], k, axis=0),
+                       zero_point=float(meta.get("zero_point") or 0.0), pixel_scale=meta.get("pixel_scale"))
+        snr = np.nan_to_num(np.asarray(cols["snr"], float), nan=0.0)
+        cols["flags"] = np.asarray(cols["flags"]) | np.where(snr < F.NO_SOURCE_SNR, F.NO_SOURCE, 0)
+        take = members[gi].ravel()
+        add_light(self.light, self.psf, *self.xyf(take), sign=-1.0)
+        old_flags = np.asarray(self.fits["flags"])[take]
+        for name in (*_PSF_COLUMNS, "flags"):
+            if name in cols and name in self.fits.colnames:
+                self.fits[name][take] = cols[name]
+        self.fits["flags"][take] = (old_flags & _PIXEL_FLAGS) | np.asarray(cols["flags"])
+        add_light(self.light, self.psf, *self.xyf(take))
 
     def merge(self, radius: float) -> None:
         """Two stars whose fits converged within ``radius`` are one: the fainter goes (its light out)."""
@@ -460,7 +637,7 @@ def crowded_pass(
     fits = _blank_like(first, n0)
     fits["x_fit"], fits["y_fit"], fits["flux_fit"] = x0, y0, np.where(usable, f0, np.nan)
     fits["flags"] = np.asarray(stars["flags"]).copy()
-    members = _Members(psf, fits, light, fit_psf, movable.copy())
+    members = _Members(psf, fits, light, fit_psf, movable.copy(), data=np.asarray(data, dtype=float))
     # the first round's fits are applied as refit() would
     rows = np.flatnonzero(movable)
     ok = _fitted(first, shape)
@@ -470,7 +647,10 @@ def crowded_pass(
             fits[name][rows[ok]] = first[name][ok]
     add_light(light, psf, *members.xyf(rows[ok]))
     coupling = COUPLING_FWHM * fwhm
+    separation = critical_separation(psf)
     rounds = [1 + members.converge(rows, reach, coupling)]
+    members.fit_groups(rows, separation, box)
+    members.merge(MERGE_FWHM * fwhm)
     avoid_xy = np.zeros((0, 2)) if avoid is None else np.c_[avoid[0], avoid[1]]
     tried = np.zeros((0, 2))
     peaks_sig: list[np.ndarray] = []
@@ -524,6 +704,8 @@ def crowded_pass(
         # the new stars and their neighbours again, each with the others' light
         near = members.near(np.arange(start, len(members.fits)), reach)
         rounds.append(members.converge(near, reach, coupling))
+        members.fit_groups(near, separation, box)
+        members.merge(MERGE_FWHM * fwhm)
     fits = members.fits
     # each star's own shape: the analytic model with every other star's light (the frame PSF's) out
     n_all = len(fits)
@@ -551,6 +733,7 @@ def crowded_pass(
             "profile_error": profiles[-1] if profiles else PROFILE_ERROR,
             "residual_noise": sky_noise, "n_refitted": int(n0 - lost.sum()), "n_found": len(found)}
     info["n_merged"] = int(merged.sum())
+    info["groups"] = {**members.group_stats, "separation": separation, "max_size": MAX_GROUP}
     return refit, found, light, {**info, "unchanged": lost, "merged": merged[:n0]}
 
 
