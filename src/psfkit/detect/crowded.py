@@ -309,8 +309,19 @@ def critical_separation(psf: FramePSF, overlap: float = GROUP_OVERLAP) -> float:
     auto = auto / auto.max()
     c = grid.shape[0] - 1
     yy, xx = np.mgrid[0:auto.shape[0], 0:auto.shape[1]]
-    r = np.hypot(xx - c, yy - c) / psf.oversampling
-    return float(r[auto >= overlap].max()) if np.any(auto >= overlap) else 0.0
+    dx, dy = (xx - c) / psf.oversampling, (yy - c) / psf.oversampling
+    r = np.hypot(dx, dy)
+    above = auto >= overlap
+    if not above.any():
+        return 0.0
+    # from each node above the level, out to the level along the radius (the log's radial slope)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log = np.log(np.where(auto > 0, auto, np.nan))
+        gy, gx = np.gradient(log, 1.0 / psf.oversampling)
+        slope = (gx * dx + gy * dy) / r
+        reach = r + np.where(slope < 0, (log - math.log(overlap)) / -slope, 0.0)
+    reach = np.where(above & np.isfinite(reach), np.minimum(reach, r + 1.0 / psf.oversampling), r)
+    return float(reach[above].max())
 
 
 def star_groups(x: np.ndarray, y: np.ndarray, separation: float) -> np.ndarray:
