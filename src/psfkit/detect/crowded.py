@@ -397,6 +397,24 @@ class _Members:
         add_light(self.light, self.psf, *self.xyf(take))
         return np.nan_to_num(moved, nan=np.inf)
 
+    def settle(self, rows: np.ndarray, reach: float, coupling: float, separation: float, box: int) -> int:
+        """:meth:`converge`, then the groups' joint fits (:meth:`fit_groups`); where two stars of a
+        group then converged onto one (:meth:`merge`), the survivor lost the light the other held:
+        the stars near it are fitted again (rounds, then their groups; twice at most).  Returns the
+        rounds.
+        """
+        n = self.converge(rows, reach, coupling)
+        for _ in range(2):
+            before = self.merged.copy()
+            self.fit_groups(rows, separation, box)
+            self.merge(MERGE_FWHM * coupling / COUPLING_FWHM)
+            gone = np.flatnonzero(self.merged & ~before)
+            if len(gone) == 0:
+                break
+            rows = self.near(gone, reach)
+            n += self.converge(rows, reach, coupling)
+        return n
+
     def fit_groups(self, rows: np.ndarray, separation: float, box: int) -> None:
         """Every group of 2 to :data:`MAX_GROUP` movable stars that holds one of ``rows`` fitted as
         one least-squares problem (:func:`psfkit.psf.group_fit.fit_groups`) with everything else's
@@ -659,9 +677,7 @@ def crowded_pass(
     add_light(light, psf, *members.xyf(rows[ok]))
     coupling = COUPLING_FWHM * fwhm
     separation = critical_separation(psf)
-    rounds = [1 + members.converge(rows, reach, coupling)]
-    members.fit_groups(rows, separation, box)
-    members.merge(MERGE_FWHM * fwhm)
+    rounds = [1 + members.settle(rows, reach, coupling, separation, box)]
     avoid_xy = np.zeros((0, 2)) if avoid is None else np.c_[avoid[0], avoid[1]]
     tried = np.zeros((0, 2))
     peaks_sig: list[np.ndarray] = []
@@ -714,9 +730,7 @@ def crowded_pass(
         add_light(light, psf, *members.xyf(np.arange(start, len(members.fits))))
         # the new stars and their neighbours again, each with the others' light
         near = members.near(np.arange(start, len(members.fits)), reach)
-        rounds.append(members.converge(near, reach, coupling))
-        members.fit_groups(near, separation, box)
-        members.merge(MERGE_FWHM * fwhm)
+        rounds.append(members.settle(near, reach, coupling, separation, box))
     fits = members.fits
     # each star's own shape: the analytic model with every other star's light (the frame PSF's) out
     n_all = len(fits)
