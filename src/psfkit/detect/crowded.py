@@ -403,23 +403,36 @@ class _Members:
         the stars near it are fitted again (rounds, then their groups; twice at most).  Returns the
         rounds.
         """
-        n = self.converge(rows, reach, coupling)
-        for _ in range(2):
+        n = self.converge(rows, reach, coupling, separation=separation)
+        singles = False
+        for _ in range(3):
             before = self.merged.copy()
-            self.fit_groups(rows, separation, box)
+            self.fit_groups(rows, separation, box, singles=singles)
             self.merge(MERGE_FWHM * coupling / COUPLING_FWHM)
             gone = np.flatnonzero(self.merged & ~before)
             if len(gone) == 0:
                 break
-            rows = self.near(gone, reach)
-            n += self.converge(rows, reach, coupling)
+            # the survivors and their groups again, each alone star as a group of one
+            rows, singles = self.near(gone, separation), True
         return n
 
-    def fit_groups(self, rows: np.ndarray, separation: float, box: int) -> None:
+    def _grouped(self, separation: float) -> np.ndarray:
+        """Which members are in a group of 2 to MAX_GROUP movable stars (the ones fitted jointly)."""
+        x, y, f = self.xyf()
+        live = self.movable & np.isfinite(x) & np.isfinite(y) & np.isfinite(f)
+        idx = np.flatnonzero(live)
+        label = star_groups(x[idx], y[idx], separation)
+        sizes = np.bincount(label, minlength=1)[label]
+        out = np.zeros(len(x), dtype=bool)
+        out[idx] = (sizes >= 2) & (sizes <= MAX_GROUP)
+        return out
+
+    def fit_groups(self, rows: np.ndarray, separation: float, box: int, *, singles: bool = False) -> None:
         """Every group of 2 to :data:`MAX_GROUP` movable stars that holds one of ``rows`` fitted as
         one least-squares problem (:func:`psfkit.psf.group_fit.fit_groups`) with everything else's
-        light subtracted; larger groups keep the rounds' fits.  A group whose joint fit fails (a
-        flux at zero, a singular covariance, a member off by more than half a box) keeps them too.
+        light subtracted (``singles``: stars alone too, as groups of one); larger groups keep the
+        rounds' fits.  A group whose joint fit fails (a flux at zero, a singular covariance, a
+        member off by more than half a box) keeps them too.
         """
         meta = self.fits.meta
         if self.data is None or not meta.get("gain") or MAX_GROUP < 2:
@@ -432,7 +445,7 @@ class _Members:
         touched = np.zeros(len(sizes), bool)
         touched[label[np.isin(idx, rows)]] = True
         self.group_stats["too_large"] += int(np.sum(touched & (sizes > MAX_GROUP)))
-        chosen = touched & (sizes >= 2) & (sizes <= MAX_GROUP)
+        chosen = touched & (sizes >= (1 if singles else 2)) & (sizes <= MAX_GROUP)
         for k in np.unique(sizes[chosen]):
             labels = np.flatnonzero(chosen & (sizes == k))
             order = np.argsort(label, kind="stable")
@@ -478,11 +491,12 @@ class _Members:
         q = fit.params
         moved = np.hypot(q[:, 2::3] - start[:, 2::3], q[:, 3::3] - start[:, 3::3])
         good = fit.ok & np.all(moved <= half, axis=1)
-        self.group_stats["groups"] += int(good.sum())
-        self.group_stats["stars"] += int(good.sum()) * k
-        self.group_stats["failed"] += int((~good).sum())
-        if good.any():
-            self.group_stats["largest"] = max(self.group_stats["largest"], int(k))
+        if k > 1:
+            self.group_stats["groups"] += int(good.sum())
+            self.group_stats["stars"] += int(good.sum()) * k
+            self.group_stats["failed"] += int((~good).sum())
+            if good.any():
+                self.group_stats["largest"] = max(self.group_stats["largest"], int(k))
         if not good.any():
             return
         gi = np.flatnonzero(good)
@@ -540,16 +554,21 @@ class _Members:
         found = [idx[np.asarray(h, dtype=int)] for h in hits]
         return np.unique(np.concatenate([np.asarray(rows, dtype=int), *found])).astype(int)
 
-    def converge(self, rows: np.ndarray, reach: float, coupling: float) -> int:
+    def converge(self, rows: np.ndarray, reach: float, coupling: float, *, separation: float | None = None) -> int:
         """Rounds of :meth:`refit` until no flux moves by CONVERGED errors; after the first round
-        only the stars within ``reach`` of one that moved are fitted again.  Returns the rounds.
+        only the stars within ``reach`` of one that moved are fitted again.  With ``separation``,
+        stars of a group that :meth:`fit_groups` will fit jointly do not keep the rounds going (the
+        slow part of the rounds: the joint fit solves it).  Returns the rounds.
         """
         todo = rows[self.movable[rows]]
         n = 0
         for n in range(1, ROUNDS + 1):
             moved = self.refit(todo, coupling)
             self.merge(MERGE_FWHM * coupling / COUPLING_FWHM)
-            changed = todo[(moved > CONVERGED) & self.movable[todo]]
+            still = (moved > CONVERGED) & self.movable[todo]
+            if separation is not None and still.any() and MAX_GROUP >= 2 and self.fits.meta.get("gain"):
+                still &= ~self._grouped(separation)[todo]
+            changed = todo[still]
             if len(changed) == 0 or n == ROUNDS:
                 break
             near = self.near(changed, reach)

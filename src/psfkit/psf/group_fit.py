@@ -76,7 +76,7 @@ def fit_groups(
     variance: np.ndarray | None = None,
     psf_uncertainty: bool = True,
     max_iter: int = 50,
-    rtol: float = 1e-3,
+    rtol: float = 1e-2,
 ) -> GroupFit:
     """Fit G groups of k stars each with the frame's PSF: background, and flux, x, y per member.
 
@@ -174,20 +174,41 @@ class _Problem:
             return out.reshape(n, k, -1)
         return tuple(a.reshape(n, k, -1) for a in out)
 
-    def psf_variance(self, q: np.ndarray, prof: np.ndarray) -> np.ndarray:
-        """Sum over members of flux**2 times the PSF's own variance at each pixel (n, M)."""
+    def node_variance(self, q: np.ndarray) -> np.ndarray | None:
+        """Each member's PSF node variance (unit flux) on the window (n, k, M), or None."""
+        if self.node_var is None:
+            return None
+        n, k = q.shape[0], self.k
+        u = (self.xx[None, None, :] - q[:, 2::3, None]) * self.o + self.c
+        v = (self.yy[None, None, :] - q[:, 3::3, None]) * self.o + self.c
+        nv = cubic_interpolate(self.node_var, u.reshape(n * k, -1), v.reshape(n * k, -1))
+        return np.maximum(nv, 0.0).reshape(n, k, -1)
+
+    def psf_variance(self, q: np.ndarray, prof: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Sum over members of flux**2 times the PSF's own variance at each pixel (n, M): its profile
+        error times the profile, plus its nodes' variance where the members were last placed
+        (:attr:`placed`: a smooth map, read again when a member moves by a quarter pixel).
+        """
         own = self.perr2 * prof * prof
         if self.node_var is not None:
-            n, k = q.shape[0], self.k
-            u = (self.xx[None, None, :] - q[:, 2::3, None]) * self.o + self.c
-            v = (self.yy[None, None, :] - q[:, 3::3, None]) * self.o + self.c
-            nv = cubic_interpolate(self.node_var, u.reshape(n * k, -1), v.reshape(n * k, -1))
-            own = own + np.maximum(nv, 0.0).reshape(n, k, -1)
+            moved = np.any(np.hypot(q[:, 2::3] - self.placed[rows, :, 0], q[:, 3::3] - self.placed[rows, :, 1]) > 0.25,
+                           axis=1)
+            if moved.any():
+                at = rows[moved]
+                self.nv[at] = self.node_variance(q[moved])
+                self.placed[at] = np.stack([q[moved, 2::3], q[moved, 3::3]], axis=-1)
+            own = own + self.nv[rows]
         return np.einsum("nk,nkm->nm", q[:, 1::3] ** 2, own)
+
+    def place(self, q: np.ndarray) -> None:
+        """Read the members' node variance at their starting places."""
+        if self.node_var is not None:
+            self.nv = self.node_variance(q)
+            self.placed = np.stack([q[:, 2::3], q[:, 3::3]], axis=-1)
 
     def weights(self, q, prof, rows):
         model = q[:, :1] + np.einsum("nk,nkm->nm", q[:, 1::3], prof)
-        var = self.rn2 + np.where(model > 0, model, 0.0) / self.gain + self.psf_variance(q, prof)
+        var = self.rn2 + np.where(model > 0, model, 0.0) / self.gain + self.psf_variance(q, prof, rows)
         if self.var_fixed is not None:
             var = var + self.var_fixed[rows]
         m = self.mask[rows]
@@ -239,6 +260,7 @@ def _fit_batch(data, mask, origin, start, psf, k, *, gain, read_noise, variance,
     finite = np.all(np.isfinite(start), axis=1)
     q = np.clip(np.where(finite[:, None], start, 0.0), lo, hi)
     rows = np.arange(g_n)
+    prob.place(q)
     prof, du, dv = prob.evaluate(q, rows)
     wgt = prob.weights(q, prof, rows)
     chi2, jtj, jtr = prob.normal(q, prof, du, dv, wgt, rows)
@@ -263,7 +285,7 @@ def _fit_batch(data, mask, origin, start, psf, k, *, gain, read_noise, variance,
         better = solved & np.isfinite(t_chi2) & (t_chi2 <= chi2[active])
         d = trial - qa
         small = np.einsum("ni,nij,nj->n", d, a, d) <= rtol**2
-        tiny = (chi2[active] - t_chi2) <= 1e-10 * np.maximum(chi2[active], 1e-300)
+        tiny = (chi2[active] - t_chi2) <= 1e-9 * np.maximum(chi2[active], 1e-300)
         acc = active[better]
         if acc.size:
             q[acc] = trial[better]
