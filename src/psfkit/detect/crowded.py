@@ -44,11 +44,13 @@ one problem (:func:`psfkit.psf.group_fit.fit_groups`: flux, x, y per member and 
 background, on the pixels within half a fitting box of any member, with every other star's light
 subtracted and its photon noise in the weights), all groups of one size in one batch, starting
 from the rounds' values.  Their errors come from the joint covariance (a close pair's flux
-errors are larger, and anti-correlated).  Larger groups (a dense knot) keep the rounds' fits, as
-does a group whose joint fit fails (a flux at zero, a singular covariance, a member moving by more
-than half a box); ``meta["crowded"]["groups"]`` counts the group fits, their stars, the largest,
-the groups too large and the failures.  Without a gain the fits are unweighted and the groups are
-not fitted (the rounds stand).
+errors are larger, and anti-correlated).  Two members that converge onto one star are merged and
+the survivor's neighbourhood fitted again as groups (a star alone as a group of one).  Larger
+groups (a dense knot) keep the rounds' fits, as does a group whose joint fit fails (a flux at
+zero, a singular covariance, a member moving by more than half a box);
+``meta["crowded"]["groups"]`` counts the group fits, their stars, the largest, the groups too
+large and the failures.  Without a gain the fits are unweighted and the groups are not fitted
+(the rounds stand).
 
 The residual frame (:func:`subtract_stars`) is the frame minus every fitted star: it is noise where
 the PSF and the stars are right; what it shows is what the fit missed (see docs/crowded.md).
@@ -403,7 +405,7 @@ class _Members:
         the stars near it are fitted again (rounds, then their groups; twice at most).  Returns the
         rounds.
         """
-        n = self.converge(rows, reach, coupling, separation=separation)
+        n = self.converge(rows, reach, coupling)
         singles = False
         for _ in range(3):
             before = self.merged.copy()
@@ -415,17 +417,6 @@ class _Members:
             # the survivors and their groups again, each alone star as a group of one
             rows, singles = self.near(gone, separation), True
         return n
-
-    def _grouped(self, separation: float) -> np.ndarray:
-        """Which members are in a group of 2 to MAX_GROUP movable stars (the ones fitted jointly)."""
-        x, y, f = self.xyf()
-        live = self.movable & np.isfinite(x) & np.isfinite(y) & np.isfinite(f)
-        idx = np.flatnonzero(live)
-        label = star_groups(x[idx], y[idx], separation)
-        sizes = np.bincount(label, minlength=1)[label]
-        out = np.zeros(len(x), dtype=bool)
-        out[idx] = (sizes >= 2) & (sizes <= MAX_GROUP)
-        return out
 
     def fit_groups(self, rows: np.ndarray, separation: float, box: int, *, singles: bool = False) -> None:
         """Every group of 2 to :data:`MAX_GROUP` movable stars that holds one of ``rows`` fitted as
@@ -554,21 +545,16 @@ class _Members:
         found = [idx[np.asarray(h, dtype=int)] for h in hits]
         return np.unique(np.concatenate([np.asarray(rows, dtype=int), *found])).astype(int)
 
-    def converge(self, rows: np.ndarray, reach: float, coupling: float, *, separation: float | None = None) -> int:
+    def converge(self, rows: np.ndarray, reach: float, coupling: float) -> int:
         """Rounds of :meth:`refit` until no flux moves by CONVERGED errors; after the first round
-        only the stars within ``reach`` of one that moved are fitted again.  With ``separation``,
-        stars of a group that :meth:`fit_groups` will fit jointly do not keep the rounds going (the
-        slow part of the rounds: the joint fit solves it).  Returns the rounds.
+        only the stars within ``reach`` of one that moved are fitted again.  Returns the rounds.
         """
         todo = rows[self.movable[rows]]
         n = 0
         for n in range(1, ROUNDS + 1):
             moved = self.refit(todo, coupling)
             self.merge(MERGE_FWHM * coupling / COUPLING_FWHM)
-            still = (moved > CONVERGED) & self.movable[todo]
-            if separation is not None and still.any() and MAX_GROUP >= 2 and self.fits.meta.get("gain"):
-                still &= ~self._grouped(separation)[todo]
-            changed = todo[still]
+            changed = todo[(moved > CONVERGED) & self.movable[todo]]
             if len(changed) == 0 or n == ROUNDS:
                 break
             near = self.near(changed, reach)
