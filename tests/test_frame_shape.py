@@ -286,3 +286,23 @@ def test_find_with_the_frame_psf_follows_a_varying_psf(tmp_path):
         ring = (r >= lo) & (r < hi)
         assert ring.sum() > 20
         assert np.nanmedian(ratio[ring]) == pytest.approx(1.0, abs=0.015), (lo, hi)
+
+
+def test_the_kernel_keeps_the_maps_bounds():
+    assert (_shape_kernels._MIN, _shape_kernels._MAX) == (S.MIN_STRETCH, S.MAX_STRETCH)
+
+
+def test_the_psf_moments_across_a_varying_field_match_its_own_contours(moffat_psf):
+    """The varying PSF's shape at each place (the centre's mapped by a fitted linear map) against the
+    contour read on the PSF of that place itself."""
+    psf = _varying_psf(moffat_psf)
+    rng = np.random.default_rng(4)
+    x, y = rng.uniform(0, 600, 40), rng.uniform(0, 600, 40)
+    got = S._psf_moments_at(psf, x, y)
+    for k in range(4):
+        ref = S.psf_moments(psf.at(x[k], y[k])[0], psf.oversampling)
+        assert got[k, 0] == pytest.approx(ref[0], rel=0.002)
+        assert np.allclose(got[k, 1:], ref[1:], rtol=0, atol=0.004 * ref[1])
+    far = S.psf_moments(psf.at(600.0, 600.0)[0], psf.oversampling)[0] / S.psf_moments(psf.at(0.0, 0.0)[0],
+                                                                                      psf.oversampling)[0]
+    assert abs(far - 1) > 0.02  # the field's PSF does change: the test can fail

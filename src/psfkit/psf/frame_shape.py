@@ -21,9 +21,10 @@ itself; ``A = s I`` a star ``s`` times wider; ``A = R diag(s1, s2) R^T`` an elon
 The fit is Levenberg-Marquardt with the Poisson weights of the model (recomputed at every accepted
 step, a trial judged with the weights of the point it leaves, as :mod:`psfkit.psf.frame_fit` does),
 the PSF's own uncertainty (its node variance and profile error) in every pixel's variance, all
-stars at once, from the 4-parameter fit's solution and the identity.  Its normal equations are
-compiled (:mod:`psfkit.psf._shape_kernels`, numba, stars in parallel) with a numpy twin
-(:func:`normal_equations_numpy`).  ``A`` is kept positive definite with eigenvalues in [0.5, 3]
+stars at once, from the 4-parameter fit's solution and the identity.  It ends when a step, or the
+Gauss-Newton step from an accepted point, is below ``STEP_TOL`` standard errors.  The whole loop is
+compiled (:mod:`psfkit.psf._shape_kernels`, numba, per star, stars in parallel) with a numpy twin
+(this module's loop on :func:`normal_equations_numpy`).  ``A`` is kept positive definite with eigenvalues in [0.5, 3]
 (a trial outside is refused; a star that ends within 2 % of a bound has no shape).
 
 **From A to the columns.**  The star's half-maximum region is the PSF's (at its place, pixel taken
@@ -52,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from psfkit.psf.empirical import FramePSF, _axes, _contour_shape
+from psfkit.psf.empirical import FramePSF, _contour_shape
 
 __all__ = ["ShapeFit", "fit_shapes", "normal_equations_numpy", "psf_moments", "shape_columns", "measure_shapes",
            "SHAPE_COLUMNS", "FWHM_READING"]
@@ -307,12 +308,9 @@ def fit_shapes(psf: FramePSF, stamps: np.ndarray, start: np.ndarray, origin: np.
     kw = dict(oversampling=o, width=w, psf_var=psf_var, gain=float(gain or 0.0), read_noise=float(read_noise or 0.0),
               profile_error=float(getattr(psf, "profile_error", 0.0) or 0.0) if psf_uncertainty else 0.0)
     compiled = backend != "numpy" and _shape_kernels.available() and n > 0
-    solver = _shape_kernels.normal_equations if compiled else normal_equations_numpy
 
-    def normal(rows, q, old):
+    def normal(rows, q, old):  # the numpy twin, 256 stars at a time
         vf = None if var_fixed is None else var_fixed[rows]
-        if compiled:
-            return solver(coef, terms[rows], data[rows], m[rows], q, old, var_fixed=vf, **kw)
         parts = [normal_equations_numpy(coef, terms[rows[i:i + 256]], data[rows[i:i + 256]], m[rows[i:i + 256]],
                                         q[i:i + 256], old[i:i + 256],
                                         var_fixed=None if vf is None else vf[i:i + 256], **kw)
@@ -325,6 +323,15 @@ def fit_shapes(psf: FramePSF, stamps: np.ndarray, start: np.ndarray, origin: np.
     p[:, :4] = start
     finite = np.all(np.isfinite(p), axis=1) & (np.count_nonzero(m, axis=1) > 7)
     p[~finite] = 0.0
+    if compiled:  # the same loop per star, compiled, stars in parallel
+        p, cov, chi2, iters, converged, inv_ok = _shape_kernels.fit_batch(
+            coef, terms, data, m, p, finite, var_fixed=var_fixed, max_iter=max_iter, step_tol=STEP_TOL, **kw)
+        near_bound = ~_stretch_ok(np.column_stack([p[:, :4], 1.02 * p[:, 4:]]))  # within 2 % of a bound
+        ok = finite & converged & inv_ok & ~near_bound
+        p[~finite, :4] = start[~finite]
+        p[~finite, 4:] = np.nan
+        cov[~finite] = np.nan
+        return ShapeFit(p, cov, np.where(finite, chi2, np.nan), iters, ok)
     allrows = np.arange(n)
     _, chi2, jtj, jtr, wgt = normal(allrows, p, np.zeros((n, h * w)))
     lam = np.full(n, 1e-3)
@@ -355,7 +362,12 @@ def fit_shapes(psf: FramePSF, stamps: np.ndarray, start: np.ndarray, origin: np.
                                                            t_jtr[better], t_wgt[better])
         lam[acc] = np.maximum(lam[acc] / 5.0, 1e-12)
         lam[active[~better]] *= 10.0
-        done = np.where(better, small | tiny, (small & solved) | (lam[active] > 1e10))
+        # the Gauss-Newton step from an accepted point below STEP_TOL: no further trial needed
+        gn, gn_ok = _solve(jtj[acc], jtr[acc])
+        gg = np.einsum("ni,ni->n", gn, jtr[acc])
+        near = np.zeros(active.size, dtype=bool)
+        near[better] = gn_ok & (gg >= 0.0) & (gg <= STEP_TOL**2)
+        done = np.where(better, small | tiny | near, (small & solved) | (lam[active] > 1e10))
         converged[active[done]] = True
         active = active[~done]
     cov = np.full((n, 7, 7), np.nan)
@@ -430,28 +442,46 @@ def psf_moments(grid: np.ndarray, oversampling: int) -> np.ndarray:
 
 
 def _psf_moments_at(psf: FramePSF, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """:func:`psf_moments` of the PSF at frame positions (N, 4): read once for a constant PSF, at each
-    star for up to 9 stars, else on a 5 x 5 grid over the stars' extent with a bicubic spline through
-    the readings (exact at the grid's nodes).  A global cubic surface through a 5 x 5 grid over the
-    frame was tried first: with no x^2 y^2 term it read the varying field's PSF 3 % narrow at the
-    centre, to meet its corners.
+    """:func:`psf_moments` of the PSF at frame positions (N, 4).
+
+    A constant PSF is read once.  A varying one is read once, at the frame's centre, and its change
+    across the field is taken as the shape fit takes a star's: the centre's PSF mapped onto the PSF
+    of each place by a linear map ``A`` (:func:`_maps_onto`), so that the moments there are
+    ``A M A^T`` and the FWHM ``fwhm * sqrt(det A)`` (the same reading of a map as every star's; one
+    contour reading instead of 25, each a Moffat fit of the grid's core: 2 s for a field's columns
+    before).  The maps are fitted at each star for up to 9 stars, else on a 5 x 5 grid over the
+    stars' extent with a bicubic spline through the moments there (exact at the grid's nodes; a
+    global cubic surface through a 5 x 5 grid was tried first: with no x^2 y^2 term it read the
+    varying field's PSF 3 % narrow at the centre, to meet its corners).  A place whose map fails is
+    read on its own contour.
     """
     from scipy.interpolate import RectBivariateSpline
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     n = len(x)
+    ref = psf.at(*psf.centre)[0]
+    base = psf_moments(ref, psf.oversampling)
     if psf.degree == 0 or n == 0:
-        return np.tile(psf_moments(psf.at(*psf.centre)[0], psf.oversampling), (n, 1))
-    if n <= 9:
-        return np.array([psf_moments(psf.at(a, b)[0], psf.oversampling) for a, b in zip(x, y)])
+        return np.tile(base, (n, 1))
     fin = np.isfinite(x) & np.isfinite(y)
     if not fin.any():
         return np.full((n, 4), np.nan)
-    gx = np.linspace(x[fin].min() - 1.0, x[fin].max() + 1.0, 5)
-    gy = np.linspace(y[fin].min() - 1.0, y[fin].max() + 1.0, 5)
-    xx, yy = np.meshgrid(gx, gy)
-    grids = psf.at(xx.ravel(), yy.ravel())
-    values = np.array([psf_moments(grid, psf.oversampling) for grid in grids]).reshape(5, 5, 4)
+    if n <= 9:
+        px, py = np.where(fin, x, psf.centre[0]), np.where(fin, y, psf.centre[1])
+    else:
+        gx = np.linspace(x[fin].min() - 1.0, x[fin].max() + 1.0, 5)
+        gy = np.linspace(y[fin].min() - 1.0, y[fin].max() + 1.0, 5)
+        xx, yy = np.meshgrid(gx, gy)
+        px, py = xx.ravel(), yy.ravel()
+    grids = psf.at(px, py)
+    abc, ok = _maps_onto(psf, ref, grids, float(base[0]) if np.isfinite(base[0]) else 3.0)
+    values = np.full((len(px), 4), np.nan)
+    values[ok] = _moments_of_map(abc[ok], base)
+    for k in np.flatnonzero(~ok):  # no map: the place's own contour
+        values[k] = psf_moments(grids[k], psf.oversampling)
+    if n <= 9:
+        return np.where(fin[:, None], values, np.nan)
+    values = values.reshape(5, 5, 4)
     out = np.full((n, 4), np.nan)
     for k in range(4):
         v = values[:, :, k]
@@ -460,6 +490,40 @@ def _psf_moments_at(psf: FramePSF, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         spline = RectBivariateSpline(gy, gx, v, kx=3, ky=3, s=0)
         out[fin, k] = spline.ev(y[fin], x[fin])
     return out
+
+
+def _maps_onto(psf: FramePSF, ref: np.ndarray, grids: np.ndarray, fwhm: float) -> tuple[np.ndarray, np.ndarray]:
+    """The linear maps (K, 3: a, b, c) that take the PSF ``ref`` (a grid of ``psf``'s) onto each of
+    ``grids``: :func:`fit_shapes` with ``ref`` as a constant PSF on the grids' pixel-spaced nodes within
+    ``fwhm`` (``ref``'s, px) of the centre (noise-free stamps, uniform weights, the star at a node), and
+    where each fit is ``ok``.
+    """
+    o = psf.oversampling
+    c = (ref.shape[0] - 1) // 2
+    # the pixels within one FWHM of the centre: the core around the half-maximum contour (a stamp of
+    # +-5 px read the maps 0.2-0.4 % off the places' own contours, +-1 FWHM within 0.05 %)
+    hw = max(2, min(c // o, int(round(fwhm))))
+    cut = slice(c - o * hw, c + o * hw + 1, o)
+    stamps = np.asarray(grids, dtype=float)[:, cut, cut]
+    k = len(stamps)
+    const = FramePSF(np.asarray(ref, dtype=float)[None], o, 0, psf.centre, psf.scale, psf.n_stars)
+    start = np.column_stack([np.zeros(k), np.ones(k), np.full(k, float(hw)), np.full(k, float(hw))])
+    noise = 1e-6 * float(np.max(np.abs(stamps))) if stamps.size else 1.0
+    fit = fit_shapes(const, stamps, start, np.zeros((k, 2)), read_noise=noise, psf_uncertainty=False)
+    return fit.params[:, 4:7], np.asarray(fit.ok, dtype=bool)
+
+
+def _moments_of_map(abc: np.ndarray, moments: np.ndarray) -> np.ndarray:
+    """:func:`psf_moments` (N, 4) of a PSF of ``moments`` (4,) mapped by each A (``abc`` (N, 3))."""
+    a11, b, a22 = 1.0 + abc[:, 0], abc[:, 1], 1.0 + abc[:, 2]
+    fwhm, mxx, myy, mxy = moments
+    # A M A^T
+    sxx = a11 * (a11 * mxx + b * mxy) + b * (a11 * mxy + b * myy)
+    sxy = b * (a11 * mxx + b * mxy) + a22 * (a11 * mxy + b * myy)
+    syy = b * (b * mxx + a22 * mxy) + a22 * (b * mxy + a22 * myy)
+    with np.errstate(invalid="ignore"):
+        f = fwhm * np.sqrt(a11 * a22 - b * b)
+    return np.column_stack([f, sxx, syy, sxy])
 
 
 def _shape_of_map(abc: np.ndarray, moments: np.ndarray) -> np.ndarray:
@@ -473,10 +537,13 @@ def _shape_of_map(abc: np.ndarray, moments: np.ndarray) -> np.ndarray:
     sxx, sxy, syy = p11 * a11 + p12 * b, p11 * b + p12 * a22, p21 * b + p22 * a22
     with np.errstate(invalid="ignore"):
         fwhm = fwhm_psf * np.sqrt(a11 * a22 - b * b)  # the contour's area times det A
-    fx, fy = np.full(len(a), np.nan), np.full(len(a), np.nan)
+    # empirical._axes on every star at once (the same formula, vectorised)
+    tr, dt = sxx + syy, sxx * syy - sxy * sxy
+    with np.errstate(invalid="ignore"):
+        disc = np.sqrt(np.maximum(tr * tr / 4 - dt, 0.0))
+        fx, fy = 4.0 * np.sqrt(np.maximum(tr / 2 + disc, 0.0)), 4.0 * np.sqrt(np.maximum(tr / 2 - disc, 1e-12))
     good = np.isfinite(sxx) & np.isfinite(syy) & np.isfinite(sxy)
-    for i in np.flatnonzero(good):
-        fx[i], fy[i] = _axes(float(sxx[i]), float(syy[i]), float(sxy[i]))
+    fx, fy = np.where(good, fx, np.nan), np.where(good, fy, np.nan)
     angle = 0.5 * np.degrees(np.arctan2(2.0 * sxy, sxx - syy))
     return np.column_stack([fwhm, fx, fy, angle])
 
