@@ -14,7 +14,8 @@ variance, the PSF's own uncertainty times the flux squared), the weights, the ch
 previous point's weights and with this one's, and ``J^T W J`` and ``J^T W r`` of the 7 parameters.
 
 As in :mod:`psfkit.psf._frame_kernels` (whose conventions are imported, not copied): one pass over
-the pixels gives a trial's chi-square and its normal equations, the 35 sums held in registers;
+the pixels gives a trial's chi-square and its normal equations, the 35 sums held in registers (a
+first pass over the pixels reads the spline, scattered; a second, with no branch, vectorises);
 the spline's taps are scalars (the grid padded with two zero nodes, so that no tap is tested);
 a varying PSF's terms are combined only on the nodes the stamp reaches (with a margin, again only
 when a step leaves them); each thread's buffers are made once; the 7 x 7 systems are solved with
@@ -118,13 +119,15 @@ if HAVE_NUMBA:
 
     @njit(cache=True, fastmath=_FM, _nrt=False)
     def _star(grid, s, o, c0, h, w, p, data, mask, vfix, has_fixed, vcoef, has_var, gain, rn2, perr2, old, wgt, jtj,
-              jtr):  # pragma: no cover - compiled
+              jtr, buf):  # pragma: no cover - compiled
         """One star's pass over its pixels at p: (chi2 with ``old``, chi2), this point's weights into
         ``wgt``, J^T W J (7 x 7) and J^T W r into ``jtj``, ``jtr``.  ``grid``: the PSF's spline coefficients
         with two zero nodes around (the nodes a pixel reads filled).
         """
         sp = grid.shape[1]
         g = grid.reshape(grid.size)
+        bx, by, bp, bu, bv, buu, buv, bvv, bn, bm = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7], \
+            buf[8], buf[9]
         o2 = o * o
         smax = s - 1.0
         B = p[0]
@@ -169,20 +172,20 @@ if HAVE_NUMBA:
         a44 = a45 = a46 = 0.0
         a55 = a56 = 0.0
         a66 = 0.0
+        # pass 1 (gathers): the spline, its gradient and Hessian, and the node variance, at every pixel
         for y in range(h):
             dy = y - y0
             for x in range(w):
                 k = y * w + x
-                if not mask[k]:
-                    wgt[k] = 0.0
-                    continue
                 dx = x - x0
                 qx = i00 * dx + i01 * dy
                 qy = i01 * dx + i11 * dy
+                bx[k] = qx
+                by[k] = qy
                 uu = qx * o + c0
                 vv = qy * o + c0
                 pv = pu = pvv = puv = puu = pp = 0.0
-                if uu >= 0.0 and uu <= smax and vv >= 0.0 and vv <= smax:
+                if mask[k] and uu >= 0.0 and uu <= smax and vv >= 0.0 and vv <= smax:
                     fu = math.floor(uu)
                     fv = math.floor(vv)
                     w0, w1, w2, w3, d0, d1, d2, d3, e0, e1, e2, e3 = _taps(uu - fu)
@@ -198,83 +201,90 @@ if HAVE_NUMBA:
                     puu = v0 * radd + v1 * rbdd + v2 * rcdd + v3 * rddd
                     puv = f0 * rad + f1 * rbd + f2 * rcd + f3 * rdd
                     pvv = h0 * ra + h1 * rb + h2 * rc + h3 * rd
-                gx = pu * o
-                gy = pv * o
-                hxx = puu * o2
-                hxy = puv * o2
-                hyy = pvv * o2
-                pc = pp + (g11 * hxx + 2.0 * g12 * hxy + g22 * hyy) * _24
-                prof = pc * idet
-                val = B + F * prof
-                var = rn2
-                if val > 0.0:
-                    var += val * ig
-                if has_fixed:
-                    var += vfix[k]
-                own = perr2 * prof * prof
+                bp[k] = pp
+                bu[k] = pu
+                bv[k] = pv
+                buu[k] = puu
+                buv[k] = puv
+                bvv[k] = pvv
+                nvk = 0.0
                 if has_var:  # the node variance at the nearest node (a weight: no spline needed)
                     iu = int(math.floor(uu + 0.5))
                     iv = int(math.floor(vv + 0.5))
                     if iu >= 0 and iu < s and iv >= 0 and iv < s:
                         nv = vcoef[iv, iu]
                         if nv > 0.0:
-                            own += nv * nvs
-                var += ff * own
-                wk = 1.0 / var if var > 0.0 else 0.0
-                wgt[k] = wk
-                r = data[k] - val
-                co += old[k] * r * r
-                wr = wk * r
-                cn += wr * r
-                tx = gx * i00 + gy * i01
-                ty = gx * i01 + gy * i11
-                j1 = prof
-                j2 = -fd * tx
-                j3 = -fd * ty
-                j4 = fd * (-qx * tx - pc * i00 + (q00 * hxx + 2.0 * q01 * hxy + q02 * hyy) * _24)
-                j5 = fd * (-(gx * (i00 * qy + i01 * qx) + gy * (i01 * qy + i11 * qx)) - 2.0 * pc * i01
-                           + (q10 * hxx + 2.0 * q11 * hxy + q12 * hyy) * _24)
-                j6 = fd * (-qy * ty - pc * i11 + (q20 * hxx + 2.0 * q21 * hxy + q22 * hyy) * _24)
-                r0 += wr
-                r1 += wr * j1
-                r2 += wr * j2
-                r3 += wr * j3
-                r4 += wr * j4
-                r5 += wr * j5
-                r6 += wr * j6
-                a00 += wk
-                w1_ = wk * j1
-                a01 += w1_
-                a02 += wk * j2
-                a03 += wk * j3
-                a04 += wk * j4
-                a05 += wk * j5
-                a06 += wk * j6
-                a11_ += w1_ * j1
-                a12_ += w1_ * j2
-                a13 += w1_ * j3
-                a14 += w1_ * j4
-                a15 += w1_ * j5
-                a16 += w1_ * j6
-                w2_ = wk * j2
-                a22_ += w2_ * j2
-                a23 += w2_ * j3
-                a24 += w2_ * j4
-                a25 += w2_ * j5
-                a26 += w2_ * j6
-                w3_ = wk * j3
-                a33 += w3_ * j3
-                a34 += w3_ * j4
-                a35 += w3_ * j5
-                a36 += w3_ * j6
-                w4_ = wk * j4
-                a44 += w4_ * j4
-                a45 += w4_ * j5
-                a46 += w4_ * j6
-                w5_ = wk * j5
-                a55 += w5_ * j5
-                a56 += w5_ * j6
-                a66 += wk * j6 * j6
+                            nvk = nv * nvs
+                bn[k] = nvk
+                bm[k] = 1.0 if mask[k] else 0.0
+        # pass 2 (no branch, vectorised): model, weights, chi-squares and the normal equations' sums
+        for k in range(h * w):
+            qx = bx[k]
+            qy = by[k]
+            gx = bu[k] * o
+            gy = bv[k] * o
+            hxx = buu[k] * o2
+            hxy = buv[k] * o2
+            hyy = bvv[k] * o2
+            pc = bp[k] + (g11 * hxx + 2.0 * g12 * hxy + g22 * hyy) * _24
+            prof = pc * idet
+            val = B + F * prof
+            var = rn2 + max(val, 0.0) * ig + vfix[k] + ff * (perr2 * prof * prof + bn[k])
+            wk = bm[k] / var if var > 0.0 else 0.0
+            wgt[k] = wk
+            r = bm[k] * (data[k] - val)
+            co += old[k] * r * r
+            wr = wk * r
+            cn += wr * r
+            tx = gx * i00 + gy * i01
+            ty = gx * i01 + gy * i11
+            j1 = prof
+            j2 = -fd * tx
+            j3 = -fd * ty
+            j4 = fd * (-qx * tx - pc * i00 + (q00 * hxx + 2.0 * q01 * hxy + q02 * hyy) * _24)
+            j5 = fd * (-(gx * (i00 * qy + i01 * qx) + gy * (i01 * qy + i11 * qx)) - 2.0 * pc * i01
+                       + (q10 * hxx + 2.0 * q11 * hxy + q12 * hyy) * _24)
+            j6 = fd * (-qy * ty - pc * i11 + (q20 * hxx + 2.0 * q21 * hxy + q22 * hyy) * _24)
+            r0 += wr
+            r1 += wr * j1
+            r2 += wr * j2
+            r3 += wr * j3
+            r4 += wr * j4
+            r5 += wr * j5
+            r6 += wr * j6
+            a00 += wk
+            w1_ = wk * j1
+            a01 += w1_
+            a02 += wk * j2
+            a03 += wk * j3
+            a04 += wk * j4
+            a05 += wk * j5
+            a06 += wk * j6
+            a11_ += w1_ * j1
+            a12_ += w1_ * j2
+            a13 += w1_ * j3
+            a14 += w1_ * j4
+            a15 += w1_ * j5
+            a16 += w1_ * j6
+            w2_ = wk * j2
+            a22_ += w2_ * j2
+            a23 += w2_ * j3
+            a24 += w2_ * j4
+            a25 += w2_ * j5
+            a26 += w2_ * j6
+            w3_ = wk * j3
+            a33 += w3_ * j3
+            a34 += w3_ * j4
+            a35 += w3_ * j5
+            a36 += w3_ * j6
+            w4_ = wk * j4
+            a44 += w4_ * j4
+            a45 += w4_ * j5
+            a46 += w4_ * j6
+            w5_ = wk * j5
+            a55 += w5_ * j5
+            a56 += w5_ * j6
+            a66 += wk * j6 * j6
         jtr[0], jtr[1], jtr[2], jtr[3], jtr[4], jtr[5], jtr[6] = r0, r1, r2, r3, r4, r5, r6
         jtj[0, 0], jtj[0, 1], jtj[0, 2], jtj[0, 3], jtj[0, 4], jtj[0, 5], jtj[0, 6] = a00, a01, a02, a03, a04, a05, a06
         jtj[1, 1], jtj[1, 2], jtj[1, 3], jtj[1, 4], jtj[1, 5], jtj[1, 6] = a11_, a12_, a13, a14, a15, a16
@@ -290,11 +300,13 @@ if HAVE_NUMBA:
 
     @njit(cache=True)
     def _workspace(sp, m):  # pragma: no cover - compiled
-        """One thread's buffers: a padded grid, pixel weights (3), 7 x 7 matrices (6), 7-vectors (6), windows."""
+        """One thread's buffers: a padded grid, pixel weights (3), 7 x 7 matrices (5), 7-vectors (6), windows,
+        and the pixel pass's 10 per-pixel rows.
+        """
         return (np.zeros((sp, sp)), np.zeros(m), np.zeros(m), np.zeros(m),
                 (np.zeros((7, 7)), np.zeros((7, 7)), np.zeros((7, 7)), np.zeros((7, 7)), np.zeros((7, 7))),
                 (np.zeros(7), np.zeros(7), np.zeros(7), np.zeros(7), np.zeros(7), np.zeros(7)),
-                np.full(4, -1, np.int64), np.zeros(4, np.int64))
+                np.full(4, -1, np.int64), np.zeros(4, np.int64), np.zeros((10, m)))
 
     @njit(parallel=True, cache=True)
     def _normal_batch(coefp, terms, glob, s, o, h, w, vcoef, has_var, data, mask, vfix, has_fixed, params, old, gain,
@@ -303,7 +315,7 @@ if HAVE_NUMBA:
         c0 = (s - 1) / 2.0
         per = (n + nblocks - 1) // nblocks
         for b in prange(nblocks):
-            grid, _, _, _, _, _, held, win = _workspace(coefp.shape[1], 1)
+            grid, _, _, _, _, _, held, win, buf = _workspace(coefp.shape[1], h * w)
             for i in range(b * per, min(n, (b + 1) * per)):
                 if glob:
                     gi = coefp[0]
@@ -312,7 +324,7 @@ if HAVE_NUMBA:
                     _ensure(coefp, terms[i], s, o, c0, h, w, params[i], grid, held, win)
                     gi = grid
                 co, cn = _star(gi, s, o, c0, h, w, params[i], data[i], mask[i], vfix[i if has_fixed else 0],
-                               has_fixed, vcoef, has_var, gain, rn2, perr2, old[i], wgt[i], jtj[i], jtr[i])
+                               has_fixed, vcoef, has_var, gain, rn2, perr2, old[i], wgt[i], jtj[i], jtr[i], buf)
                 chi2_old[i] = co
                 chi2[i] = cn
 
@@ -333,7 +345,7 @@ if HAVE_NUMBA:
     @njit(cache=True, _nrt=False)
     def _fit_one(i, coefp, terms, glob, s, o, c0, h, w, vcoef, has_var, data, mask, vfix, has_fixed, gain, rn2,
                  perr2, max_iter, step_tol, params, cov, out_chi2, out_iter, out_conv, out_inv, ws):  # pragma: no cover
-        grid, wgt, twgt, zero, mats, vecs, held, win = ws
+        grid, wgt, twgt, zero, mats, vecs, held, win, buf = ws
         jtj, tjtj, sysm, low, inv = mats
         jtr, tjtr, step, p, trial, _ = vecs
         for q in range(7):
@@ -347,7 +359,7 @@ if HAVE_NUMBA:
             _ensure(coefp, terms[i], s, o, c0, h, w, p, grid, held, win)
             gi = grid
         _, chi2 = _star(gi, s, o, c0, h, w, p, di, mi, vi, has_fixed, vcoef, has_var, gain, rn2, perr2, zero, wgt,
-                        jtj, jtr)
+                        jtj, jtr, buf)
         lam = 1e-3
         it = 0
         converged = False
@@ -386,7 +398,7 @@ if HAVE_NUMBA:
                     if not glob:
                         _ensure(coefp, terms[i], s, o, c0, h, w, trial, grid, held, win)
                     t_old, t_new = _star(gi, s, o, c0, h, w, trial, di, mi, vi, has_fixed, vcoef, has_var, gain, rn2,
-                                         perr2, wgt, twgt, tjtj, tjtr)
+                                         perr2, wgt, twgt, tjtj, tjtr, buf)
                     better = math.isfinite(t_old) and t_old <= chi2
                 if better:
                     tiny = (chi2 - t_old) <= 1e-10 * max(chi2, 1e-300)
