@@ -306,3 +306,23 @@ def test_the_psf_moments_across_a_varying_field_match_its_own_contours(moffat_ps
     far = S.psf_moments(psf.at(600.0, 600.0)[0], psf.oversampling)[0] / S.psf_moments(psf.at(0.0, 0.0)[0],
                                                                                       psf.oversampling)[0]
     assert abs(far - 1) > 0.02  # the field's PSF does change: the test can fail
+
+
+def test_fit_stars_with_the_frame_psf_gives_each_star_its_own_shape(moffat_psf, tmp_path):
+    """A single-star fit with a frame PSF file (as ``psfkit fit --model psf.fits``) reports the star's own
+    FWHM (a star 1.3 times the PSF's width reads 1.3 times it), not the PSF's at its place."""
+    psf = moffat_psf[0]
+    path = tmp_path / "psf.fits"
+    psf.write(path)
+    rng = np.random.default_rng(8)
+    shape = (120, 120)
+    x, y = np.array([40.3, 80.6]), np.array([50.2, 70.7])
+    fwhm = np.array([3.9, 3.0])
+    clean = render_stars(shape, star_params("moffat", x, y, np.full(2, 1e5), fwhm, fwhm, np.zeros(2), np.full(2, 3.0)),
+                         model="moffat")
+    img = psfkit.Image(data=add_noise(200.0 + clean, gain=GAIN, read_noise=READ_NOISE, rng=rng), gain=GAIN,
+                       read_noise=READ_NOISE)
+    table = psfkit.fit_stars(img, x, y, model=str(path))
+    assert np.allclose(np.asarray(table["fwhm"], float), fwhm, rtol=0.02)
+    assert np.allclose(np.asarray(table["fwhm_analytic"], float), 3.0, rtol=0.03)  # the PSF's own at each place
+    assert np.all(np.abs(np.asarray(table["fwhm"], float) - fwhm) < 3 * np.asarray(table["fwhm_err"], float) + 0.02)

@@ -161,7 +161,11 @@ def fit_stars(
     box : int, optional
         Fitting box size in pixels (odd); default from the first star's FWHM (about 5 FWHM).
     model : {"gaussian", "moffat"}, PSFModel, 2-D array or path to a PSF FITS
-        The PSF model.  An array or file is an image PSF (any normalisation).
+        The PSF model.  An array or file is an image PSF (any normalisation).  With the frame's own
+        PSF (a file written by ``psfkit psf``) and a noise model, each star's ``fwhm``, ``fwhm_x``,
+        ``fwhm_y``, ``roundness`` and ``angle`` are its own (the PSF stretched by a per-star linear
+        map, :func:`psfkit.psf.frame_shape.measure_shapes`); the PSF's at the star's place stay as
+        ``fwhm_analytic``, ``roundness_analytic`` and ``angle_analytic``.
     beta : float, optional
         Fix the Moffat beta.
     angle : {"auto", True, False}
@@ -283,6 +287,7 @@ def fit_stars(
         estamps, _, _, _ = cut_stamps(np.asarray(error, dtype=float), rx, ry, box)
         variance = np.where(usable, estamps**2, np.inf)
     noise = _weights_and_noise(img, gain, read_noise, error, box)
+    frame_path = getattr(mdl, "frame_psf", None) is not None and (noise is not None or variance is not None)
     raw = stamps
     if neighbour_light is not None:
         light = np.where(inside, np.asarray(neighbour_light(origin, box), dtype=float), 0.0)
@@ -355,7 +360,7 @@ def fit_stars(
                 noise=noise, max_iter=max_iter, bounds=(lo[todo], hi[todo]),
             )
             fit = _merge(fit1, fit2, todo, mdl.n_params)
-    elif getattr(mdl, "frame_psf", None) is not None and (noise is not None or variance is not None):
+    elif frame_path:
         # the frame's own PSF: its own batched engine (flux, x, y and background per star)
         from psfkit.psf.frame_fit import fit_frame_stamps
 
@@ -410,6 +415,13 @@ def fit_stars(
     if isinstance(mdl, ImagePSF):
         table.meta["psf_normalisation"] = mdl.normalisation.kind
         table.meta["psf_normalisation_note"] = mdl.normalisation.describe()
+    if frame_path and n:
+        # the PSF's own shape at each star's place is no measurement of the star: each star's own, the
+        # frame's PSF stretched by its linear map (psfkit.psf.frame_shape), as find gives it
+        from psfkit.psf.empirical import _measure_own_shapes
+
+        _measure_own_shapes(table, np.arange(n), table, img, mdl.frame_psf, gain, read_noise)
+        set_units(table)
     return table
 
 
