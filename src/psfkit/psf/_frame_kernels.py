@@ -526,3 +526,66 @@ def fit_batch(coef, terms, data, mask, lo, hi, params, *, oversampling, shape, v
 def _constant(terms: np.ndarray) -> bool:
     """True when every star's PSF is the first term's grid itself (one term, valued 1)."""
     return bool(terms.shape[1] == 1 and np.all(terms == 1.0))
+
+
+if HAVE_NUMBA:
+
+    @njit(parallel=True, cache=True)
+    def _add_neighbours(stamps, origin, coef, grid, x, y, flux, start, star, half, o, s):  # pragma: no cover
+        n, h, w = stamps.shape
+        c = (s - 1) / 2.0
+        b = 2 * half + 1
+        for i in prange(n):
+            dw = np.empty(4)
+            wu = np.empty(4)
+            wv = np.empty(4)
+            ox = origin[i, 0]
+            oy = origin[i, 1]
+            for k in range(start[i], start[i + 1]):
+                j = star[k]
+                g = grid[k]
+                cx = int(np.rint(x[j])) - half
+                cy = int(np.rint(y[j])) - half
+                for py in range(max(0, oy - cy), min(b, oy + h - cy)):
+                    vv = (py + cy - y[j]) * o + c
+                    if not (vv >= 0.0 and vv <= s - 1):
+                        continue
+                    iv = int(math.floor(vv))
+                    _weights(vv - iv, wv, dw)
+                    for px in range(max(0, ox - cx), min(b, ox + w - cx)):
+                        uu = (px + cx - x[j]) * o + c
+                        if not (uu >= 0.0 and uu <= s - 1):
+                            continue
+                        iu = int(math.floor(uu))
+                        _weights(uu - iu, wu, dw)
+                        val = 0.0
+                        for a in range(4):
+                            yy = iv + a - 1
+                            if yy < 0 or yy >= s:
+                                continue
+                            row = 0.0
+                            for bb in range(4):
+                                xx = iu + bb - 1
+                                if xx < 0 or xx >= s:
+                                    continue
+                                row += wu[bb] * coef[g, yy, xx]
+                            val += wv[a] * row
+                        stamps[i, cy + py - oy, cx + px - ox] += val * flux[j]
+
+
+def add_neighbours(stamps, origin, coefficients, grid, x, y, flux, start, star, half, oversampling):
+    """Stars drawn with the frame's PSF on other stars' stamps, in place; returns ``stamps``.
+
+    ``stamps`` (N, h, w) float64, C-contiguous, with their first pixels ``origin`` (N, 2) on the
+    frame; stamp ``i`` receives the stars ``star[start[i]:start[i + 1]]`` (indices into ``x``,
+    ``y``, ``flux``), pair ``k`` drawn with the spline grid ``coefficients[grid[k]]``.  Each star
+    is drawn as :func:`psfkit.psf._empirical_kernels.add_stars` draws it on the frame (the square
+    of ``half`` pixels about its nearest pixel; the same value in each pixel), clipped to the stamp.
+    """
+    _add_neighbours(stamps, np.ascontiguousarray(origin, dtype=np.int64), np.ascontiguousarray(coefficients,
+                    dtype=np.float64), np.ascontiguousarray(grid, dtype=np.int64),
+                    np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64),
+                    np.ascontiguousarray(flux, dtype=np.float64), np.ascontiguousarray(start, dtype=np.int64),
+                    np.ascontiguousarray(star, dtype=np.int64), int(half), float(oversampling),
+                    int(coefficients.shape[-1]))
+    return stamps
