@@ -285,6 +285,26 @@ def estimate_fwhm(data: np.ndarray, x: float, y: float, *, radius: int = 25) -> 
     return float(max(2.0 * math.sqrt(area / math.pi), 1.0))
 
 
+def _row_nanmedian(a: np.ndarray) -> np.ndarray:
+    """The median of each row's finite values (NaN for a row with none), as ``np.nanmedian(a, axis=1)``
+    gives it, from one sort (nanmedian's masked-array path for short rows was a tenth of a second for
+    5,000 stamps).
+
+    Examples
+    --------
+    >>> _row_nanmedian(np.array([[1.0, np.nan, 3.0, 2.0], [np.nan, np.nan, np.nan, np.nan]])).tolist()
+    [2.0, nan]
+    """
+    if a.shape[1] == 0:
+        return np.full(len(a), np.nan)
+    srt = np.sort(a, axis=1)  # NaN last
+    k = np.count_nonzero(~np.isnan(a), axis=1)
+    rows = np.arange(len(a))
+    lo = srt[rows, np.maximum((k - 1) // 2, 0)]
+    hi = srt[rows, np.minimum(k // 2, a.shape[1] - 1)]
+    return np.where(k > 0, np.where(k % 2 == 1, lo, (lo + hi) / 2.0), np.nan)
+
+
 def initial_params(
     model: PSFModel,
     stamps: np.ndarray,
@@ -310,13 +330,10 @@ def initial_params(
     border = np.concatenate(
         [vals[:, 0, :], vals[:, -1, :], vals[:, 1:-1, 0], vals[:, 1:-1, -1]], axis=1
     )
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            bkg = np.nanmedian(border, axis=1)
-            bkg = np.where(np.isfinite(bkg), bkg, np.nanmedian(vals.reshape(n, -1), axis=1))
+    bkg = _row_nanmedian(border)
+    empty = ~np.isfinite(bkg)
+    if empty.any():  # no usable border pixel: the whole stamp's
+        bkg[empty] = _row_nanmedian(vals[empty].reshape(int(empty.sum()), -1))
     bkg = np.where(np.isfinite(bkg), bkg, 0.0)
     cx = np.clip(np.rint(centre[:, 0]).astype(int), 0, w - 1)
     cy = np.clip(np.rint(centre[:, 1]).astype(int), 0, h - 1)
@@ -334,13 +351,20 @@ def initial_params(
     peak = np.where(np.isfinite(peak), peak, raw_peak)
     amp = np.where(np.isfinite(peak), peak - bkg, 1.0)
     amp = np.maximum(amp, 1e-12 + 1e-6 * np.abs(bkg))
+    image_psf = isinstance(model, ImagePSF)
+    core_lost = ~np.isfinite(vals[np.arange(n), cy, cx])
+    # an image PSF needs no width: the area only where a saturated core hides the amplitude
+    sub = np.flatnonzero(core_lost) if image_psf else np.arange(n)
+    st = stamps[sub] if image_psf else stamps  # (no copy of every stamp for the analytic models)
     # the area above half maximum counts the saturated core too (any pixel with data)
-    above = np.where(np.isfinite(stamps), stamps - bkg[:, None, None] >= 0.5 * amp[:, None, None], False)
+    with np.errstate(invalid="ignore"):
+        above = np.isfinite(st) & (st - bkg[sub, None, None] >= 0.5 * amp[sub, None, None])
     yy, xx = np.mgrid[0:h, 0:w]
-    near = (xx[None] - centre[:, 0, None, None]) ** 2 + (yy[None] - centre[:, 1, None, None]) ** 2 <= (
+    near = (xx[None] - centre[sub, 0, None, None]) ** 2 + (yy[None] - centre[sub, 1, None, None]) ** 2 <= (
         0.5 * min(h, w)
     ) ** 2
-    area = np.count_nonzero(above & near, axis=(1, 2))
+    area = np.zeros(n, dtype=np.intp)
+    area[sub] = np.count_nonzero(above & near, axis=(1, 2))
     fwhm = np.maximum(2.0 * np.sqrt(np.maximum(area, 1) / np.pi), 1.0)
     # a saturated core (no usable pixel at the centre): the peak's value is only the plateau's
     # level.  For a Gaussian, the plateau's radius r_p (level L) and the radius r_h where the
@@ -348,12 +372,14 @@ def initial_params(
     # amplitude L exp(r_p^2 / 2 sigma^2): a first guess on the wings' scale, not the plateau's
     # (started from the plateau the fit of a star saturated over tens of pixels can collapse
     # onto a needle)
-    core_lost = ~np.isfinite(np.where(usable, stamps, np.nan)[np.arange(n), cy, cx])
     if core_lost.any():
+        lost = np.flatnonzero(core_lost)
+        at = np.searchsorted(sub, lost)  # their rows of near
         with np.errstate(invalid="ignore"):
-            flat = np.where(np.isfinite(stamps) & ~usable,
-                            stamps - bkg[:, None, None] >= 0.97 * amp[:, None, None], False)
-        n_flat = np.count_nonzero(flat & near, axis=(1, 2))
+            flat = (np.isfinite(stamps[lost]) & ~usable[lost]
+                    & (stamps[lost] - bkg[lost, None, None] >= 0.97 * amp[lost, None, None]))
+        n_flat = np.zeros(n, dtype=np.intp)
+        n_flat[lost] = np.count_nonzero(flat & near[at], axis=(1, 2))
         r_p2, r_h2 = n_flat / np.pi, area / np.pi
         ok = core_lost & (n_flat >= 3) & (r_h2 > r_p2 + 0.5)
         sig2 = np.where(ok, (r_h2 - r_p2) / (2.0 * math.log(2.0)), 1.0)
@@ -363,7 +389,7 @@ def initial_params(
     p[:, 0] = bkg
     p[:, 2] = centre[:, 0]
     p[:, 3] = centre[:, 1]
-    if isinstance(model, ImagePSF):
+    if image_psf:
         # flux: peak amplitude divided by the PSF's peak per unit flux
         p[:, 1] = amp / max(model.psf.max(), 1e-12)
         return p
