@@ -1774,7 +1774,7 @@ def measure_with_frame_psf(image: Any, stars: Any, psf: FramePSF | str | Any = "
     img = as_image(image)
     if isinstance(psf, str) and psf == "frame":
         psf = build_frame_psf(img, stars)
-    model = psf.model() if isinstance(psf, FramePSF) else resolve_model(psf)
+    model = _FluxFitModel(psf) if isinstance(psf, FramePSF) else resolve_model(psf)
     out = stars.copy()
     acc = np.asarray(out["accepted"], bool) if "accepted" in out.colnames else np.ones(len(out), bool)
     rows = np.flatnonzero(acc & np.isfinite(np.asarray(out["x_fit"], float)))
@@ -1815,6 +1815,18 @@ def measure_with_frame_psf(image: Any, stars: Any, psf: FramePSF | str | Any = "
             else repr(model))
     out.meta["photometry_psf"] = desc
     return out
+
+
+class _FluxFitModel(FramePSFModel):
+    """:func:`measure_with_frame_psf`'s fitting model: the frame's PSF whose fits' shape columns are
+    never read (the table keeps find's or takes the per-star shape fit's), so none is computed: a
+    varying PSF's FWHM surface is 25 contour fits, a constant one's one (together up to a second).
+    """
+
+    def fwhm_and_gradient(self, params):
+        n = params.shape[0]
+        z = np.zeros_like(params)
+        return np.full(n, np.nan), np.full(n, np.nan), z, z.copy()
 
 
 def _measure_own_shapes(out: Any, rows: np.ndarray, fit: Any, img: Any, psf: FramePSF, gain: float | None,
