@@ -1769,7 +1769,7 @@ def measure_with_frame_psf(image: Any, stars: Any, psf: FramePSF | str | Any = "
     True
     """
     from psfkit.io.image import as_image
-    from psfkit.psf.fit import fit_stars, resolve_model
+    from psfkit.psf.fit import _fit_setup, _setup, resolve_model
 
     img = as_image(image)
     if isinstance(psf, str) and psf == "frame":
@@ -1782,8 +1782,10 @@ def measure_with_frame_psf(image: Any, stars: Any, psf: FramePSF | str | Any = "
     if len(rows):
         box = int(out.meta.get("settings", {}).get("box") or 0) or None
         x0, y0 = np.asarray(out["x_fit"], float)[rows], np.asarray(out["y_fit"], float)[rows]
-        # find's positions are fitted already: the fit starts there (no peak search)
-        fit = fit_stars(img, x0, y0, model=model, gain=gain, read_noise=read_noise, box=box, search_radius=None)
+        # find's positions are fitted already: the fit starts there (no peak search); the stamps are cut
+        # once for both passes
+        setup = _setup(img, x0, y0, model=model, gain=gain, read_noise=read_noise, box=box, search_radius=None)
+        fit, first = _fit_setup(setup)
         if isinstance(psf, FramePSF):
             # again with every other star's light taken out of each stamp (its photon noise kept in the
             # weights): a neighbour's wing in the box would otherwise raise the background and lower the flux
@@ -1797,8 +1799,12 @@ def measure_with_frame_psf(image: Any, stars: Any, psf: FramePSF | str | Any = "
             def neighbour_light(origin: np.ndarray, size: int) -> np.ndarray:
                 return _neighbour_light(psf, img.data.shape, origin, size, fx, fy, ff)
 
-            fit = fit_stars(img, x0, y0, model=model, gain=gain, read_noise=read_noise, box=box, search_radius=None,
-                            neighbour_light=neighbour_light)
+            # the second pass starts from the first's solution where that fit converged cleanly (half the
+            # iterations); elsewhere from its stamp at find's position, as the first did
+            failed = F.NOT_CONVERGED | F.AT_BOUND | F.SINGULAR_COVARIANCE | F.FIT_FAILED | F.CENTER_MOVED
+            clean = ~strayed & ((first.flags & failed) == 0) & (first.params[:, 1] > 0)
+            start = np.where(clean[:, None], first.params, np.nan)
+            fit, _ = _fit_setup(setup, neighbour_light=neighbour_light, start=start)
         for col in ("x_fit", "y_fit", "x_err", "y_err", "flux_fit", "flux_err", "mag", "mag_err", "background",
                     "background_err", "reduced_chi2", "rmse", "snr", "n_pixels_fit", "iterations"):
             if col in out.colnames and col in fit.colnames:

@@ -218,6 +218,56 @@ def fit_stars(
     >>> len(stars), bool(np.all(np.abs(pull) < 4))
     (10, True)
     """
+    setup = _setup(image, x, y, box=box, model=model, beta=beta, angle=angle, sampling=sampling,
+                   search_radius=search_radius, gain=gain, read_noise=read_noise, error=error, mask=mask,
+                   saturation=saturation, zero_point=zero_point, oversampling=oversampling, max_iter=max_iter,
+                   stamp_mask=stamp_mask)
+    if setup is None:  # no star: the table of one fit at the centre, emptied (same columns, types and meta)
+        img = as_image(image)
+        ny, nx = img.data.shape
+        return fit_stars(img, [(nx - 1) / 2.0], [(ny - 1) / 2.0], box=box, model=model, beta=beta, angle=angle,
+                         sampling=sampling, search_radius=None, gain=gain, read_noise=read_noise, error=error,
+                         mask=mask, saturation=saturation, zero_point=zero_point, oversampling=oversampling,
+                         max_iter=max_iter)[:0]
+    table = _fit_setup(setup, angle=angle, max_iter=max_iter, zero_point=zero_point,
+                       neighbour_light=neighbour_light)[0]
+    frame_psf = getattr(setup.mdl, "frame_psf", None)
+    if frame_psf is not None and len(table) and (setup.noise is not None or setup.variance is not None):
+        # the PSF's own shape at each star's place is no measurement of the star: each star's own, the
+        # frame's PSF stretched by its linear map (psfkit.psf.frame_shape), as find gives it
+        from psfkit.psf.empirical import _measure_own_shapes
+
+        _measure_own_shapes(table, np.arange(len(table)), table, setup.img, frame_psf, gain, read_noise)
+        set_units(table)
+    return table
+
+
+@dataclass
+class _Setup:
+    """The stamps of a :func:`fit_stars` call, cut and masked once (a caller may fit them again)."""
+
+    img: Image
+    mdl: PSFModel
+    xs: np.ndarray
+    ys: np.ndarray
+    rx: np.ndarray
+    ry: np.ndarray
+    box: int
+    stamps: np.ndarray
+    inside: np.ndarray
+    origin: np.ndarray
+    usable: np.ndarray
+    flags: np.ndarray
+    variance: np.ndarray | None
+    noise: NoiseModel | None
+    sat_level: float | None
+    error: np.ndarray | None
+
+
+def _setup(image, x, y, *, box=None, model="gaussian", beta=None, angle="auto", sampling="integrated",
+           search_radius=3.0, gain=None, read_noise=None, error=None, mask=None, saturation="auto", zero_point=0.0,
+           oversampling=1, max_iter=100, stamp_mask=None) -> _Setup | None:
+    """:func:`fit_stars`' checks, model, positions, box and stamps (None for no star)."""
     img = as_image(image)
     data = img.data
     xs = np.atleast_1d(np.asarray(x, dtype=float))
@@ -225,11 +275,8 @@ def fit_stars(
     if xs.shape != ys.shape:
         raise PsfkitError("x and y must have the same length")
     ny, nx = data.shape
-    if xs.size == 0:  # no star: the table of one fit at the centre, emptied (same columns, types and meta)
-        return fit_stars(img, [(nx - 1) / 2.0], [(ny - 1) / 2.0], box=box, model=model, beta=beta, angle=angle,
-                         sampling=sampling, search_radius=None, gain=gain, read_noise=read_noise, error=error,
-                         mask=mask, saturation=saturation, zero_point=zero_point, oversampling=oversampling,
-                         max_iter=max_iter)[:0]
+    if xs.size == 0:
+        return None
     outside = (xs < -0.5) | (xs > nx - 0.5) | (ys < -0.5) | (ys > ny - 0.5) | ~np.isfinite(xs) | ~np.isfinite(ys)
     if np.any(outside):
         i = int(np.flatnonzero(outside)[0])
@@ -287,6 +334,20 @@ def fit_stars(
         estamps, _, _, _ = cut_stamps(np.asarray(error, dtype=float), rx, ry, box)
         variance = np.where(usable, estamps**2, np.inf)
     noise = _weights_and_noise(img, gain, read_noise, error, box)
+    return _Setup(img=img, mdl=mdl, xs=xs, ys=ys, rx=rx, ry=ry, box=box, stamps=stamps, inside=inside, origin=origin,
+                  usable=usable, flags=flags, variance=variance, noise=noise, sat_level=sat_level, error=error)
+
+
+def _fit_setup(setup: _Setup, *, angle="auto", max_iter=100, zero_point=0.0, neighbour_light=None,
+               start: np.ndarray | None = None) -> tuple[Table, StampFit]:
+    """Fit the stamps of a :class:`_Setup` (from ``start``, stamp coordinates, where given: rows of NaN
+    start from the stamps as :func:`fit_stars` does); the table of :func:`fit_stars` and the fit.
+    """
+    img, mdl, xs, ys, rx, ry, box = setup.img, setup.mdl, setup.xs, setup.ys, setup.rx, setup.ry, setup.box
+    stamps, inside, origin, usable = setup.stamps, setup.inside, setup.origin, setup.usable
+    variance, noise, sat_level = setup.variance, setup.noise, setup.sat_level
+    flags = setup.flags.copy()
+    n = len(rx)
     frame_path = getattr(mdl, "frame_psf", None) is not None and (noise is not None or variance is not None)
     raw = stamps
     if neighbour_light is not None:
@@ -295,12 +356,19 @@ def fit_stars(
         if noise is not None:  # their photon noise stays in the pixels: added to the model's variance
             variance = np.clip(light, 0.0, None) / noise.gain
     centre = np.stack([rx - origin[:, 0], ry - origin[:, 1]], axis=1)
-    p0 = initial_params(mdl, stamps, usable, centre)
+    if start is None:
+        guessed = np.ones(n, dtype=bool)
+        p0 = initial_params(mdl, stamps, usable, centre)
+    else:  # the caller's start where it has one (a fit of the same stamps before), the stamps' elsewhere
+        guessed = ~np.all(np.isfinite(start), axis=1)
+        p0 = np.array(start, dtype=float)
+        if guessed.any():
+            p0[guessed] = initial_params(mdl, stamps[guessed], usable[guessed], centre[guessed])
     if "x_origin" in mdl.param_names:  # a PSF that varies across the frame: where each stamp lies on it
         p0[:, mdl.index("x_origin")] = origin[:, 0]
         p0[:, mdl.index("y_origin")] = origin[:, 1]
     if np.any(saturation_mask(raw, sat_level) & inside) if sat_level is not None else False:
-        satd = np.any(saturation_mask(raw, sat_level) & inside, axis=(1, 2))
+        satd = np.any(saturation_mask(raw, sat_level) & inside, axis=(1, 2)) & guessed
         p0[satd, 1] *= 2.0  # a saturated peak hides a higher amplitude
 
     # the centre may not wander far out of its box (a fit that would is a failure, flagged below as
@@ -415,14 +483,7 @@ def fit_stars(
     if isinstance(mdl, ImagePSF):
         table.meta["psf_normalisation"] = mdl.normalisation.kind
         table.meta["psf_normalisation_note"] = mdl.normalisation.describe()
-    if frame_path and n:
-        # the PSF's own shape at each star's place is no measurement of the star: each star's own, the
-        # frame's PSF stretched by its linear map (psfkit.psf.frame_shape), as find gives it
-        from psfkit.psf.empirical import _measure_own_shapes
-
-        _measure_own_shapes(table, np.arange(n), table, img, mdl.frame_psf, gain, read_noise)
-        set_units(table)
-    return table
+    return table, fit
 
 
 def _merge(fit1: StampFit, fit2: StampFit, idx: np.ndarray, n_params: int) -> StampFit:
