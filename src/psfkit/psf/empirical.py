@@ -1735,7 +1735,10 @@ def measure_with_frame_psf(image: Any, stars: Any, psf: FramePSF | str | Any = "
     The stars are fitted twice (:func:`psfkit.psf.frame_fit.fit_frame_stamps`, from find's
     positions): the second time with every other star's light, drawn with the PSF from the first
     fit, taken out of each stamp (its photon noise kept in the weights).  The errors hold the
-    PSF's own uncertainty (docs/psf.md).
+    PSF's own uncertainty (docs/psf.md).  The stamps are cut once for both passes, the neighbours'
+    light is drawn on the stamps it reaches only, and the second pass starts from the first's
+    solution where that fit converged cleanly (elsewhere from the stamp at find's position): the
+    same optimum in half the iterations.
 
     Parameters
     ----------
