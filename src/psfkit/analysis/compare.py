@@ -17,14 +17,18 @@ for every model.
 Models: the Gaussian, the Moffat with free beta, PixInsight's fixed-beta Moffats
 (1.5, 2.5, 4, 6, 8, 10), a Lorentzian (Moffat beta = 1: its total flux diverges,
 so its ``flux_fit`` is the light within the fitting box's inscribed circle and is
-flagged ``flux_is_total = False``), and the user's PSF image.
+flagged ``flux_is_total = False``), the user's PSF image, and the frame's own PSF
+(``frame_psf``: :func:`psfkit.psf.empirical.build_frame_psf`, built from the frame's other stars,
+the compared source held out of it, so that its chi-square is a prediction, not a fit of the star
+to itself; 4 free parameters: background, flux, x, y).  A frame with too few usable stars has no
+such row, and ``meta["frame_psf_note"]`` says why.
 
-An aperture flux is measured too (radius 2.5 FWHM of the preferred fit, sky in an
-annulus at 4-6 FWHM), with its correction to total from the preferred analytic
+An aperture flux is measured too (radius 2.5 FWHM of the best analytic fit, sky in an
+annulus at 4-6 FWHM), with its correction to total from the best analytic
 model's enclosed fraction; for an extended source it is the flux to trust.
 
 Extended sources.  A source is extended when it is wider than the frame's own stars: its
-FWHM (of the preferred fit) above ``EXTENDED_FWHM_RATIO`` (1.5) times the median FWHM of
+FWHM (of the best analytic fit: a PSF's FWHM is the PSF's, not the source's) above ``EXTENDED_FWHM_RATIO`` (1.5) times the median FWHM of
 the frame's other stars (measured with :func:`psfkit.find_stars`, or given).  How well a
 point-source model fits is no test: a bright star's photon noise is small, so every
 analytic profile misses its real shape by many sigma (reduced chi-square 30 and more on
@@ -167,6 +171,7 @@ def compare_models(
     lorentzian: bool = True,
     frame_fwhm: float | None = None,
     zero_point: float = 0.0,
+    frame_psf: bool | Any = True,
 ) -> ModelComparison:
     """Fit one source with every model, rank them by BIC, and say whether the source is extended.
 
@@ -193,6 +198,11 @@ def compare_models(
         when there are at least 3.
     zero_point : float
         Magnitude zero point.
+    frame_psf : bool, FramePSF or path
+        True (default): a row ``frame_psf`` fitted with the frame's own PSF, built from the frame's
+        stars without this source (too few stars: no row, ``meta["frame_psf_note"]`` says why).
+        A :class:`~psfkit.psf.empirical.FramePSF` or a file of ``psfkit psf`` is used as it is;
+        False: no row.
 
     Returns
     -------
@@ -233,6 +243,12 @@ def compare_models(
         models.append(("lorentzian", LorentzianPSF(flux_radius=box / 2.0)))
     if psf is not None:
         models.append(("psf_image", resolve_model(psf)))
+    others = None  # the frame's stars (for the frame's PSF and the extended-source test), found once
+    frame_psf_note = ""
+    if frame_psf is not False and frame_psf is not None:
+        frame_model, others, frame_psf_note = _frame_psf_model(img, frame_psf, px, py, gain, read_noise)
+        if frame_model is not None:
+            models.append(("frame_psf", frame_model))
 
     error = None
     weights = "unweighted, background variance from the box border (the same for every model)"
@@ -258,7 +274,7 @@ def compare_models(
                          fwhm=float(r["fwhm"]), beta=float(r["beta"]), reduced_chi2=float(r["reduced_chi2"]),
                          chi2=chi2, aic=chi2 + 2 * k, bic=chi2 + k * math.log(max(n, 1)), rmse=float(r["rmse"]),
                          x_fit=float(r["x_fit"]), y_fit=float(r["y_fit"]), flags=int(r["flags"]),
-                         note=t.meta.get("psf_normalisation_note", "")))
+                         note=t.meta.get("psf_normalisation_note", "") if name == "psf_image" else ""))
     table = Table(rows=rows)
     bic = np.where(np.isfinite(table["bic"]), table["bic"], np.inf)
     best = int(np.argmin(bic))
@@ -270,14 +286,26 @@ def compare_models(
         best = int(gauss[0])
     table["preferred"] = np.arange(len(table)) == best
     best_row = table[best]
-    src_fwhm = float(best_row["fwhm"])
+    # the source's own size and the aperture's correction: the best analytic fit (a PSF's FWHM is the PSF's)
+    analytic = ~np.isin(np.asarray(table["model"]), ("psf_image", "frame_psf"))
+    if analytic[best]:
+        best_analytic = best_row
+    else:  # the same rule among the analytic models: the lowest BIC, the Gaussian within TIE_BIC of it
+        k = int(np.flatnonzero(analytic)[np.argmin(bic[analytic])])
+        if gauss.size and table["bic"][gauss[0]] - table["bic"][k] <= TIE_BIC:
+            k = int(gauss[0])
+        best_analytic = table[k]
+    src_fwhm = float(best_analytic["fwhm"])
 
     # the frame's stars, for the extended-source test
     if frame_fwhm is None:
         try:
             from psfkit.detect.find import find_stars
 
-            others = find_stars(img)
+            if others is None:
+                others = find_stars(img)
+            elif "accepted" in others.colnames:
+                others = others[np.asarray(others["accepted"], bool)]
             if len(others):
                 far = np.hypot(np.asarray(others["x_fit"]) - px, np.asarray(others["y_fit"]) - py) > 2 * src_fwhm
                 if far.sum() >= 3:
@@ -288,7 +316,7 @@ def compare_models(
     # every bright star)
     extended = bool(frame_fwhm is not None and src_fwhm > EXTENDED_FWHM_RATIO * frame_fwhm)
 
-    aperture = _aperture_flux(img, fits[str(best_row["model"])], src_fwhm, g, extended=extended)
+    aperture = _aperture_flux(img, fits[str(best_analytic["model"])], src_fwhm, g, extended=extended)
     if extended:
         note = (f"the source looks extended (its FWHM {src_fwhm:.2f} px is {src_fwhm / frame_fwhm:.1f}x the "
                 f"frame's stars' {frame_fwhm:.2f} px): a PSF flux underestimates it; "
@@ -306,8 +334,39 @@ def compare_models(
         x=px, y=py, box=box, frame_fwhm=frame_fwhm, extended=extended, weights=weights,
         preferred=str(best_row["model"]), aperture=aperture, note=note,
         lorentzian_flux=f"light within a circle-equivalent ellipse of radius {box / 2.0:g} px (half the box)",
+        frame_psf_note=frame_psf_note, aperture_model=str(best_analytic["model"]),
     )
     return ModelComparison(table=table, fits=fits)
+
+
+def _frame_psf_model(img: Image, frame_psf: Any, x: float, y: float, gain: float | None,
+                     read_noise: float | None) -> tuple[Any, Any, str]:
+    """The frame's PSF as a fitting model (built without the source at (x, y) when ``frame_psf`` is True),
+    the frame's stars when they were found (else None), and a note: what the PSF is, or why there is none.
+    """
+    from psfkit.psf.empirical import FramePSF, build_frame_psf
+
+    if frame_psf is not True:
+        psf = frame_psf if isinstance(frame_psf, FramePSF) else FramePSF.read(frame_psf)
+        return psf.model(), None, f"the frame's PSF given ({psf.n_stars} stars, variation of degree {psf.degree})"
+    from dataclasses import replace
+
+    from psfkit.detect.find import find_stars
+
+    noise = {k: v for k, v in (("gain", gain), ("read_noise", read_noise)) if v is not None}
+    source = replace(img, **noise) if noise else img
+    stars = find_stars(source, keep_rejected=True)
+    held = stars.copy(copy_data=True)
+    if len(held):
+        # the source itself is no PSF star (it stays a neighbour): its fit is then a prediction
+        near = np.hypot(np.asarray(held["x_fit"], float) - x, np.asarray(held["y_fit"], float) - y) <= 3.0
+        held["accepted"] = np.asarray(held["accepted"], bool) & ~near
+    try:
+        psf = build_frame_psf(source, held)
+    except PsfkitError as exc:
+        return None, stars, f"no frame_psf row: {exc}"
+    return psf.model(), stars, (f"frame_psf: the frame's PSF from {psf.n_stars} other stars "
+                                f"(variation of degree {psf.degree}), this source held out")
 
 
 def _aperture_flux(

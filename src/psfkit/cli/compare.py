@@ -18,6 +18,8 @@ def compare_command(
     image: Path = typer.Argument(..., help="Image file."),
     at: str = typer.Option(..., "--at", help="X,Y: 0-based pixel position near the source."),
     psf: Path | None = typer.Option(None, "--psf", help="A PSF image (FITS), any normalisation."),
+    frame_psf: bool = typer.Option(True, "--frame-psf/--no-frame-psf",
+                                   help="A row fitted with the frame's own PSF, built from its other stars (default)."),
     box: int | None = typer.Option(None, "--box", help="Common fitting box (odd, px)."),
     gain: float | None = typer.Option(None, "--gain", help="e-/ADU (default: header)."),
     read_noise: float | None = typer.Option(None, "--read-noise", help="e- (default: header)."),
@@ -25,7 +27,7 @@ def compare_command(
     residuals: Path | None = typer.Option(None, "--residuals", help="PNG of data, model and residual per model."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per model."),
 ) -> None:
-    """Fit the source with the Gaussian, Moffats, Lorentzian and your PSF; total flux, FWHM, chi2, AIC/BIC per model."""
+    """Fit the source with the Gaussian, Moffats, Lorentzian, the frame's PSF and yours; flux, FWHM, chi2, BIC per model."""
     from psfkit.analysis.compare import TIE_BIC, compare_models, plot_model_residuals
     from psfkit.cli.fit import _parse_xy
 
@@ -43,7 +45,8 @@ def compare_command(
         x, y = (float(v) for v in img.from_frame(x, y))
         typer.echo(f"measured on the {img.meta.get('channel_rule')}; positions and sizes below are in its pixels",
                    err=as_json)
-    result = compare_models(img, x, y, psf=str(psf) if psf else None, box=box, gain=gain, read_noise=read_noise)
+    result = compare_models(img, x, y, psf=str(psf) if psf else None, box=box, gain=gain, read_noise=read_noise,
+                            frame_psf=frame_psf)
     if residuals is not None:
         plot_model_residuals(result.fits, str(residuals), inputs=[image, psf])
     table = result.table
@@ -52,6 +55,8 @@ def compare_command(
     if as_json:
         if result.extended:
             typer.echo(result.note, err=True)
+        if m.get("frame_psf_note"):
+            typer.echo(m["frame_psf_note"], err=True)
         typer.echo(json.dumps(result.answers()))
         return
     best = table[table["preferred"]][0]
@@ -78,13 +83,15 @@ def compare_command(
         typer.echo(f"* Lorentzian: its total flux diverges; the flux shown is the {m['lorentzian_flux']}")
     for n in {n for n in table["note"] if n}:
         typer.echo(f"PSF image: {n}")
+    if m.get("frame_psf_note"):
+        typer.echo(m["frame_psf_note"])
     typer.echo(f"centroid ({best['model']}): x = {best['x_fit']:.3f}, y = {best['y_fit']:.3f} (0-based pixel centres)")
     if math.isfinite(ap.get("flux", float("nan"))):
         line = (f"aperture (r = {ap['radius']:.1f} px = 2.5 FWHM, sky 4-6 FWHM): "
                 f"{ap['flux']:.6g} +- {ap['flux_err']:.3g}")
         if "flux_total" in ap:
             to = "total" if ap.get("corrected_to", "the total flux") == "the total flux" else "the Lorentzian's flux"
-            line += (f"; / enclosed fraction {ap['enclosed_fraction']:.4f} of the {m['preferred']} -> {to} "
+            line += (f"; / enclosed fraction {ap['enclosed_fraction']:.4f} of the {m.get('aperture_model', m['preferred'])} -> {to} "
                      f"{ap['flux_total']:.6g} +- {ap['flux_total_err']:.3g}")
         typer.echo(line)
     if m["frame_fwhm"] is not None:

@@ -41,9 +41,10 @@ def find_command(
     overlay: Path | None = typer.Option(None, "--overlay", help="PNG with an ellipse on every star."),
     fwhm_map: Path | None = typer.Option(None, "--fwhm-map", help="PNG map of FWHM and roundness across the frame."),
     threshold: float = typer.Option(5.0, "--threshold", help="Detection threshold in sigma of the smoothed frame."),
-    model: str | None = typer.Option(None, "--model", help="gaussian (default) or moffat; or frame (the frame's own "
-                                        "PSF) or a PSF file from `psfkit psf` for positions and total fluxes. With "
-                                        "--deblend the default is frame."),
+    model: str = typer.Option("auto", "--model", help="auto (default: the frame's own PSF where the frame has enough "
+                              "stars, else the Gaussian or Moffat its bright stars prefer by BIC; the choice is "
+                              "printed), gaussian, moffat, frame (its own PSF, no fallback) or a PSF file from "
+                              "`psfkit psf`."),
     fwhm: float | None = typer.Option(None, "--fwhm", help="First guess of the stars' FWHM in px (detection filter "
                                          "and first fitting box); the frame's FWHM is still measured."),
     angle: str = typer.Option("auto", "--angle", help="auto (Siril: angle fitted where the first fit says the star is "
@@ -81,13 +82,12 @@ def find_command(
     outputs = list(output or [])
     photometry_psf = None
     crowded_psf = None
-    if model is None:
-        model = "frame" if deblend and not is_per_channel(opts.channel) else "gaussian"
-    if model not in ("gaussian", "moffat"):  # the frame's own PSF measures what the Gaussian found
-        if model != "frame" and not Path(model).is_file():
-            raise fail(f"--model must be gaussian, moffat, frame or a PSF file, not {model!r}")
+    model = model.strip().lower() if model.strip().lower() in ("auto", "frame", "gaussian", "moffat") else model
+    if model not in ("auto", "frame", "gaussian", "moffat"):  # a PSF file measures what the Gaussian found
+        if not Path(model).is_file():
+            raise fail(f"--model must be auto, gaussian, moffat, frame or a PSF file, not {model!r}")
         if is_per_channel(opts.channel):
-            raise fail("--model frame or a PSF file measures one plane at a time: choose --channel")
+            raise fail("a PSF file measures one plane: choose --channel")
         photometry_psf, model = model, "gaussian"
         if deblend:  # the crowded pass measures with it (and finds the stars it leaves in the residual)
             crowded_psf, photometry_psf = photometry_psf, None
@@ -111,7 +111,7 @@ def find_command(
                 raise fail(f"{p}: the suffix must be one of {', '.join(kinds)}")
             if not p.parent.exists():
                 raise fail(f"{p.parent}: no such folder")
-    psf_file = next((p for p in (photometry_psf, crowded_psf) if p not in (None, "frame")), None)
+    psf_file = photometry_psf or crowded_psf
     check_output_paths([*outputs, overlay, fwhm_map, residual], [image, psf_file])
     channel = opts.channel
     find_options = dict(threshold=threshold, fwhm=fwhm, model=model, angle=angle_mode, keep_rejected=True,
@@ -123,6 +123,9 @@ def find_command(
                                       **opts.optics(), **find_options)
         img = opts.load(image, channel=None)
         summaries = {name: c["summary"] for name, c in table.meta["channels"].items()}
+        for name, c in table.meta["channels"].items():
+            if c.get("psf_choice"):
+                typer.echo(f"{image} [{name}]: PSF: {_psf_line(c)}")
     else:
         img = opts.load(image)
         found = find_stars(img, **find_options)
@@ -131,6 +134,8 @@ def find_command(
 
             found = measure_with_frame_psf(img, found, photometry_psf, gain=gain, read_noise=read_noise)
             typer.echo(f"{image}: positions and fluxes from {found.meta['photometry_psf']}")
+        elif found.meta.get("psf_choice") and not (deblend and found.meta.get("crowded")):
+            typer.echo(f"{image}: PSF: {_psf_line(found.meta)}")
         if residual is not None:
             from psfkit.detect.crowded import subtract_stars, write_residual
 
@@ -186,6 +191,13 @@ def find_command(
             cells = map_cells(len(stars))
             typer.echo(f"wrote {fwhm_map}" + (f" ({cells}x{cells} cells: {len(stars)} stars are too few for 6x6)"
                                               if cells < 6 else ""))
+
+
+def _psf_line(meta: dict) -> str:
+    """Which PSF measured the stars and why (find_stars' ``psf_choice``), in a line."""
+    if meta.get("psf_model") == "frame":
+        return f"positions and total fluxes from {meta['psf_choice']}"
+    return meta["psf_choice"]
 
 
 def _echo_crowded(image: Path, meta: dict) -> None:

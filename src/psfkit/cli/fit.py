@@ -33,7 +33,8 @@ def fit_command(
     at: str | None = typer.Option(
         None, "--at", help="X,Y: 0-based pixel position near the star; default: the brightest source."),
     box: int | None = typer.Option(None, "--box", help="Fitting box in pixels (odd); default about 5 FWHM."),
-    model: str = typer.Option("gaussian", "--model", help="gaussian, moffat, or a PSF image file (FITS)."),
+    model: str = typer.Option("gaussian", "--model", help="gaussian, moffat, frame (the frame's own PSF, built from "
+                              "its stars as `psfkit psf` does), or a PSF image file (FITS)."),
     beta: float | None = typer.Option(None, "--beta", help="Fix the Moffat beta."),
     angle: str = typer.Option("auto", "--angle", help="auto (Siril: angle fitted when the widths differ), yes or no."),
     search_radius: float = typer.Option(10.0, "--search-radius", help="How far from X,Y the real peak may be (px)."),
@@ -56,6 +57,15 @@ def fit_command(
     if beta is not None and str(model).lower() not in ("moffat", "lorentzian"):
         raise fail(f"--beta fixes the Moffat's beta; add --model moffat (the model is {model})")
     img = opts.load(image)
+    if model.strip().lower() == "frame":  # the frame's own PSF, as `psfkit psf` builds it, then as --model psf.fits
+        from psfkit.psf.empirical import build_frame_psf
+
+        noise = {k: v for k, v in (("gain", gain), ("read_noise", read_noise)) if v is not None}
+        frame_psf = build_frame_psf(dataclasses.replace(img, **noise) if noise else img)
+        model = frame_psf.model()
+        if not as_json:
+            typer.echo(f"{image}: fitted with the frame's PSF ({frame_psf.n_stars} stars, variation of degree "
+                       f"{frame_psf.degree})")
     x = y = None
     if at is not None:
         x, y = (float(v) for v in img.from_frame(*_parse_xy(at)))  # full-frame X,Y -> the measured plane
@@ -68,7 +78,7 @@ def fit_command(
     if as_json:
         d = json_value(result.to_dict())
         d["flag_names"] = result.flag_names
-        d["model"] = result.table.meta["model"]
+        d["model"] = "frame" if hasattr(model, "frame_psf") else result.table.meta["model"]
         if result.table.meta.get("psf_normalisation"):
             d["psf_normalisation"] = result.table.meta["psf_normalisation"]
         typer.echo(json.dumps(d))

@@ -71,11 +71,16 @@ def find_stars_by_channel(
         table = table_to_frame(find_stars(img, **find_options), img)
         table.add_column(Column([name] * len(table), name="channel", dtype="U9"), index=0)
         per_channel[name] = {"summary": table.meta.get("summary"), "pixel_scale": img.pixel_scale,
-                             "channel_rule": img.meta.get("channel_rule", "")}
+                             "channel_rule": img.meta.get("channel_rule", ""),
+                             # model="auto": each plane's own PSF (or its fallback), and why
+                             **{k: table.meta[k] for k in ("psf_model", "psf_choice") if k in table.meta}}
         tables.append(table)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # metadata merge conflicts: the first table's meta is kept
         out = vstack(tables, metadata_conflicts="silent")
     out.meta = dict(tables[0].meta)
+    if len(tables) > 1:  # one plane's PSF is not the others': each plane's choice is in meta["channels"]
+        for key in ("frame_psf", "psf_model", "psf_choice", "photometry_psf"):
+            out.meta.pop(key, None)
     out.meta["channels"] = per_channel
     return out

@@ -342,7 +342,20 @@ def find_stars(
         measure it.  Default: the probe starts from 3 px.
     box : int, optional
         Fitting box; default about 4 FWHM (at least 9 px).
-    model : {"gaussian", "moffat"}
+    model : {"gaussian", "moffat", "auto", "frame"}
+        The profile every star is fitted with.  ``"gaussian"`` (the default here: Siril's Dynamic PSF
+        shapes, and fast; :func:`psfkit.run_sequence`, the inspector and focus runs rely on it) or
+        ``"moffat"``.  ``"auto"`` (``psfkit find``'s default) chooses: the frame's own PSF
+        (:func:`psfkit.psf.empirical.build_frame_psf`, built from this frame's stars; positions and
+        total fluxes from it, :func:`psfkit.psf.empirical.measure_with_frame_psf`) where the frame has
+        at least :data:`~psfkit.psf.empirical.MIN_STARS` usable stars, else the analytic model its
+        bright stars prefer by BIC (:func:`psfkit.psf.choice.prefer_analytic_model`).
+        ``meta["psf_model"]`` says which (``"frame"``, ``"gaussian"`` or ``"moffat"``) and
+        ``meta["psf_choice"]`` why.  ``"frame"`` is the frame's PSF with no fallback (a
+        :class:`~psfkit.errors.PsfkitError` when too few stars).  With the frame's PSF the
+        detection, rejection and each star's shape columns are the Gaussian pass's; a
+        multi-plane (colour) frame measured plane by plane gets each plane's own PSF (the PSF
+        differs with colour).  See docs/psf.md, "How find chooses".
     beta : float or "free", optional
         Moffat beta.  Default: the frame's beta, the median over a probe of bright
         unsaturated candidates fitted with beta free, then fixed for every star
@@ -451,6 +464,13 @@ def find_stars(
     check_positive(gain, "the gain (e-/ADU)", allow_none=True)
     if read_noise is not None and not (np.isfinite(read_noise) and read_noise >= 0):
         raise PsfkitError(f"the read noise must be a number of e- >= 0, got {read_noise}")
+    model_name = str(model).lower() if isinstance(model, str) else model
+    if model_name in ("auto", "frame"):
+        return _find_with_frame_psf(
+            img, model_name, keep_rejected=keep_rejected, deblend=deblend, psf=psf, gain=gain, read_noise=read_noise,
+            options=dict(threshold=threshold, fwhm=fwhm, box=box, beta=beta, angle=angle,
+                         min_separation=min_separation, mask=mask, progress=progress, max_candidates=max_candidates,
+                         mask_neighbours=mask_neighbours, saturation=saturation, max_stars=max_stars, **criteria))
     scale = working_scale(img.data)
     if scale != 1.0:  # values that over- or underflow float32: measured scaled by a power of two (detect.scaling)
         sat = saturation / scale if isinstance(saturation, (int, float)) and not isinstance(saturation, bool) \
@@ -617,6 +637,63 @@ def find_stars(
             reject_reasons=REASONS,
         )
         return out
+
+
+def _find_with_frame_psf(img: Image, mode: str, *, keep_rejected: bool, deblend: bool, psf: Any,
+                         gain: float | None, read_noise: float | None, options: dict) -> Table:
+    """``find_stars(model="auto" | "frame")``: the Gaussian pass, then the frame's PSF measures its stars;
+    with too few stars, "auto" falls back to the analytic model the bright stars prefer by BIC.
+    ``meta["psf_model"]`` and ``meta["psf_choice"]`` say which and why.
+    """
+    from psfkit.psf.empirical import build_frame_psf, measure_with_frame_psf
+
+    common = dict(gain=gain, read_noise=read_noise, **options)
+    if deblend:
+        # the crowded pass measures with the frame's PSF (and falls back to the analytic pass by itself)
+        table = find_stars(img, model="gaussian", keep_rejected=keep_rejected, deblend=True,
+                           psf="frame" if psf is None else psf, **common)
+        fallback = (table.meta.get("crowded") or {}).get("fallback")
+        if fallback is not None and mode == "frame":
+            raise PsfkitError(fallback.split(": the analytic")[0])
+        _say(table, mode, "gaussian" if fallback else "frame",
+             fallback or f"{table.meta.get('photometry_psf', 'the frame PSF')} (crowded pass)")
+        return table
+    table = find_stars(img, model="gaussian", keep_rejected=True, **common)
+    try:
+        frame_psf = build_frame_psf(img, table)
+    except PsfkitError as exc:
+        if mode == "frame":
+            raise
+        from psfkit.psf.choice import prefer_analytic_model
+
+        choice = prefer_analytic_model(img, table, gain=gain, read_noise=read_noise)
+        if choice.model != "gaussian":
+            table = find_stars(img, model=choice.model, keep_rejected=True, **common)
+        reason = str(exc).rstrip(".")
+        _say(table, mode, choice.model, f"{choice.reason}; no frame PSF: {reason}")
+        table.meta["psf_choice_bic"] = {"n_stars": choice.n_stars, "delta_bic": choice.delta_bic,
+                                        "median_delta_bic": choice.median_delta_bic}
+    else:
+        table = measure_with_frame_psf(img, table, frame_psf, gain=gain, read_noise=read_noise)
+        table.meta["frame_psf"] = frame_psf
+        _say(table, mode, "frame", table.meta["photometry_psf"])
+        # the brightest first, by the frame PSF's total fluxes (the rejected candidates after them)
+        acc = np.asarray(table["accepted"], bool)
+        flux = np.nan_to_num(np.asarray(table["flux_fit"], dtype=float), nan=-np.inf)
+        order = np.concatenate([np.flatnonzero(acc)[np.argsort(-flux[acc], kind="stable")], np.flatnonzero(~acc)])
+        table = table[order]
+        table["id"] = np.arange(1, len(table) + 1)
+    if not keep_rejected:
+        table = table[np.asarray(table["accepted"], bool)]
+        table.remove_columns(["accepted", "reject_reason"])
+    return table
+
+
+def _say(table: Table, mode: str, chosen: str, why: str) -> None:
+    """Which PSF measured the stars and why, in the table's metadata (and its settings' model)."""
+    table.meta["settings"] = {**table.meta.get("settings", {}), "model": mode}
+    table.meta["psf_model"] = chosen
+    table.meta["psf_choice"] = why
 
 
 def _psf_name(psf: Any) -> str:

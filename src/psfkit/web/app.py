@@ -72,7 +72,9 @@ class _Strict(BaseModel):
 class DetectRequest(_Strict):
     path: str = Field(min_length=1, max_length=1024)
     threshold: float = Field(5.0, gt=0, le=1000)
-    model: Literal["gaussian", "moffat"] = "gaussian"
+    # psfkit find's default: the frame's own PSF where the frame has enough stars, else the analytic
+    # model its bright stars prefer (find_stars(model="auto"))
+    model: Literal["auto", "gaussian", "moffat"] = "auto"
     angle: bool | Literal["auto"] = "auto"  # find_stars' default: Siril's two-stage rule
     fwhm: float | None = Field(None, gt=0, le=100)
     min_roundness: float | None = Field(None, ge=0, le=1)
@@ -84,7 +86,7 @@ class FitRequest(_Strict):
     x: float
     y: float
     box: int | None = Field(None, ge=5, le=401)
-    model: Literal["gaussian", "moffat"] = "gaussian"
+    model: Literal["auto", "gaussian", "moffat"] = "gaussian"  # one star: "auto" is the Gaussian (Dynamic PSF)
     search_radius: float | None = Field(None, ge=0, le=200)
 
 
@@ -92,7 +94,7 @@ class RowsRequest(_Strict):
     path: str = Field(min_length=1, max_length=1024)
     columns: list[str] = Field(max_length=200)
     rows: list[list[float | int | bool | str | None]] = Field(max_length=500_000)
-    model: Literal["gaussian", "moffat"] | None = None
+    model: Literal["auto", "gaussian", "moffat"] | None = None
     threshold: float | None = Field(None, gt=0, le=1000)
 
 
@@ -275,6 +277,8 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
         table = find_stars(item.image, threshold=req.threshold, model=req.model, angle=req.angle,
                            fwhm=req.fwhm, keep_rejected=False, deblend=req.deblend,
                            psf="frame" if req.deblend else None, **criteria)
+        # the shapes' model (the frame's PSF measures with the Gaussian pass's shapes)
+        shape_model = table.meta.get("model") or ("gaussian" if req.model == "auto" else req.model)
         residual = None
         if req.deblend and item.image.data.ndim == 2:
             from psfkit.detect.crowded import subtract_stars
@@ -286,8 +290,9 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
         out = table_to_rows(table)
         out["residual"] = residual is not None
         out.update(summary=meta.get("summary"), frame_fwhm=meta.get("frame_fwhm"),
-                   reject_reasons=meta.get("reject_reasons"),
-                   settings={"threshold": req.threshold, "model": req.model, "angle": req.angle, "fwhm": req.fwhm,
+                   reject_reasons=meta.get("reject_reasons"), psf_model=meta.get("psf_model"),
+                   psf_choice=meta.get("psf_choice"),
+                   settings={"threshold": req.threshold, "model": shape_model, "angle": req.angle, "fwhm": req.fwhm,
                              "min_roundness": req.min_roundness, "deblend": req.deblend})
         body = _json_bytes(out)
         t3 = time.perf_counter()
@@ -312,7 +317,8 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
         radius = req.search_radius
         if radius is None:
             radius = min(req.box / 2.0, 50.0) if req.box else 10.0
-        star = fit_star(item.image, req.x, req.y, box=req.box, model=req.model, angle=True, search_radius=radius)
+        model = "gaussian" if req.model == "auto" else req.model
+        star = fit_star(item.image, req.x, req.y, box=req.box, model=model, angle=True, search_radius=radius)
         out = table_to_rows(star.table)
         out["report"] = star.report()
         out["profile"] = radial_profile(star)
@@ -320,12 +326,12 @@ def create_app(root: str | Path, *, export_dir: str | Path | None = None, image:
 
     def _table(req: RowsRequest):
         item = loaded(req.path)
+        model = "gaussian" if req.model in (None, "auto") else req.model
         table = rows_to_table(req.columns, req.rows)
         table.meta.update(image=item.rel, image_shape=list(item.shape),
                           roworder="TOP-DOWN" if item.top_down else "BOTTOM-UP",
                           pixel_scale=item.image.pixel_scale,
-                          model=req.model or "gaussian",
-                          settings={"threshold": req.threshold, "model": req.model or "gaussian"})
+                          model=model, settings={"threshold": req.threshold, "model": model})
         return item, table
 
     @app.post("/api/average")

@@ -505,7 +505,9 @@ async function detect() {
     const sm = r.summary || {}, rej = Object.entries(sm.rejected || {}).map(([k, v]) => `${k} ${v}`).join(", ");
     $("#summary").textContent = $("#summary").title = `${sm.n_candidates ?? "?"} candidates${rej ? "; rejected: " + rej : ""}` +
       (sm.companions_found ? `; ${sm.companions_found} companions from the residual` : "") +
-      (r.frame_fwhm ? `; frame FWHM ≈ ${r.frame_fwhm.toFixed(2)} px` : "");
+      (r.frame_fwhm ? `; frame FWHM ≈ ${r.frame_fwhm.toFixed(2)} px` : "") +
+      (r.psf_model ? `; PSF: ${r.psf_model === "frame" ? "the frame's own" : r.psf_model}` : "");
+    if (r.psf_choice) $("#summary").title += `\nPSF: ${r.psf_choice}`;
     // drawn: after the next frame has been painted (rAF runs before paint, the timeout after it)
     requestAnimationFrame(() => setTimeout(() => {
       psfkitStats.detect.drawn = performance.now(); psfkitStats.detect.n = S.stars.length;
