@@ -71,7 +71,7 @@ def halo_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("halo")
     data, truth = simulate_varying_field(seed=0)
     image = _write(folder / "halo.fits", data)
-    lists, said = {}, {}
+    lists = {}
     for name, extra in (("default", []), ("file", ["--model", folder / "psf.fits"])):
         out = folder / f"{name}.ecsv"
         try:

@@ -28,7 +28,8 @@ annulus at 4-6 FWHM), with its correction to total from the best analytic
 model's enclosed fraction; for an extended source it is the flux to trust.
 
 Extended sources.  A source is extended when it is wider than the frame's own stars: its
-FWHM (of the best analytic fit: a PSF's FWHM is the PSF's, not the source's) above ``EXTENDED_FWHM_RATIO`` (1.5) times the median FWHM of
+FWHM (of the best analytic fit: a PSF's FWHM is the PSF's, not the source's) above
+``EXTENDED_FWHM_RATIO`` (1.5) times the median FWHM of
 the frame's other stars (measured with :func:`psfkit.find_stars`, or given).  How well a
 point-source model fits is no test: a bright star's photon noise is small, so every
 analytic profile misses its real shape by many sigma (reduced chi-square 30 and more on

@@ -27,7 +27,7 @@ def compare_command(
     residuals: Path | None = typer.Option(None, "--residuals", help="PNG of data, model and residual per model."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per model."),
 ) -> None:
-    """Fit the source with the Gaussian, Moffats, Lorentzian, the frame's PSF and yours; flux, FWHM, chi2, BIC per model."""
+    """Fit the source with every analytic model, the frame's PSF and yours; total flux, FWHM, chi2, BIC per model."""
     from psfkit.analysis.compare import TIE_BIC, compare_models, plot_model_residuals
     from psfkit.cli.fit import _parse_xy
 
@@ -91,7 +91,8 @@ def compare_command(
                 f"{ap['flux']:.6g} +- {ap['flux_err']:.3g}")
         if "flux_total" in ap:
             to = "total" if ap.get("corrected_to", "the total flux") == "the total flux" else "the Lorentzian's flux"
-            line += (f"; / enclosed fraction {ap['enclosed_fraction']:.4f} of the {m.get('aperture_model', m['preferred'])} -> {to} "
+            of = m.get("aperture_model", m["preferred"])
+            line += (f"; / enclosed fraction {ap['enclosed_fraction']:.4f} of the {of} -> {to} "
                      f"{ap['flux_total']:.6g} +- {ap['flux_total_err']:.3g}")
         typer.echo(line)
     if m["frame_fwhm"] is not None:
