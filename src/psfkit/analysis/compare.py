@@ -20,7 +20,8 @@ so its ``flux_fit`` is the light within the fitting box's inscribed circle and i
 flagged ``flux_is_total = False``), the user's PSF image, and the frame's own PSF
 (``frame_psf``: :func:`psfkit.psf.empirical.build_frame_psf`, built from the frame's other stars,
 the compared source held out of it, so that its chi-square is a prediction, not a fit of the star
-to itself; 4 free parameters: background, flux, x, y).  A frame with too few usable stars has no
+to itself; 4 free parameters: background, flux, x, y; its chi-square on the common weights, the
+PSF's own uncertainty only in its flux error).  A frame with too few usable stars has no
 such row, and ``meta["frame_psf_note"]`` says why.
 
 An aperture flux is measured too (radius 2.5 FWHM of the best analytic fit, sky in an
@@ -249,7 +250,13 @@ def compare_models(
     if frame_psf is not False and frame_psf is not None:
         frame_model, others, frame_psf_note = _frame_psf_model(img, frame_psf, px, py, gain, read_noise)
         if frame_model is not None:
-            models.append(("frame_psf", frame_model))
+            # chi-square and BIC on the common weights like every other row: the PSF's own uncertainty
+            # (its nodes' variance, profile and flux errors) left out of the fit's variance; the row's
+            # flux error holds it (a second fit with it)
+            from dataclasses import replace as _replace
+
+            bare = _replace(frame_model.frame_psf, variance=None, profile_error=0.0, flux_error=0.0).model()
+            models.append(("frame_psf", bare))
 
     error = None
     weights = "unweighted, background variance from the box border (the same for every model)"
@@ -267,10 +274,13 @@ def compare_models(
         t = fit_stars(img, [px], [py], model=mdl, error=error, **common)
         fits[name] = StarFit(table=t, model=mdl, image=img)
         r = t[0]
+        flux_err = float(r["flux_err"])
+        if name == "frame_psf":
+            flux_err = float(fit_stars(img, [px], [py], model=frame_model, error=error, **common)["flux_err"][0])
         k = int(np.count_nonzero(mdl.default_free()))
         n = int(r["n_pixels_fit"])
         chi2 = float(r["reduced_chi2"]) * max(n - k, 1)
-        rows.append(dict(model=name, n_params=k, flux_fit=float(r["flux_fit"]), flux_err=float(r["flux_err"]),
+        rows.append(dict(model=name, n_params=k, flux_fit=float(r["flux_fit"]), flux_err=flux_err,
                          flux_is_total=bool(getattr(mdl, "flux_is_total", True)),
                          fwhm=float(r["fwhm"]), beta=float(r["beta"]), reduced_chi2=float(r["reduced_chi2"]),
                          chi2=chi2, aic=chi2 + 2 * k, bic=chi2 + k * math.log(max(n, 1)), rmse=float(r["rmse"]),
