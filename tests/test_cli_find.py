@@ -155,7 +155,8 @@ def test_demo_finds_the_sample_and_writes_list_and_overlay(tmp_path, sample_path
     out = run("demo", "--outdir", tmp_path / "demo")
     assert out.returncode == 0, out.stderr
     stars = psfkit.read_star_list(tmp_path / "demo" / "stars.csv")
-    direct = psfkit.find_stars(sample_path, angle=True)
+    direct = psfkit.find_stars(sample_path, angle=True, model="auto")  # find's default: it chooses
+    assert f"PSF: {direct.meta['psf_choice']}" in out.stdout
     assert len(stars) == len(direct) >= 10
     assert np.allclose(np.sort(stars["x_fit"]), np.sort(direct["x_fit"]))
     lst = psfkit.read_star_list(tmp_path / "demo" / "stars.lst")

@@ -155,29 +155,48 @@ def test_moffat_field_fwhm(moffat_run):
 
 # ---- (c) real frames: the bright stars fitted with the frame's own PSF
 
-@pytest.mark.shared_data
-@pytest.mark.slow
-@pytest.mark.parametrize("name,x,y,gain", [
+REAL_BRIGHT_STARS = [
     ("nites_j17490840_seq/J17490840-001.fit", 372.8, 545.2, None),  # GAIN 1.22, RDNOISE 14 in the header
     # the header's GAIN=56 is the camera's setting, not e-/ADU: the QHY268M gives at most 0.8 e-/ADU
     # (16-bit, at its lowest setting), so 1 e-/ADU underestimates each pixel's photon noise and
-    # overestimates the chi-square: the test is conservative
-    ("siril_qhy268m_rasa11_crop.fit.fz", 164.57, 204.85, 1.0)])
-def test_real_bright_star_fitted_with_the_frame_psf(shared_data, capsys, name, x, y, gain):
-    from psfkit.analysis.compare import compare_models
+    # overestimates the chi-square: the tests are conservative
+    ("siril_qhy268m_rasa11_crop.fit.fz", 164.57, 204.85, 1.0)]
 
-    # compare: every model on the same box and Poisson weights, the frame's PSF built without this star
-    result = compare_models(str(shared_data / name), x, y, gain=gain, betas=(), lorentzian=False)
-    t = result.table
-    chi2 = dict(zip(t["model"], t["reduced_chi2"]))
-    assert "held out" in t.meta["frame_psf_note"]
-    assert chi2["frame_psf"] < 3.0, chi2  # the Gaussian: 34.5 and 53; the free Moffat: 37 and 6.8
-    assert result.preferred == "frame_psf"
-    # psfkit fit --model frame (the PSF's own uncertainty in its weights)
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+@pytest.mark.parametrize("name,x,y,gain", REAL_BRIGHT_STARS)
+def test_real_bright_star_fitted_with_the_frame_psf(shared_data, capsys, name, x, y, gain):
+    # psfkit fit --model frame: the PSF built from the frame's stars as `psfkit psf` builds it, the PSF's
+    # own uncertainty in the weights (the Gaussian: 34.5 and 278 unweighted; the free Moffat: 37)
     argv = ["fit", shared_data / name, "--at", f"{x},{y}", "--model", "frame", "--json"]
     star = json.loads(_run(argv + (["--gain", gain] if gain else []), capsys))
     assert star["model"] == "frame" and not star["flag_names"]
     assert star["reduced_chi2"] < 3.0
+    # compare: every model on the same box and Poisson weights, the frame's PSF built without this star,
+    # preferred over every analytic profile
+    from psfkit.analysis.compare import compare_models
+
+    result = compare_models(str(shared_data / name), x, y, gain=gain, betas=(), lorentzian=False)
+    chi2 = dict(zip(result.table["model"], result.table["reduced_chi2"]))
+    assert "held out" in result.table.meta["frame_psf_note"] and result.preferred == "frame_psf"
+    assert chi2["frame_psf"] < min(chi2["gaussian"], chi2["moffat"]), chi2
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the PSF built from the other stars is noisier than these stars' own pixels: "
+                   "the NITES star (S/N 1630) is 2.6x brighter than the brightest of the 31 stars stacked (630); its "
+                   "held-out chi-square on Poisson weights is 3.7 (RASA 5.4 at 1 e-/ADU), 1.4 (1.6) with the "
+                   "PSF nodes' own variance in the weights: the excess is the PSF's statistical noise, not its "
+                   "reach, sampling, the sky or saturation")
+@pytest.mark.parametrize("name,x,y,gain", REAL_BRIGHT_STARS)
+def test_real_bright_star_held_out_at_its_photon_noise(shared_data, name, x, y, gain):
+    from psfkit.analysis.compare import compare_models
+
+    result = compare_models(str(shared_data / name), x, y, gain=gain, betas=(), lorentzian=False)
+    chi2 = dict(zip(result.table["model"], result.table["reduced_chi2"]))
+    assert chi2["frame_psf"] < 3.0, chi2
 
 
 # ---- (d) too few stars: the fallback, by BIC
@@ -286,3 +305,25 @@ def test_each_colour_plane_chooses_its_own(tmp_path, capsys):
     assert "psf_choice" not in table.meta  # one plane's choice is not the frame's
     out = _run(["find", tmp_path / "rgb.tif", "--channel", "all", "--gain", GAIN, "--read-noise", RN], capsys)
     assert len([s for s in out.splitlines() if "PSF:" in s]) == 3
+
+
+def test_the_web_page_detects_as_find_does(tmp_path):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    import warnings
+
+    with warnings.catch_warnings():  # starlette's test client warns about httpx on import
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    from psfkit.web import create_app
+
+    data, _ = _sparse("moffat")
+    _write(tmp_path / "sparse.fits", data)
+    with TestClient(create_app(tmp_path, image="sparse.fits"), base_url="http://127.0.0.1:8765") as client:
+        r = client.post("/api/detect", json={"path": "sparse.fits"})  # the page's default: auto
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["psf_model"] == "moffat" and "no frame PSF" in body["psf_choice"]
+        assert body["settings"]["model"] == "moffat"  # the shapes' model, for the exports
+        r = client.post("/api/fit", json={"path": "sparse.fits", "x": 100.0, "y": 100.0, "model": "auto"})
+        assert r.status_code == 200, r.text

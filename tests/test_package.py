@@ -214,19 +214,23 @@ def test_find_loads_no_plotting_web_or_dask(sample_path, tmp_path):
     assert not [m for m in loaded if m.startswith(("scipy.interpolate", "scipy.ndimage"))], loaded
 
 
-def test_find_on_a_small_frame_loads_neither_numba_nor_scipy(sample_path, tmp_path):
+@pytest.mark.parametrize("model", ["auto", "gaussian"])
+def test_find_on_a_small_frame_loads_neither_numba_nor_scipy(sample_path, tmp_path, model):
     """A small frame (the 256 x 256 sample) is measured by the numpy twins of the compiled kernels:
     numba's start-up (~0.6 s) and scipy's are not paid (psfkit.backend.job); the options are
-    converted without pydantic (psfkit.cli._coercion)."""
+    converted without pydantic (psfkit.cli._coercion).  The default (--model auto) tries the frame's
+    PSF, whose star selection uses scipy.spatial's KD-tree; nothing more of scipy."""
     csv = tmp_path / "s.csv"
     loaded = _fresh("import io, contextlib, os\nos.environ.pop('PSFKIT_BACKEND', None)\n"
                     "from psfkit.cli import main\n"
                     "with contextlib.redirect_stdout(io.StringIO()):\n"
                     f"    try:\n        main(['find', {str(sample_path)!r}, '-o', {str(csv)!r}, '--threshold', '5',"
-                    "              '--max-stars', '500', '--min-snr', '3'])\n"
+                    f"              '--max-stars', '500', '--min-snr', '3', '--model', {model!r}])\n"
                     "    except SystemExit as exc:\n        assert not exc.code, exc.code\n" + _LOADED)
     assert csv.exists()
-    assert not [m for m in loaded if m.split(".")[0] in ("numba", "llvmlite", "scipy", "pydantic")], loaded
+    assert not [m for m in loaded if m.split(".")[0] in ("numba", "llvmlite", "pydantic")], loaded
+    heavy = ("scipy",) if model == "gaussian" else ("scipy.ndimage", "scipy.interpolate", "scipy.optimize")
+    assert not [m for m in loaded if m.startswith(heavy)], loaded
 
 
 @pytest.mark.parametrize("annotation,value,expected", [

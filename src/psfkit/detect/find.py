@@ -660,13 +660,16 @@ def _find_with_frame_psf(img: Image, mode: str, *, keep_rejected: bool, deblend:
         return table
     table = find_stars(img, model="gaussian", keep_rejected=True, **common)
     try:
-        frame_psf = build_frame_psf(img, table)
+        # a small frame stays on the numpy twins (no numba start-up paid: psfkit.backend.job)
+        with job(pixels=img.data.size, stars=len(table)):
+            frame_psf = build_frame_psf(img, table)
     except PsfkitError as exc:
         if mode == "frame":
             raise
         from psfkit.psf.choice import prefer_analytic_model
 
-        choice = prefer_analytic_model(img, table, gain=gain, read_noise=read_noise)
+        with job(pixels=img.data.size, stars=len(table)):
+            choice = prefer_analytic_model(img, table, gain=gain, read_noise=read_noise)
         if choice.model != "gaussian":
             table = find_stars(img, model=choice.model, keep_rejected=True, **common)
         reason = str(exc).rstrip(".")
@@ -674,9 +677,24 @@ def _find_with_frame_psf(img: Image, mode: str, *, keep_rejected: bool, deblend:
         table.meta["psf_choice_bic"] = {"n_stars": choice.n_stars, "delta_bic": choice.delta_bic,
                                         "median_delta_bic": choice.median_delta_bic}
     else:
-        table = measure_with_frame_psf(img, table, frame_psf, gain=gain, read_noise=read_noise)
+        first = table
+        with job(pixels=img.data.size, stars=len(table)):
+            table = measure_with_frame_psf(img, table, frame_psf, gain=gain, read_noise=read_noise)
         table.meta["frame_psf"] = frame_psf
-        _say(table, mode, "frame", table.meta["photometry_psf"])
+        why = table.meta["photometry_psf"]
+        # a fit that ran off its star (more than 1 px from the Gaussian pass's accepted centre: onto a hot
+        # pixel or a neighbour that pass masked and the frame PSF's fit does not) keeps that pass's values
+        moved = np.asarray(table["accepted"], bool) & ~(np.hypot(
+            np.asarray(table["x_fit"], float) - np.asarray(first["x_fit"], float),
+            np.asarray(table["y_fit"], float) - np.asarray(first["y_fit"], float)) <= 1.0)
+        if moved.any():
+            for col in first.colnames:
+                if col in table.colnames:
+                    table[col][moved] = first[col][moved]
+            why += (f"; {int(moved.sum())} star{'s' if moved.sum() != 1 else ''} kept the Gaussian pass's "
+                    "values (the PSF fit ran more than 1 px off)")
+        table.meta["psf_kept_gaussian"] = int(moved.sum())
+        _say(table, mode, "frame", why)
         # the brightest first, by the frame PSF's total fluxes (the rejected candidates after them)
         acc = np.asarray(table["accepted"], bool)
         flux = np.nan_to_num(np.asarray(table["flux_fit"], dtype=float), nan=-np.inf)

@@ -26,6 +26,7 @@ import numpy as np
 
 from psfkit import flags as F
 from psfkit.psf.fit import fit_stars, resolve_model
+from psfkit.psf.stamps import fitting_box
 
 __all__ = ["ModelChoice", "prefer_analytic_model", "CHOICE_MIN_SNR", "CHOICE_MAX_STARS", "TIE_BIC"]
 
@@ -75,7 +76,8 @@ def prefer_analytic_model(image: Any, stars: Any, *, gain: float | None = None, 
     gain, read_noise : float, optional
         As for :func:`psfkit.fit_stars`.
     box : int, optional
-        Fitting box; default the one ``find_stars`` used (``meta["settings"]["box"]``), else the engine's.
+        Fitting box; default the one ``find_stars`` used: the ``box`` it was given, else about 4 of the
+        frame's FWHM (``meta["frame_fwhm"]``), as its own fits.
 
     Returns
     -------
@@ -105,8 +107,12 @@ def prefer_analytic_model(image: Any, stars: Any, *, gain: float | None = None, 
     if len(idx) == 0:
         return ModelChoice("gaussian", 0, 0.0, 0.0,
                            f"the Gaussian: no star of S/N >= {CHOICE_MIN_SNR:g} to tell the profiles apart")
+    meta = getattr(stars, "meta", {}) or {}
     if box is None:
-        box = (getattr(stars, "meta", {}) or {}).get("settings", {}).get("box")
+        box = meta.get("settings", {}).get("box")
+    if box is None:  # find's own box: about 4 of the frame's FWHM (the same pixels as its fits)
+        fwhm = meta.get("frame_fwhm") or float(np.nanmedian(np.asarray(stars["fwhm"], dtype=float)[idx]))
+        box = fitting_box(fwhm if np.isfinite(fwhm) else 3.0, per_fwhm=4.0, minimum=9, maximum=101)
     bic = {}
     for name in ("gaussian", "moffat"):
         mdl = resolve_model(name, angle=True)
