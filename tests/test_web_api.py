@@ -107,7 +107,10 @@ def test_detect_matches_find_stars_and_truth(detected, tree):
 def test_detect_with_settings_is_find_stars_with_them(client, tree):
     r = client.post("/api/detect", json={"path": SIM, "threshold": 8, "fwhm": 3.2, "min_roundness": 0.5})
     assert r.status_code == 200, r.text
-    lib = psfkit.find_stars(psfkit.load_image(tree["root"] / SIM), threshold=8, fwhm=3.2, min_roundness=0.5)
+    # the page's default model is find's: auto (the frame's own PSF, or the profile the stars prefer)
+    lib = psfkit.find_stars(psfkit.load_image(tree["root"] / SIM), threshold=8, fwhm=3.2, min_roundness=0.5,
+                            model="auto")
+    assert r.json()["psf_model"] == lib.meta["psf_model"]
     t = _rows_table(r.json())
     np.testing.assert_allclose(t["x_fit"].astype(float), lib["x_fit"], atol=1e-9)
     assert r.json()["settings"]["fwhm"] == 3.2
@@ -769,7 +772,9 @@ def test_detections_queue_then_refuse_while_tiles_keep_flowing(tree, monkeypatch
     async def scenario():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=LOCAL, timeout=120) as c:
             a = (await c.get("/api/image", params={"path": SIM})).json()["auto_stretch"]
-            tasks = [asyncio.create_task(c.post("/api/detect", json={"path": SIM})) for _ in range(12)]
+            # (the Gaussian: one find_stars call per detection; auto calls it again inside)
+            tasks = [asyncio.create_task(c.post("/api/detect", json={"path": SIM, "model": "gaussian"}))
+                     for _ in range(12)]
             for _ in range(1200):  # bounded: until the first runs and the refused ones are answered
                 if started.is_set() and sum(t.done() for t in tasks) >= 9:
                     break
