@@ -353,9 +353,10 @@ def find_stars(
         ``meta["psf_model"]`` says which (``"frame"``, ``"gaussian"`` or ``"moffat"``) and
         ``meta["psf_choice"]`` why.  ``"frame"`` is the frame's PSF with no fallback (a
         :class:`~psfkit.errors.PsfkitError` when too few stars).  With the frame's PSF the
-        detection, rejection and each star's shape columns are the Gaussian pass's; a
-        multi-plane (colour) frame measured plane by plane gets each plane's own PSF (the PSF
-        differs with colour).  See docs/psf.md, "How find chooses".
+        detection and rejection are the Gaussian pass's, each star's shape is read on the PSF
+        fitted to it (the Gaussian pass's kept as ``fwhm_analytic`` ...); a multi-plane (colour)
+        frame measured plane by plane gets each plane's own PSF (the PSF differs with colour).
+        See docs/psf.md, "How find chooses".
     beta : float or "free", optional
         Moffat beta.  Default: the frame's beta, the median over a probe of bright
         unsaturated candidates fitted with beta free, then fixed for every star
