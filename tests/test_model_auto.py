@@ -105,19 +105,30 @@ def test_halo_field_total_fluxes(halo_run, which):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="each star's own FWHM from the frame's PSF (a per-star shape change, issue 13 "
-                   "point 2) is not there yet: find's fwhm is the Gaussian pass's (+16 %)")
 @pytest.mark.parametrize("which", ["default", "file"])
 def test_halo_field_half_maximum_fwhm_follows_the_field(halo_run, which):
     data, truth, lists = halo_run
     stars, match = _good(lists[which], truth)
     want = np.array([_true_half_max_fwhm(x, y, data.shape, truth.meta) for x, y in zip(match["x"], match["y"])])
     ratio = np.asarray(stars["fwhm"], float) / want
-    assert np.median(ratio) == pytest.approx(1.0, abs=0.015)
+    ok = np.isfinite(ratio)
+    assert ok.mean() >= 0.99  # (two stars of 400 read NaN: see the test below)
+    assert np.median(ratio[ok]) == pytest.approx(1.0, abs=0.015)
     # and it follows the PSF's change: centre and corners alike (the truth grows by 25 % to the corners)
     r = np.hypot(np.asarray(match["x"]) - 399.5, np.asarray(match["y"]) - 399.5)
     for ring in (r < 200, r > 400):
-        assert np.median(ratio[ring]) == pytest.approx(1.0, abs=0.015)
+        assert np.median(ratio[ring & ok]) == pytest.approx(1.0, abs=0.015)
+    # the Gaussian pass's, for contrast
+    assert np.nanmedian(np.asarray(stars["fwhm_analytic"], float) / want) > 1.1
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="two accepted, unflagged stars of S/N 31 and 44 near the corners (r 415 and "
+                   "436 px) get a NaN fwhm from the shape fit with no flag saying why (psfkit.psf.frame_shape)")
+def test_halo_field_every_star_has_a_shape(halo_run):
+    data, truth, lists = halo_run
+    stars, _ = _good(lists["default"], truth)
+    assert np.all(np.isfinite(np.asarray(stars["fwhm"], float)))
 
 
 # ---- (b) Moffat beta 3
@@ -146,11 +157,10 @@ def test_moffat_field_total_fluxes(moffat_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="each star's own FWHM from the frame's PSF (issue 13 point 2) is not there yet: "
-                   "find's fwhm is the Gaussian pass's (+17 % on Moffat beta 3 stars)")
 def test_moffat_field_fwhm(moffat_run):
     stars, _ = moffat_run
     assert np.median(np.asarray(stars["fwhm"], float)) == pytest.approx(3.0, rel=0.01)
+    assert np.median(np.asarray(stars["fwhm_analytic"], float)) > 1.1 * 3.0  # the Gaussian pass's: +17 %
 
 
 # ---- (c) real frames: the bright stars fitted with the frame's own PSF
