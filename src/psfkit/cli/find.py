@@ -130,9 +130,14 @@ def find_command(
         img = opts.load(image)
         found = find_stars(img, **find_options)
         if photometry_psf is not None:
-            from psfkit.psf.empirical import measure_with_frame_psf
+            from psfkit.errors import PsfkitError
+            from psfkit.psf.empirical import FramePSF, measure_with_frame_psf
 
-            found = measure_with_frame_psf(img, found, photometry_psf, gain=gain, read_noise=read_noise)
+            try:  # a file of `psfkit psf`: the frame's PSF, each star's own shape fitted with it too
+                given = FramePSF.read(photometry_psf)
+            except (PsfkitError, OSError):  # a plain PSF image (or no FITS: the fit says so): positions, fluxes
+                given = photometry_psf
+            found = measure_with_frame_psf(img, found, given, gain=gain, read_noise=read_noise)
             typer.echo(f"{image}: positions and fluxes from {found.meta['photometry_psf']}")
         elif found.meta.get("psf_choice") and not (deblend and found.meta.get("crowded")):
             typer.echo(f"{image}: PSF: {_psf_line(found.meta)}")
