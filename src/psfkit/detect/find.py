@@ -695,6 +695,18 @@ def _find_with_frame_psf(img: Image, mode: str, *, keep_rejected: bool, deblend:
             why += (f"; {int(moved.sum())} star{'s' if moved.sum() != 1 else ''} kept the Gaussian pass's "
                     "values (the PSF fit ran more than 1 px off)")
         table.meta["psf_kept_gaussian"] = int(moved.sum())
+        # a star whose shape fit with the PSF gave no number keeps the Gaussian pass's shape (a NaN FWHM
+        # would drop it from region files and averages)
+        acc = np.asarray(table["accepted"], bool)
+        no_shape = acc & ~moved & ~np.isfinite(np.asarray(table["fwhm"], float)) \
+            & np.isfinite(np.asarray(first["fwhm"], float))
+        if no_shape.any():
+            for col in first.colnames:
+                if col in table.colnames and col.startswith(("fwhm", "roundness", "angle")):
+                    table[col][no_shape] = first[col][no_shape]
+            why += (f"; {int(no_shape.sum())} star{'s' if no_shape.sum() != 1 else ''} kept the Gaussian pass's "
+                    "shape (the PSF's shape fit gave none)")
+        table.meta["psf_shape_kept_gaussian"] = int(no_shape.sum())
         _say(table, mode, "frame", why)
         # the brightest first, by the frame PSF's total fluxes (the rejected candidates after them)
         acc = np.asarray(table["accepted"], bool)
