@@ -569,40 +569,21 @@ class FramePSFModel(ImagePSF):
         return params[:, 1] * grids.max(axis=1)
 
     def fwhm_and_gradient(self, params):
-        """The PSF's FWHM along its axes at each star's place (no per-star freedom: zero gradients)."""
+        """The PSF's FWHM along its axes at each star's place (no per-star freedom: zero gradients).
+
+        A varying PSF is read as :func:`psfkit.psf.frame_shape.psf_shape_at` reads it (one contour at
+        the frame's centre, linear maps onto the places': within 0.05 % of each place's own contour).
+        """
         n = params.shape[0]
         fx = np.full(n, self._shape["fwhm_x"])
         fy = np.full(n, self._shape["fwhm_y"])
         if self.frame_psf.degree > 0 and n:
-            x = params[:, 2] + params[:, 4]
-            y = params[:, 3] + params[:, 5]
-            if n <= 25:
-                for i in range(n):
-                    s = self.frame_psf.shape_at(float(x[i]), float(y[i]))
-                    fx[i], fy[i] = s["fwhm_x"], s["fwhm_y"]
-            else:  # read on a 5 x 5 grid over the frame, a cubic surface through it (the PSF is quadratic)
-                fx, fy = self._shape_surface(x, y)
+            from psfkit.psf.frame_shape import psf_shape_at
+
+            shape = psf_shape_at(self.frame_psf, params[:, 2] + params[:, 4], params[:, 3] + params[:, 5])
+            fx, fy = shape[:, 1], shape[:, 2]
         z = np.zeros_like(params)
         return fx, fy, z, z.copy()
-
-    def _shape_surface(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """fwhm_x, fwhm_y at frame positions from a cubic surface through a 5 x 5 grid of contour readings."""
-        p = self.frame_psf
-
-        def design(a, b):
-            return np.column_stack([a**i * b**j for i in range(4) for j in range(4 - i)])
-
-        surface = self.__dict__.get("_surface")
-        if surface is None:  # read once per model
-            g = np.linspace(-1.0, 1.0, 5)
-            gx, gy = (a.ravel() for a in np.meshgrid(g, g))
-            shapes = [p.shape_at(p.centre[0] + a * p.scale[0], p.centre[1] + b * p.scale[1]) for a, b in zip(gx, gy)]
-            surface = [np.linalg.lstsq(design(gx, gy), np.array([sh[key] for sh in shapes]), rcond=None)[0]
-                       for key in ("fwhm_x", "fwhm_y")]
-            self._surface = surface
-        xn = np.nan_to_num(np.clip((np.asarray(x, float) - p.centre[0]) / p.scale[0], -1.0, 1.0))
-        yn = np.nan_to_num(np.clip((np.asarray(y, float) - p.centre[1]) / p.scale[1], -1.0, 1.0))
-        return design(xn, yn) @ surface[0], design(xn, yn) @ surface[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1829,7 +1810,7 @@ def measure_with_frame_psf(image: Any, stars: Any, psf: FramePSF | str | Any = "
 class _FluxFitModel(FramePSFModel):
     """:func:`measure_with_frame_psf`'s fitting model: the frame's PSF whose fits' shape columns are
     never read (the table keeps find's or takes the per-star shape fit's), so none is computed: a
-    varying PSF's FWHM surface is 25 contour fits, a constant one's one (together up to a second).
+    varying PSF's FWHM reading is a contour fit and 25 maps, a constant one's one contour fit).
     """
 
     def fwhm_and_gradient(self, params):
