@@ -50,16 +50,24 @@ def _normal(p, prof, du, dv, data, mask, wgt, o):
     return chi2, jtj, jtr
 
 
-def _weights(p, prof, mask, var_fixed, psf_var, gain, rn2, perr2):
-    val = p[:, :1] + p[:, 1:2] * prof
-    var = np.full(val.shape, rn2)
+def pixel_weights(model, mask, var_fixed, psf_var, gain, rn2):
+    """Each pixel's inverse variance (0 off the mask): read noise, the model's Poisson noise (``gain`` > 0),
+    a fixed variance (``var_fixed``, or None) and the PSF's own (``psf_var``: flux**2 times its variance).
+
+    One formula for the 4-parameter fits and the group fits (:mod:`psfkit.psf.group_fit`).
+    """
+    var = np.full(model.shape, rn2)
     if gain > 0:
-        var = var + np.where(val > 0, val, 0.0) / gain
+        var = var + np.where(model > 0, model, 0.0) / gain
     if var_fixed is not None:
         var = var + var_fixed
-    own = perr2 * prof * prof if psf_var is None else psf_var + perr2 * prof * prof
-    var = var + p[:, 1:2] ** 2 * own
+    var = var + psf_var
     return np.where(mask & (var > 0), 1.0 / np.where(var > 0, var, 1.0), 0.0)
+
+
+def _weights(p, prof, mask, var_fixed, psf_var, gain, rn2, perr2):
+    own = perr2 * prof * prof if psf_var is None else psf_var + perr2 * prof * prof
+    return pixel_weights(p[:, :1] + p[:, 1:2] * prof, mask, var_fixed, p[:, 1:2] ** 2 * own, gain, rn2)
 
 
 def _projected(a, g, p, lo, hi, lam):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from psfkit.psf.empirical import FramePSF, cubic_interpolate
+from psfkit.psf.frame_fit import pixel_weights
 
 __all__ = ["fit_groups", "GroupFit"]
 
@@ -208,11 +209,8 @@ class _Problem:
 
     def weights(self, q, prof, rows):
         model = q[:, :1] + np.einsum("nk,nkm->nm", q[:, 1::3], prof)
-        var = self.rn2 + np.where(model > 0, model, 0.0) / self.gain + self.psf_variance(q, prof, rows)
-        if self.var_fixed is not None:
-            var = var + self.var_fixed[rows]
-        m = self.mask[rows]
-        return np.where(m & (var > 0), 1.0 / np.where(var > 0, var, 1.0), 0.0)
+        var_fixed = None if self.var_fixed is None else self.var_fixed[rows]
+        return pixel_weights(model, self.mask[rows], var_fixed, self.psf_variance(q, prof, rows), self.gain, self.rn2)
 
     def residual(self, q, prof, rows):
         model = q[:, :1] + np.einsum("nk,nkm->nm", q[:, 1::3], prof)
