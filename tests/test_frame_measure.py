@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from psfkit.psf import _frame_kernels
-from psfkit.psf.empirical import FramePSF, _neighbour_light, _own_light, render_stars
+from psfkit.psf.empirical import FramePSF, _neighbour_light, own_light, render_stars
 from psfkit.psf.stamps import _row_nanmedian, cut_stamps
 
 
@@ -47,7 +47,7 @@ def test_neighbour_light_on_stamps_is_the_frame_drawn_less_each_own(size):
     drawn = np.isfinite(flux) & (flux > 0)
     frame = render_stars(psf, shape, x[drawn], y[drawn], flux[drawn])
     cut, _, _, _ = cut_stamps(frame, cx, cy, size)
-    own = _own_light(psf, cut.shape, origin.astype(float), x, y, np.where(drawn, flux, np.nan))
+    own = own_light(psf, origin.astype(float), cut.shape[1:], x, y, np.where(drawn, flux, np.nan))
     want = np.where(inside, cut - own, 0.0)
     assert np.abs(want).max() > 100.0  # neighbours' light is there to take out
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9 * np.nanmax(flux))

@@ -68,7 +68,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from psfkit import flags as F
-from psfkit.psf.empirical import FramePSF, add_stars, cubic_interpolate
+from psfkit.psf.empirical import FramePSF, add_stars, own_light
 from psfkit.utils import robust_sigma, thin_brighter_first
 
 __all__ = ["crowded_pass", "subtract_stars", "write_residual", "residual_peaks", "add_light", "PROFILE_ERROR",
@@ -122,27 +122,6 @@ def add_light(frame: np.ndarray, psf: FramePSF, x: Any, y: Any, flux: Any, *, si
     return add_stars(frame, psf, x, y, flux, sign=sign)
 
 
-def _own_light(psf: FramePSF, origin: np.ndarray, box: int | tuple[int, int], x: np.ndarray, y: np.ndarray,
-               flux: np.ndarray) -> np.ndarray:
-    """Each star's own light on its stamp (N, h, w) of first pixel ``origin`` (``box``: h = w, or
-    (h, w)), where :func:`add_light` drew it.
-    """
-    n = len(x)
-    o, s = psf.oversampling, psf.size
-    c = (s - 1) / 2.0
-    half = int(math.ceil(psf.half_size))
-    h, w = (box, box) if np.isscalar(box) else box
-    yy, xx = np.mgrid[0:h, 0:w]
-    px = xx[None] + origin[:, 0, None, None]
-    py = yy[None] + origin[:, 1, None, None]
-    u = ((px - x[:, None, None]) * o + c).reshape(n, -1)
-    v = ((py - y[:, None, None]) * o + c).reshape(n, -1)
-    vals = cubic_interpolate(psf.spline_at(x, y), u, v).reshape(n, h, w) * flux[:, None, None]
-    rx, ry = np.rint(x)[:, None, None], np.rint(y)[:, None, None]
-    drawn = (np.abs(px - rx) <= half) & (np.abs(py - ry) <= half) & np.isfinite(flux)[:, None, None]
-    return np.where(drawn, vals, 0.0)
-
-
 def _neighbour_light(light: np.ndarray, psf: FramePSF, x: np.ndarray | None = None, y: np.ndarray | None = None,
                      flux: np.ndarray | None = None):
     """``neighbour_light`` for :func:`psfkit.fit_stars`: the light frame on each stamp, less the fitted
@@ -155,7 +134,7 @@ def _neighbour_light(light: np.ndarray, psf: FramePSF, x: np.ndarray | None = No
         stamps, inside, _, _ = cut_stamps(light, centre[:, 0].astype(float), centre[:, 1].astype(float), box)
         out = np.where(inside, stamps, 0.0)
         if x is not None:
-            out = out - _own_light(psf, origin, box, x, y, flux)
+            out = out - own_light(psf, origin, box, x, y, flux)
         return out
 
     return on_stamps
@@ -460,7 +439,7 @@ class _Members:
         origin = np.c_[ox, oy].astype(float)
         stamps, inside, _, _ = cut_stamps(self.data, ox + w // 2, oy + h // 2, (h, w))
         light, _, _, _ = cut_stamps(self.light, ox + w // 2, oy + h // 2, (h, w))
-        own = _own_light(self.psf, np.repeat(origin, k, axis=0), (h, w), x.ravel(), y.ravel(), f.ravel())
+        own = own_light(self.psf, np.repeat(origin, k, axis=0), (h, w), x.ravel(), y.ravel(), f.ravel())
         other = np.where(inside, light, 0.0) - own.reshape(g_n, k, h, w).sum(axis=1)
         # the group's pixels: within half a box of a member, on the frame, finite, not saturated
         yy, xx = np.mgrid[0:h, 0:w]

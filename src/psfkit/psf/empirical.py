@@ -1203,17 +1203,35 @@ def _stack(samples: _Samples, degree: int, o: int, s: int, fwhm: float, frame: t
     return psf, samples
 
 
-def _own_light(psf: FramePSF, shape: tuple, origin: np.ndarray, x: np.ndarray, y: np.ndarray,
-               flux: np.ndarray) -> np.ndarray:
-    """Each star's model on its own stamp (N, B, B)."""
-    n, b, _ = shape
+def own_light(psf: FramePSF, origin: np.ndarray, box: int | tuple[int, int], x: np.ndarray, y: np.ndarray,
+              flux: np.ndarray) -> np.ndarray:
+    """Each star's own light on its stamp (N, h, w) of first pixel ``origin`` (``box``: h = w, or
+    (h, w)), where :func:`add_stars` draws it on the frame (the square of the PSF's reach around its
+    nearest pixel); a star with a non-finite flux has none.
+
+    Examples
+    --------
+    >>> r2 = ((np.arange(41) - 20.0) ** 2)[:, None] + ((np.arange(41) - 20.0) ** 2)[None, :]
+    >>> grid = np.exp(-r2 / (2 * 2.5**2)); grid *= 4.0 / grid.sum()
+    >>> psf = FramePSF(grid[None], 2, 0, (20.0, 20.0), (20.0, 20.0))
+    >>> light = own_light(psf, np.array([[10.0, 10.0]]), 21, np.array([20.3]), np.array([19.6]), np.array([100.0]))
+    >>> bool(np.allclose(light[0], render_stars(psf, (41, 41), [20.3], [19.6], [100.0])[10:31, 10:31]))
+    True
+    """
+    n = len(x)
     o, s = psf.oversampling, psf.size
     c = (s - 1) / 2.0
-    yy, xx = np.mgrid[0:b, 0:b]
-    u = ((xx[None] + origin[:, 0, None, None] - x[:, None, None]) * o + c).reshape(n, -1)
-    v = ((yy[None] + origin[:, 1, None, None] - y[:, None, None]) * o + c).reshape(n, -1)
-    vals = cubic_interpolate(psf.spline_at(x, y), u, v) * flux[:, None]
-    return np.where(np.isfinite(flux)[:, None], vals, 0.0).reshape(n, b, b)
+    half = int(math.ceil(psf.half_size))
+    h, w = (box, box) if np.isscalar(box) else box
+    yy, xx = np.mgrid[0:h, 0:w]
+    px = xx[None] + origin[:, 0, None, None]
+    py = yy[None] + origin[:, 1, None, None]
+    u = ((px - x[:, None, None]) * o + c).reshape(n, -1)
+    v = ((py - y[:, None, None]) * o + c).reshape(n, -1)
+    vals = cubic_interpolate(psf.spline_at(x, y), u, v).reshape(n, h, w) * flux[:, None, None]
+    rx, ry = np.rint(x)[:, None, None], np.rint(y)[:, None, None]
+    drawn = (np.abs(px - rx) <= half) & (np.abs(py - ry) <= half) & np.isfinite(flux)[:, None, None]
+    return np.where(drawn, vals, 0.0)
 
 
 def _neighbour_light(psf: FramePSF, shape: tuple[int, int], origin: np.ndarray, size: int, x: np.ndarray,
@@ -1237,7 +1255,7 @@ def _neighbour_light(psf: FramePSF, shape: tuple[int, int], origin: np.ndarray, 
         light = render_stars(psf, shape, x[drawn], y[drawn], flux[drawn])
         centre = origin + (size - 1) / 2.0
         stamps, inside, _, _ = cut_stamps(light, centre[:, 0], centre[:, 1], size)
-        own = _own_light(psf, stamps.shape, origin, x, y, np.where(drawn, flux, np.nan))
+        own = own_light(psf, origin, size, x, y, np.where(drawn, flux, np.nan))
         return np.where(inside, stamps - own, 0.0)
     from scipy.spatial import cKDTree
 
