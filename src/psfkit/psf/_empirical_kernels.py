@@ -42,6 +42,25 @@ if HAVE_NUMBA:
         dw[2] = -1.5 * t2 + t + 0.5
         dw[3] = 0.5 * t2
 
+    @njit(cache=True, inline="always")
+    def _spline_value(coef, g, iu, iv, wu, wv, s):  # pragma: no cover - compiled
+        """The spline grid ``coef[g]`` (s x s nodes) at a point of first nodes ``iu``, ``iv`` - 1 and
+        weights ``wu``, ``wv`` (:func:`_weights`); nodes off the grid count 0.
+        """
+        val = 0.0
+        for a in range(4):
+            yy = iv + a - 1
+            if yy < 0 or yy >= s:
+                continue
+            row = 0.0
+            for bb in range(4):
+                xx = iu + bb - 1
+                if xx < 0 or xx >= s:
+                    continue
+                row += wu[bb] * coef[g, yy, xx]
+            val += wv[a] * row
+        return val
+
     @njit(parallel=True, cache=True)
     def _interpolate(coef, u, v, out, du, dv, want):  # pragma: no cover - compiled
         n, p = u.shape
@@ -140,17 +159,7 @@ if HAVE_NUMBA:
                     uu = us[px]
                     mdl = 0.0
                     if uu >= 0.0 and uu <= s - 1 and vv >= 0.0 and vv <= s - 1:
-                        for a in range(4):
-                            yy = iv[py] + a - 1
-                            if yy < 0 or yy >= s:
-                                continue
-                            row = 0.0
-                            for bb in range(4):
-                                xx = iu[px] + bb - 1
-                                if xx < 0 or xx >= s:
-                                    continue
-                                row += wu[px, bb] * coef[g, yy, xx]
-                            mdl += wv[py, a] * row
+                        mdl = _spline_value(coef, g, iu[px], iv[py], wu[px], wv[py], s)
                     r = (stamps[i, py, px] - bk) / f - mdl
                     expected = bk + f * mdl
                     if usable[i, py, px]:
@@ -305,19 +314,7 @@ if HAVE_NUMBA:
                     uu = us[px]
                     if fx < 0 or fx >= nx or not (uu >= 0.0 and uu <= s - 1):
                         continue
-                    val = 0.0
-                    for a in range(4):
-                        yy = iv[py] + a - 1
-                        if yy < 0 or yy >= s:
-                            continue
-                        row = 0.0
-                        for bb in range(4):
-                            xx = iu[px] + bb - 1
-                            if xx < 0 or xx >= s:
-                                continue
-                            row += wu[px, bb] * coef[g, yy, xx]
-                        val += wv[py, a] * row
-                    frame[fy, fx] += val * flux[i]
+                    frame[fy, fx] += _spline_value(coef, g, iu[px], iv[py], wu[px], wv[py], s) * flux[i]
 
 
 def add_stars(frame, coefficients, x, y, flux, half, oversampling):

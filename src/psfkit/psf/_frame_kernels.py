@@ -79,7 +79,7 @@ if HAVE_NUMBA:
 
     # the cubic B-spline's weights and their derivatives: the stacking kernels' (one formula)
     from psfkit.psf._compiled import _cho_inverse, _cho_solve, _cholesky
-    from psfkit.psf._empirical_kernels import _weights
+    from psfkit.psf._empirical_kernels import _spline_value, _weights
 
     # sums over pixels may be reordered (vectorised); each star's result stays the same from run to run
     _FM = {"reassoc", "contract"}
@@ -558,19 +558,7 @@ if HAVE_NUMBA:
                             continue
                         iu = int(math.floor(uu))
                         _weights(uu - iu, wu, dw)
-                        val = 0.0
-                        for a in range(4):
-                            yy = iv + a - 1
-                            if yy < 0 or yy >= s:
-                                continue
-                            row = 0.0
-                            for bb in range(4):
-                                xx = iu + bb - 1
-                                if xx < 0 or xx >= s:
-                                    continue
-                                row += wu[bb] * coef[g, yy, xx]
-                            val += wv[a] * row
-                        stamps[i, cy + py - oy, cx + px - ox] += val * flux[j]
+                        stamps[i, cy + py - oy, cx + px - ox] += _spline_value(coef, g, iu, iv, wu, wv, s) * flux[j]
 
 
 def add_neighbours(stamps, origin, coefficients, grid, x, y, flux, start, star, half, oversampling):
