@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from psfkit.psf import _frame_kernels
-from psfkit.psf.empirical import FramePSF, _neighbour_light, own_light, render_stars
+from psfkit.psf.empirical import FramePSF, neighbour_light, own_light, render_stars
 from psfkit.psf.stamps import _row_nanmedian, cut_stamps
 
 
@@ -43,7 +43,7 @@ def test_neighbour_light_on_stamps_is_the_frame_drawn_less_each_own(size):
     psf = _varying_psf()
     cx, cy = np.clip(x, 0, shape[1] - 1), np.clip(y, 0, shape[0] - 1)
     _, inside, origin, _ = cut_stamps(np.zeros(shape), cx, cy, size)
-    got = _neighbour_light(psf, shape, origin, size, x, y, flux)
+    got = neighbour_light(psf, shape, origin, size, x, y, flux)
     drawn = np.isfinite(flux) & (flux > 0)
     frame = render_stars(psf, shape, x[drawn], y[drawn], flux[drawn])
     cut, _, _, _ = cut_stamps(frame, cx, cy, size)

@@ -68,7 +68,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from psfkit import flags as F
-from psfkit.psf.empirical import FramePSF, add_stars, own_light
+from psfkit.psf.empirical import FramePSF, add_stars, neighbour_light, own_light
 from psfkit.utils import robust_sigma, thin_brighter_first
 
 __all__ = ["crowded_pass", "subtract_stars", "write_residual", "residual_peaks", "add_light", "PROFILE_ERROR",
@@ -122,20 +122,18 @@ def add_light(frame: np.ndarray, psf: FramePSF, x: Any, y: Any, flux: Any, *, si
     return add_stars(frame, psf, x, y, flux, sign=sign)
 
 
-def _neighbour_light(light: np.ndarray, psf: FramePSF, x: np.ndarray | None = None, y: np.ndarray | None = None,
-                     flux: np.ndarray | None = None):
-    """``neighbour_light`` for :func:`psfkit.fit_stars`: the light frame on each stamp, less the fitted
-    star's own light (``x, y, flux`` in the order of the stars fitted; None for stars not in it).
+def _neighbour_light(psf: FramePSF, shape: tuple[int, int], stars: tuple[np.ndarray, np.ndarray, np.ndarray],
+                     owner: np.ndarray | None = None):
+    """``neighbour_light`` for :func:`psfkit.fit_stars`: every star of ``stars`` (x, y, flux) drawn on
+    each stamp but the fitted star's own (``owner``: the fitted stars' rows in ``stars``; None: new
+    stars, not in it), as :func:`psfkit.psf.empirical.neighbour_light` draws it on stamps only (on the
+    crowded field no slower than cutting the light frame and taking each star's own light out).
     """
-    from psfkit.psf.stamps import cut_stamps
+    sx, sy, sf = stars
 
     def on_stamps(origin: np.ndarray, box: int) -> np.ndarray:
-        centre = origin + box // 2
-        stamps, inside, _, _ = cut_stamps(light, centre[:, 0].astype(float), centre[:, 1].astype(float), box)
-        out = np.where(inside, stamps, 0.0)
-        if x is not None:
-            out = out - own_light(psf, origin, box, x, y, flux)
-        return out
+        own = np.full(len(origin), -1, dtype=np.intp) if owner is None else owner
+        return neighbour_light(psf, shape, origin, box, sx, sy, sf, own)
 
     return on_stamps
 
@@ -365,7 +363,7 @@ class _Members:
 
     def _fit_rows(self, rows: np.ndarray) -> np.ndarray:
         x, y, f = self.xyf(rows)
-        new = self.fit(x, y, _neighbour_light(self.light, self.psf, x, y, f))
+        new = self.fit(x, y, _neighbour_light(self.psf, self.light.shape, self.xyf(), rows))
         ok = _fitted(new, self.light.shape)
         nf = np.asarray(new["flux_fit"], float)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -646,7 +644,7 @@ def crowded_pass(
     reach = float(box) + 2.0 * psf.half_size
     # the first fits give the table its columns
     first = fit_psf(x0[movable], y0[movable],
-                    _neighbour_light(light, psf, x0[movable], y0[movable], f0[movable]))
+                    _neighbour_light(psf, shape, (x0, y0, np.where(usable, f0, np.nan)), np.flatnonzero(movable)))
     fits = _blank_like(first, n0)
     fits["x_fit"], fits["y_fit"], fits["flux_fit"] = x0, y0, np.where(usable, f0, np.nan)
     fits["flags"] = np.asarray(stars["flags"]).copy()
@@ -690,7 +688,7 @@ def crowded_pass(
         if len(px) == 0:
             break
         tried = np.r_[tried, np.c_[px, py]]
-        new = fit_psf(px, py, _neighbour_light(light, psf))
+        new = fit_psf(px, py, _neighbour_light(psf, shape, members.xyf()))
         nx_, ny_ = np.asarray(new["x_fit"], float), np.asarray(new["y_fit"], float)
         with np.errstate(invalid="ignore"):
             good = _fitted(new, shape) & (np.nan_to_num(np.asarray(new["snr"], float), nan=0.0) >= min_snr)
@@ -720,7 +718,7 @@ def crowded_pass(
     n_all = len(fits)
     x, y, f = members.xyf()
     every = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
-    shape_fit = fit_shape(x[every], y[every], _neighbour_light(light, psf, x[every], y[every], np.nan_to_num(f[every])))
+    shape_fit = fit_shape(x[every], y[every], _neighbour_light(psf, shape, (x, y, f), every))
     out = _blank_like(shape_fit, n_all)
     for name in shape_fit.colnames:
         out[name][every] = shape_fit[name]

@@ -1234,10 +1234,12 @@ def own_light(psf: FramePSF, origin: np.ndarray, box: int | tuple[int, int], x: 
     return np.where(drawn, vals, 0.0)
 
 
-def _neighbour_light(psf: FramePSF, shape: tuple[int, int], origin: np.ndarray, size: int, x: np.ndarray,
-                     y: np.ndarray, flux: np.ndarray) -> np.ndarray:
-    """The light of every other star on each star's stamp (N, size, size): star ``i``'s stamp has its
-    first pixel at ``origin[i]``; stars with a non-finite or non-positive value are not drawn.
+def neighbour_light(psf: FramePSF, shape: tuple[int, int], origin: np.ndarray, size: int, x: np.ndarray,
+                    y: np.ndarray, flux: np.ndarray, owner: np.ndarray | None = None) -> np.ndarray:
+    """The light of every other star on each stamp (K, size, size): stamp ``i`` has its first pixel
+    at ``origin[i]`` and belongs to the star ``owner[i]`` (an index into ``x``, ``y``, ``flux``; -1:
+    to none, every star drawn on it; None: stamp ``i`` is star ``i``'s); stars with a non-finite or
+    non-positive value are not drawn.
 
     Each star is drawn as :func:`add_stars` draws it on the frame, but on the stamps it reaches only
     (pairs from a k-d tree of the squares' centres), never on a whole frame: on a 24 MP frame of
@@ -1248,6 +1250,7 @@ def _neighbour_light(psf: FramePSF, shape: tuple[int, int], origin: np.ndarray, 
 
     origin = np.asarray(origin, dtype=float)
     n = len(origin)
+    owner = np.arange(n) if owner is None else np.asarray(owner, dtype=np.intp)
     drawn = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux) & (flux > 0)
     if not (_frame_kernels.available() and _empirical_kernels.available()):
         from psfkit.psf.stamps import cut_stamps
@@ -1255,7 +1258,11 @@ def _neighbour_light(psf: FramePSF, shape: tuple[int, int], origin: np.ndarray, 
         light = render_stars(psf, shape, x[drawn], y[drawn], flux[drawn])
         centre = origin + (size - 1) / 2.0
         stamps, inside, _, _ = cut_stamps(light, centre[:, 0], centre[:, 1], size)
-        own = own_light(psf, origin, size, x, y, np.where(drawn, flux, np.nan))
+        mine = owner >= 0
+        own = np.zeros_like(stamps)
+        if mine.any():
+            k = owner[mine]
+            own[mine] = own_light(psf, origin[mine], size, x[k], y[k], np.where(drawn[k], flux[k], np.nan))
         return np.where(inside, stamps - own, 0.0)
     from scipy.spatial import cKDTree
 
@@ -1270,7 +1277,7 @@ def _neighbour_light(psf: FramePSF, shape: tuple[int, int], origin: np.ndarray, 
     pairs = cKDTree(origin + (size - 1) / 2.0).sparse_distance_matrix(
         cKDTree(squares), half + (size - 1) / 2.0 + 0.25, p=np.inf, output_type="ndarray")
     stamp, star = pairs["i"].astype(np.intp), idx[pairs["j"]]
-    keep = stamp != star  # not a star's own light
+    keep = owner[stamp] != star  # not a star's own light
     stamp, star = stamp[keep], star[keep]
     order = np.lexsort((star, stamp))  # per stamp, stars in the frame's drawing order
     stamp, star = stamp[order], star[order]
@@ -1798,15 +1805,15 @@ def measure_with_frame_psf(image: Any, stars: Any, psf: FramePSF | str | Any = "
             fx, fy = np.where(strayed, x0, fx), np.where(strayed, y0, fy)
             ff = np.where(strayed, np.asarray(out["flux_fit_analytic"], float)[rows], ff)
 
-            def neighbour_light(origin: np.ndarray, size: int) -> np.ndarray:
-                return _neighbour_light(psf, img.data.shape, origin, size, fx, fy, ff)
+            def others_light(origin: np.ndarray, size: int) -> np.ndarray:
+                return neighbour_light(psf, img.data.shape, origin, size, fx, fy, ff)
 
             # the second pass starts from the first's solution where that fit converged cleanly (half the
             # iterations); elsewhere from its stamp at find's position, as the first did
             failed = F.NOT_CONVERGED | F.AT_BOUND | F.SINGULAR_COVARIANCE | F.FIT_FAILED | F.CENTER_MOVED
             clean = ~strayed & ((first.flags & failed) == 0) & (first.params[:, 1] > 0)
             start = np.where(clean[:, None], first.params, np.nan)
-            fit, _ = _fit_setup(setup, neighbour_light=neighbour_light, start=start)
+            fit, _ = _fit_setup(setup, neighbour_light=others_light, start=start)
         for col in ("x_fit", "y_fit", "x_err", "y_err", "flux_fit", "flux_err", "mag", "mag_err", "background",
                     "background_err", "reduced_chi2", "rmse", "snr", "n_pixels_fit", "iterations"):
             if col in out.colnames and col in fit.colnames:
@@ -1850,14 +1857,14 @@ def _measure_own_shapes(out: Any, rows: np.ndarray, fit: Any, img: Any, psf: Fra
     bg = np.asarray(fit["background"], float)
     box = int(fit.meta["box"])
 
-    def neighbour_light(origin: np.ndarray, size: int) -> np.ndarray:
-        return _neighbour_light(psf, img.data.shape, origin, size, fx, fy, ff)
+    def others_light(origin: np.ndarray, size: int) -> np.ndarray:
+        return neighbour_light(psf, img.data.shape, origin, size, fx, fy, ff)
 
     noise = _weights_and_noise(img, gain, read_noise, None, box)
     # without a gain, each star's pixel noise from its 4-parameter fit's residuals
     rmse = None if noise is not None else np.asarray(fit["rmse"], float)
     cols = measure_shapes(psf, img.data, fx, fy, ff, bg, box=box, gain=noise.gain if noise else 0.0,
-                          read_noise=noise.read_noise if noise else 0.0, neighbour_light=neighbour_light,
+                          read_noise=noise.read_noise if noise else 0.0, neighbour_light=others_light,
                           saturation=fit.meta.get("saturation"), noise=rmse)
     for name in ("fwhm", "roundness", "angle"):
         if name in out.colnames and f"{name}_analytic" not in out.colnames:
