@@ -71,7 +71,7 @@ from psfkit import flags as F
 from psfkit.psf.empirical import FramePSF, add_stars, neighbour_light, own_light
 from psfkit.utils import robust_sigma, thin_brighter_first
 
-__all__ = ["crowded_pass", "subtract_stars", "write_residual", "residual_peaks", "add_light", "PROFILE_ERROR",
+__all__ = ["crowded_pass", "subtract_stars", "write_residual", "residual_peaks", "PROFILE_ERROR",
            "MAX_PASSES", "ROUNDS", "MIN_SEPARATION_FWHM", "colour_classes", "critical_separation", "star_groups",
            "GROUP_OVERLAP", "MAX_GROUP"]
 
@@ -102,24 +102,6 @@ FitFunction = Callable[[np.ndarray, np.ndarray, Any], Table]
 
 _PSF_COLUMNS = ("x_fit", "y_fit", "x_err", "y_err", "flux_fit", "flux_err", "mag", "mag_err", "background",
                 "background_err", "reduced_chi2", "rmse", "snr", "n_pixels_fit", "iterations")
-
-
-def add_light(frame: np.ndarray, psf: FramePSF, x: Any, y: Any, flux: Any, *, sign: float = 1.0) -> np.ndarray:
-    """Add (``sign=-1``: take away) stars drawn with the frame's PSF to ``frame``, in place.
-
-    Each star is drawn on the square of the PSF's reach around its nearest pixel, as
-    :func:`psfkit.psf.empirical.render_stars` draws it; rows with a non-finite value are skipped.
-
-    Examples
-    --------
-    >>> r2 = ((np.arange(41) - 20.0) ** 2)[:, None] + ((np.arange(41) - 20.0) ** 2)[None, :]
-    >>> grid = np.exp(-r2 / (2 * 2.5**2)); grid *= 4.0 / grid.sum()
-    >>> psf = FramePSF(grid[None], 2, 0, (20.0, 20.0), (20.0, 20.0))
-    >>> frame = add_light(np.zeros((41, 41)), psf, [20.3], [19.6], [100.0])
-    >>> round(float(frame.sum()), 3)
-    100.0
-    """
-    return add_stars(frame, psf, x, y, flux, sign=sign)
 
 
 def _neighbour_light(psf: FramePSF, shape: tuple[int, int], stars: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -200,7 +182,7 @@ def subtract_stars(data: np.ndarray, stars: Table, psf: FramePSF | None = None) 
     """
     acc = np.asarray(stars["accepted"], bool) if "accepted" in stars.colnames else np.ones(len(stars), bool)
     if psf is not None:
-        light = add_light(np.zeros(np.shape(data)), psf, np.asarray(stars["x_fit"], float)[acc],
+        light = add_stars(np.zeros(np.shape(data)), psf, np.asarray(stars["x_fit"], float)[acc],
                           np.asarray(stars["y_fit"], float)[acc], np.asarray(stars["flux_fit"], float)[acc])
     else:
         from psfkit.psf.models import get_model
@@ -369,11 +351,11 @@ class _Members:
         with np.errstate(invalid="ignore", divide="ignore"):
             moved = np.where(ok, np.abs(nf - f) / np.asarray(new["flux_err"], float), 0.0)
         take = rows[ok]
-        add_light(self.light, self.psf, x[ok], y[ok], f[ok], sign=-1.0)
+        add_stars(self.light, self.psf, x[ok], y[ok], f[ok], sign=-1.0)
         for name in new.colnames:
             if name in self.fits.colnames and name not in ("x_init", "y_init"):
                 self.fits[name][take] = new[name][ok]
-        add_light(self.light, self.psf, *self.xyf(take))
+        add_stars(self.light, self.psf, *self.xyf(take))
         return np.nan_to_num(moved, nan=np.inf)
 
     def settle(self, rows: np.ndarray, reach: float, coupling: float, separation: float, box: int) -> int:
@@ -488,13 +470,13 @@ class _Members:
         snr = np.nan_to_num(np.asarray(cols["snr"], float), nan=0.0)
         cols["flags"] = np.asarray(cols["flags"]) | np.where(snr < F.NO_SOURCE_SNR, F.NO_SOURCE, 0)
         take = members[gi].ravel()
-        add_light(self.light, self.psf, *self.xyf(take), sign=-1.0)
+        add_stars(self.light, self.psf, *self.xyf(take), sign=-1.0)
         old_flags = np.asarray(self.fits["flags"])[take]
         for name in (*_PSF_COLUMNS, "flags"):
             if name in cols and name in self.fits.colnames:
                 self.fits[name][take] = cols[name]
         self.fits["flags"][take] = (old_flags & _PIXEL_FLAGS) | np.asarray(cols["flags"])
-        add_light(self.light, self.psf, *self.xyf(take))
+        add_stars(self.light, self.psf, *self.xyf(take))
 
     def merge(self, radius: float) -> None:
         """Two stars whose fits converged within ``radius`` are one: the fainter goes (its light out)."""
@@ -507,7 +489,7 @@ class _Members:
             return
         a, b = live[pairs[:, 0]], live[pairs[:, 1]]
         gone = np.unique(np.where(f[a] < f[b], a, b))
-        add_light(self.light, self.psf, x[gone], y[gone], f[gone], sign=-1.0)
+        add_stars(self.light, self.psf, x[gone], y[gone], f[gone], sign=-1.0)
         self.fits["flux_fit"][gone] = np.nan
         self.fits["flux_err"][gone] = np.nan
         self.movable[gone] = False
@@ -640,7 +622,7 @@ def crowded_pass(
     usable = np.isfinite(x0) & np.isfinite(y0) & np.isfinite(f0) & (f0 > 0)
     # saturated stars keep their fit on the wings (their light is drawn, they are not refitted)
     movable = usable & ((np.asarray(stars["flags"]) & F.SATURATED) == 0)
-    light = add_light(np.zeros(shape), psf, x0[usable], y0[usable], f0[usable])
+    light = add_stars(np.zeros(shape), psf, x0[usable], y0[usable], f0[usable])
     reach = float(box) + 2.0 * psf.half_size
     # the first fits give the table its columns
     first = fit_psf(x0[movable], y0[movable],
@@ -652,11 +634,11 @@ def crowded_pass(
     # the first round's fits are applied as refit() would
     rows = np.flatnonzero(movable)
     ok = _fitted(first, shape)
-    add_light(light, psf, x0[rows[ok]], y0[rows[ok]], f0[rows[ok]], sign=-1.0)
+    add_stars(light, psf, x0[rows[ok]], y0[rows[ok]], f0[rows[ok]], sign=-1.0)
     for name in first.colnames:
         if name in fits.colnames:
             fits[name][rows[ok]] = first[name][ok]
-    add_light(light, psf, *members.xyf(rows[ok]))
+    add_stars(light, psf, *members.xyf(rows[ok]))
     coupling = COUPLING_FWHM * fwhm
     separation = critical_separation(psf)
     rounds = [1 + members.settle(rows, reach, coupling, separation, box)]
@@ -709,7 +691,7 @@ def crowded_pass(
         members.fits = vstack([members.fits, add[members.fits.colnames]], metadata_conflicts="silent")
         members.movable = np.r_[members.movable, np.ones(len(add), bool)]
         members.merged = np.r_[members.merged, np.zeros(len(add), bool)]
-        add_light(light, psf, *members.xyf(np.arange(start, len(members.fits))))
+        add_stars(light, psf, *members.xyf(np.arange(start, len(members.fits))))
         # the new stars and their neighbours again, each with the others' light
         near = members.near(np.arange(start, len(members.fits)), reach)
         rounds.append(members.settle(near, reach, coupling, separation, box))
