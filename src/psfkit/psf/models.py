@@ -35,6 +35,7 @@ with ``x' = (x-x0) cos t + (y-y0) sin t`` and ``y' = -(x-x0) sin t + (y-y0) cos 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -94,9 +95,19 @@ def subsampling_for_fwhm(fwhm_minor: np.ndarray | float) -> np.ndarray:
     return np.where(f >= ANALYTIC_MIN_FWHM, 0, _gauss_legendre_nodes_for_fwhm(f)).astype(int)
 
 
+@functools.lru_cache(maxsize=16)
+def _leggauss(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k-node Gauss-Legendre rule of numpy, computed once per k.
+
+    It is an eigenproblem each call otherwise: a tenth of a small frame's Moffat fits.  Callers get
+    fresh arrays, never these.
+    """
+    return np.polynomial.legendre.leggauss(k)
+
+
 def gauss_legendre_offsets(k: int) -> tuple[np.ndarray, np.ndarray]:
     """Offsets in [-0.5, 0.5] and weights summing to 1 of a k-node Gauss-Legendre rule."""
-    nodes, weights = np.polynomial.legendre.leggauss(int(k))
+    nodes, weights = _leggauss(int(k))
     return nodes * 0.5, weights * 0.5
 
 
