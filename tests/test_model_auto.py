@@ -339,3 +339,36 @@ def test_the_web_page_detects_as_find_does(tmp_path):
         assert body["settings"]["model"] == "moffat"  # the shapes' model, for the exports
         r = client.post("/api/fit", json={"path": "sparse.fits", "x": 100.0, "y": 100.0, "model": "auto"})
         assert r.status_code == 200, r.text
+
+
+# ---- undersampled stars keep the analytic model
+
+def test_undersampled_field_keeps_the_analytic_model():
+    data, _ = simulate_field((300, 300), 120, model="gaussian", fwhm=1.2, seed=4, min_separation=8,
+                             gain=GAIN, read_noise=RN)
+    stars = psfkit.find_stars(psfkit.Image(data=data, gain=GAIN, read_noise=RN), model="auto")
+    assert stars.meta["psf_model"] in ("gaussian", "moffat")
+    assert "undersampled" in stars.meta["psf_choice"]
+
+
+@pytest.mark.shared_data
+def test_undersampled_bayer_plane_keeps_the_analytic_model(shared_data):
+    # the PANOPTES green plane (half resolution): stars of about 1.1 plane px, whose stacked PSF read
+    # 0.4 x their Gaussian FWHM before the rule
+    img = psfkit.load_image(shared_data / "panoptes_canon_bayer" / "PAN001_20160909T081226_unsolved.fits")
+    auto = psfkit.find_stars(img, model="auto")
+    gauss = psfkit.find_stars(img)
+    assert "undersampled" in auto.meta["psf_choice"]
+    f_auto = np.nanmedian(np.asarray(auto["fwhm"], float))
+    f_gauss = np.nanmedian(np.asarray(gauss["fwhm"], float))
+    assert f_auto == pytest.approx(f_gauss, rel=0.15)
+
+
+@pytest.mark.shared_data
+def test_forced_frame_psf_on_an_undersampled_plane_runs(shared_data):
+    # --model frame forces the stacked PSF there: a star whose half-maximum contour is one sample
+    # across has no axes (NaN shape), not a ZeroDivisionError
+    img = psfkit.load_image(shared_data / "panoptes_canon_bayer" / "PAN001_20160909T081226_unsolved.fits")
+    stars = psfkit.find_stars(img, model="frame")
+    assert stars.meta["psf_model"] == "frame" and len(stars) > 100
+    assert np.all(np.isfinite(np.asarray(stars["flux_fit"], float)))

@@ -640,6 +640,11 @@ def find_stars(
         return out
 
 
+#: ``model="auto"`` measures with the frame's own PSF only where the stars' median FWHM (px of the
+#: measured plane) is at least this; below it the analytic model the bright stars prefer.
+MIN_FRAME_PSF_FWHM = 1.5
+
+
 def _find_with_frame_psf(img: Image, mode: str, *, keep_rejected: bool, deblend: bool, psf: Any,
                          gain: float | None, read_noise: float | None, options: dict) -> Table:
     """``find_stars(model="auto" | "frame")``: the Gaussian pass, then the frame's PSF measures its stars;
@@ -661,6 +666,14 @@ def _find_with_frame_psf(img: Image, mode: str, *, keep_rejected: bool, deblend:
         return table
     table = find_stars(img, model="gaussian", keep_rejected=True, **common)
     try:
+        acc = np.asarray(table["accepted"], bool)
+        stellar = float(np.nanmedian(np.asarray(table["fwhm"], float)[acc])) if acc.any() else np.nan
+        if mode == "auto" and stellar < MIN_FRAME_PSF_FWHM:
+            # an undersampled star (a Bayer plane at half resolution, a wide-field camera) is mostly its
+            # pixel: the stacked PSF's pixel removal is then ill-posed (the PANOPTES green planes read
+            # 0.4-0.9 x their Gaussian FWHM), while the analytic model's pixel integral is exact
+            raise PsfkitError(f"the stars are undersampled (median FWHM {stellar:.2f} px, the frame's PSF "
+                              f"needs >= {MIN_FRAME_PSF_FWHM} px)")
         # a small frame stays on the numpy twins (no numba start-up paid: psfkit.backend.job)
         with job(pixels=img.data.size, stars=len(table)):
             frame_psf = build_frame_psf(img, table)

@@ -196,7 +196,8 @@ def _half_max_region(est: np.ndarray, peak: float, x: np.ndarray, y: np.ndarray,
     half = 0.5 * peak
     gy, gx = np.gradient(est)
     slope = np.hypot(gx, gy)
-    inside = np.clip(0.5 + (est - half) / np.where(slope > 0, slope, np.inf), 0.0, 1.0)
+    with np.errstate(over="ignore"):  # a denormal slope: the sample is wholly in or out, as the clip says
+        inside = np.clip(0.5 + (est - half) / np.where(slope > 0, slope, np.inf), 0.0, 1.0)
     inside[est >= half] = np.maximum(inside[est >= half], 0.5)
     lab, _ = ndimage.label(est >= 0.25 * peak)
     centre = np.unravel_index(np.argmin(x * x + y * y + np.where(est >= 0.25 * peak, 0.0, 1e9)), est.shape)
@@ -299,6 +300,8 @@ def _contour_shape(grid: np.ndarray, oversampling: int) -> tuple[float, float, f
     fwhm = 2.0 * math.sqrt(a_g / math.pi) * math.sqrt(fa * fb) / (2.0 * math.sqrt(a_m / math.pi))
     gx, gy = _axes(cxx, cyy, cxy)
     mx, my = _axes(mxx, myy, mxy)
+    if not (mx > 0 and my > 0 and np.isfinite(gx) and np.isfinite(gy)):  # a contour one sample across: no axes
+        return (float("nan"),) * 4
     fx = gx * max(fa, fb) / mx
     fy = gy * min(fa, fb) / my
     return fwhm, fx, fy, angle
