@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
-__all__ = ["CliResult", "run_cli", "write_dng", "write_png16_rgb"]
+__all__ = ["CliResult", "run_cli", "true_half_max_fwhm", "write_dng", "write_png16_rgb"]
 
 
 @dataclass(frozen=True)
@@ -85,3 +86,29 @@ def write_png16_rgb(path, rgb):
 
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
                      + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def true_half_max_fwhm(x, y, shape, meta, step=0.01):
+    """The half-maximum FWHM (circle of the contour's area) of the varying field's PSF, pixel not included.
+
+    Its core and halo (psfkit.datasets.varying_psf) summed on a fine grid, independently of the builder.
+    """
+    import numpy as np
+
+    from psfkit.datasets.varying_psf import psf_shape_at
+
+    f, q, a = (float(v) for v in psf_shape_at(x, y, shape, fwhm=meta["core_fwhm"], growth=meta["growth"],
+                                               elongation=meta["elongation"]))
+    t = np.arange(-2.0 * f, 2.0 * f + step / 2, step)
+    xx, yy = np.meshgrid(t, t)
+    c, s = math.cos(math.radians(a)), math.sin(math.radians(a))
+    xr, yr = xx * c + yy * s, -xx * s + yy * c
+    total = np.zeros_like(xx)
+    beta = 3.0
+    k = 2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0)
+    for flux, fx, fy in ((1.0 - meta["halo_fraction"], f / math.sqrt(q), f * math.sqrt(q)),
+                         (meta["halo_fraction"], f * meta["halo_width"], f * meta["halo_width"])):
+        ax, ay = fx / k, fy / k
+        total += flux * (beta - 1) / (math.pi * ax * ay) * (1.0 + (xr / ax) ** 2 + (yr / ay) ** 2) ** -beta
+    area = np.count_nonzero(total >= 0.5 * total.max()) * step * step
+    return 2.0 * math.sqrt(area / math.pi)

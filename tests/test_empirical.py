@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import pytest
+from _helpers import true_half_max_fwhm
 
 import psfkit
 from psfkit.datasets.simulate import simulate_field, star_params
@@ -120,30 +120,6 @@ def test_frame_psf_shape_does_not_depend_on_the_stars_it_is_built_from(subset):
     assert shape["angle"] == pytest.approx(30.0, abs=8.0)
 
 
-def _true_half_max_fwhm(x, y, shape, meta, step=0.01):
-    """The half-maximum FWHM (circle of the contour's area) of the varying field's PSF, pixel not included.
-
-    Its core and halo (psfkit.datasets.varying_psf) summed on a fine grid, independently of the builder.
-    """
-    from psfkit.datasets.varying_psf import psf_shape_at
-
-    f, q, a = (float(v) for v in psf_shape_at(x, y, shape, fwhm=meta["core_fwhm"], growth=meta["growth"],
-                                               elongation=meta["elongation"]))
-    t = np.arange(-2.0 * f, 2.0 * f + step / 2, step)
-    xx, yy = np.meshgrid(t, t)
-    c, s = math.cos(math.radians(a)), math.sin(math.radians(a))
-    xr, yr = xx * c + yy * s, -xx * s + yy * c
-    total = np.zeros_like(xx)
-    beta = 3.0
-    k = 2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0)
-    for flux, fx, fy in ((1.0 - meta["halo_fraction"], f / math.sqrt(q), f * math.sqrt(q)),
-                         (meta["halo_fraction"], f * meta["halo_width"], f * meta["halo_width"])):
-        ax, ay = fx / k, fy / k
-        total += flux * (beta - 1) / (math.pi * ax * ay) * (1.0 + (xr / ax) ** 2 + (yr / ay) ** 2) ** -beta
-    area = np.count_nonzero(total >= 0.5 * total.max()) * step * step
-    return 2.0 * math.sqrt(area / math.pi)
-
-
 @pytest.mark.slow
 def test_frame_psf_follows_a_varying_psf_with_a_halo():
     from psfkit.datasets.varying_psf import simulate_varying_field
@@ -155,7 +131,7 @@ def test_frame_psf_follows_a_varying_psf_with_a_halo():
     errors = []
     for x in (100.0, 400.0, 700.0):
         for y in (100.0, 400.0, 700.0):
-            want = _true_half_max_fwhm(x, y, data.shape, truth.meta)
+            want = true_half_max_fwhm(x, y, data.shape, truth.meta)
             errors.append(psf.shape_at(x, y)["fwhm"] / want - 1.0)
     assert np.max(np.abs(errors)) < 0.015, np.round(errors, 4)
 

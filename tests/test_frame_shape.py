@@ -261,7 +261,7 @@ def test_find_with_the_frame_psf_follows_a_varying_psf(tmp_path):
     from psfkit.datasets.varying_psf import simulate_varying_field
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_empirical import _true_half_max_fwhm
+    from _helpers import true_half_max_fwhm
 
     data, truth = simulate_varying_field(seed=0)
     image = tmp_path / "field.fits"
@@ -278,7 +278,7 @@ def test_find_with_the_frame_psf_follows_a_varying_psf(tmp_path):
     good = np.asarray(table["flags"]) == 0
     table, i = table[good], i[good]
     assert len(table) > 300
-    want = np.array([_true_half_max_fwhm(float(truth["x"][j]), float(truth["y"][j]), data.shape, truth.meta)
+    want = np.array([true_half_max_fwhm(float(truth["x"][j]), float(truth["y"][j]), data.shape, truth.meta)
                      for j in i])
     ratio = np.asarray(table["fwhm"], float) / want
     r = np.hypot(np.asarray(truth["x"])[i] - 399.5, np.asarray(truth["y"])[i] - 399.5)

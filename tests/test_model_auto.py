@@ -4,10 +4,10 @@ analytic model its bright stars prefer by BIC; fit --model frame; compare's fram
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
+from _helpers import true_half_max_fwhm
 from astropy.io import fits
 from astropy.table import Table
 from scipy.spatial import cKDTree
@@ -38,27 +38,6 @@ def _matched(stars, truth):
     d, i = cKDTree(np.column_stack([truth["x"], truth["y"]])).query(np.column_stack([stars["x_fit"], stars["y_fit"]]))
     ok = d < 1.0
     return stars[ok], truth[i[ok]]
-
-
-def _true_half_max_fwhm(x, y, shape, meta, step=0.01):
-    """The half-maximum FWHM (circle of the contour's area) of the varying field's PSF (core + halo), pixel not
-    included, summed on a fine grid independently of psfkit's readers."""
-    from psfkit.datasets.varying_psf import psf_shape_at
-
-    f, q, a = (float(v) for v in psf_shape_at(x, y, shape, fwhm=meta["core_fwhm"], growth=meta["growth"],
-                                               elongation=meta["elongation"]))
-    t = np.arange(-2.0 * f, 2.0 * f + step / 2, step)
-    xx, yy = np.meshgrid(t, t)
-    c, s = math.cos(math.radians(a)), math.sin(math.radians(a))
-    xr, yr = xx * c + yy * s, -xx * s + yy * c
-    total = np.zeros_like(xx)
-    beta = 3.0
-    k = 2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0)
-    for flux, fx, fy in ((1.0 - meta["halo_fraction"], f / math.sqrt(q), f * math.sqrt(q)),
-                         (meta["halo_fraction"], f * meta["halo_width"], f * meta["halo_width"])):
-        ax, ay = fx / k, fy / k
-        total += flux * (beta - 1) / (math.pi * ax * ay) * (1.0 + (xr / ax) ** 2 + (yr / ay) ** 2) ** -beta
-    return 2.0 * math.sqrt(np.count_nonzero(total >= 0.5 * total.max()) * step * step / math.pi)
 
 
 # ---- (a) the halo-and-varying field: default find, and the PSF file of `psfkit psf` given back
@@ -109,7 +88,7 @@ def test_halo_field_total_fluxes(halo_run, which):
 def test_halo_field_half_maximum_fwhm_follows_the_field(halo_run, which):
     data, truth, lists = halo_run
     stars, match = _good(lists[which], truth)
-    want = np.array([_true_half_max_fwhm(x, y, data.shape, truth.meta) for x, y in zip(match["x"], match["y"])])
+    want = np.array([true_half_max_fwhm(x, y, data.shape, truth.meta) for x, y in zip(match["x"], match["y"])])
     ratio = np.asarray(stars["fwhm"], float) / want
     ok = np.isfinite(ratio)
     # (--model psf.fits measures in the command, without find's fallback to the Gaussian shape: the shape
